@@ -1,0 +1,478 @@
+#include "daemon/apply/pg_sink.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "daemon/core/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace walshift {
+namespace {
+
+constexpr const char* kCheckpointDdl =
+    "CREATE SCHEMA IF NOT EXISTS walshift; "
+    "CREATE TABLE IF NOT EXISTS walshift.checkpoint ("
+    "  pipeline text PRIMARY KEY,"
+    "  commit_lsn pg_lsn NOT NULL,"
+    "  commit_time timestamptz,"
+    "  updated_at timestamptz NOT NULL DEFAULT now())";
+
+constexpr const char* kCheckpointUpsert =
+    "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
+    "VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) "
+    "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
+    "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
+    "WHERE c.commit_lsn <= EXCLUDED.commit_lsn";
+
+constexpr size_t kMaxShownValue = 64;
+
+std::string Shorten(absl::string_view v) {
+  if (v.size() <= kMaxShownValue) return std::string(v);
+  return absl::StrCat(v.substr(0, kMaxShownValue), "... (", v.size(), " bytes)");
+}
+
+}  // namespace
+
+PgSink::PgSink(PgSinkOptions options) : options_(std::move(options)) {}
+PgSink::~PgSink() = default;
+
+absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& options) {
+  std::unique_ptr<PgSink> sink(new PgSink(options));
+  std::string what = absl::StrCat("target ", options.name);
+  ASSIGN_OR_RETURN(sink->conn_, pg::Connect(options.dsn, what, "application_name=walshiftd"));
+  PGconn* c = sink->conn_.get();
+  RETURN_IF_ERROR(pg::Exec(c, kCheckpointDdl, absl::StrCat(what, ": creating walshift.checkpoint")).status());
+  RETURN_IF_ERROR(pg::Exec(c, "SET synchronous_commit = on", what).status());
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(c, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
+                                  {options.pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint")));
+  if (PQntuples(r.get()) == 1) {
+    auto lsn = ParseLsn(PQgetvalue(r.get(), 0, 0));
+    if (!lsn) return absl::DataLossError(absl::StrCat(what, ": unreadable checkpoint"));
+    sink->durable_lsn_ = *lsn;
+  }
+  pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", kCheckpointUpsert, 3, nullptr));
+  RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
+  if (PQsetnonblocking(c, 1) != 0 || PQenterPipelineMode(c) != 1) {
+    return sink->BrokenConnection("entering pipeline mode");
+  }
+  spdlog::info("target {}: connected ({}), checkpoint {}", options.name, pg::RedactDsn(options.dsn),
+               sink->durable_lsn_ == kInvalidLsn ? "none" : FormatLsn(sink->durable_lsn_));
+  return sink;
+}
+
+absl::Status PgSink::BrokenConnection(absl::string_view what) {
+  std::string msg = conn_ ? PQerrorMessage(conn_.get()) : "";
+  return absl::UnavailableError(absl::StrCat("target ", options_.name, ": ", what, ": ",
+                                             absl::StripTrailingAsciiWhitespace(msg)));
+}
+
+absl::Status PgSink::SendControl(const char* sql) {
+  if (PQsendQueryParams(conn_.get(), sql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
+    return BrokenConnection(sql);
+  }
+  pending_.push_back(Pending{Pending::kControl});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const PgSink::Prepared*> PgSink::PreparedFor(const TargetOp& op) {
+  const OpShape& shape = *op.shape;
+  // Which values are written: a value whose input is an unchanged TOAST datum is left alone.
+  bool omit_any = false;
+  for (int i = 0; i < shape.num_params; ++i) {
+    if (op.params[i].is_unchanged_toast()) {
+      omit_any = true;
+      break;
+    }
+  }
+  if (!omit_any) {
+    auto it = full_prepared_.find(shape.id);
+    if (it != full_prepared_.end()) return it->second;
+  }
+  auto omitted = [&](const TargetValue& v) {
+    if (v.param >= 0) return op.params[v.param].is_unchanged_toast();
+    for (int in : v.sql_inputs)
+      if (!op.params[shape.inputs[in].param].is_unchanged_toast()) return false;
+    return !v.sql_inputs.empty();  // an expression is left alone only when all inputs are
+  };
+  omit_key_.clear();
+  absl::StrAppend(&omit_key_, shape.id, ":");
+  for (const TargetValue& v : shape.values) omit_key_.push_back(omit_any && omitted(v) ? '1' : '0');
+  if (omit_any) {
+    for (int k : shape.key) {
+      if (omitted(shape.values[k])) {
+        return absl::DataLossError(absl::StrCat(
+            "source ", shape.source_table, " at LSN ", FormatLsn(op.lsn), ": key column ",
+            shape.values[k].column, " of ", shape.table, " arrived as an unchanged TOAST value"));
+      }
+    }
+  }
+  auto found = prepared_.find(omit_key_);
+  if (found != prepared_.end()) return found->second.get();
+
+  auto prepared = std::make_unique<Prepared>();
+  prepared->name = absl::StrCat("ws", ++statement_counter_);
+  std::vector<int> param_number(shape.num_params, 0);
+  auto param = [&](int slot) {
+    if (param_number[slot] == 0) {
+      prepared->params.push_back(slot);
+      param_number[slot] = static_cast<int>(prepared->params.size());
+    }
+    return absl::StrCat("$", param_number[slot]);
+  };
+  auto render = [&](const TargetValue& v) {
+    return v.param >= 0 ? param(v.param) : absl::StrCat("(SELECT ", v.sql, " FROM s)");
+  };
+  std::vector<int> written;
+  for (size_t i = 0; i < shape.values.size(); ++i)
+    if (omit_key_[omit_key_.size() - shape.values.size() + i] == '0') written.push_back(i);
+  prepared->values = written;
+
+  std::string table = pg::QuoteQualified(shape.table);
+  // Inputs of written expressions, bound first so the CTE names them.
+  std::vector<std::string> cte;
+  for (size_t in = 0; in < shape.inputs.size(); ++in) {
+    bool used = false;
+    for (int w : written)
+      for (int si : shape.values[w].sql_inputs) used |= si == static_cast<int>(in);
+    if (used) {
+      cte.push_back(absl::StrCat(param(shape.inputs[in].param), "::", shape.inputs[in].type, " AS ",
+                                 pg::QuoteIdent(shape.inputs[in].name)));
+    }
+  }
+  std::string sql = cte.empty() ? "" : absl::StrCat("WITH s AS (SELECT ", absl::StrJoin(cte, ", "), ") ");
+  auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
+  std::vector<std::string> where;
+  switch (shape.kind) {
+    case OpKind::kUpsert: {
+      std::vector<std::string> cols, vals, keys, sets;
+      for (int w : written) {
+        cols.push_back(pg::QuoteIdent(shape.values[w].column));
+        vals.push_back(render(shape.values[w]));
+        if (!is_key(w)) {
+          sets.push_back(absl::StrCat(cols.back(), " = EXCLUDED.", cols.back()));
+        }
+      }
+      for (int k : shape.key) keys.push_back(pg::QuoteIdent(shape.values[k].column));
+      absl::StrAppend(&sql, "INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES (",
+                      absl::StrJoin(vals, ", "), ") ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
+                      sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
+      break;
+    }
+    case OpKind::kUpdateOnly: {
+      std::vector<std::string> sets;
+      for (int w : written)
+        if (!is_key(w))
+          sets.push_back(absl::StrCat(pg::QuoteIdent(shape.values[w].column), " = ", render(shape.values[w])));
+      for (int k : shape.key)
+        where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", render(shape.values[k])));
+      if (sets.empty()) {
+        // Nothing to write: a no-op statement keeps the result bookkeeping uniform.
+        absl::StrAppend(&sql, "SELECT 1 FROM ", table, " WHERE ", absl::StrJoin(where, " AND "), " LIMIT 0");
+      } else {
+        absl::StrAppend(&sql, "UPDATE ", table, " SET ", absl::StrJoin(sets, ", "), " WHERE ",
+                        absl::StrJoin(where, " AND "));
+      }
+      break;
+    }
+    case OpKind::kDelete:
+      for (int k : shape.key)
+        where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", render(shape.values[k])));
+      absl::StrAppend(&sql, "DELETE FROM ", table, " WHERE ", absl::StrJoin(where, " AND "));
+      break;
+    case OpKind::kTruncate:
+      sql = absl::StrCat("TRUNCATE ", table);
+      break;
+  }
+  spdlog::debug("target {}: prepare {} for {} {}: {}", options_.name, prepared->name,
+                OpKindName(shape.kind), shape.table, sql);
+  if (PQsendPrepare(conn_.get(), prepared->name.c_str(), sql.c_str(),
+                    static_cast<int>(prepared->params.size()), nullptr) != 1) {
+    return BrokenConnection("sending a prepare");
+  }
+  Pending p{Pending::kPrepare};
+  p.shape = op.shape;
+  p.lsn = op.lsn;
+  p.arena_offset = arena_.size();
+  arena_.append(sql);  // kept for the error message
+  arena_.push_back('\0');
+  pending_.push_back(p);
+
+  const Prepared* result = prepared.get();
+  if (!omit_any) full_prepared_[shape.id] = result;
+  prepared_.emplace(omit_key_, std::move(prepared));
+  return result;
+}
+
+absl::Status PgSink::Apply(const TargetOp& op) {
+  if (!first_error_.ok()) return first_error_;
+  if (!group_open_) {
+    RETURN_IF_ERROR(SendControl("BEGIN"));
+    group_open_ = true;
+  }
+  ASSIGN_OR_RETURN(const Prepared* prepared, PreparedFor(op));
+  const size_t n = prepared->params.size();
+  values_.resize(n);
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Datum& d = op.params[prepared->params[i]];
+    values_[i] = d.is_null() ? nullptr : d.data;
+    bytes += d.length + 8;
+  }
+  if (PQsendQueryPrepared(conn_.get(), prepared->name.c_str(), static_cast<int>(n), values_.data(),
+                          nullptr, nullptr, 0) != 1) {
+    return BrokenConnection("sending a statement");
+  }
+  // Keep a copy of the parameters until the result arrives, for error messages.
+  Pending p{Pending::kStatement};
+  p.shape = op.shape;
+  p.prepared = prepared;
+  p.lsn = op.lsn;
+  p.arena_offset = arena_.size();
+  for (int i = 0; i < op.shape->num_params; ++i) {
+    const Datum& d = op.params[i];
+    arena_.push_back(static_cast<char>(d.kind));
+    uint32_t len = d.is_null() ? 0 : d.length;
+    arena_.append(reinterpret_cast<const char*>(&len), sizeof(len));
+    arena_.append(d.data ? d.data : "", len);
+  }
+  p.bytes = bytes;
+  pending_.push_back(p);
+  pending_bytes_ += bytes;
+  ++group_changes_;
+
+  if (pending_.size() > options_.max_pending_statements || pending_bytes_ > options_.max_pending_bytes) {
+    return Pump(/*block=*/true, /*drain_all=*/false);
+  }
+  if ((group_changes_ & 63) == 0) return Pump(/*block=*/false, /*drain_all=*/false);
+  return absl::OkStatus();
+}
+
+void PgSink::EndTransaction(const TransactionCommit& commit) {
+  have_commit_ = true;
+  last_commit_ = commit;
+}
+
+absl::StatusOr<Lsn> PgSink::Flush() {
+  if (!first_error_.ok()) return first_error_;
+  if (!have_commit_) {
+    if (group_open_) {
+      return absl::InternalError(absl::StrCat("target ", options_.name,
+                                              ": flush requested inside a source transaction"));
+    }
+    return durable_lsn_;
+  }
+  if (!group_open_) {
+    RETURN_IF_ERROR(SendControl("BEGIN"));
+    group_open_ = true;
+  }
+  checkpoint_lsn_text_ = FormatLsn(last_commit_.end_lsn);
+  checkpoint_time_text_ = FormatPgTimestamp(last_commit_.commit_time);
+  const char* values[3] = {options_.pipeline.c_str(), checkpoint_lsn_text_.c_str(),
+                           checkpoint_time_text_.c_str()};
+  if (PQsendQueryPrepared(conn_.get(), "walshift_checkpoint", 3, values, nullptr, nullptr, 0) != 1) {
+    return BrokenConnection("sending the checkpoint");
+  }
+  pending_.push_back(Pending{Pending::kControl});
+  RETURN_IF_ERROR(SendControl("COMMIT"));
+  if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
+  pending_.push_back(Pending{Pending::kSync});
+  RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
+  durable_lsn_ = last_commit_.end_lsn;
+  applied_changes_ += group_changes_;
+  group_changes_ = 0;
+  group_open_ = false;
+  have_commit_ = false;
+  return durable_lsn_;
+}
+
+absl::Status PgSink::Pump(bool block, bool drain_all) {
+  PGconn* c = conn_.get();
+  for (;;) {
+    int flush = PQflush(c);
+    if (flush < 0) return BrokenConnection("sending");
+    if (PQconsumeInput(c) != 1) return BrokenConnection("receiving");
+    while (!pending_.empty() && !PQisBusy(c)) {
+      RETURN_IF_ERROR(HandleResult(PQgetResult(c)));
+    }
+    if (!first_error_.ok()) return first_error_;
+    if (PQstatus(c) != CONNECTION_OK) return BrokenConnection("connection lost");
+    bool done;
+    if (drain_all) {
+      done = pending_.empty() && flush == 0;
+    } else if (block) {
+      done = pending_.size() <= options_.max_pending_statements / 2 &&
+             pending_bytes_ <= options_.max_pending_bytes / 2;
+    } else {
+      done = true;
+    }
+    if (done) return absl::OkStatus();
+    struct pollfd pfd;
+    pfd.fd = PQsocket(c);
+    pfd.events = POLLIN | (flush == 1 ? POLLOUT : 0);
+    pfd.revents = 0;
+    int rc = poll(&pfd, 1, 1000);
+    if (rc < 0 && errno != EINTR) return BrokenConnection("poll");
+  }
+}
+
+absl::Status PgSink::HandleResult(PGresult* result) {
+  if (pending_.empty()) {
+    if (result) PQclear(result);
+    return absl::InternalError(absl::StrCat("target ", options_.name, ": unexpected result"));
+  }
+  Pending& front = pending_.front();
+  auto pop = [&]() {
+    pending_bytes_ -= front.bytes;
+    pending_.pop_front();
+    if (pending_.empty()) {
+      arena_.clear();
+    } else if (pending_.front().arena_offset > (1u << 20) &&
+               pending_.front().arena_offset > arena_.size() / 2) {
+      size_t cut = pending_.front().arena_offset;
+      arena_.erase(0, cut);
+      for (Pending& p : pending_) p.arena_offset -= std::min(cut, p.arena_offset);
+    }
+  };
+  if (result == nullptr) {
+    if (front.kind == Pending::kSync) {
+      return absl::InternalError(absl::StrCat("target ", options_.name, ": result out of order"));
+    }
+    pop();
+    return absl::OkStatus();
+  }
+  ExecStatusType st = PQresultStatus(result);
+  if (st == PGRES_PIPELINE_SYNC) {
+    PQclear(result);
+    if (front.kind != Pending::kSync) {
+      return absl::InternalError(absl::StrCat("target ", options_.name, ": sync out of order"));
+    }
+    pop();
+    return absl::OkStatus();
+  }
+  if (st == PGRES_FATAL_ERROR && first_error_.ok()) {
+    first_error_ = ErrorFor(front, result);
+  }
+  PQclear(result);
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<DatumKind, absl::string_view>> PgSink::DecodeParams(
+    const Pending& pending) const {
+  std::vector<std::pair<DatumKind, absl::string_view>> params;
+  size_t off = pending.arena_offset;
+  for (int i = 0; i < pending.shape->num_params && off + 5 <= arena_.size(); ++i) {
+    auto kind = static_cast<DatumKind>(arena_[off]);
+    uint32_t len;
+    std::memcpy(&len, arena_.data() + off + 1, sizeof(len));
+    params.emplace_back(kind, absl::string_view(arena_.data() + off + 5, len));
+    off += 5 + len;
+  }
+  return params;
+}
+
+std::string PgSink::ProbeColumn(const Pending& pending) const {
+  // The server does not name the column of a value it cannot convert: try each copied value
+  // against its target column's type on a separate connection.
+  const OpShape& shape = *pending.shape;
+  auto params = DecodeParams(pending);
+  auto conn = pg::Connect(options_.dsn, absl::StrCat("target ", options_.name));
+  if (!conn.ok()) return "(unknown)";
+  for (const TargetValue& v : shape.values) {
+    if (v.param < 0 || v.param >= static_cast<int>(params.size()) ||
+        params[v.param].first != DatumKind::kText)
+      continue;
+    auto type = pg::ExecParams(
+        conn->get(),
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+        "to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+        {pg::QuoteQualified(shape.table).c_str(), v.column.c_str()}, "probe");
+    if (!type.ok() || PQntuples(type->get()) != 1) continue;
+    std::string type_name = PQgetvalue(type->get(), 0, 0);
+    std::string value(params[v.param].second);
+    auto cast = pg::ExecParams(conn->get(), absl::StrCat("SELECT $1::", type_name),
+                               {value.c_str()}, "probe");
+    if (!cast.ok()) return absl::StrCat(v.column, " (", type_name, ", from ", v.origin, ")");
+  }
+  std::vector<std::string> exprs;
+  for (const TargetValue& v : shape.values)
+    if (v.param < 0) exprs.push_back(v.column);
+  if (!exprs.empty()) return absl::StrCat("(one of the sql: columns ", absl::StrJoin(exprs, ", "), ")");
+  return "(unknown)";
+}
+
+std::string PgSink::DescribeParams(const Pending& pending, bool key_only) const {
+  const OpShape& shape = *pending.shape;
+  auto params = DecodeParams(pending);
+  auto show = [&](int slot) -> std::string {
+    if (slot < 0 || slot >= static_cast<int>(params.size())) return "?";
+    switch (params[slot].first) {
+      case DatumKind::kNull: return "NULL";
+      case DatumKind::kUnchangedToast: return "(unchanged)";
+      case DatumKind::kText: return Shorten(params[slot].second);
+    }
+    return "?";
+  };
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < shape.values.size(); ++i) {
+    bool key = std::find(shape.key.begin(), shape.key.end(), static_cast<int>(i)) != shape.key.end();
+    if (key_only != key) continue;
+    const TargetValue& v = shape.values[i];
+    if (v.param >= 0) {
+      parts.push_back(absl::StrCat(v.column, "=", show(v.param)));
+    } else {
+      std::vector<std::string> ins;
+      for (int in : v.sql_inputs)
+        ins.push_back(absl::StrCat(shape.inputs[in].name, "=", show(shape.inputs[in].param)));
+      parts.push_back(absl::StrCat(v.column, "=(", v.sql, " with ", absl::StrJoin(ins, ", "), ")"));
+    }
+  }
+  return absl::StrJoin(parts, ", ");
+}
+
+absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
+  absl::Status server = pg::ResultStatus(conn_.get(), result, "server");
+  std::string server_msg(absl::StripPrefix(server.message(), "server: "));
+  const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL);
+  const char* column = PQresultErrorField(result, PG_DIAG_COLUMN_NAME);
+  const char* constraint = PQresultErrorField(result, PG_DIAG_CONSTRAINT_NAME);
+  const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+  std::string extra;
+  if (detail) absl::StrAppend(&extra, "; detail: ", detail);
+  switch (pending.kind) {
+    case Pending::kStatement: {
+      const OpShape& shape = *pending.shape;
+      std::string col;
+      if (column) {
+        col = absl::StrCat(", column ", column);
+      } else if (constraint) {
+        col = absl::StrCat(", constraint ", constraint);
+      } else if (sqlstate && absl::string_view(sqlstate).substr(0, 2) == "22") {
+        col = absl::StrCat(", column ", ProbeColumn(pending));
+      }
+      return absl::Status(
+          server.code(),
+          absl::StrCat("cannot apply ", OpKindName(shape.kind), " to ", shape.table, " (target ",
+                       options_.name, ") for source ", shape.source_table, " at LSN ",
+                       FormatLsn(pending.lsn), ", key (", DescribeParams(pending, true), ")", col,
+                       ": ", server_msg, extra,
+                       shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
+    }
+    case Pending::kPrepare:
+      return absl::Status(
+          server.code(),
+          absl::StrCat("cannot prepare the ", OpKindName(pending.shape->kind), " statement for ",
+                       pending.shape->table, " (target ", options_.name, ", source ",
+                       pending.shape->source_table, "): ", server_msg, extra,
+                       "; statement: ", arena_.c_str() + pending.arena_offset));
+    default:
+      return absl::Status(server.code(), absl::StrCat("target ", options_.name, ": ", server_msg, extra));
+  }
+}
+
+}  // namespace walshift

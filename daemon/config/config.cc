@@ -1,0 +1,182 @@
+#include "daemon/config/config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "daemon/config/yaml_proto.h"
+
+namespace walshift::config {
+namespace {
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+// Resolves exactly one of dsn / dsn_env / dsn_file.
+std::string ResolveDsn(const std::string& dsn, const std::string& env, const std::string& file,
+                       const std::string& path, std::vector<std::string>* problems) {
+  int given = !dsn.empty() + !env.empty() + !file.empty();
+  if (given == 0) {
+    problems->push_back(absl::StrCat(path, ": one of dsn, dsn_env or dsn_file is required"));
+    return "";
+  }
+  if (given > 1) {
+    problems->push_back(absl::StrCat(path, ": give only one of dsn, dsn_env and dsn_file"));
+    return "";
+  }
+  if (!dsn.empty()) return dsn;
+  if (!env.empty()) {
+    const char* v = std::getenv(env.c_str());
+    if (v == nullptr || *v == '\0') {
+      problems->push_back(
+          absl::StrCat(path, ".dsn_env: environment variable ", env, " is not set or empty"));
+      return "";
+    }
+    return v;
+  }
+  std::string text;
+  if (!ReadFile(file, &text)) {
+    problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", file));
+    return "";
+  }
+  std::string trimmed(absl::StripAsciiWhitespace(text));
+  if (trimmed.empty()) problems->push_back(absl::StrCat(path, ".dsn_file: ", file, " is empty"));
+  return trimmed;
+}
+
+bool ValidName(absl::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  for (char c : s)
+    if (!(absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '.')) return false;
+  return true;
+}
+
+std::string DefaultObjectName(const std::string& pipeline) {
+  std::string out = "walshift_";
+  for (char c : pipeline) out += absl::ascii_isalnum(c) ? absl::ascii_tolower(c) : '_';
+  return out.substr(0, 63);
+}
+
+}  // namespace
+
+absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std::string>& problems) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      problems.size(), problems.size() == 1 ? " problem" : " problems", " in ", file_name,
+      ":\n  - ", absl::StrJoin(problems, "\n  - ")));
+}
+
+absl::StatusOr<Settings> LoadSettingsFile(const std::string& path) {
+  std::string text;
+  if (!ReadFile(path, &text)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read config file ", path));
+  }
+  return LoadSettingsText(text, path);
+}
+
+absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::string& file_name) {
+  std::vector<std::string> problems;
+  YAML::Node root = LoadYaml(text, file_name, &problems);
+  if (!problems.empty()) return ProblemsStatus(file_name, problems);
+  if (!root.IsMap()) {
+    return ProblemsStatus(file_name, {"the file must be a YAML mapping with pipeline, source, "
+                                      "targets and mappings"});
+  }
+
+  Settings s;
+  // The mappings' module keys are parsed by the modules; parse the rest here.
+  YAML::Node top = YAML::Clone(root);
+  YAML::Node mappings_node = root["mappings"];
+  if (mappings_node) top.remove("mappings");
+  ParseYamlInto(top, &s.proto, "", &problems);
+  // ParseYamlInto reported "mappings: required key missing" only if absent from `top`, which
+  // it always is now; drop that line and check below.
+  std::erase_if(problems, [](const std::string& p) { return p.rfind("mappings: required", 0) == 0; });
+
+  if (!s.proto.pipeline().empty() && !ValidName(s.proto.pipeline())) {
+    problems.push_back(absl::StrCat("pipeline: '", s.proto.pipeline(),
+                                    "' must be 1-63 letters, digits, '_', '-' or '.'"));
+  }
+  if (s.proto.has_source()) {
+    const auto& src = s.proto.source();
+    s.source_dsn = ResolveDsn(src.dsn(), src.dsn_env(), src.dsn_file(), "source", &problems);
+    s.slot = src.slot().empty() ? DefaultObjectName(s.proto.pipeline()) : src.slot();
+    s.publication = src.publication().empty() ? DefaultObjectName(s.proto.pipeline()) : src.publication();
+    for (char c : s.slot) {
+      if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_')) {
+        problems.push_back(absl::StrCat("source.slot: '", s.slot,
+                                        "' may contain only lower case letters, digits and '_'"));
+        break;
+      }
+    }
+    if (src.feedback_interval_s() > 10) {
+      problems.push_back("source.feedback_interval_s: at most 10 seconds");
+    }
+  }
+
+  std::set<std::string> target_names;
+  for (int i = 0; i < s.proto.targets_size(); ++i) {
+    const auto& t = s.proto.targets(i);
+    std::string path = IndexPath("targets", i);
+    if (t.name().empty()) continue;  // reported as required
+    if (!ValidName(t.name())) {
+      problems.push_back(absl::StrCat(path, ".name: '", t.name(),
+                                      "' must be letters, digits, '_', '-' or '.'"));
+    }
+    if (!target_names.insert(t.name()).second) {
+      problems.push_back(absl::StrCat(path, ".name: target '", t.name(), "' is defined twice"));
+    }
+    s.targets.push_back({t.name(), ResolveDsn(t.dsn(), t.dsn_env(), t.dsn_file(), path, &problems)});
+  }
+
+  if (!mappings_node || mappings_node.IsNull() ||
+      (mappings_node.IsSequence() && mappings_node.size() == 0)) {
+    problems.push_back("mappings: required key missing (at least one mapping)");
+  } else if (!mappings_node.IsSequence()) {
+    problems.push_back("mappings: expected a list of mappings");
+  } else {
+    std::set<std::string> seen_sources;
+    for (size_t i = 0; i < mappings_node.size(); ++i) {
+      MappingSettings m;
+      m.path = IndexPath("mappings", i);
+      std::vector<std::string> leftover;
+      ParseYamlInto(mappings_node[i], &m.common, m.path, &problems, &leftover);
+      m.module_node = YAML::Node(YAML::NodeType::Map);
+      if (mappings_node[i].IsMap()) {
+        for (const auto& key : leftover) m.module_node[key] = mappings_node[i][key];
+      }
+      std::string src = m.common.source();
+      if (!src.empty()) {
+        if (src.find('.') == std::string::npos) src = "public." + src;
+        m.common.set_source(src);
+      }
+      if (m.common.module().empty()) m.common.set_module("columns");
+      if (m.common.target().empty()) {
+        if (s.proto.targets_size() == 1) {
+          m.common.set_target(s.proto.targets(0).name());
+        } else if (s.proto.targets_size() > 1) {
+          problems.push_back(absl::StrCat(m.path, ".target: required when there is more than one target"));
+        }
+      } else if (!target_names.empty() && !target_names.count(m.common.target())) {
+        problems.push_back(absl::StrCat(m.path, ".target: no target named '", m.common.target(),
+                                        "' (targets: ", absl::StrJoin(target_names, ", "), ")"));
+      }
+      s.mappings.push_back(std::move(m));
+    }
+  }
+
+  if (!problems.empty()) return ProblemsStatus(file_name, problems);
+  return s;
+}
+
+}  // namespace walshift::config

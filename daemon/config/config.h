@@ -1,0 +1,42 @@
+#pragma once
+// Loading and validating the walshiftd configuration file. All problems are reported at once.
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "walshift/v1/config.pb.h"
+#include "yaml-cpp/yaml.h"
+
+namespace walshift::config {
+
+struct TargetSettings {
+  std::string name;
+  std::string dsn;  // resolved; contains secrets: never log it, use pg::RedactDsn
+};
+
+// One mapping: the common keys, and the module's own keys as a YAML node for its factory.
+struct MappingSettings {
+  v1::Mapping common;      // source normalized to schema.table; target and module defaulted
+  YAML::Node module_node;  // a mapping holding only the module-specific keys
+  std::string path;        // "mappings[3]" for messages
+};
+
+struct Settings {
+  v1::Config proto;
+  std::string source_dsn;  // resolved; a secret
+  std::string slot;
+  std::string publication;
+  std::vector<TargetSettings> targets;
+  std::vector<MappingSettings> mappings;
+};
+
+// Reads, parses and validates the file. On any problem returns kInvalidArgument whose message
+// lists every problem, one per line, each naming its key path. Never includes DSN contents.
+absl::StatusOr<Settings> LoadSettingsFile(const std::string& path);
+absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::string& file_name);
+
+// Joins problems into one kInvalidArgument status ("N problems in FILE:\n  - ...").
+absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std::string>& problems);
+
+}  // namespace walshift::config

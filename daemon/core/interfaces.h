@@ -1,0 +1,120 @@
+#pragma once
+// The small abstract interfaces the pipeline is wired from. No libpq or librdkafka here.
+
+#include "absl/strings/string_view.h"
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/core/change.h"
+#include "daemon/core/target_op.h"
+
+namespace walshift {
+
+// Receives the decoded replication stream in order. Any non-OK status stops decoding and is
+// returned by the source's Poll().
+class ChangeHandler {
+ public:
+  virtual ~ChangeHandler() = default;
+  virtual absl::Status OnBegin(const TransactionBegin& begin) = 0;
+  // A RELATION message: only updates caches; checks happen at the relation's first change.
+  virtual absl::Status OnRelation(std::shared_ptr<const SourceRelation> relation) = 0;
+  virtual absl::Status OnChange(const RowChange& change) = 0;
+  virtual absl::Status OnTruncate(const TruncateChange& truncate) = 0;
+  virtual absl::Status OnCommit(const TransactionCommit& commit) = 0;
+  virtual absl::Status OnMessage(const LogicalMessage& message) = 0;
+};
+
+// A logical replication stream. Not thread-safe: one pipeline thread drives it.
+class ChangeSource {
+ public:
+  virtual ~ChangeSource() = default;
+  // Starts streaming after `start_lsn` (kInvalidLsn: from the slot's confirmed position).
+  virtual absl::Status Start(Lsn start_lsn) = 0;
+  // Dispatches every message already received, then returns. When none was buffered, first
+  // waits up to `wait` for one. Returns how many messages were dispatched. kUnavailable when
+  // the connection is lost.
+  virtual absl::StatusOr<int> Poll(ChangeHandler& handler, absl::Duration wait) = 0;
+  // Reports positions to the server: write = everything received, flush = apply = `flushed`
+  // (durable on every target). Sent when `force`, when the server asked, or when the last
+  // report is older than the feedback interval.
+  virtual absl::Status SendFeedback(Lsn flushed, bool force) = 0;
+  // Highest WAL position received so far (XLogData end or keepalive).
+  virtual Lsn received_lsn() const = 0;
+};
+
+// Applies target operations to one target database, grouping source transactions into one
+// target transaction. Not thread-safe.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual const std::string& name() const = 0;
+  // Queues one operation in the open group. Errors of earlier operations may surface here.
+  virtual absl::Status Apply(const TargetOp& op) = 0;
+  // Marks the end of a source transaction inside the open group.
+  virtual void EndTransaction(const TransactionCommit& commit) = 0;
+  // Commits the open group together with the checkpoint of its last transaction and waits
+  // until it is durable. Returns the checkpoint LSN now durable on this target.
+  virtual absl::StatusOr<Lsn> Flush() = 0;
+  // The durable checkpoint (kInvalidLsn when none).
+  virtual Lsn durable_lsn() const = 0;
+  // Operations queued in the open group.
+  virtual size_t pending_changes() const = 0;
+};
+
+// Turns the row changes of one bound source relation into target operations.
+class BoundMapping {
+ public:
+  virtual ~BoundMapping() = default;
+  // Calls `emit` for every operation the change produces, in order.
+  virtual absl::Status Map(const RowChange& change,
+                           const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
+  // The operations a TRUNCATE of the source table produces (may be none).
+  virtual absl::Status MapTruncate(Lsn lsn,
+                                   const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
+};
+
+// What a mapping module may ask about the live schemas when it binds a relation.
+struct SourceColumnInfo {
+  std::string name;
+  std::string type;        // format_type() on the source
+  bool toastable = false;  // varlena with storage other than plain
+  bool in_target = false;  // `type` exists under that name in the target
+};
+
+struct SourceTableInfo {
+  std::string qualified_name;
+  char replica_identity = 'd';
+  std::vector<SourceColumnInfo> columns;  // live columns in attnum order
+  const SourceColumnInfo* Find(absl::string_view name) const {
+    for (const auto& c : columns)
+      if (c.name == name) return &c;
+    return nullptr;
+  }
+};
+
+class SchemaInspector {
+ public:
+  virtual ~SchemaInspector() = default;
+  // Source catalog facts about `relation`, with each type checked against `target`.
+  virtual absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
+                                                   const std::string& target) = 0;
+};
+
+// A configured mapping module instance: immutable, shared.
+class MappingModule {
+ public:
+  virtual ~MappingModule() = default;
+  virtual const std::string& source_table() const = 0;  // schema.table
+  virtual const std::string& target() const = 0;
+  // Checks the mapping against the relation and builds the per-row plan. kFailedPrecondition
+  // with a message naming table and column when the mapping cannot apply.
+  virtual absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
+                                                              SchemaInspector& inspector) const = 0;
+};
+
+}  // namespace walshift

@@ -1,0 +1,66 @@
+#pragma once
+// Target operations: the small closed set a mapping module may produce. A module builds the
+// immutable `OpShape`s it needs once per bound relation; per row it only fills parameters.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "daemon/core/change.h"
+#include "daemon/core/lsn.h"
+
+namespace walshift {
+
+enum class OpKind : uint8_t {
+  kUpsert,      // INSERT ... ON CONFLICT (key) DO UPDATE of the listed columns
+  kDelete,      // DELETE by key
+  kUpdateOnly,  // UPDATE of the listed columns by key; no row is created
+  kTruncate,    // empty the table
+};
+
+const char* OpKindName(OpKind kind);
+
+// A source value an SQL expression can name. Bound as parameter `param` and cast to `type`
+// (a type name the target understands; `text` where the target lacks the source's type).
+struct ExprInput {
+  std::string name;
+  std::string type;
+  int param = -1;
+};
+
+// How one target column gets its value: exactly one of a bound parameter (coerced by the
+// target to the column's type) or an SQL expression over the shape's inputs.
+struct TargetValue {
+  std::string column;
+  int param = -1;
+  std::string sql;               // non-empty: an expression, evaluated by the target
+  std::vector<int> sql_inputs;   // indices into OpShape::inputs the expression references
+  // For error messages: the source column (or "const"/"sql") this value comes from.
+  std::string origin;
+};
+
+struct OpShape {
+  OpKind kind = OpKind::kUpsert;
+  std::string target;        // target database name from the config
+  std::string table;         // schema-qualified target table, unquoted "schema.table"
+  std::string source_table;  // schema-qualified source table, for messages
+  std::vector<TargetValue> values;  // kUpsert/kUpdateOnly: all written columns, key included;
+                                    // kDelete: the key columns
+  std::vector<int> key;             // indices into `values` forming the key
+  std::vector<ExprInput> inputs;
+  int num_params = 0;
+  uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
+};
+
+// One operation for one row: a shape and its `shape->num_params` parameter values. Views are
+// valid until the emitting call returns.
+struct TargetOp {
+  const OpShape* shape = nullptr;
+  const Datum* params = nullptr;
+  Lsn lsn = kInvalidLsn;
+};
+
+// Allocates a process-unique shape id.
+uint32_t NextOpShapeId();
+
+}  // namespace walshift

@@ -1,0 +1,140 @@
+#include "daemon/pg/pg_util.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+
+namespace walshift::pg {
+
+absl::StatusCode CodeForSqlState(absl::string_view s) {
+  if (s.size() != 5) return absl::StatusCode::kInternal;
+  absl::string_view cls = s.substr(0, 2);
+  if (cls == "08" || s == "57P01" || s == "57P02" || s == "57P03" || cls == "53")
+    return absl::StatusCode::kUnavailable;
+  if (s == "40001" || s == "40P01") return absl::StatusCode::kAborted;
+  if (cls == "42" || cls == "0A" || cls == "23" || cls == "22" || cls == "2B" || cls == "2F" ||
+      cls == "44" || cls == "P0" || cls == "55" || cls == "25" || cls == "28" || cls == "3F" ||
+      cls == "42")
+    return absl::StatusCode::kFailedPrecondition;
+  return absl::StatusCode::kInternal;
+}
+
+absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context) {
+  if (result == nullptr) {
+    std::string msg = conn ? PQerrorMessage(conn) : "no connection";
+    return absl::UnavailableError(
+        absl::StrCat(context, ": ", absl::StripTrailingAsciiWhitespace(msg)));
+  }
+  switch (PQresultStatus(result)) {
+    case PGRES_COMMAND_OK:
+    case PGRES_TUPLES_OK:
+    case PGRES_COPY_OUT:
+    case PGRES_COPY_IN:
+    case PGRES_COPY_BOTH:
+    case PGRES_PIPELINE_SYNC:
+    case PGRES_SINGLE_TUPLE:
+      return absl::OkStatus();
+    default:
+      break;
+  }
+  const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+  std::string msg = PQresultErrorMessage(result);
+  if (msg.empty() && conn) msg = PQerrorMessage(conn);
+  absl::StatusCode code = absl::StatusCode::kUnavailable;
+  if (state != nullptr) {
+    code = CodeForSqlState(state);
+  } else if (conn != nullptr && PQstatus(conn) == CONNECTION_OK) {
+    code = absl::StatusCode::kInternal;
+  }
+  std::string text = absl::StrCat(context, ": ", absl::StripTrailingAsciiWhitespace(msg));
+  if (state != nullptr) absl::StrAppend(&text, " (SQLSTATE ", state, ")");
+  return absl::Status(code, text);
+}
+
+absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
+                                const std::string& extra) {
+  std::string conninfo = absl::StrCat(
+      dsn, " ", extra,
+      " client_encoding=UTF8 options='-c datestyle=ISO -c intervalstyle=postgres "
+      "-c extra_float_digits=3'");
+  ConnPtr conn(PQconnectdb(conninfo.c_str()));
+  if (conn == nullptr) return absl::UnavailableError(absl::StrCat(what, ": out of memory"));
+  if (PQstatus(conn.get()) != CONNECTION_OK) {
+    std::string msg = PQerrorMessage(conn.get());
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", what, " (",
+                                               RedactDsn(dsn), "): ",
+                                               absl::StripTrailingAsciiWhitespace(msg)));
+  }
+  return conn;
+}
+
+absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::string_view context) {
+  ResultPtr r(PQexec(conn, sql.c_str()));
+  absl::Status st = ResultStatus(conn, r.get(), context);
+  if (!st.ok()) return st;
+  return r;
+}
+
+absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
+                                     std::initializer_list<const char*> params,
+                                     absl::string_view context) {
+  std::vector<const char*> values(params);
+  ResultPtr r(PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()), nullptr,
+                           values.data(), nullptr, nullptr, 0));
+  absl::Status st = ResultStatus(conn, r.get(), context);
+  if (!st.ok()) return st;
+  return r;
+}
+
+std::string QuoteIdent(absl::string_view ident) {
+  return absl::StrCat("\"", absl::StrReplaceAll(ident, {{"\"", "\"\""}}), "\"");
+}
+
+std::string QuoteLiteral(absl::string_view value) {
+  bool backslash = value.find('\\') != absl::string_view::npos;
+  std::string out = backslash ? "E'" : "'";
+  for (char c : value) {
+    if (c == '\'') out += "''";
+    else if (c == '\\') out += "\\\\";
+    else out += c;
+  }
+  out += "'";
+  return out;
+}
+
+std::pair<std::string, std::string> SplitQualified(absl::string_view qualified) {
+  size_t dot = qualified.find('.');
+  if (dot == absl::string_view::npos) return {"public", std::string(qualified)};
+  return {std::string(qualified.substr(0, dot)), std::string(qualified.substr(dot + 1))};
+}
+
+std::string QuoteQualified(absl::string_view qualified) {
+  auto [schema, table] = SplitQualified(qualified);
+  return absl::StrCat(QuoteIdent(schema), ".", QuoteIdent(table));
+}
+
+std::string RedactDsn(const std::string& dsn) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
+  if (opts == nullptr) {
+    if (err) PQfreemem(err);
+    return "<unparsable connection string>";
+  }
+  std::string out;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || o->val[0] == '\0') continue;
+    absl::string_view key = o->keyword;
+    if (!out.empty()) out += ' ';
+    if (key == "password") {
+      absl::StrAppend(&out, key, "=********");
+    } else {
+      absl::StrAppend(&out, key, "=", o->val);
+    }
+  }
+  PQconninfoFree(opts);
+  return out;
+}
+
+}  // namespace walshift::pg

@@ -1,0 +1,62 @@
+#pragma once
+// Small libpq helpers shared by the source and apply sides: result ownership, the one mapping
+// of SQLSTATE to absl::StatusCode (the retry policy), connection and quoting.
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "libpq-fe.h"
+
+namespace walshift::pg {
+
+struct ResultDeleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using ResultPtr = std::unique_ptr<PGresult, ResultDeleter>;
+
+struct ConnDeleter {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+using ConnPtr = std::unique_ptr<PGconn, ConnDeleter>;
+
+// The retry policy, in one place:
+//   class 08 (connection exception), 57P01..57P03 (shutdown), a dead connection -> kUnavailable
+//   40001 serialization failure, 40P01 deadlock                          -> kAborted
+//   class 42 (undefined table/column, syntax), 0A, 23, 22, 2B...          -> kFailedPrecondition
+//   anything else                                                         -> kInternal
+absl::StatusCode CodeForSqlState(absl::string_view sqlstate);
+
+// Status of a finished result: OK for COMMAND_OK/TUPLES_OK/COPY_*/PIPELINE_SYNC; otherwise the
+// code from CodeForSqlState() and "<context>: <server message> (SQLSTATE xxxxx)". A null result
+// or a bad connection is kUnavailable.
+absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context);
+
+// Connects (blocking) with `dsn` plus `extra` key=value pairs (e.g. replication=database).
+// Sets client_encoding UTF8, DateStyle ISO, IntervalStyle postgres, extra_float_digits 3 so text
+// values round-trip. kUnavailable on failure, message without the password.
+absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
+                                const std::string& extra = "");
+
+// Runs one simple-protocol command and returns its result (kind checked by ResultStatus).
+absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::string_view context);
+// Runs one parameterized command with text parameters.
+absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
+                                     std::initializer_list<const char*> params,
+                                     absl::string_view context);
+
+// "schema"."table" from "schema.table" (or "table" -> "public"."table"), quoted as identifiers.
+std::string QuoteQualified(absl::string_view qualified);
+// One identifier, quoted with double quotes (embedded quotes doubled).
+std::string QuoteIdent(absl::string_view ident);
+// A string literal in single quotes, for the few places a protocol command takes no parameters.
+std::string QuoteLiteral(absl::string_view value);
+// Splits "schema.table" (default schema public).
+std::pair<std::string, std::string> SplitQualified(absl::string_view qualified);
+
+// The connection string with password (and passfile) values replaced by "********", for logs.
+std::string RedactDsn(const std::string& dsn);
+
+}  // namespace walshift::pg

@@ -1,0 +1,59 @@
+#include "daemon/pipeline/pg_schema_inspector.h"
+
+#include "absl/strings/str_cat.h"
+#include "daemon/core/status_macros.h"
+
+namespace walshift {
+
+PgSchemaInspector::PgSchemaInspector(std::string source_dsn,
+                                     std::map<std::string, std::string> target_dsns)
+    : source_dsn_(std::move(source_dsn)), target_dsns_(std::move(target_dsns)) {}
+
+absl::StatusOr<PGconn*> PgSchemaInspector::Conn(const std::string& name, const std::string& dsn) {
+  auto it = conns_.find(name);
+  if (it != conns_.end() && PQstatus(it->second.get()) == CONNECTION_OK) return it->second.get();
+  ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(dsn, name, "application_name=walshiftd-catalog"));
+  PGconn* raw = conn.get();
+  conns_[name] = std::move(conn);
+  return raw;
+}
+
+absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation& relation,
+                                                            const std::string& target) {
+  ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
+  std::string oid = std::to_string(relation.oid);
+  std::string ctx = absl::StrCat("reading the columns of ", relation.QualifiedName());
+  ASSIGN_OR_RETURN(pg::ResultPtr cols,
+                   pg::ExecParams(src,
+                                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
+                                  "       (t.typlen = -1 AND a.attstorage <> 'p'), c.relreplident "
+                                  "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                                  "JOIN pg_class c ON c.oid = a.attrelid "
+                                  "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
+                                  "ORDER BY a.attnum",
+                                  {oid.c_str()}, ctx));
+  SourceTableInfo info;
+  info.qualified_name = relation.QualifiedName();
+  info.replica_identity = relation.replica_identity;
+  auto target_dsn = target_dsns_.find(target);
+  PGconn* tgt = nullptr;
+  if (target_dsn != target_dsns_.end()) {
+    ASSIGN_OR_RETURN(tgt, Conn(absl::StrCat("target ", target), target_dsn->second));
+  }
+  for (int i = 0; i < PQntuples(cols.get()); ++i) {
+    SourceColumnInfo c;
+    c.name = PQgetvalue(cols.get(), i, 0);
+    c.type = PQgetvalue(cols.get(), i, 1);
+    c.toastable = PQgetvalue(cols.get(), i, 2)[0] == 't';
+    if (tgt != nullptr) {
+      auto r = pg::ExecParams(tgt, "SELECT to_regtype($1) IS NOT NULL", {c.type.c_str()},
+                              absl::StrCat("checking type ", c.type, " in target ", target));
+      // A type name the target cannot even parse is simply absent there.
+      c.in_target = r.ok() && PQgetvalue(r->get(), 0, 0)[0] == 't';
+    }
+    info.columns.push_back(std::move(c));
+  }
+  return info;
+}
+
+}  // namespace walshift

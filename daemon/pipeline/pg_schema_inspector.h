@@ -1,0 +1,26 @@
+#pragma once
+// SchemaInspector over ordinary (non-replication) connections to the source and the targets.
+
+#include <map>
+#include <string>
+
+#include "daemon/core/interfaces.h"
+#include "daemon/pg/pg_util.h"
+
+namespace walshift {
+
+class PgSchemaInspector : public SchemaInspector {
+ public:
+  // `target_dsns`: target name → DSN. Connections are opened on first use.
+  PgSchemaInspector(std::string source_dsn, std::map<std::string, std::string> target_dsns);
+  absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
+                                           const std::string& target) override;
+
+ private:
+  absl::StatusOr<PGconn*> Conn(const std::string& name, const std::string& dsn);
+  std::string source_dsn_;
+  std::map<std::string, std::string> target_dsns_;
+  std::map<std::string, pg::ConnPtr> conns_;
+};
+
+}  // namespace walshift

@@ -1,0 +1,230 @@
+#include "daemon/pipeline/pipeline.h"
+
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/source/pg_replication_source.h"
+#include "spdlog/spdlog.h"
+
+namespace walshift {
+
+Pipeline::Pipeline(config::Settings settings,
+                   std::vector<std::shared_ptr<const MappingModule>> modules)
+    : settings_(std::move(settings)), modules_(std::move(modules)) {
+  for (const auto& m : modules_) {
+    size_t idx = 0;
+    for (size_t t = 0; t < settings_.targets.size(); ++t)
+      if (settings_.targets[t].name == m->target()) idx = t;
+    module_sink_.push_back(idx);
+  }
+}
+
+Pipeline::~Pipeline() = default;
+
+Lsn Pipeline::MinDurable() const {
+  Lsn min = kInvalidLsn;
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    Lsn d = sinks_[i]->durable_lsn();
+    if (i == 0 || d < min) min = d;
+  }
+  return min;
+}
+
+absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
+  const auto& apply = settings_.proto.apply();
+  absl::Duration initial = absl::Milliseconds(apply.reconnect_initial_ms() ? apply.reconnect_initial_ms() : 250);
+  absl::Duration ceiling = absl::Milliseconds(apply.reconnect_max_ms() ? apply.reconnect_max_ms() : 30000);
+  absl::Duration backoff = initial;
+  std::mt19937_64 rng(std::random_device{}());
+  for (;;) {
+    bool progress = false;
+    absl::Status st = RunOnce(stop, &progress);
+    // Connections of this attempt are closed before deciding: an open group rolls back.
+    source_.reset();
+    sinks_.clear();
+    emit_.clear();
+    bindings_.clear();
+    relations_.clear();
+    inspector_.reset();
+    in_transaction_ = false;
+    group_changes_ = 0;
+    if (st.ok()) return st;
+    if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kAborted) {
+      return st;
+    }
+    if (stop.load()) return absl::OkStatus();
+    if (progress) backoff = initial;
+    std::uniform_real_distribution<double> jitter(0.5, 1.0);
+    absl::Duration wait = backoff * jitter(rng);
+    spdlog::warn("{}; retrying in {} ms from the last checkpoint", std::string(st.message()),
+                 absl::ToInt64Milliseconds(wait));
+    absl::Time until = absl::Now() + wait;
+    while (absl::Now() < until && !stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (stop.load()) return absl::OkStatus();
+    backoff = std::min(backoff * 2, ceiling);
+  }
+}
+
+absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
+  const auto& apply = settings_.proto.apply();
+  std::map<std::string, std::string> target_dsns;
+  for (const auto& t : settings_.targets) {
+    PgSinkOptions o;
+    o.name = t.name;
+    o.dsn = t.dsn;
+    o.pipeline = settings_.proto.pipeline();
+    if (apply.pipeline_max_statements()) o.max_pending_statements = apply.pipeline_max_statements();
+    if (apply.pipeline_max_bytes()) o.max_pending_bytes = apply.pipeline_max_bytes();
+    ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
+    PgSink* raw = sink.get();
+    sinks_.push_back(std::move(sink));
+    emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
+    target_dsns[t.name] = t.dsn;
+  }
+  skip_.assign(sinks_.size(), 0);
+  inspector_ = std::make_unique<PgSchemaInspector>(settings_.source_dsn, target_dsns);
+
+  PgReplicationSourceOptions so;
+  so.dsn = settings_.source_dsn;
+  so.slot = settings_.slot;
+  so.publication = settings_.publication;
+  for (const auto& m : modules_) {
+    if (std::find(so.tables.begin(), so.tables.end(), m->source_table()) == so.tables.end())
+      so.tables.push_back(m->source_table());
+  }
+  if (settings_.proto.source().feedback_interval_s())
+    so.feedback_interval = absl::Seconds(settings_.proto.source().feedback_interval_s());
+  ASSIGN_OR_RETURN(auto source, PgReplicationSource::Create(so));
+  source_ = std::move(source);
+  Lsn start = MinDurable();
+  spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
+               start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
+  RETURN_IF_ERROR(source_->Start(start));
+
+  const size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
+  (void)max_changes;
+  while (!stop.load()) {
+    ASSIGN_OR_RETURN(int n, source_->Poll(*this, absl::Seconds(1)));
+    if (n > 0) *made_progress = true;
+    // Nothing more is buffered: commit what is complete so latency stays low.
+    if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
+    RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
+    LogProgress(false);
+  }
+  // Stopping: a transaction still open is dropped (its group rolls back with the connection)
+  // and will be streamed again from the checkpoint.
+  if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
+  RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/true));
+  LogProgress(true);
+  spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(),
+               FormatLsn(MinDurable()));
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::FlushAll() {
+  for (auto& sink : sinks_) {
+    RETURN_IF_ERROR(sink->Flush().status());
+  }
+  group_changes_ = 0;
+  group_started_ = absl::InfinitePast();
+  return absl::OkStatus();
+}
+
+void Pipeline::LogProgress(bool force) {
+  absl::Time now = absl::Now();
+  if (!force && now - last_progress_log_ < absl::Seconds(10)) return;
+  last_progress_log_ = now;
+  Lsn durable = MinDurable();
+  Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
+  spdlog::info("pipeline {}: {} transactions, {} changes; applied {} received {} ({} bytes behind)",
+               settings_.proto.pipeline(), transactions_, changes_, FormatLsn(durable),
+               FormatLsn(received), received > durable ? received - durable : 0);
+}
+
+absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRelation& relation) {
+  auto it = bindings_.find(relation.oid);
+  if (it != bindings_.end() && it->second.version == relation.version) return &it->second;
+  RelationBindings rb;
+  rb.version = relation.version;
+  std::string name = relation.QualifiedName();
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    if (modules_[i]->source_table() != name) continue;
+    ASSIGN_OR_RETURN(auto bound, modules_[i]->Bind(relation, *inspector_));
+    rb.bindings.push_back({modules_[i].get(), std::move(bound), module_sink_[i]});
+  }
+  if (rb.bindings.empty()) {
+    spdlog::warn("source table {} is in publication {} but no mapping names it; its changes are "
+                 "not applied", name, settings_.publication);
+  } else {
+    spdlog::info("bound {} ({} mapping{}, relation version {})", name, rb.bindings.size(),
+                 rb.bindings.size() == 1 ? "" : "s", relation.version);
+  }
+  auto& slot = bindings_[relation.oid];
+  slot = std::move(rb);
+  return &slot;
+}
+
+absl::Status Pipeline::OnBegin(const TransactionBegin& begin) {
+  in_transaction_ = true;
+  begin_ = begin;
+  // A transaction is applied on a target when its commit record lies below the checkpoint
+  // (which stores the end of the last applied commit record).
+  for (size_t i = 0; i < sinks_.size(); ++i) skip_[i] = begin.final_lsn < sinks_[i]->durable_lsn();
+  if (group_started_ == absl::InfinitePast()) group_started_ = absl::Now();
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::OnRelation(std::shared_ptr<const SourceRelation> relation) {
+  relations_[relation->oid] = relation;
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::OnChange(const RowChange& change) {
+  ASSIGN_OR_RETURN(RelationBindings * rb, BindingsFor(*change.relation));
+  for (const Binding& b : rb->bindings) {
+    if (skip_[b.sink]) continue;
+    RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));
+  }
+  ++group_changes_;
+  ++changes_;
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
+  for (const SourceRelation* rel : truncate.relations) {
+    ASSIGN_OR_RETURN(RelationBindings * rb, BindingsFor(*rel));
+    for (const Binding& b : rb->bindings) {
+      if (skip_[b.sink]) continue;
+      RETURN_IF_ERROR(b.bound->MapTruncate(truncate.lsn, emit_[b.sink]));
+    }
+  }
+  ++group_changes_;
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
+  in_transaction_ = false;
+  ++transactions_;
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    if (!skip_[i]) sinks_[i]->EndTransaction(commit);
+  }
+  const auto& apply = settings_.proto.apply();
+  size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
+  absl::Duration max_age = absl::Milliseconds(apply.group_max_ms() ? apply.group_max_ms() : 200);
+  if (group_changes_ >= max_changes || absl::Now() - group_started_ >= max_age) {
+    RETURN_IF_ERROR(FlushAll());
+    RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
+  spdlog::debug("logical message prefix={} ({} bytes) at {}", std::string(message.prefix),
+                message.content.size(), FormatLsn(message.lsn));
+  return absl::OkStatus();
+}
+
+}  // namespace walshift

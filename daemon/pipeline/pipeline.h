@@ -1,0 +1,78 @@
+#pragma once
+// Wires one pipeline: the replication source, the mapping modules and one sink per target.
+// Runs on one thread: decode → map → queue in the target pipeline; groups are committed with
+// their checkpoint at transaction boundaries; the slot is confirmed only up to the lowest
+// durable checkpoint of all targets.
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "daemon/apply/pg_sink.h"
+#include "daemon/config/config.h"
+#include "daemon/core/interfaces.h"
+#include "daemon/pipeline/pg_schema_inspector.h"
+
+namespace walshift {
+
+class Pipeline : public ChangeHandler {
+ public:
+  Pipeline(config::Settings settings, std::vector<std::shared_ptr<const MappingModule>> modules);
+  ~Pipeline() override;
+
+  // Streams until `stop` becomes true (then flushes at a transaction boundary, sends final
+  // feedback and returns OK) or a non-retryable error occurs. Lost connections, serialization
+  // failures and deadlocks reconnect with backoff and resume from the checkpoints.
+  absl::Status Run(const std::atomic<bool>& stop);
+
+  absl::Status OnBegin(const TransactionBegin& begin) override;
+  absl::Status OnRelation(std::shared_ptr<const SourceRelation> relation) override;
+  absl::Status OnChange(const RowChange& change) override;
+  absl::Status OnTruncate(const TruncateChange& truncate) override;
+  absl::Status OnCommit(const TransactionCommit& commit) override;
+  absl::Status OnMessage(const LogicalMessage& message) override;
+
+ private:
+  struct Binding {
+    const MappingModule* module;
+    std::unique_ptr<BoundMapping> bound;
+    size_t sink;
+  };
+  struct RelationBindings {
+    uint64_t version = 0;
+    std::vector<Binding> bindings;
+  };
+
+  absl::Status RunOnce(const std::atomic<bool>& stop, bool* made_progress);
+  absl::StatusOr<RelationBindings*> BindingsFor(const SourceRelation& relation);
+  absl::Status FlushAll();
+  Lsn MinDurable() const;
+  void LogProgress(bool force);
+
+  config::Settings settings_;
+  std::vector<std::shared_ptr<const MappingModule>> modules_;
+  std::vector<size_t> module_sink_;  // module index → sink index
+
+  // Per connection lifetime.
+  std::vector<std::unique_ptr<PgSink>> sinks_;
+  std::vector<std::function<absl::Status(const TargetOp&)>> emit_;
+  std::vector<char> skip_;  // per sink: the open transaction is at or below its checkpoint
+  std::unique_ptr<PgSchemaInspector> inspector_;
+  std::unique_ptr<ChangeSource> source_;
+  absl::flat_hash_map<Oid, RelationBindings> bindings_;
+  absl::flat_hash_map<Oid, std::shared_ptr<const SourceRelation>> relations_;
+  bool in_transaction_ = false;
+  TransactionBegin begin_;
+  size_t group_changes_ = 0;
+  absl::Time group_started_ = absl::InfinitePast();
+  uint64_t transactions_ = 0;
+  uint64_t changes_ = 0;
+  absl::Time last_progress_log_ = absl::InfinitePast();
+};
+
+}  // namespace walshift

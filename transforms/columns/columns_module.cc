@@ -1,0 +1,413 @@
+#include "transforms/columns/columns_module.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/config/yaml_proto.h"
+#include "daemon/core/status_macros.h"
+
+namespace walshift::transforms::columns {
+namespace {
+
+using EmitFn = std::function<absl::Status(const TargetOp&)>;
+
+bool IsIdentStart(char c) { return absl::ascii_isalpha(c) || c == '_' || (c & 0x80); }
+bool IsIdentChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '$' || (c & 0x80); }
+
+// One target column and where its value comes from, resolved against a relation.
+struct ValueSpec {
+  enum Kind { kColumn, kConst, kSql } kind = kColumn;
+  std::string target_column;
+  int source_column = -1;          // kColumn
+  std::string text;                // kConst: the literal; kSql: the expression
+  std::vector<int> inputs;         // kSql: source columns it names
+  std::string origin;
+};
+
+// Where a parameter slot's value comes from.
+struct Slot {
+  int source_column = -1;  // or a constant:
+  const std::string* constant = nullptr;
+};
+
+class BoundColumns : public BoundMapping {
+ public:
+  absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
+    const Tuple* old_tuple = change.old_tuple;
+    switch (change.kind) {
+      case ChangeKind::kInsert:
+        RETURN_IF_ERROR(CheckKeyPresent(*change.new_tuple, change));
+        return Emit(upsert_, upsert_slots_, *change.new_tuple, change.lsn, emit);
+      case ChangeKind::kUpdate: {
+        const Tuple* new_tuple = change.new_tuple;
+        if (old_tuple != nullptr && change.old_tuple_kind == 'O') {
+          // REPLICA IDENTITY FULL: the old row has every value; unchanged TOAST comes from it.
+          merged_ = *new_tuple;
+          for (size_t i = 0; i < merged_.size() && i < old_tuple->size(); ++i)
+            if (merged_[i].is_unchanged_toast()) merged_[i] = (*old_tuple)[i];
+          new_tuple = &merged_;
+        }
+        if (old_tuple != nullptr && KeyChanged(*old_tuple, *new_tuple)) {
+          RETURN_IF_ERROR(Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit));
+        }
+        RETURN_IF_ERROR(CheckKeyPresent(*new_tuple, change));
+        return Emit(upsert_, upsert_slots_, *new_tuple, change.lsn, emit);
+      }
+      case ChangeKind::kDelete:
+        if (old_tuple == nullptr) {
+          return absl::DataLossError(absl::StrCat("delete from ", upsert_.source_table, " at LSN ",
+                                                  FormatLsn(change.lsn), " carries no old key"));
+        }
+        return Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
+    if (!truncate_apply_) return absl::OkStatus();
+    TargetOp op;
+    op.shape = &truncate_;
+    op.lsn = lsn;
+    return emit(op);
+  }
+
+  // Builds shapes. Returns kFailedPrecondition naming the mapping, table and column.
+  absl::Status Init(const std::string& where, const std::string& target, const std::string& table,
+                    const SourceRelation& relation, const SourceTableInfo& info,
+                    std::vector<ValueSpec> values, std::vector<std::string> key,
+                    bool truncate_apply) {
+    values_ = std::move(values);
+    truncate_apply_ = truncate_apply;
+    bool full = relation.replica_identity == 'f';
+
+    // Key: configured, or the columns copied from the source's replica identity columns.
+    std::vector<int> key_values;
+    if (key.empty()) {
+      for (size_t i = 0; i < values_.size(); ++i) {
+        const ValueSpec& v = values_[i];
+        if (v.kind == ValueSpec::kColumn && relation.columns[v.source_column].part_of_key)
+          key_values.push_back(static_cast<int>(i));
+      }
+      size_t source_keys = std::count_if(relation.columns.begin(), relation.columns.end(),
+                                         [](const SourceColumn& c) { return c.part_of_key; });
+      if (source_keys == 0 || key_values.size() != source_keys) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            where, ": cannot derive the target key: ",
+            source_keys == 0 ? absl::StrCat(relation.QualifiedName(),
+                                            " has no primary key or replica identity index")
+                             : "not every source key column is copied to a target column",
+            "; give key: [target columns covered by a unique constraint]"));
+      }
+    } else {
+      for (const std::string& k : key) {
+        auto it = std::find_if(values_.begin(), values_.end(),
+                               [&](const ValueSpec& v) { return v.target_column == k; });
+        if (it == values_.end()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              where, ".key: '", k, "' is not one of the mapped target columns of ", table));
+        }
+        key_values.push_back(static_cast<int>(it - values_.begin()));
+      }
+    }
+
+    // A delete (and a key change) only has the old key: every key value must come from it.
+    for (int kv : key_values) {
+      const ValueSpec& v = values_[kv];
+      std::vector<int> sources = v.kind == ValueSpec::kColumn ? std::vector<int>{v.source_column}
+                                                               : v.inputs;
+      for (int s : sources) {
+        if (!full && !relation.columns[s].part_of_key) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              where, ": key column ", v.target_column, " of ", table, " comes from ",
+              relation.QualifiedName(), ".", relation.columns[s].name,
+              ", which is not part of the source's replica identity; deletes would not find the "
+              "row. Key the target by the source's primary key columns, or set REPLICA IDENTITY "
+              "FULL on ", relation.QualifiedName()));
+        }
+        key_source_columns_.push_back(s);
+      }
+    }
+
+    // An expression mixing a TOAST-able input with other inputs cannot be evaluated when only
+    // some inputs arrive (unchanged TOAST values are not sent) unless the old row is sent too.
+    for (const ValueSpec& v : values_) {
+      if (v.kind != ValueSpec::kSql || v.inputs.size() < 2 || full) continue;
+      for (int s : v.inputs) {
+        const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
+        if (ci != nullptr && ci->toastable) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              where, ".columns.", v.target_column, ": the sql expression reads ",
+              relation.columns[s].name, " (", ci->type,
+              ", TOAST-able) together with other columns; an update that leaves a large ",
+              relation.columns[s].name, " unchanged does not carry its value. Set REPLICA "
+              "IDENTITY FULL on ", relation.QualifiedName(),
+              " so the old value is sent, or split the expression"));
+        }
+      }
+    }
+
+    auto type_of = [&](int s) {
+      const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
+      if (ci == nullptr || !ci->in_target) return std::string("text");
+      return ci->type;
+    };
+
+    auto init_shape = [&](OpShape* shape, OpKind kind) {
+      shape->kind = kind;
+      shape->target = target;
+      shape->table = table;
+      shape->source_table = relation.QualifiedName();
+      shape->id = NextOpShapeId();
+    };
+    auto add_values = [&](OpShape* shape, std::vector<Slot>* slots, const std::vector<int>& which) {
+      for (int idx : which) {
+        const ValueSpec& v = values_[idx];
+        TargetValue tv;
+        tv.column = v.target_column;
+        tv.origin = v.origin;
+        if (v.kind == ValueSpec::kSql) {
+          tv.sql = v.text;
+          for (int s : v.inputs) {
+            const std::string& name = relation.columns[s].name;
+            auto it = std::find_if(shape->inputs.begin(), shape->inputs.end(),
+                                   [&](const ExprInput& in) { return in.name == name; });
+            if (it == shape->inputs.end()) {
+              shape->inputs.push_back({name, type_of(s), static_cast<int>(slots->size())});
+              slots->push_back({s, nullptr});
+              it = shape->inputs.end() - 1;
+            }
+            tv.sql_inputs.push_back(static_cast<int>(it - shape->inputs.begin()));
+          }
+        } else {
+          tv.param = static_cast<int>(slots->size());
+          slots->push_back(v.kind == ValueSpec::kConst ? Slot{-1, &v.text} : Slot{v.source_column, nullptr});
+        }
+        shape->values.push_back(std::move(tv));
+      }
+      shape->num_params = static_cast<int>(slots->size());
+    };
+
+    init_shape(&upsert_, OpKind::kUpsert);
+    std::vector<int> all(values_.size());
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+    add_values(&upsert_, &upsert_slots_, all);
+    upsert_.key = key_values;
+
+    init_shape(&delete_, OpKind::kDelete);
+    add_values(&delete_, &delete_slots_, key_values);
+    for (size_t i = 0; i < key_values.size(); ++i) delete_.key.push_back(static_cast<int>(i));
+
+    init_shape(&truncate_, OpKind::kTruncate);
+    params_.resize(std::max(upsert_.num_params, delete_.num_params));
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const Tuple& tuple,
+                    Lsn lsn, const EmitFn& emit) const {
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const Slot& s = slots[i];
+      if (s.constant != nullptr) {
+        params_[i] = Datum{DatumKind::kText, static_cast<uint32_t>(s.constant->size()),
+                           s.constant->c_str()};
+      } else {
+        params_[i] = tuple[s.source_column];
+      }
+    }
+    TargetOp op;
+    op.shape = &shape;
+    op.params = params_.data();
+    op.lsn = lsn;
+    return emit(op);
+  }
+
+  bool KeyChanged(const Tuple& old_tuple, const Tuple& new_tuple) const {
+    for (int s : key_source_columns_) {
+      const Datum& o = old_tuple[s];
+      const Datum& n = new_tuple[s];
+      if (n.is_unchanged_toast()) continue;
+      if (o.kind != n.kind || o.view() != n.view()) return true;
+    }
+    return false;
+  }
+
+  absl::Status CheckKeyPresent(const Tuple& tuple, const RowChange& change) const {
+    for (int s : key_source_columns_) {
+      if (tuple[s].is_unchanged_toast()) {
+        return absl::DataLossError(absl::StrCat(
+            "update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
+            ": key column ", change.relation->columns[s].name,
+            " arrived as an unchanged TOAST value without its old value; set REPLICA IDENTITY "
+            "FULL on the source table"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::vector<ValueSpec> values_;
+  OpShape upsert_, delete_, truncate_;
+  std::vector<Slot> upsert_slots_, delete_slots_;
+  std::vector<int> key_source_columns_;
+  bool truncate_apply_ = true;
+  // Per-row scratch: a bound mapping is used by one pipeline thread only.
+  mutable std::vector<Datum> params_;
+  mutable Tuple merged_;
+};
+
+}  // namespace
+
+std::vector<std::string> ExpressionInputs(absl::string_view sql,
+                                          const std::vector<std::string>& candidates) {
+  std::vector<std::string> out;
+  auto add = [&](absl::string_view name, bool quoted) {
+    for (const auto& c : candidates) {
+      bool match = quoted ? c == name : absl::EqualsIgnoreCase(c, name);
+      if (match && std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
+    }
+  };
+  size_t i = 0, n = sql.size();
+  auto prev_significant = [&](size_t pos) -> absl::string_view {
+    size_t j = pos;
+    while (j > 0 && absl::ascii_isspace(sql[j - 1])) --j;
+    if (j >= 2 && sql[j - 1] == ':' && sql[j - 2] == ':') return "::";
+    if (j >= 1 && sql[j - 1] == '.') return ".";
+    return "";
+  };
+  auto next_is_paren = [&](size_t pos) {
+    while (pos < n && absl::ascii_isspace(sql[pos])) ++pos;
+    return pos < n && sql[pos] == '(';
+  };
+  while (i < n) {
+    char c = sql[i];
+    if (c == '\'') {  // string literal, '' escapes
+      ++i;
+      while (i < n) {
+        if (sql[i] == '\'' && i + 1 < n && sql[i + 1] == '\'') i += 2;
+        else if (sql[i] == '\'') { ++i; break; }
+        else ++i;
+      }
+    } else if (c == '"') {
+      size_t start = ++i;
+      std::string name;
+      while (i < n) {
+        if (sql[i] == '"' && i + 1 < n && sql[i + 1] == '"') { name += '"'; i += 2; }
+        else if (sql[i] == '"') break;
+        else name += sql[i++];
+      }
+      bool skip = !prev_significant(start - 1).empty();
+      ++i;
+      if (!skip && !next_is_paren(i)) add(name, true);
+    } else if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+      while (i < n && sql[i] != '\n') ++i;
+    } else if (IsIdentStart(c)) {
+      size_t start = i;
+      while (i < n && IsIdentChar(sql[i])) ++i;
+      if (i < n && sql[i] == '\'' && i - start == 1 && (c == 'E' || c == 'e')) continue;
+      if (prev_significant(start).empty() && !next_is_paren(i))
+        add(sql.substr(start, i - start), false);
+    } else if (absl::ascii_isdigit(c)) {
+      while (i < n && (IsIdentChar(sql[i]) || sql[i] == '.')) ++i;
+    } else {
+      ++i;
+    }
+  }
+  return out;
+}
+
+ColumnsModule::ColumnsModule(std::string path, v1::Mapping common, ColumnsConfig config)
+    : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)) {
+  table_ = config_.table().empty() ? common_.source() : config_.table();
+  if (table_.find('.') == std::string::npos) table_ = "public." + table_;
+}
+
+absl::StatusOr<std::unique_ptr<BoundMapping>> ColumnsModule::Bind(const SourceRelation& relation,
+                                                                   SchemaInspector& inspector) const {
+  std::string where = absl::StrCat(path_, " (", common_.source(), " -> ", table_, ")");
+  ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common_.target()));
+
+  std::vector<std::string> source_names;
+  for (const auto& c : relation.columns) source_names.push_back(c.name);
+
+  std::vector<ValueSpec> values;
+  if (config_.columns().empty()) {
+    for (size_t i = 0; i < relation.columns.size(); ++i) {
+      values.push_back({ValueSpec::kColumn, relation.columns[i].name, static_cast<int>(i), "", {},
+                        relation.columns[i].name});
+    }
+  } else {
+    std::vector<std::string> targets;
+    for (const auto& [name, _] : config_.columns()) targets.push_back(name);
+    std::sort(targets.begin(), targets.end());
+    for (const std::string& name : targets) {
+      const ColumnSource& src = config_.columns().at(name);
+      ValueSpec v;
+      v.target_column = name;
+      switch (src.value_case()) {
+        case ColumnSource::kColumn: {
+          int idx = relation.ColumnIndex(src.column());
+          if (idx < 0) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                where, ".columns.", name, ": source column '", src.column(), "' does not exist in ",
+                relation.QualifiedName(), " (it has: ", absl::StrJoin(source_names, ", "), ")"));
+          }
+          v.kind = ValueSpec::kColumn;
+          v.source_column = idx;
+          v.origin = src.column();
+          break;
+        }
+        case ColumnSource::kConst:
+          v.kind = ValueSpec::kConst;
+          v.text = src.const_();
+          v.origin = "const";
+          break;
+        case ColumnSource::kSql: {
+          v.kind = ValueSpec::kSql;
+          v.text = src.sql();
+          v.origin = absl::StrCat("sql: ", src.sql());
+          for (const std::string& in : ExpressionInputs(src.sql(), source_names))
+            v.inputs.push_back(relation.ColumnIndex(in));
+          break;
+        }
+        case ColumnSource::VALUE_NOT_SET:
+          return absl::FailedPreconditionError(
+              absl::StrCat(where, ".columns.", name, ": give a source column, const: or sql:"));
+      }
+      values.push_back(std::move(v));
+    }
+  }
+  std::vector<std::string> key(config_.key().begin(), config_.key().end());
+  auto bound = std::make_unique<BoundColumns>();
+  RETURN_IF_ERROR(bound->Init(where, common_.target(), table_, relation, info, std::move(values),
+                              std::move(key), common_.truncate() == v1::TRUNCATE_APPLY));
+  return bound;
+}
+
+std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems) {
+  ColumnsConfig cfg;
+  size_t before = problems->size();
+  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+  for (const auto& [name, src] : cfg.columns()) {
+    std::string p = absl::StrCat(mapping.path, ".columns.", name);
+    if (src.value_case() == ColumnSource::VALUE_NOT_SET)
+      problems->push_back(absl::StrCat(p, ": give a source column, {const: ...} or {sql: ...}"));
+    if (src.value_case() == ColumnSource::kSql && absl::StripAsciiWhitespace(src.sql()).empty())
+      problems->push_back(absl::StrCat(p, ".sql: empty expression"));
+    if (src.value_case() == ColumnSource::kColumn && src.column().empty())
+      problems->push_back(absl::StrCat(p, ": empty source column name"));
+  }
+  for (int i = 0; i < cfg.key_size(); ++i) {
+    if (!cfg.columns().empty() && !cfg.columns().contains(cfg.key(i))) {
+      problems->push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
+                                       "' is not one of the mapped target columns"));
+    }
+  }
+  if (problems->size() != before) return nullptr;
+  return std::make_unique<ColumnsModule>(mapping.path, mapping.common, std::move(cfg));
+}
+
+}  // namespace walshift::transforms::columns

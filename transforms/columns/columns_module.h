@@ -1,0 +1,47 @@
+#pragma once
+// The `columns` mapping module: one source row becomes one target row. Each target column is
+// a source column, a constant, or an SQL expression over the source row's column names that
+// the target database evaluates. Insert and update upsert by key; a key change deletes the old
+// key first; delete deletes by key; truncate empties the table (unless `truncate: ignore`).
+//
+// Unchanged TOAST values (pgoutput 'u') are never written: a copied column is left as it is.
+// An `sql:` expression whose inputs are all unchanged is left as it is too. An expression that
+// mixes a TOAST-able input with other inputs needs the old value, which only REPLICA IDENTITY
+// FULL provides: without it the mapping is rejected when the table is bound, saying so.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/core/interfaces.h"
+#include "transforms/columns/columns.pb.h"
+
+namespace walshift::transforms::columns {
+
+std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems);
+
+// The source column names an SQL expression refers to (identifiers outside string literals,
+// not followed by '(' and not after '.' or '::'), matched against `candidates` (unquoted names
+// case-insensitively, quoted names exactly). Exposed for tests.
+std::vector<std::string> ExpressionInputs(absl::string_view sql,
+                                          const std::vector<std::string>& candidates);
+
+class ColumnsModule : public MappingModule {
+ public:
+  ColumnsModule(std::string path, v1::Mapping common, ColumnsConfig config);
+
+  const std::string& source_table() const override { return common_.source(); }
+  const std::string& target() const override { return common_.target(); }
+  absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
+                                                      SchemaInspector& inspector) const override;
+
+ private:
+  std::string path_;
+  v1::Mapping common_;
+  ColumnsConfig config_;
+  std::string table_;
+};
+
+}  // namespace walshift::transforms::columns

@@ -1,0 +1,39 @@
+#include "transforms/registry.h"
+
+#include "absl/strings/str_cat.h"
+#include "transforms/columns/columns_module.h"
+
+namespace walshift::transforms {
+
+const std::vector<ModuleEntry>& Modules() {
+  // The one list. Add a module here; nothing registers itself.
+  static const std::vector<ModuleEntry> kModules = {
+      {"columns", &columns::Create,
+       "one source row to one target row: rename, const, SQL expression"},
+  };
+  return kModules;
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
+    const config::Settings& settings, const std::string& file_name) {
+  std::vector<std::string> problems;
+  std::vector<std::shared_ptr<const MappingModule>> modules;
+  for (const auto& m : settings.mappings) {
+    const ModuleEntry* entry = nullptr;
+    for (const auto& e : Modules())
+      if (m.common.module() == e.name) entry = &e;
+    if (entry == nullptr) {
+      std::string names;
+      for (const auto& e : Modules()) absl::StrAppend(&names, names.empty() ? "" : ", ", e.name);
+      problems.push_back(absl::StrCat(m.path, ".module: unknown module '", m.common.module(),
+                                      "' (known: ", names, ")"));
+      continue;
+    }
+    std::unique_ptr<MappingModule> module = entry->create(m, &problems);
+    if (module != nullptr) modules.push_back(std::move(module));
+  }
+  if (!problems.empty()) return config::ProblemsStatus(file_name, problems);
+  return modules;
+}
+
+}  // namespace walshift::transforms
