@@ -1,0 +1,126 @@
+// Configuration loading: strict keys, every problem reported with its key path, exit code 2
+// from the real walshiftd binary, and no secret in any message.
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "daemon/config/config.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "transforms/registry.h"
+
+namespace walshift::config {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string SourceDir() {
+  const char* d = std::getenv("WALSHIFT_SOURCE_DIR");
+  return d ? d : WALSHIFT_SOURCE_DIR_DEFAULT;
+}
+std::string BinDir() {
+  const char* d = std::getenv("WALSHIFT_BIN_DIR");
+  return d ? d : WALSHIFT_BIN_DIR_DEFAULT;
+}
+
+// Runs a command, returns {exit code, stdout+stderr}.
+std::pair<int, std::string> RunCommand(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(ConfigTest, FullExampleLoadsWithDefaults) {
+  auto s = LoadSettingsText(R"(
+pipeline: orders-v2
+source: {dsn: "host=/tmp dbname=legacy user=app password=s3cret"}
+targets: [{name: main, dsn: "host=/tmp dbname=new"}]
+mappings:
+  - source: orders
+    table: app.orders_v2
+    key: [order_id]
+    columns:
+      order_id: id
+      total_cents: {sql: "round(amount * 100)::bigint"}
+      origin: {const: legacy}
+    truncate: ignore
+)", "test.yaml");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->slot, "walshift_orders_v2");
+  EXPECT_EQ(s->publication, "walshift_orders_v2");
+  ASSERT_EQ(s->mappings.size(), 1u);
+  EXPECT_EQ(s->mappings[0].common.source(), "public.orders");
+  EXPECT_EQ(s->mappings[0].common.target(), "main");
+  EXPECT_EQ(s->mappings[0].common.module(), "columns");
+  EXPECT_EQ(s->mappings[0].common.truncate(), v1::TRUNCATE_IGNORE);
+  auto modules = transforms::BuildModules(*s, "test.yaml");
+  ASSERT_TRUE(modules.ok()) << modules.status();
+  EXPECT_EQ((*modules)[0]->source_table(), "public.orders");
+}
+
+TEST(ConfigTest, ReportsEveryProblemAtOnce) {
+  auto s = LoadSettingsText(R"(
+pipeline: p
+sorce: {dsn: x}
+targets: [{name: a}]
+mappings: [{source: t, bogus: 1}]
+extra: 1
+)", "multi.yaml");
+  ASSERT_FALSE(s.ok());
+  std::string m(s.status().message());
+  EXPECT_THAT(m, HasSubstr("sorce: unknown key"));
+  EXPECT_THAT(m, HasSubstr("extra: unknown key"));
+  EXPECT_THAT(m, HasSubstr("source: required key missing"));
+  EXPECT_THAT(m, HasSubstr("targets[0]: one of dsn, dsn_env or dsn_file is required"));
+}
+
+TEST(ConfigTest, DsnFromEnvAndFile) {
+  setenv("WALSHIFT_TEST_DSN", "host=/tmp dbname=from_env", 1);
+  std::string file = testing::TempDir() + "/walshift_dsn";
+  std::ofstream(file) << "host=/tmp dbname=from_file\n";
+  auto s = LoadSettingsText(
+      "pipeline: p\nsource: {dsn_env: WALSHIFT_TEST_DSN}\ntargets: [{name: a, dsn_file: " + file +
+          "}]\nmappings: [{source: t}]\n",
+      "env.yaml");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->source_dsn, "host=/tmp dbname=from_env");
+  EXPECT_EQ(s->targets[0].dsn, "host=/tmp dbname=from_file");
+}
+
+// Every file in malformed/ starts with "# expect: <text>"; walshiftd must exit 2 and say it.
+TEST(ConfigTest, MalformedConfigsExitTwoNamingTheProblem) {
+  std::string dir = SourceDir() + "/tests/unit/config/malformed";
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path());
+    std::string first;
+    std::getline(in, first);
+    ASSERT_EQ(first.rfind("# expect: ", 0), 0u) << entry.path();
+    std::string expect = first.substr(10);
+    auto [code, out] = RunCommand(BinDir() + "/walshiftd --config " + entry.path().string());
+    EXPECT_EQ(code, 2) << entry.path() << "\n" << out;
+    EXPECT_THAT(out, HasSubstr(expect)) << entry.path();
+    EXPECT_THAT(out, Not(HasSubstr("hunter2"))) << "a password leaked: " << entry.path();
+    ++count;
+  }
+  EXPECT_GE(count, 10);
+}
+
+TEST(ConfigTest, MissingFileAndBadArgumentsExitTwo) {
+  EXPECT_EQ(RunCommand(BinDir() + "/walshiftd --config /nonexistent.yaml").first, 2);
+  EXPECT_EQ(RunCommand(BinDir() + "/walshiftd --frobnicate").first, 2);
+  EXPECT_EQ(RunCommand(BinDir() + "/walshiftd").first, 2);
+}
+
+}  // namespace
+}  // namespace walshift::config
