@@ -395,9 +395,14 @@ std::string PgSink::ProbeColumn(const Pending& pending) const {
     if (!type.ok() || PQntuples(type->get()) != 1) continue;
     std::string type_name = PQgetvalue(type->get(), 0, 0);
     std::string value(params[v.param].second);
-    auto cast = pg::ExecParams(conn->get(), absl::StrCat("SELECT $1::", type_name),
-                               {value.c_str()}, "probe");
-    if (!cast.ok()) return absl::StrCat(v.column, " (", type_name, ", from ", v.origin, ")");
+    // Assignment semantics (an explicit cast would silently cut a too long varchar).
+    (void)pg::Exec(conn->get(), "BEGIN", "probe");
+    auto made = pg::Exec(conn->get(), absl::StrCat("CREATE TEMP TABLE walshift_probe (v ", type_name, ")"), "probe");
+    auto insert = made.ok() ? pg::ExecParams(conn->get(), "INSERT INTO walshift_probe VALUES ($1)",
+                                             {value.c_str()}, "probe")
+                            : absl::StatusOr<pg::ResultPtr>(made.status());
+    (void)pg::Exec(conn->get(), "ROLLBACK", "probe");
+    if (made.ok() && !insert.ok()) return absl::StrCat(v.column, " (", type_name, ", from ", v.origin, ")");
   }
   std::vector<std::string> exprs;
   for (const TargetValue& v : shape.values)

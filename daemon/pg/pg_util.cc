@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "spdlog/spdlog.h"
 
 namespace walshift::pg {
 
@@ -67,6 +68,12 @@ absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
                                                RedactDsn(dsn), "): ",
                                                absl::StripTrailingAsciiWhitespace(msg)));
   }
+  PQsetNoticeProcessor(
+      conn.get(),
+      [](void*, const char* message) {
+        spdlog::debug("server notice: {}", absl::StripTrailingAsciiWhitespace(message).data());
+      },
+      nullptr);
   return conn;
 }
 

@@ -42,6 +42,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   for (;;) {
     bool progress = false;
     absl::Status st = RunOnce(stop, &progress);
+    Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
     // Connections of this attempt are closed before deciding: an open group rolls back.
     source_.reset();
     sinks_.clear();
@@ -52,6 +53,15 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     in_transaction_ = false;
     group_changes_ = 0;
     if (st.ok()) return st;
+    if (st.code() == absl::StatusCode::kFailedPrecondition && isolate_until_ == kInvalidLsn &&
+        received != kInvalidLsn) {
+      // Replay once with one source transaction per group: the transactions before the
+      // failing one are committed, and the error is raised again by the failing one alone.
+      spdlog::warn("{}; replaying one transaction at a time to commit everything before it",
+                   std::string(st.message()));
+      isolate_until_ = received;
+      continue;
+    }
     if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kAborted) {
       return st;
     }
@@ -139,9 +149,9 @@ void Pipeline::LogProgress(bool force) {
   last_progress_log_ = now;
   Lsn durable = MinDurable();
   Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
-  spdlog::info("pipeline {}: {} transactions, {} changes; applied {} received {} ({} bytes behind)",
-               settings_.proto.pipeline(), transactions_, changes_, FormatLsn(durable),
-               FormatLsn(received), received > durable ? received - durable : 0);
+  spdlog::info("pipeline {}: {} transactions, {} changes; applied {} received {}",
+               settings_.proto.pipeline(), transactions_, changes_,
+               durable == kInvalidLsn ? std::string("none") : FormatLsn(durable), FormatLsn(received));
 }
 
 absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRelation& relation) {
@@ -214,7 +224,8 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   const auto& apply = settings_.proto.apply();
   size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
   absl::Duration max_age = absl::Milliseconds(apply.group_max_ms() ? apply.group_max_ms() : 200);
-  if (group_changes_ >= max_changes || absl::Now() - group_started_ >= max_age) {
+  bool isolate = commit.end_lsn <= isolate_until_;
+  if (isolate || group_changes_ >= max_changes || absl::Now() - group_started_ >= max_age) {
     RETURN_IF_ERROR(FlushAll());
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
   }

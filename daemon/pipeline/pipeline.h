@@ -67,6 +67,10 @@ class Pipeline : public ChangeHandler {
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
   absl::flat_hash_map<Oid, std::shared_ptr<const SourceRelation>> relations_;
   bool in_transaction_ = false;
+  // After a data error, the group is replayed one source transaction per target transaction up
+  // to this position, so everything before the failing transaction is committed and the error
+  // names it alone.
+  Lsn isolate_until_ = kInvalidLsn;
   TransactionBegin begin_;
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();

@@ -1,0 +1,157 @@
+#include "tests/integration/daemon_fixture.h"
+
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "tests/testing/test_paths.h"
+
+namespace walshift::testing {
+
+PgCluster* DaemonTest::source_cluster_ = nullptr;
+PgCluster* DaemonTest::target_cluster_ = nullptr;
+
+void DaemonTest::SetUpTestSuite() {
+  PgClusterOptions so;
+  so.name = "source";
+  auto s = PgCluster::Start(so);
+  ASSERT_TRUE(s.ok()) << s.status();
+  PgClusterOptions to;
+  to.name = "target";
+  auto t = PgCluster::Start(to);
+  ASSERT_TRUE(t.ok()) << t.status();
+  source_cluster_ = s->release();
+  target_cluster_ = t->release();
+}
+
+void DaemonTest::TearDownTestSuite() {
+  delete source_cluster_;
+  delete target_cluster_;
+  source_cluster_ = target_cluster_ = nullptr;
+}
+
+void DaemonTest::SetUp() {
+  ASSERT_NE(source_cluster_, nullptr);
+  std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  std::string lower;
+  for (char c : name) lower += std::isalnum(static_cast<unsigned char>(c)) ? std::tolower(c) : '_';
+  pipeline_ = lower.substr(0, 40);
+  source_db_ = "legacy_" + pipeline_;
+  target_db_ = "new_" + pipeline_;
+  ASSERT_TRUE(source_cluster_->CreateDatabase(source_db_).ok());
+  ASSERT_TRUE(target_cluster_->CreateDatabase(target_db_).ok());
+  dir_ = absl::StrCat(source_cluster_->temp_dir(), "/", pipeline_);
+  std::filesystem::create_directories(dir_);
+}
+
+void DaemonTest::TearDown() {
+  if (daemon_ && daemon_->Running()) daemon_->Kill();
+  if (HasFailure()) std::cerr << "---- walshiftd log ----\n" << DaemonLog() << "\n";
+  daemon_.reset();
+  // Free the slot so the cluster does not keep WAL for a finished test.
+  (void)source_cluster_->Exec(
+      "postgres", absl::StrCat("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                               "WHERE slot_name = 'walshift_", pipeline_, "' AND NOT active"));
+}
+
+std::string DaemonTest::WriteConfig(const std::string& yaml) {
+  std::string text = absl::StrReplaceAll(yaml, {{"{SOURCE}", source_cluster_->Dsn(source_db_)},
+                                                {"{TARGET}", target_cluster_->Dsn(target_db_)},
+                                                {"{PIPELINE}", pipeline_}});
+  std::string path = absl::StrCat(dir_, "/walshift.yaml");
+  std::ofstream(path) << text;
+  return path;
+}
+
+absl::Status DaemonTest::StartDaemon(const std::string& config_path) {
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftd"), "--config", config_path};
+  o.stdout_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
+  o.stderr_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
+  auto p = Subprocess::Start(o);
+  if (!p.ok()) return p.status();
+  daemon_ = std::move(*p);
+  ++daemon_starts_;
+  return absl::OkStatus();
+}
+
+ExitStatus DaemonTest::StopDaemon(absl::Duration timeout) {
+  EXPECT_TRUE(daemon_->Signal(SIGTERM).ok());
+  auto st = daemon_->Wait(timeout);
+  if (!st.ok()) {
+    ADD_FAILURE() << "walshiftd did not stop within " << timeout;
+    return daemon_->Kill();
+  }
+  return *st;
+}
+
+std::string DaemonTest::DaemonLog() const {
+  std::ifstream in(absl::StrCat(dir_, "/walshiftd.log"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string all = ss.str();
+  return all.size() > 20000 ? all.substr(all.size() - 20000) : all;
+}
+
+absl::Status DaemonTest::WaitCaughtUp(absl::Duration timeout) {
+  absl::Time deadline = absl::Now() + timeout;
+  // Transactions committed before the slot exists are never streamed: wait for the daemon's
+  // replication connection first.
+  std::string active = absl::StrCat("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = "
+                                    "'walshift_", pipeline_, "' AND active");
+  for (;;) {
+    auto v = source_cluster_->QueryValue(source_db_, active);
+    if (v.ok() && *v == "1") break;
+    if (daemon_ && !daemon_->Running()) {
+      return absl::InternalError(absl::StrCat("walshiftd exited before streaming:\n", DaemonLog()));
+    }
+    if (absl::Now() > deadline) return absl::DeadlineExceededError("walshiftd never started streaming");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  // Everything committed so far ends at or below `fence_lsn`; the fence transaction after it
+  // moves the checkpoint past it.
+  auto fence_lsn = source_cluster_->QueryValue(source_db_, "SELECT pg_current_wal_insert_lsn()::text");
+  if (!fence_lsn.ok()) return fence_lsn.status();
+  absl::Status st = source_cluster_->Exec(
+      source_db_, "SELECT pg_logical_emit_message(true, 'walshift.fence', '')");
+  if (!st.ok()) return st;
+  std::string query = absl::StrCat("SELECT coalesce((SELECT commit_lsn >= '", *fence_lsn,
+                                   "'::pg_lsn FROM walshift.checkpoint WHERE pipeline = '",
+                                   pipeline_, "'), false)::text");
+  while (absl::Now() < deadline) {
+    auto v = target_cluster_->QueryValue(target_db_, query);
+    if (v.ok() && *v == "true") return absl::OkStatus();
+    if (daemon_ && !daemon_->Running()) {
+      return absl::InternalError(absl::StrCat("walshiftd exited while waiting to catch up:\n", DaemonLog()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("target did not catch up to ", *fence_lsn));
+}
+
+void DaemonTest::Source(const std::string& sql) {
+  absl::Status st = source_cluster_->Exec(source_db_, sql);
+  ASSERT_TRUE(st.ok()) << st << "\n" << sql;
+}
+void DaemonTest::Target(const std::string& sql) {
+  absl::Status st = target_cluster_->Exec(target_db_, sql);
+  ASSERT_TRUE(st.ok()) << st << "\n" << sql;
+}
+PgRows DaemonTest::SourceRows(const std::string& sql) {
+  auto r = source_cluster_->Query(source_db_, sql);
+  EXPECT_TRUE(r.ok()) << r.status() << "\n" << sql;
+  return r.ok() ? *r : PgRows{};
+}
+PgRows DaemonTest::TargetRows(const std::string& sql) {
+  auto r = target_cluster_->Query(target_db_, sql);
+  EXPECT_TRUE(r.ok()) << r.status() << "\n" << sql;
+  return r.ok() ? *r : PgRows{};
+}
+
+}  // namespace walshift::testing

@@ -1,0 +1,48 @@
+#pragma once
+// Shared pieces of the integration and fault tests: a source and a target cluster per test
+// suite, a fresh database pair per test, walshiftd as a real subprocess, and the fence that
+// tells when the target has caught up with everything committed before it.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "tests/testing/pg_cluster.h"
+#include "tests/testing/subprocess.h"
+
+namespace walshift::testing {
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  void SetUp() override;
+  void TearDown() override;
+
+  // Writes `yaml` (with {SOURCE} and {TARGET} replaced by the DSNs of this test's databases and
+  // {PIPELINE} by its pipeline name) and returns the file path.
+  std::string WriteConfig(const std::string& yaml);
+  // Starts walshiftd with the config; stderr goes to a log file kept for failure messages.
+  absl::Status StartDaemon(const std::string& config_path);
+  // SIGTERM and wait; returns the exit status.
+  ExitStatus StopDaemon(absl::Duration timeout = absl::Seconds(10));
+  // Waits until the target checkpoint covers everything committed in the source before this
+  // call. Fails (with the daemon's log) when the daemon exits or `timeout` passes.
+  absl::Status WaitCaughtUp(absl::Duration timeout = absl::Seconds(120));
+  std::string DaemonLog() const;
+
+  void Source(const std::string& sql);
+  void Target(const std::string& sql);
+  PgRows SourceRows(const std::string& sql);
+  PgRows TargetRows(const std::string& sql);
+
+  static PgCluster* source_cluster_;
+  static PgCluster* target_cluster_;
+  std::string source_db_, target_db_, pipeline_, dir_;
+  std::unique_ptr<Subprocess> daemon_;
+  int daemon_starts_ = 0;
+};
+
+}  // namespace walshift::testing
