@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -279,10 +280,12 @@ absl::StatusOr<Lsn> PgSink::Flush() {
     return BrokenConnection("sending the checkpoint");
   }
   pending_.push_back(Pending{Pending::kControl});
+  CrashPoint("apply.before_commit");  // the group is sent but not committed
   RETURN_IF_ERROR(SendControl("COMMIT"));
   if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
   pending_.push_back(Pending{Pending::kSync});
   RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
+  CrashPoint("apply.after_commit");  // committed on the target, not yet confirmed to the source
   durable_lsn_ = last_commit_.end_lsn;
   applied_changes_ += group_changes_;
   group_changes_ = 0;

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/source/pg_replication_source.h"
 #include "spdlog/spdlog.h"
@@ -229,6 +230,7 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
     RETURN_IF_ERROR(FlushAll());
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
   }
+  CrashPoint("pipeline.after_source_commit");  // mid-group, between source transactions
   return absl::OkStatus();
 }
 

@@ -69,8 +69,10 @@ std::string DaemonTest::WriteConfig(const std::string& yaml) {
   return path;
 }
 
-absl::Status DaemonTest::StartDaemon(const std::string& config_path) {
+absl::Status DaemonTest::StartDaemon(const std::string& config_path,
+                                     const std::map<std::string, std::string>& env) {
   SubprocessOptions o;
+  o.env = env;
   o.argv = {BinaryPath("walshiftd"), "--config", config_path};
   o.stdout_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
   o.stderr_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
