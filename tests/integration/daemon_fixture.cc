@@ -46,6 +46,7 @@ void DaemonTest::SetUp() {
   target_db_ = "new_" + pipeline_;
   ASSERT_TRUE(source_cluster_->CreateDatabase(source_db_).ok());
   ASSERT_TRUE(target_cluster_->CreateDatabase(target_db_).ok());
+  slot_ = "walshift_" + pipeline_;
   dir_ = absl::StrCat(source_cluster_->temp_dir(), "/", pipeline_);
   std::filesystem::create_directories(dir_);
 }
@@ -57,7 +58,7 @@ void DaemonTest::TearDown() {
   // Free the slot so the cluster does not keep WAL for a finished test.
   (void)source_cluster_->Exec(
       "postgres", absl::StrCat("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                               "WHERE slot_name = 'walshift_", pipeline_, "' AND NOT active"));
+                               "WHERE slot_name = '", slot_, "' AND NOT active"));
 }
 
 std::string DaemonTest::WriteConfig(const std::string& yaml) {
@@ -105,8 +106,8 @@ absl::Status DaemonTest::WaitCaughtUp(absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   // Transactions committed before the slot exists are never streamed: wait for the daemon's
   // replication connection first.
-  std::string active = absl::StrCat("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = "
-                                    "'walshift_", pipeline_, "' AND active");
+  std::string active = absl::StrCat("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = '",
+                                    slot_, "' AND active");
   for (;;) {
     auto v = source_cluster_->QueryValue(source_db_, active);
     if (v.ok() && *v == "1") break;
@@ -135,6 +136,21 @@ absl::Status DaemonTest::WaitCaughtUp(absl::Duration timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return absl::DeadlineExceededError(absl::StrCat("target did not catch up to ", *fence_lsn));
+}
+
+void DaemonTest::RunPgbench(const std::vector<std::string>& scripts, int clients, int transactions) {
+  auto bin = PgCluster::Binary("pgbench");
+  ASSERT_TRUE(bin.ok()) << bin.status();
+  SubprocessOptions o;
+  o.argv = {*bin, "-n", "-c", std::to_string(clients), "-t", std::to_string(transactions)};
+  for (const auto& s : scripts) {
+    o.argv.push_back("-f");
+    o.argv.push_back(s);
+  }
+  o.argv.push_back(source_cluster_->Dsn(source_db_));
+  auto r = Subprocess::Run(o, absl::Minutes(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->status.success()) << r->stdout_text << r->stderr_text;
 }
 
 void DaemonTest::Source(const std::string& sql) {

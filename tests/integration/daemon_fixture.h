@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -35,6 +36,8 @@ class DaemonTest : public ::testing::Test {
   absl::Status WaitCaughtUp(absl::Duration timeout = absl::Seconds(120));
   std::string DaemonLog() const;
 
+  // Runs a pgbench workload (script@weight ...) against this test's source database.
+  void RunPgbench(const std::vector<std::string>& scripts, int clients, int transactions);
   void Source(const std::string& sql);
   void Target(const std::string& sql);
   PgRows SourceRows(const std::string& sql);
@@ -43,6 +46,7 @@ class DaemonTest : public ::testing::Test {
   static PgCluster* source_cluster_;
   static PgCluster* target_cluster_;
   std::string source_db_, target_db_, pipeline_, dir_;
+  std::string slot_;  // walshift_<pipeline_> unless the config names another
   std::unique_ptr<Subprocess> daemon_;
   int daemon_starts_ = 0;
 };

@@ -1,0 +1,243 @@
+// walshiftctl: the operator's view of a walshift pipeline.
+//
+//   walshiftctl status --config FILE [--json] [--watch [SECONDS]] [--max-lag-bytes N]
+//
+// Reads the slot on the legacy database and the checkpoint in every target straight from the
+// databases, so it works whether or not walshiftd is running. Exit codes: 0 healthy, 1 lagging
+// past --max-lag-bytes, slot missing/inactive/lost, or no checkpoint yet; 2 a database is
+// unreachable or the config is invalid.
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/numbers.h"
+#include "daemon/config/config.h"
+#include "daemon/core/lsn.h"
+#include "daemon/pg/pg_util.h"
+
+namespace walshift {
+namespace {
+
+std::string HumanBytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u]) : absl::StrFormat("%.1f %s", b, units[u]);
+}
+
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') { out += '\\'; out += c; }
+    else if (static_cast<unsigned char>(c) < 0x20) out += absl::StrFormat("\\u%04x", c);
+    else out += c;
+  }
+  return out + "\"";
+}
+
+struct TargetStatus {
+  std::string name;
+  bool reachable = false;
+  std::string error;
+  Lsn applied = kInvalidLsn;
+  std::string commit_time;
+  double seconds_since_commit = -1;
+  double seconds_since_update = -1;
+};
+
+struct Status {
+  bool source_reachable = false;
+  std::string source_error;
+  Lsn current = kInvalidLsn;
+  bool slot_exists = false;
+  bool slot_active = false;
+  std::string wal_status;
+  Lsn confirmed = kInvalidLsn;
+  double retained_bytes = 0;
+  std::vector<TargetStatus> targets;
+};
+
+Status Collect(const config::Settings& s) {
+  Status st;
+  auto src = pg::Connect(s.source_dsn, "source", "application_name=walshiftctl connect_timeout=5");
+  if (!src.ok()) {
+    st.source_error = std::string(src.status().message());
+  } else {
+    st.source_reachable = true;
+    auto r = pg::ExecParams(src->get(),
+                            "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, s.active, "
+                            "s.wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::text "
+                            "FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
+                            {s.slot.c_str()}, "reading the slot");
+    if (!r.ok()) {
+      st.source_error = std::string(r.status().message());
+    } else {
+      PGresult* res = r->get();
+      st.current = ParseLsn(PQgetvalue(res, 0, 0)).value_or(kInvalidLsn);
+      st.slot_exists = !PQgetisnull(res, 0, 1) || !PQgetisnull(res, 0, 2);
+      st.confirmed = ParseLsn(PQgetvalue(res, 0, 1)).value_or(kInvalidLsn);
+      st.slot_active = PQgetvalue(res, 0, 2)[0] == 't';
+      st.wal_status = PQgetvalue(res, 0, 3);
+      absl::SimpleAtod(PQgetvalue(res, 0, 4), &st.retained_bytes);
+    }
+  }
+  for (const auto& t : s.targets) {
+    TargetStatus ts;
+    ts.name = t.name;
+    auto c = pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshiftctl connect_timeout=5");
+    if (!c.ok()) {
+      ts.error = std::string(c.status().message());
+    } else {
+      ts.reachable = true;
+      auto r = pg::ExecParams(
+          c->get(),
+          "SELECT commit_lsn::text, commit_time::text, extract(epoch FROM now() - commit_time)::text, "
+          "extract(epoch FROM now() - updated_at)::text FROM walshift.checkpoint WHERE pipeline = $1",
+          {s.proto.pipeline().c_str()}, "reading the checkpoint");
+      if (!r.ok()) {
+        ts.error = "no walshift.checkpoint table yet";
+      } else if (PQntuples(r->get()) == 1) {
+        ts.applied = ParseLsn(PQgetvalue(r->get(), 0, 0)).value_or(kInvalidLsn);
+        ts.commit_time = PQgetvalue(r->get(), 0, 1);
+        absl::SimpleAtod(PQgetvalue(r->get(), 0, 2), &ts.seconds_since_commit);
+        absl::SimpleAtod(PQgetvalue(r->get(), 0, 3), &ts.seconds_since_update);
+      }
+    }
+    st.targets.push_back(ts);
+  }
+  return st;
+}
+
+int ExitCode(const Status& st, double max_lag) {
+  if (!st.source_reachable) return 2;
+  for (const auto& t : st.targets)
+    if (!t.reachable) return 2;
+  if (!st.slot_exists || st.wal_status == "lost") return 1;
+  for (const auto& t : st.targets) {
+    if (t.applied == kInvalidLsn) return 1;
+    if (st.current > t.applied && static_cast<double>(st.current - t.applied) > max_lag) return 1;
+  }
+  return 0;
+}
+
+void PrintText(const config::Settings& s, const Status& st, double max_lag) {
+  std::printf("pipeline %s\n", s.proto.pipeline().c_str());
+  if (!st.source_reachable) {
+    std::printf("  source   UNREACHABLE: %s\n", st.source_error.c_str());
+  } else if (!st.slot_exists) {
+    std::printf("  source   current WAL %s; slot %s does not exist (walshiftd creates it on start)\n",
+                FormatLsn(st.current).c_str(), s.slot.c_str());
+  } else {
+    std::printf("  source   current WAL %s; slot %s %s, wal_status %s, retains %s of WAL\n",
+                FormatLsn(st.current).c_str(), s.slot.c_str(), st.slot_active ? "active" : "INACTIVE",
+                st.wal_status.c_str(), HumanBytes(st.retained_bytes).c_str());
+    if (st.wal_status == "lost") {
+      std::printf("  !! the slot was invalidated (max_slot_wal_keep_size): changes are lost; the\n"
+                  "     pipeline must be rebuilt with a new slot and an initial copy\n");
+    }
+  }
+  std::printf("\n  %-12s %-10s %-14s %-12s %s\n", "TARGET", "STATE", "APPLIED LSN", "BEHIND", "LAST APPLIED COMMIT");
+  for (const auto& t : st.targets) {
+    if (!t.reachable) {
+      std::printf("  %-12s %-10s %s\n", t.name.c_str(), "UNREACHABLE", t.error.c_str());
+      continue;
+    }
+    if (t.applied == kInvalidLsn) {
+      std::printf("  %-12s %-10s %-14s %-12s %s\n", t.name.c_str(), "waiting", "-", "-",
+                  t.error.empty() ? "nothing applied yet" : t.error.c_str());
+      continue;
+    }
+    double behind = st.current > t.applied ? static_cast<double>(st.current - t.applied) : 0;
+    const char* state = behind > max_lag ? "LAGGING" : "ok";
+    std::printf("  %-12s %-10s %-14s %-12s %s (%.1f s ago)\n", t.name.c_str(), state,
+                FormatLsn(t.applied).c_str(), HumanBytes(behind).c_str(), t.commit_time.c_str(),
+                t.seconds_since_commit);
+  }
+  std::printf("\n  BEHIND counts WAL bytes written on the source after the last applied commit (any\n"
+              "  database of the cluster); on an idle source it stays until the next commit.\n");
+}
+
+void PrintJson(const config::Settings& s, const Status& st) {
+  std::string out = absl::StrCat("{\"pipeline\":", JsonString(s.proto.pipeline()), ",\"source\":{",
+                                 "\"reachable\":", st.source_reachable ? "true" : "false");
+  if (!st.source_reachable) absl::StrAppend(&out, ",\"error\":", JsonString(st.source_error));
+  absl::StrAppend(&out, ",\"current_lsn\":", JsonString(FormatLsn(st.current)), ",\"slot\":{\"name\":",
+                  JsonString(s.slot), ",\"exists\":", st.slot_exists ? "true" : "false",
+                  ",\"active\":", st.slot_active ? "true" : "false", ",\"wal_status\":",
+                  JsonString(st.wal_status), ",\"confirmed_flush_lsn\":", JsonString(FormatLsn(st.confirmed)),
+                  ",\"retained_bytes\":", absl::StrFormat("%.0f", st.retained_bytes), "}},\"targets\":[");
+  for (size_t i = 0; i < st.targets.size(); ++i) {
+    const auto& t = st.targets[i];
+    double behind = st.current > t.applied && t.applied ? static_cast<double>(st.current - t.applied) : 0;
+    absl::StrAppend(&out, i ? "," : "", "{\"name\":", JsonString(t.name), ",\"reachable\":",
+                    t.reachable ? "true" : "false", ",\"applied_lsn\":",
+                    t.applied ? JsonString(FormatLsn(t.applied)) : "null", ",\"lag_bytes\":",
+                    absl::StrFormat("%.0f", behind), ",\"last_commit_time\":",
+                    t.commit_time.empty() ? "null" : JsonString(t.commit_time),
+                    t.error.empty() ? "" : absl::StrCat(",\"error\":", JsonString(t.error)), "}");
+  }
+  absl::StrAppend(&out, "]}");
+  std::printf("%s\n", out.c_str());
+}
+
+int Usage(FILE* f, int code) {
+  std::fprintf(f,
+               "usage: walshiftctl status --config FILE [--json] [--watch [SECONDS]] [--max-lag-bytes N]\n"
+               "  Shows where replication stands: the slot on the legacy database and the\n"
+               "  checkpoint of every target. Exit 0 healthy, 1 lagging or slot problem, 2 unreachable.\n");
+  return code;
+}
+
+int StatusCommand(int argc, char** argv) {
+  std::string config_path;
+  bool json = false;
+  double watch = 0;
+  double max_lag = 64.0 * 1024 * 1024;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
+    else if (a == "--json") json = true;
+    else if (a == "--watch") {
+      watch = 2;
+      if (i + 1 < argc && absl::SimpleAtod(argv[i + 1], &watch)) ++i;
+    } else if (a == "--max-lag-bytes" && i + 1 < argc) {
+      if (!absl::SimpleAtod(argv[++i], &max_lag)) return Usage(stderr, 2);
+    } else if (a == "--help" || a == "-h") return Usage(stdout, 0);
+    else return Usage(stderr, 2);
+  }
+  if (config_path.empty()) return Usage(stderr, 2);
+  auto settings = config::LoadSettingsFile(config_path);
+  if (!settings.ok()) {
+    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  for (;;) {
+    struct Status st = Collect(*settings);
+    if (watch > 0 && !json && isatty(1)) std::printf("\033[H\033[2J");
+    json ? PrintJson(*settings, st) : PrintText(*settings, st, max_lag);
+    std::fflush(stdout);
+    if (watch <= 0) return ExitCode(st, max_lag);
+    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(watch * 1000)));
+  }
+}
+
+}  // namespace
+}  // namespace walshift
+
+int main(int argc, char** argv) {
+  if (argc < 2) return walshift::Usage(stderr, 2);
+  std::string cmd = argv[1];
+  if (cmd == "status") return walshift::StatusCommand(argc - 2, argv + 2);
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
+  std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
+  return walshift::Usage(stderr, 2);
+}
