@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "spdlog/spdlog.h"
 
@@ -12,12 +13,12 @@ namespace walshift::pg {
 absl::StatusCode CodeForSqlState(absl::string_view s) {
   if (s.size() != 5) return absl::StatusCode::kInternal;
   absl::string_view cls = s.substr(0, 2);
-  if (cls == "08" || s == "57P01" || s == "57P02" || s == "57P03" || cls == "53")
+  // 55006: a replication slot still held by a walsender that is exiting.
+  if (cls == "08" || s == "57P01" || s == "57P02" || s == "57P03" || cls == "53" || s == "55006")
     return absl::StatusCode::kUnavailable;
   if (s == "40001" || s == "40P01") return absl::StatusCode::kAborted;
   if (cls == "42" || cls == "0A" || cls == "23" || cls == "22" || cls == "2B" || cls == "2F" ||
-      cls == "44" || cls == "P0" || cls == "55" || cls == "25" || cls == "28" || cls == "3F" ||
-      cls == "42")
+      cls == "44" || cls == "P0" || cls == "55" || cls == "25" || cls == "28" || cls == "3F")
     return absl::StatusCode::kFailedPrecondition;
   return absl::StatusCode::kInternal;
 }
@@ -56,11 +57,25 @@ absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_vie
 
 absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
                                 const std::string& extra) {
-  std::string conninfo = absl::StrCat(
-      dsn, " ", extra,
-      " client_encoding=UTF8 options='-c datestyle=ISO -c intervalstyle=postgres "
-      "-c extra_float_digits=3'");
-  ConnPtr conn(PQconnectdb(conninfo.c_str()));
+  // The DSN is expanded as the dbname (key=value or postgresql:// URI); the session settings
+  // and `extra` (key=value pairs) are added as separate parameters, which win over the DSN.
+  std::vector<std::string> keys = {"dbname", "client_encoding", "options"};
+  std::vector<std::string> vals = {dsn, "UTF8",
+                                   "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"};
+  for (absl::string_view pair : absl::StrSplit(extra, ' ', absl::SkipEmpty())) {
+    size_t eq = pair.find('=');
+    if (eq == absl::string_view::npos) continue;
+    keys.emplace_back(pair.substr(0, eq));
+    vals.emplace_back(pair.substr(eq + 1));
+  }
+  std::vector<const char*> k, v;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    k.push_back(keys[i].c_str());
+    v.push_back(vals[i].c_str());
+  }
+  k.push_back(nullptr);
+  v.push_back(nullptr);
+  ConnPtr conn(PQconnectdbParams(k.data(), v.data(), /*expand_dbname=*/1));
   if (conn == nullptr) return absl::UnavailableError(absl::StrCat(what, ": out of memory"));
   if (PQstatus(conn.get()) != CONNECTION_OK) {
     std::string msg = PQerrorMessage(conn.get());

@@ -23,8 +23,8 @@ namespace {
 
 // Sizes of the replication protocol's CopyData messages (PostgreSQL docs, "Streaming
 // Replication Protocol").
-constexpr size_t kXLogDataHeader = 1 + 8 + 8 + 8;    // 'w' dataStart walEnd sendTime
-constexpr size_t kKeepaliveSize = 1 + 8 + 8 + 1;     // 'k' walEnd sendTime replyRequested
+constexpr size_t kXLogDataHeader = 1 + 8 + 8 + 8;            // 'w' dataStart walEnd sendTime
+constexpr size_t kKeepaliveSize = 1 + 8 + 8 + 1;             // 'k' walEnd sendTime replyRequested
 constexpr size_t kStatusUpdateSize = 1 + 8 + 8 + 8 + 8 + 1;  // 'r' write flush apply clock reply
 
 uint64_t GetU64(const char* p) {
@@ -125,8 +125,8 @@ absl::Status PgReplicationSource::CheckTables() {
                                              pg::QuoteLiteral(pg::QuoteQualified(table)), ")"),
                                 "source: to_regclass"));
     if (!oid.has_value()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "source: mapped table ", table, " does not exist in the source database"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("source: mapped table ", table, " does not exist in the source database"));
     }
   }
   return absl::OkStatus();
@@ -147,19 +147,18 @@ absl::Status PgReplicationSource::EnsurePublication() {
     return absl::StrJoin(quoted, ", ");
   };
 
-  ASSIGN_OR_RETURN(
-      pg::ResultPtr pub,
-      pg::Exec(conn_,
-               absl::StrCat("SELECT pubinsert, pubupdate, pubdelete, pubtruncate "
-                            "FROM pg_catalog.pg_publication WHERE pubname = ",
-                            pub_literal),
-               "source: reading publication"));
+  ASSIGN_OR_RETURN(pg::ResultPtr pub,
+                   pg::Exec(conn_,
+                            absl::StrCat("SELECT pubinsert, pubupdate, pubdelete, pubtruncate "
+                                         "FROM pg_catalog.pg_publication WHERE pubname = ",
+                                         pub_literal),
+                            "source: reading publication"));
   if (PQntuples(pub.get()) == 0) {
-    RETURN_IF_ERROR(pg::Exec(conn_,
-                             absl::StrCat("CREATE PUBLICATION ", pub_ident, " FOR TABLE ",
-                                          quoted_list(wanted)),
-                             "source: CREATE PUBLICATION")
-                        .status());
+    RETURN_IF_ERROR(
+        pg::Exec(conn_,
+                 absl::StrCat("CREATE PUBLICATION ", pub_ident, " FOR TABLE ", quoted_list(wanted)),
+                 "source: CREATE PUBLICATION")
+            .status());
     spdlog::info("source: created publication {} for {} table(s)", options_.publication,
                  wanted.size());
     return absl::OkStatus();
@@ -170,16 +169,17 @@ absl::Status PgReplicationSource::EnsurePublication() {
   static constexpr const char* kActions[] = {"inserts", "updates", "deletes"};
   for (int i = 0; i < 3; ++i) {
     if (absl::string_view(PQgetvalue(pub.get(), 0, i)) != "t") {
-      return absl::FailedPreconditionError(
-          absl::StrCat("source: publication ", options_.publication, " does not publish ",
-                       kActions[i], "; use ALTER PUBLICATION ... SET (publish = 'insert, "
-                       "update, delete, truncate') or another publication name"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "source: publication ", options_.publication, " does not publish ", kActions[i],
+          "; use ALTER PUBLICATION ... SET (publish = 'insert, "
+          "update, delete, truncate') or another publication name"));
     }
   }
   if (absl::string_view(PQgetvalue(pub.get(), 0, 3)) != "t") {
-    spdlog::warn("source: publication {} does not publish TRUNCATE; truncates of mapped "
-                 "tables will not reach the targets",
-                 options_.publication);
+    spdlog::warn(
+        "source: publication {} does not publish TRUNCATE; truncates of mapped "
+        "tables will not reach the targets",
+        options_.publication);
   }
 
   ASSIGN_OR_RETURN(pg::ResultPtr members,
@@ -193,37 +193,38 @@ absl::Status PgReplicationSource::EnsurePublication() {
     missing.erase({PQgetvalue(members.get(), row, 0), PQgetvalue(members.get(), row, 1)});
   }
   if (missing.empty()) return absl::OkStatus();
-  RETURN_IF_ERROR(pg::Exec(conn_,
-                           absl::StrCat("ALTER PUBLICATION ", pub_ident, " ADD TABLE ",
-                                        quoted_list(missing)),
-                           "source: ALTER PUBLICATION ADD TABLE")
-                      .status());
+  RETURN_IF_ERROR(
+      pg::Exec(conn_,
+               absl::StrCat("ALTER PUBLICATION ", pub_ident, " ADD TABLE ", quoted_list(missing)),
+               "source: ALTER PUBLICATION ADD TABLE")
+          .status());
   std::vector<std::string> names;
   for (const auto& [schema, table] : missing) names.push_back(absl::StrCat(schema, ".", table));
   spdlog::info("source: added {} to publication {}", absl::StrJoin(names, ", "),
                options_.publication);
-  spdlog::warn("source: changes to {} committed before they joined publication {} are not "
-               "streamed; those tables need a snapshot copy",
-               absl::StrJoin(names, ", "), options_.publication);
+  spdlog::warn(
+      "source: changes to {} committed before they joined publication {} are not "
+      "streamed; those tables need a snapshot copy",
+      absl::StrJoin(names, ", "), options_.publication);
   return absl::OkStatus();
 }
 
 absl::Status PgReplicationSource::EnsureSlot() {
-  ASSIGN_OR_RETURN(
-      pg::ResultPtr slot,
-      pg::Exec(conn_,
-               absl::StrCat("SELECT slot_type, plugin, database = current_database() "
-                            "FROM pg_catalog.pg_replication_slots WHERE slot_name = ",
-                            pg::QuoteLiteral(options_.slot)),
-               "source: reading replication slots"));
+  ASSIGN_OR_RETURN(pg::ResultPtr slot,
+                   pg::Exec(conn_,
+                            absl::StrCat("SELECT slot_type, plugin, database = current_database() "
+                                         "FROM pg_catalog.pg_replication_slots WHERE slot_name = ",
+                                         pg::QuoteLiteral(options_.slot)),
+                            "source: reading replication slots"));
   if (PQntuples(slot.get()) > 0) {
     const std::string type = PQgetvalue(slot.get(), 0, 0);
     const std::string plugin = PQgetvalue(slot.get(), 0, 1);
     const std::string same_db = PQgetvalue(slot.get(), 0, 2);
     if (type != "logical" || plugin != "pgoutput" || same_db != "t") {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "source: replication slot ", options_.slot, " exists but is not a logical pgoutput "
-          "slot of this database (type ", type, ", plugin ", plugin, ")"));
+      return absl::FailedPreconditionError(absl::StrCat("source: replication slot ", options_.slot,
+                                                        " exists but is not a logical pgoutput "
+                                                        "slot of this database (type ",
+                                                        type, ", plugin ", plugin, ")"));
     }
     return absl::OkStatus();
   }
@@ -232,10 +233,9 @@ absl::Status PgReplicationSource::EnsureSlot() {
                             absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(options_.slot),
                                          " LOGICAL pgoutput NOEXPORT_SNAPSHOT"),
                             "source: CREATE_REPLICATION_SLOT"));
-  std::string consistent_point =
-      PQntuples(created.get()) > 0 && PQnfields(created.get()) > 1
-          ? PQgetvalue(created.get(), 0, 1)
-          : "?";
+  std::string consistent_point = PQntuples(created.get()) > 0 && PQnfields(created.get()) > 1
+                                     ? PQgetvalue(created.get(), 0, 1)
+                                     : "?";
   spdlog::info("source: created logical replication slot {} (pgoutput), consistent point {}",
                options_.slot, consistent_point);
   return absl::OkStatus();
@@ -243,10 +243,10 @@ absl::Status PgReplicationSource::EnsureSlot() {
 
 absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   if (streaming_) return absl::FailedPreconditionError("source: replication already started");
-  std::string sql = absl::StrCat(
-      "START_REPLICATION SLOT ", pg::QuoteIdent(options_.slot), " LOGICAL ",
-      FormatLsn(start_lsn), " (proto_version '1', publication_names ",
-      pg::QuoteLiteral(pg::QuoteIdent(options_.publication)), ", messages 'true')");
+  std::string sql =
+      absl::StrCat("START_REPLICATION SLOT ", pg::QuoteIdent(options_.slot), " LOGICAL ",
+                   FormatLsn(start_lsn), " (proto_version '1', publication_names ",
+                   pg::QuoteLiteral(pg::QuoteIdent(options_.publication)), ", messages 'true')");
   pg::ResultPtr result(PQexec(conn_, sql.c_str()));
   if (result != nullptr && PQresultStatus(result.get()) == PGRES_COPY_BOTH) {
     streaming_ = true;
@@ -332,13 +332,12 @@ absl::Status PgReplicationSource::WaitForData(absl::Duration wait) {
   return absl::OkStatus();
 }
 
-absl::Status PgReplicationSource::HandleCopyData(char* data, size_t len,
-                                                 ChangeHandler& handler) {
+absl::Status PgReplicationSource::HandleCopyData(char* data, size_t len, ChangeHandler& handler) {
   switch (data[0]) {
     case 'w': {
       if (len < kXLogDataHeader) {
-        return absl::DataLossError(absl::StrCat("source: truncated XLogData message (length ",
-                                                len, ")"));
+        return absl::DataLossError(
+            absl::StrCat("source: truncated XLogData message (length ", len, ")"));
       }
       Lsn data_start = GetU64(data + 1);
       Lsn wal_end = GetU64(data + 9);
@@ -348,8 +347,8 @@ absl::Status PgReplicationSource::HandleCopyData(char* data, size_t len,
     }
     case 'k': {
       if (len < kKeepaliveSize) {
-        return absl::DataLossError(absl::StrCat("source: truncated keepalive message (length ",
-                                                len, ")"));
+        return absl::DataLossError(
+            absl::StrCat("source: truncated keepalive message (length ", len, ")"));
       }
       received_lsn_ = std::max(received_lsn_, GetU64(data + 1));
       if (data[17] != 0) {

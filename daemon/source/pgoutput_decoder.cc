@@ -3,11 +3,11 @@
 #include <atomic>
 #include <cctype>
 #include <cstring>
-#include "absl/strings/string_view.h"
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -21,17 +21,28 @@ std::atomic<uint64_t> next_relation_version{1};
 
 const char* MessageName(uint8_t type) {
   switch (type) {
-    case 'B': return "Begin";
-    case 'C': return "Commit";
-    case 'O': return "Origin";
-    case 'R': return "Relation";
-    case 'Y': return "Type";
-    case 'I': return "Insert";
-    case 'U': return "Update";
-    case 'D': return "Delete";
-    case 'T': return "Truncate";
-    case 'M': return "Message";
-    default: return "unknown";
+    case 'B':
+      return "Begin";
+    case 'C':
+      return "Commit";
+    case 'O':
+      return "Origin";
+    case 'R':
+      return "Relation";
+    case 'Y':
+      return "Type";
+    case 'I':
+      return "Insert";
+    case 'U':
+      return "Update";
+    case 'D':
+      return "Delete";
+    case 'T':
+      return "Truncate";
+    case 'M':
+      return "Message";
+    default:
+      return "unknown";
   }
 }
 
@@ -131,7 +142,7 @@ class PgOutputDecoder::Reader {
   }
   // A semantic problem found at the current offset.
   absl::Status Error(absl::string_view problem) const {
-    return absl::DataLossError(absl::StrCat("pgoutput: ", problem, " (", Where(), ")"));
+    return absl::DataLossError(absl::StrCat("pgoutput: ", problem, " in ", Where()));
   }
   // kDataLoss unless the whole message was consumed.
   absl::Status ExpectEnd() const {
@@ -154,8 +165,8 @@ class PgOutputDecoder::Reader {
     return true;
   }
   std::string Where() const {
-    return absl::StrFormat("%s message at offset %d (length %d, LSN %s)", MessageName(type_),
-                           pos_, len_, FormatLsn(lsn_));
+    return absl::StrFormat("%s message at offset %d (length %d, LSN %s)", MessageName(type_), pos_,
+                           len_, FormatLsn(lsn_));
   }
 
   const char* data_;
@@ -175,20 +186,29 @@ absl::Status PgOutputDecoder::Decode(char* data, size_t len, Lsn lsn, ChangeHand
   r.U8(&type);  // cannot fail: len > 0
   r.set_type(type);
   switch (type) {
-    case 'B': return DecodeBegin(r, handler);
-    case 'C': return DecodeCommit(r, handler);
-    case 'O': return DecodeOrigin(r);
-    case 'R': return DecodeRelation(r, handler);
-    case 'Y': return DecodeType(r);
-    case 'I': return DecodeInsert(r, handler);
-    case 'U': return DecodeUpdate(r, handler);
-    case 'D': return DecodeDelete(r, handler);
-    case 'T': return DecodeTruncate(r, handler);
-    case 'M': return DecodeMessage(r, handler);
+    case 'B':
+      return DecodeBegin(r, handler);
+    case 'C':
+      return DecodeCommit(r, handler);
+    case 'O':
+      return DecodeOrigin(r);
+    case 'R':
+      return DecodeRelation(r, handler);
+    case 'Y':
+      return DecodeType(r);
+    case 'I':
+      return DecodeInsert(r, handler);
+    case 'U':
+      return DecodeUpdate(r, handler);
+    case 'D':
+      return DecodeDelete(r, handler);
+    case 'T':
+      return DecodeTruncate(r, handler);
+    case 'M':
+      return DecodeMessage(r, handler);
     default:
-      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ",
-                                              DescribeByte(type), " (length ", len, ", LSN ",
-                                              FormatLsn(lsn), ")"));
+      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ", DescribeByte(type),
+                                              " (length ", len, ", LSN ", FormatLsn(lsn), ")"));
   }
 }
 
@@ -270,9 +290,8 @@ absl::Status PgOutputDecoder::DecodeRelation(Reader& r, ChangeHandler& handler) 
   }
   RETURN_IF_ERROR(r.ExpectEnd());
   relation->version = next_relation_version.fetch_add(1, std::memory_order_relaxed);
-  spdlog::debug("pgoutput: relation {} oid {} version {} ({} columns)",
-                relation->QualifiedName(), relation->oid, relation->version,
-                relation->columns.size());
+  spdlog::debug("pgoutput: relation {} oid {} version {} ({} columns)", relation->QualifiedName(),
+                relation->oid, relation->version, relation->columns.size());
   std::shared_ptr<const SourceRelation> published = std::move(relation);
   relations_[published->oid] = published;
   return handler.OnRelation(std::move(published));
@@ -301,8 +320,7 @@ absl::Status PgOutputDecoder::ReadChangeRelation(Reader& r, const SourceRelation
 
 // TupleData: Int16 ncols, then per column 'n' (null), 'u' (unchanged TOAST) or
 // 't' Int32 length + bytes. 'b' (binary) is never requested and is an error.
-absl::Status PgOutputDecoder::ReadTuple(Reader& r, const SourceRelation& relation,
-                                        Tuple* tuple) {
+absl::Status PgOutputDecoder::ReadTuple(Reader& r, const SourceRelation& relation, Tuple* tuple) {
   int16_t ncols;
   if (!r.I16(&ncols)) return r.status();
   if (ncols < 0 || static_cast<size_t>(ncols) != relation.columns.size()) {
@@ -335,8 +353,7 @@ absl::Status PgOutputDecoder::ReadTuple(Reader& r, const SourceRelation& relatio
                                     " (binary transfer is never requested)"));
       default:
         return r.Error(absl::StrCat("unknown value kind ", DescribeByte(kind), " for column ",
-                                    relation.columns[i].name, " of ",
-                                    relation.QualifiedName()));
+                                    relation.columns[i].name, " of ", relation.QualifiedName()));
     }
   }
   return absl::OkStatus();
@@ -352,10 +369,8 @@ absl::Status PgOutputDecoder::DecodeInsert(Reader& r, ChangeHandler& handler) {
   RETURN_IF_ERROR(ReadTuple(r, *relation, &new_tuple_));
   RETURN_IF_ERROR(r.ExpectEnd());
   TerminateTexts(new_tuple_);
-  return handler.OnChange(RowChange{.kind = ChangeKind::kInsert,
-                                    .relation = relation,
-                                    .new_tuple = &new_tuple_,
-                                    .lsn = r.lsn()});
+  return handler.OnChange(RowChange{
+      .kind = ChangeKind::kInsert, .relation = relation, .new_tuple = &new_tuple_, .lsn = r.lsn()});
 }
 
 // Update: Int32 oid, optionally 'K' or 'O' + TupleData (old key / old row), 'N' + TupleData.

@@ -21,6 +21,10 @@ class PgOutputDecoder {
   // to `handler`. `data` must be writable and have a NUL byte at data[len] (as libpq's
   // PQgetCopyData buffers do): text values are NUL-terminated in place so they can be bound
   // as libpq parameters without a copy. `lsn` is the XLogData start position.
+  // kDataLoss for a malformed message (truncated, trailing bytes, unknown type or value kind,
+  // binary values, column count different from the RELATION's), a change for an unknown
+  // relation, or Begin/Commit/changes out of transaction order; the handler is then not
+  // called. A handler error is returned as is.
   absl::Status Decode(char* data, size_t len, Lsn lsn, ChangeHandler& handler);
 
   // The cached relation for `oid`, or null.
