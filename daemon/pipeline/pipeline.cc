@@ -118,10 +118,14 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   const size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
   (void)max_changes;
   while (!stop.load()) {
-    ASSIGN_OR_RETURN(int n, source_->Poll(*this, absl::Seconds(1)));
+    // With complete transactions waiting to be committed, only look for data already there;
+    // otherwise (nothing open, or inside a transaction) wait for more.
+    bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
+    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? absl::ZeroDuration() : absl::Seconds(1)));
     if (n > 0) *made_progress = true;
-    // Nothing more is buffered: commit what is complete so latency stays low.
-    if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
+    // The stream is idle: commit what is complete so latency stays low. Under load, groups
+    // close in OnCommit by size or age instead.
+    if (n == 0 && !in_transaction_) RETURN_IF_ERROR(FlushAll());
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
     LogProgress(false);
   }

@@ -5,10 +5,10 @@
 #include <grp.h>
 #include <linux/close_range.h>
 #include <pwd.h>
-#include <sys/prctl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
