@@ -81,7 +81,7 @@ absl::Status PgSink::SendControl(const char* sql) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<const PgSink::Prepared*> PgSink::PreparedFor(const TargetOp& op) {
+absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   const OpShape& shape = *op.shape;
   // Which values are written: a value whose input is an unchanged TOAST datum is left alone.
   bool omit_any = false;
@@ -92,10 +92,11 @@ absl::StatusOr<const PgSink::Prepared*> PgSink::PreparedFor(const TargetOp& op) 
     }
   }
   if (!omit_any) {
-    auto it = full_prepared_.find(shape.id);
-    if (it != full_prepared_.end()) return it->second;
+    auto it = full_variant_.find(shape.id);
+    if (it != full_variant_.end()) return it->second;
   }
   auto omitted = [&](const TargetValue& v) {
+    if (!omit_any) return false;
     if (v.param >= 0) return op.params[v.param].is_unchanged_toast();
     for (int in : v.sql_inputs)
       if (!op.params[shape.inputs[in].param].is_unchanged_toast()) return false;
@@ -103,111 +104,259 @@ absl::StatusOr<const PgSink::Prepared*> PgSink::PreparedFor(const TargetOp& op) 
   };
   omit_key_.clear();
   absl::StrAppend(&omit_key_, shape.id, ":");
-  for (const TargetValue& v : shape.values) omit_key_.push_back(omit_any && omitted(v) ? '1' : '0');
-  if (omit_any) {
-    for (int k : shape.key) {
-      if (omitted(shape.values[k])) {
-        return absl::DataLossError(absl::StrCat(
-            "source ", shape.source_table, " at LSN ", FormatLsn(op.lsn), ": key column ",
-            shape.values[k].column, " of ", shape.table, " arrived as an unchanged TOAST value"));
-      }
+  for (const TargetValue& v : shape.values) omit_key_.push_back(omitted(v) ? '1' : '0');
+  for (int k : shape.key) {
+    if (omitted(shape.values[k])) {
+      return absl::DataLossError(absl::StrCat(
+          "source ", shape.source_table, " at LSN ", FormatLsn(op.lsn), ": key column ",
+          shape.values[k].column, " of ", shape.table, " arrived as an unchanged TOAST value"));
     }
   }
-  auto found = prepared_.find(omit_key_);
-  if (found != prepared_.end()) return found->second.get();
+  auto found = variants_.find(omit_key_);
+  if (found != variants_.end()) return found->second.get();
 
-  auto prepared = std::make_unique<Prepared>();
-  prepared->name = absl::StrCat("ws", ++statement_counter_);
-  std::vector<int> param_number(shape.num_params, 0);
-  auto param = [&](int slot) {
-    if (param_number[slot] == 0) {
-      prepared->params.push_back(slot);
-      param_number[slot] = static_cast<int>(prepared->params.size());
-    }
-    return absl::StrCat("$", param_number[slot]);
-  };
-  auto render = [&](const TargetValue& v) {
-    return v.param >= 0 ? param(v.param) : absl::StrCat("(SELECT ", v.sql, " FROM s)");
-  };
-  std::vector<int> written;
-  for (size_t i = 0; i < shape.values.size(); ++i)
-    if (omit_key_[omit_key_.size() - shape.values.size() + i] == '0') written.push_back(i);
-  prepared->values = written;
-
-  std::string table = pg::QuoteQualified(shape.table);
-  // Inputs of written expressions, bound first so the CTE names them.
-  std::vector<std::string> cte;
-  for (size_t in = 0; in < shape.inputs.size(); ++in) {
-    bool used = false;
-    for (int w : written)
-      for (int si : shape.values[w].sql_inputs) used |= si == static_cast<int>(in);
-    if (used) {
-      cte.push_back(absl::StrCat(param(shape.inputs[in].param), "::", shape.inputs[in].type, " AS ",
-                                 pg::QuoteIdent(shape.inputs[in].name)));
-    }
-  }
-  std::string sql = cte.empty() ? "" : absl::StrCat("WITH s AS (SELECT ", absl::StrJoin(cte, ", "), ") ");
+  auto v = std::make_unique<Variant>();
+  v->shape = op.shape;
   auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
+  for (size_t i = 0; i < shape.values.size(); ++i) {
+    if (omit_key_[omit_key_.size() - shape.values.size() + i] == '1') continue;
+    if (shape.kind == OpKind::kDelete && !is_key(i)) continue;
+    v->written.push_back(static_cast<int>(i));
+  }
+  // The statement's parameters: every slot a written value reads, once.
+  std::vector<int> position(shape.num_params, -1);
+  auto use = [&](int slot, bool key) {
+    if (position[slot] < 0) {
+      position[slot] = static_cast<int>(v->params.size());
+      v->params.push_back(slot);
+    }
+    if (key) v->key_positions.push_back(position[slot]);
+  };
+  for (int w : v->written) {
+    const TargetValue& tv = shape.values[w];
+    if (tv.param >= 0) use(tv.param, is_key(w));
+    for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
+  }
+  int n = static_cast<int>(v->params.size());
+  int cap = n == 0 ? 1 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
+  v->max_rows = 1;
+  while (v->max_rows * 2 <= cap) v->max_rows *= 2;
+
+  const Variant* result = v.get();
+  if (!omit_any) full_variant_[shape.id] = result;
+  variants_.emplace(omit_key_, std::move(v));
+  return result;
+}
+
+std::string PgSink::Render(const Variant& v, int rows) const {
+  const OpShape& shape = *v.shape;
+  const int n = static_cast<int>(v.params.size());
+  std::vector<int> position(shape.num_params, -1);
+  for (int i = 0; i < n; ++i) position[v.params[i]] = i;
+  auto ref = [&](int slot, int row) { return absl::StrCat("$", row * n + position[slot] + 1); };
+  // A value of row `row`: its parameter, or its expression over the named source values.
+  auto value = [&](const TargetValue& tv, int row) {
+    if (tv.param >= 0) return ref(tv.param, row);
+    std::vector<std::string> inputs;
+    for (int in : tv.sql_inputs) {
+      const ExprInput& e = shape.inputs[in];
+      inputs.push_back(absl::StrCat(ref(e.param, row), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
+    }
+    if (inputs.empty()) return absl::StrCat("(SELECT ", tv.sql, ")");
+    return absl::StrCat("(SELECT ", tv.sql, " FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s)");
+  };
+  auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
+  std::string table = pg::QuoteQualified(shape.table);
   std::vector<std::string> where;
+  for (int k : shape.key)
+    where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", value(shape.values[k], 0)));
   switch (shape.kind) {
     case OpKind::kUpsert: {
-      std::vector<std::string> cols, vals, keys, sets;
-      for (int w : written) {
+      std::vector<std::string> cols, keys, sets, tuples;
+      for (int w : v.written) {
         cols.push_back(pg::QuoteIdent(shape.values[w].column));
-        vals.push_back(render(shape.values[w]));
-        if (!is_key(w)) {
-          sets.push_back(absl::StrCat(cols.back(), " = EXCLUDED.", cols.back()));
-        }
+        if (!is_key(w)) sets.push_back(absl::StrCat(cols.back(), " = EXCLUDED.", cols.back()));
+      }
+      for (int r = 0; r < rows; ++r) {
+        std::vector<std::string> vals;
+        for (int w : v.written) vals.push_back(value(shape.values[w], r));
+        tuples.push_back(absl::StrCat("(", absl::StrJoin(vals, ", "), ")"));
       }
       for (int k : shape.key) keys.push_back(pg::QuoteIdent(shape.values[k].column));
-      absl::StrAppend(&sql, "INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES (",
-                      absl::StrJoin(vals, ", "), ") ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
-                      sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
-      break;
+      return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
+                          absl::StrJoin(tuples, ", "), " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
+                          sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
     }
     case OpKind::kUpdateOnly: {
       std::vector<std::string> sets;
-      for (int w : written)
+      for (int w : v.written)
         if (!is_key(w))
-          sets.push_back(absl::StrCat(pg::QuoteIdent(shape.values[w].column), " = ", render(shape.values[w])));
-      for (int k : shape.key)
-        where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", render(shape.values[k])));
+          sets.push_back(absl::StrCat(pg::QuoteIdent(shape.values[w].column), " = ", value(shape.values[w], 0)));
       if (sets.empty()) {
         // Nothing to write: a no-op statement keeps the result bookkeeping uniform.
-        absl::StrAppend(&sql, "SELECT 1 FROM ", table, " WHERE ", absl::StrJoin(where, " AND "), " LIMIT 0");
-      } else {
-        absl::StrAppend(&sql, "UPDATE ", table, " SET ", absl::StrJoin(sets, ", "), " WHERE ",
-                        absl::StrJoin(where, " AND "));
+        return absl::StrCat("SELECT 1 FROM ", table, " WHERE ", absl::StrJoin(where, " AND "), " LIMIT 0");
       }
-      break;
+      return absl::StrCat("UPDATE ", table, " SET ", absl::StrJoin(sets, ", "), " WHERE ",
+                          absl::StrJoin(where, " AND "));
     }
     case OpKind::kDelete:
-      for (int k : shape.key)
-        where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", render(shape.values[k])));
-      absl::StrAppend(&sql, "DELETE FROM ", table, " WHERE ", absl::StrJoin(where, " AND "));
-      break;
+      return absl::StrCat("DELETE FROM ", table, " WHERE ", absl::StrJoin(where, " AND "));
     case OpKind::kTruncate:
-      sql = absl::StrCat("TRUNCATE ", table);
-      break;
+      return absl::StrCat("TRUNCATE ", table);
   }
-  spdlog::debug("target {}: prepare {} for {} {}: {}", options_.name, prepared->name,
-                OpKindName(shape.kind), shape.table, sql);
+  return "";
+}
+
+absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn) {
+  auto it = v.statements.find(rows);
+  if (it != v.statements.end()) return it->second.get();
+  auto prepared = std::make_unique<Prepared>();
+  prepared->name = absl::StrCat("ws", ++statement_counter_);
+  prepared->rows = rows;
+  std::string sql = Render(v, rows);
+  spdlog::debug("target {}: prepare {} for {} {} ({} rows): {}", options_.name, prepared->name,
+                OpKindName(v.shape->kind), v.shape->table, rows, sql);
   if (PQsendPrepare(conn_.get(), prepared->name.c_str(), sql.c_str(),
-                    static_cast<int>(prepared->params.size()), nullptr) != 1) {
+                    static_cast<int>(v.params.size()) * rows, nullptr) != 1) {
     return BrokenConnection("sending a prepare");
   }
   Pending p{Pending::kPrepare};
-  p.shape = op.shape;
-  p.lsn = op.lsn;
+  p.shape = v.shape;
+  p.lsn = lsn;
   p.arena_offset = arena_.size();
   arena_.append(sql);  // kept for the error message
   arena_.push_back('\0');
   pending_.push_back(p);
-
   const Prepared* result = prepared.get();
-  if (!omit_any) full_prepared_[shape.id] = result;
-  prepared_.emplace(omit_key_, std::move(prepared));
+  v.statements.emplace(rows, std::move(prepared));
   return result;
+}
+
+absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
+                          Lsn last_lsn, const TargetOp* single) {
+  ASSIGN_OR_RETURN(const Prepared* prepared, StatementFor(v, rows, first_lsn));
+  const int n = static_cast<int>(v.params.size()) * rows;
+  if (PQsendQueryPrepared(conn_.get(), prepared->name.c_str(), n, values, nullptr, nullptr, 0) != 1) {
+    return BrokenConnection("sending a statement");
+  }
+  Pending p{Pending::kStatement};
+  p.shape = v.shape;
+  p.prepared = prepared;
+  p.lsn = first_lsn;
+  p.last_lsn = last_lsn;
+  p.rows = rows;
+  size_t bytes = 0;
+  for (int i = 0; i < n; ++i) bytes += (values[i] ? std::strlen(values[i]) : 0) + 8;
+  p.bytes = bytes;
+  if (single != nullptr) {
+    // Keep a copy of the parameters until the result arrives, for error messages.
+    p.arena_offset = arena_.size();
+    for (int i = 0; i < single->shape->num_params; ++i) {
+      const Datum& d = single->params[i];
+      arena_.push_back(static_cast<char>(d.kind));
+      uint32_t len = d.is_null() ? 0 : d.length;
+      arena_.append(reinterpret_cast<const char*>(&len), sizeof(len));
+      arena_.append(d.data ? d.data : "", len);
+    }
+  }
+  pending_.push_back(p);
+  pending_bytes_ += bytes;
+  if (pending_.size() > options_.max_pending_statements || pending_bytes_ > options_.max_pending_bytes) {
+    return Pump(/*block=*/true, /*drain_all=*/false);
+  }
+  if ((++statements_sent_ & 63) == 0) return Pump(/*block=*/false, /*drain_all=*/false);
+  return absl::OkStatus();
+}
+
+namespace {
+uint64_t HashBytes(uint64_t h, const char* data, size_t len) {
+  for (size_t i = 0; i < len; ++i) {
+    h ^= static_cast<unsigned char>(data[i]);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+}  // namespace
+
+absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
+  if (batch_.variant != &v) {
+    RETURN_IF_ERROR(FlushBatch());
+    batch_.variant = &v;
+  }
+  const size_t n = v.params.size();
+  uint64_t h = 14695981039346656037ULL;
+  for (int pos : v.key_positions) {
+    const Datum& d = op.params[v.params[pos]];
+    h = HashBytes(h, d.is_null() ? "\xff" : d.data, d.is_null() ? 1 : d.length + 1);
+  }
+  auto same_key = [&](int row) {
+    for (int pos : v.key_positions) {
+      const Datum& d = op.params[v.params[pos]];
+      int64_t off = batch_.offsets[row * n + pos];
+      if (d.is_null() || off < 0) {
+        if (d.is_null() != (off < 0)) return false;
+        continue;
+      }
+      if (absl::string_view(batch_.data.data() + off) != d.view()) return false;
+    }
+    return true;
+  };
+  int row;
+  auto it = batch_.rows_by_key.find(h);
+  if (it != batch_.rows_by_key.end() && same_key(it->second)) {
+    // A later upsert of the same key with the same written columns supersedes the earlier one.
+    row = it->second;
+  } else {
+    if (it != batch_.rows_by_key.end()) {  // a hash collision: start a new batch
+      RETURN_IF_ERROR(FlushBatch());
+      batch_.variant = &v;
+    }
+    row = batch_.rows++;
+    batch_.rows_by_key[h] = row;
+    batch_.offsets.resize(batch_.rows * n);
+    if (row == 0) batch_.first_lsn = op.lsn;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const Datum& d = op.params[v.params[i]];
+    if (d.is_null()) {
+      batch_.offsets[row * n + i] = -1;
+    } else {
+      batch_.offsets[row * n + i] = static_cast<int64_t>(batch_.data.size());
+      batch_.data.append(d.data, d.length);
+      batch_.data.push_back('\0');
+    }
+  }
+  batch_.last_lsn = op.lsn;
+  if (batch_.rows >= v.max_rows) return FlushBatch();
+  return absl::OkStatus();
+}
+
+absl::Status PgSink::FlushBatch() {
+  if (batch_.rows == 0) {
+    batch_.variant = nullptr;
+    return absl::OkStatus();
+  }
+  const Variant& v = *batch_.variant;
+  const size_t n = v.params.size();
+  int done = 0;
+  while (done < batch_.rows) {
+    // Power-of-two statement sizes: a handful of prepared statements per variant.
+    int rows = 1;
+    while (rows * 2 <= batch_.rows - done && rows * 2 <= v.max_rows) rows *= 2;
+    values_.resize(rows * n);
+    for (size_t i = 0; i < rows * n; ++i) {
+      int64_t off = batch_.offsets[done * n + i];
+      values_[i] = off < 0 ? nullptr : batch_.data.data() + off;
+    }
+    RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr));
+    done += rows;
+  }
+  batch_.rows = 0;
+  batch_.variant = nullptr;
+  batch_.data.clear();
+  batch_.offsets.clear();
+  batch_.rows_by_key.clear();
+  return absl::OkStatus();
 }
 
 absl::Status PgSink::Apply(const TargetOp& op) {
@@ -216,42 +365,17 @@ absl::Status PgSink::Apply(const TargetOp& op) {
     RETURN_IF_ERROR(SendControl("BEGIN"));
     group_open_ = true;
   }
-  ASSIGN_OR_RETURN(const Prepared* prepared, PreparedFor(op));
-  const size_t n = prepared->params.size();
-  values_.resize(n);
-  size_t bytes = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const Datum& d = op.params[prepared->params[i]];
-    values_[i] = d.is_null() ? nullptr : d.data;
-    bytes += d.length + 8;
-  }
-  if (PQsendQueryPrepared(conn_.get(), prepared->name.c_str(), static_cast<int>(n), values_.data(),
-                          nullptr, nullptr, 0) != 1) {
-    return BrokenConnection("sending a statement");
-  }
-  // Keep a copy of the parameters until the result arrives, for error messages.
-  Pending p{Pending::kStatement};
-  p.shape = op.shape;
-  p.prepared = prepared;
-  p.lsn = op.lsn;
-  p.arena_offset = arena_.size();
-  for (int i = 0; i < op.shape->num_params; ++i) {
-    const Datum& d = op.params[i];
-    arena_.push_back(static_cast<char>(d.kind));
-    uint32_t len = d.is_null() ? 0 : d.length;
-    arena_.append(reinterpret_cast<const char*>(&len), sizeof(len));
-    arena_.append(d.data ? d.data : "", len);
-  }
-  p.bytes = bytes;
-  pending_.push_back(p);
-  pending_bytes_ += bytes;
   ++group_changes_;
-
-  if (pending_.size() > options_.max_pending_statements || pending_bytes_ > options_.max_pending_bytes) {
-    return Pump(/*block=*/true, /*drain_all=*/false);
+  ASSIGN_OR_RETURN(const Variant* v, VariantFor(op));
+  if (op.shape->kind == OpKind::kUpsert && v->max_rows > 1) return AddToBatch(*v, op);
+  RETURN_IF_ERROR(FlushBatch());
+  const size_t n = v->params.size();
+  values_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Datum& d = op.params[v->params[i]];
+    values_[i] = d.is_null() ? nullptr : d.data;
   }
-  if ((group_changes_ & 63) == 0) return Pump(/*block=*/false, /*drain_all=*/false);
-  return absl::OkStatus();
+  return Send(*v, 1, values_.data(), op.lsn, op.lsn, &op);
 }
 
 void PgSink::EndTransaction(const TransactionCommit& commit) {
@@ -261,6 +385,7 @@ void PgSink::EndTransaction(const TransactionCommit& commit) {
 
 absl::StatusOr<Lsn> PgSink::Flush() {
   if (!first_error_.ok()) return first_error_;
+  RETURN_IF_ERROR(FlushBatch());
   if (!have_commit_) {
     if (group_open_) {
       return absl::InternalError(absl::StrCat("target ", options_.name,
@@ -296,6 +421,9 @@ absl::StatusOr<Lsn> PgSink::Flush() {
 
 absl::Status PgSink::Pump(bool block, bool drain_all) {
   PGconn* c = conn_.get();
+  // The server holds small results in its output buffer until a Sync or Flush: ask for them
+  // before waiting, or a short backlog of large statements would wait forever.
+  if (block && !drain_all && PQsendFlushRequest(c) != 1) return BrokenConnection("flush request");
   for (;;) {
     int flush = PQflush(c);
     if (flush < 0) return BrokenConnection("sending");
@@ -455,6 +583,15 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
   switch (pending.kind) {
     case Pending::kStatement: {
       const OpShape& shape = *pending.shape;
+      if (pending.rows > 1) {
+        return absl::Status(
+            server.code(),
+            absl::StrCat("cannot apply ", OpKindName(shape.kind), " of ", pending.rows, " rows to ",
+                         shape.table, " (target ", options_.name, ") for source ", shape.source_table,
+                         " at LSN ", FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn),
+                         column ? absl::StrCat(", column ", column) : "",
+                         constraint ? absl::StrCat(", constraint ", constraint) : "", ": ", server_msg, extra));
+      }
       std::string col;
       if (column) {
         col = absl::StrCat(", column ", column);

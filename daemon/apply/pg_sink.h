@@ -23,6 +23,9 @@ struct PgSinkOptions {
   std::string pipeline;  // checkpoint row key
   size_t max_pending_statements = 2000;
   size_t max_pending_bytes = 4 << 20;
+  // Consecutive upserts of one shape are sent as one multi-row statement of up to this many
+  // rows (1: one statement per row, as when isolating a failing transaction).
+  size_t batch_rows = 256;
 };
 
 class PgSink : public Sink {
@@ -49,8 +52,27 @@ class PgSink : public Sink {
 
   struct Prepared {
     std::string name;
-    std::vector<int> params;  // op parameter slot for each statement parameter, in order
-    std::vector<int> values;  // indices of the shape values written (for messages)
+    int rows = 1;
+  };
+  // One (shape, written columns) combination: the statement's parameters for one row, and its
+  // prepared statements by row count.
+  struct Variant {
+    const OpShape* shape = nullptr;
+    std::vector<int> written;        // indices of the shape values written
+    std::vector<int> params;         // op parameter slot of each statement parameter of a row
+    std::vector<int> key_positions;  // positions in `params` that feed the key
+    int max_rows = 1;
+    mutable absl::flat_hash_map<int, std::unique_ptr<Prepared>> statements;
+  };
+  // Upserts waiting to be sent as one statement. Values are copied (NUL-terminated): the
+  // decoder's buffer does not outlive the message.
+  struct Batch {
+    const Variant* variant = nullptr;
+    int rows = 0;
+    std::string data;
+    std::vector<int64_t> offsets;  // rows x params: offset into data, -1 for NULL
+    absl::flat_hash_map<uint64_t, int> rows_by_key;
+    Lsn first_lsn = kInvalidLsn, last_lsn = kInvalidLsn;
   };
   // What an outstanding command was, to attribute its result.
   struct Pending {
@@ -58,12 +80,21 @@ class PgSink : public Sink {
     const OpShape* shape = nullptr;
     const Prepared* prepared = nullptr;
     Lsn lsn = kInvalidLsn;
-    size_t arena_offset = 0;  // copy of the op's parameters (for error messages)
+    Lsn last_lsn = kInvalidLsn;
+    int rows = 1;
+    size_t arena_offset = 0;  // single-row statements: a copy of the op's parameters
     size_t bytes = 0;
   };
 
   absl::Status SendControl(const char* sql);
-  absl::StatusOr<const Prepared*> PreparedFor(const TargetOp& op);
+  absl::StatusOr<const Variant*> VariantFor(const TargetOp& op);
+  std::string Render(const Variant& v, int rows) const;
+  absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn);
+  // Sends one statement of `rows` rows; `single` (rows == 1) is kept for error messages.
+  absl::Status Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
+                    Lsn last_lsn, const TargetOp* single);
+  absl::Status AddToBatch(const Variant& v, const TargetOp& op);
+  absl::Status FlushBatch();
   // Reads whatever results are available without blocking (block=false), or waits until the
   // backlog is within bounds (block=true), or until everything through the last sync has
   // been answered (drain_all=true).
@@ -77,8 +108,10 @@ class PgSink : public Sink {
 
   PgSinkOptions options_;
   pg::ConnPtr conn_;
-  absl::flat_hash_map<std::string, std::unique_ptr<Prepared>> prepared_;
-  absl::flat_hash_map<uint32_t, const Prepared*> full_prepared_;  // fast path: nothing omitted
+  absl::flat_hash_map<std::string, std::unique_ptr<Variant>> variants_;
+  absl::flat_hash_map<uint32_t, const Variant*> full_variant_;  // fast path: nothing omitted
+  Batch batch_;
+  uint64_t statements_sent_ = 0;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
   std::string arena_;  // parameter copies of outstanding statements

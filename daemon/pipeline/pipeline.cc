@@ -89,6 +89,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     o.pipeline = settings_.proto.pipeline();
     if (apply.pipeline_max_statements()) o.max_pending_statements = apply.pipeline_max_statements();
     if (apply.pipeline_max_bytes()) o.max_pending_bytes = apply.pipeline_max_bytes();
+    // Isolating a failing transaction: one statement per row, so the error names its row.
+    if (isolate_until_ != kInvalidLsn) o.batch_rows = 1;
     ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
     PgSink* raw = sink.get();
     sinks_.push_back(std::move(sink));
