@@ -137,6 +137,7 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
     if (tv.param >= 0) use(tv.param, is_key(w));
     for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
   }
+  v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
   int n = static_cast<int>(v->params.size());
   int cap = n == 0 ? 1 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
   v->max_rows = 1;
@@ -303,11 +304,11 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
   };
   int row;
   auto it = batch_.rows_by_key.find(h);
-  if (it != batch_.rows_by_key.end() && same_key(it->second)) {
+  if (it != batch_.rows_by_key.end() && v.coalesce && same_key(it->second)) {
     // A later upsert of the same key with the same written columns supersedes the earlier one.
     row = it->second;
   } else {
-    if (it != batch_.rows_by_key.end()) {  // a hash collision: start a new batch
+    if (it != batch_.rows_by_key.end()) {  // the key (or its hash) repeats: start a new batch
       RETURN_IF_ERROR(FlushBatch());
       batch_.variant = &v;
     }
@@ -329,6 +330,50 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
   batch_.last_lsn = op.lsn;
   if (batch_.rows >= v.max_rows) return FlushBatch();
   return absl::OkStatus();
+}
+
+bool PgSink::CoalesceSafe(const OpShape& shape) {
+  std::string key_names = "{";
+  for (size_t i = 0; i < shape.key.size(); ++i) {
+    absl::StrAppend(&key_names, i ? "," : "", "\"");
+    for (char c : shape.values[shape.key[i]].column) {
+      if (c == '"' || c == '\\') key_names.push_back('\\');
+      key_names.push_back(c);
+    }
+    key_names.push_back('"');
+  }
+  key_names.push_back('}');
+  std::string cache_key = absl::StrCat(shape.table, "|", key_names);
+  auto it = coalesce_safe_.find(cache_key);
+  if (it != coalesce_safe_.end()) return it->second;
+  bool safe = false;
+  if (!catalog_conn_) {
+    auto c = pg::Connect(options_.dsn, absl::StrCat("target ", options_.name),
+                         "application_name=walshiftd-catalog");
+    if (c.ok()) catalog_conn_ = std::move(*c);
+  }
+  if (catalog_conn_) {
+    // Coalescing two upserts of one key inside a statement is invisible only when nothing else
+    // could observe the intermediate order: no other unique index, no exclusion constraint, no
+    // foreign key from the table to itself, no user trigger.
+    auto r = pg::ExecParams(
+        catalog_conn_.get(),
+        "WITH t AS (SELECT to_regclass($1) AS oid), "
+        "k AS (SELECT array_agg(a.attnum::int ORDER BY a.attnum) AS cols FROM pg_attribute a, t "
+        "      WHERE a.attrelid = t.oid AND a.attname = ANY($2::text[])) "
+        "SELECT (SELECT count(*) FROM t WHERE t.oid IS NULL) "
+        " + (SELECT count(*) FROM pg_index i, t, k WHERE i.indrelid = t.oid AND i.indisunique AND "
+        "    (SELECT array_agg(x::int ORDER BY x) FROM unnest(i.indkey::int2[]) x) IS DISTINCT FROM k.cols) "
+        " + (SELECT count(*) FROM pg_constraint c, t WHERE c.conrelid = t.oid AND "
+        "    (c.contype = 'x' OR (c.contype = 'f' AND c.confrelid = t.oid))) "
+        " + (SELECT count(*) FROM pg_trigger g, t WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)",
+        {pg::QuoteQualified(shape.table).c_str(), key_names.c_str()}, "checking unique indexes");
+    safe = r.ok() && std::string(PQgetvalue(r->get(), 0, 0)) == "0";
+  }
+  spdlog::debug("target {}: {} repeated keys in one statement for {}", options_.name,
+                safe ? "coalescing" : "not coalescing", shape.table);
+  coalesce_safe_[cache_key] = safe;
+  return safe;
 }
 
 absl::Status PgSink::FlushBatch() {

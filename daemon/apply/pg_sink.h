@@ -62,6 +62,7 @@ class PgSink : public Sink {
     std::vector<int> params;         // op parameter slot of each statement parameter of a row
     std::vector<int> key_positions;  // positions in `params` that feed the key
     int max_rows = 1;
+    bool coalesce = false;  // repeated keys in a batch may be merged (see CoalesceSafe)
     mutable absl::flat_hash_map<int, std::unique_ptr<Prepared>> statements;
   };
   // Upserts waiting to be sent as one statement. Values are copied (NUL-terminated): the
@@ -95,6 +96,9 @@ class PgSink : public Sink {
                     Lsn last_lsn, const TargetOp* single);
   absl::Status AddToBatch(const Variant& v, const TargetOp& op);
   absl::Status FlushBatch();
+  // True when the target table's only unique index is `shape`'s key and it has no exclusion
+  // constraint, self-referencing foreign key or user trigger. Cached per table.
+  bool CoalesceSafe(const OpShape& shape);
   // Reads whatever results are available without blocking (block=false), or waits until the
   // backlog is within bounds (block=true), or until everything through the last sync has
   // been answered (drain_all=true).
@@ -111,6 +115,8 @@ class PgSink : public Sink {
   absl::flat_hash_map<std::string, std::unique_ptr<Variant>> variants_;
   absl::flat_hash_map<uint32_t, const Variant*> full_variant_;  // fast path: nothing omitted
   Batch batch_;
+  pg::ConnPtr catalog_conn_;  // ordinary connection for catalog questions
+  absl::flat_hash_map<std::string, bool> coalesce_safe_;
   uint64_t statements_sent_ = 0;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;
