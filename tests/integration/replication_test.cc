@@ -208,6 +208,37 @@ COMMIT)");
   EXPECT_THAT(DaemonLog(), ::testing::Not(HasSubstr("replaying")));
 }
 
+TEST_F(ReplicationTest, LostConnectionsReconnectAndResume) {
+  Source("CREATE TABLE t (id int PRIMARY KEY, n int)");
+  Target("CREATE TABLE t (id int PRIMARY KEY, n int)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+apply: {reconnect_initial_ms: 50, reconnect_max_ms: 500}
+mappings: [{source: t}]
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  for (int round = 0; round < 3; ++round) {
+    Source(absl::StrCat("INSERT INTO t SELECT g, ", round, " FROM generate_series(", round * 1000 + 1,
+                        ", ", round * 1000 + 1000, ") g"));
+    // Cut the target connections, then the source's walsender.
+    Target("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'walshiftd%'");
+    Source("UPDATE t SET n = n + 10");
+    Source("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL "
+           "AND slot_name = '" + slot_ + "'");
+    Source(absl::StrCat("DELETE FROM t WHERE id % 7 = ", round));
+  }
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  const char* q = "SELECT id::text, n::text FROM t ORDER BY id";
+  PgRows src = SourceRows(q);
+  EXPECT_GT(src.size(), 2000u);
+  EXPECT_TRUE(TargetRows(q) == src);
+  EXPECT_TRUE(daemon_->Running());
+  EXPECT_THAT(DaemonLog(), HasSubstr("retrying in"));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   Source("CREATE TABLE accounts (id int PRIMARY KEY, code text, balance int)");
   Target("CREATE TABLE accounts (id int PRIMARY KEY, code varchar(3), balance int CHECK (balance >= 0))");
