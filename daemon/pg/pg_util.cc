@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "spdlog/spdlog.h"
 
@@ -62,11 +61,20 @@ absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
   std::vector<std::string> keys = {"dbname", "client_encoding", "options"};
   std::vector<std::string> vals = {dsn, "UTF8",
                                    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"};
-  for (absl::string_view pair : absl::StrSplit(extra, ' ', absl::SkipEmpty())) {
-    size_t eq = pair.find('=');
-    if (eq == absl::string_view::npos) continue;
-    keys.emplace_back(pair.substr(0, eq));
-    vals.emplace_back(pair.substr(eq + 1));
+  if (!extra.empty()) {
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(extra.c_str(), &err);
+    if (opts == nullptr) {
+      std::string msg = err ? err : "unparsable";
+      if (err) PQfreemem(err);
+      return absl::InvalidArgumentError(absl::StrCat(what, ": bad connection options: ", msg));
+    }
+    for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+      if (o->val == nullptr) continue;
+      keys.emplace_back(o->keyword);
+      vals.emplace_back(o->val);
+    }
+    PQconninfoFree(opts);
   }
   std::vector<const char*> k, v;
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -108,6 +116,17 @@ absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
   absl::Status st = ResultStatus(conn, r.get(), context);
   if (!st.ok()) return st;
   return r;
+}
+
+std::string ConninfoValue(absl::string_view value) {
+  if (!value.empty() && value.find_first_of(" '\\") == absl::string_view::npos) return std::string(value);
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\\' || c == '\'') out += '\\';
+    out += c;
+  }
+  out += "'";
+  return out;
 }
 
 std::string QuoteIdent(absl::string_view ident) {

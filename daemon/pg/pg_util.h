@@ -34,7 +34,8 @@ absl::StatusCode CodeForSqlState(absl::string_view sqlstate);
 // or a bad connection is kUnavailable.
 absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context);
 
-// Connects (blocking) with `dsn` plus `extra` key=value pairs (e.g. replication=database).
+// Connects (blocking) with `dsn` (key=value or a postgresql:// URI) plus `extra`, a key=value
+// connection string whose settings win over the DSN's (e.g. "replication=database").
 // Sets client_encoding UTF8, DateStyle ISO, IntervalStyle postgres, extra_float_digits 3 so text
 // values round-trip. kUnavailable on failure, message without the password.
 absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
@@ -49,6 +50,8 @@ absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
 
 // "schema"."table" from "schema.table" (or "table" -> "public"."table"), quoted as identifiers.
 std::string QuoteQualified(absl::string_view qualified);
+// A value for a key=value connection string, single-quoted (\ and ' escaped) when needed.
+std::string ConninfoValue(absl::string_view value);
 // One identifier, quoted with double quotes (embedded quotes doubled).
 std::string QuoteIdent(absl::string_view ident);
 // A string literal in single quotes, for the few places a protocol command takes no parameters.

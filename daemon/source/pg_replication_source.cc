@@ -40,16 +40,6 @@ void PutU64(char* p, uint64_t v) {
   }
 }
 
-// A value for a key=value connection string: single-quoted, \ and ' escaped.
-std::string ConninfoValue(absl::string_view value) {
-  std::string out = "'";
-  for (char c : value) {
-    if (c == '\\' || c == '\'') out += '\\';
-    out += c;
-  }
-  out += "'";
-  return out;
-}
 
 std::string ConnectionMessage(PGconn* conn) {
   return std::string(absl::StripTrailingAsciiWhitespace(PQerrorMessage(conn)));
@@ -93,7 +83,7 @@ absl::StatusOr<std::unique_ptr<PgReplicationSource>> PgReplicationSource::Create
     return absl::FailedPreconditionError("source: no mapped source tables");
   }
   std::string extra = absl::StrCat("replication=database application_name=",
-                                   ConninfoValue(options.application_name));
+                                   pg::ConninfoValue(options.application_name));
   ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(options.dsn, "source", extra));
   std::unique_ptr<PgReplicationSource> source(new PgReplicationSource(options));
   source->conn_ = conn.release();

@@ -14,11 +14,14 @@ using ::testing::HasSubstr;
 
 class ReplicationTest : public DaemonTest {};
 
-constexpr const char* kOrdersConfig = R"(
+// The part of a config every test here shares; tests append their own keys.
+const std::string kOneTarget = R"(
 pipeline: {PIPELINE}
 source: {dsn: "{SOURCE}"}
 targets: [{name: main, dsn: "{TARGET}"}]
-apply: {group_max_ms: 50}
+)";
+
+const std::string kOrdersConfig = kOneTarget + R"(apply: {group_max_ms: 50}
 mappings:
   - source: public.orders
     target: main
@@ -77,11 +80,7 @@ TEST_F(ReplicationTest, InsertUpdateDeleteTruncateWithSqlAndConst) {
 TEST_F(ReplicationTest, TruncateIgnoredWhenConfigured) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: t, truncate: ignore}]
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: t, truncate: ignore}]
 )")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO t VALUES (1, 'a'), (2, 'b')");
@@ -103,11 +102,7 @@ TEST_F(ReplicationTest, EveryTypeRoundTripsThroughIdentity) {
   Target(absl::StrCat(ddl_types, "CREATE TABLE types ", cols));
   // The same enum column into text in a second target table.
   Target("CREATE TABLE moods (id int PRIMARY KEY, mood text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - {source: public.types}
   - {source: public.types, table: public.moods, key: [id], columns: {id: id, mood: c_mood}}
 )")).ok());
@@ -138,11 +133,7 @@ INSERT INTO types VALUES
 TEST_F(ReplicationTest, UnchangedToastValueIsKeptOnUpdate) {
   Source("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)");
   Target("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: docs}]
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: docs}]
 )")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   // Incompressible, so it is stored out of line and an update of title leaves it unchanged.
@@ -159,11 +150,7 @@ mappings: [{source: docs}]
 TEST_F(ReplicationTest, LargeTransactionOf200kRows) {
   Source("CREATE TABLE big (id bigint PRIMARY KEY, payload text, n int)");
   Target("CREATE TABLE big (id bigint PRIMARY KEY, payload text, n int)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: big}]
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: big}]
 )")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO big SELECT g, md5(g::text), g % 97 FROM generate_series(1, 200000) g");
@@ -175,11 +162,7 @@ mappings: [{source: big}]
 TEST_F(ReplicationTest, SameKeyChangesInOneGroupKeepCommitOrder) {
   Source("CREATE TABLE kv (k int PRIMARY KEY, v text, u text)");
   Target("CREATE TABLE kv (k int PRIMARY KEY, v text, u text UNIQUE)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-apply: {group_max_ms: 5000}
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(apply: {group_max_ms: 5000}
 mappings: [{source: kv}]
 )")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -211,11 +194,7 @@ COMMIT)");
 TEST_F(ReplicationTest, LostConnectionsReconnectAndResume) {
   Source("CREATE TABLE t (id int PRIMARY KEY, n int)");
   Target("CREATE TABLE t (id int PRIMARY KEY, n int)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-apply: {reconnect_initial_ms: 50, reconnect_max_ms: 500}
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(apply: {reconnect_initial_ms: 50, reconnect_max_ms: 500}
 mappings: [{source: t}]
 )")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -242,12 +221,8 @@ mappings: [{source: t}]
 TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   Source("CREATE TABLE accounts (id int PRIMARY KEY, code text, balance int)");
   Target("CREATE TABLE accounts (id int PRIMARY KEY, code varchar(3), balance int CHECK (balance >= 0))");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: accounts}]
-)")).ok());
+  std::string config = WriteConfig(kOneTarget + "mappings: [{source: accounts}]\n");
+  ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO accounts VALUES (1, 'abc', 5)");
   Source("INSERT INTO accounts VALUES (42, 'toolong', 5)");
@@ -264,12 +239,7 @@ mappings: [{source: accounts}]
   EXPECT_EQ(TargetRows("SELECT id::text FROM accounts"), (PgRows{{"1"}}));
 
   // A restart fails the same way instead of skipping the row.
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: accounts}]
-)")).ok());
+  ASSERT_TRUE(StartDaemon(config).ok());
   st = daemon_->Wait(absl::Seconds(60));
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->exit_code(), 1);
@@ -277,12 +247,7 @@ mappings: [{source: accounts}]
   // Fixing the target lets it continue; a check violation names the constraint.
   Target("ALTER TABLE accounts ALTER COLUMN code TYPE text");
   Source("INSERT INTO accounts VALUES (43, 'neg', -1)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: accounts}]
-)")).ok());
+  ASSERT_TRUE(StartDaemon(config).ok());
   st = daemon_->Wait(absl::Seconds(60));
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->exit_code(), 1);
@@ -300,11 +265,7 @@ TEST_F(ReplicationTest, RestartResumesFromCheckpointWithoutReapplying) {
          "CREATE FUNCTION count_applied() RETURNS trigger LANGUAGE plpgsql AS "
          "$$BEGIN UPDATE applied SET n = n + 1; RETURN NEW; END$$;"
          "CREATE TRIGGER c BEFORE INSERT OR UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION count_applied()");
-  std::string config = WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: counters}]
+  std::string config = WriteConfig(kOneTarget + R"(mappings: [{source: counters}]
 )");
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();

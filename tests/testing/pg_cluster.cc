@@ -90,17 +90,6 @@ absl::StatusOr<int> PickFreePort() {
   return static_cast<int>(ntohs(addr.sin_port));
 }
 
-// A libpq key/value pair, quoted when needed.
-std::string ConnValue(absl::string_view v) {
-  if (!v.empty() && v.find_first_of(" '\\") == absl::string_view::npos) return std::string(v);
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'' || c == '\\') out += '\\';
-    out += c;
-  }
-  out += "'";
-  return out;
-}
 
 std::string Tail(const std::string& s, size_t max_bytes) {
   if (s.size() <= max_bytes) return s;
@@ -330,7 +319,7 @@ PgCluster::~PgCluster() {
 }
 
 std::string PgCluster::Dsn(absl::string_view dbname) const {
-  return absl::StrCat("host=", host_, " port=", port_, " dbname=", ConnValue(dbname),
+  return absl::StrCat("host=", host_, " port=", port_, " dbname=", pg::ConninfoValue(dbname),
                       " user=", kSuperuser);
 }
 
