@@ -3,6 +3,8 @@
 
 #include <signal.h>
 
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "tests/integration/daemon_fixture.h"
@@ -216,6 +218,70 @@ mappings: [{source: t}]
   EXPECT_TRUE(daemon_->Running());
   EXPECT_THAT(DaemonLog(), HasSubstr("retrying in"));
   EXPECT_TRUE(StopDaemon().success());
+}
+
+TEST_F(ReplicationTest, RoutesToTwoTargetsAndConfirmsTheLowerCheckpoint) {
+  ASSERT_TRUE(target_cluster_->CreateDatabase(target_db_ + "_b").ok());
+  std::string second = target_cluster_->Dsn(target_db_ + "_b");
+  Source("CREATE TABLE users (id int PRIMARY KEY, email text); CREATE TABLE carts (id int PRIMARY KEY, user_id int)");
+  Target("CREATE TABLE users (id int PRIMARY KEY, email text)");
+  ASSERT_TRUE(target_cluster_->Exec(target_db_ + "_b", "CREATE TABLE carts (id int PRIMARY KEY, user_id int)").ok());
+  ASSERT_TRUE(StartDaemon(WriteConfig(absl::StrCat(R"(
+pipeline: {PIPELINE}
+targets: [{name: auth, dsn: "{TARGET}"}, {name: cart, dsn: ")", second, R"("}]
+source: {dsn: "{SOURCE}", feedback_interval_s: 1}
+mappings:
+  - {source: users, target: auth}
+  - {source: carts, target: cart}
+)"))).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g");
+  Source("INSERT INTO carts SELECT g, g FROM generate_series(1, 50) g");
+  Source("DELETE FROM users WHERE id > 90");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  // The fence covers the first target; the second commits right after it.
+  std::string cp_query = "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '" + pipeline_ + "'";
+  auto cp_a = target_cluster_->QueryValue(target_db_, cp_query);
+  ASSERT_TRUE(cp_a.ok());
+  for (int i = 0; i < 200; ++i) {
+    auto b = target_cluster_->QueryValue(target_db_ + "_b", cp_query);
+    if (b.ok() && *b == *cp_a) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM users"), (PgRows{{"90"}}));
+  auto carts = target_cluster_->Query(target_db_ + "_b", "SELECT count(*)::text FROM carts");
+  ASSERT_TRUE(carts.ok());
+  EXPECT_EQ(*carts, (PgRows{{"50"}}));
+  // Each target keeps its own checkpoint; both advance even when a group has nothing for one.
+  auto cp_b = target_cluster_->QueryValue(target_db_ + "_b", cp_query);
+  ASSERT_TRUE(cp_b.ok());
+  EXPECT_EQ(*cp_b, *cp_a);
+
+  // Hold the cart target's checkpoint row: its group cannot commit, so the slot must not be
+  // confirmed past the cart checkpoint although the auth target moves on.
+  std::string cart_dsn = second;
+  auto lock = PgCluster::Binary("psql");
+  ASSERT_TRUE(lock.ok());
+  SubprocessOptions holder;
+  holder.argv = {*lock, "-X", "-q", cart_dsn, "-c",
+                 "BEGIN; SELECT 1 FROM walshift.checkpoint FOR UPDATE; SELECT pg_sleep(4); COMMIT;"};
+  auto held = Subprocess::Start(holder);
+  ASSERT_TRUE(held.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  Source("INSERT INTO users VALUES (1000, 'late'); INSERT INTO carts VALUES (1000, 1000)");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto confirmed = SourceRows("SELECT (confirmed_flush_lsn <= '" + *cp_b +
+                              "')::text FROM pg_replication_slots WHERE slot_name = '" + slot_ + "'");
+  ASSERT_EQ(confirmed.size(), 1u);
+  EXPECT_EQ(*confirmed[0][0], "true") << "the slot moved past a checkpoint that was not durable";
+  ASSERT_TRUE((*held)->Wait(absl::Seconds(30)).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  for (int i = 0; i < 200; ++i) {
+    carts = target_cluster_->Query(target_db_ + "_b", "SELECT count(*)::text FROM carts");
+    if (carts.ok() && *carts == PgRows{{"51"}}) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(*carts, (PgRows{{"51"}}));
 }
 
 TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
