@@ -1,6 +1,8 @@
 #include "daemon/source/pg_replication_source.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -66,6 +68,17 @@ PgReplicationSource::PgReplicationSource(PgReplicationSourceOptions options)
     : options_(std::move(options)) {}
 
 PgReplicationSource::~PgReplicationSource() {
+  if (reader_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    WakeReader();
+    reader_.join();
+  }
+  for (Chunk& c : queue_) PQfreemem(c.data);
+  for (int fd : wake_fds_)
+    if (fd >= 0) close(fd);
   if (conn_ != nullptr) PQfinish(conn_);
 }
 
@@ -240,7 +253,13 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   pg::ResultPtr result(PQexec(conn_, sql.c_str()));
   if (result != nullptr && PQresultStatus(result.get()) == PGRES_COPY_BOTH) {
     streaming_ = true;
-    last_feedback_ = absl::Now();
+    if (pipe2(wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) {
+      return absl::InternalError(absl::StrCat("source: pipe: ", std::strerror(errno)));
+    }
+    if (PQsetnonblocking(conn_, 1) != 0) {
+      return absl::UnavailableError(absl::StrCat("source: ", ConnectionMessage(conn_)));
+    }
+    reader_ = std::thread([this] { ReaderLoop(); });
     spdlog::info("source: streaming slot {} from {}", options_.slot, FormatLsn(start_lsn));
     return absl::OkStatus();
   }
@@ -262,109 +281,169 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
 
 absl::StatusOr<int> PgReplicationSource::Poll(ChangeHandler& handler, absl::Duration wait) {
   if (!streaming_) return absl::FailedPreconditionError("source: Poll before Start");
-  int dispatched = 0;  // XLogData messages handed to the decoder
-  int received = 0;    // CopyData messages of any kind
-  bool waited = false;
+  std::deque<Chunk> taken;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (queue_.empty() && !reader_done_ && wait > absl::ZeroDuration()) {
+      data_ready_.wait_for(lock, absl::ToChronoMilliseconds(wait),
+                           [&] { return !queue_.empty() || reader_done_; });
+    }
+    if (queue_.empty() && reader_done_) {
+      return reader_status_.ok() ? absl::UnavailableError("source: replication stream closed")
+                                 : reader_status_;
+    }
+    bool was_full = queued_bytes_ >= kMaxQueuedBytes;
+    taken.swap(queue_);
+    queued_bytes_ = 0;
+    if (was_full) WakeReader();
+  }
+  int dispatched = 0;
+  absl::Status status;
+  for (Chunk& c : taken) {
+    if (status.ok()) {
+      status = HandleXLogData(c.data, c.len, handler);
+      ++dispatched;
+    }
+    PQfreemem(c.data);
+  }
+  if (!status.ok()) return status;
+  return dispatched;
+}
+
+absl::Status PgReplicationSource::HandleXLogData(char* data, size_t len, ChangeHandler& handler) {
+  // The payload ends where the buffer ends, so data[len] is its trailing NUL.
+  Lsn data_start = GetU64(data + 1);
+  return decoder_.Decode(data + kXLogDataHeader, len - kXLogDataHeader, data_start, handler);
+}
+
+void PgReplicationSource::WakeReader() {
+  char b = 1;
+  (void)!write(wake_fds_[1], &b, 1);
+}
+
+void PgReplicationSource::FinishReader(absl::Status status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  reader_status_ = std::move(status);
+  reader_done_ = true;
+  data_ready_.notify_all();
+  feedback_sent_.notify_all();
+}
+
+void PgReplicationSource::ReaderLoop() {
+  absl::Time last_feedback = absl::Now();
+  bool reply_requested = false;
   for (;;) {
-    char* raw = nullptr;
-    int n = PQgetCopyData(conn_, &raw, /*async=*/1);
-    if (n > 0) {
-      std::unique_ptr<char, FreeCopyBuffer> buffer(raw);
-      ++received;
-      if (raw[0] == 'w') ++dispatched;
-      RETURN_IF_ERROR(HandleCopyData(raw, static_cast<size_t>(n), handler));
-      continue;
+    bool full;
+    uint64_t requested;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) break;
+      full = queued_bytes_ >= kMaxQueuedBytes;
+      requested = feedback_requested_;
     }
-    if (n == 0) {
-      if (received > 0 || waited) return dispatched;
-      waited = true;
-      RETURN_IF_ERROR(WaitForData(wait));
-      continue;
-    }
-    if (n == -1) {
-      // The server ended the COPY: its final result says why.
-      std::string why = "server ended the replication stream";
-      while (PGresult* r = PQgetResult(conn_)) {
-        pg::ResultPtr result(r);
-        absl::Status st = pg::ResultStatus(conn_, r, "source: replication stream ended");
-        if (!st.ok()) why = std::string(st.message());
+    // Everything libpq has buffered goes to the queue, keepalives are answered here.
+    while (!full) {
+      char* raw = nullptr;
+      int n = PQgetCopyData(conn_, &raw, /*async=*/1);
+      if (n == 0) break;
+      if (n < 0) {
+        std::string why = n == -1 ? "source: the server ended the replication stream"
+                                  : absl::StrCat("source: replication stream failed: ", ConnectionMessage(conn_));
+        if (n == -1) {
+          while (PGresult* r = PQgetResult(conn_)) {
+            pg::ResultPtr result(r);
+            absl::Status st = pg::ResultStatus(conn_, r, "source: replication stream ended");
+            if (!st.ok()) why = std::string(st.message());
+          }
+        }
+        FinishReader(absl::UnavailableError(why));
+        return;
       }
-      streaming_ = false;
-      return absl::UnavailableError(why);
-    }
-    streaming_ = false;
-    return absl::UnavailableError(
-        absl::StrCat("source: replication stream failed: ", ConnectionMessage(conn_)));
-  }
-}
-
-absl::Status PgReplicationSource::WaitForData(absl::Duration wait) {
-  int timeout_ms = 0;
-  if (wait == absl::InfiniteDuration()) {
-    timeout_ms = -1;
-  } else if (wait > absl::ZeroDuration()) {
-    int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Milliseconds(1)));
-    timeout_ms = static_cast<int>(std::min<int64_t>(ms, std::numeric_limits<int>::max()));
-  }
-  pollfd fd{};
-  fd.fd = PQsocket(conn_);
-  fd.events = POLLIN;
-  if (fd.fd < 0) return absl::UnavailableError("source: connection has no socket");
-  int rc = ::poll(&fd, 1, timeout_ms);
-  if (rc < 0 && errno != EINTR) {
-    return absl::UnavailableError(absl::StrCat("source: poll: ", std::strerror(errno)));
-  }
-  if (PQconsumeInput(conn_) == 0) {
-    streaming_ = false;
-    return absl::UnavailableError(
-        absl::StrCat("source: replication connection lost: ", ConnectionMessage(conn_)));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status PgReplicationSource::HandleCopyData(char* data, size_t len, ChangeHandler& handler) {
-  switch (data[0]) {
-    case 'w': {
-      if (len < kXLogDataHeader) {
-        return absl::DataLossError(
-            absl::StrCat("source: truncated XLogData message (length ", len, ")"));
+      size_t len = static_cast<size_t>(n);
+      if (raw[0] == 'k' && len >= kKeepaliveSize) {
+        Lsn end = GetU64(raw + 1);
+        if (end > received_lsn_.load()) received_lsn_.store(end);
+        reply_requested |= raw[17] != 0;
+        PQfreemem(raw);
+        continue;
       }
-      Lsn data_start = GetU64(data + 1);
-      Lsn wal_end = GetU64(data + 9);
-      received_lsn_ = std::max({received_lsn_, data_start, wal_end});
-      // The payload ends where the buffer ends, so data[len] is its trailing NUL.
-      return decoder_.Decode(data + kXLogDataHeader, len - kXLogDataHeader, data_start, handler);
-    }
-    case 'k': {
-      if (len < kKeepaliveSize) {
-        return absl::DataLossError(
-            absl::StrCat("source: truncated keepalive message (length ", len, ")"));
+      if (raw[0] != 'w' || len < kXLogDataHeader) {
+        absl::Status bad = absl::DataLossError(absl::StrCat(
+            "source: unexpected replication message type 0x",
+            absl::Hex(static_cast<uint8_t>(raw[0]), absl::kZeroPad2), " (length ", len, ")"));
+        PQfreemem(raw);
+        FinishReader(bad);
+        return;
       }
-      received_lsn_ = std::max(received_lsn_, GetU64(data + 1));
-      if (data[17] != 0) {
-        reply_requested_ = true;
-        return SendFeedback(last_flushed_, /*force=*/true);
-      }
-      return absl::OkStatus();
+      Lsn seen = std::max(GetU64(raw + 1), GetU64(raw + 9));
+      if (seen > received_lsn_.load()) received_lsn_.store(seen);
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({raw, len});
+      queued_bytes_ += len;
+      full = queued_bytes_ >= kMaxQueuedBytes;
+      data_ready_.notify_one();
     }
-    default:
-      return absl::DataLossError(absl::StrCat(
-          "source: unknown replication message type 0x",
-          absl::Hex(static_cast<uint8_t>(data[0]), absl::kZeroPad2), " (length ", len, ")"));
+    // Standby status updates: when asked by the server or the pipeline, and periodically.
+    absl::Time now = absl::Now();
+    bool forced = requested != 0 && requested != feedback_done_;
+    if (reply_requested || forced || now - last_feedback >= options_.feedback_interval) {
+      absl::Status st = SendStatusUpdate();
+      if (!st.ok()) {
+        FinishReader(st);
+        return;
+      }
+      last_feedback = now;
+      reply_requested = false;
+      std::lock_guard<std::mutex> lock(mu_);
+      feedback_done_ = requested;
+      feedback_sent_.notify_all();
+    }
+    pollfd fds[2] = {};
+    fds[0].fd = PQsocket(conn_);
+    fds[0].events = full ? 0 : POLLIN;
+    fds[1].fd = wake_fds_[0];
+    fds[1].events = POLLIN;
+    int rc = ::poll(fds, 2, 100);
+    if (rc < 0 && errno != EINTR) {
+      FinishReader(absl::UnavailableError(absl::StrCat("source: poll: ", std::strerror(errno))));
+      return;
+    }
+    if (fds[1].revents & POLLIN) {
+      char buf[64];
+      while (read(wake_fds_[0], buf, sizeof(buf)) > 0) {
+      }
+    }
+    if (PQconsumeInput(conn_) == 0) {
+      FinishReader(absl::UnavailableError(
+          absl::StrCat("source: replication connection lost: ", ConnectionMessage(conn_))));
+      return;
+    }
   }
+  // Stopping: confirm what is durable one last time.
+  absl::Status st = SendStatusUpdate();
+  FinishReader(st.ok() ? absl::CancelledError("source: stopped") : st);
 }
 
 absl::Status PgReplicationSource::SendFeedback(Lsn flushed, bool force) {
   if (!streaming_) return absl::FailedPreconditionError("source: SendFeedback before Start");
   // Only positions the caller reported durable are ever confirmed, and never less than one
   // confirmed before.
-  last_flushed_ = std::max(last_flushed_, flushed);
-  absl::Time now = absl::Now();
-  if (!force && !reply_requested_ && now - last_feedback_ < options_.feedback_interval) {
-    return absl::OkStatus();
+  Lsn prev = last_flushed_.load();
+  while (flushed > prev && !last_flushed_.compare_exchange_weak(prev, flushed)) {
   }
-  Lsn flush = last_flushed_;
-  Lsn write = std::max(received_lsn_, flush);
+  if (!force) return absl::OkStatus();  // the reader sends it with its next update
+  std::unique_lock<std::mutex> lock(mu_);
+  uint64_t ticket = ++feedback_requested_;
+  WakeReader();
+  feedback_sent_.wait_for(lock, std::chrono::seconds(5),
+                          [&] { return feedback_done_ >= ticket || reader_done_; });
+  if (reader_done_ && !reader_status_.ok() && !absl::IsCancelled(reader_status_)) return reader_status_;
+  return absl::OkStatus();
+}
+
+absl::Status PgReplicationSource::SendStatusUpdate() {
+  Lsn flush = last_flushed_.load();
+  Lsn write = std::max(received_lsn_.load(), flush);
   char msg[kStatusUpdateSize];
   msg[0] = 'r';
   PutU64(msg + 1, write);
@@ -372,12 +451,21 @@ absl::Status PgReplicationSource::SendFeedback(Lsn flushed, bool force) {
   PutU64(msg + 17, flush);  // apply: nothing counts as applied before it is durable
   PutU64(msg + 25, static_cast<uint64_t>(PgNow()));
   msg[33] = 0;  // no reply requested
-  if (PQputCopyData(conn_, msg, sizeof(msg)) != 1 || PQflush(conn_) != 0) {
+  if (PQputCopyData(conn_, msg, sizeof(msg)) != 1) {
     return absl::UnavailableError(
         absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
   }
-  last_feedback_ = now;
-  reply_requested_ = false;
+  // Non-blocking: a status update is tiny; flush until the socket took it.
+  for (int i = 0; i < 1000; ++i) {
+    int f = PQflush(conn_);
+    if (f == 0) break;
+    if (f < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
+    }
+    pollfd fd{PQsocket(conn_), POLLOUT, 0};
+    ::poll(&fd, 1, 10);
+  }
   spdlog::debug("source: feedback write {} flush {}", FormatLsn(write), FormatLsn(flush));
   return absl::OkStatus();
 }

@@ -3,7 +3,12 @@
 // slot management, START_REPLICATION with pgoutput proto_version 1, keepalives, standby status
 // updates and dispatch of decoded messages.
 
+#include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -37,7 +42,7 @@ class PgReplicationSource : public ChangeSource {
   absl::Status Start(Lsn start_lsn) override;
   absl::StatusOr<int> Poll(ChangeHandler& handler, absl::Duration wait) override;
   absl::Status SendFeedback(Lsn flushed, bool force) override;
-  Lsn received_lsn() const override { return received_lsn_; }
+  Lsn received_lsn() const override { return received_lsn_.load(); }
 
  private:
   explicit PgReplicationSource(PgReplicationSourceOptions options);
@@ -47,20 +52,43 @@ class PgReplicationSource : public ChangeSource {
   absl::Status CheckTables();
   absl::Status EnsurePublication();
   absl::Status EnsureSlot();
-  // Handles one CopyData message of the replication stream ('w' XLogData, 'k' keepalive).
-  // `data` is a PQgetCopyData buffer (writable, NUL at data[len]).
-  absl::Status HandleCopyData(char* data, size_t len, ChangeHandler& handler);
-  // Waits up to `wait` for the socket to become readable, then reads what arrived.
-  absl::Status WaitForData(absl::Duration wait);
+  // Decodes one XLogData message taken from the queue. `data` is a PQgetCopyData buffer
+  // (writable, NUL at data[len]).
+  absl::Status HandleXLogData(char* data, size_t len, ChangeHandler& handler);
+
+  // The reader thread owns conn_ once Start() succeeded: it reads CopyData messages into a
+  // bounded queue (so the walsender keeps streaming while the pipeline waits on a target),
+  // answers keepalives and sends every standby status update.
+  void ReaderLoop();
+  absl::Status SendStatusUpdate();  // reader thread only
+  void FinishReader(absl::Status status);
+  void WakeReader();
+
+  struct Chunk {
+    char* data;
+    size_t len;
+  };
+  static constexpr size_t kMaxQueuedBytes = 32 << 20;
 
   PgReplicationSourceOptions options_;
   PGconn* conn_ = nullptr;
   bool streaming_ = false;  // START_REPLICATION succeeded
-  PgOutputDecoder decoder_;
-  Lsn received_lsn_ = kInvalidLsn;
-  Lsn last_flushed_ = kInvalidLsn;  // highest `flushed` ever passed to SendFeedback()
-  bool reply_requested_ = false;
-  absl::Time last_feedback_ = absl::InfinitePast();
+  PgOutputDecoder decoder_;  // main thread only
+  std::atomic<Lsn> received_lsn_{kInvalidLsn};
+  std::atomic<Lsn> last_flushed_{kInvalidLsn};  // highest `flushed` ever passed to SendFeedback()
+
+  std::thread reader_;
+  int wake_fds_[2] = {-1, -1};  // self-pipe that interrupts the reader's poll()
+  std::mutex mu_;
+  std::condition_variable data_ready_;     // queue_ non-empty or reader finished
+  std::condition_variable feedback_sent_;  // feedback_done_ advanced or reader finished
+  std::deque<Chunk> queue_;                // guarded by mu_
+  size_t queued_bytes_ = 0;                // guarded by mu_
+  bool stop_ = false;                      // guarded by mu_
+  bool reader_done_ = false;               // guarded by mu_
+  absl::Status reader_status_;             // guarded by mu_: why the reader stopped
+  uint64_t feedback_requested_ = 0;        // guarded by mu_
+  uint64_t feedback_done_ = 0;             // guarded by mu_
 };
 
 }  // namespace walshift
