@@ -11,6 +11,10 @@
 #include "spdlog/spdlog.h"
 
 namespace walshift {
+namespace {
+// How long the stream must be quiet before a group with complete transactions commits.
+constexpr absl::Duration kIdleFlush = absl::Milliseconds(10);
+}  // namespace
 
 Pipeline::Pipeline(config::Settings settings,
                    std::vector<std::shared_ptr<const MappingModule>> modules)
@@ -120,13 +124,13 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   const size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
   (void)max_changes;
   while (!stop.load()) {
-    // With complete transactions waiting to be committed, only look for data already there;
-    // otherwise (nothing open, or inside a transaction) wait for more.
+    // With complete transactions waiting to be committed, wait only briefly for more: a quiet
+    // stream for kIdleFlush commits the group, so latency stays low. Under load, groups close
+    // in OnCommit by size or age instead. Otherwise (nothing open, or inside a transaction)
+    // wait for data.
     bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
-    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? absl::ZeroDuration() : absl::Seconds(1)));
+    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? kIdleFlush : absl::Seconds(1)));
     if (n > 0) *made_progress = true;
-    // The stream is idle: commit what is complete so latency stays low. Under load, groups
-    // close in OnCommit by size or age instead.
     if (n == 0 && !in_transaction_) RETURN_IF_ERROR(FlushAll());
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
     LogProgress(false);

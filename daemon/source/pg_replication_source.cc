@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -259,6 +260,11 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
     if (PQsetnonblocking(conn_, 1) != 0) {
       return absl::UnavailableError(absl::StrCat("source: ", ConnectionMessage(conn_)));
     }
+    // Catching up, wake only for a worthwhile amount of data: the walsender then sends in
+    // large writes instead of one small write per message. The reader's short poll timeout
+    // picks up a trickle (an idle source, a keepalive) within a few milliseconds.
+    int lowat = 64 * 1024;
+    (void)setsockopt(PQsocket(conn_), SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
     reader_ = std::thread([this] { ReaderLoop(); });
     spdlog::info("source: streaming slot {} from {}", options_.slot, FormatLsn(start_lsn));
     return absl::OkStatus();
@@ -403,7 +409,7 @@ void PgReplicationSource::ReaderLoop() {
     fds[0].events = full ? 0 : POLLIN;
     fds[1].fd = wake_fds_[0];
     fds[1].events = POLLIN;
-    int rc = ::poll(fds, 2, 100);
+    int rc = ::poll(fds, 2, kReaderPollMs);
     if (rc < 0 && errno != EINTR) {
       FinishReader(absl::UnavailableError(absl::StrCat("source: poll: ", std::strerror(errno))));
       return;

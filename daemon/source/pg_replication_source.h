@@ -69,6 +69,8 @@ class PgReplicationSource : public ChangeSource {
     size_t len;
   };
   static constexpr size_t kMaxQueuedBytes = 32 << 20;
+  // Longest wait for less than SO_RCVLOWAT bytes (and the feedback timer's granularity).
+  static constexpr int kReaderPollMs = 5;
 
   PgReplicationSourceOptions options_;
   PGconn* conn_ = nullptr;
