@@ -121,8 +121,6 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
                start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
   RETURN_IF_ERROR(source_->Start(start));
 
-  const size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
-  (void)max_changes;
   while (!stop.load()) {
     // With complete transactions waiting to be committed, wait only briefly for more: a quiet
     // stream for kIdleFlush commits the group, so latency stays low. Under load, groups close
