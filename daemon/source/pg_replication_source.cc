@@ -419,7 +419,8 @@ void PgReplicationSource::ReaderLoop() {
       while (read(wake_fds_[0], buf, sizeof(buf)) > 0) {
       }
     }
-    if (PQconsumeInput(conn_) == 0) {
+    // A full queue leaves the data in the socket: libpq's buffer must not grow instead.
+    if (!full && PQconsumeInput(conn_) == 0) {
       FinishReader(absl::UnavailableError(
           absl::StrCat("source: replication connection lost: ", ConnectionMessage(conn_))));
       return;
