@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/config/config.h"
+#include "daemon/pipeline/live_check.h"
 #include "daemon/pipeline/pipeline.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -24,9 +25,11 @@ void OnSignal(int) { g_stop.store(true); }
 
 void Usage(FILE* out) {
   std::fprintf(out,
-               "usage: walshiftd --config FILE [--validate] [--log-level LEVEL]\n"
+               "usage: walshiftd --config FILE [--validate | --check] [--log-level LEVEL]\n"
                "  --config FILE     the pipeline configuration (YAML)\n"
-               "  --validate        load and validate the configuration, then exit (0 ok, 2 bad)\n"
+               "  --validate        check the configuration file alone, then exit (0 ok, 2 bad)\n"
+               "  --check           also check every mapping against the live source and target\n"
+               "                    schemas, then exit (0 ok, 2 problems, 1 unreachable)\n"
                "  --log-level L     trace, debug, info, warn, error (overrides log.level)\n");
 }
 
@@ -35,6 +38,7 @@ void Usage(FILE* out) {
 int main(int argc, char** argv) {
   std::string config_path, log_level;
   bool validate_only = false;
+  bool check_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* out) {
@@ -47,6 +51,7 @@ int main(int argc, char** argv) {
     if (a == "--config" || a == "-c") value(&config_path);
     else if (a.rfind("--config=", 0) == 0) config_path = a.substr(9);
     else if (a == "--validate") validate_only = true;
+    else if (a == "--check") check_only = true;
     else if (a == "--log-level") value(&log_level);
     else if (a == "--help" || a == "-h") { Usage(stdout); return 0; }
     else {
@@ -91,6 +96,24 @@ int main(int argc, char** argv) {
                 settings->targets.size());
     return 0;
   }
+
+  // The same live check as --check; a walshiftd that would fail on its first row refuses to
+  // start. An unreachable database is left to the pipeline's reconnect loop.
+  absl::Status check = walshift::CheckLiveSchemas(*settings, *modules, config_path);
+  if (check_only) {
+    if (check.ok()) {
+      std::printf("%s: ok: %zu mappings match the live schemas\n", config_path.c_str(), modules->size());
+      return 0;
+    }
+    std::fprintf(stderr, "walshiftd: %s\n", std::string(check.message()).c_str());
+    return check.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  if (check.code() == absl::StatusCode::kInvalidArgument) {
+    std::fprintf(stderr, "walshiftd: the mappings do not match the live schemas: %s\n",
+                 std::string(check.message()).c_str());
+    return 2;
+  }
+  if (!check.ok()) spdlog::warn("{}; connecting with retries", std::string(check.message()));
 
   struct sigaction sa;
   std::memset(&sa, 0, sizeof(sa));

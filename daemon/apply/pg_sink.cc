@@ -118,10 +118,24 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   if (found != variants_.end()) return found->second.get();
 
   auto v = std::make_unique<Variant>();
-  v->shape = op.shape;
+  FillVariant(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
+  v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
+  int n = static_cast<int>(v->params.size());
+  int cap = n == 0 ? 1 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
+  v->max_rows = 1;
+  while (v->max_rows * 2 <= cap) v->max_rows *= 2;
+
+  const Variant* result = v.get();
+  if (!omit_any) full_variant_[shape.id] = result;
+  variants_.emplace(omit_key_, std::move(v));
+  return result;
+}
+
+void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant* v) {
+  v->shape = &shape;
   auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
   for (size_t i = 0; i < shape.values.size(); ++i) {
-    if (omit_key_[omit_key_.size() - shape.values.size() + i] == '1') continue;
+    if (omit[i] == '1') continue;
     if (shape.kind == OpKind::kDelete && !is_key(i)) continue;
     v->written.push_back(static_cast<int>(i));
   }
@@ -139,19 +153,30 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
     if (tv.param >= 0) use(tv.param, is_key(w));
     for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
   }
-  v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
-  int n = static_cast<int>(v->params.size());
-  int cap = n == 0 ? 1 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
-  v->max_rows = 1;
-  while (v->max_rows * 2 <= cap) v->max_rows *= 2;
-
-  const Variant* result = v.get();
-  if (!omit_any) full_variant_[shape.id] = result;
-  variants_.emplace(omit_key_, std::move(v));
-  return result;
 }
 
-std::string PgSink::Render(const Variant& v, int rows) const {
+absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
+  Variant v;
+  FillVariant(shape, std::string(shape.values.size(), '0'), &v);
+  std::string sql = Render(v, 1);
+  pg::ResultPtr r(PQprepare(conn, "walshift_check", sql.c_str(), static_cast<int>(v.params.size()), nullptr));
+  absl::Status st = pg::ResultStatus(conn, r.get(), "server");
+  if (st.ok()) {
+    // Planning finds the unique index the key needs (ON CONFLICT): EXPLAIN plans without
+    // running anything.
+    std::vector<std::string> nulls(v.params.size(), "NULL");
+    pg::ResultPtr e(PQexec(conn, absl::StrCat("EXPLAIN EXECUTE walshift_check",
+                                              nulls.empty() ? "" : absl::StrCat("(", absl::StrJoin(nulls, ", "), ")")).c_str()));
+    st = pg::ResultStatus(conn, e.get(), "server");
+    pg::ResultPtr d(PQexec(conn, "DEALLOCATE walshift_check"));
+    if (st.ok()) return absl::OkStatus();
+  }
+  return absl::Status(st.code(), absl::StrCat(OpKindName(shape.kind), " into ", shape.table, ": ",
+                                              absl::StripPrefix(st.message(), "server: "),
+                                              "; statement: ", sql));
+}
+
+std::string PgSink::Render(const Variant& v, int rows) {
   const OpShape& shape = *v.shape;
   const int n = static_cast<int>(v.params.size());
   std::vector<int> position(shape.num_params, -1);

@@ -44,6 +44,11 @@ class PgSink : public Sink {
   // True when a group is open (BEGIN sent, COMMIT not yet).
   bool group_open() const { return group_open_; }
 
+  // Prepares the statement `shape` produces (every value written) on `conn` and discards it:
+  // kFailedPrecondition with the server's message when the target table, a column, the key's
+  // unique constraint or an sql: expression does not fit the live schema.
+  static absl::Status ValidateShape(PGconn* conn, const OpShape& shape);
+
   // Total operations applied (committed) since start.
   uint64_t applied_changes() const { return applied_changes_; }
 
@@ -89,7 +94,9 @@ class PgSink : public Sink {
 
   absl::Status SendControl(const char* sql);
   absl::StatusOr<const Variant*> VariantFor(const TargetOp& op);
-  std::string Render(const Variant& v, int rows) const;
+  static std::string Render(const Variant& v, int rows);
+  // The variant of `shape` that writes every value (no unchanged TOAST datum).
+  static void FillVariant(const OpShape& shape, const std::string& omit, Variant* v);
   absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn);
   // Sends one statement of `rows` rows; `single` (rows == 1) is kept for error messages.
   absl::Status Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,

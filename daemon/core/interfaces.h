@@ -76,6 +76,8 @@ class BoundMapping {
   // The operations a TRUNCATE of the source table produces (may be none).
   virtual absl::Status MapTruncate(Lsn lsn,
                                    const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
+  // Every operation shape the mapping can emit, for checks against the live target schema.
+  virtual std::vector<const OpShape*> shapes() const = 0;
 };
 
 // What a mapping module may ask about the live schemas when it binds a relation.
@@ -90,6 +92,7 @@ struct SourceTableInfo {
   std::string qualified_name;
   char replica_identity = 'd';
   std::vector<SourceColumnInfo> columns;  // live columns in attnum order
+  std::vector<std::string> primary_key;   // primary key columns (empty when none)
   const SourceColumnInfo* Find(absl::string_view name) const {
     for (const auto& c : columns)
       if (c.name == name) return &c;

@@ -32,7 +32,14 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
                                   "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
                                   "ORDER BY a.attnum",
                                   {oid.c_str()}, ctx));
+  ASSIGN_OR_RETURN(pg::ResultPtr pk,
+                   pg::ExecParams(src,
+                                  "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON "
+                                  "a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                                  "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY a.attnum",
+                                  {oid.c_str()}, ctx));
   SourceTableInfo info;
+  for (int i = 0; i < PQntuples(pk.get()); ++i) info.primary_key.push_back(PQgetvalue(pk.get(), i, 0));
   info.qualified_name = relation.QualifiedName();
   info.replica_identity = relation.replica_identity;
   auto target_dsn = target_dsns_.find(target);

@@ -103,6 +103,12 @@ std::string DaemonTest::DaemonLog() const {
 }
 
 absl::Status DaemonTest::WaitCaughtUp(absl::Duration timeout) {
+  absl::Status st = WaitCaughtUpOnce(timeout);
+  if (!st.ok()) std::cerr << "WaitCaughtUp: " << st << "\n";
+  return st;
+}
+
+absl::Status DaemonTest::WaitCaughtUpOnce(absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   // Transactions committed before the slot exists are never streamed: wait for the daemon's
   // replication connection first.

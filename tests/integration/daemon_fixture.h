@@ -35,6 +35,7 @@ class DaemonTest : public ::testing::Test {
   // call. Fails (with the daemon's log) when the daemon exits or `timeout` passes.
   absl::Status WaitCaughtUp(absl::Duration timeout = absl::Seconds(120));
   std::string DaemonLog() const;
+  absl::Status WaitCaughtUpOnce(absl::Duration timeout);
 
   // Runs a pgbench workload (script@weight ...) against this test's source database.
   void RunPgbench(const std::vector<std::string>& scripts, int clients, int transactions);

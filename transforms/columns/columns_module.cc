@@ -75,6 +75,12 @@ class BoundColumns : public BoundMapping {
     return emit(op);
   }
 
+  std::vector<const OpShape*> shapes() const override {
+    std::vector<const OpShape*> out = {&upsert_, &delete_};
+    if (truncate_apply_) out.push_back(&truncate_);
+    return out;
+  }
+
   // Builds shapes. Returns kFailedPrecondition naming the mapping, table and column.
   absl::Status Init(const std::string& where, const std::string& target, const std::string& table,
                     const SourceRelation& relation, const SourceTableInfo& info,
@@ -87,13 +93,19 @@ class BoundColumns : public BoundMapping {
     // Key: configured, or the columns copied from the source's replica identity columns.
     std::vector<int> key_values;
     if (key.empty()) {
+      // pgoutput flags every column under REPLICA IDENTITY FULL: the primary key is the key.
+      auto is_source_key = [&](int s) {
+        if (!full) return relation.columns[s].part_of_key;
+        return std::find(info.primary_key.begin(), info.primary_key.end(),
+                         relation.columns[s].name) != info.primary_key.end();
+      };
       for (size_t i = 0; i < values_.size(); ++i) {
         const ValueSpec& v = values_[i];
-        if (v.kind == ValueSpec::kColumn && relation.columns[v.source_column].part_of_key)
+        if (v.kind == ValueSpec::kColumn && is_source_key(v.source_column))
           key_values.push_back(static_cast<int>(i));
       }
-      size_t source_keys = std::count_if(relation.columns.begin(), relation.columns.end(),
-                                         [](const SourceColumn& c) { return c.part_of_key; });
+      size_t source_keys = 0;
+      for (size_t s = 0; s < relation.columns.size(); ++s) source_keys += is_source_key(static_cast<int>(s));
       if (source_keys == 0 || key_values.size() != source_keys) {
         return absl::FailedPreconditionError(absl::StrCat(
             where, ": cannot derive the target key: ",

@@ -32,6 +32,7 @@ class FakeInspector : public SchemaInspector {
     SourceTableInfo info;
     info.qualified_name = rel.QualifiedName();
     info.replica_identity = rel.replica_identity;
+    info.primary_key = {"id"};
     for (const auto& c : rel.columns) {
       SourceColumnInfo ci;
       ci.name = c.name;

@@ -1,0 +1,93 @@
+// `walshiftd --check` against live schemas: every problem of every mapping at once, exit 2;
+// exit 0 when all is well; the daemon itself refuses to start on the same problems.
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "tests/integration/daemon_fixture.h"
+#include "tests/testing/test_paths.h"
+
+namespace walshift::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class CheckTest : public DaemonTest {
+ protected:
+  RunResult Check(const std::string& config) {
+    SubprocessOptions o;
+    o.argv = {BinaryPath("walshiftd"), "--config", config, "--check"};
+    auto r = Subprocess::Run(o, absl::Minutes(1));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : RunResult{};
+  }
+};
+
+TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
+  Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
+         "CREATE TABLE nokey (a int, b text);"
+         "CREATE TABLE orders2 (id int PRIMARY KEY, amount numeric)");
+  Target("CREATE SCHEMA app;"
+         "CREATE TABLE app.orders_v2 (order_id int PRIMARY KEY, total_cents bigint);"
+         "CREATE TABLE app.orders_v3 (order_id int PRIMARY KEY);"
+         "CREATE TABLE app.good (order_id int PRIMARY KEY, total numeric);"
+         "CREATE TABLE public.wrong_key (id int, v text)");
+  std::string config = WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - {source: public.missing}
+  - {source: nokey, table: app.good, key: [order_id], columns: {order_id: a}}
+  - {source: orders, table: app.orders_v2, key: [order_id], columns: {order_id: id, total_cents: {sql: "round(amount * 100"}}}
+  - {source: orders, table: app.absent}
+  - {source: orders, table: public.wrong_key, key: [id], columns: {id: id, v: status}}
+  - {source: orders, table: app.orders_v3, key: [order_id], columns: {order_id: id, nope_col: status}}
+  - {source: orders, table: app.orders_v3, key: [order_id], columns: {order_id: id, x: amnt}}
+  - {source: orders, table: app.good, key: [order_id], columns: {order_id: id, total: amount}}
+  - {source: orders2, table: app.good, key: [order_id], columns: {order_id: id, total: amount}}
+)");
+  RunResult r = Check(config);
+  std::string out = r.stdout_text + r.stderr_text;
+  EXPECT_EQ(r.status.exit_code(), 2) << out;
+  EXPECT_THAT(out, HasSubstr("mappings[0]: source table public.missing does not exist"));
+  EXPECT_THAT(out, HasSubstr("mappings[1]: source table public.nokey has no primary key"));
+  EXPECT_THAT(out, HasSubstr("mappings[2] (public.orders): target main: upsert into app.orders_v2: "
+                             "ERROR:  syntax error"));
+  EXPECT_THAT(out, HasSubstr("mappings[3] (public.orders): target main: upsert into app.absent: "
+                             "ERROR:  relation \"app.absent\" does not exist"));
+  EXPECT_THAT(out, HasSubstr("mappings[4] (public.orders): target main: upsert into public.wrong_key: "
+                             "ERROR:  there is no unique or exclusion constraint matching the ON CONFLICT"));
+  EXPECT_THAT(out, HasSubstr("mappings[5] (public.orders): target main: upsert into app.orders_v3: "
+                             "ERROR:  column \"nope_col\" of relation \"orders_v3\" does not exist"));
+  EXPECT_THAT(out, HasSubstr("mappings[6] (public.orders -> app.orders_v3).columns.x: source column "
+                             "'amnt' does not exist in public.orders"));
+  EXPECT_THAT(out, HasSubstr("mappings[8]: target column app.good.total (target main) is also "
+                             "written by mappings[7]"));
+
+  // The daemon refuses to start on the same problems (exit 2, not a crash loop).
+  ASSERT_TRUE(StartDaemon(config).ok());
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->exit_code(), 2);
+  EXPECT_THAT(DaemonLog(), HasSubstr("do not match the live schemas"));
+}
+
+TEST_F(CheckTest, GoodConfigPasses) {
+  Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text)");
+  Target("CREATE TABLE orders_v2 (order_id int PRIMARY KEY, total_cents bigint, state text, origin text)");
+  RunResult r = Check(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - source: orders
+    table: orders_v2
+    key: [order_id]
+    columns: {order_id: id, total_cents: {sql: "round(amount * 100)::bigint"}, state: status, origin: {const: legacy}}
+)"));
+  EXPECT_EQ(r.status.exit_code(), 0) << r.stdout_text << r.stderr_text;
+  EXPECT_THAT(r.stdout_text, HasSubstr("ok: 1 mappings match the live schemas"));
+}
+
+}  // namespace
+}  // namespace walshift::testing
