@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "transforms/columns/columns_module.h"
+#include "transforms/soft_delete/soft_delete_module.h"
 
 namespace walshift::transforms {
 
@@ -10,6 +11,8 @@ const std::vector<ModuleEntry>& Modules() {
   static const std::vector<ModuleEntry> kModules = {
       {"columns", &columns::Create,
        "one source row to one target row: rename, const, SQL expression"},
+      {"soft_delete", &soft_delete::Create,
+       "like columns; a row flagged deleted (is_active = false, deleted_at set) is deleted"},
   };
   return kModules;
 }

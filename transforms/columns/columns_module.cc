@@ -331,31 +331,43 @@ std::vector<std::string> ExpressionInputs(absl::string_view sql,
 }
 
 ColumnsModule::ColumnsModule(std::string path, v1::Mapping common, ColumnsConfig config)
-    : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)) {
-  table_ = config_.table().empty() ? common_.source() : config_.table();
-  if (table_.find('.') == std::string::npos) table_ = "public." + table_;
+    : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)) {}
+
+std::string TargetTable(const v1::Mapping& common, const ColumnsConfig& config) {
+  std::string table = config.table().empty() ? common.source() : config.table();
+  if (table.find('.') == std::string::npos) table = "public." + table;
+  return table;
 }
 
 absl::StatusOr<std::unique_ptr<BoundMapping>> ColumnsModule::Bind(const SourceRelation& relation,
                                                                    SchemaInspector& inspector) const {
-  std::string where = absl::StrCat(path_, " (", common_.source(), " -> ", table_, ")");
-  ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common_.target()));
+  return BindColumns(path_, common_, config_, relation, inspector);
+}
+
+absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path,
+                                                          const v1::Mapping& common,
+                                                          const ColumnsConfig& config,
+                                                          const SourceRelation& relation,
+                                                          SchemaInspector& inspector) {
+  const std::string table = TargetTable(common, config);
+  std::string where = absl::StrCat(path, " (", common.source(), " -> ", table, ")");
+  ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common.target()));
 
   std::vector<std::string> source_names;
   for (const auto& c : relation.columns) source_names.push_back(c.name);
 
   std::vector<ValueSpec> values;
-  if (config_.columns().empty()) {
+  if (config.columns().empty()) {
     for (size_t i = 0; i < relation.columns.size(); ++i) {
       values.push_back({ValueSpec::kColumn, relation.columns[i].name, static_cast<int>(i), "", {},
                         relation.columns[i].name});
     }
   } else {
     std::vector<std::string> targets;
-    for (const auto& [name, _] : config_.columns()) targets.push_back(name);
+    for (const auto& [name, _] : config.columns()) targets.push_back(name);
     std::sort(targets.begin(), targets.end());
     for (const std::string& name : targets) {
-      const ColumnSource& src = config_.columns().at(name);
+      const ColumnSource& src = config.columns().at(name);
       ValueSpec v;
       v.target_column = name;
       switch (src.value_case()) {
@@ -391,10 +403,10 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> ColumnsModule::Bind(const SourceRe
       values.push_back(std::move(v));
     }
   }
-  std::vector<std::string> key(config_.key().begin(), config_.key().end());
+  std::vector<std::string> key(config.key().begin(), config.key().end());
   auto bound = std::make_unique<BoundColumns>();
-  RETURN_IF_ERROR(bound->Init(where, common_.target(), table_, relation, info, std::move(values),
-                              std::move(key), common_.truncate() == v1::TRUNCATE_APPLY));
+  RETURN_IF_ERROR(bound->Init(where, common.target(), table, relation, info, std::move(values),
+                              std::move(key), common.truncate() == v1::TRUNCATE_APPLY));
   return bound;
 }
 

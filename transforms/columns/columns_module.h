@@ -28,6 +28,17 @@ std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
 std::vector<std::string> ExpressionInputs(absl::string_view sql,
                                           const std::vector<std::string>& candidates);
 
+// Binds a `columns` mapping to a relation: the plan other modules build on (soft_delete wraps
+// it). `path` names the mapping in messages.
+absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path,
+                                                          const v1::Mapping& common,
+                                                          const ColumnsConfig& config,
+                                                          const SourceRelation& relation,
+                                                          SchemaInspector& inspector);
+
+// The target table a columns config writes: `table`, or the source table's name.
+std::string TargetTable(const v1::Mapping& common, const ColumnsConfig& config);
+
 class ColumnsModule : public MappingModule {
  public:
   ColumnsModule(std::string path, v1::Mapping common, ColumnsConfig config);
@@ -41,7 +52,6 @@ class ColumnsModule : public MappingModule {
   std::string path_;
   v1::Mapping common_;
   ColumnsConfig config_;
-  std::string table_;
 };
 
 }  // namespace walshift::transforms::columns

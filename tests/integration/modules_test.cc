@@ -1,0 +1,79 @@
+// Mapping modules beyond `columns`, end to end on real PostgreSQL. The expected target is
+// computed by SQL over the legacy tables, not by walshift.
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "tests/integration/daemon_fixture.h"
+
+namespace walshift::testing {
+namespace {
+
+class ModulesTest : public DaemonTest {};
+
+TEST_F(ModulesTest, SoftDeleteFlagAndTimestamp) {
+  Source("CREATE TABLE collections (id int PRIMARY KEY, project_id int, title text, is_active bool DEFAULT true);"
+         "CREATE TABLE docs (id int PRIMARY KEY, body text, deleted_at timestamptz)");
+  Target("CREATE SCHEMA app;"
+         "CREATE TABLE app.project_collections (collection_id int PRIMARY KEY, project_id int, name text);"
+         "CREATE TABLE docs (id int PRIMARY KEY, body text)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - source: collections
+    module: soft_delete
+    table: app.project_collections
+    key: [collection_id]
+    columns: {collection_id: id, project_id: project_id, name: title}
+    flag: is_active
+  - source: docs
+    module: soft_delete
+    table: public.docs
+    key: [id]
+    columns: {id: id, body: body}
+    flag: deleted_at
+    deleted_when: not_null
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO collections SELECT g, g % 7, 'c' || g, g % 5 <> 0 FROM generate_series(1, 200) g");
+  Source("INSERT INTO docs SELECT g, 'd' || g, CASE WHEN g % 4 = 0 THEN now() END FROM generate_series(1, 100) g");
+  Source("UPDATE collections SET is_active = false WHERE id % 3 = 0");        // soft delete
+  Source("UPDATE collections SET title = title || '!' WHERE id % 6 = 0");     // changes while deleted
+  Source("UPDATE collections SET is_active = true WHERE id % 9 = 0");         // back, current values
+  Source("UPDATE collections SET is_active = NULL WHERE id = 1");             // unknown is not deleted
+  Source("DELETE FROM collections WHERE id % 11 = 0");                        // hard delete
+  Source("UPDATE collections SET id = id + 1000 WHERE id IN (3, 4)");         // key change, deleted and not
+  Source("UPDATE docs SET deleted_at = now() WHERE id % 10 = 1");
+  Source("UPDATE docs SET deleted_at = NULL, body = body || ' restored' WHERE id % 8 = 0");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+
+  PgRows expected = SourceRows(
+      "SELECT id::text, project_id::text, title FROM collections WHERE is_active IS DISTINCT FROM false ORDER BY id");
+  PgRows actual = TargetRows(
+      "SELECT collection_id::text, project_id::text, name FROM app.project_collections ORDER BY collection_id");
+  EXPECT_GT(expected.size(), 50u);
+  EXPECT_TRUE(actual == expected) << actual.size() << " target rows vs " << expected.size() << " expected";
+  const char* docs = "SELECT id::text, body FROM docs WHERE deleted_at IS NULL ORDER BY id";
+  PgRows expected_docs = SourceRows(docs);
+  EXPECT_GT(expected_docs.size(), 50u);
+  EXPECT_TRUE(TargetRows("SELECT id::text, body FROM docs ORDER BY id") == expected_docs);
+}
+
+TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
+  Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings: [{source: t, module: soft_delete, flag: is_active}]
+)")).ok());
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->exit_code(), 2);
+  EXPECT_THAT(DaemonLog(), ::testing::HasSubstr("mappings[0].flag: source column 'is_active' does not exist in public.t"));
+}
+
+}  // namespace
+}  // namespace walshift::testing

@@ -1,0 +1,111 @@
+#include "transforms/soft_delete/soft_delete_module.h"
+
+#include "absl/strings/str_cat.h"
+#include "daemon/config/yaml_proto.h"
+#include "daemon/core/status_macros.h"
+#include "transforms/columns/columns_module.h"
+#include "transforms/soft_delete/soft_delete.pb.h"
+
+namespace walshift::transforms::soft_delete {
+namespace {
+
+using EmitFn = std::function<absl::Status(const TargetOp&)>;
+
+class BoundSoftDelete : public BoundMapping {
+ public:
+  BoundSoftDelete(std::unique_ptr<BoundMapping> rows, int flag, SoftDeleteConfig::DeletedWhen when)
+      : rows_(std::move(rows)), flag_(flag), when_(when) {}
+
+  absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
+    if (change.kind == ChangeKind::kDelete) return rows_->Map(change, emit);
+    ASSIGN_OR_RETURN(bool deleted, Deleted(change));
+    if (!deleted) return rows_->Map(change, emit);  // (re)inserted with its current values
+    // Marked deleted: remove the row by its old key (a key change) and by its current key.
+    RowChange del = change;
+    del.kind = ChangeKind::kDelete;
+    if (change.old_tuple != nullptr && change.old_tuple_kind == 'K') {
+      RETURN_IF_ERROR(rows_->Map(del, emit));
+    }
+    del.old_tuple = change.new_tuple;
+    del.old_tuple_kind = 'O';
+    del.new_tuple = nullptr;
+    return rows_->Map(del, emit);
+  }
+
+  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
+    return rows_->MapTruncate(lsn, emit);
+  }
+
+  std::vector<const OpShape*> shapes() const override { return rows_->shapes(); }
+
+ private:
+  absl::StatusOr<bool> Deleted(const RowChange& change) const {
+    const Datum* flag = &(*change.new_tuple)[flag_];
+    if (flag->is_unchanged_toast() && change.old_tuple != nullptr && change.old_tuple_kind == 'O')
+      flag = &(*change.old_tuple)[flag_];
+    if (flag->is_unchanged_toast()) {
+      return absl::DataLossError(absl::StrCat(
+          "update of ", change.relation->QualifiedName(), " at LSN ", FormatLsn(change.lsn),
+          ": the soft-delete flag ", change.relation->columns[flag_].name,
+          " arrived as an unchanged TOAST value; set REPLICA IDENTITY FULL on the source table"));
+    }
+    // Booleans arrive in their text form: t / f.
+    auto is_true = [&] { return flag->view() == "t" || flag->view() == "true"; };
+    auto is_false = [&] { return flag->view() == "f" || flag->view() == "false"; };
+    switch (when_) {
+      case SoftDeleteConfig::DELETED_WHEN_FALSE: return !flag->is_null() && is_false();
+      case SoftDeleteConfig::DELETED_WHEN_TRUE: return !flag->is_null() && is_true();
+      case SoftDeleteConfig::DELETED_WHEN_NOT_NULL: return !flag->is_null();
+      case SoftDeleteConfig::DELETED_WHEN_NULL: return flag->is_null();
+      default: return false;
+    }
+  }
+
+  std::unique_ptr<BoundMapping> rows_;
+  int flag_;
+  SoftDeleteConfig::DeletedWhen when_;
+};
+
+class SoftDeleteModule : public MappingModule {
+ public:
+  SoftDeleteModule(std::string path, v1::Mapping common, SoftDeleteConfig config)
+      : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)) {
+    columns_.set_table(config_.table());
+    *columns_.mutable_key() = config_.key();
+    *columns_.mutable_columns() = config_.columns();
+  }
+
+  const std::string& source_table() const override { return common_.source(); }
+  const std::string& target() const override { return common_.target(); }
+
+  absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
+                                                      SchemaInspector& inspector) const override {
+    int flag = relation.ColumnIndex(config_.flag());
+    if (flag < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path_, ".flag: source column '", config_.flag(), "' does not exist in ",
+          relation.QualifiedName()));
+    }
+    ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector));
+    return std::make_unique<BoundSoftDelete>(std::move(rows), flag, config_.deleted_when());
+  }
+
+ private:
+  std::string path_;
+  v1::Mapping common_;
+  SoftDeleteConfig config_;
+  columns::ColumnsConfig columns_;
+};
+
+}  // namespace
+
+std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems) {
+  SoftDeleteConfig cfg;
+  size_t before = problems->size();
+  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+  if (problems->size() != before) return nullptr;
+  return std::make_unique<SoftDeleteModule>(mapping.path, mapping.common, std::move(cfg));
+}
+
+}  // namespace walshift::transforms::soft_delete
