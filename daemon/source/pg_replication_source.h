@@ -68,7 +68,11 @@ class PgReplicationSource : public ChangeSource {
     char* data;
     size_t len;
   };
-  static constexpr size_t kMaxQueuedBytes = 32 << 20;
+  // Small on purpose: when the pipeline is slower than the walsender, a full queue soon leaves
+  // the data in the socket, the walsender's writes block and it sends in large batches
+  // instead of one send() per message (measured: 5.4 s instead of 7.8 s of walsender CPU for a
+  // 1M-row transaction).
+  static constexpr size_t kMaxQueuedBytes = 4 << 20;
   // Longest wait for less than SO_RCVLOWAT bytes (and the feedback timer's granularity).
   static constexpr int kReaderPollMs = 5;
 
