@@ -44,6 +44,7 @@ PgSink::~PgSink() = default;
 
 absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& options) {
   std::unique_ptr<PgSink> sink(new PgSink(options));
+  sink->batching_ = options.batch_rows > 1;
   std::string what = absl::StrCat("target ", options.name);
   ASSIGN_OR_RETURN(sink->conn_, pg::Connect(options.dsn, what, "application_name=walshiftd"));
   PGconn* c = sink->conn_.get();
@@ -176,7 +177,7 @@ absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
                                               "; statement: ", sql));
 }
 
-std::string PgSink::Render(const Variant& v, int rows) {
+std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
   const OpShape& shape = *v.shape;
   const int n = static_cast<int>(v.params.size());
   std::vector<int> position(shape.num_params, -1);
@@ -211,6 +212,10 @@ std::string PgSink::Render(const Variant& v, int rows) {
         tuples.push_back(absl::StrCat("(", absl::StrJoin(vals, ", "), ")"));
       }
       for (int k : shape.key) keys.push_back(pg::QuoteIdent(shape.values[k].column));
+      if (plain_insert) {
+        return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
+                            absl::StrJoin(tuples, ", "));
+      }
       return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
                           absl::StrJoin(tuples, ", "), " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
                           sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
@@ -235,13 +240,16 @@ std::string PgSink::Render(const Variant& v, int rows) {
   return "";
 }
 
-absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn) {
-  auto it = v.statements.find(rows);
+absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn,
+                                                             bool plain_insert) {
+  const int cache_key = rows * 2 + (plain_insert ? 1 : 0);
+  auto it = v.statements.find(cache_key);
   if (it != v.statements.end()) return it->second.get();
   auto prepared = std::make_unique<Prepared>();
   prepared->name = absl::StrCat("ws", ++statement_counter_);
   prepared->rows = rows;
-  std::string sql = Render(v, rows);
+  prepared->plain_insert = plain_insert;
+  std::string sql = Render(v, rows, plain_insert);
   spdlog::debug("target {}: prepare {} for {} {} ({} rows): {}", options_.name, prepared->name,
                 OpKindName(v.shape->kind), v.shape->table, rows, sql);
   if (PQsendPrepare(conn_.get(), prepared->name.c_str(), sql.c_str(),
@@ -256,13 +264,13 @@ absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, i
   arena_.push_back('\0');
   pending_.push_back(p);
   const Prepared* result = prepared.get();
-  v.statements.emplace(rows, std::move(prepared));
+  v.statements.emplace(cache_key, std::move(prepared));
   return result;
 }
 
 absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
-                          Lsn last_lsn, const TargetOp* single) {
-  ASSIGN_OR_RETURN(const Prepared* prepared, StatementFor(v, rows, first_lsn));
+                          Lsn last_lsn, const TargetOp* single, bool plain_insert) {
+  ASSIGN_OR_RETURN(const Prepared* prepared, StatementFor(v, rows, first_lsn, plain_insert));
   const int n = static_cast<int>(v.params.size()) * rows;
   if (PQsendQueryPrepared(conn_.get(), prepared->name.c_str(), n, values, nullptr, nullptr, 0) != 1) {
     return BrokenConnection("sending a statement");
@@ -273,6 +281,7 @@ absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values,
   p.lsn = first_lsn;
   p.last_lsn = last_lsn;
   p.rows = rows;
+  p.plain_insert = plain_insert;
   size_t bytes = 0;
   for (int i = 0; i < n; ++i) bytes += (values[i] ? std::strlen(values[i]) : 0) + 8;
   p.bytes = bytes;
@@ -340,6 +349,7 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
       batch_.variant = &v;
     }
     row = batch_.rows++;
+    batch_.new_row.push_back(op.new_row);
     batch_.rows_by_key[h] = row;
     batch_.offsets.resize(batch_.rows * n);
     if (row == 0) batch_.first_lsn = op.lsn;
@@ -420,12 +430,16 @@ absl::Status PgSink::FlushBatch() {
       int64_t off = batch_.offsets[done * n + i];
       values_[i] = off < 0 ? nullptr : batch_.data.data() + off;
     }
-    RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr));
+    // Rows that source INSERTs created need no conflict handling: a plain INSERT is cheaper.
+    bool plain = true;
+    for (int r = done; r < done + rows && plain; ++r) plain = batch_.new_row[r];
+    RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr, plain));
     done += rows;
   }
   batch_.rows = 0;
   batch_.variant = nullptr;
   batch_.data.clear();
+  batch_.new_row.clear();
   batch_.offsets.clear();
   batch_.rows_by_key.clear();
   return absl::OkStatus();
@@ -439,7 +453,7 @@ absl::Status PgSink::Apply(const TargetOp& op) {
   }
   ++group_changes_;
   ASSIGN_OR_RETURN(const Variant* v, VariantFor(op));
-  if (op.shape->kind == OpKind::kUpsert && v->max_rows > 1) return AddToBatch(*v, op);
+  if (op.shape->kind == OpKind::kUpsert && batching_ && v->max_rows > 1) return AddToBatch(*v, op);
   RETURN_IF_ERROR(FlushBatch());
   const size_t n = v->params.size();
   values_.resize(n);
@@ -655,6 +669,11 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
   switch (pending.kind) {
     case Pending::kStatement: {
       const OpShape& shape = *pending.shape;
+      if (pending.plain_insert && sqlstate && absl::string_view(sqlstate) == "23505") {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "target ", options_.name, ": ", shape.table, " already has rows that source inserts at LSN ",
+            FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn), " create (", server_msg, ")"));
+      }
       if (pending.rows > 1) {
         return absl::Status(
             server.code(),

@@ -49,6 +49,11 @@ class PgSink : public Sink {
   // unique constraint or an sql: expression does not fit the live schema.
   static absl::Status ValidateShape(PGconn* conn, const OpShape& shape);
 
+  // Turns multi-row statements (and the plain INSERT of new rows) on or off; off, every
+  // operation is its own upsert/delete, as when isolating a failing transaction. Only between
+  // groups.
+  void set_batching(bool on) { batching_ = on && options_.batch_rows > 1; }
+
   // Total operations applied (committed) since start.
   uint64_t applied_changes() const { return applied_changes_; }
 
@@ -58,6 +63,7 @@ class PgSink : public Sink {
   struct Prepared {
     std::string name;
     int rows = 1;
+    bool plain_insert = false;  // INSERT without ON CONFLICT
   };
   // One (shape, written columns) combination: the statement's parameters for one row, and its
   // prepared statements by row count.
@@ -75,6 +81,7 @@ class PgSink : public Sink {
   struct Batch {
     const Variant* variant = nullptr;
     int rows = 0;
+    std::vector<char> new_row;  // per row: created by a source INSERT (see TargetOp::new_row)
     std::string data;
     std::vector<int64_t> offsets;  // rows x params: offset into data, -1 for NULL
     absl::flat_hash_map<uint64_t, int> rows_by_key;
@@ -88,19 +95,21 @@ class PgSink : public Sink {
     Lsn lsn = kInvalidLsn;
     Lsn last_lsn = kInvalidLsn;
     int rows = 1;
+    bool plain_insert = false;
     size_t arena_offset = 0;  // single-row statements: a copy of the op's parameters
     size_t bytes = 0;
   };
 
   absl::Status SendControl(const char* sql);
   absl::StatusOr<const Variant*> VariantFor(const TargetOp& op);
-  static std::string Render(const Variant& v, int rows);
+  static std::string Render(const Variant& v, int rows, bool plain_insert = false);
   // The variant of `shape` that writes every value (no unchanged TOAST datum).
   static void FillVariant(const OpShape& shape, const std::string& omit, Variant* v);
-  absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn);
+  absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn,
+                                               bool plain_insert = false);
   // Sends one statement of `rows` rows; `single` (rows == 1) is kept for error messages.
   absl::Status Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
-                    Lsn last_lsn, const TargetOp* single);
+                    Lsn last_lsn, const TargetOp* single, bool plain_insert = false);
   absl::Status AddToBatch(const Variant& v, const TargetOp& op);
   absl::Status FlushBatch();
   // True when the target table's only unique index is `shape`'s key and it has no exclusion
@@ -122,6 +131,7 @@ class PgSink : public Sink {
   absl::flat_hash_map<std::string, std::unique_ptr<Variant>> variants_;
   absl::flat_hash_map<uint32_t, const Variant*> full_variant_;  // fast path: nothing omitted
   Batch batch_;
+  bool batching_ = true;
   pg::ConnPtr catalog_conn_;  // ordinary connection for catalog questions
   absl::flat_hash_map<std::string, bool> coalesce_safe_;
   uint64_t statements_sent_ = 0;

@@ -58,6 +58,9 @@ struct TargetOp {
   const OpShape* shape = nullptr;
   const Datum* params = nullptr;
   Lsn lsn = kInvalidLsn;
+  // kUpsert of a row a source INSERT created: the target may insert it without conflict
+  // handling (a conflict then means the target already had it, and the sink says so).
+  bool new_row = false;
 };
 
 // Allocates a process-unique shape id.

@@ -58,6 +58,12 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     in_transaction_ = false;
     group_changes_ = 0;
     if (st.ok()) return st;
+    if (st.code() == absl::StatusCode::kAlreadyExists && received != kInvalidLsn) {
+      // Rows the target already had (drift, rows copied before): replay with upserts.
+      spdlog::warn("{}; replaying with upserts", std::string(st.message()));
+      isolate_until_ = std::max(isolate_until_, received);
+      continue;
+    }
     if (st.code() == absl::StatusCode::kFailedPrecondition && isolate_until_ == kInvalidLsn &&
         received != kInvalidLsn) {
       // Replay once with one source transaction per group: the transactions before the
@@ -93,9 +99,9 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     o.pipeline = settings_.proto.pipeline();
     if (apply.pipeline_max_statements()) o.max_pending_statements = apply.pipeline_max_statements();
     if (apply.pipeline_max_bytes()) o.max_pending_bytes = apply.pipeline_max_bytes();
-    // Isolating a failing transaction: one statement per row, so the error names its row.
-    if (isolate_until_ != kInvalidLsn) o.batch_rows = 1;
     ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
+    // Isolating a failing transaction: one upsert per row, so the error names its row.
+    if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
     PgSink* raw = sink.get();
     sinks_.push_back(std::move(sink));
     emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
@@ -237,6 +243,11 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   if (isolate || group_changes_ >= max_changes || absl::Now() - group_started_ >= max_age) {
     RETURN_IF_ERROR(FlushAll());
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
+  }
+  if (isolate_until_ != kInvalidLsn && commit.end_lsn >= isolate_until_) {
+    // Past the replayed range: back to grouped, batched apply.
+    isolate_until_ = kInvalidLsn;
+    for (auto& sink : sinks_) sink->set_batching(true);
   }
   CrashPoint("pipeline.after_source_commit");  // mid-group, between source transactions
   return absl::OkStatus();

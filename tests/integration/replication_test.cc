@@ -284,6 +284,24 @@ mappings:
   EXPECT_EQ(*carts, (PgRows{{"51"}}));
 }
 
+TEST_F(ReplicationTest, NewRowsAlreadyInTheTargetAreUpserted) {
+  Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
+  // Rows the target already has (copied earlier, or drift): source inserts of the same keys.
+  Target("INSERT INTO t SELECT g, 'stale' FROM generate_series(1, 2000, 7) g");
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: t}]\n")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO t SELECT g, 'fresh' || g FROM generate_series(1, 2000) g");
+  Source("INSERT INTO t SELECT g, 'later' || g FROM generate_series(2001, 3000) g");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  const char* q = "SELECT id::text, v FROM t ORDER BY id";
+  PgRows src = SourceRows(q);
+  EXPECT_EQ(src.size(), 3000u);
+  EXPECT_TRUE(TargetRows(q) == src);
+  EXPECT_THAT(DaemonLog(), HasSubstr("replaying with upserts"));
+  EXPECT_TRUE(daemon_->Running());
+}
+
 TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   Source("CREATE TABLE accounts (id int PRIMARY KEY, code text, balance int)");
   Target("CREATE TABLE accounts (id int PRIMARY KEY, code varchar(3), balance int CHECK (balance >= 0))");

@@ -41,7 +41,7 @@ class BoundColumns : public BoundMapping {
     switch (change.kind) {
       case ChangeKind::kInsert:
         RETURN_IF_ERROR(CheckKeyPresent(*change.new_tuple, change));
-        return Emit(upsert_, upsert_slots_, *change.new_tuple, change.lsn, emit);
+        return Emit(upsert_, upsert_slots_, *change.new_tuple, change.lsn, emit, /*new_row=*/true);
       case ChangeKind::kUpdate: {
         const Tuple* new_tuple = change.new_tuple;
         if (old_tuple != nullptr && change.old_tuple_kind == 'O') {
@@ -220,7 +220,7 @@ class BoundColumns : public BoundMapping {
 
  private:
   absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const Tuple& tuple,
-                    Lsn lsn, const EmitFn& emit) const {
+                    Lsn lsn, const EmitFn& emit, bool new_row = false) const {
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& s = slots[i];
       if (s.constant != nullptr) {
@@ -234,6 +234,7 @@ class BoundColumns : public BoundMapping {
     op.shape = &shape;
     op.params = params_.data();
     op.lsn = lsn;
+    op.new_row = new_row;
     return emit(op);
   }
 
