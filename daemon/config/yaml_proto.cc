@@ -1,6 +1,7 @@
 #include "daemon/config/yaml_proto.h"
 
 #include <cstdint>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -166,8 +167,13 @@ void SetField(const YAML::Node& node, Message* msg, const FieldDescriptor* field
     const Descriptor* entry = field->message_type();
     const FieldDescriptor* key_f = entry->FindFieldByName("key");
     const FieldDescriptor* val_f = entry->FindFieldByName("value");
+    std::set<std::string> seen;
     for (const auto& kv : node) {
       std::string key = kv.first.Scalar();
+      if (!seen.insert(key).second) {
+        errors->push_back(absl::StrCat(JoinPath(path, key), ": given twice", Where(kv.first)));
+        continue;
+      }
       Message* e = r->AddMessage(msg, field);
       e->GetReflection()->SetString(e, key_f, key);
       std::string sub_path = JoinPath(path, key);
@@ -253,12 +259,18 @@ void ParseYamlInto(const YAML::Node& node, Message* message, const std::string& 
     return;
   }
   const Descriptor* d = message->GetDescriptor();
+  std::set<std::string> seen;
   for (const auto& kv : node) {
     if (!kv.first.IsScalar()) {
       errors->push_back(absl::StrCat(path, ": keys must be plain names", Where(kv.first)));
       continue;
     }
     const std::string& key = kv.first.Scalar();
+    if (!seen.insert(key).second) {
+      // YAML keeps one of the two silently; a person meant something by each.
+      errors->push_back(absl::StrCat(JoinPath(path, key), ": given twice", Where(kv.first)));
+      continue;
+    }
     const FieldDescriptor* field = d->FindFieldByName(key);
     if (field == nullptr) {
       if (leftover_keys != nullptr) {
