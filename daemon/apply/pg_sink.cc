@@ -122,7 +122,9 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   FillVariant(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
   v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
   int n = static_cast<int>(v->params.size());
-  int cap = n == 0 ? 1 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
+  int cap = n == 0 || !shape.condition.empty()
+                ? 1
+                : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
   v->max_rows = 1;
   while (v->max_rows * 2 <= cap) v->max_rows *= 2;
 
@@ -154,6 +156,7 @@ void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant*
     if (tv.param >= 0) use(tv.param, is_key(w));
     for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
   }
+  for (int in : shape.condition_inputs) use(shape.inputs[in].param, false);
 }
 
 absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
@@ -184,16 +187,28 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
   for (int i = 0; i < n; ++i) position[v.params[i]] = i;
   auto ref = [&](int slot, int row) { return absl::StrCat("$", row * n + position[slot] + 1); };
   // A value of row `row`: its parameter, or its expression over the named source values.
-  auto value = [&](const TargetValue& tv, int row) {
-    if (tv.param >= 0) return ref(tv.param, row);
+  // An expression over named source values of row `row`.
+  auto expression = [&](const std::string& sql, const std::vector<int>& input_indices, int row) {
     std::vector<std::string> inputs;
-    for (int in : tv.sql_inputs) {
+    for (int in : input_indices) {
       const ExprInput& e = shape.inputs[in];
       inputs.push_back(absl::StrCat(ref(e.param, row), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
     }
-    if (inputs.empty()) return absl::StrCat("(SELECT ", tv.sql, ")");
-    return absl::StrCat("(SELECT ", tv.sql, " FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s)");
+    if (inputs.empty()) return absl::StrCat("(SELECT ", sql, ")");
+    return absl::StrCat("(SELECT ", sql, " FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s)");
   };
+  // A value of row `row`: its parameter (cast when the statement selects instead of listing
+  // VALUES), or its expression.
+  auto value = [&](const TargetValue& tv, int row) {
+    if (tv.param < 0) return expression(tv.sql, tv.sql_inputs, row);
+    if (shape.casts.empty()) return ref(tv.param, row);
+    size_t idx = &tv - shape.values.data();
+    return absl::StrCat(ref(tv.param, row), "::", shape.casts[idx]);
+  };
+  std::string condition = shape.condition.empty()
+                              ? ""
+                              : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs, 0),
+                                             ", false)");
   auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
   std::string table = pg::QuoteQualified(shape.table);
   std::vector<std::string> where;
@@ -216,6 +231,16 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
         return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
                             absl::StrJoin(tuples, ", "));
       }
+      std::string conflict = absl::StrCat(
+          " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
+          sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
+      if (!condition.empty()) {
+        // One row, written only when the filter holds.
+        std::vector<std::string> vals;
+        for (int w : v.written) vals.push_back(value(shape.values[w], 0));
+        return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") SELECT ",
+                            absl::StrJoin(vals, ", "), " WHERE ", condition, conflict);
+      }
       return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
                           absl::StrJoin(tuples, ", "), " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
                           sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
@@ -233,6 +258,7 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
                           absl::StrJoin(where, " AND "));
     }
     case OpKind::kDelete:
+      if (!condition.empty()) where.push_back(absl::StrCat("NOT ", condition));
       return absl::StrCat("DELETE FROM ", table, " WHERE ", absl::StrJoin(where, " AND "));
     case OpKind::kTruncate:
       return absl::StrCat("TRUNCATE ", table);

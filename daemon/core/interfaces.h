@@ -3,6 +3,7 @@
 
 #include "absl/strings/string_view.h"
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -106,6 +107,10 @@ class SchemaInspector {
   // Source catalog facts about `relation`, with each type checked against `target`.
   virtual absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
                                                    const std::string& target) = 0;
+  // The type (without modifier) of each column of `table` in `target`, by column name; empty
+  // when the table does not exist.
+  virtual absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
+      const std::string& target, const std::string& table) = 0;
 };
 
 // A configured mapping module instance: immutable, shared.

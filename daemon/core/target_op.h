@@ -48,6 +48,12 @@ struct OpShape {
                                     // kDelete: the key columns
   std::vector<int> key;             // indices into `values` forming the key
   std::vector<ExprInput> inputs;
+  // A row filter: kUpsert writes only when it is true, kDelete deletes only when it is not
+  // (NULL counts as false). Statements with a condition are sent one row at a time, with every
+  // value cast to `casts[i]` (the target column's type without modifier).
+  std::string condition;
+  std::vector<int> condition_inputs;  // indices into `inputs`
+  std::vector<std::string> casts;
   int num_params = 0;
   uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
 };

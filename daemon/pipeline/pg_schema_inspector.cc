@@ -63,4 +63,20 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
   return info;
 }
 
+absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColumnTypes(
+    const std::string& target, const std::string& table) {
+  auto dsn = target_dsns_.find(target);
+  if (dsn == target_dsns_.end()) return absl::NotFoundError(absl::StrCat("no target ", target));
+  ASSIGN_OR_RETURN(PGconn * conn, Conn(absl::StrCat("target ", target), dsn->second));
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                                  "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                                  {pg::QuoteQualified(table).c_str()},
+                                  absl::StrCat("reading the columns of ", table, " in target ", target)));
+  std::map<std::string, std::string> out;
+  for (int i = 0; i < PQntuples(r.get()); ++i) out[PQgetvalue(r.get(), i, 0)] = PQgetvalue(r.get(), i, 1);
+  return out;
+}
+
 }  // namespace walshift

@@ -15,6 +15,8 @@ class PgSchemaInspector : public SchemaInspector {
   PgSchemaInspector(std::string source_dsn, std::map<std::string, std::string> target_dsns);
   absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
                                            const std::string& target) override;
+  absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
+      const std::string& target, const std::string& table) override;
 
  private:
   absl::StatusOr<PGconn*> Conn(const std::string& name, const std::string& dsn);

@@ -61,8 +61,8 @@ mappings:
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
   daemon_->Kill();
   int kills = 1;
-  for (const char* point : {"apply.before_commit:15", "apply.after_commit:15",
-                            "pipeline.after_source_commit:2000"}) {
+  for (const char* point : {"apply.before_commit:5", "apply.after_commit:5",
+                            "pipeline.after_source_commit:300"}) {
     ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_CRASH_AT", point}}).ok());
     auto st = daemon_->Wait(absl::Seconds(60));
     ASSERT_TRUE(st.ok()) << "walshiftd never reached " << point;

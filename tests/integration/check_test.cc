@@ -45,6 +45,7 @@ mappings:
   - {source: orders, table: app.orders_v3, key: [order_id], columns: {order_id: id, x: amnt}}
   - {source: orders, table: app.good, key: [order_id], columns: {order_id: id, total: amount}}
   - {source: orders2, table: app.good, key: [order_id], columns: {order_id: id, total: amount}}
+  - {source: orders, table: app.orders_v3, key: [order_id], columns: {order_id: id}, filter: "nope > 1"}
 )");
   RunResult r = Check(config);
   std::string out = r.stdout_text + r.stderr_text;
@@ -63,6 +64,9 @@ mappings:
                              "'amnt' does not exist in public.orders"));
   EXPECT_THAT(out, HasSubstr("mappings[8]: target column app.good.total (target main) is also "
                              "written by mappings[7]"));
+
+  EXPECT_THAT(out, HasSubstr("mappings[9] (public.orders): target main: upsert into app.orders_v3: "
+                             "ERROR:  column \"nope\" does not exist"));
 
   // The daemon refuses to start on the same problems (exit 2, not a crash loop).
   ASSERT_TRUE(StartDaemon(config).ok());

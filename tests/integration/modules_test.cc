@@ -60,6 +60,38 @@ mappings:
   EXPECT_TRUE(TargetRows("SELECT id::text, body FROM docs ORDER BY id") == expected_docs);
 }
 
+TEST_F(ModulesTest, FilterMovesRowsInAndOut) {
+  Source("CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric, region text)");
+  Target("CREATE TABLE open_orders (order_id int PRIMARY KEY, status varchar(20), cents bigint, region text)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - source: orders
+    table: open_orders
+    key: [order_id]
+    filter: "status <> 'cancelled' AND amount > 10"
+    columns: {order_id: id, status: status, cents: {sql: "(amount * 100)::bigint"}, region: region}
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO orders SELECT g, CASE WHEN g % 5 = 0 THEN 'cancelled' WHEN g % 7 = 0 THEN NULL ELSE 'open' END, "
+         "g % 30, 'r' || (g % 3) FROM generate_series(1, 300) g");
+  Source("UPDATE orders SET status = 'cancelled' WHERE id % 4 = 0");     // leave the filter
+  Source("UPDATE orders SET status = 'open' WHERE id % 10 = 0");          // enter it
+  Source("UPDATE orders SET amount = amount + 15 WHERE id % 3 = 0");      // enter by amount
+  Source("UPDATE orders SET region = 'moved' WHERE id % 6 = 1");          // stay in or out
+  Source("UPDATE orders SET id = id + 1000 WHERE id % 11 = 0");           // key change
+  Source("DELETE FROM orders WHERE id % 13 = 0");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  PgRows expected = SourceRows(
+      "SELECT id::text, status, (amount * 100)::bigint::text, region FROM orders "
+      "WHERE status <> 'cancelled' AND amount > 10 ORDER BY id");
+  PgRows actual = TargetRows("SELECT order_id::text, status, cents::text, region FROM open_orders ORDER BY order_id");
+  EXPECT_GT(expected.size(), 50u);
+  EXPECT_TRUE(actual == expected) << actual.size() << " target rows vs " << expected.size() << " expected";
+}
+
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");

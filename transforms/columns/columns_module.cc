@@ -1,6 +1,7 @@
 #include "transforms/columns/columns_module.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -41,7 +42,7 @@ class BoundColumns : public BoundMapping {
     switch (change.kind) {
       case ChangeKind::kInsert:
         RETURN_IF_ERROR(CheckKeyPresent(*change.new_tuple, change));
-        return Emit(upsert_, upsert_slots_, *change.new_tuple, change.lsn, emit, /*new_row=*/true);
+        return Emit(upsert_, upsert_slots_, *change.new_tuple, change.lsn, emit, /*new_row=*/!has_filter_);
       case ChangeKind::kUpdate: {
         const Tuple* new_tuple = change.new_tuple;
         if (old_tuple != nullptr && change.old_tuple_kind == 'O') {
@@ -55,6 +56,19 @@ class BoundColumns : public BoundMapping {
           RETURN_IF_ERROR(Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit));
         }
         RETURN_IF_ERROR(CheckKeyPresent(*new_tuple, change));
+        if (has_filter_) {
+          for (int in : filter_input_columns_) {
+            if ((*new_tuple)[in].is_unchanged_toast()) {
+              return absl::DataLossError(absl::StrCat(
+                  "update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
+                  ": the filter reads ", change.relation->columns[in].name,
+                  ", which arrived as an unchanged TOAST value; set REPLICA IDENTITY FULL on the "
+                  "source table so the old value is sent"));
+            }
+          }
+          // Out of the filter now: delete; in it: the conditional upsert below writes it.
+          RETURN_IF_ERROR(Emit(filtered_delete_, filtered_delete_slots_, *new_tuple, change.lsn, emit));
+        }
         return Emit(upsert_, upsert_slots_, *new_tuple, change.lsn, emit);
       }
       case ChangeKind::kDelete:
@@ -77,6 +91,7 @@ class BoundColumns : public BoundMapping {
 
   std::vector<const OpShape*> shapes() const override {
     std::vector<const OpShape*> out = {&upsert_, &delete_};
+    if (has_filter_) out.push_back(&filtered_delete_);
     if (truncate_apply_) out.push_back(&truncate_);
     return out;
   }
@@ -85,7 +100,8 @@ class BoundColumns : public BoundMapping {
   absl::Status Init(const std::string& where, const std::string& target, const std::string& table,
                     const SourceRelation& relation, const SourceTableInfo& info,
                     std::vector<ValueSpec> values, std::vector<std::string> key,
-                    bool truncate_apply) {
+                    bool truncate_apply, const std::string& filter,
+                    const std::map<std::string, std::string>& target_types) {
     values_ = std::move(values);
     truncate_apply_ = truncate_apply;
     bool full = relation.replica_identity == 'f';
@@ -162,6 +178,23 @@ class BoundColumns : public BoundMapping {
       }
     }
 
+    // The filter's inputs. One that an update leaves out (an unchanged out-of-line TOAST
+    // value) stops the pipeline with a clear error unless REPLICA IDENTITY FULL supplies it.
+    std::vector<int> filter_inputs;
+    if (!filter.empty()) {
+      std::vector<std::string> names;
+      for (const auto& c : relation.columns) names.push_back(c.name);
+      for (const std::string& in : ExpressionInputs(filter, names)) {
+        filter_inputs.push_back(relation.ColumnIndex(in));
+      }
+      for (const ValueSpec& v : values_) {
+        if (!target_types.count(v.target_column)) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              where, ": target column ", v.target_column, " does not exist in ", table));
+        }
+      }
+    }
+
     auto type_of = [&](int s) {
       const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
       if (ci == nullptr || !ci->in_target) return std::string("text");
@@ -203,18 +236,48 @@ class BoundColumns : public BoundMapping {
       shape->num_params = static_cast<int>(slots->size());
     };
 
+    // The filter's inputs join the shape's named inputs.
+    auto add_condition = [&](OpShape* shape, std::vector<Slot>* slots) {
+      if (filter.empty()) return;
+      shape->condition = filter;
+      for (int s : filter_inputs) {
+        const std::string& name = relation.columns[s].name;
+        auto it = std::find_if(shape->inputs.begin(), shape->inputs.end(),
+                               [&](const ExprInput& in) { return in.name == name; });
+        if (it == shape->inputs.end()) {
+          shape->inputs.push_back({name, type_of(s), static_cast<int>(slots->size())});
+          slots->push_back({s, nullptr});
+          it = shape->inputs.end() - 1;
+        }
+        shape->condition_inputs.push_back(static_cast<int>(it - shape->inputs.begin()));
+      }
+      for (const TargetValue& v : shape->values) shape->casts.push_back(target_types.at(v.column));
+      shape->num_params = static_cast<int>(slots->size());
+    };
+
     init_shape(&upsert_, OpKind::kUpsert);
     std::vector<int> all(values_.size());
     for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
     add_values(&upsert_, &upsert_slots_, all);
     upsert_.key = key_values;
+    add_condition(&upsert_, &upsert_slots_);
 
     init_shape(&delete_, OpKind::kDelete);
     add_values(&delete_, &delete_slots_, key_values);
     for (size_t i = 0; i < key_values.size(); ++i) delete_.key.push_back(static_cast<int>(i));
 
+    if (!filter.empty()) {
+      // Deletes the row an update takes out of the filter.
+      init_shape(&filtered_delete_, OpKind::kDelete);
+      add_values(&filtered_delete_, &filtered_delete_slots_, key_values);
+      for (size_t i = 0; i < key_values.size(); ++i) filtered_delete_.key.push_back(static_cast<int>(i));
+      add_condition(&filtered_delete_, &filtered_delete_slots_);
+      has_filter_ = true;
+      filter_input_columns_ = filter_inputs;
+    }
+
     init_shape(&truncate_, OpKind::kTruncate);
-    params_.resize(std::max(upsert_.num_params, delete_.num_params));
+    params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params}));
     return absl::OkStatus();
   }
 
@@ -262,8 +325,10 @@ class BoundColumns : public BoundMapping {
   }
 
   std::vector<ValueSpec> values_;
-  OpShape upsert_, delete_, truncate_;
-  std::vector<Slot> upsert_slots_, delete_slots_;
+  OpShape upsert_, delete_, truncate_, filtered_delete_;
+  std::vector<Slot> upsert_slots_, delete_slots_, filtered_delete_slots_;
+  bool has_filter_ = false;
+  std::vector<int> filter_input_columns_;
   std::vector<int> key_source_columns_;
   bool truncate_apply_ = true;
   // Per-row scratch: a bound mapping is used by one pipeline thread only.
@@ -405,9 +470,18 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
     }
   }
   std::vector<std::string> key(config.key().begin(), config.key().end());
+  std::map<std::string, std::string> target_types;
+  if (!common.filter().empty()) {
+    ASSIGN_OR_RETURN(target_types, inspector.TargetColumnTypes(common.target(), table));
+    if (target_types.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, ": target table ", table, " does not exist"));
+    }
+  }
   auto bound = std::make_unique<BoundColumns>();
   RETURN_IF_ERROR(bound->Init(where, common.target(), table, relation, info, std::move(values),
-                              std::move(key), common.truncate() == v1::TRUNCATE_APPLY));
+                              std::move(key), common.truncate() == v1::TRUNCATE_APPLY,
+                              common.filter(), target_types));
   return bound;
 }
 

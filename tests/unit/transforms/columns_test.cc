@@ -28,6 +28,10 @@ TEST(ExpressionInputsTest, FindsColumnNamesOnly) {
 
 class FakeInspector : public SchemaInspector {
  public:
+  absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(const std::string&,
+                                                                       const std::string&) override {
+    return std::map<std::string, std::string>{};
+  }
   absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& rel, const std::string&) override {
     SourceTableInfo info;
     info.qualified_name = rel.QualifiedName();
