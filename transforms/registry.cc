@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/soft_delete/soft_delete_module.h"
+#include "transforms/split/split_module.h"
 
 namespace walshift::transforms {
 
@@ -11,6 +12,7 @@ const std::vector<ModuleEntry>& Modules() {
   static const std::vector<ModuleEntry> kModules = {
       {"columns", &columns::Create,
        "one source row to one target row: rename, const, SQL expression"},
+      {"split", &split::Create, "one source row into several target tables"},
       {"soft_delete", &soft_delete::Create,
        "like columns; a row flagged deleted (is_active = false, deleted_at set) is deleted"},
   };

@@ -92,6 +92,35 @@ mappings:
   EXPECT_TRUE(actual == expected) << actual.size() << " target rows vs " << expected.size() << " expected";
 }
 
+TEST_F(ModulesTest, SplitOneRowIntoTablesWithForeignKey) {
+  Source("CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text, bio text, avatar text)");
+  Target("CREATE SCHEMA auth; CREATE SCHEMA profile;"
+         "CREATE TABLE auth.users (user_id int PRIMARY KEY, email text NOT NULL, password_hash text);"
+         "CREATE TABLE profile.profiles (user_id int PRIMARY KEY REFERENCES auth.users, bio text, avatar_url text)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"yaml(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - source: users
+    module: split
+    into:
+      - {table: auth.users, key: [user_id], columns: {user_id: id, email: {sql: "lower(email)"}, password_hash: password_hash}}
+      - {table: profile.profiles, key: [user_id], columns: {user_id: id, bio: bio, avatar_url: avatar}}
+)yaml")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO users SELECT g, 'U' || g || '@X.org', md5(g::text), 'bio ' || g, 'a' || g || '.png' "
+         "FROM generate_series(1, 300) g");
+  Source("UPDATE users SET bio = bio || ' (edited)', email = 'New' || id || '@x.org' WHERE id % 4 = 0");
+  Source("DELETE FROM users WHERE id % 5 = 0");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_TRUE(TargetRows("SELECT user_id::text, email, password_hash FROM auth.users ORDER BY user_id") ==
+              SourceRows("SELECT id::text, lower(email), password_hash FROM users ORDER BY id"));
+  EXPECT_TRUE(TargetRows("SELECT user_id::text, bio, avatar_url FROM profile.profiles ORDER BY user_id") ==
+              SourceRows("SELECT id::text, bio, avatar FROM users ORDER BY id"));
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM profile.profiles"), (PgRows{{"240"}}));
+}
+
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
