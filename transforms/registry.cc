@@ -1,6 +1,7 @@
 #include "transforms/registry.h"
 
 #include "absl/strings/str_cat.h"
+#include "transforms/change_log/change_log_module.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/soft_delete/soft_delete_module.h"
 #include "transforms/split/split_module.h"
@@ -13,6 +14,8 @@ const std::vector<ModuleEntry>& Modules() {
       {"columns", &columns::Create,
        "one source row to one target row: rename, const, SQL expression"},
       {"split", &split::Create, "one source row into several target tables"},
+      // An example of a custom module (see "Writing your own module" in README.md).
+      {"change_log", &change_log::Create, "every source change appended to a log table"},
       {"soft_delete", &soft_delete::Create,
        "like columns; a row flagged deleted (is_active = false, deleted_at set) is deleted"},
   };

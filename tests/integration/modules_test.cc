@@ -121,6 +121,36 @@ mappings:
   EXPECT_EQ(TargetRows("SELECT count(*)::text FROM profile.profiles"), (PgRows{{"240"}}));
 }
 
+TEST_F(ModulesTest, CustomChangeLogModuleLogsEveryChangeOnce) {
+  Source("CREATE TABLE orders (id int PRIMARY KEY, status text)");
+  Target("CREATE SCHEMA audit; CREATE TABLE audit.order_changes (lsn pg_lsn PRIMARY KEY, operation text, id int)");
+  std::string config = WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - {source: orders, module: change_log, table: audit.order_changes, copy: [id]}
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 50) g");
+  Source("UPDATE orders SET status = 'paid' WHERE id <= 20");
+  Source("DELETE FROM orders WHERE id <= 5");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_TRUE(StopDaemon().success());
+  ASSERT_TRUE(StartDaemon(config).ok());
+  Source("UPDATE orders SET status = 'shipped' WHERE id = 50");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT operation, count(*)::text, count(DISTINCT id)::text FROM audit.order_changes "
+                       "GROUP BY operation ORDER BY operation"),
+            (PgRows{{"delete", "5", "5"}, {"insert", "50", "50"}, {"update", "21", "21"}}));
+  // In WAL order: inserts, then updates, then deletes.
+  EXPECT_EQ(TargetRows("SELECT string_agg(DISTINCT operation, ',') FROM (SELECT operation FROM audit.order_changes "
+                       "ORDER BY lsn LIMIT 50) q"), (PgRows{{"insert"}}));
+  EXPECT_EQ(TargetRows("SELECT operation, id::text FROM audit.order_changes ORDER BY lsn DESC LIMIT 1"),
+            (PgRows{{"update", "50"}}));
+}
+
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");

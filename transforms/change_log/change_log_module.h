@@ -1,0 +1,22 @@
+#pragma once
+// `change_log`: an example of a custom mapping module, written against the same interfaces as
+// the built-in ones (daemon/core/interfaces.h). See "Writing your own module" in README.md.
+//
+//   - source: public.orders
+//     module: change_log
+//     table: audit.order_changes      # (lsn pg_lsn primary key, operation text, id int)
+//     copy: [id]
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/core/interfaces.h"
+
+namespace walshift::transforms::change_log {
+
+std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems);
+
+}  // namespace walshift::transforms::change_log
