@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "transforms/change_log/change_log_module.h"
 #include "transforms/columns/columns_module.h"
+#include "transforms/merge/merge_module.h"
 #include "transforms/soft_delete/soft_delete_module.h"
 #include "transforms/split/split_module.h"
 
@@ -13,6 +14,7 @@ const std::vector<ModuleEntry>& Modules() {
   static const std::vector<ModuleEntry> kModules = {
       {"columns", &columns::Create,
        "one source row to one target row: rename, const, SQL expression"},
+      {"merge", &merge::Create, "several source tables into one target row by a shared key"},
       {"split", &split::Create, "one source row into several target tables"},
       // An example of a custom module (see "Writing your own module" in README.md).
       {"change_log", &change_log::Create, "every source change appended to a log table"},
@@ -37,7 +39,7 @@ absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
                                       "' (known: ", names, ")"));
       continue;
     }
-    std::unique_ptr<MappingModule> module = entry->create(m, &problems);
+    std::unique_ptr<MappingModule> module = entry->create(settings, m, &problems);
     if (module != nullptr) modules.push_back(std::move(module));
   }
   if (!problems.empty()) return config::ProblemsStatus(file_name, problems);

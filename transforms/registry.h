@@ -13,7 +13,9 @@
 namespace walshift::transforms {
 
 // Appends one line per problem (each naming its key path) and returns null on failure.
-using ModuleFactory = std::unique_ptr<MappingModule> (*)(const config::MappingSettings& mapping,
+// `all` is the whole configuration, for modules that coordinate with sibling mappings.
+using ModuleFactory = std::unique_ptr<MappingModule> (*)(const config::Settings& all,
+                                                          const config::MappingSettings& mapping,
                                                           std::vector<std::string>* problems);
 
 struct ModuleEntry {

@@ -151,6 +151,48 @@ mappings:
             (PgRows{{"update", "50"}}));
 }
 
+TEST_F(ModulesTest, MergeTwoTablesIntoOneRow) {
+  Source("CREATE TABLE content_metadata (decision_id int PRIMARY KEY, title text NOT NULL);"
+         "CREATE TABLE content_generation (decision_id int PRIMARY KEY, body text NOT NULL, model text NOT NULL)");
+  Target("CREATE TABLE content_queue (decision_id int PRIMARY KEY, title text, body text, model text);"
+         "CREATE TABLE content_queue_keep (decision_id int PRIMARY KEY, title text, body text)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - {source: content_metadata, module: merge, table: content_queue, key: [decision_id],
+     columns: {decision_id: decision_id, title: title}, on_delete: delete_when_last}
+  - {source: content_generation, module: merge, table: content_queue, key: [decision_id],
+     columns: {decision_id: decision_id, body: body, model: model}, on_delete: delete_when_last}
+  - {source: content_metadata, module: merge, table: content_queue_keep, key: [decision_id],
+     columns: {decision_id: decision_id, title: title}}
+  - {source: content_generation, module: merge, table: content_queue_keep, key: [decision_id],
+     columns: {decision_id: decision_id, body: body}}
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO content_metadata SELECT g, 'title ' || g FROM generate_series(1, 100) g");
+  Source("INSERT INTO content_generation SELECT g, 'body ' || g, 'm' || (g % 3) FROM generate_series(50, 150) g");
+  Source("UPDATE content_metadata SET title = title || ' v2' WHERE decision_id % 4 = 0");
+  Source("UPDATE content_generation SET model = 'm9' WHERE decision_id % 5 = 0");
+  Source("DELETE FROM content_metadata WHERE decision_id % 7 = 0");      // some keep their body
+  Source("DELETE FROM content_generation WHERE decision_id % 7 = 0");    // gone from both
+  Source("DELETE FROM content_generation WHERE decision_id BETWEEN 140 AND 150");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  PgRows expected = SourceRows(
+      "SELECT decision_id::text, m.title, g.body, g.model FROM content_metadata m "
+      "FULL JOIN content_generation g USING (decision_id) ORDER BY decision_id");
+  PgRows actual = TargetRows("SELECT decision_id::text, title, body, model FROM content_queue ORDER BY decision_id");
+  EXPECT_GT(expected.size(), 100u);
+  EXPECT_TRUE(actual == expected) << actual.size() << " target rows vs " << expected.size() << " expected";
+  // null_columns (the default) keeps rows that no source has any more, with NULLs: the 21
+  // multiples of 7, and 140..150 (only ever in content_generation) less 140 and 147.
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM content_queue_keep WHERE title IS NULL AND body IS NULL"),
+            (PgRows{{"30"}}));
+  EXPECT_EQ(SourceRows("SELECT count(*)::text FROM generate_series(1, 150) g WHERE g % 7 = 0 OR g BETWEEN 140 AND 150"),
+            (PgRows{{"30"}}));
+}
+
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");

@@ -98,7 +98,8 @@ class ChangeLogModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems) {
   ChangeLogConfig cfg;
   size_t before = problems->size();

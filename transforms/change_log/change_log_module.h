@@ -16,7 +16,8 @@
 
 namespace walshift::transforms::change_log {
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems);
 
 }  // namespace walshift::transforms::change_log

@@ -485,7 +485,8 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   return bound;
 }
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems) {
   ColumnsConfig cfg;
   size_t before = problems->size();

@@ -19,7 +19,8 @@
 
 namespace walshift::transforms::columns {
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems);
 
 // The source column names an SQL expression refers to (identifiers outside string literals,

@@ -99,7 +99,8 @@ class SoftDeleteModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems) {
   SoftDeleteConfig cfg;
   size_t before = problems->size();

@@ -19,7 +19,8 @@
 
 namespace walshift::transforms::soft_delete {
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems);
 
 }  // namespace walshift::transforms::soft_delete

@@ -76,7 +76,8 @@ class SplitModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems) {
   SplitConfig cfg;
   size_t before = problems->size();

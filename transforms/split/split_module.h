@@ -16,7 +16,8 @@
 
 namespace walshift::transforms::split {
 
-std::unique_ptr<MappingModule> Create(const config::MappingSettings& mapping,
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
                                       std::vector<std::string>* problems);
 
 }  // namespace walshift::transforms::split

@@ -66,7 +66,7 @@ std::unique_ptr<MappingModule> Build(const std::string& yaml) {
       "pipeline: p\nsource: {dsn: x}\ntargets: [{name: main, dsn: y}]\nmappings:\n" + yaml, "t.yaml");
   EXPECT_TRUE(s.ok()) << s.status();
   std::vector<std::string> problems;
-  auto m = Create(s->mappings[0], &problems);
+  auto m = Create(*s, s->mappings[0], &problems);
   EXPECT_TRUE(problems.empty()) << problems[0];
   return m;
 }

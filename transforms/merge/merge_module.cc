@@ -1,0 +1,168 @@
+#include "transforms/merge/merge_module.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/config/yaml_proto.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/pg/pg_util.h"
+#include "transforms/columns/columns_module.h"
+#include "transforms/merge/merge.pb.h"
+
+namespace walshift::transforms::merge {
+namespace {
+
+using EmitFn = std::function<absl::Status(const TargetOp&)>;
+
+std::string Qualified(const std::string& table) {
+  return table.find('.') == std::string::npos ? "public." + table : table;
+}
+
+class BoundMerge : public BoundMapping {
+ public:
+  BoundMerge(std::unique_ptr<BoundMapping> rows, MergeConfig::OnDelete on_delete, OpShape clear,
+             OpShape drop, std::vector<int> key_sources)
+      : rows_(std::move(rows)), on_delete_(on_delete), clear_(std::move(clear)),
+        drop_(std::move(drop)), key_sources_(std::move(key_sources)) {
+    params_.resize(std::max(clear_.num_params, drop_.num_params));
+  }
+
+  absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
+    if (change.kind != ChangeKind::kDelete || on_delete_ == MergeConfig::ON_DELETE_DELETE_ROW) {
+      return rows_->Map(change, emit);  // upsert of this source's columns, or delete by key
+    }
+    // NULL this source's columns; with delete_when_last, then drop the row if it is empty.
+    const Tuple& old_row = *change.old_tuple;
+    for (size_t i = 0; i < key_sources_.size(); ++i) params_[i] = old_row[key_sources_[i]];
+    for (int i = static_cast<int>(key_sources_.size()); i < clear_.num_params; ++i) params_[i] = Datum{};
+    TargetOp op;
+    op.shape = &clear_;
+    op.params = params_.data();
+    op.lsn = change.lsn;
+    RETURN_IF_ERROR(emit(op));
+    if (on_delete_ != MergeConfig::ON_DELETE_DELETE_WHEN_LAST) return absl::OkStatus();
+    op.shape = &drop_;
+    return emit(op);
+  }
+
+  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
+    return rows_->MapTruncate(lsn, emit);
+  }
+
+  std::vector<const OpShape*> shapes() const override {
+    std::vector<const OpShape*> out = rows_->shapes();
+    out.push_back(&clear_);
+    if (on_delete_ == MergeConfig::ON_DELETE_DELETE_WHEN_LAST) out.push_back(&drop_);
+    return out;
+  }
+
+ private:
+  std::unique_ptr<BoundMapping> rows_;
+  MergeConfig::OnDelete on_delete_;
+  OpShape clear_;  // UPDATE t SET own columns = NULL WHERE key
+  OpShape drop_;   // DELETE FROM t WHERE key AND every merged column is NULL
+  std::vector<int> key_sources_;
+  mutable std::vector<Datum> params_;
+};
+
+class MergeModule : public MappingModule {
+ public:
+  MergeModule(std::string path, v1::Mapping common, MergeConfig config,
+              std::vector<std::string> merged_columns)
+      : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)),
+        merged_columns_(std::move(merged_columns)) {
+    columns_.set_table(config_.table());
+    *columns_.mutable_key() = config_.key();
+    *columns_.mutable_columns() = config_.columns();
+  }
+
+  const std::string& source_table() const override { return common_.source(); }
+  const std::string& target() const override { return common_.target(); }
+
+  absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
+                                                      SchemaInspector& inspector) const override {
+    ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector));
+    const std::string table = Qualified(config_.table());
+    auto init = [&](OpShape* s, OpKind kind) {
+      s->kind = kind;
+      s->target = common_.target();
+      s->table = table;
+      s->source_table = relation.QualifiedName();
+      s->id = NextOpShapeId();
+    };
+    OpShape clear, drop;
+    init(&clear, OpKind::kUpdateOnly);
+    init(&drop, OpKind::kDelete);
+    std::vector<int> key_sources;
+    for (const std::string& k : config_.key()) {
+      int src = relation.ColumnIndex(config_.columns().at(k).column());
+      if (src < 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            path_, ".columns.", k, ": source column '", config_.columns().at(k).column(),
+            "' does not exist in ", relation.QualifiedName()));
+      }
+      int slot = static_cast<int>(key_sources.size());
+      key_sources.push_back(src);
+      clear.values.push_back({k, slot, "", {}, config_.columns().at(k).column()});
+      clear.key.push_back(slot);
+      drop.values.push_back({k, slot, "", {}, config_.columns().at(k).column()});
+      drop.key.push_back(slot);
+    }
+    int slot = static_cast<int>(key_sources.size());
+    for (const auto& [name, _] : config_.columns()) {
+      if (std::find(config_.key().begin(), config_.key().end(), name) != config_.key().end()) continue;
+      clear.values.push_back({name, slot++, "", {}, "NULL"});
+    }
+    clear.num_params = slot;
+    drop.num_params = static_cast<int>(key_sources.size());
+    // A delete shape removes the row unless its condition holds: "some merged column still
+    // holds a value" keeps it.
+    std::vector<std::string> quoted;
+    for (const std::string& c : merged_columns_) quoted.push_back(pg::QuoteIdent(c));
+    drop.condition = absl::StrCat("num_nonnulls(", absl::StrJoin(quoted, ", "), ") > 0");
+    return std::make_unique<BoundMerge>(std::move(rows), config_.on_delete(), std::move(clear),
+                                        std::move(drop), std::move(key_sources));
+  }
+
+ private:
+  std::string path_;
+  v1::Mapping common_;
+  MergeConfig config_;
+  std::vector<std::string> merged_columns_;
+  columns::ColumnsConfig columns_;
+};
+
+}  // namespace
+
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems) {
+  MergeConfig cfg;
+  size_t before = problems->size();
+  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+  for (int i = 0; i < cfg.key_size(); ++i) {
+    auto it = cfg.columns().find(cfg.key(i));
+    if (it == cfg.columns().end() || it->second.value_case() != columns::ColumnSource::kColumn) {
+      problems->push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
+                                       "' must be one of the columns, copied from a source column"));
+    }
+  }
+  if (problems->size() != before) return nullptr;
+  // Every non-key column the merge mappings of this table own (for delete_when_last).
+  std::set<std::string> merged;
+  for (const auto& m : all.mappings) {
+    if (m.common.module() != "merge" || m.common.target() != mapping.common.target()) continue;
+    MergeConfig other;
+    std::vector<std::string> ignored;
+    config::ParseYamlInto(m.module_node, &other, m.path, &ignored);
+    if (Qualified(other.table()) != Qualified(cfg.table())) continue;
+    for (const auto& [name, _] : other.columns()) {
+      if (std::find(other.key().begin(), other.key().end(), name) == other.key().end()) merged.insert(name);
+    }
+  }
+  return std::make_unique<MergeModule>(mapping.path, mapping.common, std::move(cfg),
+                                       std::vector<std::string>(merged.begin(), merged.end()));
+}
+
+}  // namespace walshift::transforms::merge

@@ -1,0 +1,33 @@
+#pragma once
+// The `merge` mapping module: several legacy tables merged into one target row by a shared key.
+//
+//   - source: public.content_metadata
+//     module: merge
+//     table: public.content_queue
+//     key: [decision_id]
+//     columns: {decision_id: decision_id, title: title}
+//     on_delete: delete_when_last      # null_columns (default), delete_when_last, delete_row
+//   - source: public.content_generation
+//     module: merge
+//     table: public.content_queue
+//     key: [decision_id]
+//     columns: {decision_id: decision_id, body: generated_text}
+//     on_delete: delete_when_last
+//
+// "delete_when_last" deletes the row when none of the columns that the merge mappings of the
+// table own holds a value any more.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/core/interfaces.h"
+
+namespace walshift::transforms::merge {
+
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems);
+
+}  // namespace walshift::transforms::merge
