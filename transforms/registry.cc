@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "transforms/change_log/change_log_module.h"
 #include "transforms/columns/columns_module.h"
+#include "transforms/json_array/json_array_module.h"
 #include "transforms/merge/merge_module.h"
 #include "transforms/soft_delete/soft_delete_module.h"
 #include "transforms/split/split_module.h"
@@ -16,6 +17,7 @@ const std::vector<ModuleEntry>& Modules() {
        "one source row to one target row: rename, const, SQL expression"},
       {"merge", &merge::Create, "several source tables into one target row by a shared key"},
       {"split", &split::Create, "one source row into several target tables"},
+      {"json_array", &json_array::Create, "child rows folded into a JSON array of a parent row"},
       // An example of a custom module (see "Writing your own module" in README.md).
       {"change_log", &change_log::Create, "every source change appended to a log table"},
       {"soft_delete", &soft_delete::Create,

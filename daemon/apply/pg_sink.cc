@@ -122,7 +122,7 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   FillVariant(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
   v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
   int n = static_cast<int>(v->params.size());
-  int cap = n == 0 || !shape.condition.empty()
+  int cap = n == 0 || !shape.condition.empty() || !shape.statement.empty()
                 ? 1
                 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
   v->max_rows = 1;
@@ -136,6 +136,10 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
 
 void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant* v) {
   v->shape = &shape;
+  if (!shape.statement.empty()) {
+    for (int i = 0; i < shape.num_params; ++i) v->params.push_back(i);
+    return;
+  }
   auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
   for (size_t i = 0; i < shape.values.size(); ++i) {
     if (omit[i] == '1') continue;
@@ -182,6 +186,7 @@ absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
 
 std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
   const OpShape& shape = *v.shape;
+  if (!shape.statement.empty()) return shape.statement;
   const int n = static_cast<int>(v.params.size());
   std::vector<int> position(shape.num_params, -1);
   for (int i = 0; i < n; ++i) position[v.params[i]] = i;

@@ -54,6 +54,9 @@ struct OpShape {
   std::string condition;
   std::vector<int> condition_inputs;  // indices into `inputs`
   std::vector<std::string> casts;
+  // A statement the module renders itself (parameters $1..$num_params are the op's parameter
+  // slots in order). Sent one row at a time; `values` may then only describe it for messages.
+  std::string statement;
   int num_params = 0;
   uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
 };

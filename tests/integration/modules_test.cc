@@ -193,6 +193,45 @@ mappings:
             (PgRows{{"30"}}));
 }
 
+TEST_F(ModulesTest, JsonArrayFoldsChildRowsIntoTheirParent) {
+  Source("CREATE TABLE generated_posts (id int PRIMARY KEY, article_id int, category text, platform text, "
+         "body text, hashtags text[])");
+  Target("CREATE TABLE generated_content (article_id int, category text, content_data jsonb, "
+         "PRIMARY KEY (article_id, category))");
+  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - source: generated_posts
+    module: json_array
+    table: generated_content
+    parent_key: {article_id: article_id, category: category}
+    column: content_data
+    element: {legacy_id: id, platform: platform, text: body, hashtags: hashtags}
+    element_key: [legacy_id]
+    sort_by: platform
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO generated_posts SELECT g, g % 20, CASE WHEN g % 2 = 0 THEN 'news' ELSE 'tech' END, "
+         "(ARRAY['x','linkedin','bluesky','threads'])[1 + g % 4], 'post ' || g, ARRAY['#a' || g, '#b'] "
+         "FROM generate_series(1, 200) g");
+  Source("UPDATE generated_posts SET body = body || ' (edited)' WHERE id % 3 = 0");
+  Source("UPDATE generated_posts SET article_id = article_id + 100 WHERE id % 10 = 0");  // moves parent
+  Source("DELETE FROM generated_posts WHERE id % 7 = 0");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  PgRows expected = SourceRows(
+      "SELECT article_id::text, category, jsonb_agg(jsonb_build_object('legacy_id', id, 'platform', platform, "
+      "'text', body, 'hashtags', hashtags) ORDER BY platform, id)::text FROM generated_posts "
+      "GROUP BY article_id, category ORDER BY article_id, category");
+  PgRows actual = TargetRows(
+      "SELECT article_id::text, category, content_data::text FROM generated_content "
+      "WHERE content_data <> '[]' ORDER BY article_id, category");
+  EXPECT_GE(expected.size(), 20u);
+  EXPECT_TRUE(actual == expected) << actual.size() << " parents vs " << expected.size() << " expected";
+  if (!actual.empty() && !expected.empty()) EXPECT_EQ(actual[0], expected[0]);
+}
+
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");

@@ -1,0 +1,276 @@
+#include "transforms/json_array/json_array_module.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/config/yaml_proto.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/pg/pg_util.h"
+#include "transforms/columns/columns_module.h"
+#include "transforms/json_array/json_array.pb.h"
+
+namespace walshift::transforms::json_array {
+namespace {
+
+using EmitFn = std::function<absl::Status(const TargetOp&)>;
+using columns::ColumnSource;
+
+// Where a parameter comes from: a source column or a constant.
+struct Slot {
+  int source_column = -1;
+  const std::string* constant = nullptr;
+};
+
+class BoundJsonArray : public BoundMapping {
+ public:
+  BoundJsonArray(OpShape upsert, std::vector<Slot> upsert_slots, OpShape remove_elsewhere,
+                 std::vector<Slot> elsewhere_slots, OpShape remove, std::vector<Slot> remove_slots)
+      : upsert_(std::move(upsert)), upsert_slots_(std::move(upsert_slots)),
+        remove_elsewhere_(std::move(remove_elsewhere)), elsewhere_slots_(std::move(elsewhere_slots)),
+        remove_(std::move(remove)), remove_slots_(std::move(remove_slots)) {
+    params_.resize(std::max({upsert_slots_.size(), elsewhere_slots_.size(), remove_slots_.size()}));
+  }
+
+  absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
+    if (change.kind == ChangeKind::kDelete) return Emit(remove_, remove_slots_, change, *change.old_tuple, emit);
+    // Upsert into its parent, then (an update may have moved it) remove it from any other.
+    RETURN_IF_ERROR(Emit(upsert_, upsert_slots_, change, *change.new_tuple, emit));
+    if (change.kind == ChangeKind::kUpdate) {
+      return Emit(remove_elsewhere_, elsewhere_slots_, change, *change.new_tuple, emit);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status MapTruncate(Lsn, const EmitFn&) const override {
+    // Emptying the parents' arrays is not the same as deleting them; keep them as they are.
+    return absl::OkStatus();
+  }
+
+  std::vector<const OpShape*> shapes() const override { return {&upsert_, &remove_elsewhere_, &remove_}; }
+
+ private:
+  absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const RowChange& change,
+                    const Tuple& row, const EmitFn& emit) const {
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const Slot& s = slots[i];
+      if (s.constant != nullptr) {
+        params_[i] = Datum{DatumKind::kText, static_cast<uint32_t>(s.constant->size()), s.constant->c_str()};
+        continue;
+      }
+      const Datum* d = &row[s.source_column];
+      if (d->is_unchanged_toast() && change.old_tuple != nullptr && change.old_tuple_kind == 'O')
+        d = &(*change.old_tuple)[s.source_column];
+      if (d->is_unchanged_toast()) {
+        return absl::DataLossError(absl::StrCat(
+            "update of ", change.relation->QualifiedName(), " at LSN ", FormatLsn(change.lsn), ": ",
+            change.relation->columns[s.source_column].name,
+            " arrived as an unchanged TOAST value, which a JSON element must carry; set REPLICA "
+            "IDENTITY FULL on the source table"));
+      }
+      params_[i] = *d;
+    }
+    TargetOp op;
+    op.shape = &shape;
+    op.params = params_.data();
+    op.lsn = change.lsn;
+    return emit(op);
+  }
+
+  OpShape upsert_;
+  std::vector<Slot> upsert_slots_;
+  OpShape remove_elsewhere_;
+  std::vector<Slot> elsewhere_slots_;
+  OpShape remove_;
+  std::vector<Slot> remove_slots_;
+  mutable std::vector<Datum> params_;
+};
+
+}  // namespace
+
+namespace {
+
+class JsonArrayModule : public MappingModule {
+ public:
+  JsonArrayModule(std::string path, v1::Mapping common, JsonArrayConfig config)
+      : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)) {}
+
+  const std::string& source_table() const override { return common_.source(); }
+  const std::string& target() const override { return common_.target(); }
+
+  absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
+                                                      SchemaInspector& inspector) const override {
+    ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common_.target()));
+    const bool full = relation.replica_identity == 'f';
+    auto type_of = [&](int s) {
+      const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
+      return ci == nullptr || !ci->in_target ? std::string("text") : ci->type;
+    };
+    auto source_column = [&](const std::string& name, const std::string& where) -> absl::StatusOr<int> {
+      int idx = relation.ColumnIndex(name);
+      if (idx < 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            path_, ".", where, ": source column '", name, "' does not exist in ", relation.QualifiedName()));
+      }
+      return idx;
+    };
+
+    std::vector<std::string> names;
+    for (const auto& c : relation.columns) names.push_back(c.name);
+    // Each statement binds its own parameters: $n::type for a source column (once each) or a
+    // constant.
+    struct Params {
+      std::vector<Slot> slots;
+      std::vector<int> slot_of;
+    };
+    auto ref = [&](Params& p, int s) {
+      if (p.slot_of.empty()) p.slot_of.assign(relation.columns.size(), -1);
+      if (p.slot_of[s] < 0) {
+        p.slot_of[s] = static_cast<int>(p.slots.size());
+        p.slots.push_back({s, nullptr});
+      }
+      return absl::StrCat("$", p.slot_of[s] + 1, "::", type_of(s));
+    };
+    // jsonb_build_object(...) of the element fields (all, or only the element key), sorted.
+    auto object = [&](Params& p, bool key_only) -> absl::StatusOr<std::string> {
+      std::vector<std::string> fields;
+      for (const auto& [f, _] : config_.element()) {
+        bool is_key = std::find(config_.element_key().begin(), config_.element_key().end(), f) !=
+                      config_.element_key().end();
+        if (!key_only || is_key) fields.push_back(f);
+      }
+      std::sort(fields.begin(), fields.end());
+      std::vector<std::string> parts;
+      for (const std::string& f : fields) {
+        const ColumnSource& src = config_.element().at(f);
+        std::string value;
+        switch (src.value_case()) {
+          case ColumnSource::kColumn: {
+            ASSIGN_OR_RETURN(int s, source_column(src.column(), absl::StrCat("element.", f)));
+            value = ref(p, s);
+            break;
+          }
+          case ColumnSource::kConst:
+            p.slots.push_back({-1, &src.const_()});
+            value = absl::StrCat("$", p.slots.size(), "::text");
+            break;
+          case ColumnSource::kSql: {
+            std::vector<std::string> inputs;
+            for (const std::string& in : columns::ExpressionInputs(src.sql(), names)) {
+              inputs.push_back(absl::StrCat(ref(p, relation.ColumnIndex(in)), " AS ", pg::QuoteIdent(in)));
+            }
+            value = inputs.empty() ? absl::StrCat("(SELECT ", src.sql(), ")")
+                                   : absl::StrCat("(SELECT ", src.sql(), " FROM (SELECT ",
+                                                  absl::StrJoin(inputs, ", "), ") AS s)");
+            break;
+          }
+          default:
+            return absl::FailedPreconditionError(absl::StrCat(path_, ".element.", f, ": no value"));
+        }
+        parts.push_back(absl::StrCat(pg::QuoteLiteral(f), ", ", value));
+      }
+      return absl::StrCat("jsonb_build_object(", absl::StrJoin(parts, ", "), ")");
+    };
+    // Element keys come from the child's key, so a delete (which carries only the key) finds it.
+    for (const std::string& k : config_.element_key()) {
+      ASSIGN_OR_RETURN(int s, source_column(config_.element().at(k).column(), absl::StrCat("element.", k)));
+      if (!full && !relation.columns[s].part_of_key) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            path_, ".element_key: ", k, " comes from ", relation.columns[s].name,
+            ", which is not part of ", relation.QualifiedName(),
+            "'s replica identity; a delete could not find the element. Use the child's primary "
+            "key, or set REPLICA IDENTITY FULL"));
+      }
+    }
+    std::vector<std::string> parent_cols;
+    auto parent = [&](Params& p, std::vector<std::string>* vals,
+                      std::vector<std::string>* match) -> absl::Status {
+      for (const auto& [target_col, source_col] : config_.parent_key()) {
+        ASSIGN_OR_RETURN(int s, source_column(source_col, absl::StrCat("parent_key.", target_col)));
+        std::string v = ref(p, s);
+        if (vals) vals->push_back(v);
+        if (match) match->push_back(absl::StrCat("t.", pg::QuoteIdent(target_col), " = ", v));
+      }
+      return absl::OkStatus();
+    };
+    for (const auto& [target_col, _] : config_.parent_key()) parent_cols.push_back(pg::QuoteIdent(target_col));
+    std::string table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+    std::string qtable = pg::QuoteQualified(table);
+    std::string col = pg::QuoteIdent(config_.column());
+    std::string sort_field = config_.sort_by().empty() ? config_.element_key(0) : config_.sort_by();
+    std::string order = absl::StrCat("e -> ", pg::QuoteLiteral(sort_field));
+    for (const std::string& k : config_.element_key()) absl::StrAppend(&order, ", e -> ", pg::QuoteLiteral(k));
+    // The array without the elements matching `match`, plus `add` (if any), sorted.
+    auto rebuild = [&](const std::string& match, const std::string& add) {
+      return absl::StrCat(
+          "(SELECT coalesce(jsonb_agg(e ORDER BY ", order, "), '[]'::jsonb) FROM (SELECT e FROM "
+          "jsonb_array_elements(coalesce(t.", col, ", '[]'::jsonb)) AS a(e) WHERE NOT (e @> ", match, ")",
+          add.empty() ? "" : absl::StrCat(" UNION ALL SELECT ", add), ") AS x(e))");
+    };
+
+    auto init = [&](OpShape* s) {
+      s->target = common_.target();
+      s->table = table;
+      s->source_table = relation.QualifiedName();
+      s->id = NextOpShapeId();
+      s->kind = OpKind::kUpdateOnly;  // module-rendered: never batched
+    };
+    OpShape upsert, remove_elsewhere, remove;
+    Params up, elsewhere, gone;
+    std::vector<std::string> parent_vals, parent_match;
+    RETURN_IF_ERROR(parent(up, &parent_vals, nullptr));
+    ASSIGN_OR_RETURN(std::string elem, object(up, false));
+    ASSIGN_OR_RETURN(std::string up_key, object(up, true));
+    init(&upsert);
+    upsert.statement = absl::StrCat(
+        "INSERT INTO ", qtable, " AS t (", absl::StrJoin(parent_cols, ", "), ", ", col, ") VALUES (",
+        absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem, ")) ON CONFLICT (",
+        absl::StrJoin(parent_cols, ", "), ") DO UPDATE SET ", col, " = ", rebuild(up_key, elem));
+    upsert.num_params = static_cast<int>(up.slots.size());
+
+    ASSIGN_OR_RETURN(std::string else_key, object(elsewhere, true));
+    RETURN_IF_ERROR(parent(elsewhere, nullptr, &parent_match));
+    init(&remove_elsewhere);
+    remove_elsewhere.statement = absl::StrCat(
+        "UPDATE ", qtable, " AS t SET ", col, " = ", rebuild(else_key, ""), " WHERE t.", col,
+        " @> jsonb_build_array(", else_key, ") AND NOT (", absl::StrJoin(parent_match, " AND "), ")");
+    remove_elsewhere.num_params = static_cast<int>(elsewhere.slots.size());
+
+    ASSIGN_OR_RETURN(std::string gone_key, object(gone, true));
+    init(&remove);
+    remove.statement = absl::StrCat("UPDATE ", qtable, " AS t SET ", col, " = ", rebuild(gone_key, ""),
+                                    " WHERE t.", col, " @> jsonb_build_array(", gone_key, ")");
+    remove.num_params = static_cast<int>(gone.slots.size());
+    return std::make_unique<BoundJsonArray>(std::move(upsert), std::move(up.slots), std::move(remove_elsewhere),
+                                            std::move(elsewhere.slots), std::move(remove), std::move(gone.slots));
+  }
+
+ private:
+  std::string path_;
+  v1::Mapping common_;
+  JsonArrayConfig config_;
+};
+
+}  // namespace
+
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems) {
+  JsonArrayConfig cfg;
+  size_t before = problems->size();
+  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+  for (int i = 0; i < cfg.element_key_size(); ++i) {
+    auto it = cfg.element().find(cfg.element_key(i));
+    if (it == cfg.element().end() || it->second.value_case() != ColumnSource::kColumn) {
+      problems->push_back(absl::StrCat(mapping.path, ".element_key[", i, "]: '", cfg.element_key(i),
+                                       "' must be an element field copied from a source column"));
+    }
+  }
+  if (!cfg.sort_by().empty() && !cfg.element().contains(cfg.sort_by())) {
+    problems->push_back(absl::StrCat(mapping.path, ".sort_by: '", cfg.sort_by(), "' is not an element field"));
+  }
+  if (problems->size() != before) return nullptr;
+  return std::make_unique<JsonArrayModule>(mapping.path, mapping.common, std::move(cfg));
+}
+
+}  // namespace walshift::transforms::json_array

@@ -1,0 +1,29 @@
+#pragma once
+// The `json_array` mapping module: child rows folded into a JSON array of a parent row.
+//
+//   - source: public.generated_posts
+//     module: json_array
+//     table: public.generated_content
+//     parent_key: {article_id: article_id, category: category}
+//     column: content_data
+//     element: {legacy_id: id, platform: platform, text: body, hashtags: hashtags}
+//     element_key: [legacy_id]
+//     sort_by: platform
+//
+// An element is found by JSON containment of its key (`column @> '[{"legacy_id": 7}]'`), so a
+// delete needs only the child's key; a GIN index on the column keeps that fast.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/core/interfaces.h"
+
+namespace walshift::transforms::json_array {
+
+std::unique_ptr<MappingModule> Create(const config::Settings& all,
+                                      const config::MappingSettings& mapping,
+                                      std::vector<std::string>* problems);
+
+}  // namespace walshift::transforms::json_array
