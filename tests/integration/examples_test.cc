@@ -71,7 +71,7 @@ class ExamplesTest : public DaemonTest {
 };
 
 TEST_F(ExamplesTest, EveryExampleHasATest) {
-  std::set<std::string> tested = {"orders"};
+  std::set<std::string> tested = {"orders", "collections-junction", "social-content"};
   for (const auto& e : std::filesystem::directory_iterator(SourcePath("deploy/examples"))) {
     if (e.is_directory()) {
       EXPECT_TRUE(tested.count(e.path().filename().string()))
@@ -81,6 +81,8 @@ TEST_F(ExamplesTest, EveryExampleHasATest) {
 }
 
 TEST_F(ExamplesTest, Orders) { RunExample("orders"); }
+TEST_F(ExamplesTest, CollectionsJunction) { RunExample("collections-junction"); }
+TEST_F(ExamplesTest, SocialContent) { RunExample("social-content"); }
 
 }  // namespace
 }  // namespace walshift::testing
