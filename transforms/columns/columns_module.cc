@@ -208,6 +208,17 @@ class BoundColumns : public BoundMapping {
       shape->source_table = relation.QualifiedName();
       shape->id = NextOpShapeId();
     };
+    // The index of source column `s` among the shape's named inputs, added (with its
+    // parameter slot) on first use.
+    auto input_index = [&](OpShape* shape, std::vector<Slot>* slots, int s) {
+      const std::string& name = relation.columns[s].name;
+      auto it = std::find_if(shape->inputs.begin(), shape->inputs.end(),
+                             [&](const ExprInput& in) { return in.name == name; });
+      if (it != shape->inputs.end()) return static_cast<int>(it - shape->inputs.begin());
+      shape->inputs.push_back({name, type_of(s), static_cast<int>(slots->size())});
+      slots->push_back({s, nullptr});
+      return static_cast<int>(shape->inputs.size() - 1);
+    };
     auto add_values = [&](OpShape* shape, std::vector<Slot>* slots, const std::vector<int>& which) {
       for (int idx : which) {
         const ValueSpec& v = values_[idx];
@@ -216,17 +227,7 @@ class BoundColumns : public BoundMapping {
         tv.origin = v.origin;
         if (v.kind == ValueSpec::kSql) {
           tv.sql = v.text;
-          for (int s : v.inputs) {
-            const std::string& name = relation.columns[s].name;
-            auto it = std::find_if(shape->inputs.begin(), shape->inputs.end(),
-                                   [&](const ExprInput& in) { return in.name == name; });
-            if (it == shape->inputs.end()) {
-              shape->inputs.push_back({name, type_of(s), static_cast<int>(slots->size())});
-              slots->push_back({s, nullptr});
-              it = shape->inputs.end() - 1;
-            }
-            tv.sql_inputs.push_back(static_cast<int>(it - shape->inputs.begin()));
-          }
+          for (int s : v.inputs) tv.sql_inputs.push_back(input_index(shape, slots, s));
         } else {
           tv.param = static_cast<int>(slots->size());
           slots->push_back(v.kind == ValueSpec::kConst ? Slot{-1, &v.text} : Slot{v.source_column, nullptr});
@@ -240,17 +241,7 @@ class BoundColumns : public BoundMapping {
     auto add_condition = [&](OpShape* shape, std::vector<Slot>* slots) {
       if (filter.empty()) return;
       shape->condition = filter;
-      for (int s : filter_inputs) {
-        const std::string& name = relation.columns[s].name;
-        auto it = std::find_if(shape->inputs.begin(), shape->inputs.end(),
-                               [&](const ExprInput& in) { return in.name == name; });
-        if (it == shape->inputs.end()) {
-          shape->inputs.push_back({name, type_of(s), static_cast<int>(slots->size())});
-          slots->push_back({s, nullptr});
-          it = shape->inputs.end() - 1;
-        }
-        shape->condition_inputs.push_back(static_cast<int>(it - shape->inputs.begin()));
-      }
+      for (int s : filter_inputs) shape->condition_inputs.push_back(input_index(shape, slots, s));
       for (const TargetValue& v : shape->values) shape->casts.push_back(target_types.at(v.column));
       shape->num_params = static_cast<int>(slots->size());
     };
