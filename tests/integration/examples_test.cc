@@ -114,7 +114,8 @@ class ExamplesTest : public DaemonTest {
 };
 
 TEST_F(ExamplesTest, EveryExampleHasATest) {
-  std::set<std::string> tested = {"orders", "collections-junction", "social-content", "service-split"};
+  std::set<std::string> tested = {"orders", "collections-junction", "social-content", "service-split",
+                                  "content-consolidation"};
   for (const auto& e : std::filesystem::directory_iterator(SourcePath("deploy/examples"))) {
     if (e.is_directory()) {
       EXPECT_TRUE(tested.count(e.path().filename().string()))
@@ -127,6 +128,7 @@ TEST_F(ExamplesTest, Orders) { RunExample("orders"); }
 TEST_F(ExamplesTest, CollectionsJunction) { RunExample("collections-junction"); }
 TEST_F(ExamplesTest, SocialContent) { RunExample("social-content"); }
 TEST_F(ExamplesTest, ServiceSplit) { RunExample("service-split"); }
+TEST_F(ExamplesTest, ContentConsolidation) { RunExample("content-consolidation"); }
 
 }  // namespace
 }  // namespace walshift::testing
