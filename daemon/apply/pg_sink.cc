@@ -308,7 +308,6 @@ absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values,
   }
   Pending p{Pending::kStatement};
   p.shape = v.shape;
-  p.prepared = prepared;
   p.lsn = first_lsn;
   p.last_lsn = last_lsn;
   p.rows = rows;

@@ -91,7 +91,6 @@ class PgSink : public Sink {
   struct Pending {
     enum Kind : uint8_t { kControl, kPrepare, kStatement, kSync } kind = kControl;
     const OpShape* shape = nullptr;
-    const Prepared* prepared = nullptr;
     Lsn lsn = kInvalidLsn;
     Lsn last_lsn = kInvalidLsn;
     int rows = 1;

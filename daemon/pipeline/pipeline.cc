@@ -53,7 +53,6 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     sinks_.clear();
     emit_.clear();
     bindings_.clear();
-    relations_.clear();
     inspector_.reset();
     in_transaction_ = false;
     group_changes_ = 0;
@@ -203,12 +202,19 @@ absl::Status Pipeline::OnBegin(const TransactionBegin& begin) {
 }
 
 absl::Status Pipeline::OnRelation(std::shared_ptr<const SourceRelation> relation) {
-  relations_[relation->oid] = relation;
+  // Bindings are checked against the relation's version at its next change (BindingsFor).
   return absl::OkStatus();
 }
 
 absl::Status Pipeline::OnChange(const RowChange& change) {
-  ASSIGN_OR_RETURN(RelationBindings * rb, BindingsFor(*change.relation));
+  auto bound = BindingsFor(*change.relation);
+  if (!bound.ok()) {
+    return absl::Status(bound.status().code(),
+                        absl::StrCat(bound.status().message(), " (first change of ",
+                                     change.relation->QualifiedName(), " at LSN ",
+                                     FormatLsn(change.lsn), ")"));
+  }
+  RelationBindings* rb = *bound;
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
     RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));

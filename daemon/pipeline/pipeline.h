@@ -65,7 +65,6 @@ class Pipeline : public ChangeHandler {
   std::unique_ptr<PgSchemaInspector> inspector_;
   std::unique_ptr<ChangeSource> source_;
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
-  absl::flat_hash_map<Oid, std::shared_ptr<const SourceRelation>> relations_;
   bool in_transaction_ = false;
   // After a data error, the group is replayed one source transaction per target transaction up
   // to this position, so everything before the failing transaction is committed and the error

@@ -31,11 +31,7 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
          "CREATE TABLE app.orders_v3 (order_id int PRIMARY KEY);"
          "CREATE TABLE app.good (order_id int PRIMARY KEY, total numeric);"
          "CREATE TABLE public.wrong_key (id int, v text)");
-  std::string config = WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: public.missing}
   - {source: nokey, table: app.good, key: [order_id], columns: {order_id: a}}
   - {source: orders, table: app.orders_v2, key: [order_id], columns: {order_id: id, total_cents: {sql: "round(amount * 100"}}}
@@ -79,11 +75,7 @@ mappings:
 TEST_F(CheckTest, GoodConfigPasses) {
   Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text)");
   Target("CREATE TABLE orders_v2 (order_id int PRIMARY KEY, total_cents bigint, state text, origin text)");
-  RunResult r = Check(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  RunResult r = Check(WriteConfig(kOneTarget + R"(mappings:
   - source: orders
     table: orders_v2
     key: [order_id]

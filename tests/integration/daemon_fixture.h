@@ -16,6 +16,14 @@
 
 namespace walshift::testing {
 
+// The part of a config most tests share: this test's pipeline, source and one target named
+// `main`; tests append their own keys.
+inline const std::string kOneTarget = R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+)";
+
 class DaemonTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite();
@@ -49,7 +57,6 @@ class DaemonTest : public ::testing::Test {
   std::string source_db_, target_db_, pipeline_, dir_;
   std::string slot_;  // walshift_<pipeline_> unless the config names another
   std::unique_ptr<Subprocess> daemon_;
-  int daemon_starts_ = 0;
 };
 
 }  // namespace walshift::testing

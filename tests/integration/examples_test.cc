@@ -50,7 +50,9 @@ class ExamplesTest : public DaemonTest {
       for (auto n : absl::StrSplit(read("targets"), absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
         std::string t(n);
         std::string db = targets.empty() ? target_db_ : target_db_ + "_" + t;
-        if (!targets.empty()) ASSERT_TRUE(target_cluster_->CreateDatabase(db).ok());
+        if (!targets.empty()) {
+          ASSERT_TRUE(target_cluster_->CreateDatabase(db).ok());
+        }
         std::string env = "WALSHIFT_TARGET_DSN_" + absl::AsciiStrToUpper(t);
         setenv(env.c_str(), target_cluster_->Dsn(db).c_str(), 1);
         targets.push_back({"_" + t, db});

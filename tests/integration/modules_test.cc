@@ -16,11 +16,7 @@ TEST_F(ModulesTest, SoftDeleteFlagAndTimestamp) {
   Target("CREATE SCHEMA app;"
          "CREATE TABLE app.project_collections (collection_id int PRIMARY KEY, project_id int, name text);"
          "CREATE TABLE docs (id int PRIMARY KEY, body text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - source: collections
     module: soft_delete
     table: app.project_collections
@@ -63,11 +59,7 @@ mappings:
 TEST_F(ModulesTest, FilterMovesRowsInAndOut) {
   Source("CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric, region text)");
   Target("CREATE TABLE open_orders (order_id int PRIMARY KEY, status varchar(20), cents bigint, region text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - source: orders
     table: open_orders
     key: [order_id]
@@ -97,11 +89,7 @@ TEST_F(ModulesTest, SplitOneRowIntoTablesWithForeignKey) {
   Target("CREATE SCHEMA auth; CREATE SCHEMA profile;"
          "CREATE TABLE auth.users (user_id int PRIMARY KEY, email text NOT NULL, password_hash text);"
          "CREATE TABLE profile.profiles (user_id int PRIMARY KEY REFERENCES auth.users, bio text, avatar_url text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"yaml(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"yaml(mappings:
   - source: users
     module: split
     into:
@@ -124,11 +112,7 @@ mappings:
 TEST_F(ModulesTest, CustomChangeLogModuleLogsEveryChangeOnce) {
   Source("CREATE TABLE orders (id int PRIMARY KEY, status text)");
   Target("CREATE SCHEMA audit; CREATE TABLE audit.order_changes (lsn pg_lsn PRIMARY KEY, operation text, id int)");
-  std::string config = WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: orders, module: change_log, table: audit.order_changes, copy: [id]}
 )");
   ASSERT_TRUE(StartDaemon(config).ok());
@@ -156,11 +140,7 @@ TEST_F(ModulesTest, MergeTwoTablesIntoOneRow) {
          "CREATE TABLE content_generation (decision_id int PRIMARY KEY, body text NOT NULL, model text NOT NULL)");
   Target("CREATE TABLE content_queue (decision_id int PRIMARY KEY, title text, body text, model text);"
          "CREATE TABLE content_queue_keep (decision_id int PRIMARY KEY, title text, body text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - {source: content_metadata, module: merge, table: content_queue, key: [decision_id],
      columns: {decision_id: decision_id, title: title}, on_delete: delete_when_last}
   - {source: content_generation, module: merge, table: content_queue, key: [decision_id],
@@ -198,11 +178,7 @@ TEST_F(ModulesTest, JsonArrayFoldsChildRowsIntoTheirParent) {
          "body text, hashtags text[])");
   Target("CREATE TABLE generated_content (article_id int, category text, content_data jsonb, "
          "PRIMARY KEY (article_id, category))");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - source: generated_posts
     module: json_array
     table: generated_content
@@ -229,17 +205,15 @@ mappings:
       "WHERE content_data <> '[]' ORDER BY article_id, category");
   EXPECT_GE(expected.size(), 20u);
   EXPECT_TRUE(actual == expected) << actual.size() << " parents vs " << expected.size() << " expected";
-  if (!actual.empty() && !expected.empty()) EXPECT_EQ(actual[0], expected[0]);
+  if (!actual.empty() && !expected.empty()) {
+    EXPECT_EQ(actual[0], expected[0]);
+  }
 }
 
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-mappings: [{source: t, module: soft_delete, flag: is_active}]
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: t, module: soft_delete, flag: is_active}]
 )")).ok());
   auto st = daemon_->Wait(absl::Seconds(60));
   ASSERT_TRUE(st.ok());

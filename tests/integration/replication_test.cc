@@ -16,13 +16,6 @@ using ::testing::HasSubstr;
 
 class ReplicationTest : public DaemonTest {};
 
-// The part of a config every test here shares; tests append their own keys.
-const std::string kOneTarget = R"(
-pipeline: {PIPELINE}
-source: {dsn: "{SOURCE}"}
-targets: [{name: main, dsn: "{TARGET}"}]
-)";
-
 const std::string kOrdersConfig = kOneTarget + R"(apply: {group_max_ms: 50}
 mappings:
   - source: public.orders
