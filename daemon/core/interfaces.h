@@ -111,6 +111,12 @@ class SchemaInspector {
   // when the table does not exist.
   virtual absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
       const std::string& target, const std::string& table) = 0;
+  // pg_get_indexdef() of each index of `table` in `target` (advisory: modules use it to warn
+  // about missing indexes; unimplemented where there is no catalog to ask).
+  virtual absl::StatusOr<std::vector<std::string>> TargetIndexDefinitions(const std::string& target,
+                                                                         const std::string& table) {
+    return absl::UnimplementedError("no target catalog");
+  }
 };
 
 // A configured mapping module instance: immutable, shared.

@@ -77,6 +77,72 @@ absl::StatusOr<std::optional<SourceRelation>> DescribeSource(PGconn* conn, const
   return r;
 }
 
+// What the target's catalog says about a type: its category, and for arrays and domains the
+// type underneath.
+struct TypeFacts {
+  std::string name;
+  char category = 0;
+  std::string element;  // arrays: the element type (by oid)
+};
+
+absl::StatusOr<std::optional<TypeFacts>> ReadTypeFacts(PGconn* conn, const std::string& type) {
+  // Domains are looked through to their base type; a type the target does not know is nullopt.
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "WITH RECURSIVE d(oid) AS (SELECT to_regtype($1)::oid "
+                                  "  UNION ALL SELECT t.typbasetype FROM pg_type t JOIN d ON t.oid = d.oid "
+                                  "  WHERE t.typtype = 'd') "
+                                  "SELECT format_type(t.oid, NULL), t.typcategory::text, t.typelem::regtype::text "
+                                  "FROM d JOIN pg_type t ON t.oid = d.oid WHERE t.typtype <> 'd'",
+                                  {type.c_str()}, absl::StrCat("reading type ", type, " in the target")));
+  if (PQntuples(r.get()) == 0) return std::nullopt;
+  TypeFacts f;
+  f.name = PQgetvalue(r.get(), 0, 0);
+  f.category = PQgetvalue(r.get(), 0, 1)[0];
+  f.element = PQgetvalue(r.get(), 0, 2);
+  return f;
+}
+
+// Whether the target can read the text form of a `source` value as `target` (a column value is
+// sent as text and parsed by the target column type's input function). True when some values
+// may parse (text into int, numeric into int); false only when no value ever can (a timestamp
+// into an int, a boolean into a date, a uuid into an inet).
+absl::StatusOr<bool> TextFormReadable(PGconn* conn, const std::string& source, const std::string& target) {
+  ASSIGN_OR_RETURN(auto s, ReadTypeFacts(conn, source));
+  ASSIGN_OR_RETURN(auto t, ReadTypeFacts(conn, target));
+  if (!s || !t) return true;  // unknown to the target: it arrives as text, judged per value
+  if (s->name == t->name || t->category == 'S' || s->category == 'S') return true;
+  if (t->name == "json" || t->name == "jsonb") {
+    return s->category == 'N' || s->category == 'B' || s->name == "json" || s->name == "jsonb";
+  }
+  if (s->category == 'A' && t->category == 'A') return TextFormReadable(conn, s->element, t->element);
+  // Within one category the text forms agree (int/numeric, date/timestamp, enum/enum, ...);
+  // user-defined types ('U': uuid, bytea, json, ...) only with themselves. 0/1 reads as a boolean.
+  if (s->category == t->category) return s->category != 'U';
+  return s->category == 'N' && t->category == 'B';
+}
+
+// Every target column filled straight from a source column can read that column's values.
+absl::Status CheckValueTypes(const SourceRelation& relation, const OpShape& shape, SchemaInspector& inspector,
+                             PGconn* target, const std::string& where, std::vector<std::string>* problems) {
+  ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, shape.target));
+  ASSIGN_OR_RETURN(auto target_types, inspector.TargetColumnTypes(shape.target, shape.table));
+  for (const TargetValue& v : shape.values) {
+    const SourceColumnInfo* src = info.Find(v.origin);
+    auto tgt = target_types.find(v.column);
+    if (v.param < 0 || src == nullptr || tgt == target_types.end()) continue;
+    ASSIGN_OR_RETURN(bool readable, TextFormReadable(target, src->type, tgt->second));
+    if (!readable) {
+      problems->push_back(absl::StrCat(where, " (", shape.source_table, "): source column ", v.origin, " (",
+                                       src->type, ") cannot fill ", shape.table, ".", v.column, " (",
+                                       tgt->second, ") in target ", shape.target,
+                                       ": no value of the one type reads as the other; convert it "
+                                       "with an sql: expression"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckLiveSchemas(const config::Settings& settings,
@@ -115,6 +181,8 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
         break;  // the other statements of this mapping fail for the same reason
       }
       if (shape->kind != OpKind::kUpsert && shape->kind != OpKind::kUpdateOnly) continue;
+      RETURN_IF_ERROR(CheckValueTypes(*relation, *shape, inspector, targets[shape->target].get(), where,
+                                      &problems));
       for (size_t v = 0; v < shape->values.size(); ++v) {
         if (std::find(shape->key.begin(), shape->key.end(), static_cast<int>(v)) != shape->key.end())
           continue;

@@ -63,11 +63,28 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
   return info;
 }
 
-absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColumnTypes(
-    const std::string& target, const std::string& table) {
+absl::StatusOr<PGconn*> PgSchemaInspector::TargetConn(const std::string& target) {
   auto dsn = target_dsns_.find(target);
   if (dsn == target_dsns_.end()) return absl::NotFoundError(absl::StrCat("no target ", target));
-  ASSIGN_OR_RETURN(PGconn * conn, Conn(absl::StrCat("target ", target), dsn->second));
+  return Conn(absl::StrCat("target ", target), dsn->second);
+}
+
+absl::StatusOr<std::vector<std::string>> PgSchemaInspector::TargetIndexDefinitions(const std::string& target,
+                                                                                   const std::string& table) {
+  ASSIGN_OR_RETURN(PGconn * conn, TargetConn(target));
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = to_regclass($1)",
+                                  {pg::QuoteQualified(table).c_str()},
+                                  absl::StrCat("reading the indexes of ", table, " in target ", target)));
+  std::vector<std::string> out;
+  for (int i = 0; i < PQntuples(r.get()); ++i) out.push_back(PQgetvalue(r.get(), i, 0));
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColumnTypes(
+    const std::string& target, const std::string& table) {
+  ASSIGN_OR_RETURN(PGconn * conn, TargetConn(target));
   ASSIGN_OR_RETURN(pg::ResultPtr r,
                    pg::ExecParams(conn,
                                   "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "

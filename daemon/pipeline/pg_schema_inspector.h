@@ -17,9 +17,12 @@ class PgSchemaInspector : public SchemaInspector {
                                            const std::string& target) override;
   absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
       const std::string& target, const std::string& table) override;
+  absl::StatusOr<std::vector<std::string>> TargetIndexDefinitions(const std::string& target,
+                                                                 const std::string& table) override;
 
  private:
   absl::StatusOr<PGconn*> Conn(const std::string& name, const std::string& dsn);
+  absl::StatusOr<PGconn*> TargetConn(const std::string& target);
   std::string source_dsn_;
   std::map<std::string, std::string> target_dsns_;
   std::map<std::string, pg::ConnPtr> conns_;

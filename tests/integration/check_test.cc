@@ -25,12 +25,14 @@ class CheckTest : public DaemonTest {
 TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
   Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
          "CREATE TABLE nokey (a int, b text);"
-         "CREATE TABLE orders2 (id int PRIMARY KEY, amount numeric)");
+         "CREATE TABLE orders2 (id int PRIMARY KEY, amount numeric);"
+         "CREATE TABLE events (id int PRIMARY KEY, at timestamptz, ok boolean, tags text[], ids uuid[])");
   Target("CREATE SCHEMA app;"
          "CREATE TABLE app.orders_v2 (order_id int PRIMARY KEY, total_cents bigint);"
          "CREATE TABLE app.orders_v3 (order_id int PRIMARY KEY);"
          "CREATE TABLE app.good (order_id int PRIMARY KEY, total numeric);"
-         "CREATE TABLE public.wrong_key (id int, v text)");
+         "CREATE TABLE public.wrong_key (id int, v text);"
+         "CREATE TABLE app.events (id int PRIMARY KEY, at int, ok date, tags int[], ids inet[])");
   std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: public.missing}
   - {source: nokey, table: app.good, key: [order_id], columns: {order_id: a}}
@@ -42,6 +44,7 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
   - {source: orders, table: app.good, key: [order_id], columns: {order_id: id, total: amount}}
   - {source: orders2, table: app.good, key: [order_id], columns: {order_id: id, total: amount}}
   - {source: orders, table: app.orders_v3, key: [order_id], columns: {order_id: id}, filter: "nope > 1"}
+  - {source: events, table: app.events}
 )");
   RunResult r = Check(config);
   std::string out = r.stdout_text + r.stderr_text;
@@ -63,6 +66,11 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
 
   EXPECT_THAT(out, HasSubstr("mappings[9] (public.orders): target main: upsert into app.orders_v3: "
                              "ERROR:  column \"nope\" does not exist"));
+  EXPECT_THAT(out, HasSubstr("mappings[10] (public.events): source column at (timestamp with time zone) "
+                             "cannot fill app.events.at (integer) in target main"));
+  EXPECT_THAT(out, HasSubstr("source column ok (boolean) cannot fill app.events.ok (date)"));
+  EXPECT_THAT(out, HasSubstr("source column ids (uuid[]) cannot fill app.events.ids (inet[])"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("source column tags")));  // text reads as anything
 
   // The daemon refuses to start on the same problems (exit 2, not a crash loop).
   ASSERT_TRUE(StartDaemon(config).ok());
@@ -73,16 +81,23 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
 }
 
 TEST_F(CheckTest, GoodConfigPasses) {
-  Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text)");
-  Target("CREATE TABLE orders_v2 (order_id int PRIMARY KEY, total_cents bigint, state text, origin text)");
+  Source("CREATE TYPE mood AS ENUM ('ok', 'sad');"
+         "CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
+         "CREATE TABLE facts (id int PRIMARY KEY, n int, d date, j int, f smallint, m mood, s varchar(20))");
+  // Pairings whose text forms read across: int → numeric, date → timestamptz, int → jsonb,
+  // 0/1 → boolean, an enum the target lacks → text, varchar(20) → a domain over text.
+  Target("CREATE DOMAIN label AS text;"
+         "CREATE TABLE orders_v2 (order_id int PRIMARY KEY, total_cents bigint, state text, origin text);"
+         "CREATE TABLE facts (id bigint PRIMARY KEY, n numeric, d timestamptz, j jsonb, f boolean, m text, s label)");
   RunResult r = Check(WriteConfig(kOneTarget + R"(mappings:
   - source: orders
     table: orders_v2
     key: [order_id]
     columns: {order_id: id, total_cents: {sql: "round(amount * 100)::bigint"}, state: status, origin: {const: legacy}}
+  - {source: facts}
 )"));
   EXPECT_EQ(r.status.exit_code(), 0) << r.stdout_text << r.stderr_text;
-  EXPECT_THAT(r.stdout_text, HasSubstr("ok: 1 mappings match the live schemas"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("ok: 2 mappings match the live schemas"));
 }
 
 }  // namespace

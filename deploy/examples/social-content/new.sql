@@ -7,7 +7,7 @@ CREATE TABLE generated_content (
   content_data jsonb NOT NULL DEFAULT '[]',
   PRIMARY KEY (article_id, category)
 );
-CREATE INDEX ON generated_content USING gin (content_data jsonb_path_ops);
+CREATE INDEX ON generated_content USING gin (content_data jsonb_path_ops) WITH (fastupdate = off);
 
 CREATE TABLE migration_log (
   legacy_table text NOT NULL,
