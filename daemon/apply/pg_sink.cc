@@ -21,7 +21,19 @@ constexpr const char* kCheckpointDdl =
     "  pipeline text PRIMARY KEY,"
     "  commit_lsn pg_lsn NOT NULL,"
     "  commit_time timestamptz,"
-    "  updated_at timestamptz NOT NULL DEFAULT now())";
+    "  updated_at timestamptz NOT NULL DEFAULT now()); "
+    // The initial copy's finished key ranges: each is committed with its rows, so a restart
+    // copies only what is missing, and streaming knows which snapshot holds each range.
+    "CREATE TABLE IF NOT EXISTS walshift.copy_chunk ("
+    "  pipeline text NOT NULL,"
+    "  source_table text NOT NULL,"
+    "  key_column text,"           // NULL: the whole table is one range
+    "  lo bigint,"                 // inclusive; NULL: unbounded
+    "  hi bigint,"                 // exclusive; NULL: unbounded
+    "  snapshot_lsn pg_lsn NOT NULL,"
+    "  rows bigint NOT NULL,"
+    "  copied_at timestamptz NOT NULL DEFAULT now()); "
+    "CREATE INDEX IF NOT EXISTS copy_chunk_pipeline ON walshift.copy_chunk (pipeline, source_table)";
 
 constexpr const char* kCheckpointUpsert =
     "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
@@ -461,7 +473,7 @@ absl::Status PgSink::FlushBatch() {
       values_[i] = off < 0 ? nullptr : batch_.data.data() + off;
     }
     // Rows that source INSERTs created need no conflict handling: a plain INSERT is cheaper.
-    bool plain = true;
+    bool plain = plain_inserts_;
     for (int r = done; r < done + rows && plain; ++r) plain = batch_.new_row[r];
     RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr, plain));
     done += rows;
@@ -533,6 +545,28 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   group_open_ = false;
   have_commit_ = false;
   return durable_lsn_;
+}
+
+absl::Status PgSink::CommitWith(const char* sql, const std::vector<const char*>& params) {
+  if (!first_error_.ok()) return first_error_;
+  RETURN_IF_ERROR(FlushBatch());
+  if (!group_open_) {
+    RETURN_IF_ERROR(SendControl("BEGIN"));
+    group_open_ = true;
+  }
+  if (PQsendQueryParams(conn_.get(), sql, static_cast<int>(params.size()), nullptr, params.data(), nullptr,
+                        nullptr, 0) != 1) {
+    return BrokenConnection("sending the group's marker");
+  }
+  pending_.push_back(Pending{Pending::kControl});
+  RETURN_IF_ERROR(SendControl("COMMIT"));
+  if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
+  pending_.push_back(Pending{Pending::kSync});
+  RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
+  applied_changes_ += group_changes_;
+  group_changes_ = 0;
+  group_open_ = false;
+  return absl::OkStatus();
 }
 
 absl::Status PgSink::Pump(bool block, bool drain_all) {

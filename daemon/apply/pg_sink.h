@@ -54,6 +54,15 @@ class PgSink : public Sink {
   // groups.
   void set_batching(bool on) { batching_ = on && options_.batch_rows > 1; }
 
+  // Whether batches of rows that source INSERTs created may go out as plain INSERTs (default
+  // on; a conflict then fails the group with kAlreadyExists). Only between groups.
+  void set_plain_inserts(bool on) { plain_inserts_ = on; }
+
+  // Commits the open group (opening one if needed) with `sql` (text parameters `params`,
+  // nullptr for NULL) as its last statement instead of a checkpoint: the initial copy's chunk
+  // marker.
+  absl::Status CommitWith(const char* sql, const std::vector<const char*>& params);
+
   // Total operations applied (committed) since start.
   uint64_t applied_changes() const { return applied_changes_; }
 
@@ -131,6 +140,7 @@ class PgSink : public Sink {
   absl::flat_hash_map<uint32_t, const Variant*> full_variant_;  // fast path: nothing omitted
   Batch batch_;
   bool batching_ = true;
+  bool plain_inserts_ = true;
   pg::ConnPtr catalog_conn_;  // ordinary connection for catalog questions
   absl::flat_hash_map<std::string, bool> coalesce_safe_;
   uint64_t statements_sent_ = 0;

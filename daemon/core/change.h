@@ -71,6 +71,8 @@ struct RowChange {
   // kInsert, kUpdate: the new row.
   const Tuple* new_tuple = nullptr;
   Lsn lsn = kInvalidLsn;  // WAL position of the XLogData message that carried the change
+  // A row of the initial copy rather than a change: kInsert, `lsn` is the snapshot's position.
+  bool snapshot = false;
 };
 
 struct TransactionBegin {

@@ -110,7 +110,11 @@ absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::strin
 absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
                                      std::initializer_list<const char*> params,
                                      absl::string_view context) {
-  std::vector<const char*> values(params);
+  return ExecParams(conn, sql, std::vector<const char*>(params), context);
+}
+
+absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, const std::vector<const char*>& values,
+                                     absl::string_view context) {
   ResultPtr r(PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()), nullptr,
                            values.data(), nullptr, nullptr, 0));
   absl::Status st = ResultStatus(conn, r.get(), context);

@@ -47,6 +47,9 @@ absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::strin
 absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
                                      std::initializer_list<const char*> params,
                                      absl::string_view context);
+// The same with parameters decided at run time (nullptr: NULL).
+absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, const std::vector<const char*>& params,
+                                     absl::string_view context);
 
 // "schema"."table" from "schema.table" (or "table" -> "public"."table"), quoted as identifiers.
 std::string QuoteQualified(absl::string_view qualified);

@@ -1,9 +1,72 @@
 #include "daemon/pipeline/pg_schema_inspector.h"
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "daemon/core/status_macros.h"
 
 namespace walshift {
+
+absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, const std::string& table,
+                                                                  std::vector<std::string>* problems,
+                                                                  const std::string& where) {
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr rel,
+      pg::ExecParams(conn,
+                     "SELECT c.oid::text, n.nspname, c.relname, c.relreplident::text, c.relkind::text "
+                     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE c.oid = to_regclass($1)",
+                     {pg::QuoteQualified(table).c_str()}, "reading the source catalog"));
+  if (PQntuples(rel.get()) == 0) {
+    problems->push_back(absl::StrCat(where, ": source table ", table, " does not exist"));
+    return std::nullopt;
+  }
+  SourceRelation r;
+  r.oid = static_cast<Oid>(std::stoul(PQgetvalue(rel.get(), 0, 0)));
+  r.schema = PQgetvalue(rel.get(), 0, 1);
+  r.name = PQgetvalue(rel.get(), 0, 2);
+  r.replica_identity = PQgetvalue(rel.get(), 0, 3)[0];
+  r.version = 1;
+  std::string kind = PQgetvalue(rel.get(), 0, 4);
+  if (kind != "r" && kind != "p") {
+    problems->push_back(absl::StrCat(where, ": source ", table, " is not a table"));
+    return std::nullopt;
+  }
+  // Key columns as pgoutput flags them: the replica identity index, or the primary key.
+  std::string oid = PQgetvalue(rel.get(), 0, 0);
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr cols,
+      pg::ExecParams(conn,
+                     "SELECT a.attname, a.atttypid::text, a.atttypmod::text, "
+                     "  CASE c.relreplident WHEN 'f' THEN true "
+                     "    WHEN 'n' THEN false "
+                     "    ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
+                     "      (CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) "
+                     "      AND a.attnum = ANY(i.indkey)) END "
+                     "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                     "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+                     "ORDER BY a.attnum",
+                     {oid.c_str()}, "reading the source columns"));
+  bool any_key = false;
+  for (int i = 0; i < PQntuples(cols.get()); ++i) {
+    SourceColumn c;
+    c.name = PQgetvalue(cols.get(), i, 0);
+    c.type_oid = static_cast<Oid>(std::stoul(PQgetvalue(cols.get(), i, 1)));
+    c.type_modifier = std::stoi(PQgetvalue(cols.get(), i, 2));
+    c.part_of_key = PQgetvalue(cols.get(), i, 3)[0] == 't';
+    any_key |= c.part_of_key;
+    r.columns.push_back(std::move(c));
+  }
+  if (!any_key) {
+    problems->push_back(absl::StrCat(
+        where, ": source table ", table, " has no primary key and no usable REPLICA IDENTITY; "
+        "its updates and deletes cannot be replicated (add a primary key, or ALTER TABLE ... "
+        "REPLICA IDENTITY USING INDEX / FULL)"));
+    return std::nullopt;
+  }
+  return r;
+}
+
 
 PgSchemaInspector::PgSchemaInspector(std::string source_dsn,
                                      std::map<std::string, std::string> target_dsns)

@@ -2,12 +2,21 @@
 // SchemaInspector over ordinary (non-replication) connections to the source and the targets.
 
 #include <map>
+#include <optional>
+#include <vector>
 #include <string>
 
 #include "daemon/core/interfaces.h"
 #include "daemon/pg/pg_util.h"
 
 namespace walshift {
+
+// The relation pgoutput would announce for `table` (schema.table), read from the catalog:
+// live, non-generated columns in order, key flags from the replica identity. nullopt with a
+// problem (prefixed by `where`) appended when the table is missing or cannot be replicated.
+absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, const std::string& table,
+                                                                  std::vector<std::string>* problems,
+                                                                  const std::string& where);
 
 class PgSchemaInspector : public SchemaInspector {
  public:

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/source/pg_replication_source.h"
@@ -119,8 +120,25 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   }
   if (settings_.proto.source().feedback_interval_s())
     so.feedback_interval = absl::Seconds(settings_.proto.source().feedback_interval_s());
+  // Targets without a checkpoint get the rows the source already has first.
+  std::vector<size_t> to_copy;
+  if (settings_.proto.snapshot().mode() == v1::SNAPSHOT_INITIAL) {
+    for (size_t i = 0; i < sinks_.size(); ++i)
+      if (sinks_[i]->durable_lsn() == kInvalidLsn) to_copy.push_back(i);
+  }
+  so.export_snapshot = !to_copy.empty();
   ASSIGN_OR_RETURN(auto source, PgReplicationSource::Create(so));
   source_ = std::move(source);
+  if (!to_copy.empty()) {
+    bool stopped = false;
+    RETURN_IF_ERROR(CopyExistingRows(to_copy, stop, &stopped));
+    if (stopped) return absl::OkStatus();
+  }
+  copy_skip_ = CopySkipPlan();
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    RETURN_IF_ERROR(copy_skip_.Load(settings_.targets[i].dsn, settings_.targets[i].name, i,
+                                    settings_.proto.pipeline(), sinks_[i]->durable_lsn()));
+  }
   Lsn start = MinDurable();
   spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
                start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
@@ -146,6 +164,107 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(),
                FormatLsn(MinDurable()));
   return absl::OkStatus();
+}
+
+absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop,
+                                        bool* stopped) {
+  auto* source = static_cast<PgReplicationSource*>(source_.get());
+  InitialCopyOptions o;
+  o.settings = &settings_;
+  o.modules = &modules_;
+  o.module_target = module_sink_;
+  o.targets = targets;
+  const auto& cfg = settings_.proto.snapshot();
+  o.workers = cfg.workers() ? static_cast<int>(cfg.workers()) : 2;
+  o.chunk_rows = cfg.chunk_rows() ? cfg.chunk_rows() : 100000;
+  // Streaming starts where the slot stands. A slot created just now exported the snapshot of
+  // exactly that position; an existing one (a copy that was interrupted, a target added later)
+  // gets a snapshot from a temporary slot, later than its position: what streaming replays
+  // from before that snapshot is skipped by range (CopySkipPlan).
+  std::unique_ptr<PgReplicationSource::TemporarySnapshot> temporary;
+  Lsn stream_from = kInvalidLsn;
+  if (source->exported_snapshot()) {
+    o.snapshot = *source->exported_snapshot();
+    stream_from = o.snapshot.lsn;
+  } else {
+    ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.source_dsn, "source", "application_name=walshiftd"));
+    ASSIGN_OR_RETURN(pg::ResultPtr r,
+                     pg::ExecParams(conn.get(),
+                                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                                    {settings_.slot.c_str()}, "source: reading the slot's position"));
+    if (PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
+      return absl::FailedPreconditionError(absl::StrCat("source: replication slot ", settings_.slot,
+                                                        " has no confirmed position"));
+    }
+    stream_from = ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
+    ASSIGN_OR_RETURN(temporary, PgReplicationSource::ExportTemporarySnapshot(
+                                    settings_.source_dsn, absl::StrCat(settings_.slot, "_copy")));
+    o.snapshot = temporary->snapshot();
+  }
+  std::vector<std::string> names;
+  for (size_t t : targets) names.push_back(settings_.targets[t].name);
+  spdlog::info("pipeline {}: initial copy into {} under snapshot {} ({}), then streaming from {}",
+               settings_.proto.pipeline(), absl::StrJoin(names, ", "), o.snapshot.name,
+               FormatLsn(o.snapshot.lsn), FormatLsn(stream_from));
+  InitialCopy copy(o);
+  absl::Status st = copy.Run(stop);
+  if (st.code() == absl::StatusCode::kCancelled) {
+    spdlog::info("pipeline {}: stopped during the initial copy; finished ranges are kept",
+                 settings_.proto.pipeline());
+    *stopped = true;
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(st);
+  temporary.reset();
+  // The copy is complete: the checkpoint marks where streaming takes over.
+  TransactionCommit at;
+  at.end_lsn = stream_from;
+  at.commit_lsn = stream_from;
+  at.commit_time = PgNow();
+  for (size_t t : targets) {
+    sinks_[t]->EndTransaction(at);
+    RETURN_IF_ERROR(sinks_[t]->Flush().status());
+  }
+  spdlog::info("pipeline {}: initial copy complete", settings_.proto.pipeline());
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
+  const CopySkipPlan::Table* plan = copy_skip_.empty() ? nullptr
+                                                       : copy_skip_.Find(change.relation->QualifiedName(), b.sink);
+  if (plan == nullptr) return b.bound->Map(change, emit_[b.sink]);
+  // The copy's snapshot of the key's range already shows transactions committed before it.
+  int key = plan->key_column.empty() ? -1 : change.relation->ColumnIndex(plan->key_column);
+  auto shown = [&](const Tuple* tuple) {
+    const Datum* d = key >= 0 && tuple != nullptr && static_cast<size_t>(key) < tuple->size() ? &(*tuple)[key] : nullptr;
+    Lsn snapshot = CopySkipPlan::SnapshotFor(*plan, d);
+    return snapshot != kInvalidLsn && begin_.final_lsn < snapshot;
+  };
+  const Tuple* old_row = change.old_tuple != nullptr ? change.old_tuple : change.new_tuple;
+  bool skip_new = change.kind != ChangeKind::kDelete && shown(change.new_tuple);
+  bool skip_old = change.kind != ChangeKind::kInsert && shown(old_row);
+  switch (change.kind) {
+    case ChangeKind::kInsert:
+      return skip_new ? absl::OkStatus() : b.bound->Map(change, emit_[b.sink]);
+    case ChangeKind::kDelete:
+      return skip_old ? absl::OkStatus() : b.bound->Map(change, emit_[b.sink]);
+    case ChangeKind::kUpdate:
+      break;
+  }
+  if (skip_old && skip_new) return absl::OkStatus();
+  if (!skip_old && !skip_new) return b.bound->Map(change, emit_[b.sink]);
+  // A key moved between ranges copied under different snapshots: only its side that the
+  // snapshot does not show is applied, as a delete of the old key or an insert of the new row.
+  RowChange part = change;
+  if (!skip_old) {
+    part.kind = ChangeKind::kDelete;
+    part.new_tuple = nullptr;
+  } else {
+    part.kind = ChangeKind::kInsert;
+    part.old_tuple = nullptr;
+    part.old_tuple_kind = 0;
+  }
+  return b.bound->Map(part, emit_[b.sink]);
 }
 
 absl::Status Pipeline::FlushAll() {
@@ -217,7 +336,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   RelationBindings* rb = *bound;
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
-    RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));
+    RETURN_IF_ERROR(MapChange(b, change));
   }
   ++group_changes_;
   ++changes_;

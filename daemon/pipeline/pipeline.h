@@ -16,6 +16,7 @@
 #include "daemon/apply/pg_sink.h"
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
+#include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
 
 namespace walshift {
@@ -51,6 +52,11 @@ class Pipeline : public ChangeHandler {
   absl::Status RunOnce(const std::atomic<bool>& stop, bool* made_progress);
   absl::StatusOr<RelationBindings*> BindingsFor(const SourceRelation& relation);
   absl::Status FlushAll();
+  // Copies the rows the source has into `targets` (no checkpoint yet) and writes their
+  // checkpoints at the position streaming starts from. *stopped when `stop` interrupted it.
+  absl::Status CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop, bool* stopped);
+  // Maps one change for one binding, leaving out what a copy's snapshot already shows.
+  absl::Status MapChange(const Binding& b, const RowChange& change);
   Lsn MinDurable() const;
   void LogProgress(bool force);
 
@@ -65,6 +71,7 @@ class Pipeline : public ChangeHandler {
   std::unique_ptr<PgSchemaInspector> inspector_;
   std::unique_ptr<ChangeSource> source_;
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
+  CopySkipPlan copy_skip_;
   bool in_transaction_ = false;
   // After a data error, the group is replayed one source transaction per target transaction up
   // to this position, so everything before the failing transaction is committed and the error

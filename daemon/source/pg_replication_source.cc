@@ -232,17 +232,50 @@ absl::Status PgReplicationSource::EnsureSlot() {
     }
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(pg::ResultPtr created,
-                   pg::Exec(conn_,
-                            absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(options_.slot),
-                                         " LOGICAL pgoutput NOEXPORT_SNAPSHOT"),
-                            "source: CREATE_REPLICATION_SLOT"));
-  std::string consistent_point = PQntuples(created.get()) > 0 && PQnfields(created.get()) > 1
-                                     ? PQgetvalue(created.get(), 0, 1)
-                                     : "?";
-  spdlog::info("source: created logical replication slot {} (pgoutput), consistent point {}",
-               options_.slot, consistent_point);
+  ASSIGN_OR_RETURN(ExportedSnapshot created,
+                   CreateSlot(conn_, options_.slot, /*temporary=*/false, options_.export_snapshot));
+  if (options_.export_snapshot) exported_ = created;
+  spdlog::info("source: created logical replication slot {} (pgoutput), consistent point {}{}",
+               options_.slot, FormatLsn(created.lsn),
+               options_.export_snapshot ? absl::StrCat(", snapshot ", created.name) : "");
   return absl::OkStatus();
+}
+
+absl::StatusOr<ExportedSnapshot> PgReplicationSource::CreateSlot(PGconn* conn, const std::string& slot,
+                                                                  bool temporary, bool export_snapshot) {
+  ASSIGN_OR_RETURN(pg::ResultPtr created,
+                   pg::Exec(conn,
+                            absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(slot),
+                                         temporary ? " TEMPORARY" : "", " LOGICAL pgoutput ",
+                                         export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"),
+                            "source: CREATE_REPLICATION_SLOT"));
+  // slot_name, consistent_point, snapshot_name, output_plugin
+  if (PQntuples(created.get()) != 1 || PQnfields(created.get()) < 3) {
+    return absl::InternalError("source: CREATE_REPLICATION_SLOT returned no consistent point");
+  }
+  ExportedSnapshot out;
+  auto lsn = ParseLsn(PQgetvalue(created.get(), 0, 1));
+  if (!lsn) return absl::InternalError("source: CREATE_REPLICATION_SLOT returned an unreadable consistent point");
+  out.lsn = *lsn;
+  if (!PQgetisnull(created.get(), 0, 2)) out.name = PQgetvalue(created.get(), 0, 2);
+  return out;
+}
+
+PgReplicationSource::TemporarySnapshot::~TemporarySnapshot() {
+  if (conn_ != nullptr) PQfinish(conn_);  // the temporary slot goes with its session
+}
+
+absl::StatusOr<std::unique_ptr<PgReplicationSource::TemporarySnapshot>>
+PgReplicationSource::ExportTemporarySnapshot(const std::string& dsn, const std::string& slot_name) {
+  ASSIGN_OR_RETURN(pg::ConnPtr conn,
+                   pg::Connect(dsn, "source", "replication=database application_name=walshiftd-copy"));
+  auto holder = std::unique_ptr<TemporarySnapshot>(new TemporarySnapshot());
+  ASSIGN_OR_RETURN(holder->snapshot_, CreateSlot(conn.get(), slot_name, /*temporary=*/true,
+                                                 /*export_snapshot=*/true));
+  holder->conn_ = conn.release();
+  spdlog::info("source: exported snapshot {} at {} (temporary slot {})", holder->snapshot_.name,
+               FormatLsn(holder->snapshot_.lsn), slot_name);
+  return holder;
 }
 
 absl::Status PgReplicationSource::Start(Lsn start_lsn) {

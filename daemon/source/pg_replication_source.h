@@ -8,6 +8,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <string>
 #include <vector>
@@ -28,6 +29,16 @@ struct PgReplicationSourceOptions {
   std::vector<std::string> tables;       // schema.table of every mapped source table
   absl::Duration feedback_interval = absl::Seconds(10);
   std::string application_name = "walshiftd";
+  // When the slot is created now: export its snapshot (valid until Start()).
+  bool export_snapshot = false;
+};
+
+// A snapshot of the source exported by a replication connection that creates a slot: the
+// rows it shows are exactly those of transactions committed before `lsn`, the slot's
+// consistent point. Valid while the holder lives (and its connection sends no command).
+struct ExportedSnapshot {
+  std::string name;  // for SET TRANSACTION SNAPSHOT
+  Lsn lsn = kInvalidLsn;
 };
 
 class PgReplicationSource : public ChangeSource {
@@ -44,6 +55,26 @@ class PgReplicationSource : public ChangeSource {
   absl::Status SendFeedback(Lsn flushed, bool force) override;
   Lsn received_lsn() const override { return received_lsn_.load(); }
 
+  // The snapshot exported when Create() created the slot (options.export_snapshot), else
+  // nullopt. Valid until Start().
+  const std::optional<ExportedSnapshot>& exported_snapshot() const { return exported_; }
+
+  // A snapshot for a copy when the pipeline's slot already exists: a temporary slot named
+  // `slot_name` is created with an exported snapshot and dropped when the returned holder is
+  // destroyed. Its `lsn` is later than the main slot's position.
+  class TemporarySnapshot {
+   public:
+    ~TemporarySnapshot();
+    const ExportedSnapshot& snapshot() const { return snapshot_; }
+
+   private:
+    friend class PgReplicationSource;
+    PGconn* conn_ = nullptr;
+    ExportedSnapshot snapshot_;
+  };
+  static absl::StatusOr<std::unique_ptr<TemporarySnapshot>> ExportTemporarySnapshot(
+      const std::string& dsn, const std::string& slot_name);
+
  private:
   explicit PgReplicationSource(PgReplicationSourceOptions options);
   // Steps of Create(), in this order: the publication must exist before the slot so that
@@ -52,6 +83,8 @@ class PgReplicationSource : public ChangeSource {
   absl::Status CheckTables();
   absl::Status EnsurePublication();
   absl::Status EnsureSlot();
+  static absl::StatusOr<ExportedSnapshot> CreateSlot(PGconn* conn, const std::string& slot,
+                                                     bool temporary, bool export_snapshot);
   // Decodes one XLogData message taken from the queue. `data` is a PQgetCopyData buffer
   // (writable, NUL at data[len]).
   absl::Status HandleXLogData(char* data, size_t len, ChangeHandler& handler);
@@ -78,6 +111,7 @@ class PgReplicationSource : public ChangeSource {
 
   PgReplicationSourceOptions options_;
   PGconn* conn_ = nullptr;
+  std::optional<ExportedSnapshot> exported_;
   bool streaming_ = false;  // START_REPLICATION succeeded
   PgOutputDecoder decoder_;  // main thread only
   std::atomic<Lsn> received_lsn_{kInvalidLsn};

@@ -17,6 +17,8 @@ class BoundChangeLog : public BoundMapping {
   }
 
   absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
+    // A log of changes: the rows the initial copy reads are not changes.
+    if (change.snapshot) return absl::OkStatus();
     // Parameter 0: the change's WAL position; 1: the operation; 2..: copied columns. Computed
     // values live in members, so they outlive the emit() call that reads them.
     lsn_text_ = FormatLsn(change.lsn);

@@ -1,0 +1,594 @@
+#include "daemon/pipeline/initial_copy.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <set>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/apply/pg_sink.h"
+#include "daemon/copy/copy_text.h"
+#include "daemon/core/crash_point.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/pg/pg_util.h"
+#include "daemon/pipeline/pg_schema_inspector.h"
+#include "spdlog/spdlog.h"
+
+namespace walshift {
+namespace {
+
+constexpr const char* kChunkMarker =
+    "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
+    "VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint)";
+
+std::optional<int64_t> OptionalInt(PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(PQgetvalue(r, row, col), &v)) return std::nullopt;
+  return v;
+}
+
+std::string RangeText(const std::optional<int64_t>& lo, const std::optional<int64_t>& hi) {
+  return absl::StrCat("[", lo ? absl::StrCat(*lo) : "-inf", ", ", hi ? absl::StrCat(*hi) : "+inf", ")");
+}
+
+// Starts a read-only repeatable-read transaction on `conn` showing `snapshot`.
+absl::Status ImportSnapshot(PGconn* conn, const std::string& snapshot) {
+  RETURN_IF_ERROR(pg::Exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
+  return pg::Exec(conn, absl::StrCat("SET TRANSACTION SNAPSHOT ", pg::QuoteLiteral(snapshot)),
+                  absl::StrCat("source: importing snapshot ", snapshot))
+      .status();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// CopySkipPlan
+
+absl::Status CopySkipPlan::Load(const std::string& dsn, const std::string& target_name, size_t target_index,
+                                const std::string& pipeline, Lsn after) {
+  std::string what = absl::StrCat("target ", target_name);
+  ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(dsn, what, "application_name=walshiftd"));
+  std::string after_text = FormatLsn(after == kInvalidLsn ? 0 : after);
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn.get(),
+                                  "SELECT source_table, coalesce(key_column, ''), lo, hi, snapshot_lsn::text "
+                                  "FROM walshift.copy_chunk WHERE pipeline = $1 AND snapshot_lsn > $2::pg_lsn",
+                                  {pipeline.c_str(), after_text.c_str()},
+                                  absl::StrCat(what, ": reading walshift.copy_chunk")));
+  for (int i = 0; i < PQntuples(r.get()); ++i) {
+    Table& t = tables_[{PQgetvalue(r.get(), i, 0), target_index}];
+    t.key_column = PQgetvalue(r.get(), i, 1);
+    CopyRange range;
+    range.lo = OptionalInt(r.get(), i, 2);
+    range.hi = OptionalInt(r.get(), i, 3);
+    range.snapshot_lsn = ParseLsn(PQgetvalue(r.get(), i, 4)).value_or(kInvalidLsn);
+    t.ranges.push_back(range);
+  }
+  return absl::OkStatus();
+}
+
+const CopySkipPlan::Table* CopySkipPlan::Find(const std::string& source_table, size_t target_index) const {
+  auto it = tables_.find({source_table, target_index});
+  return it == tables_.end() ? nullptr : &it->second;
+}
+
+Lsn CopySkipPlan::SnapshotFor(const Table& table, const Datum* key) {
+  if (table.key_column.empty()) return table.ranges.empty() ? kInvalidLsn : table.ranges.front().snapshot_lsn;
+  int64_t k = 0;
+  if (key == nullptr || key->is_null() || key->is_unchanged_toast() || !absl::SimpleAtoi(key->view(), &k)) {
+    return kInvalidLsn;
+  }
+  for (const CopyRange& r : table.ranges)
+    if (r.Contains(k)) return r.snapshot_lsn;
+  return kInvalidLsn;
+}
+
+// ---------------------------------------------------------------------------------------------
+// InitialCopy
+
+struct InitialCopy::Unit {
+  std::string source_table;
+  size_t target = 0;
+  std::vector<size_t> modules;
+  std::shared_ptr<const SourceRelation> relation;
+  std::string key_column;  // chunked by this integer primary key column; empty: one chunk
+  std::string from;        // the FROM item that reads its rows
+  std::set<std::string> target_tables;
+  std::vector<Unit*> parents;  // units whose target tables ours reference
+  int remaining = 0;           // tasks not finished
+  CopyUnitReport report;
+  uint64_t rows_since_log = 0;
+};
+
+struct InitialCopy::Task {
+  Unit* unit = nullptr;
+  std::optional<int64_t> lo, hi;
+  bool taken = false;
+};
+
+struct InitialCopy::Worker {
+  pg::ConnPtr source;
+  std::map<size_t, std::unique_ptr<PgSink>> sinks;       // by target index
+  std::map<size_t, pg::ConnPtr> dry_run_targets;          // dry run: condition checks
+  std::unique_ptr<PgSchemaInspector> inspector;
+  std::map<const Unit*, std::vector<std::unique_ptr<BoundMapping>>> bound;
+};
+
+InitialCopy::InitialCopy(InitialCopyOptions options) : options_(std::move(options)) {}
+InitialCopy::~InitialCopy() = default;
+
+absl::Status InitialCopy::Plan() {
+  const config::Settings& settings = *options_.settings;
+  ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(settings.source_dsn, "source", "application_name=walshiftd-copy"));
+  if (options_.snapshot.name.empty()) {
+    RETURN_IF_ERROR(pg::Exec(src.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(src.get(), "SELECT pg_export_snapshot()", "source: exporting a snapshot"));
+    snapshot_name_ = PQgetvalue(r.get(), 0, 0);
+  } else {
+    snapshot_name_ = options_.snapshot.name;
+    RETURN_IF_ERROR(ImportSnapshot(src.get(), snapshot_name_));
+  }
+  std::map<size_t, pg::ConnPtr> targets;
+  std::map<std::string, std::string> target_dsns;
+  for (size_t t : options_.targets) {
+    const auto& tc = settings.targets[t];
+    target_dsns[tc.name] = tc.dsn;
+    ASSIGN_OR_RETURN(targets[t], pg::Connect(tc.dsn, absl::StrCat("target ", tc.name), "application_name=walshiftd-copy"));
+  }
+  PgSchemaInspector inspector(settings.source_dsn, target_dsns);
+
+  // Units, in mapping order.
+  std::map<std::pair<std::string, size_t>, Unit*> by_key;
+  std::vector<std::string> problems;
+  for (size_t m = 0; m < options_.modules->size(); ++m) {
+    size_t t = options_.module_target[m];
+    if (std::find(options_.targets.begin(), options_.targets.end(), t) == options_.targets.end()) continue;
+    const std::string& table = (*options_.modules)[m]->source_table();
+    Unit*& u = by_key[{table, t}];
+    if (u == nullptr) {
+      units_.push_back(std::make_unique<Unit>());
+      u = units_.back().get();
+      u->source_table = table;
+      u->target = t;
+      u->report.source_table = table;
+      u->report.target = settings.targets[t].name;
+    }
+    u->modules.push_back(m);
+  }
+  for (auto& u : units_) {
+    ASSIGN_OR_RETURN(auto rel, DescribeSourceTable(src.get(), u->source_table, &problems, "initial copy"));
+    if (!rel) continue;
+    u->relation = std::make_shared<SourceRelation>(*std::move(rel));
+    const std::string oid = std::to_string(u->relation->oid);
+    // Chunked by the primary key when it is one integer column that deletes carry.
+    ASSIGN_OR_RETURN(pg::ResultPtr pk,
+                     pg::ExecParams(src.get(),
+                                    "SELECT a.attname, a.atttypid IN (20, 21, 23) FROM pg_index i JOIN pg_attribute a "
+                                    "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                                    "WHERE i.indrelid = $1::oid AND i.indisprimary",
+                                    {oid.c_str()}, absl::StrCat("reading the primary key of ", u->source_table)));
+    if (PQntuples(pk.get()) == 1 && PQgetvalue(pk.get(), 0, 1)[0] == 't' &&
+        (u->relation->replica_identity == 'd' || u->relation->replica_identity == 'f')) {
+      u->key_column = PQgetvalue(pk.get(), 0, 0);
+    }
+    ASSIGN_OR_RETURN(pg::ResultPtr est,
+                     pg::ExecParams(src.get(), "SELECT reltuples::bigint, relkind = 'p' FROM pg_class WHERE oid = $1::oid",
+                                    {oid.c_str()}, "reading the row estimate"));
+    int64_t estimate = OptionalInt(est.get(), 0, 0).value_or(-1);
+    // A partitioned table's rows are in its partitions; an inheritance parent's own rows only.
+    u->from = absl::StrCat(PQgetvalue(est.get(), 0, 1)[0] == 't' ? "" : "ONLY ", pg::QuoteQualified(u->source_table));
+    const std::string& from = u->from;
+    if (estimate < 0) {  // never analyzed: count under the snapshot
+      ASSIGN_OR_RETURN(pg::ResultPtr c, pg::Exec(src.get(), absl::StrCat("SELECT count(*) FROM ", from),
+                                                 absl::StrCat("counting ", u->source_table)));
+      estimate = OptionalInt(c.get(), 0, 0).value_or(0);
+    }
+    u->report.estimated_rows = static_cast<uint64_t>(estimate);
+
+    // Ranges earlier runs finished.
+    std::vector<CopyRange> done;
+    if (!options_.dry_run) {
+      ASSIGN_OR_RETURN(
+          pg::ResultPtr d,
+          pg::ExecParams(targets[u->target].get(),
+                         "SELECT lo, hi, rows FROM walshift.copy_chunk WHERE pipeline = $1 AND source_table = $2 "
+                         "AND coalesce(key_column, '') = $3 ORDER BY lo NULLS FIRST",
+                         {settings.proto.pipeline().c_str(), u->source_table.c_str(), u->key_column.c_str()},
+                         absl::StrCat("target ", u->report.target, ": reading walshift.copy_chunk")));
+      for (int i = 0; i < PQntuples(d.get()); ++i) {
+        done.push_back({OptionalInt(d.get(), i, 0), OptionalInt(d.get(), i, 1)});
+        u->report.rows_before += OptionalInt(d.get(), i, 2).value_or(0);
+        ++u->report.chunks_done;
+      }
+    }
+    // The gaps between finished ranges, each cut into pieces of about chunk_rows rows.
+    std::vector<std::pair<std::optional<int64_t>, std::optional<int64_t>>> gaps;
+    if (u->key_column.empty()) {
+      if (done.empty()) gaps.push_back({std::nullopt, std::nullopt});
+    } else {
+      std::optional<int64_t> cursor;  // -inf
+      bool open = true;
+      for (const CopyRange& r : done) {
+        if (!cursor.has_value() && !open) break;
+        bool starts_after = r.lo.has_value() && (!cursor.has_value() || *r.lo > *cursor);
+        if (starts_after) gaps.push_back({cursor, r.lo});
+        if (!r.hi.has_value()) {
+          open = false;
+          break;
+        }
+        if (!cursor.has_value() || *r.hi > *cursor) cursor = r.hi;
+      }
+      if (open) gaps.push_back({cursor, std::nullopt});
+    }
+    std::optional<int64_t> min_key, max_key;
+    if (!u->key_column.empty() && !gaps.empty()) {
+      std::string k = pg::QuoteIdent(u->key_column);
+      ASSIGN_OR_RETURN(pg::ResultPtr mm, pg::Exec(src.get(), absl::StrCat("SELECT min(", k, "), max(", k, ") FROM ", from),
+                                                  absl::StrCat("reading the key range of ", u->source_table)));
+      min_key = OptionalInt(mm.get(), 0, 0);
+      max_key = OptionalInt(mm.get(), 0, 1);
+    }
+    for (const auto& [lo, hi] : gaps) {
+      // The part of the gap that holds rows: [max(lo, min), min(hi, max + 1)).
+      if (!min_key || !max_key) {
+        tasks_.push_back(std::make_unique<Task>(Task{u.get(), lo, hi}));
+        continue;
+      }
+      long double a = lo ? std::max<long double>(*lo, *min_key) : *min_key;
+      long double b = hi ? std::min<long double>(*hi, static_cast<long double>(*max_key) + 1) : static_cast<long double>(*max_key) + 1;
+      long double span = static_cast<long double>(*max_key) - *min_key + 1;
+      int pieces = 1;
+      if (b > a && options_.chunk_rows > 0) {
+        long double rows = static_cast<long double>(estimate) * (b - a) / span;
+        pieces = static_cast<int>(std::min<long double>(10000, std::max<long double>(1, rows / options_.chunk_rows + 0.999)));
+      }
+      long double step = pieces > 0 && b > a ? (b - a) / pieces : 0;
+      std::optional<int64_t> start = lo;
+      for (int p = 0; p < pieces; ++p) {
+        std::optional<int64_t> end = hi;
+        if (p + 1 < pieces) end = static_cast<int64_t>(a + step * (p + 1));
+        if (start && end && *end <= *start) continue;
+        tasks_.push_back(std::make_unique<Task>(Task{u.get(), start, end}));
+        start = end;
+      }
+    }
+    for (const auto& t : tasks_)
+      if (t->unit == u.get()) ++u->remaining;
+    u->report.chunks_total = u->report.chunks_done + u->remaining;
+    // Target tables, for the order between units.
+    std::vector<std::unique_ptr<BoundMapping>> bound;
+    for (size_t m : u->modules) {
+      auto b = (*options_.modules)[m]->Bind(*u->relation, inspector);
+      if (!b.ok()) {
+        problems.push_back(std::string(b.status().message()));
+        continue;
+      }
+      for (const OpShape* shape : (*b)->shapes()) u->target_tables.insert(shape->table);
+    }
+  }
+  if (!problems.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("initial copy: ", absl::StrJoin(problems, "; ")));
+  }
+  // Foreign keys between the target tables of different units of one target.
+  for (auto& [t, conn] : targets) {
+    ASSIGN_OR_RETURN(pg::ResultPtr fk,
+                     pg::Exec(conn.get(),
+                              "SELECT cn.nspname || '.' || c.relname, fn.nspname || '.' || f.relname "
+                              "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+                              "JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+                              "JOIN pg_class f ON f.oid = k.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace "
+                              "WHERE k.contype = 'f' AND k.conrelid <> k.confrelid",
+                              "reading the target's foreign keys"));
+    for (int i = 0; i < PQntuples(fk.get()); ++i) {
+      std::string child = PQgetvalue(fk.get(), i, 0), parent = PQgetvalue(fk.get(), i, 1);
+      for (auto& cu : units_) {
+        if (cu->target != t || !cu->target_tables.count(child)) continue;
+        for (auto& pu : units_) {
+          if (pu.get() == cu.get() || pu->target != t || !pu->target_tables.count(parent)) continue;
+          if (std::find(cu->parents.begin(), cu->parents.end(), pu.get()) == cu->parents.end())
+            cu->parents.push_back(pu.get());
+        }
+      }
+    }
+  }
+  for (const auto& u : units_) {
+    spdlog::info("initial copy: {} into target {}: about {} rows, {} chunk{} to copy{}{}", u->source_table,
+                 u->report.target, u->report.estimated_rows, u->remaining, u->remaining == 1 ? "" : "s",
+                 u->report.chunks_done ? absl::StrCat(" (", u->report.chunks_done, " done by an earlier run)") : "",
+                 u->parents.empty() ? "" : absl::StrCat(", after ", u->parents.size(), " referenced table(s)"));
+  }
+  return absl::OkStatus();
+}
+
+InitialCopy::Task* InitialCopy::NextTaskLocked() {
+  Task* fallback = nullptr;
+  bool any_running = false;
+  for (const auto& t : tasks_) {
+    if (t->taken) {
+      if (t->unit->remaining > 0) any_running = true;
+      continue;
+    }
+    if (fallback == nullptr) fallback = t.get();
+    bool ready = true;
+    for (const Unit* p : t->unit->parents) ready &= p->remaining == 0;
+    if (ready) return t.get();
+  }
+  // Every waiting unit waits for another: a cycle of foreign keys. Copy in mapping order.
+  if (fallback != nullptr && !any_running) {
+    if (!cycle_warned_) {
+      spdlog::warn("initial copy: the target tables' foreign keys form a cycle; copying in mapping order, "
+                   "which fails unless the constraints are DEFERRABLE INITIALLY DEFERRED");
+      cycle_warned_ = true;
+    }
+    return fallback;
+  }
+  return nullptr;
+}
+
+absl::Status InitialCopy::Run(const std::atomic<bool>& stop) {
+  started_ = absl::Now();
+  RETURN_IF_ERROR(Plan());
+  if (tasks_.empty()) return absl::OkStatus();
+  int workers = std::max(1, std::min<int>(options_.workers, static_cast<int>(tasks_.size())));
+  std::condition_variable cv;
+  std::vector<std::thread> threads;
+  std::atomic<int> running{workers};
+  for (int i = 0; i < workers; ++i) {
+    threads.emplace_back([this, i, &stop, &running, &cv] {
+      WorkerLoop(i, stop);
+      running.fetch_sub(1);
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (running.load() > 0) {
+      cv.wait_for(lock, std::chrono::seconds(10));
+      if (running.load() > 0) {
+        lock.unlock();
+        LogProgress(false);
+        lock.lock();
+      }
+    }
+  }
+  for (auto& t : threads) t.join();
+  LogProgress(true);
+  if (!error_.ok()) return error_;
+  if (stop.load()) return absl::CancelledError("initial copy stopped");
+  return absl::OkStatus();
+}
+
+void InitialCopy::WorkerLoop(int index, const std::atomic<bool>& stop) {
+  Worker w;
+  auto fail = [&](const absl::Status& st) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_.ok()) error_ = st;
+  };
+  auto conn = pg::Connect(options_.settings->source_dsn, "source",
+                          absl::StrCat("application_name=walshiftd-copy-", index));
+  if (!conn.ok()) return fail(conn.status());
+  w.source = *std::move(conn);
+  absl::Status st = ImportSnapshot(w.source.get(), snapshot_name_);
+  if (!st.ok()) return fail(st);
+  std::map<std::string, std::string> dsns;
+  for (const auto& t : options_.settings->targets) dsns[t.name] = t.dsn;
+  w.inspector = std::make_unique<PgSchemaInspector>(options_.settings->source_dsn, dsns);
+  for (;;) {
+    Task* task = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      for (;;) {
+        if (!error_.ok() || stop.load()) return;
+        task = NextTaskLocked();
+        if (task != nullptr) break;
+        bool left = std::any_of(tasks_.begin(), tasks_.end(), [](const auto& t) { return !t->taken; });
+        if (!left) return;
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        lock.lock();
+      }
+      task->taken = true;
+      if (task->unit->report.started == absl::InfinitePast()) task->unit->report.started = absl::Now();
+    }
+    st = CopyTask(w, *task, stop);
+    if (!st.ok()) return fail(st);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--task->unit->remaining == 0) task->unit->report.finished = absl::Now();
+    ++task->unit->report.chunks_done;
+  }
+}
+
+absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool>& stop) {
+  Unit& u = *task.unit;
+  const config::Settings& settings = *options_.settings;
+  const std::string& target_name = settings.targets[u.target].name;
+  std::string where = absl::StrCat("initial copy of ", u.source_table, " into target ", target_name,
+                                   u.key_column.empty() ? "" : absl::StrCat(", ", u.key_column, " in ", RangeText(task.lo, task.hi)));
+  auto& bound = w.bound[&u];
+  if (bound.empty()) {
+    for (size_t m : u.modules) {
+      auto b = (*options_.modules)[m]->Bind(*u.relation, *w.inspector);
+      if (!b.ok()) return absl::Status(b.status().code(), absl::StrCat(where, ": ", b.status().message()));
+      bound.push_back(*std::move(b));
+    }
+  }
+  std::vector<std::string> cols;
+  for (const auto& c : u.relation->columns) cols.push_back(pg::QuoteIdent(c.name));
+  std::vector<std::string> conds;
+  if (task.lo) conds.push_back(absl::StrCat(pg::QuoteIdent(u.key_column), " >= ", *task.lo));
+  if (task.hi) conds.push_back(absl::StrCat(pg::QuoteIdent(u.key_column), " < ", *task.hi));
+  std::string sql = absl::StrCat("COPY (SELECT ", absl::StrJoin(cols, ", "), " FROM ", u.from,
+                                 conds.empty() ? "" : absl::StrCat(" WHERE ", absl::StrJoin(conds, " AND ")),
+                                 ") TO STDOUT");
+
+  // Up to three attempts: a plain INSERT meeting a row the target has is redone with upserts;
+  // a data error in a multi-row statement is redone one row at a time to name the row.
+  bool plain = true, batching = true;
+  for (int attempt = 0;; ++attempt) {
+    PgSink* sink = nullptr;
+    std::function<absl::Status(const TargetOp&)> emit;
+    if (options_.dry_run) {
+      emit = [&](const TargetOp& op) -> absl::Status {
+        const OpShape& shape = *op.shape;
+        if (!shape.condition.empty()) {
+          // The filter is evaluated by the target, read-only.
+          auto& conn = w.dry_run_targets[u.target];
+          if (!conn) {
+            ASSIGN_OR_RETURN(conn, pg::Connect(settings.targets[u.target].dsn, absl::StrCat("target ", target_name),
+                                               "application_name=walshiftd-dry-run"));
+          }
+          std::vector<std::string> inputs;
+          std::vector<const char*> values;
+          for (int in : shape.condition_inputs) {
+            const ExprInput& e = shape.inputs[in];
+            values.push_back(op.params[e.param].is_null() ? nullptr : op.params[e.param].data);
+            inputs.push_back(absl::StrCat("$", values.size(), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
+          }
+          std::string q = absl::StrCat("SELECT coalesce((SELECT ", shape.condition,
+                                       inputs.empty() ? "" : absl::StrCat(" FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s"),
+                                       "), false)");
+          ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn.get(), q.c_str(), values, "evaluating the filter"));
+          if (PQgetvalue(r.get(), 0, 0)[0] != 't') return absl::OkStatus();
+        }
+        std::lock_guard<std::mutex> lock(mu_);
+        ++u.report.writes[absl::StrCat(shape.statement.empty() ? OpKindName(shape.kind) : "statement on", " ",
+                                       shape.table)];
+        return absl::OkStatus();
+      };
+    } else {
+      auto& owned = w.sinks[u.target];
+      if (!owned) {
+        PgSinkOptions o;
+        o.name = target_name;
+        o.dsn = settings.targets[u.target].dsn;
+        o.pipeline = settings.proto.pipeline();
+        ASSIGN_OR_RETURN(owned, PgSink::Create(o));
+      }
+      owned->set_plain_inserts(plain);
+      owned->set_batching(batching);
+      sink = owned.get();
+      emit = [sink](const TargetOp& op) { return sink->Apply(op); };
+    }
+
+    pg::ResultPtr start(PQexec(w.source.get(), sql.c_str()));
+    if (PQresultStatus(start.get()) != PGRES_COPY_OUT) {
+      return pg::ResultStatus(w.source.get(), start.get(), absl::StrCat(where, ": COPY"));
+    }
+    Tuple tuple;
+    RowChange change;
+    change.kind = ChangeKind::kInsert;
+    change.relation = u.relation.get();
+    change.new_tuple = &tuple;
+    change.lsn = options_.snapshot.lsn;
+    change.snapshot = true;
+    uint64_t rows = 0;
+    absl::Status failed;
+    for (;;) {
+      char* buf = nullptr;
+      int len = PQgetCopyData(w.source.get(), &buf, 0);
+      if (len < 0) break;
+      absl::Status st = failed.ok() ? DecodeCopyTextRow(buf, static_cast<size_t>(len), u.relation->columns.size(), &tuple)
+                                    : absl::OkStatus();
+      if (failed.ok() && st.ok()) {
+        for (const auto& b : bound) {
+          st = b->Map(change, emit);
+          if (!st.ok()) break;
+        }
+      }
+      if (!st.ok() && failed.ok()) {
+        std::string key;
+        for (size_t c = 0; c < u.relation->columns.size() && c < tuple.size(); ++c) {
+          if (!u.relation->columns[c].part_of_key) continue;
+          absl::StrAppend(&key, key.empty() ? "" : ", ", u.relation->columns[c].name, "=",
+                          tuple[c].is_null() ? "NULL" : std::string(tuple[c].view().substr(0, 64)));
+        }
+        absl::Status named(st.code(), absl::StrCat(where, ": row (", key, "): ", st.message()));
+        if (options_.dry_run && st.code() != absl::StatusCode::kUnavailable) {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (u.report.failures.size() < 5) u.report.failures.push_back(std::string(named.message()));
+          ++u.report.failure_count;
+        } else {
+          failed = named;  // keep reading: the COPY must be drained before the connection is reused
+        }
+      }
+      PQfreemem(buf);
+      ++rows;
+      if (rows % 1024 == 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        u.report.rows += 1024;
+        if (stop.load() && failed.ok()) failed = absl::CancelledError("initial copy stopped");
+      }
+    }
+    pg::ResultPtr end(PQgetResult(w.source.get()));
+    absl::Status copy_status = pg::ResultStatus(w.source.get(), end.get(), absl::StrCat(where, ": COPY"));
+    while (PGresult* extra = PQgetResult(w.source.get())) PQclear(extra);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      u.report.rows += rows % 1024;
+    }
+    RETURN_IF_ERROR(copy_status);
+    if (failed.ok() && sink != nullptr) {
+      std::string lo = task.lo ? absl::StrCat(*task.lo) : "", hi = task.hi ? absl::StrCat(*task.hi) : "";
+      std::string lsn = FormatLsn(options_.snapshot.lsn), n = absl::StrCat(rows);
+      failed = sink->CommitWith(kChunkMarker, {settings.proto.pipeline().c_str(), u.source_table.c_str(),
+                                               u.key_column.empty() ? nullptr : u.key_column.c_str(),
+                                               task.lo ? lo.c_str() : nullptr, task.hi ? hi.c_str() : nullptr,
+                                               lsn.c_str(), n.c_str()});
+      CrashPoint("copy.after_chunk");
+    }
+    if (failed.ok()) return absl::OkStatus();
+    // The chunk's target transaction is abandoned with its connection.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      u.report.rows -= std::min<uint64_t>(u.report.rows, rows);
+    }
+    w.sinks.erase(u.target);
+    if (failed.code() == absl::StatusCode::kAlreadyExists && plain) {
+      spdlog::info("{}: the target already has some of these rows; copying the range again with upserts", where);
+      plain = false;
+      continue;
+    }
+    if (failed.code() == absl::StatusCode::kFailedPrecondition && batching && attempt < 2) {
+      spdlog::warn("{}: {}; copying the range again one row at a time to name the row", where,
+                   std::string(failed.message()));
+      batching = false;
+      plain = false;
+      continue;
+    }
+    if (failed.code() == absl::StatusCode::kCancelled) return failed;
+    return absl::Status(failed.code(), absl::StrCat(where, ": ", failed.message()));
+  }
+}
+
+void InitialCopy::LogProgress(bool final) {
+  absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& u : units_) {
+    const CopyUnitReport& r = u->report;
+    if (r.started == absl::InfinitePast() && !final) continue;
+    absl::Time end = r.finished != absl::InfinitePast() ? r.finished : now;
+    double secs = r.started == absl::InfinitePast() ? 0 : absl::ToDoubleSeconds(end - r.started);
+    double rate = secs > 0 ? r.rows / secs : 0;
+    uint64_t total = std::max<uint64_t>(r.estimated_rows, r.rows + r.rows_before);
+    uint64_t left = total - std::min(total, r.rows + r.rows_before);
+    std::string eta = r.finished != absl::InfinitePast() ? "done"
+                      : rate > 0 ? absl::StrCat("ETA ", static_cast<int64_t>(left / rate), " s")
+                                 : "ETA unknown";
+    if (final && r.finished == absl::InfinitePast() && r.started == absl::InfinitePast()) eta = "not started";
+    spdlog::info("initial copy: {} -> {}: {} of about {} rows ({}%), chunks {}/{}, {:.0f} rows/s, {}",
+                 u->source_table, r.target, r.rows + r.rows_before, total,
+                 total ? (100 * (r.rows + r.rows_before) / total) : 100, r.chunks_done, r.chunks_total, rate, eta);
+  }
+}
+
+std::vector<CopyUnitReport> InitialCopy::Report() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<CopyUnitReport> out;
+  for (const auto& u : units_) out.push_back(u->report);
+  return out;
+}
+
+}  // namespace walshift

@@ -1,0 +1,123 @@
+#pragma once
+// The initial copy: the rows a legacy table already has, read under one exported snapshot and
+// written through the same mapping modules and sinks as streamed changes.
+//
+// Units are (source table, target). Tables whose primary key is one integer column are cut
+// into key ranges ("chunks") of about `chunk_rows` rows; other tables are one chunk. Each chunk
+// commits in its own target transaction together with its row in walshift.copy_chunk (key
+// range, snapshot LSN, rows), so a restart copies only the ranges still missing, under a new
+// snapshot. Streaming then starts from the slot's position, and a change of a key whose range
+// was copied under a later snapshot is skipped while its transaction precedes that snapshot
+// (CopySkipPlan): every row ends up as exactly its snapshot plus the changes after it.
+//
+// Workers import the same snapshot. A unit waits for the units whose target tables its own
+// target tables reference by foreign key, so parents are complete before children.
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "daemon/config/config.h"
+#include "daemon/core/interfaces.h"
+#include "daemon/source/pg_replication_source.h"
+
+namespace walshift {
+
+// A key range of one copied source table: [lo, hi), either end unbounded when absent.
+struct CopyRange {
+  std::optional<int64_t> lo, hi;
+  Lsn snapshot_lsn = kInvalidLsn;
+  bool Contains(int64_t key) const { return (!lo || key >= *lo) && (!hi || key < *hi); }
+};
+
+// Which changes streaming must leave out after a copy: those of transactions the snapshot of
+// their key's range already shows.
+class CopySkipPlan {
+ public:
+  struct Table {
+    std::string key_column;  // empty: one range covers the whole table
+    std::vector<CopyRange> ranges;
+  };
+  // Reads the ranges of `pipeline` in target `target_index` (DSN `dsn`) whose snapshot is
+  // later than `after`.
+  absl::Status Load(const std::string& dsn, const std::string& target_name, size_t target_index,
+                    const std::string& pipeline, Lsn after);
+  bool empty() const { return tables_.empty(); }
+  const Table* Find(const std::string& source_table, size_t target_index) const;
+  // The snapshot LSN covering `key` (the text of the key column; null: the whole-table range),
+  // or kInvalidLsn when no range holds it.
+  static Lsn SnapshotFor(const Table& table, const Datum* key);
+
+ private:
+  std::map<std::pair<std::string, size_t>, Table> tables_;
+};
+
+struct InitialCopyOptions {
+  const config::Settings* settings = nullptr;
+  const std::vector<std::shared_ptr<const MappingModule>>* modules = nullptr;
+  std::vector<size_t> module_target;  // target index of each module
+  std::vector<size_t> targets;        // target indices to copy into
+  // The snapshot to read (its LSN is recorded with every chunk). Dry run: empty; the copy
+  // exports its own.
+  ExportedSnapshot snapshot;
+  int workers = 2;
+  int64_t chunk_rows = 100000;
+  // Write nothing: map every row, count what would be written, collect mapping failures.
+  bool dry_run = false;
+};
+
+// Progress and, for a dry run, the result of one unit.
+struct CopyUnitReport {
+  std::string source_table;
+  std::string target;
+  uint64_t estimated_rows = 0;
+  uint64_t rows = 0;  // read (and, unless dry run, written) by this run
+  uint64_t rows_before = 0;  // copied by earlier runs
+  int chunks_total = 0, chunks_done = 0;
+  absl::Time started = absl::InfinitePast(), finished = absl::InfinitePast();
+  std::map<std::string, uint64_t> writes;  // dry run: "upsert into app.t" → operations
+  std::vector<std::string> failures;       // dry run: the first mapping failures
+  uint64_t failure_count = 0;
+};
+
+class InitialCopy {
+ public:
+  explicit InitialCopy(InitialCopyOptions options);
+  ~InitialCopy();
+
+  // Copies every unit of `targets` still missing. OK when all are complete (or, dry run, all
+  // were read); kCancelled when `stop` became true; otherwise the first error, naming table,
+  // key and target.
+  absl::Status Run(const std::atomic<bool>& stop);
+
+  std::vector<CopyUnitReport> Report() const;
+
+ private:
+  struct Unit;
+  struct Task;
+  struct Worker;
+  absl::Status Plan();
+  void WorkerLoop(int index, const std::atomic<bool>& stop);
+  absl::Status CopyTask(Worker& w, Task& task, const std::atomic<bool>& stop);
+  void LogProgress(bool final);
+  // Next task whose unit's foreign-key parents are complete; nullptr when none is ready.
+  Task* NextTaskLocked();
+
+  InitialCopyOptions options_;
+  std::vector<std::unique_ptr<Unit>> units_;
+  std::vector<std::unique_ptr<Task>> tasks_;
+  mutable std::mutex mu_;
+  std::string snapshot_name_;
+  absl::Status error_;
+  bool cycle_warned_ = false;
+  absl::Time started_ = absl::InfinitePast();
+};
+
+}  // namespace walshift
