@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -12,7 +13,7 @@ namespace {
 
 struct Target {
   std::string name;
-  long remaining = 0;
+  std::atomic<long> remaining{0};
 };
 
 Target* Parse() {
@@ -30,7 +31,7 @@ Target* Parse() {
 void CrashPoint(const char* name) {
   static Target* target = Parse();
   if (target == nullptr || target->name != name) return;
-  if (--target->remaining > 0) return;
+  if (target->remaining.fetch_sub(1) > 1) return;  // points may be passed on several threads
   static const char kMsg[] = "walshiftd: crash point reached, killing itself\n";
   (void)!write(2, kMsg, sizeof(kMsg) - 1);
   kill(getpid(), SIGKILL);

@@ -122,14 +122,17 @@ InitialCopy::~InitialCopy() = default;
 
 absl::Status InitialCopy::Plan() {
   const config::Settings& settings = *options_.settings;
-  ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(settings.source_dsn, "source", "application_name=walshiftd-copy"));
+  ASSIGN_OR_RETURN(planner_, pg::Connect(settings.source_dsn, "source", "application_name=walshiftd-copy"));
+  PGconn* src = planner_.get();
   if (options_.snapshot.name.empty()) {
-    RETURN_IF_ERROR(pg::Exec(src.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
-    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(src.get(), "SELECT pg_export_snapshot()", "source: exporting a snapshot"));
+    // No slot (dry run): this connection's transaction exports the snapshot and lives as long
+    // as the copy.
+    RETURN_IF_ERROR(pg::Exec(src, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(src, "SELECT pg_export_snapshot()", "source: exporting a snapshot"));
     snapshot_name_ = PQgetvalue(r.get(), 0, 0);
   } else {
     snapshot_name_ = options_.snapshot.name;
-    RETURN_IF_ERROR(ImportSnapshot(src.get(), snapshot_name_));
+    RETURN_IF_ERROR(ImportSnapshot(src, snapshot_name_));
   }
   std::map<size_t, pg::ConnPtr> targets;
   std::map<std::string, std::string> target_dsns;
@@ -159,13 +162,13 @@ absl::Status InitialCopy::Plan() {
     u->modules.push_back(m);
   }
   for (auto& u : units_) {
-    ASSIGN_OR_RETURN(auto rel, DescribeSourceTable(src.get(), u->source_table, &problems, "initial copy"));
+    ASSIGN_OR_RETURN(auto rel, DescribeSourceTable(src, u->source_table, &problems, "initial copy"));
     if (!rel) continue;
     u->relation = std::make_shared<SourceRelation>(*std::move(rel));
     const std::string oid = std::to_string(u->relation->oid);
     // Chunked by the primary key when it is one integer column that deletes carry.
     ASSIGN_OR_RETURN(pg::ResultPtr pk,
-                     pg::ExecParams(src.get(),
+                     pg::ExecParams(src,
                                     "SELECT a.attname, a.atttypid IN (20, 21, 23) FROM pg_index i JOIN pg_attribute a "
                                     "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
                                     "WHERE i.indrelid = $1::oid AND i.indisprimary",
@@ -175,14 +178,14 @@ absl::Status InitialCopy::Plan() {
       u->key_column = PQgetvalue(pk.get(), 0, 0);
     }
     ASSIGN_OR_RETURN(pg::ResultPtr est,
-                     pg::ExecParams(src.get(), "SELECT reltuples::bigint, relkind = 'p' FROM pg_class WHERE oid = $1::oid",
+                     pg::ExecParams(src, "SELECT reltuples::bigint, relkind = 'p' FROM pg_class WHERE oid = $1::oid",
                                     {oid.c_str()}, "reading the row estimate"));
     int64_t estimate = OptionalInt(est.get(), 0, 0).value_or(-1);
     // A partitioned table's rows are in its partitions; an inheritance parent's own rows only.
     u->from = absl::StrCat(PQgetvalue(est.get(), 0, 1)[0] == 't' ? "" : "ONLY ", pg::QuoteQualified(u->source_table));
     const std::string& from = u->from;
     if (estimate < 0) {  // never analyzed: count under the snapshot
-      ASSIGN_OR_RETURN(pg::ResultPtr c, pg::Exec(src.get(), absl::StrCat("SELECT count(*) FROM ", from),
+      ASSIGN_OR_RETURN(pg::ResultPtr c, pg::Exec(src, absl::StrCat("SELECT count(*) FROM ", from),
                                                  absl::StrCat("counting ", u->source_table)));
       estimate = OptionalInt(c.get(), 0, 0).value_or(0);
     }
@@ -226,7 +229,7 @@ absl::Status InitialCopy::Plan() {
     std::optional<int64_t> min_key, max_key;
     if (!u->key_column.empty() && !gaps.empty()) {
       std::string k = pg::QuoteIdent(u->key_column);
-      ASSIGN_OR_RETURN(pg::ResultPtr mm, pg::Exec(src.get(), absl::StrCat("SELECT min(", k, "), max(", k, ") FROM ", from),
+      ASSIGN_OR_RETURN(pg::ResultPtr mm, pg::Exec(src, absl::StrCat("SELECT min(", k, "), max(", k, ") FROM ", from),
                                                   absl::StrCat("reading the key range of ", u->source_table)));
       min_key = OptionalInt(mm.get(), 0, 0);
       max_key = OptionalInt(mm.get(), 0, 1);
@@ -454,8 +457,11 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
           if (PQgetvalue(r.get(), 0, 0)[0] != 't') return absl::OkStatus();
         }
         std::lock_guard<std::mutex> lock(mu_);
-        ++u.report.writes[absl::StrCat(shape.statement.empty() ? OpKindName(shape.kind) : "statement on", " ",
-                                       shape.table)];
+        const char* what = !shape.statement.empty()           ? "statement on "
+                           : shape.kind == OpKind::kUpsert     ? "upsert into "
+                           : shape.kind == OpKind::kUpdateOnly ? "update of "
+                                                               : "delete from ";
+        ++u.report.writes[absl::StrCat(what, shape.table)];
         return absl::OkStatus();
       };
     } else {

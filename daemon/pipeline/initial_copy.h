@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
+#include "daemon/pg/pg_util.h"
 #include "daemon/source/pg_replication_source.h"
 
 namespace walshift {
@@ -111,6 +112,7 @@ class InitialCopy {
   Task* NextTaskLocked();
 
   InitialCopyOptions options_;
+  pg::ConnPtr planner_;  // holds the snapshot it exported (dry run) until the copy ends
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<std::unique_ptr<Task>> tasks_;
   mutable std::mutex mu_;
