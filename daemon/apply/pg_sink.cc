@@ -33,7 +33,16 @@ constexpr const char* kCheckpointDdl =
     "  snapshot_lsn pg_lsn NOT NULL,"
     "  rows bigint NOT NULL,"
     "  copied_at timestamptz NOT NULL DEFAULT now()); "
-    "CREATE INDEX IF NOT EXISTS copy_chunk_pipeline ON walshift.copy_chunk (pipeline, source_table)";
+    "CREATE INDEX IF NOT EXISTS copy_chunk_pipeline ON walshift.copy_chunk (pipeline, source_table); "
+    // Re-backfills: state ('running', 'done') and the last key applied, written with each chunk.
+    "CREATE TABLE IF NOT EXISTS walshift.backfill ("
+    "  pipeline text NOT NULL,"
+    "  source_table text NOT NULL,"
+    "  state text NOT NULL,"
+    "  last_key text[],"
+    "  rows bigint NOT NULL DEFAULT 0,"
+    "  updated_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (pipeline, source_table))";
 
 constexpr const char* kCheckpointUpsert =
     "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "

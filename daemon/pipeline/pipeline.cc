@@ -5,7 +5,9 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/source/pg_replication_source.h"
@@ -54,6 +56,9 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     sinks_.clear();
     emit_.clear();
     bindings_.clear();
+    backfill_bindings_.clear();
+    windows_.clear();
+    progress_shapes_.clear();
     inspector_.reset();
     in_transaction_ = false;
     group_changes_ = 0;
@@ -139,6 +144,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     RETURN_IF_ERROR(copy_skip_.Load(settings_.targets[i].dsn, settings_.targets[i].name, i,
                                     settings_.proto.pipeline(), sinks_[i]->durable_lsn()));
   }
+  RETURN_IF_ERROR(ResumeBackfills());
   Lsn start = MinDurable();
   spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
                start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
@@ -334,6 +340,16 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
                                      FormatLsn(change.lsn), ")"));
   }
   RelationBindings* rb = *bound;
+  if (!windows_.empty()) {
+    // A key that changes inside a backfill window is left out of its chunk.
+    for (auto& [id, w] : windows_) {
+      if (w.table != change.relation->QualifiedName()) continue;
+      std::vector<int> keys;
+      for (const std::string& k : w.key_names) keys.push_back(change.relation->ColumnIndex(k));
+      if (change.new_tuple) w.changed.insert(BackfillChunk::TupleKey(*change.new_tuple, keys));
+      if (change.old_tuple) w.changed.insert(BackfillChunk::TupleKey(*change.old_tuple, keys));
+    }
+  }
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
     RETURN_IF_ERROR(MapChange(b, change));
@@ -381,7 +397,190 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
 absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
   spdlog::debug("logical message prefix={} ({} bytes) at {}", std::string(message.prefix),
                 message.content.size(), FormatLsn(message.lsn));
+  if (!absl::StartsWith(message.prefix, kBackfillRequest)) return absl::OkStatus();
+  // "<pipeline>\t..." : only this pipeline's.
+  std::vector<std::string> parts = absl::StrSplit(message.content, '\t');
+  if (parts.size() < 2 || parts[0] != settings_.proto.pipeline()) return absl::OkStatus();
+  if (message.prefix == kBackfillRequest) return OnBackfillRequest(parts[1]);
+  if (message.prefix == kBackfillLow && parts.size() >= 3) {
+    std::string table = parts[1].substr(0, parts[1].find('#'));
+    windows_[parts[1]] = Window{table, absl::StrSplit(parts[2], '\x1f'), {}};
+    return absl::OkStatus();
+  }
+  if (message.prefix == kBackfillHigh) return OnBackfillHigh(parts[1]);
   return absl::OkStatus();
 }
+
+Backfiller& Pipeline::backfiller() {
+  if (!backfiller_) {
+    const auto& cfg = settings_.proto.snapshot();
+    backfiller_ = std::make_unique<Backfiller>(settings_.source_dsn, settings_.proto.pipeline(),
+                                               cfg.chunk_rows() ? std::min<int64_t>(cfg.chunk_rows(), 10000) : 10000);
+  }
+  return *backfiller_;
+}
+
+absl::Status Pipeline::OnBackfillRequest(const std::string& table) {
+  bool mapped = false, pending = false;
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    if (modules_[i]->source_table() != table) continue;
+    mapped = true;
+    pending |= !skip_[module_sink_[i]];
+  }
+  if (!mapped) {
+    spdlog::warn("backfill requested for {}, which no mapping of pipeline {} names; ignored", table,
+                 settings_.proto.pipeline());
+    return absl::OkStatus();
+  }
+  if (!pending) return absl::OkStatus();  // handled before the checkpoint; resumed from walshift.backfill
+  spdlog::info("backfill of {} requested", table);
+  backfill_rows_[table] = 0;
+  RETURN_IF_ERROR(EmitBackfillProgress(table, "running", nullptr, 0));
+  backfiller().Request(table, {});
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::OnBackfillHigh(const std::string& id) {
+  RETURN_IF_ERROR(backfiller().TakeError());
+  auto window = windows_.find(id);
+  std::shared_ptr<const BackfillChunk> chunk =
+      backfiller().Chunk(id, window == windows_.end() ? absl::ZeroDuration() : absl::Seconds(30));
+  if (chunk == nullptr) {
+    if (window != windows_.end()) windows_.erase(window);
+    return absl::OkStatus();  // a watermark from before a restart: the backfill resumes on its own
+  }
+  if (window == windows_.end()) {
+    // Changes between the low watermark and the checkpoint were applied before this attempt
+    // started and went unnoted: the range is read again.
+    backfiller().Applied(id, /*redo=*/true);
+    return absl::OkStatus();
+  }
+  auto& bindings = backfill_bindings_[chunk->relation.get()];
+  if (bindings.empty()) {
+    for (size_t i = 0; i < modules_.size(); ++i) {
+      if (modules_[i]->source_table() != chunk->table) continue;
+      ASSIGN_OR_RETURN(auto bound, modules_[i]->Bind(*chunk->relation, *inspector_));
+      bindings.push_back({modules_[i].get(), std::move(bound), module_sink_[i]});
+    }
+  }
+  // The rows the stream did not change inside the window, applied as updates of their row.
+  Tuple tuple(chunk->relation->columns.size());
+  RowChange change;
+  change.kind = ChangeKind::kUpdate;
+  change.relation = chunk->relation.get();
+  change.new_tuple = &tuple;
+  change.lsn = begin_.final_lsn;
+  uint64_t applied = 0;
+  for (const auto& row : chunk->rows) {
+    if (window->second.changed.count(BackfillChunk::RowKey(row, chunk->key_columns))) continue;
+    for (size_t c = 0; c < row.size(); ++c) {
+      tuple[c] = row[c] ? Datum{DatumKind::kText, static_cast<uint32_t>(row[c]->size()), row[c]->c_str()}
+                        : Datum{DatumKind::kNull, 0, nullptr};
+    }
+    for (const Binding& b : bindings) {
+      if (skip_[b.sink]) continue;
+      RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));
+    }
+    ++applied;
+  }
+  group_changes_ += applied;
+  uint64_t& total = backfill_rows_[chunk->table];
+  total += applied;
+  std::vector<std::string> last_key;
+  if (!chunk->rows.empty()) {
+    for (int k : chunk->key_columns) last_key.push_back(chunk->rows.back()[k].value_or(""));
+  }
+  RETURN_IF_ERROR(EmitBackfillProgress(chunk->table, chunk->last ? "done" : "running",
+                                       last_key.empty() ? nullptr : &last_key, total));
+  spdlog::debug("backfill of {}: chunk {} applied {} of {} rows ({} changed in the window)", chunk->table, id,
+                applied, chunk->rows.size(), window->second.changed.size());
+  windows_.erase(window);
+  backfiller().Applied(id);
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char* state,
+                                            const std::vector<std::string>* last_key, uint64_t rows) {
+  if (progress_shapes_.empty()) {
+    for (const auto& t : settings_.targets) {
+      auto shape = std::make_unique<OpShape>();
+      shape->kind = OpKind::kUpsert;
+      shape->target = t.name;
+      shape->table = "walshift.backfill";
+      shape->source_table = "walshift.backfill";
+      shape->values = {{"pipeline", 0, "", {}, "pipeline"},
+                       {"source_table", 1, "", {}, "table"},
+                       {"state", 2, "", {}, "state"},
+                       {"last_key", 3, "", {}, "last key"},
+                       {"rows", 4, "", {}, "rows"},
+                       {"updated_at", -1, "now()", {}, "now"}};
+      shape->key = {0, 1};
+      shape->num_params = 5;
+      shape->id = NextOpShapeId();
+      progress_shapes_.push_back(std::move(shape));
+    }
+  }
+  std::string key_text;
+  if (last_key != nullptr) {
+    // A text[] literal: every element quoted, with " and \ escaped.
+    std::vector<std::string> quoted;
+    for (const std::string& k : *last_key) {
+      std::string q = "\"";
+      for (char ch : k) {
+        if (ch == '"' || ch == '\\') q.push_back('\\');
+        q.push_back(ch);
+      }
+      quoted.push_back(q + "\"");
+    }
+    key_text = absl::StrCat("{", absl::StrJoin(quoted, ","), "}");
+  }
+  std::string rows_text = absl::StrCat(rows);
+  std::string state_text = state;
+  auto text = [](const std::string& s) { return Datum{DatumKind::kText, static_cast<uint32_t>(s.size()), s.c_str()}; };
+  Datum params[5] = {text(settings_.proto.pipeline()), text(table), text(state_text),
+                     last_key ? text(key_text) : Datum{DatumKind::kNull, 0, nullptr}, text(rows_text)};
+  std::set<size_t> sinks;
+  for (size_t i = 0; i < modules_.size(); ++i)
+    if (modules_[i]->source_table() == table && !skip_[module_sink_[i]]) sinks.insert(module_sink_[i]);
+  for (size_t s : sinks) {
+    TargetOp op;
+    op.shape = progress_shapes_[s].get();
+    op.params = params;
+    op.lsn = begin_.final_lsn;
+    RETURN_IF_ERROR(emit_[s](op));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::ResumeBackfills() {
+  // table → the last key each target recorded (they agree unless a stop fell between them).
+  std::map<std::string, std::vector<std::vector<std::string>>> found;
+  for (size_t i = 0; i < settings_.targets.size(); ++i) {
+    ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.targets[i].dsn, absl::StrCat("target ", settings_.targets[i].name),
+                                                   "application_name=walshiftd"));
+    ASSIGN_OR_RETURN(pg::ResultPtr r,
+                     pg::ExecParams(conn.get(),
+                                    "SELECT b.source_table, k.v, b.last_key IS NULL FROM walshift.backfill b "
+                                    "LEFT JOIN LATERAL unnest(b.last_key) WITH ORDINALITY AS k(v, n) ON true "
+                                    "WHERE b.pipeline = $1 AND b.state = 'running' ORDER BY b.source_table, k.n",
+                                    {settings_.proto.pipeline().c_str()}, "reading walshift.backfill"));
+    std::map<std::string, std::vector<std::string>> keys;
+    for (int row = 0; row < PQntuples(r.get()); ++row) {
+      auto& k = keys[PQgetvalue(r.get(), row, 0)];
+      if (PQgetvalue(r.get(), row, 2)[0] != 't') k.push_back(PQgetvalue(r.get(), row, 1));
+    }
+    for (auto& [table, k] : keys) found[table].push_back(std::move(k));
+  }
+  for (auto& [table, keys] : found) {
+    std::vector<std::string> after = keys.front();
+    for (const auto& k : keys) {
+      if (k != keys.front()) after.clear();  // the targets disagree: start over, it is idempotent
+    }
+    spdlog::info("backfill of {} was under way; continuing", table);
+    backfiller().Request(table, std::move(after));
+  }
+  return absl::OkStatus();
+}
+
 
 }  // namespace walshift

@@ -6,7 +6,9 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -16,6 +18,7 @@
 #include "daemon/apply/pg_sink.h"
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
+#include "daemon/pipeline/backfill.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
 
@@ -57,6 +60,15 @@ class Pipeline : public ChangeHandler {
   absl::Status CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop, bool* stopped);
   // Maps one change for one binding, leaving out what a copy's snapshot already shows.
   absl::Status MapChange(const Binding& b, const RowChange& change);
+  // Re-backfill (see backfill.h): a request, a low watermark, a high watermark.
+  absl::Status OnBackfillRequest(const std::string& table);
+  absl::Status OnBackfillHigh(const std::string& id);
+  // Writes the backfill's progress row into every target `table` maps to.
+  absl::Status EmitBackfillProgress(const std::string& table, const char* state,
+                                    const std::vector<std::string>* last_key, uint64_t rows);
+  // Continues backfills that were running when walshiftd stopped.
+  absl::Status ResumeBackfills();
+  Backfiller& backfiller();
   Lsn MinDurable() const;
   void LogProgress(bool force);
 
@@ -72,6 +84,19 @@ class Pipeline : public ChangeHandler {
   std::unique_ptr<ChangeSource> source_;
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
   CopySkipPlan copy_skip_;
+  // Re-backfill: the thread, the open watermark windows (id → table, key columns and the keys
+  // changed since the low watermark), bindings against the relations chunks were read with,
+  // rows applied per table, and the progress row's shape per target.
+  std::unique_ptr<Backfiller> backfiller_;
+  struct Window {
+    std::string table;
+    std::vector<std::string> key_names;
+    std::set<std::string> changed;
+  };
+  std::map<std::string, Window> windows_;
+  std::map<const SourceRelation*, std::vector<Binding>> backfill_bindings_;
+  std::map<std::string, uint64_t> backfill_rows_;
+  std::vector<std::unique_ptr<OpShape>> progress_shapes_;
   bool in_transaction_ = false;
   // After a data error, the group is replayed one source transaction per target transaction up
   // to this position, so everything before the failing transaction is committed and the error

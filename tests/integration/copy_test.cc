@@ -141,6 +141,40 @@ TEST_F(CopyTest, KilledDuringTheCopyResumesAndEndsExact) {
   EXPECT_TRUE(StopDaemon().success());
 }
 
+TEST_F(CopyTest, BackfillOfOneTableWhileStreamingHealsDriftAndKeepsDeletesDeleted) {
+  CreateSchemas();
+  std::string config = Config();
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
+  // The target drifts behind walshift's back: rows lost and values changed.
+  Target("SET session_replication_role = replica;"  // past the foreign key of orders_v2
+         "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
+         "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
+  auto workload = StartWorkload(3000);
+  ASSERT_NE(workload, nullptr);
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "accounts", "--wait", "600"};
+  auto r = Subprocess::Run(o, absl::Minutes(11));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status.exit_code(), 0) << r->stdout_text << r->stderr_text << DaemonLog();
+  EXPECT_THAT(r->stdout_text, HasSubstr("backfill of public.accounts requested at LSN"));
+  EXPECT_THAT(r->stdout_text, HasSubstr("done"));
+  auto done = workload->Wait(absl::Seconds(300));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed";
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
+  ExpectTargetExact();
+  EXPECT_THAT(DaemonLog(), HasSubstr("backfill of public.accounts: done"));
+  EXPECT_EQ(TargetRows("SELECT state, (rows > 150000)::text FROM walshift.backfill"), (PgRows{{"done", "true"}}));
+
+  // A table no mapping reads is refused by walshiftctl.
+  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "public.nope"};
+  r = Subprocess::Run(o, absl::Minutes(1));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status.exit_code(), 2);
+  EXPECT_THAT(r->stderr_text, HasSubstr("no mapping of pipeline"));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(CopyTest, RejectedValueNamesTableAndKey) {
   Source("CREATE TABLE items (id int PRIMARY KEY, code text);"
          "INSERT INTO items SELECT g, g::text FROM generate_series(1, 5000) g;"

@@ -1,6 +1,7 @@
 // walshiftctl: the operator's view of a walshift pipeline.
 //
 //   walshiftctl status --config FILE [--json] [--watch [SECONDS]] [--max-lag-bytes N]
+//   walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]
 //
 // Reads the slot on the legacy database and the checkpoint in every target straight from the
 // databases, so it works whether or not walshiftd is running. Exit codes: 0 healthy, 1 lagging
@@ -9,6 +10,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
 #include "daemon/config/config.h"
 #include "daemon/core/lsn.h"
 #include "daemon/pg/pg_util.h"
@@ -193,7 +196,11 @@ int Usage(FILE* f, int code) {
   std::fprintf(f,
                "usage: walshiftctl status --config FILE [--json] [--watch [SECONDS]] [--max-lag-bytes N]\n"
                "  Shows where replication stands: the slot on the legacy database and the\n"
-               "  checkpoint of every target. Exit 0 healthy, 1 lagging or slot problem, 2 unreachable.\n");
+               "  checkpoint of every target. Exit 0 healthy, 1 lagging or slot problem, 2 unreachable.\n"
+               "usage: walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]\n"
+               "  Asks the running walshiftd to copy one table again through its mappings while it\n"
+               "  keeps streaming (a mapping was added, or the table drifted). With --wait, follows\n"
+               "  its progress until done (exit 0) or SECONDS pass (default 3600; exit 1).\n");
   return code;
 }
 
@@ -230,6 +237,102 @@ int StatusCommand(int argc, char** argv) {
   }
 }
 
+int BackfillCommand(int argc, char** argv) {
+  std::string config_path, table;
+  double wait = -1;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
+    else if (a == "--table" && i + 1 < argc) table = argv[++i];
+    else if (a == "--wait") {
+      wait = 3600;
+      if (i + 1 < argc && absl::SimpleAtod(argv[i + 1], &wait)) ++i;
+    } else if (a == "--help" || a == "-h") return Usage(stdout, 0);
+    else return Usage(stderr, 2);
+  }
+  if (config_path.empty() || table.empty()) return Usage(stderr, 2);
+  if (table.find('.') == std::string::npos) table = "public." + table;
+  auto settings = config::LoadSettingsFile(config_path);
+  if (!settings.ok()) {
+    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  std::vector<std::string> targets;
+  for (const auto& m : settings->mappings) {
+    if (m.common.source() != table) continue;
+    std::string t = m.common.target().empty() ? settings->targets.front().name : m.common.target();
+    if (std::find(targets.begin(), targets.end(), t) == targets.end()) targets.push_back(t);
+  }
+  if (targets.empty()) {
+    std::fprintf(stderr, "walshiftctl: no mapping of pipeline %s reads %s\n", settings->proto.pipeline().c_str(),
+                 table.c_str());
+    return 2;
+  }
+  // The targets' clocks mark the request, so progress rows written after it can be told apart.
+  std::vector<std::pair<pg::ConnPtr, std::string>> conns;
+  for (const auto& t : settings->targets) {
+    if (std::find(targets.begin(), targets.end(), t.name) == targets.end()) continue;
+    auto c = pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshiftctl connect_timeout=5");
+    if (!c.ok()) {
+      std::fprintf(stderr, "walshiftctl: %s\n", std::string(c.status().message()).c_str());
+      return 2;
+    }
+    auto now = pg::Exec(c->get(), "SELECT now()::text", "reading the clock");
+    if (!now.ok()) {
+      std::fprintf(stderr, "walshiftctl: %s\n", std::string(now.status().message()).c_str());
+      return 2;
+    }
+    conns.emplace_back(*std::move(c), PQgetvalue(now->get(), 0, 0));
+  }
+  auto src = pg::Connect(settings->source_dsn, "source", "application_name=walshiftctl connect_timeout=5");
+  if (!src.ok()) {
+    std::fprintf(stderr, "walshiftctl: %s\n", std::string(src.status().message()).c_str());
+    return 2;
+  }
+  std::string content = absl::StrCat(settings->proto.pipeline(), "\t", table);
+  auto r = pg::ExecParams(src->get(), "SELECT pg_logical_emit_message(true, 'walshift.backfill', $1)::text",
+                          {content.c_str()}, "requesting the backfill");
+  if (!r.ok()) {
+    std::fprintf(stderr, "walshiftctl: %s\n", std::string(r.status().message()).c_str());
+    return 2;
+  }
+  std::printf("backfill of %s requested at LSN %s; walshiftd copies it while it streams\n", table.c_str(),
+              PQgetvalue(r->get(), 0, 0));
+  std::fflush(stdout);
+  if (wait < 0) return 0;
+  absl::Time deadline = absl::Now() + absl::Seconds(wait);
+  std::string last;
+  for (;;) {
+    bool all_done = true;
+    std::string line;
+    for (auto& [conn, since] : conns) {
+      auto p = pg::ExecParams(conn.get(),
+                              "SELECT state, rows::text FROM walshift.backfill WHERE pipeline = $1 AND "
+                              "source_table = $2 AND updated_at >= $3::timestamptz",
+                              {settings->proto.pipeline().c_str(), table.c_str(), since.c_str()}, "reading progress");
+      std::string state = "requested", rows = "0";
+      if (p.ok() && PQntuples(p->get()) == 1) {
+        state = PQgetvalue(p->get(), 0, 0);
+        rows = PQgetvalue(p->get(), 0, 1);
+      }
+      all_done &= state == "done";
+      absl::StrAppend(&line, line.empty() ? "" : "; ", PQdb(conn.get()), ": ", state, ", ", rows, " rows");
+    }
+    if (line != last) {
+      std::printf("  %s\n", line.c_str());
+      std::fflush(stdout);
+      last = line;
+    }
+    if (all_done) return 0;
+    if (absl::Now() > deadline) {
+      std::fprintf(stderr, "walshiftctl: the backfill of %s did not finish within %.0f s (is walshiftd running?)\n",
+                   table.c_str(), wait);
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
 }  // namespace
 }  // namespace walshift
 
@@ -237,6 +340,7 @@ int main(int argc, char** argv) {
   if (argc < 2) return walshift::Usage(stderr, 2);
   std::string cmd = argv[1];
   if (cmd == "status") return walshift::StatusCommand(argc - 2, argv + 2);
+  if (cmd == "backfill") return walshift::BackfillCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
   return walshift::Usage(stderr, 2);
