@@ -11,6 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/config/config.h"
+#include "daemon/observe/events.h"
+#include "daemon/observe/http.h"
+#include "daemon/observe/monitor.h"
+#include "daemon/observe/status.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/live_check.h"
 #include "daemon/pipeline/pipeline.h"
@@ -174,12 +178,49 @@ int main(int argc, char** argv) {
 
   spdlog::info("walshiftd starting pipeline {} ({} mappings, {} targets)",
                settings->proto.pipeline(), modules->size(), settings->targets.size());
-  walshift::Pipeline pipeline(*std::move(settings), *std::move(modules));
-  absl::Status st = pipeline.Run(g_stop);
-  if (!st.ok()) {
-    spdlog::critical("stopped: {}", std::string(st.message()));
-    return 1;
+  // Observability: events (Kafka and the log), the status endpoint, the monitor thread.
+  auto events = walshift::EventPublisher::Create(settings->proto);
+  if (!events.ok()) {
+    std::fprintf(stderr, "walshiftd: invalid configuration: %s\n", std::string(events.status().message()).c_str());
+    return 2;
   }
-  spdlog::info("walshiftd stopped");
-  return 0;
+  std::vector<std::string> target_names;
+  for (const auto& t : settings->targets) target_names.push_back(t.name);
+  walshift::PipelineStatus status(settings->proto.pipeline(), target_names);
+  walshift::EventPublisher* publisher = events->get();
+  status.SetStateListener([&status, publisher](const walshift::v1::StateEvent& e) {
+    publisher->Publish(e);
+    publisher->Publish(status.Lag(/*advance_rates=*/false));
+  });
+  std::unique_ptr<walshift::StatusServer> server;
+  std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
+  if (listen != "off") {
+    auto s = walshift::StatusServer::Start(listen, &status);
+    if (s.ok()) {
+      server = *std::move(s);
+    } else if (s.status().code() == absl::StatusCode::kInvalidArgument) {
+      std::fprintf(stderr, "walshiftd: invalid configuration: %s\n", std::string(s.status().message()).c_str());
+      return 2;
+    } else {
+      // Replication matters more than the status page: say so loudly and go on.
+      spdlog::error("{}; running without /status, /metrics, /healthz and /readyz", std::string(s.status().message()));
+    }
+  }
+  int code = 0;
+  {
+    walshift::Monitor monitor(*settings, &status, publisher);
+    walshift::Pipeline pipeline(*std::move(settings), *std::move(modules), &status);
+    absl::Status st = pipeline.Run(g_stop);
+    if (!st.ok()) {
+      status.SetState(walshift::v1::ERROR, std::string(st.message()));
+      spdlog::critical("stopped: {}", std::string(st.message()));
+      code = 1;
+    } else {
+      status.SetState(walshift::v1::STOPPING, "stopped");
+      spdlog::info("walshiftd stopped");
+    }
+  }
+  server.reset();
+  events->reset();  // delivers what is queued (up to 5 s)
+  return code;
 }

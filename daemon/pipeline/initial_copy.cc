@@ -348,9 +348,12 @@ absl::Status InitialCopy::Run(const std::atomic<bool>& stop) {
   }
   {
     std::unique_lock<std::mutex> lock(mu_);
+    absl::Time next_log = absl::Now() + absl::Seconds(10);
     while (running.load() > 0) {
-      cv.wait_for(lock, std::chrono::seconds(10));
-      if (running.load() > 0) {
+      cv.wait_for(lock, std::chrono::seconds(1));
+      if (options_.tick) options_.tick();
+      if (running.load() > 0 && absl::Now() >= next_log) {
+        next_log = absl::Now() + absl::Seconds(10);
         lock.unlock();
         LogProgress(false);
         lock.lock();

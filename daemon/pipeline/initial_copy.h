@@ -14,6 +14,7 @@
 // target tables reference by foreign key, so parents are complete before children.
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -26,6 +27,7 @@
 #include "absl/time/time.h"
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
+#include "daemon/observe/status.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/source/pg_replication_source.h"
 
@@ -72,20 +74,8 @@ struct InitialCopyOptions {
   int64_t chunk_rows = 100000;
   // Write nothing: map every row, count what would be written, collect mapping failures.
   bool dry_run = false;
-};
-
-// Progress and, for a dry run, the result of one unit.
-struct CopyUnitReport {
-  std::string source_table;
-  std::string target;
-  uint64_t estimated_rows = 0;
-  uint64_t rows = 0;  // read (and, unless dry run, written) by this run
-  uint64_t rows_before = 0;  // copied by earlier runs
-  int chunks_total = 0, chunks_done = 0;
-  absl::Time started = absl::InfinitePast(), finished = absl::InfinitePast();
-  std::map<std::string, uint64_t> writes;  // dry run: "upsert into app.t" → operations
-  std::vector<std::string> failures;       // dry run: the first mapping failures
-  uint64_t failure_count = 0;
+  // Called about every second while the copy runs (the pipeline's liveness).
+  std::function<void()> tick;
 };
 
 class InitialCopy {

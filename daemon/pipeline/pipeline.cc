@@ -20,8 +20,8 @@ constexpr absl::Duration kIdleFlush = absl::Milliseconds(10);
 }  // namespace
 
 Pipeline::Pipeline(config::Settings settings,
-                   std::vector<std::shared_ptr<const MappingModule>> modules)
-    : settings_(std::move(settings)), modules_(std::move(modules)) {
+                   std::vector<std::shared_ptr<const MappingModule>> modules, PipelineStatus* status)
+    : settings_(std::move(settings)), status_(status), modules_(std::move(modules)) {
   for (const auto& m : modules_) {
     size_t idx = 0;
     for (size_t t = 0; t < settings_.targets.size(); ++t)
@@ -64,6 +64,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     group_changes_ = 0;
     if (st.ok()) return st;
     if (st.code() == absl::StatusCode::kAlreadyExists && received != kInvalidLsn) {
+      status_->CountError("replay");
       // Rows the target already had (drift, rows copied before): replay with upserts.
       spdlog::warn("{}; replaying with upserts", std::string(st.message()));
       isolate_until_ = std::max(isolate_until_, received);
@@ -76,11 +77,15 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
       spdlog::warn("{}; replaying one transaction at a time to commit everything before it",
                    std::string(st.message()));
       isolate_until_ = received;
+      status_->CountError("replay");
       continue;
     }
     if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kAborted) {
+      status_->CountError("data");
       return st;
     }
+    status_->CountError("reconnect");
+    status_->SetState(v1::RECONNECTING, std::string(st.message()));
     if (stop.load()) return absl::OkStatus();
     if (progress) backoff = initial;
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
@@ -88,7 +93,10 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     spdlog::warn("{}; retrying in {} ms from the last checkpoint", std::string(st.message()),
                  absl::ToInt64Milliseconds(wait));
     absl::Time until = absl::Now() + wait;
-    while (absl::Now() < until && !stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    while (absl::Now() < until && !stop.load()) {
+      status_->Tick();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     if (stop.load()) return absl::OkStatus();
     backoff = std::min(backoff * 2, ceiling);
   }
@@ -113,6 +121,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     target_dsns[t.name] = t.dsn;
   }
   skip_.assign(sinks_.size(), 0);
+  group_transactions_.assign(sinks_.size(), 0);
+  for (size_t i = 0; i < sinks_.size(); ++i) status_->OnApplied(i, sinks_[i]->durable_lsn(), 0, 0, absl::ZeroDuration());
   inspector_ = std::make_unique<PgSchemaInspector>(settings_.source_dsn, target_dsns);
 
   PgReplicationSourceOptions so;
@@ -132,6 +142,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
       if (sinks_[i]->durable_lsn() == kInvalidLsn) to_copy.push_back(i);
   }
   so.export_snapshot = !to_copy.empty();
+  // With a checkpoint somewhere, a missing slot means lost changes: never recreate it silently.
+  for (const auto& sink : sinks_) so.slot_must_exist |= sink->durable_lsn() != kInvalidLsn;
   ASSIGN_OR_RETURN(auto source, PgReplicationSource::Create(so));
   source_ = std::move(source);
   if (!to_copy.empty()) {
@@ -149,6 +161,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
                start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
   RETURN_IF_ERROR(source_->Start(start));
+  status_->SetState(v1::STREAMING);
 
   while (!stop.load()) {
     // With complete transactions waiting to be committed, wait only briefly for more: a quiet
@@ -160,13 +173,14 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     if (n > 0) *made_progress = true;
     if (n == 0 && !in_transaction_) RETURN_IF_ERROR(FlushAll());
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
-    LogProgress(false);
+    status_->SetReceivedLsn(source_->received_lsn());
+    status_->Tick();
   }
+  status_->SetState(v1::STOPPING);
   // Stopping: a transaction still open is dropped (its group rolls back with the connection)
   // and will be streamed again from the checkpoint.
   if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
   RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/true));
-  LogProgress(true);
   spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(),
                FormatLsn(MinDurable()));
   return absl::OkStatus();
@@ -212,8 +226,13 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
   spdlog::info("pipeline {}: initial copy into {} under snapshot {} ({}), then streaming from {}",
                settings_.proto.pipeline(), absl::StrJoin(names, ", "), o.snapshot.name,
                FormatLsn(o.snapshot.lsn), FormatLsn(stream_from));
+  o.tick = [this] { status_->Tick(); };
   InitialCopy copy(o);
+  status_->SetState(v1::SNAPSHOTTING);
+  status_->SetCopyProgress([&copy] { return copy.Report(); });
   absl::Status st = copy.Run(stop);
+  std::vector<CopyUnitReport> final_report = copy.Report();
+  status_->SetCopyProgress([final_report] { return final_report; });
   if (st.code() == absl::StatusCode::kCancelled) {
     spdlog::info("pipeline {}: stopped during the initial copy; finished ranges are kept",
                  settings_.proto.pipeline());
@@ -274,23 +293,21 @@ absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
 }
 
 absl::Status Pipeline::FlushAll() {
-  for (auto& sink : sinks_) {
-    RETURN_IF_ERROR(sink->Flush().status());
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    size_t changes = sinks_[i]->pending_changes();
+    absl::Time started = absl::Now();
+    RETURN_IF_ERROR(sinks_[i]->Flush().status());
+    status_->OnApplied(i, sinks_[i]->durable_lsn(), changes, group_transactions_[i], absl::Now() - started);
+    group_transactions_[i] = 0;
+  }
+  for (auto& [oid, rb] : bindings_) {
+    if (rb.unreported == 0) continue;
+    status_->AddTableChanges(rb.table, rb.unreported);
+    rb.unreported = 0;
   }
   group_changes_ = 0;
   group_started_ = absl::InfinitePast();
   return absl::OkStatus();
-}
-
-void Pipeline::LogProgress(bool force) {
-  absl::Time now = absl::Now();
-  if (!force && now - last_progress_log_ < absl::Seconds(10)) return;
-  last_progress_log_ = now;
-  Lsn durable = MinDurable();
-  Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
-  spdlog::info("pipeline {}: {} transactions, {} changes; applied {} received {}",
-               settings_.proto.pipeline(), transactions_, changes_,
-               durable == kInvalidLsn ? std::string("none") : FormatLsn(durable), FormatLsn(received));
 }
 
 absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRelation& relation) {
@@ -299,6 +316,7 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
   RelationBindings rb;
   rb.version = relation.version;
   std::string name = relation.QualifiedName();
+  rb.table = name;
   for (size_t i = 0; i < modules_.size(); ++i) {
     if (modules_[i]->source_table() != name) continue;
     ASSIGN_OR_RETURN(auto bound, modules_[i]->Bind(relation, *inspector_));
@@ -356,6 +374,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   }
   ++group_changes_;
   ++changes_;
+  ++rb->unreported;
   return absl::OkStatus();
 }
 
@@ -375,8 +394,12 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   in_transaction_ = false;
   ++transactions_;
   for (size_t i = 0; i < sinks_.size(); ++i) {
-    if (!skip_[i]) sinks_[i]->EndTransaction(commit);
+    if (!skip_[i]) {
+      sinks_[i]->EndTransaction(commit);
+      ++group_transactions_[i];
+    }
   }
+  status_->OnReceived(commit.end_lsn, commit.commit_time);
   const auto& apply = settings_.proto.apply();
   size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
   absl::Duration max_age = absl::Milliseconds(apply.group_max_ms() ? apply.group_max_ms() : 200);

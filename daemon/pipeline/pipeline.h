@@ -18,6 +18,7 @@
 #include "daemon/apply/pg_sink.h"
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
+#include "daemon/observe/status.h"
 #include "daemon/pipeline/backfill.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
@@ -26,7 +27,9 @@ namespace walshift {
 
 class Pipeline : public ChangeHandler {
  public:
-  Pipeline(config::Settings settings, std::vector<std::shared_ptr<const MappingModule>> modules);
+  // `status` (outliving the pipeline) receives its state, progress and counters.
+  Pipeline(config::Settings settings, std::vector<std::shared_ptr<const MappingModule>> modules,
+           PipelineStatus* status);
   ~Pipeline() override;
 
   // Streams until `stop` becomes true (then flushes at a transaction boundary, sends final
@@ -50,6 +53,8 @@ class Pipeline : public ChangeHandler {
   struct RelationBindings {
     uint64_t version = 0;
     std::vector<Binding> bindings;
+    std::string table;
+    uint64_t unreported = 0;  // changes not yet added to the status
   };
 
   absl::Status RunOnce(const std::atomic<bool>& stop, bool* made_progress);
@@ -70,9 +75,10 @@ class Pipeline : public ChangeHandler {
   absl::Status ResumeBackfills();
   Backfiller& backfiller();
   Lsn MinDurable() const;
-  void LogProgress(bool force);
 
   config::Settings settings_;
+  PipelineStatus* status_;
+  std::vector<size_t> group_transactions_;  // per sink: source transactions in the open group
   std::vector<std::shared_ptr<const MappingModule>> modules_;
   std::vector<size_t> module_sink_;  // module index → sink index
 
@@ -107,7 +113,6 @@ class Pipeline : public ChangeHandler {
   absl::Time group_started_ = absl::InfinitePast();
   uint64_t transactions_ = 0;
   uint64_t changes_ = 0;
-  absl::Time last_progress_log_ = absl::InfinitePast();
 };
 
 }  // namespace walshift

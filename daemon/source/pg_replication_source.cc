@@ -216,10 +216,28 @@ absl::Status PgReplicationSource::EnsurePublication() {
 absl::Status PgReplicationSource::EnsureSlot() {
   ASSIGN_OR_RETURN(pg::ResultPtr slot,
                    pg::Exec(conn_,
-                            absl::StrCat("SELECT slot_type, plugin, database = current_database() "
-                                         "FROM pg_catalog.pg_replication_slots WHERE slot_name = ",
+                            absl::StrCat("SELECT slot_type, plugin, database = current_database(), "
+                                         "coalesce(wal_status, '') FROM pg_catalog.pg_replication_slots "
+                                         "WHERE slot_name = ",
                                          pg::QuoteLiteral(options_.slot)),
                             "source: reading replication slots"));
+  const std::string rebuild = absl::StrCat(
+      " To start over: in every target DELETE FROM walshift.checkpoint and walshift.copy_chunk WHERE "
+      "pipeline = '<pipeline>', then restart walshiftd; it creates the slot and copies the tables again.");
+  if (PQntuples(slot.get()) > 0 && std::string(PQgetvalue(slot.get(), 0, 3)) == "lost") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "source: replication slot ", options_.slot,
+        " was invalidated (wal_status lost): the source removed WAL it still needed, so changes "
+        "after the targets' checkpoints are gone (raise max_slot_wal_keep_size to keep this from "
+        "happening again). Drop the slot with SELECT pg_drop_replication_slot('",
+        options_.slot, "').", rebuild));
+  }
+  if (PQntuples(slot.get()) == 0 && options_.slot_must_exist) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "source: replication slot ", options_.slot,
+        " does not exist, but the targets hold checkpoints of this pipeline: it was dropped, and "
+        "the changes since the checkpoints are lost. walshiftd does not recreate it silently.", rebuild));
+  }
   if (PQntuples(slot.get()) > 0) {
     const std::string type = PQgetvalue(slot.get(), 0, 0);
     const std::string plugin = PQgetvalue(slot.get(), 0, 1);

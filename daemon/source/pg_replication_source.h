@@ -31,6 +31,9 @@ struct PgReplicationSourceOptions {
   std::string application_name = "walshiftd";
   // When the slot is created now: export its snapshot (valid until Start()).
   bool export_snapshot = false;
+  // The targets hold checkpoints: a missing slot is an error (the changes since are lost), not
+  // something to create.
+  bool slot_must_exist = false;
 };
 
 // A snapshot of the source exported by a replication connection that creates a slot: the

@@ -22,6 +22,7 @@ inline const std::string kOneTarget = R"(
 pipeline: {PIPELINE}
 source: {dsn: "{SOURCE}"}
 targets: [{name: main, dsn: "{TARGET}"}]
+status: {listen: "127.0.0.1:0"}
 )";
 
 class DaemonTest : public ::testing::Test {
