@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
       spdlog::critical("stopped: {}", std::string(st.message()));
       code = 1;
     } else {
-      status.SetState(walshift::v1::STOPPING, "stopped");
+      status.SetState(walshift::v1::STOPPING);
       spdlog::info("walshiftd stopped");
     }
   }

@@ -1,12 +1,15 @@
 // walshiftctl: the operator's view of a walshift pipeline.
 //
-//   walshiftctl status --config FILE [--json] [--watch [SECONDS]] [--max-lag-bytes N]
+//   walshiftctl status (--url URL | --config FILE) [--json] [--watch [SECONDS]] [--max-lag-bytes N]
+//                      [--max-lag-seconds S]
 //   walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]
+//   walshiftctl events --brokers B --topic T [--from-beginning] [--follow] [--json]
 //
-// Reads the slot on the legacy database and the checkpoint in every target straight from the
-// databases, so it works whether or not walshiftd is running. Exit codes: 0 healthy, 1 lagging
-// past --max-lag-bytes, slot missing/inactive/lost, or no checkpoint yet; 2 a database is
-// unreachable or the config is invalid.
+// status asks walshiftd's HTTP endpoint (--url, or the config's status.listen); with only
+// --config and no walshiftd answering, it reads the slot on the legacy database and the
+// checkpoint in every target straight from the databases. Exit codes: 0 healthy, 1 ERROR state,
+// lagging past --max-lag-bytes / --max-lag-seconds, slot missing/inactive/lost, or no checkpoint
+// yet; 2 walshiftd or a database is unreachable or the config is invalid.
 
 #include <unistd.h>
 
@@ -16,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/numbers.h"
@@ -23,29 +27,13 @@
 #include "daemon/config/config.h"
 #include "daemon/core/lsn.h"
 #include "daemon/pg/pg_util.h"
+#include "tools/walshiftctl/commands.h"
 
 namespace walshift {
 namespace {
 
-std::string HumanBytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u]) : absl::StrFormat("%.1f %s", b, units[u]);
-}
-
-std::string JsonString(absl::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') { out += '\\'; out += c; }
-    else if (static_cast<unsigned char>(c) < 0x20) out += absl::StrFormat("\\u%04x", c);
-    else out += c;
-  }
-  return out + "\"";
-}
+using ctl::HumanBytes;
+using ctl::JsonString;
 
 struct TargetStatus {
   std::string name;
@@ -194,38 +182,61 @@ void PrintJson(const config::Settings& s, const Status& st) {
 
 int Usage(FILE* f, int code) {
   std::fprintf(f,
-               "usage: walshiftctl status --config FILE [--json] [--watch [SECONDS]] [--max-lag-bytes N]\n"
-               "  Shows where replication stands: the slot on the legacy database and the\n"
-               "  checkpoint of every target. Exit 0 healthy, 1 lagging or slot problem, 2 unreachable.\n"
+               "usage: walshiftctl status (--url URL | --config FILE) [--json] [--watch [SECONDS]]\n"
+               "                          [--max-lag-bytes N] [--max-lag-seconds S]\n"
+               "  Shows where replication stands. With --url (http://HOST:PORT or HOST:PORT), asks\n"
+               "  walshiftd's status endpoint; with --config, asks the endpoint at its status.listen and,\n"
+               "  when walshiftd does not answer, reads the slot on the legacy database and the\n"
+               "  checkpoint of every target directly. Exit 0 healthy, 1 ERROR state, lagging (default\n"
+               "  64 MiB / 300 s) or slot problem, 2 unreachable.\n"
                "usage: walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]\n"
                "  Asks the running walshiftd to copy one table again through its mappings while it\n"
                "  keeps streaming (a mapping was added, or the table drifted). With --wait, follows\n"
-               "  its progress until done (exit 0) or SECONDS pass (default 3600; exit 1).\n");
+               "  its progress until done (exit 0) or SECONDS pass (default 3600; exit 1).\n"
+               "usage: walshiftctl events --brokers HOST:PORT[,...] --topic TOPIC [--from-beginning] [--follow]\n"
+               "                          [--json]\n"
+               "  Prints walshiftd's events (lag, state changes, drift) from a Kafka topic, one per line.\n"
+               "  Without --follow, stops at the end of every partition. Exit 0, 2 unreachable/no topic.\n");
   return code;
 }
 
 int StatusCommand(int argc, char** argv) {
-  std::string config_path;
+  std::string config_path, url;
   bool json = false;
   double watch = 0;
   double max_lag = 64.0 * 1024 * 1024;
+  double max_lag_seconds = 300;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
     if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
+    else if (a == "--url" && i + 1 < argc) url = argv[++i];
     else if (a == "--json") json = true;
     else if (a == "--watch") {
       watch = 2;
       if (i + 1 < argc && absl::SimpleAtod(argv[i + 1], &watch)) ++i;
     } else if (a == "--max-lag-bytes" && i + 1 < argc) {
       if (!absl::SimpleAtod(argv[++i], &max_lag)) return Usage(stderr, 2);
+    } else if (a == "--max-lag-seconds" && i + 1 < argc) {
+      if (!absl::SimpleAtod(argv[++i], &max_lag_seconds)) return Usage(stderr, 2);
     } else if (a == "--help" || a == "-h") return Usage(stdout, 0);
     else return Usage(stderr, 2);
   }
+  ctl::HttpStatusOptions http{json, watch, {max_lag, max_lag_seconds}};
+  if (!url.empty()) return ctl::HttpStatusCommand(url, http);
   if (config_path.empty()) return Usage(stderr, 2);
   auto settings = config::LoadSettingsFile(config_path);
   if (!settings.ok()) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
     return 2;
+  }
+  // walshiftd's own view when it runs; the databases' otherwise.
+  std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
+  if (listen != "off" && !absl::EndsWith(listen, ":0")) {  // an ephemeral port cannot be found
+    absl::StatusOr<std::string> body = ctl::FetchStatus(listen);
+    if (body.ok()) return ctl::HttpStatusCommand(listen, http, *std::move(body));
+    if (!json) {
+      std::printf("(%s; reading the databases directly)\n", std::string(body.status().message()).c_str());
+    }
   }
   for (;;) {
     struct Status st = Collect(*settings);
@@ -341,6 +352,7 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   if (cmd == "status") return walshift::StatusCommand(argc - 2, argv + 2);
   if (cmd == "backfill") return walshift::BackfillCommand(argc - 2, argv + 2);
+  if (cmd == "events") return walshift::ctl::EventsCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
   return walshift::Usage(stderr, 2);

@@ -1,0 +1,272 @@
+// Where replication stands: lag and state events on the embedded Kafka broker, a broker outage
+// that must not slow the apply, heartbeats that advance the slot on an idle source, /status and
+// /metrics under a known backlog, and walshiftctl status --url exit codes.
+
+#include <httplib.h>
+#include <librdkafka/rdkafka.h>
+
+#include <regex>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "daemon/pg/pg_util.h"
+#include "tests/integration/daemon_fixture.h"
+#include "tests/testing/kafka_broker.h"
+#include "tests/testing/test_paths.h"
+#include "walshift/v1/events.pb.h"
+
+namespace walshift::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct KafkaRecord {
+  std::string type;
+  std::string key;
+  std::string value;
+};
+
+// Every message of `topic` (partition 0) from the beginning to its current end.
+std::vector<KafkaRecord> ReadTopic(const std::string& bootstrap, const std::string& topic) {
+  std::vector<KafkaRecord> out;
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "group.id", "walshift-observe-test", err, sizeof(err));
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+  if (rk == nullptr) return out;
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(parts, topic.c_str(), 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 500);
+    if (m == nullptr) continue;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      rd_kafka_message_destroy(m);
+      break;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      KafkaRecord r;
+      r.value.assign(static_cast<const char*>(m->payload), m->len);
+      if (m->key) r.key.assign(static_cast<const char*>(m->key), m->key_len);
+      rd_kafka_headers_t* h = nullptr;
+      const void* v = nullptr;
+      size_t n = 0;
+      if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+          rd_kafka_header_get_last(h, "walshift-type", &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        r.type.assign(static_cast<const char*>(v), n);
+      }
+      out.push_back(std::move(r));
+    }
+    rd_kafka_message_destroy(m);
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+  return out;
+}
+
+class ObserveTest : public DaemonTest {
+ protected:
+  void SetUp() override {
+    DaemonTest::SetUp();
+    auto k = EmbeddedKafka::Start(1);
+    ASSERT_TRUE(k.ok()) << k.status();
+    kafka_ = *std::move(k);
+    for (const char* t : {"walshift.lag", "walshift.state", "walshift.drift"}) ASSERT_TRUE(kafka_->CreateTopic(t).ok());
+  }
+
+  std::string Config(const std::string& extra = "") {
+    return WriteConfig(absl::StrCat(kOneTarget, "kafka: {brokers: \"", kafka_->bootstrap(), "\"}\n",
+                                    "monitor: {lag_interval_s: 1, heartbeat_interval_s: 1}\n", extra,
+                                    "mappings: [{source: items}]\n"));
+  }
+
+  // The status port walshiftd logged.
+  int StatusPort() {
+    for (int i = 0; i < 100; ++i) {
+      std::smatch m;
+      std::string log = DaemonLog();
+      if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) {
+        return std::stoi(m[1]);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return -1;
+  }
+
+  std::string Get(int port, const std::string& path, int* code = nullptr) {
+    httplib::Client c("127.0.0.1", port);
+    c.set_connection_timeout(2);
+    auto r = c.Get(path.c_str());
+    if (!r) return "";
+    if (code != nullptr) *code = r->status;
+    return r->body;
+  }
+
+  std::unique_ptr<EmbeddedKafka> kafka_;
+};
+
+TEST_F(ObserveTest, LagAndStateEventsArriveInOrderWithTheirFields) {
+  Source("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  ASSERT_TRUE(StartDaemon(Config()).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // a few lag intervals
+  EXPECT_TRUE(StopDaemon().success());
+
+  std::vector<v1::PipelineState> states;
+  for (const KafkaRecord& r : ReadTopic(kafka_->bootstrap(), "walshift.state")) {
+    ASSERT_EQ(r.type, "walshift.v1.StateEvent");
+    EXPECT_EQ(r.key, pipeline_);
+    v1::StateEvent e;
+    ASSERT_TRUE(e.ParseFromString(r.value));
+    EXPECT_EQ(e.pipeline(), pipeline_);
+    if (!states.empty()) EXPECT_EQ(e.previous(), states.back());
+    states.push_back(e.state());
+  }
+  EXPECT_EQ(states, (std::vector<v1::PipelineState>{v1::SNAPSHOTTING, v1::STREAMING, v1::STOPPING}));
+
+  std::vector<v1::LagEvent> lags;
+  for (const KafkaRecord& r : ReadTopic(kafka_->bootstrap(), "walshift.lag")) {
+    ASSERT_EQ(r.type, "walshift.v1.LagEvent");
+    v1::LagEvent e;
+    ASSERT_TRUE(e.ParseFromString(r.value));
+    lags.push_back(e);
+  }
+  ASSERT_GE(lags.size(), 3u);
+  for (size_t i = 1; i < lags.size(); ++i) {
+    EXPECT_GE(lags[i].time().seconds() * 1000000000LL + lags[i].time().nanos(),
+              lags[i - 1].time().seconds() * 1000000000LL + lags[i - 1].time().nanos());
+  }
+  // The last one before stopping: caught up, its applied position within the source's WAL.
+  const v1::LagEvent* last = nullptr;
+  for (const auto& e : lags)
+    if (e.state() == v1::STREAMING && e.source_lsn() != "0/0") last = &e;
+  ASSERT_NE(last, nullptr);
+  ASSERT_EQ(last->targets_size(), 1);
+  EXPECT_EQ(last->targets(0).target(), "main");
+  EXPECT_LT(last->targets(0).lag_seconds(), 1.0);  // at most a heartbeat in flight
+  EXPECT_GE(last->targets(0).applied_changes(), 500u);
+  EXPECT_EQ(last->wal_status(), "reserved");
+  EXPECT_NE(last->targets(0).applied_lsn(), "0/0");
+}
+
+TEST_F(ObserveTest, BrokerDownApplyContinuesAndEventsResume) {
+  Source("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  ASSERT_TRUE(StartDaemon(Config()).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  int port = StatusPort();
+  ASSERT_GT(port, 0);
+  ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
+  // Apply goes on while no event can be delivered.
+  for (int i = 0; i < 5; ++i) {
+    Source(absl::StrCat("INSERT INTO items SELECT g, 'v' FROM generate_series(", i * 2000 + 1, ", ", (i + 1) * 2000, ") g"));
+  }
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(60)).ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM items"), (PgRows{{"10000"}}));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  std::string status = Get(port, "/status");
+  EXPECT_THAT(status, HasSubstr("\"enabled\":true"));
+  EXPECT_THAT(status, ::testing::Not(HasSubstr("\"queued\":0,"))) << status;  // events wait
+  size_t before = ReadTopic(kafka_->bootstrap(), "walshift.lag").size();  // broker down: nothing
+  EXPECT_EQ(before, 0u);
+  ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
+  // The queued events and new ones arrive.
+  size_t after = 0;
+  for (int i = 0; i < 60 && after < 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    after = ReadTopic(kafka_->bootstrap(), "walshift.lag").size();
+  }
+  EXPECT_GE(after, 4u) << DaemonLog();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+TEST_F(ObserveTest, HeartbeatsAdvanceTheSlotOnAnIdleSource) {
+  Source("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  ASSERT_TRUE(StartDaemon(Config()).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  // WAL written elsewhere in the cluster: the mapped database itself stays idle.
+  auto other = source_cluster_->Query(
+      "postgres", "CREATE TABLE IF NOT EXISTS observe_noise (x int); INSERT INTO observe_noise SELECT generate_series(1, 20000);"
+                  "SELECT pg_current_wal_lsn()::text");
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::string after_noise = *(*other).back()[0];
+  std::string confirmed;
+  bool advanced = false;
+  for (int i = 0; i < 100 && !advanced; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    PgRows r = SourceRows(absl::StrCat("SELECT confirmed_flush_lsn::text, (confirmed_flush_lsn > '", after_noise,
+                                       "')::text FROM pg_replication_slots WHERE slot_name = '", slot_, "'"));
+    ASSERT_EQ(r.size(), 1u);
+    confirmed = *r[0][0];
+    advanced = *r[0][1] == "true";
+  }
+  EXPECT_TRUE(advanced) << "confirmed_flush_lsn " << confirmed << " never passed " << after_noise;
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+TEST_F(ObserveTest, StatusAndMetricsReflectAKnownBacklog) {
+  Source("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  std::string config = Config();
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  int port = StatusPort();
+  ASSERT_GT(port, 0);
+  int code = 0;
+  EXPECT_EQ(Get(port, "/healthz", &code), "ok\n");
+  EXPECT_EQ(code, 200);
+  EXPECT_EQ(Get(port, "/readyz", &code), "STREAMING\n");
+  EXPECT_EQ(code, 200);
+
+  // A target session holds a lock on the table: 1,000 rows wait.
+  auto blocker = pg::Connect(target_cluster_->Dsn(target_db_), "target", "");
+  ASSERT_TRUE(blocker.ok()) << blocker.status();
+  ASSERT_TRUE(pg::Exec(blocker->get(), "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE", "lock").ok());
+  Source("INSERT INTO items SELECT g, 'v' FROM generate_series(1, 1000) g");
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  std::string status = Get(port, "/status");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(status, m, std::regex("\"lag_seconds\":([0-9.]+)"))) << status;
+  EXPECT_GE(std::stod(m[1]), 2.0) << status;
+  ASSERT_TRUE(std::regex_search(status, m, std::regex("\"lag_bytes\":\"([0-9]+)\""))) << status;
+  EXPECT_GT(std::stoll(m[1]), 0) << status;
+  std::string metrics = Get(port, "/metrics");
+  ASSERT_TRUE(std::regex_search(metrics, m, std::regex("walshift_lag_seconds\\{pipeline=\"[^\"]+\",target=\"main\"\\} ([0-9.e+]+)")))
+      << metrics;
+  EXPECT_GE(std::stod(m[1]), 2.0);
+  // walshiftctl: lagging past a threshold → 1.
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftctl"), "status", "--url", absl::StrCat("http://127.0.0.1:", port), "--max-lag-seconds", "1"};
+  auto r = Subprocess::Run(o, absl::Minutes(1));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status.exit_code(), 1) << r->stdout_text << r->stderr_text;
+
+  ASSERT_TRUE(pg::Exec(blocker->get(), "COMMIT", "unlock").ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  status = Get(port, "/status");
+  ASSERT_TRUE(std::regex_search(status, m, std::regex("\"lag_seconds\":([0-9.]+)"))) << status;
+  EXPECT_EQ(std::stod(m[1]), 0.0) << status;
+  metrics = Get(port, "/metrics");
+  EXPECT_THAT(metrics, HasSubstr("walshift_table_changes_total{pipeline=\"" + pipeline_ + "\",table=\"public.items\"} 1000"));
+  EXPECT_THAT(metrics, HasSubstr("walshift_state{pipeline=\"" + pipeline_ + "\",state=\"STREAMING\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("walshift_batch_changes_bucket"));
+  r = Subprocess::Run(o, absl::Minutes(1));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status.exit_code(), 0) << r->stdout_text << r->stderr_text;
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+}  // namespace
+}  // namespace walshift::testing
