@@ -72,7 +72,9 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
   RETURN_IF_ERROR(pg::Exec(c, kCheckpointDdl, absl::StrCat(what, ": creating walshift.checkpoint")).status());
   // Durable commits (the checkpoint is what the slot is confirmed to); one generic plan per
   // prepared statement instead of re-planning multi-row statements on their first executions.
-  RETURN_IF_ERROR(pg::Exec(c, "SET synchronous_commit = on; SET plan_cache_mode = force_generic_plan", what).status());
+  RETURN_IF_ERROR(pg::Exec(c, absl::StrCat("SET synchronous_commit = ", options.synchronous_commit ? "on" : "off",
+                                           "; SET plan_cache_mode = force_generic_plan"),
+                           what).status());
   ASSIGN_OR_RETURN(pg::ResultPtr r,
                    pg::ExecParams(c, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
                                   {options.pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint")));

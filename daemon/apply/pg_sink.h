@@ -26,6 +26,9 @@ struct PgSinkOptions {
   // Consecutive upserts of one shape are sent as one multi-row statement of up to this many
   // rows (1: one statement per row, as when isolating a failing transaction).
   size_t batch_rows = 256;
+  // Off for the initial copy's chunks: the checkpoint written after them is synchronous and
+  // makes them durable too.
+  bool synchronous_commit = true;
 };
 
 class PgSink : public Sink {

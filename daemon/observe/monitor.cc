@@ -22,9 +22,7 @@ Monitor::Monitor(const config::Settings& settings, PipelineStatus* status, Event
       status_(status), events_(events) {
   const auto& m = settings.proto.monitor();
   lag_interval_ = absl::Seconds(m.lag_interval_s() ? m.lag_interval_s() : 5);
-  heartbeat_interval_ = settings.proto.has_monitor() && m.heartbeat_interval_s() == 0 && m.lag_interval_s() != 0
-                            ? absl::ZeroDuration()
-                            : absl::Seconds(m.heartbeat_interval_s() ? m.heartbeat_interval_s() : 10);
+  heartbeat_interval_ = absl::Seconds(m.has_heartbeat_interval_s() ? m.heartbeat_interval_s() : 10);  // 0: off
   max_retained_ = m.max_retained_wal_bytes() ? m.max_retained_wal_bytes() : (1ull << 30);
   thread_ = std::thread([this] { Loop(); });
 }

@@ -183,7 +183,9 @@ v1::LagEvent PipelineStatus::LagLocked(bool advance_rates) {
     l->set_target(t.name);
     l->set_applied_lsn(FormatLsn(t.applied));
     if (t.applied_commit_time != 0) *l->mutable_applied_commit_time() = ToProto(FromPg(t.applied_commit_time));
-    uint64_t bytes = source_.current > t.applied && t.applied != kInvalidLsn ? source_.current - t.applied : 0;
+    // The source position is read once per lag interval; what arrived since is newer.
+    Lsn source = std::max(source_.current, received_);
+    uint64_t bytes = source > t.applied && t.applied != kInvalidLsn ? source - t.applied : 0;
     l->set_lag_bytes(bytes);
     // The oldest received commit this target has not applied.
     double seconds = 0;

@@ -5,9 +5,11 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/apply/pg_copy_writer.h"
 #include "daemon/apply/pg_sink.h"
 #include "daemon/copy/copy_text.h"
 #include "daemon/core/crash_point.h"
@@ -112,6 +114,7 @@ struct InitialCopy::Task {
 struct InitialCopy::Worker {
   pg::ConnPtr source;
   std::map<size_t, std::unique_ptr<PgSink>> sinks;       // by target index
+  std::map<size_t, std::unique_ptr<PgCopyWriter>> copiers;  // by target index
   std::map<size_t, pg::ConnPtr> dry_run_targets;          // dry run: condition checks
   std::unique_ptr<PgSchemaInspector> inspector;
   std::map<const Unit*, std::vector<std::unique_ptr<BoundMapping>>> bound;
@@ -433,10 +436,32 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
   // Up to three attempts: a plain INSERT meeting a row the target has is redone with upserts;
   // a data error in a multi-row statement is redone one row at a time to name the row.
   bool plain = true, batching = true;
+  // Rows that are plain inserts of one shape go through COPY FROM STDIN.
+  const OpShape* copy_shape = nullptr;
+  if (!options_.dry_run && bound.size() == 1) {
+    for (const OpShape* shape : bound[0]->shapes()) {
+      if (shape->kind != OpKind::kUpsert) continue;
+      copy_shape = copy_shape == nullptr && PgCopyWriter::Copyable(*shape) ? shape : nullptr;
+      if (copy_shape == nullptr) break;
+    }
+  }
+  const absl::Status not_copyable = absl::AbortedError("a row that is not a plain insert");
   for (int attempt = 0;; ++attempt) {
     PgSink* sink = nullptr;
+    PgCopyWriter* copier = nullptr;
     std::function<absl::Status(const TargetOp&)> emit;
-    if (options_.dry_run) {
+    if (copy_shape != nullptr && plain) {
+      auto& owned = w.copiers[u.target];
+      if (!owned) {
+        ASSIGN_OR_RETURN(owned, PgCopyWriter::Connect(target_name, settings.targets[u.target].dsn));
+      }
+      copier = owned.get();
+      RETURN_IF_ERROR(copier->Begin(*copy_shape));
+      emit = [copier, copy_shape, &not_copyable](const TargetOp& op) {
+        if (op.shape != copy_shape || !op.new_row) return not_copyable;
+        return copier->Add(op);
+      };
+    } else if (options_.dry_run) {
       emit = [&](const TargetOp& op) -> absl::Status {
         const OpShape& shape = *op.shape;
         if (!shape.condition.empty()) {
@@ -474,6 +499,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
         o.name = target_name;
         o.dsn = settings.targets[u.target].dsn;
         o.pipeline = settings.proto.pipeline();
+        o.synchronous_commit = false;
         ASSIGN_OR_RETURN(owned, PgSink::Create(o));
       }
       owned->set_plain_inserts(plain);
@@ -539,13 +565,14 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
       u.report.rows += rows % 1024;
     }
     RETURN_IF_ERROR(copy_status);
-    if (failed.ok() && sink != nullptr) {
+    if (failed.ok() && (sink != nullptr || copier != nullptr)) {
       std::string lo = task.lo ? absl::StrCat(*task.lo) : "", hi = task.hi ? absl::StrCat(*task.hi) : "";
       std::string lsn = FormatLsn(options_.snapshot.lsn), n = absl::StrCat(rows);
-      failed = sink->CommitWith(kChunkMarker, {settings.proto.pipeline().c_str(), u.source_table.c_str(),
-                                               u.key_column.empty() ? nullptr : u.key_column.c_str(),
-                                               task.lo ? lo.c_str() : nullptr, task.hi ? hi.c_str() : nullptr,
-                                               lsn.c_str(), n.c_str()});
+      std::vector<const char*> marker = {settings.proto.pipeline().c_str(), u.source_table.c_str(),
+                                         u.key_column.empty() ? nullptr : u.key_column.c_str(),
+                                         task.lo ? lo.c_str() : nullptr, task.hi ? hi.c_str() : nullptr,
+                                         lsn.c_str(), n.c_str()};
+      failed = copier != nullptr ? copier->Commit(kChunkMarker, marker) : sink->CommitWith(kChunkMarker, marker);
       CrashPoint("copy.after_chunk");
     }
     if (failed.ok()) return absl::OkStatus();
@@ -555,6 +582,11 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
       u.report.rows -= std::min<uint64_t>(u.report.rows, rows);
     }
     w.sinks.erase(u.target);
+    w.copiers.erase(u.target);
+    if (copier != nullptr && absl::StrContains(failed.message(), not_copyable.message())) {
+      copy_shape = nullptr;  // the mapping makes more than plain inserts: the general path
+      continue;
+    }
     if (failed.code() == absl::StatusCode::kAlreadyExists && plain) {
       spdlog::info("{}: the target already has some of these rows; copying the range again with upserts", where);
       plain = false;

@@ -1,0 +1,46 @@
+#pragma once
+// Writes rows that are plain inserts of one shape with COPY ... FROM STDIN: the initial copy's
+// fast path (about twice the speed of multi-row INSERTs on the target). Each chunk is one
+// target transaction: Begin, Add per row, Commit with the chunk's marker statement.
+// Commits are asynchronous (synchronous_commit off): the checkpoint written after the copy is
+// synchronous and, the WAL being sequential, makes every earlier chunk durable with it.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/core/target_op.h"
+#include "daemon/pg/pg_util.h"
+
+namespace walshift {
+
+class PgCopyWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<PgCopyWriter>> Connect(const std::string& target_name, const std::string& dsn);
+
+  // Whether rows of `shape` can go through COPY: an upsert whose every value is a parameter
+  // (no sql: expression, no filter, not a module-rendered statement).
+  static bool Copyable(const OpShape& shape);
+
+  // BEGIN; COPY shape.table (its columns) FROM STDIN.
+  absl::Status Begin(const OpShape& shape);
+  // One row: the op's parameter of every value, in the shape's column order.
+  absl::Status Add(const TargetOp& op);
+  // Ends the COPY, runs `marker_sql` with `params` (nullptr: NULL) and commits. A unique
+  // violation is kAlreadyExists (the target has some of the rows); a rejected value
+  // kFailedPrecondition with the server's message.
+  absl::Status Commit(const char* marker_sql, const std::vector<const char*>& params);
+
+ private:
+  PgCopyWriter() = default;
+  absl::Status Send(bool all);
+  absl::Status Fail(PGresult* result, absl::string_view what);
+
+  std::string name_;
+  pg::ConnPtr conn_;
+  const OpShape* shape_ = nullptr;
+  std::string buffer_;
+};
+
+}  // namespace walshift
