@@ -1,21 +1,12 @@
 #include "daemon/observe/monitor.h"
 
 #include "absl/strings/numbers.h"
+#include "daemon/observe/format.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
-namespace {
-
-std::string HumanBytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  return absl::StrFormat("%.1f %s", b, units[u]);
-}
-
-}  // namespace
 
 Monitor::Monitor(const config::Settings& settings, PipelineStatus* status, EventPublisher* events)
     : source_dsn_(settings.source_dsn), slot_(settings.slot), pipeline_(settings.proto.pipeline()),

@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "daemon/observe/json.h"
+#include "daemon/observe/format.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -297,22 +297,19 @@ std::string PipelineStatus::PrometheusText() {
   head("walshift_errors_total", "counter", "Errors by kind (reconnect, replay, data, kafka)");
   for (const auto& [kind, n] : errors_)
     absl::StrAppend(&out, "walshift_errors_total{", p, ",kind=\"", Label(kind), "\"} ", n, "\n");
-  head("walshift_received_lsn", "gauge", "The last position read from the slot");
-  absl::StrAppend(&out, "walshift_received_lsn{", p, "} ", received_, "\n");
-  head("walshift_source_lsn", "gauge", "The source's current WAL position");
-  absl::StrAppend(&out, "walshift_source_lsn{", p, "} ", source_.current, "\n");
-  head("walshift_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the source");
-  absl::StrAppend(&out, "walshift_slot_retained_wal_bytes{", p, "} ", source_.retained_bytes, "\n");
-  head("walshift_slot_safe_wal_size_bytes", "gauge", "WAL that may still be written before the slot is lost (-1: unlimited)");
-  absl::StrAppend(&out, "walshift_slot_safe_wal_size_bytes{", p, "} ", source_.safe_wal_size, "\n");
-  head("walshift_kafka_queued_events", "gauge", "Events waiting for delivery");
-  absl::StrAppend(&out, "walshift_kafka_queued_events{", p, "} ", kafka_.queued, "\n");
-  head("walshift_kafka_delivered_total", "counter", "Events delivered to Kafka");
-  absl::StrAppend(&out, "walshift_kafka_delivered_total{", p, "} ", kafka_.delivered, "\n");
-  head("walshift_kafka_dropped_total", "counter", "Events dropped because the queue was full");
-  absl::StrAppend(&out, "walshift_kafka_dropped_total{", p, "} ", kafka_.dropped, "\n");
-  head("walshift_kafka_failed_total", "counter", "Events Kafka did not accept in time");
-  absl::StrAppend(&out, "walshift_kafka_failed_total{", p, "} ", kafka_.failed, "\n");
+  auto single = [&](const char* name, const char* type, const char* help, auto value) {
+    head(name, type, help);
+    absl::StrAppend(&out, name, "{", p, "} ", value, "\n");
+  };
+  single("walshift_received_lsn", "gauge", "The last position read from the slot", received_);
+  single("walshift_source_lsn", "gauge", "The source's current WAL position", source_.current);
+  single("walshift_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the source", source_.retained_bytes);
+  single("walshift_slot_safe_wal_size_bytes", "gauge",
+         "WAL that may still be written before the slot is lost (-1: unlimited)", source_.safe_wal_size);
+  single("walshift_kafka_queued_events", "gauge", "Events waiting for delivery", kafka_.queued);
+  single("walshift_kafka_delivered_total", "counter", "Events delivered to Kafka", kafka_.delivered);
+  single("walshift_kafka_dropped_total", "counter", "Events dropped because the queue was full", kafka_.dropped);
+  single("walshift_kafka_failed_total", "counter", "Events Kafka did not accept in time", kafka_.failed);
   std::vector<CopyUnitReport> copy = CopyLocked();
   head("walshift_copy_rows", "gauge", "Rows of the initial copy done per source table and target");
   for (const auto& r : copy)

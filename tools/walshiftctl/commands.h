@@ -8,16 +8,13 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "daemon/observe/format.h"
 #include "google/protobuf/struct.pb.h"
 
 namespace walshift::ctl {
 
-// "512 B", "1.5 MiB" (binary units, one decimal above bytes).
-std::string HumanBytes(double bytes);
-
-// A JSON string literal of `s` (quotes added, '"', '\\' and control characters escaped; other
-// bytes are copied as they are).
-std::string JsonString(absl::string_view s);
+using walshift::HumanBytes;  // daemon/observe/format.h
+using walshift::JsonString;
 
 // walshiftctl events --brokers B --topic T [--from-beginning] [--follow] [--json]
 // Prints walshiftd's events from a Kafka topic. Exit 0 once every partition is read to its

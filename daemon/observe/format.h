@@ -1,5 +1,5 @@
 #pragma once
-// A JSON string literal of `s` (quotes added, control characters escaped).
+// Small text formats shared by walshiftd and walshiftctl.
 
 #include <string>
 
@@ -8,6 +8,7 @@
 
 namespace walshift {
 
+// A JSON string literal of `s` (quotes added, control characters escaped).
 inline std::string JsonString(absl::string_view s) {
   std::string out = "\"";
   for (char c : s) {
@@ -21,6 +22,17 @@ inline std::string JsonString(absl::string_view s) {
     }
   }
   return out + "\"";
+}
+
+// Bytes in binary units: "512 B", "1.5 MiB".
+inline std::string HumanBytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%.0f %s", b, units[u]) : absl::StrFormat("%.1f %s", b, units[u]);
 }
 
 }  // namespace walshift
