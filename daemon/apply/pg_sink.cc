@@ -42,7 +42,18 @@ constexpr const char* kCheckpointDdl =
     "  last_key text[],"
     "  rows bigint NOT NULL DEFAULT 0,"
     "  updated_at timestamptz NOT NULL DEFAULT now(),"
-    "  PRIMARY KEY (pipeline, source_table))";
+    "  PRIMARY KEY (pipeline, source_table)); "
+    // Differences the drift verifier confirmed (kept even when Kafka is down).
+    "CREATE TABLE IF NOT EXISTS walshift.drift ("
+    "  id bigserial PRIMARY KEY,"
+    "  pipeline text NOT NULL,"
+    "  detected_at timestamptz NOT NULL DEFAULT now(),"
+    "  source_table text NOT NULL,"
+    "  target_table text NOT NULL,"
+    "  kind text NOT NULL,"  // MISSING, EXTRA, MISMATCH
+    "  key text NOT NULL,"
+    "  columns jsonb NOT NULL DEFAULT '[]',"  // [{column, expected, actual}]
+    "  checked_at_lsn pg_lsn)";
 
 constexpr const char* kCheckpointUpsert =
     "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
@@ -63,13 +74,17 @@ std::string Shorten(absl::string_view v) {
 PgSink::PgSink(PgSinkOptions options) : options_(std::move(options)) {}
 PgSink::~PgSink() = default;
 
+absl::Status PgSink::EnsureSchema(PGconn* conn, absl::string_view what) {
+  return pg::Exec(conn, kCheckpointDdl, absl::StrCat(what, ": creating the walshift schema")).status();
+}
+
 absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& options) {
   std::unique_ptr<PgSink> sink(new PgSink(options));
   sink->batching_ = options.batch_rows > 1;
   std::string what = absl::StrCat("target ", options.name);
   ASSIGN_OR_RETURN(sink->conn_, pg::Connect(options.dsn, what, "application_name=walshiftd"));
   PGconn* c = sink->conn_.get();
-  RETURN_IF_ERROR(pg::Exec(c, kCheckpointDdl, absl::StrCat(what, ": creating walshift.checkpoint")).status());
+  RETURN_IF_ERROR(EnsureSchema(c, what));
   // Durable commits (the checkpoint is what the slot is confirmed to); one generic plan per
   // prepared statement instead of re-planning multi-row statements on their first executions.
   RETURN_IF_ERROR(pg::Exec(c, absl::StrCat("SET synchronous_commit = ", options.synchronous_commit ? "on" : "off",

@@ -36,6 +36,9 @@ class PgSink : public Sink {
   // Connects, creates walshift.checkpoint when absent and reads this pipeline's checkpoint.
   // kUnavailable when the target cannot be reached.
   static absl::StatusOr<std::unique_ptr<PgSink>> Create(const PgSinkOptions& options);
+  // Creates walshift's own tables in a target when absent (checkpoint, copy_chunk, backfill,
+  // drift).
+  static absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
   ~PgSink() override;
 
   const std::string& name() const override { return options_.name; }

@@ -189,6 +189,11 @@ int Usage(FILE* f, int code) {
                "  when walshiftd does not answer, reads the slot on the legacy database and the\n"
                "  checkpoint of every target directly. Exit 0 healthy, 1 ERROR state, lagging (default\n"
                "  64 MiB / 300 s) or slot problem, 2 unreachable.\n"
+               "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S]\n"
+               "  One full pass of the drift verifier now: per mapping rows checked, missing, extra and\n"
+               "  mismatched, and the first differences. --repair re-applies drifted tables through\n"
+               "  walshiftd and deletes extra rows, then verifies again; --gate also requires every\n"
+               "  target to have applied the source's position at the start. Exit 0 no drift, 1 drift, 2 error.\n"
                "usage: walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]\n"
                "  Asks the running walshiftd to copy one table again through its mappings while it\n"
                "  keeps streaming (a mapping was added, or the table drifted). With --wait, follows\n"
@@ -353,6 +358,7 @@ int main(int argc, char** argv) {
   if (cmd == "status") return walshift::StatusCommand(argc - 2, argv + 2);
   if (cmd == "backfill") return walshift::BackfillCommand(argc - 2, argv + 2);
   if (cmd == "events") return walshift::ctl::EventsCommand(argc - 2, argv + 2);
+  if (cmd == "verify") return walshift::ctl::VerifyCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
   return walshift::Usage(stderr, 2);

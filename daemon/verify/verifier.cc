@@ -1,0 +1,598 @@
+#include "daemon/verify/verifier.h"
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/apply/pg_sink.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/observe/format.h"
+#include "daemon/pg/pg_util.h"
+#include "daemon/pipeline/pg_schema_inspector.h"
+#include "google/protobuf/util/time_util.h"
+#include "spdlog/spdlog.h"
+
+namespace walshift {
+namespace {
+
+constexpr size_t kShownValue = 120;
+constexpr int kRounds = 3;
+
+using Row = std::vector<std::optional<std::string>>;
+
+std::string Cut(const std::string& v) {
+  return v.size() <= kShownValue ? v : absl::StrCat(v.substr(0, kShownValue), "... (", v.size(), " bytes)");
+}
+
+absl::StatusOr<Lsn> CurrentLsn(PGconn* conn) {
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(conn, "SELECT pg_current_wal_lsn()::text", "source: reading the WAL position"));
+  return ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
+}
+
+absl::StatusOr<Lsn> Checkpoint(PGconn* target, const std::string& pipeline) {
+  auto r = pg::ExecParams(target, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
+                          {pipeline.c_str()}, "target: reading the checkpoint");
+  if (!r.ok() || PQntuples(r->get()) == 0) return kInvalidLsn;
+  return ParseLsn(PQgetvalue(r->get(), 0, 0)).value_or(kInvalidLsn);
+}
+
+// Waits until the target's checkpoint reaches `lsn`; false when `settle` passes first.
+absl::StatusOr<bool> WaitCheckpoint(PGconn* target, const std::string& pipeline, Lsn lsn, absl::Duration settle,
+                                    const std::atomic<bool>& stop) {
+  absl::Time deadline = absl::Now() + settle;
+  for (;;) {
+    ASSIGN_OR_RETURN(Lsn cp, Checkpoint(target, pipeline));
+    if (cp != kInvalidLsn && cp >= lsn) return true;
+    if (absl::Now() >= deadline || stop.load()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+// An expected target state: an op's shape and a copy of its parameters.
+struct Expectation {
+  const OpShape* shape = nullptr;
+  Row params;
+};
+
+// One compiled comparison per shape.
+struct ShapeCheck {
+  std::string sql;
+  std::vector<int> slots;  // op parameter slot of each statement parameter
+  int compared = 0;        // columns compared (after present, wanted)
+  std::vector<std::string> columns;
+  std::vector<int> key_values;  // indices into columns of the key
+  bool expect_absent = false;   // a delete
+};
+
+class TableVerifier {
+ public:
+  TableVerifier(const VerifyOptions& o, const MappingModule& module, size_t target_index, std::string mapping_path,
+                const std::atomic<bool>& stop)
+      : o_(o), module_(module), target_index_(target_index), stop_(stop) {
+    report_.mapping = std::move(mapping_path);
+    report_.source_table = module.source_table();
+    report_.target = o.settings->targets[target_index].name;
+  }
+
+  absl::StatusOr<VerifyTableReport> Run();
+
+ private:
+  absl::Status Prepare();
+  absl::StatusOr<std::vector<Expectation>> Expect(const Row& row);
+  absl::StatusOr<const ShapeCheck*> CheckFor(const OpShape& shape);
+  // The differences of one source row now (empty: as expected).
+  absl::StatusOr<std::vector<v1::DriftEvent>> Compare(const Row& row);
+  absl::StatusOr<std::optional<Row>> ReadRow(const std::vector<std::string>& key);
+  std::vector<std::string> KeyOf(const Row& row) const;
+  absl::Status Confirm(std::vector<std::pair<std::vector<std::string>, Lsn>> suspects);
+  absl::Status ReverseWalk();
+  absl::Status Report(v1::DriftEvent event);
+
+  const VerifyOptions& o_;
+  const MappingModule& module_;
+  size_t target_index_;
+  const std::atomic<bool>& stop_;
+  VerifyTableReport report_;
+  pg::ConnPtr src_, tgt_;
+  std::unique_ptr<PgSchemaInspector> inspector_;
+  std::shared_ptr<SourceRelation> relation_;
+  std::unique_ptr<BoundMapping> bound_;
+  std::vector<int> key_columns_;
+  std::vector<std::string> key_types_, column_list_;
+  std::map<uint32_t, ShapeCheck> checks_;
+  std::map<std::string, bool> has_equality_;
+};
+
+absl::Status TableVerifier::Prepare() {
+  const config::Settings& s = *o_.settings;
+  ASSIGN_OR_RETURN(src_, pg::Connect(s.source_dsn, "source", "application_name=walshift-verify"));
+  const auto& t = s.targets[target_index_];
+  ASSIGN_OR_RETURN(tgt_, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshift-verify"));
+  RETURN_IF_ERROR(PgSink::EnsureSchema(tgt_.get(), absl::StrCat("target ", t.name)));
+  std::map<std::string, std::string> dsns;
+  for (const auto& x : s.targets) dsns[x.name] = x.dsn;
+  inspector_ = std::make_unique<PgSchemaInspector>(s.source_dsn, dsns);
+  std::vector<std::string> problems;
+  ASSIGN_OR_RETURN(auto rel, DescribeSourceTable(src_.get(), module_.source_table(), &problems, report_.mapping));
+  if (!rel) return absl::FailedPreconditionError(absl::StrJoin(problems, "; "));
+  relation_ = std::make_shared<SourceRelation>(*std::move(rel));
+  ASSIGN_OR_RETURN(bound_, module_.Bind(*relation_, *inspector_));
+  std::string oid = std::to_string(relation_->oid);
+  ASSIGN_OR_RETURN(pg::ResultPtr pk,
+                   pg::ExecParams(src_.get(),
+                                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
+                                  "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true "
+                                  "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                                  "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
+                                  {oid.c_str()}, "reading the primary key"));
+  if (PQntuples(pk.get()) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(module_.source_table(), " has no primary key to walk"));
+  }
+  for (int i = 0; i < PQntuples(pk.get()); ++i) {
+    key_columns_.push_back(relation_->ColumnIndex(PQgetvalue(pk.get(), i, 0)));
+    key_types_.push_back(PQgetvalue(pk.get(), i, 1));
+  }
+  for (const auto& c : relation_->columns) column_list_.push_back(pg::QuoteIdent(c.name));
+  return absl::OkStatus();
+}
+
+std::vector<std::string> TableVerifier::KeyOf(const Row& row) const {
+  std::vector<std::string> key;
+  for (int k : key_columns_) key.push_back(row[k].value_or(""));
+  return key;
+}
+
+absl::StatusOr<std::vector<Expectation>> TableVerifier::Expect(const Row& row) {
+  Tuple tuple(row.size());
+  for (size_t c = 0; c < row.size(); ++c) {
+    tuple[c] = row[c] ? Datum{DatumKind::kText, static_cast<uint32_t>(row[c]->size()), row[c]->c_str()}
+                      : Datum{DatumKind::kNull, 0, nullptr};
+  }
+  RowChange change;
+  change.kind = ChangeKind::kInsert;
+  change.relation = relation_.get();
+  change.new_tuple = &tuple;
+  change.snapshot = true;
+  std::vector<Expectation> out;
+  RETURN_IF_ERROR(bound_->Map(change, [&](const TargetOp& op) {
+    Expectation e;
+    e.shape = op.shape;
+    for (int i = 0; i < op.shape->num_params; ++i) {
+      const Datum& d = op.params[i];
+      e.params.push_back(d.is_null() ? std::nullopt : std::optional<std::string>(std::string(d.view())));
+    }
+    out.push_back(std::move(e));
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<const ShapeCheck*> TableVerifier::CheckFor(const OpShape& shape) {
+  auto it = checks_.find(shape.id);
+  if (it != checks_.end()) return &it->second;
+  ShapeCheck check;
+  check.expect_absent = shape.kind == OpKind::kDelete;
+  ASSIGN_OR_RETURN(auto types, inspector_->TargetColumnTypes(shape.target, shape.table));
+  std::map<int, int> position;  // slot → $n
+  auto ref = [&](int slot) {
+    auto [p, inserted] = position.emplace(slot, static_cast<int>(check.slots.size()) + 1);
+    if (inserted) check.slots.push_back(slot);
+    return absl::StrCat("$", p->second);
+  };
+  auto expression = [&](const std::string& sql, const std::vector<int>& inputs) {
+    std::vector<std::string> named;
+    for (int in : inputs) {
+      const ExprInput& e = shape.inputs[in];
+      named.push_back(absl::StrCat(ref(e.param), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
+    }
+    if (named.empty()) return absl::StrCat("(SELECT ", sql, ")");
+    return absl::StrCat("(SELECT ", sql, " FROM (SELECT ", absl::StrJoin(named, ", "), ") AS s)");
+  };
+  std::vector<std::string> exprs, join, eq, expected_text, actual_text;
+  for (size_t i = 0; i < shape.values.size(); ++i) {
+    const TargetValue& v = shape.values[i];
+    std::string type = types.count(v.column) ? types[v.column] : "text";
+    std::string value = v.param >= 0 ? absl::StrCat(ref(v.param), "::", type)
+                                     : absl::StrCat(expression(v.sql, v.sql_inputs), "::", type);
+    exprs.push_back(absl::StrCat(value, " AS v", i));
+    std::string col = absl::StrCat("t.", pg::QuoteIdent(v.column));
+    bool is_key = std::find(shape.key.begin(), shape.key.end(), static_cast<int>(i)) != shape.key.end();
+    if (is_key) {
+      join.push_back(absl::StrCat(col, " = e.v", i));
+      check.key_values.push_back(static_cast<int>(check.columns.size()));
+    }
+    check.columns.push_back(v.column);
+    if (!has_equality_.count(type)) {
+      auto r = pg::ExecParams(tgt_.get(),
+                              "SELECT EXISTS (SELECT 1 FROM pg_operator WHERE oprname = '=' AND "
+                              "oprleft = $1::regtype AND oprright = $1::regtype)",
+                              {type.c_str()}, "reading operators");
+      has_equality_[type] = r.ok() && PQgetvalue(r->get(), 0, 0)[0] == 't';
+    }
+    if (type == "json") {
+      eq.push_back(absl::StrCat("(e.v", i, ")::jsonb IS NOT DISTINCT FROM (", col, ")::jsonb"));
+    } else if (has_equality_[type]) {
+      eq.push_back(absl::StrCat("e.v", i, " IS NOT DISTINCT FROM ", col));
+    } else {
+      eq.push_back(absl::StrCat("(e.v", i, ")::text IS NOT DISTINCT FROM (", col, ")::text"));
+    }
+    expected_text.push_back(absl::StrCat("(e.v", i, ")::text"));
+    actual_text.push_back(absl::StrCat("(", col, ")::text"));
+  }
+  std::string wanted = check.expect_absent ? "false"
+                       : shape.condition.empty()
+                           ? "true"
+                           : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs), ", false)");
+  if (check.expect_absent) eq.clear();
+  check.compared = static_cast<int>(eq.size());
+  check.sql = absl::StrCat("SELECT t.ctid IS NOT NULL, ", wanted, eq.empty() ? "" : ", ", absl::StrJoin(eq, ", "), ", ",
+                           absl::StrJoin(expected_text, ", "), ", ", absl::StrJoin(actual_text, ", "),
+                           " FROM (SELECT ", absl::StrJoin(exprs, ", "), ") AS e LEFT JOIN ",
+                           pg::QuoteQualified(shape.table), " AS t ON ", absl::StrJoin(join, " AND "));
+  return &checks_.emplace(shape.id, std::move(check)).first->second;
+}
+
+absl::StatusOr<std::vector<v1::DriftEvent>> TableVerifier::Compare(const Row& row) {
+  std::vector<v1::DriftEvent> out;
+  ASSIGN_OR_RETURN(std::vector<Expectation> expected, Expect(row));
+  for (const Expectation& e : expected) {
+    const OpShape& shape = *e.shape;
+    if (!shape.statement.empty() || shape.kind == OpKind::kUpdateOnly || shape.kind == OpKind::kTruncate ||
+        shape.key.empty()) {
+      ++report_.skipped;
+      if (report_.note.empty()) {
+        report_.note = absl::StrCat("rows written by module-rendered statements (", shape.table,
+                                    ") are not compared yet");
+      }
+      continue;
+    }
+    ASSIGN_OR_RETURN(const ShapeCheck* check, CheckFor(shape));
+    std::vector<const char*> values;
+    for (int slot : check->slots) values.push_back(e.params[slot] ? e.params[slot]->c_str() : nullptr);
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(tgt_.get(), check->sql, values,
+                                                     absl::StrCat("target ", report_.target, ": comparing ", shape.table)));
+    PGresult* res = r.get();
+    const int n = static_cast<int>(check->columns.size());
+    bool present = PQgetvalue(res, 0, 0)[0] == 't';
+    bool wanted = PQgetvalue(res, 0, 1)[0] == 't';
+    auto text = [&](int col) -> std::string { return PQgetisnull(res, 0, col) ? "NULL" : PQgetvalue(res, 0, col); };
+    int expected_at = 2 + check->compared, actual_at = expected_at + n;
+    v1::DriftEvent d;
+    d.set_pipeline(o_.settings->proto.pipeline());
+    d.set_source_table(report_.source_table);
+    d.set_target(report_.target);
+    d.set_target_table(shape.table);
+    std::vector<std::string> key;
+    for (int k : check->key_values) key.push_back(absl::StrCat(check->columns[k], "=", text(expected_at + k)));
+    d.set_key(absl::StrJoin(key, ", "));
+    if (wanted && !present) {
+      d.set_kind(v1::MISSING);
+    } else if (!wanted && present) {
+      d.set_kind(v1::EXTRA);
+    } else if (wanted && present) {
+      for (int c = 0; c < check->compared; ++c) {
+        if (PQgetvalue(res, 0, 2 + c)[0] == 't') continue;
+        v1::ColumnDiff* diff = d.add_columns();
+        diff->set_column(check->columns[c]);
+        diff->set_expected(Cut(text(expected_at + c)));
+        diff->set_actual(Cut(text(actual_at + c)));
+      }
+      if (d.columns_size() == 0) continue;
+      d.set_kind(v1::MISMATCH);
+    } else {
+      continue;
+    }
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+absl::StatusOr<std::optional<Row>> TableVerifier::ReadRow(const std::vector<std::string>& key) {
+  std::vector<std::string> conds;
+  std::vector<const char*> values;
+  for (size_t i = 0; i < key_columns_.size(); ++i) {
+    conds.push_back(absl::StrCat(pg::QuoteIdent(relation_->columns[key_columns_[i]].name), " = $", i + 1, "::",
+                                 key_types_[i]));
+    values.push_back(key[i].c_str());
+  }
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(src_.get(),
+                                  absl::StrCat("SELECT ", absl::StrJoin(column_list_, ", "), " FROM ONLY ",
+                                               pg::QuoteQualified(module_.source_table()), " WHERE ",
+                                               absl::StrJoin(conds, " AND ")),
+                                  values, "source: reading a row"));
+  if (PQntuples(r.get()) == 0) return std::nullopt;
+  Row row;
+  for (int c = 0; c < PQnfields(r.get()); ++c) {
+    row.push_back(PQgetisnull(r.get(), 0, c) ? std::nullopt : std::optional<std::string>(PQgetvalue(r.get(), 0, c)));
+  }
+  return row;
+}
+
+absl::Status TableVerifier::Report(v1::DriftEvent event) {
+  *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  switch (event.kind()) {
+    case v1::MISSING: ++report_.missing; break;
+    case v1::EXTRA: ++report_.extra; break;
+    default: ++report_.mismatched; break;
+  }
+  if (o_.events != nullptr) o_.events->Publish(event);
+  if (o_.record) {
+    std::string columns = "[";
+    for (int i = 0; i < event.columns_size(); ++i) {
+      const auto& c = event.columns(i);
+      absl::StrAppend(&columns, i ? "," : "", "{\"column\":", JsonString(c.column()), ",\"expected\":",
+                      JsonString(c.expected()), ",\"actual\":", JsonString(c.actual()), "}");
+    }
+    columns += "]";
+    std::string kind = v1::DriftKind_Name(event.kind());
+    RETURN_IF_ERROR(pg::ExecParams(tgt_.get(),
+                                   "INSERT INTO walshift.drift (pipeline, source_table, target_table, kind, key, "
+                                   "columns, checked_at_lsn) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::pg_lsn)",
+                                   {event.pipeline().c_str(), event.source_table().c_str(), event.target_table().c_str(),
+                                    kind.c_str(), event.key().c_str(), columns.c_str(), event.checked_at_lsn().c_str()},
+                                   "target: recording drift")
+                        .status());
+  }
+  if (report_.shown.size() < o_.max_shown) report_.shown.push_back(std::move(event));
+  return absl::OkStatus();
+}
+
+// Re-checks rows that differed: after the target passed the position they were read at, read
+// the source row again (L2), wait for the target to pass L2, compare, and read the source row a
+// third time: unchanged since L2 means the difference is real.
+absl::Status TableVerifier::Confirm(std::vector<std::pair<std::vector<std::string>, Lsn>> suspects) {
+  const std::string& pipeline = o_.settings->proto.pipeline();
+  for (int round = 0; round < kRounds && !suspects.empty(); ++round) {
+    Lsn first = kInvalidLsn;
+    for (const auto& [_, lsn] : suspects) first = std::max(first, lsn);
+    ASSIGN_OR_RETURN(bool passed, WaitCheckpoint(tgt_.get(), pipeline, first, o_.settle, stop_));
+    if (!passed) break;
+    std::vector<std::pair<std::vector<std::string>, Lsn>> again;
+    for (auto& [key, lsn] : suspects) {
+      ASSIGN_OR_RETURN(Lsn l2, CurrentLsn(src_.get()));
+      ASSIGN_OR_RETURN(auto before, ReadRow(key));
+      ASSIGN_OR_RETURN(bool settled, WaitCheckpoint(tgt_.get(), pipeline, l2, o_.settle, stop_));
+      if (!settled) {
+        again.emplace_back(key, l2);
+        continue;
+      }
+      std::vector<v1::DriftEvent> diffs;
+      if (before) {
+        ASSIGN_OR_RETURN(diffs, Compare(*before));
+      }
+      if (diffs.empty()) continue;  // in flight, now applied
+      ASSIGN_OR_RETURN(auto after, ReadRow(key));
+      if (after != before) {
+        again.emplace_back(key, l2);  // the row changed meanwhile: look again
+        continue;
+      }
+      for (auto& d : diffs) {
+        d.set_checked_at_lsn(FormatLsn(l2));
+        RETURN_IF_ERROR(Report(std::move(d)));
+      }
+    }
+    suspects = std::move(again);
+  }
+  report_.unsettled += suspects.size();
+  return absl::OkStatus();
+}
+
+absl::Status TableVerifier::ReverseWalk() {
+  // Only for a table this mapping alone fills, keyed by plain source columns.
+  std::vector<const OpShape*> upserts;
+  for (const OpShape* s : bound_->shapes())
+    if (s->kind == OpKind::kUpsert) upserts.push_back(s);
+  if (upserts.size() != 1 || !upserts[0]->statement.empty()) return absl::OkStatus();
+  const OpShape& shape = *upserts[0];
+  for (size_t m = 0; m < o_.modules->size(); ++m) {
+    if ((*o_.modules)[m].get() == &module_) continue;
+    if (o_.settings->targets[o_.module_target[m]].name != report_.target) continue;
+    // Another mapping to the same target table: its rows are not this source's to account for.
+    std::vector<std::string> problems;
+    auto rel = DescribeSourceTable(src_.get(), (*o_.modules)[m]->source_table(), &problems, "");
+    if (!rel.ok() || !*rel) continue;
+    auto other = (*o_.modules)[m]->Bind(**rel, *inspector_);
+    if (!other.ok()) continue;
+    for (const OpShape* s : (*other)->shapes()) {
+      if (s->table == shape.table) {
+        report_.note = absl::StrCat(shape.table, " is also written by ", (*o_.modules)[m]->source_table(),
+                                    ": extra rows are not looked for");
+        return absl::OkStatus();
+      }
+    }
+  }
+  std::vector<std::string> target_keys, source_cols, source_types;  // source_cols: raw names
+  for (int k : shape.key) {
+    const TargetValue& v = shape.values[k];
+    int src = v.param >= 0 ? relation_->ColumnIndex(v.origin) : -1;
+    if (src < 0) {
+      report_.note = absl::StrCat("the key of ", shape.table, " is computed: extra rows are not looked for");
+      return absl::OkStatus();
+    }
+    target_keys.push_back(pg::QuoteIdent(v.column));
+    source_cols.push_back(relation_->columns[src].name);
+  }
+  {
+    std::string oid = std::to_string(relation_->oid);
+    for (const std::string& c : source_cols) {
+      ASSIGN_OR_RETURN(pg::ResultPtr t, pg::ExecParams(src_.get(),
+                                                       "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                                       "WHERE attrelid = $1::oid AND attname = $2",
+                                                       {oid.c_str(), c.c_str()}, "reading a key type"));
+      source_types.push_back(PQgetvalue(t.get(), 0, 0));
+    }
+  }
+  report_.extras_checked = true;
+  std::string keys = absl::StrJoin(target_keys, ", ");
+  std::vector<std::string> text_keys;
+  for (const auto& k : target_keys) text_keys.push_back(absl::StrCat(k, "::text"));
+  std::vector<std::string> last;
+  std::vector<std::pair<std::vector<std::string>, Lsn>> suspects;
+  for (;;) {
+    if (stop_.load()) return absl::CancelledError("stopped");
+    std::vector<std::string> conds, placeholders;
+    std::vector<const char*> values;
+    for (size_t i = 0; i < last.size(); ++i) {
+      placeholders.push_back(absl::StrCat("$", i + 1));
+      values.push_back(last[i].c_str());
+    }
+    // Keyset pagination in the target's own key order; the text parameters take the key's types.
+    std::string where;
+    if (!last.empty()) {
+      std::vector<std::string> typed;
+      for (size_t i = 0; i < last.size(); ++i) typed.push_back(absl::StrCat("$", i + 1, "::", source_types[i]));
+      where = absl::StrCat(" WHERE (", keys, ") > (", absl::StrJoin(typed, ", "), ")");
+    }
+    ASSIGN_OR_RETURN(pg::ResultPtr r,
+                     pg::ExecParams(tgt_.get(),
+                                    absl::StrCat("SELECT ", absl::StrJoin(text_keys, ", "), " FROM ",
+                                                 pg::QuoteQualified(shape.table), where, " ORDER BY ", keys,
+                                                 " LIMIT ", o_.chunk_rows),
+                                    values, "target: walking keys"));
+    int n = PQntuples(r.get());
+    if (n == 0) break;
+    ASSIGN_OR_RETURN(Lsn lsn, CurrentLsn(src_.get()));
+    for (int i = 0; i < n; ++i) {
+      std::vector<std::string> key;
+      for (size_t c = 0; c < target_keys.size(); ++c) key.push_back(PQgetvalue(r.get(), i, c));
+      ASSIGN_OR_RETURN(auto row, ReadRow(key));
+      if (!row) suspects.emplace_back(key, lsn);
+      last = key;
+    }
+    if (n < o_.chunk_rows) break;
+  }
+  // Confirm: the target passed the position, the target still has the row, the source does not.
+  const std::string& pipeline = o_.settings->proto.pipeline();
+  for (const auto& [key, lsn] : suspects) {
+    ASSIGN_OR_RETURN(bool passed, WaitCheckpoint(tgt_.get(), pipeline, lsn, o_.settle, stop_));
+    if (!passed) {
+      ++report_.unsettled;
+      continue;
+    }
+    ASSIGN_OR_RETURN(Lsn l2, CurrentLsn(src_.get()));
+    ASSIGN_OR_RETURN(auto row, ReadRow(key));
+    if (row) continue;
+    ASSIGN_OR_RETURN(bool settled, WaitCheckpoint(tgt_.get(), pipeline, l2, o_.settle, stop_));
+    if (!settled) {
+      ++report_.unsettled;
+      continue;
+    }
+    std::vector<std::string> conds;
+    std::vector<const char*> values;
+    for (size_t i = 0; i < key.size(); ++i) {
+      conds.push_back(absl::StrCat(target_keys[i], "::text = $", i + 1));
+      values.push_back(key[i].c_str());
+    }
+    ASSIGN_OR_RETURN(pg::ResultPtr still,
+                     pg::ExecParams(tgt_.get(),
+                                    absl::StrCat("SELECT 1 FROM ", pg::QuoteQualified(shape.table), " WHERE ",
+                                                 absl::StrJoin(conds, " AND ")),
+                                    values, "target: re-reading a row"));
+    if (PQntuples(still.get()) == 0) continue;
+    v1::DriftEvent d;
+    d.set_pipeline(pipeline);
+    d.set_source_table(report_.source_table);
+    d.set_target(report_.target);
+    d.set_target_table(shape.table);
+    d.set_kind(v1::EXTRA);
+    std::vector<std::string> shown;
+    for (size_t i = 0; i < key.size(); ++i) shown.push_back(absl::StrCat(shape.values[shape.key[i]].column, "=", key[i]));
+    d.set_key(absl::StrJoin(shown, ", "));
+    d.set_checked_at_lsn(FormatLsn(l2));
+    RETURN_IF_ERROR(Report(std::move(d)));
+    if (o_.delete_extras) {
+      ASSIGN_OR_RETURN(pg::ResultPtr del,
+                       pg::ExecParams(tgt_.get(),
+                                      absl::StrCat("DELETE FROM ", pg::QuoteQualified(shape.table), " WHERE ",
+                                                   absl::StrJoin(conds, " AND ")),
+                                      values, "target: deleting an extra row"));
+      report_.deleted += std::strtoull(PQcmdTuples(del.get()), nullptr, 10);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VerifyTableReport> TableVerifier::Run() {
+  absl::Time started = absl::Now();
+  RETURN_IF_ERROR(Prepare());
+  std::vector<std::string> key_names;
+  for (int k : key_columns_) key_names.push_back(pg::QuoteIdent(relation_->columns[k].name));
+  std::string keys = absl::StrJoin(key_names, ", ");
+  std::vector<std::string> placeholders;
+  for (size_t i = 0; i < key_types_.size(); ++i) placeholders.push_back(absl::StrCat("$", i + 1, "::", key_types_[i]));
+  std::string select = absl::StrCat("SELECT ", absl::StrJoin(column_list_, ", "), " FROM ONLY ",
+                                    pg::QuoteQualified(module_.source_table()));
+  std::vector<std::string> after;
+  std::vector<std::pair<std::vector<std::string>, Lsn>> suspects;
+  for (;;) {
+    if (stop_.load()) return absl::CancelledError("stopped");
+    RETURN_IF_ERROR(pg::Exec(src_.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
+    ASSIGN_OR_RETURN(Lsn lsn, CurrentLsn(src_.get()));
+    std::vector<const char*> values;
+    for (const auto& k : after) values.push_back(k.c_str());
+    std::string sql = after.empty() ? absl::StrCat(select, " ORDER BY ", keys, " LIMIT ", o_.chunk_rows)
+                                    : absl::StrCat(select, " WHERE (", keys, ") > (", absl::StrJoin(placeholders, ", "),
+                                                   ") ORDER BY ", keys, " LIMIT ", o_.chunk_rows);
+    ASSIGN_OR_RETURN(pg::ResultPtr rows, pg::ExecParams(src_.get(), sql, values, "source: reading a chunk"));
+    RETURN_IF_ERROR(pg::Exec(src_.get(), "COMMIT", "source: COMMIT").status());
+    int n = PQntuples(rows.get());
+    for (int i = 0; i < n; ++i) {
+      Row row;
+      for (int c = 0; c < PQnfields(rows.get()); ++c) {
+        row.push_back(PQgetisnull(rows.get(), i, c) ? std::nullopt
+                                                    : std::optional<std::string>(PQgetvalue(rows.get(), i, c)));
+      }
+      ASSIGN_OR_RETURN(auto diffs, Compare(row));
+      ++report_.checked;
+      if (!diffs.empty()) suspects.emplace_back(KeyOf(row), lsn);
+      if (i + 1 == n) after = KeyOf(row);
+    }
+    if (n < o_.chunk_rows) break;
+  }
+  RETURN_IF_ERROR(Confirm(std::move(suspects)));
+  RETURN_IF_ERROR(ReverseWalk());
+  report_.seconds = absl::ToDoubleSeconds(absl::Now() - started);
+  return report_;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<VerifyTableReport>> VerifyOnce(const VerifyOptions& options, const std::atomic<bool>& stop) {
+  std::vector<VerifyTableReport> out;
+  for (size_t m = 0; m < options.modules->size(); ++m) {
+    const MappingModule& module = *(*options.modules)[m];
+    if (!options.table.empty() && module.source_table() != options.table) continue;
+    TableVerifier v(options, module, options.module_target[m], options.settings->mappings[m].path, stop);
+    ASSIGN_OR_RETURN(VerifyTableReport r, v.Run());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+absl::Status WaitCaughtUp(const config::Settings& settings, absl::Duration timeout) {
+  ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(settings.source_dsn, "source", "application_name=walshift-verify"));
+  ASSIGN_OR_RETURN(Lsn goal, CurrentLsn(src.get()));
+  std::atomic<bool> never{false};
+  std::vector<std::string> behind;
+  for (const auto& t : settings.targets) {
+    ASSIGN_OR_RETURN(pg::ConnPtr c, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshift-verify"));
+    ASSIGN_OR_RETURN(bool ok, WaitCheckpoint(c.get(), settings.proto.pipeline(), goal, timeout, never));
+    if (!ok) {
+      ASSIGN_OR_RETURN(Lsn at, Checkpoint(c.get(), settings.proto.pipeline()));
+      behind.push_back(absl::StrCat(t.name, " at ", FormatLsn(at)));
+    }
+  }
+  if (!behind.empty()) {
+    return absl::DeadlineExceededError(absl::StrCat("not caught up to the source position ", FormatLsn(goal),
+                                                    " within ", absl::FormatDuration(timeout), ": ",
+                                                    absl::StrJoin(behind, ", ")));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace walshift

@@ -1,0 +1,180 @@
+// walshiftctl verify --config FILE [--table T] [--repair] [--gate [SECONDS]]
+//
+// One full pass of the drift verifier now (see daemon/verify/verifier.h), printed per mapping:
+// rows checked, missing, extra, mismatched, time, and the keys of the first differences. Exit 0
+// no drift, 1 drift (or the gate not met), 2 an error.
+
+#include <cstdio>
+#include <string>
+#include <set>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/config/config.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/pg/pg_util.h"
+#include "daemon/verify/verifier.h"
+#include "tools/walshiftctl/commands.h"
+#include "transforms/registry.h"
+
+namespace walshift::ctl {
+namespace {
+
+void Print(const std::vector<VerifyTableReport>& reports) {
+  for (const auto& r : reports) {
+    std::printf("%s %s -> %s: %llu checked, %llu missing, %llu extra%s, %llu mismatched%s, %.1f s\n", r.mapping.c_str(),
+                r.source_table.c_str(), r.target.c_str(), static_cast<unsigned long long>(r.checked),
+                static_cast<unsigned long long>(r.missing), static_cast<unsigned long long>(r.extra),
+                r.extras_checked ? "" : " (not looked for)", static_cast<unsigned long long>(r.mismatched),
+                r.unsettled ? absl::StrCat(", ", r.unsettled, " still changing").c_str() : "", r.seconds);
+    if (!r.note.empty()) std::printf("    note: %s\n", r.note.c_str());
+    for (const auto& d : r.shown) {
+      std::vector<std::string> cols;
+      for (const auto& c : d.columns()) cols.push_back(absl::StrCat(c.column(), ": expected ", c.expected(), ", actual ", c.actual()));
+      std::printf("    %-8s %s (%s)%s%s\n", v1::DriftKind_Name(d.kind()).c_str(), d.target_table().c_str(), d.key().c_str(),
+                  cols.empty() ? "" : "  ", absl::StrJoin(cols, "; ").c_str());
+    }
+  }
+}
+
+// Asks walshiftd to backfill `table` (walshiftctl backfill) and waits until every target says done.
+absl::Status Backfill(const config::Settings& s, const std::string& table, absl::Duration timeout) {
+  std::vector<std::pair<pg::ConnPtr, std::string>> targets;
+  for (const auto& t : s.targets) {
+    ASSIGN_OR_RETURN(pg::ConnPtr c, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshiftctl"));
+    ASSIGN_OR_RETURN(pg::ResultPtr now, pg::Exec(c.get(), "SELECT now()::text", "reading the clock"));
+    targets.emplace_back(std::move(c), PQgetvalue(now.get(), 0, 0));
+  }
+  ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(s.source_dsn, "source", "application_name=walshiftctl"));
+  std::string content = absl::StrCat(s.proto.pipeline(), "\t", table);
+  RETURN_IF_ERROR(pg::ExecParams(src.get(), "SELECT pg_logical_emit_message(true, 'walshift.backfill', $1)",
+                                 {content.c_str()}, "requesting a backfill")
+                      .status());
+  absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    bool done = false;
+    for (auto& [c, since] : targets) {
+      auto r = pg::ExecParams(c.get(),
+                              "SELECT 1 FROM walshift.backfill WHERE pipeline = $1 AND source_table = $2 "
+                              "AND state = 'done' AND updated_at >= $3::timestamptz",
+                              {s.proto.pipeline().c_str(), table.c_str(), since.c_str()}, "reading progress");
+      if (r.ok() && PQntuples(r->get()) > 0) done = true;
+    }
+    if (done) return absl::OkStatus();
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("the backfill of ", table,
+                                                      " did not finish; --repair needs a running walshiftd"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+}  // namespace
+
+int VerifyCommand(int argc, char** argv) {
+  std::string config_path, table;
+  bool repair = false, gate = false;
+  double settle = 120;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
+    else if (a == "--table" && i + 1 < argc) table = argv[++i];
+    else if (a == "--repair") repair = true;
+    else if (a == "--gate") gate = true;
+    else if (a == "--settle" && i + 1 < argc && absl::SimpleAtod(argv[i + 1], &settle)) ++i;
+    else {
+      std::fprintf(stderr, "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S]\n");
+      return 2;
+    }
+  }
+  if (config_path.empty()) {
+    std::fprintf(stderr, "walshiftctl verify: --config is required\n");
+    return 2;
+  }
+  if (!table.empty() && table.find('.') == std::string::npos) table = "public." + table;
+  auto settings = config::LoadSettingsFile(config_path);
+  if (!settings.ok()) {
+    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  auto modules = transforms::BuildModules(*settings, config_path);
+  if (!modules.ok()) {
+    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(modules.status().message()).c_str());
+    return 2;
+  }
+  auto events = EventPublisher::Create(settings->proto);
+  if (!events.ok()) {
+    std::fprintf(stderr, "walshiftctl: %s\n", std::string(events.status().message()).c_str());
+    return 2;
+  }
+  VerifyOptions o;
+  o.settings = &*settings;
+  o.modules = &*modules;
+  for (const auto& m : *modules) {
+    size_t idx = 0;
+    for (size_t t = 0; t < settings->targets.size(); ++t)
+      if (settings->targets[t].name == m->target()) idx = t;
+    o.module_target.push_back(idx);
+  }
+  o.table = table;
+  o.settle = absl::Seconds(settle);
+  o.events = events->get();
+  std::atomic<bool> stop{false};
+  if (gate) {
+    absl::Status st = WaitCaughtUp(*settings, absl::Seconds(settle));
+    if (!st.ok()) {
+      std::printf("gate: %s\n", std::string(st.message()).c_str());
+      return st.code() == absl::StatusCode::kDeadlineExceeded ? 1 : 2;
+    }
+    std::printf("gate: every target has applied the source's position at the start of the pass\n");
+  }
+  auto reports = VerifyOnce(o, stop);
+  if (!reports.ok()) {
+    std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(reports.status().message()).c_str());
+    return 2;
+  }
+  Print(*reports);
+  uint64_t drift = 0;
+  for (const auto& r : *reports) drift += r.drift();
+  if (drift > 0 && repair) {
+    std::printf("repairing: re-applying the drifted tables through walshiftd, deleting extra rows\n");
+    std::set<std::string> tables;
+    for (const auto& r : *reports)
+      if (r.missing + r.mismatched + r.extra > 0) tables.insert(r.source_table);
+    for (const auto& t : tables) {
+      absl::Status st = Backfill(*settings, t, absl::Seconds(std::max(600.0, settle)));
+      if (!st.ok()) {
+        std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(st.message()).c_str());
+        return 2;
+      }
+    }
+    o.delete_extras = true;
+    auto healed = VerifyOnce(o, stop);  // deletes the extras it confirms
+    if (!healed.ok()) {
+      std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(healed.status().message()).c_str());
+      return 2;
+    }
+    o.delete_extras = false;
+    for (const auto& r : *healed) {
+      if (r.deleted) {
+        std::printf("repaired: %llu extra rows deleted from %s\n", static_cast<unsigned long long>(r.deleted),
+                    r.target.c_str());
+      }
+    }
+    std::printf("verifying again\n");
+    reports = VerifyOnce(o, stop);
+    if (!reports.ok()) {
+      std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(reports.status().message()).c_str());
+      return 2;
+    }
+    Print(*reports);
+    drift = 0;
+    for (const auto& r : *reports) drift += r.drift();
+  }
+  std::printf("%s\n", drift == 0 ? "no drift" : absl::StrCat(drift, " differences").c_str());
+  return drift == 0 ? 0 : 1;
+}
+
+}  // namespace walshift::ctl
