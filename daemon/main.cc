@@ -17,6 +17,7 @@
 #include "daemon/observe/status.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/live_check.h"
+#include "daemon/verify/verifier.h"
 #include "daemon/pipeline/pipeline.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -209,8 +210,29 @@ int main(int argc, char** argv) {
   int code = 0;
   {
     walshift::Monitor monitor(*settings, &status, publisher);
+    // The continuous drift verifier, when enabled (its own connections, a rows/s budget).
+    std::unique_ptr<walshift::ContinuousVerifier> verifier;
+    auto verify_settings = std::make_unique<walshift::config::Settings>(*settings);
+    auto verify_modules = *modules;
+    if (settings->proto.verify().enabled()) {
+      walshift::VerifyOptions vo;
+      vo.settings = verify_settings.get();
+      vo.modules = &verify_modules;
+      for (const auto& m : verify_modules) {
+        size_t idx = 0;
+        for (size_t t = 0; t < settings->targets.size(); ++t)
+          if (settings->targets[t].name == m->target()) idx = t;
+        vo.module_target.push_back(idx);
+      }
+      vo.events = publisher;
+      vo.rows_per_second = settings->proto.verify().rows_per_second() ? settings->proto.verify().rows_per_second() : 500;
+      verifier = std::make_unique<walshift::ContinuousVerifier>(
+          std::move(vo), &status,
+          absl::Seconds(settings->proto.verify().interval_s() ? settings->proto.verify().interval_s() : 3600));
+    }
     walshift::Pipeline pipeline(*std::move(settings), *std::move(modules), &status);
     absl::Status st = pipeline.Run(g_stop);
+    verifier.reset();  // before the pipeline's connections go: a pass may wait on its checkpoint
     if (!st.ok()) {
       status.SetState(walshift::v1::ERROR, std::string(st.message()));
       spdlog::critical("stopped: {}", std::string(st.message()));

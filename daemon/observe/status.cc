@@ -156,6 +156,11 @@ void PipelineStatus::SetCopyProgress(std::function<std::vector<CopyUnitReport>()
   copy_progress_ = std::move(progress);
 }
 
+void PipelineStatus::SetVerify(const VerifyView& view) {
+  std::lock_guard<std::mutex> lock(mu_);
+  verify_[view.mapping] = view;
+}
+
 std::vector<CopyUnitReport> PipelineStatus::CopyLocked() {
   return copy_progress_ ? copy_progress_() : std::vector<CopyUnitReport>{};
 }
@@ -241,6 +246,19 @@ std::string PipelineStatus::StatusJson() {
                     r.chunks_total, ",\"done\":", done ? "true" : "false", "}");
     first = false;
   }
+  absl::StrAppend(&out, "],\"verify\":[");
+  first = true;
+  for (const auto& [_, v] : verify_) {
+    absl::StrAppend(&out, first ? "" : ",", "{\"mapping\":", JsonString(v.mapping), ",\"source_table\":",
+                    JsonString(v.source_table), ",\"target\":", JsonString(v.target), ",\"rows_verified\":",
+                    v.rows_verified, ",\"missing\":", v.missing, ",\"extra\":", v.extra, ",\"mismatched\":",
+                    v.mismatched, ",\"last_full_pass\":",
+                    v.last_full_pass == absl::InfinitePast()
+                        ? "null"
+                        : JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", v.last_full_pass, absl::UTCTimeZone())),
+                    "}");
+    first = false;
+  }
   uint64_t errors = 0;
   for (const auto& [_, n] : errors_) errors += n;
   absl::StrAppend(&out, "],\"kafka\":{\"enabled\":", kafka_.enabled ? "true" : "false", ",\"brokers\":",
@@ -310,6 +328,24 @@ std::string PipelineStatus::PrometheusText() {
   single("walshift_kafka_delivered_total", "counter", "Events delivered to Kafka", kafka_.delivered);
   single("walshift_kafka_dropped_total", "counter", "Events dropped because the queue was full", kafka_.dropped);
   single("walshift_kafka_failed_total", "counter", "Events Kafka did not accept in time", kafka_.failed);
+  head("walshift_verify_rows_total", "counter", "Source rows the drift verifier checked, per mapping");
+  for (const auto& [m, v] : verify_)
+    absl::StrAppend(&out, "walshift_verify_rows_total{", p, ",mapping=\"", Label(m), "\",table=\"", Label(v.source_table),
+                    "\"} ", v.rows_verified, "\n");
+  head("walshift_drift_total", "counter", "Confirmed differences by kind, per mapping");
+  for (const auto& [m, v] : verify_) {
+    for (const auto& [kind, n] : {std::pair<const char*, uint64_t>{"MISSING", v.missing}, {"EXTRA", v.extra},
+                                  {"MISMATCH", v.mismatched}}) {
+      absl::StrAppend(&out, "walshift_drift_total{", p, ",mapping=\"", Label(m), "\",table=\"", Label(v.source_table),
+                      "\",kind=\"", kind, "\"} ", n, "\n");
+    }
+  }
+  head("walshift_verify_last_full_pass_timestamp_seconds", "gauge", "When the verifier last finished a full pass");
+  for (const auto& [m, v] : verify_) {
+    if (v.last_full_pass == absl::InfinitePast()) continue;
+    absl::StrAppend(&out, "walshift_verify_last_full_pass_timestamp_seconds{", p, ",mapping=\"", Label(m),
+                    "\",table=\"", Label(v.source_table), "\"} ", absl::ToUnixSeconds(v.last_full_pass), "\n");
+  }
   std::vector<CopyUnitReport> copy = CopyLocked();
   head("walshift_copy_rows", "gauge", "Rows of the initial copy done per source table and target");
   for (const auto& r : copy)

@@ -56,6 +56,14 @@ struct SourceView {
   absl::Time read_at = absl::InfinitePast();
 };
 
+// The continuous drift verifier's counters for one mapping.
+struct VerifyView {
+  std::string mapping, source_table, target;
+  uint64_t rows_verified = 0;  // since start
+  uint64_t missing = 0, extra = 0, mismatched = 0;  // confirmed since start
+  absl::Time last_full_pass = absl::InfinitePast();
+};
+
 struct KafkaView {
   bool enabled = false;
   std::string brokers;
@@ -91,6 +99,8 @@ class PipelineStatus {
   void SetKafka(const KafkaView& kafka);
   // While copying: how to read the copy's progress; afterwards its final report.
   void SetCopyProgress(std::function<std::vector<CopyUnitReport>()> progress);
+  // The verifier's counters of one mapping (keyed by `view.mapping`).
+  void SetVerify(const VerifyView& view);
 
   // A LagEvent of the current state (rates over the time since the previous call with
   // `advance_rates`).
@@ -130,6 +140,7 @@ class PipelineStatus {
   SourceView source_;
   KafkaView kafka_;
   std::function<std::vector<CopyUnitReport>()> copy_progress_;
+  std::map<std::string, VerifyView> verify_;
   absl::Time rates_at_ = absl::Now();
 };
 

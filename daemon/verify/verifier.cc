@@ -320,8 +320,13 @@ absl::Status TableVerifier::Report(v1::DriftEvent event) {
     case v1::EXTRA: ++report_.extra; break;
     default: ++report_.mismatched; break;
   }
-  if (o_.events != nullptr) o_.events->Publish(event);
-  if (o_.record) {
+  std::string identity = event.source_table() + "|" + event.target_table() + "|" + v1::DriftKind_Name(event.kind()) +
+                         "|" + event.key();
+  for (const auto& c : event.columns()) absl::StrAppend(&identity, "|", c.column(), "=", c.actual());
+  if (o_.reported_now != nullptr) o_.reported_now->insert(identity);
+  bool repeat = o_.already_reported != nullptr && o_.already_reported->count(identity) > 0;
+  if (o_.events != nullptr && !repeat) o_.events->Publish(event);
+  if (o_.record && !repeat) {
     std::string columns = "[";
     for (int i = 0; i < event.columns_size(); ++i) {
       const auto& c = event.columns(i);
@@ -531,6 +536,7 @@ absl::StatusOr<VerifyTableReport> TableVerifier::Run() {
   std::vector<std::pair<std::vector<std::string>, Lsn>> suspects;
   for (;;) {
     if (stop_.load()) return absl::CancelledError("stopped");
+    absl::Time chunk_started = absl::Now();
     RETURN_IF_ERROR(pg::Exec(src_.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
     ASSIGN_OR_RETURN(Lsn lsn, CurrentLsn(src_.get()));
     std::vector<const char*> values;
@@ -552,11 +558,18 @@ absl::StatusOr<VerifyTableReport> TableVerifier::Run() {
       if (!diffs.empty()) suspects.emplace_back(KeyOf(row), lsn);
       if (i + 1 == n) after = KeyOf(row);
     }
+    if (o_.progress) o_.progress(report_, false);
+    if (o_.rows_per_second > 0) {
+      // The budget: this chunk's rows take at least rows / rows_per_second.
+      absl::Time until = chunk_started + absl::Seconds(n / o_.rows_per_second);
+      while (absl::Now() < until && !stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
     if (n < o_.chunk_rows) break;
   }
   RETURN_IF_ERROR(Confirm(std::move(suspects)));
   RETURN_IF_ERROR(ReverseWalk());
   report_.seconds = absl::ToDoubleSeconds(absl::Now() - started);
+  if (o_.progress) o_.progress(report_, true);
   return report_;
 }
 
@@ -567,11 +580,74 @@ absl::StatusOr<std::vector<VerifyTableReport>> VerifyOnce(const VerifyOptions& o
   for (size_t m = 0; m < options.modules->size(); ++m) {
     const MappingModule& module = *(*options.modules)[m];
     if (!options.table.empty() && module.source_table() != options.table) continue;
+    if (options.honor_mapping_switch && options.settings->mappings[m].common.has_verify() &&
+        !options.settings->mappings[m].common.verify()) {
+      continue;
+    }
     TableVerifier v(options, module, options.module_target[m], options.settings->mappings[m].path, stop);
     ASSIGN_OR_RETURN(VerifyTableReport r, v.Run());
     out.push_back(std::move(r));
   }
   return out;
+}
+
+ContinuousVerifier::ContinuousVerifier(VerifyOptions options, PipelineStatus* status, absl::Duration interval)
+    : options_(std::move(options)), status_(status), interval_(interval) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+ContinuousVerifier::~ContinuousVerifier() {
+  stop_.store(true);
+  thread_.join();
+}
+
+void ContinuousVerifier::Loop() {
+  // Cumulative counters per mapping; a pass adds its rows and confirmed differences.
+  std::map<std::string, VerifyView> views;
+  std::map<std::string, uint64_t> pass_rows;
+  options_.honor_mapping_switch = true;
+  options_.progress = [&](const VerifyTableReport& r, bool finished) {
+    VerifyView& v = views[r.mapping];
+    v.mapping = r.mapping;
+    v.source_table = r.source_table;
+    v.target = r.target;
+    v.rows_verified += r.checked - pass_rows[r.mapping];
+    pass_rows[r.mapping] = r.checked;
+    if (finished) {
+      v.missing += r.missing;
+      v.extra += r.extra;
+      v.mismatched += r.mismatched;
+      v.last_full_pass = absl::Now();
+      pass_rows[r.mapping] = 0;
+    }
+    status_->SetVerify(v);
+  };
+  auto sleep = [&](absl::Duration d) {
+    absl::Time until = absl::Now() + d;
+    while (absl::Now() < until && !stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  };
+  // Let the pipeline reach streaming first: a copy in progress is not drift.
+  while (!stop_.load() && status_->state() != v1::STREAMING) sleep(absl::Seconds(1));
+  std::set<std::string> reported_before, reported_now;
+  options_.already_reported = &reported_before;
+  options_.reported_now = &reported_now;
+  while (!stop_.load()) {
+    pass_rows.clear();
+    reported_now.clear();
+    auto reports = VerifyOnce(options_, stop_);
+    if (reports.ok()) reported_before.swap(reported_now);  // a drift still there is not news
+    if (!reports.ok()) {
+      if (reports.status().code() != absl::StatusCode::kCancelled) {
+        spdlog::warn("drift verifier: {}; next pass in 60 s", std::string(reports.status().message()));
+        sleep(absl::Seconds(60));
+      }
+      continue;
+    }
+    uint64_t rows = 0, drift = 0;
+    for (const auto& r : *reports) rows += r.checked, drift += r.drift();
+    spdlog::info("drift verifier: full pass over {} mappings, {} rows, {} differences", reports->size(), rows, drift);
+    sleep(interval_);
+  }
 }
 
 absl::Status WaitCaughtUp(const config::Settings& settings, absl::Duration timeout) {

@@ -17,8 +17,11 @@
 // row that keeps changing is counted as unsettled, never as drift.
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,9 +29,12 @@
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
 #include "daemon/observe/events.h"
+#include "daemon/observe/status.h"
 #include "walshift/v1/events.pb.h"
 
 namespace walshift {
+
+struct VerifyTableReport;
 
 struct VerifyOptions {
   const config::Settings* settings = nullptr;
@@ -42,6 +48,14 @@ struct VerifyOptions {
   EventPublisher* events = nullptr;  // DriftEvents (optional)
   bool record = true;                // rows in walshift.drift of the target
   bool delete_extras = false;        // --repair: delete confirmed extra rows found by the reverse walk
+  double rows_per_second = 0;        // 0: as fast as it goes
+  bool honor_mapping_switch = false; // skip mappings with `verify: false`
+  // Continuous passes: differences `already_reported` (by the previous pass) are counted but not
+  // published or recorded again; every difference found goes into `reported_now`.
+  const std::set<std::string>* already_reported = nullptr;
+  std::set<std::string>* reported_now = nullptr;
+  // Called after every chunk and at the end of each mapping with its report so far.
+  std::function<void(const VerifyTableReport&, bool finished)> progress;
 };
 
 struct VerifyTableReport {
@@ -57,6 +71,22 @@ struct VerifyTableReport {
 
 // One full pass. kUnavailable when a database cannot be reached.
 absl::StatusOr<std::vector<VerifyTableReport>> VerifyOnce(const VerifyOptions& options, const std::atomic<bool>& stop);
+
+// The verifier inside walshiftd: full passes with a rows/s budget, one after another
+// (verify.interval_s apart), counters into the status, drift as events and walshift.drift rows.
+class ContinuousVerifier {
+ public:
+  ContinuousVerifier(VerifyOptions options, PipelineStatus* status, absl::Duration interval);
+  ~ContinuousVerifier();  // stops the thread
+
+ private:
+  void Loop();
+  VerifyOptions options_;
+  PipelineStatus* status_;
+  absl::Duration interval_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 // Waits until every target's checkpoint of the pipeline has reached the source's WAL position
 // at the time of the call (the cutover gate). kDeadlineExceeded naming the targets behind.

@@ -5,7 +5,10 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <httplib.h>
+
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -152,6 +155,50 @@ TEST_F(VerifyTest, NoFalseAlarmsUnderAHeavyConcurrentWorkload) {
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_TRUE(TargetRows("SELECT 1 FROM walshift.drift").empty());
   EXPECT_TRUE(StopDaemon().success());
+}
+
+TEST_F(VerifyTest, ContinuousVerifierInTheDaemonReportsDriftInStatusAndMetrics) {
+  Target("CREATE TABLE orders_copy (id int PRIMARY KEY, amount numeric, note text, doc json, at timestamptz)");
+  std::string config = WriteConfig(absl::StrCat(kOneTarget, "kafka: {brokers: \"", kafka_->bootstrap(), "\"}\n", R"(verify: {enabled: true, rows_per_second: 20000, interval_s: 1}
+mappings:
+  - source: orders
+    table: orders_v2
+    key: [order_id]
+    columns: {order_id: id, cents: {sql: "(amount * 100)::bigint"}, amount: amount, note: note, doc: doc, at: at}
+  - {source: orders, table: orders_copy, verify: false}
+)"));
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Target("UPDATE orders_v2 SET note = 'tampered' WHERE order_id = 42; UPDATE orders_copy SET note = 'ignored' WHERE id = 1");
+  std::smatch m;
+  int port = -1;
+  for (int i = 0; i < 50 && port < 0; ++i) {
+    std::string log = DaemonLog();
+    if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) port = std::stoi(m[1]);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GT(port, 0);
+  httplib::Client c("127.0.0.1", port);
+  std::string metrics;
+  for (int i = 0; i < 120; ++i) {
+    auto r = c.Get("/metrics");
+    if (r) metrics = r->body;
+    if (metrics.find("kind=\"MISMATCH\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  EXPECT_THAT(metrics, HasSubstr("walshift_drift_total{pipeline=\"" + pipeline_ +
+                                 "\",mapping=\"mappings[0]\",table=\"public.orders\",kind=\"MISMATCH\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("walshift_verify_last_full_pass_timestamp_seconds"));
+  EXPECT_THAT(metrics, ::testing::Not(HasSubstr("mapping=\"mappings[1]\"")));  // verify: false
+  auto status = c.Get("/status");
+  ASSERT_TRUE(status);
+  EXPECT_THAT(status->body, HasSubstr("\"verify\":[{\"mapping\":\"mappings[0]\""));
+  // Later passes see the same drift again: counted, but recorded and published once.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(TargetRows("SELECT kind, key FROM walshift.drift"), (PgRows{{"MISMATCH", "order_id=42"}}));
+  EXPECT_EQ(DriftEvents().size(), 1u);
+  ExitStatus stopped = StopDaemon();
+  EXPECT_TRUE(stopped.success()) << stopped.ToString() << DaemonLog().substr(DaemonLog().size() > 600 ? DaemonLog().size() - 600 : 0);
 }
 
 TEST_F(VerifyTest, GateNeedsTheTargetsCaughtUp) {
