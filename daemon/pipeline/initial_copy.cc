@@ -354,13 +354,15 @@ absl::Status InitialCopy::Run(const std::atomic<bool>& stop) {
     absl::Time next_log = absl::Now() + absl::Seconds(10);
     while (running.load() > 0) {
       cv.wait_for(lock, std::chrono::seconds(1));
+      // Outside the copy's lock: the status endpoint reads the copy's report under its own
+      // lock, and tick() takes that one.
+      lock.unlock();
       if (options_.tick) options_.tick();
       if (running.load() > 0 && absl::Now() >= next_log) {
         next_log = absl::Now() + absl::Seconds(10);
-        lock.unlock();
         LogProgress(false);
-        lock.lock();
       }
+      lock.lock();
     }
   }
   for (auto& t : threads) t.join();

@@ -56,6 +56,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     sinks_.clear();
     emit_.clear();
     bindings_.clear();
+    retired_.clear();
     backfill_bindings_.clear();
     windows_.clear();
     progress_shapes_.clear();
@@ -305,6 +306,7 @@ absl::Status Pipeline::FlushAll() {
     status_->AddTableChanges(rb.table, rb.unreported);
     rb.unreported = 0;
   }
+  retired_.clear();
   group_changes_ = 0;
   group_started_ = absl::InfinitePast();
   return absl::OkStatus();
@@ -330,6 +332,12 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
                  rb.bindings.size() == 1 ? "" : "s", relation.version);
   }
   auto& slot = bindings_[relation.oid];
+  // The sinks may still hold operations of the old binding's shapes in the open group: keep it
+  // alive until the group is flushed.
+  if (!slot.bindings.empty()) {
+    if (slot.unreported > 0) status_->AddTableChanges(slot.table, slot.unreported);
+    retired_.push_back(std::move(slot));
+  }
   slot = std::move(rb);
   return &slot;
 }

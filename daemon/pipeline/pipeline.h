@@ -89,6 +89,8 @@ class Pipeline : public ChangeHandler {
   std::unique_ptr<PgSchemaInspector> inspector_;
   std::unique_ptr<ChangeSource> source_;
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
+  // Bindings replaced by a newer relation version, kept until the open group is flushed.
+  std::vector<RelationBindings> retired_;
   CopySkipPlan copy_skip_;
   // Re-backfill: the thread, the open watermark windows (id → table, key columns and the keys
   // changed since the low watermark), bindings against the relations chunks were read with,

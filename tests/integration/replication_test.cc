@@ -85,6 +85,28 @@ TEST_F(ReplicationTest, TruncateIgnoredWhenConfigured) {
   EXPECT_EQ(TargetRows("SELECT id::text FROM t ORDER BY id"), (PgRows{{"1"}, {"2"}, {"3"}}));
 }
 
+// pgoutput announces a relation again whenever its cache entry is invalidated (ANALYZE, a
+// statistics target, a new column elsewhere): walshiftd binds the new version while operations
+// of the old one still wait in the open group, unflushed.
+TEST_F(ReplicationTest, RelationAnnouncedAgainMidGroup) {
+  Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(apply: {group_max_ms: 5000}
+mappings: [{source: t}]
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  for (int round = 0; round < 5; ++round) {
+    Source(absl::StrCat("BEGIN; INSERT INTO t SELECT g, 'a' FROM generate_series(", round * 1000 + 1, ", ",
+                        round * 1000 + 500, ") g; ALTER TABLE t ALTER COLUMN v SET STATISTICS ", 100 + round,
+                        "; INSERT INTO t SELECT g, 'b' FROM generate_series(", round * 1000 + 501, ", ",
+                        round * 1000 + 1000, ") g; COMMIT"));
+    Source("ANALYZE t");
+  }
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT count(*)::text, count(*) FILTER (WHERE v = 'b')::text FROM t"), (PgRows{{"5000", "2500"}}));
+  EXPECT_THAT(DaemonLog(), ::testing::HasSubstr("relation version 3"));  // announced again, bound again
+}
+
 TEST_F(ReplicationTest, EveryTypeRoundTripsThroughIdentity) {
   const char* ddl_types =
       "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');";
