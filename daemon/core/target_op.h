@@ -58,6 +58,10 @@ struct OpShape {
   // slots in order). Sent one row at a time; `values` may then only describe it for messages.
   std::string statement;
   int num_params = 0;
+  // For a module-rendered statement, how the drift verifier checks its effect: a query over
+  // the same parameters returning one row (present bool, equal bool, expected text, actual
+  // text, key text). Empty: not verified.
+  std::string verify;
   uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
 };
 

@@ -201,6 +201,34 @@ mappings:
   EXPECT_TRUE(stopped.success()) << stopped.ToString() << DaemonLog().substr(DaemonLog().size() > 600 ? DaemonLog().size() - 600 : 0);
 }
 
+TEST_F(VerifyTest, JsonArrayElementsAreComparedByElementKey) {
+  Source("CREATE TABLE posts (id int PRIMARY KEY, article int, platform text, body text);"
+         "INSERT INTO posts SELECT g, g % 10, (ARRAY['x','bluesky','threads'])[1 + g % 3], 'post ' || g "
+         "FROM generate_series(1, 300) g");
+  Target("CREATE TABLE articles (article int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
+         "CREATE INDEX ON articles USING gin (posts jsonb_path_ops) WITH (fastupdate = off)");
+  std::string config = WriteConfig(kOneTarget + R"(mappings:
+  - {source: posts, module: json_array, table: articles, parent_key: {article: article}, column: posts,
+     element: {legacy_id: id, platform: platform, text: body}, element_key: [legacy_id], sort_by: platform}
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  RunResult clean = Ctl({"verify", "--config", config});
+  EXPECT_EQ(clean.status.exit_code(), 0) << clean.stdout_text << clean.stderr_text;
+  // One element edited, one removed, in the target only.
+  Target("UPDATE articles SET posts = (SELECT jsonb_agg(CASE WHEN e->>'legacy_id' = '7' "
+         "THEN jsonb_set(e, '{text}', '\"edited\"') ELSE e END) FROM jsonb_array_elements(posts) e) WHERE article = 7;"
+         "UPDATE articles SET posts = (SELECT jsonb_agg(e) FROM jsonb_array_elements(posts) e "
+         "WHERE e->>'legacy_id' <> '13') WHERE article = 3");
+  RunResult r = Ctl({"verify", "--config", config});
+  EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
+  EXPECT_THAT(r.stdout_text, HasSubstr("300 checked, 1 missing, 0 extra (not looked for), 1 mismatched"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("MISMATCH public.articles ({\"legacy_id\": 7})  element: expected"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("\"text\": \"edited\""));
+  EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.articles ({\"legacy_id\": 13})"));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(VerifyTest, GateNeedsTheTargetsCaughtUp) {
   ASSERT_TRUE(StartDaemon(config_).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();

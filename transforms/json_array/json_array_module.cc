@@ -230,6 +230,19 @@ class JsonArrayModule : public MappingModule {
         absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem, ")) ON CONFLICT (",
         absl::StrJoin(parent_cols, ", "), ") DO UPDATE SET ", col, " = ", rebuild(up_key, elem));
     upsert.num_params = static_cast<int>(up.slots.size());
+    // The drift verifier: the parent row holds exactly this element under its key.
+    std::vector<std::string> parent_join;
+    {
+      size_t i = 0;
+      for (const auto& [target_col, _] : config_.parent_key()) {
+        parent_join.push_back(absl::StrCat("p.", pg::QuoteIdent(target_col), " = ", parent_vals[i++]));
+      }
+    }
+    upsert.verify = absl::StrCat(
+        "SELECT x.e IS NOT NULL, x.e IS NOT DISTINCT FROM ", elem, ", (", elem, ")::text, x.e::text, (", up_key,
+        ")::text FROM (SELECT 1) AS one LEFT JOIN ", qtable, " AS p ON ", absl::StrJoin(parent_join, " AND "),
+        " LEFT JOIN LATERAL (SELECT e FROM jsonb_array_elements(coalesce(p.", col, ", '[]'::jsonb)) AS a(e) WHERE e @> ",
+        up_key, " LIMIT 1) AS x ON true");
 
     ASSIGN_OR_RETURN(std::string else_key, object(elsewhere, true));
     RETURN_IF_ERROR(parent(elsewhere, nullptr, &parent_match));
