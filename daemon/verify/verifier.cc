@@ -58,10 +58,11 @@ struct Expectation {
   Row params;
 };
 
-// One compiled comparison per shape.
+// One compiled comparison per shape, for any number of rows: the rows go into a VALUES list
+// (`row` is one row's list with {{k}} for its k-th parameter), joined to the target table.
 struct ShapeCheck {
-  std::string sql;
-  std::vector<int> slots;  // op parameter slot of each statement parameter
+  std::string head, row, tail;
+  std::vector<int> slots;  // op parameter slot of each parameter of a row
   int compared = 0;        // columns compared (after present, wanted)
   std::vector<std::string> columns;
   std::vector<int> key_values;  // indices into columns of the key
@@ -86,6 +87,8 @@ class TableVerifier {
   absl::StatusOr<const ShapeCheck*> CheckFor(const OpShape& shape);
   // The differences of one source row now (empty: as expected).
   absl::StatusOr<std::vector<v1::DriftEvent>> Compare(const Row& row);
+  // The differences of each row (batched per target table).
+  absl::StatusOr<std::vector<std::vector<v1::DriftEvent>>> CompareRows(const std::vector<const Row*>& rows);
   absl::StatusOr<std::optional<Row>> ReadRow(const std::vector<std::string>& key);
   std::vector<std::string> KeyOf(const Row& row) const;
   absl::Status Confirm(std::vector<std::pair<std::vector<std::string>, Lsn>> suspects);
@@ -181,7 +184,7 @@ absl::StatusOr<const ShapeCheck*> TableVerifier::CheckFor(const OpShape& shape) 
   auto ref = [&](int slot) {
     auto [p, inserted] = position.emplace(slot, static_cast<int>(check.slots.size()) + 1);
     if (inserted) check.slots.push_back(slot);
-    return absl::StrCat("$", p->second);
+    return absl::StrCat("{{", p->second, "}}");
   };
   auto expression = [&](const std::string& sql, const std::vector<int>& inputs) {
     std::vector<std::string> named;
@@ -198,7 +201,7 @@ absl::StatusOr<const ShapeCheck*> TableVerifier::CheckFor(const OpShape& shape) 
     std::string type = types.count(v.column) ? types[v.column] : "text";
     std::string value = v.param >= 0 ? absl::StrCat(ref(v.param), "::", type)
                                      : absl::StrCat(expression(v.sql, v.sql_inputs), "::", type);
-    exprs.push_back(absl::StrCat(value, " AS v", i));
+    exprs.push_back(value);
     std::string col = absl::StrCat("t.", pg::QuoteIdent(v.column));
     bool is_key = std::find(shape.key.begin(), shape.key.end(), static_cast<int>(i)) != shape.key.end();
     if (is_key) {
@@ -229,88 +232,136 @@ absl::StatusOr<const ShapeCheck*> TableVerifier::CheckFor(const OpShape& shape) 
                            : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs), ", false)");
   if (check.expect_absent) eq.clear();
   check.compared = static_cast<int>(eq.size());
-  check.sql = absl::StrCat("SELECT t.ctid IS NOT NULL, ", wanted, eq.empty() ? "" : ", ", absl::StrJoin(eq, ", "), ", ",
-                           absl::StrJoin(expected_text, ", "), ", ", absl::StrJoin(actual_text, ", "),
-                           " FROM (SELECT ", absl::StrJoin(exprs, ", "), ") AS e LEFT JOIN ",
-                           pg::QuoteQualified(shape.table), " AS t ON ", absl::StrJoin(join, " AND "));
+  std::vector<std::string> names = {"i"};
+  for (size_t i = 0; i < exprs.size(); ++i) names.push_back(absl::StrCat("v", i));
+  names.push_back("w");
+  check.head = absl::StrCat("SELECT e.i, t.ctid IS NOT NULL, e.w", eq.empty() ? "" : ", ", absl::StrJoin(eq, ", "), ", ",
+                            absl::StrJoin(expected_text, ", "), ", ", absl::StrJoin(actual_text, ", "),
+                            " FROM (VALUES ");
+  check.row = absl::StrCat(absl::StrJoin(exprs, ", "), ", ", wanted, ")");
+  check.tail = absl::StrCat(") AS e(", absl::StrJoin(names, ", "), ") LEFT JOIN ", pg::QuoteQualified(shape.table),
+                            " AS t ON ", absl::StrJoin(join, " AND "), " ORDER BY e.i");
   return &checks_.emplace(shape.id, std::move(check)).first->second;
 }
 
 absl::StatusOr<std::vector<v1::DriftEvent>> TableVerifier::Compare(const Row& row) {
-  std::vector<v1::DriftEvent> out;
-  ASSIGN_OR_RETURN(std::vector<Expectation> expected, Expect(row));
-  for (const Expectation& e : expected) {
-    const OpShape& shape = *e.shape;
-    if (!shape.statement.empty() && !shape.verify.empty()) {
-      // The module says how to check what its statement did (e.g. one element of a JSON array).
-      std::vector<const char*> values;
-      for (const auto& p : e.params) values.push_back(p ? p->c_str() : nullptr);
-      ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(tgt_.get(), shape.verify, values,
-                                                       absl::StrCat("target ", report_.target, ": checking ", shape.table)));
-      bool present = PQgetvalue(r.get(), 0, 0)[0] == 't', equal = PQgetvalue(r.get(), 0, 1)[0] == 't';
-      if (present && equal) continue;
-      v1::DriftEvent d;
-      d.set_pipeline(o_.settings->proto.pipeline());
-      d.set_source_table(report_.source_table);
-      d.set_target(report_.target);
-      d.set_target_table(shape.table);
-      d.set_key(PQgetvalue(r.get(), 0, 4));
-      d.set_kind(present ? v1::MISMATCH : v1::MISSING);
-      if (present) {
-        v1::ColumnDiff* diff = d.add_columns();
-        diff->set_column("element");
-        diff->set_expected(Cut(PQgetvalue(r.get(), 0, 2)));
-        diff->set_actual(Cut(PQgetvalue(r.get(), 0, 3)));
-      }
-      out.push_back(std::move(d));
-      continue;
-    }
-    if (!shape.statement.empty() || shape.kind == OpKind::kUpdateOnly || shape.kind == OpKind::kTruncate ||
-        shape.key.empty()) {
-      ++report_.skipped;
-      if (report_.note.empty()) {
-        report_.note = absl::StrCat("rows written by module-rendered statements (", shape.table,
-                                    ") are not compared yet");
-      }
-      continue;
-    }
-    ASSIGN_OR_RETURN(const ShapeCheck* check, CheckFor(shape));
-    std::vector<const char*> values;
-    for (int slot : check->slots) values.push_back(e.params[slot] ? e.params[slot]->c_str() : nullptr);
-    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(tgt_.get(), check->sql, values,
-                                                     absl::StrCat("target ", report_.target, ": comparing ", shape.table)));
-    PGresult* res = r.get();
-    const int n = static_cast<int>(check->columns.size());
-    bool present = PQgetvalue(res, 0, 0)[0] == 't';
-    bool wanted = PQgetvalue(res, 0, 1)[0] == 't';
-    auto text = [&](int col) -> std::string { return PQgetisnull(res, 0, col) ? "NULL" : PQgetvalue(res, 0, col); };
-    int expected_at = 2 + check->compared, actual_at = expected_at + n;
+  ASSIGN_OR_RETURN(auto all, CompareRows({&row}));
+  return std::move(all[0]);
+}
+
+absl::StatusOr<std::vector<std::vector<v1::DriftEvent>>> TableVerifier::CompareRows(const std::vector<const Row*>& rows) {
+  std::vector<std::vector<v1::DriftEvent>> out(rows.size());
+  auto event = [&](const OpShape& shape) {
     v1::DriftEvent d;
     d.set_pipeline(o_.settings->proto.pipeline());
     d.set_source_table(report_.source_table);
     d.set_target(report_.target);
     d.set_target_table(shape.table);
-    std::vector<std::string> key;
-    for (int k : check->key_values) key.push_back(absl::StrCat(check->columns[k], "=", text(expected_at + k)));
-    d.set_key(absl::StrJoin(key, ", "));
-    if (wanted && !present) {
-      d.set_kind(v1::MISSING);
-    } else if (!wanted && present) {
-      d.set_kind(v1::EXTRA);
-    } else if (wanted && present) {
-      for (int c = 0; c < check->compared; ++c) {
-        if (PQgetvalue(res, 0, 2 + c)[0] == 't') continue;
-        v1::ColumnDiff* diff = d.add_columns();
-        diff->set_column(check->columns[c]);
-        diff->set_expected(Cut(text(expected_at + c)));
-        diff->set_actual(Cut(text(actual_at + c)));
+    return d;
+  };
+  // Expectations by shape, in row order: (row index, expectation).
+  std::map<const OpShape*, std::vector<std::pair<size_t, Expectation>>> by_shape;
+  std::vector<const OpShape*> order;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    ASSIGN_OR_RETURN(std::vector<Expectation> expected, Expect(*rows[r]));
+    for (Expectation& e : expected) {
+      const OpShape& shape = *e.shape;
+      if (!shape.statement.empty() && !shape.verify.empty()) {
+        // The module says how to check what its statement did (e.g. one element of a JSON array).
+        std::vector<const char*> values;
+        for (const auto& p : e.params) values.push_back(p ? p->c_str() : nullptr);
+        ASSIGN_OR_RETURN(pg::ResultPtr res, pg::ExecParams(tgt_.get(), shape.verify, values,
+                                                           absl::StrCat("target ", report_.target, ": checking ", shape.table)));
+        bool present = PQgetvalue(res.get(), 0, 0)[0] == 't', equal = PQgetvalue(res.get(), 0, 1)[0] == 't';
+        if (present && equal) continue;
+        v1::DriftEvent d = event(shape);
+        d.set_key(PQgetvalue(res.get(), 0, 4));
+        d.set_kind(present ? v1::MISMATCH : v1::MISSING);
+        if (present) {
+          v1::ColumnDiff* diff = d.add_columns();
+          diff->set_column("element");
+          diff->set_expected(Cut(PQgetvalue(res.get(), 0, 2)));
+          diff->set_actual(Cut(PQgetvalue(res.get(), 0, 3)));
+        }
+        out[r].push_back(std::move(d));
+        continue;
       }
-      if (d.columns_size() == 0) continue;
-      d.set_kind(v1::MISMATCH);
-    } else {
-      continue;
+      if (!shape.statement.empty() || shape.kind == OpKind::kUpdateOnly || shape.kind == OpKind::kTruncate ||
+          shape.key.empty()) {
+        ++report_.skipped;
+        if (report_.note.empty()) {
+          report_.note = absl::StrCat("rows written by module-rendered statements (", shape.table,
+                                      ") are not compared yet");
+        }
+        continue;
+      }
+      if (!by_shape.count(&shape)) order.push_back(&shape);
+      by_shape[&shape].emplace_back(r, std::move(e));
     }
-    out.push_back(std::move(d));
+  }
+  for (const OpShape* shape_ptr : order) {
+    const OpShape& shape = *shape_ptr;
+    ASSIGN_OR_RETURN(const ShapeCheck* check, CheckFor(shape));
+    const auto& list = by_shape[shape_ptr];
+    const size_t per_row = check->slots.size();
+    const size_t batch = std::max<size_t>(1, std::min<size_t>(256, 60000 / std::max<size_t>(1, per_row)));
+    for (size_t start = 0; start < list.size(); start += batch) {
+      size_t n = std::min(batch, list.size() - start);
+      std::string sql = check->head;
+      std::vector<const char*> values;
+      for (size_t k = 0; k < n; ++k) {
+        // One VALUES row: its index, then the template with this row's parameter numbers.
+        absl::StrAppend(&sql, k ? ", (" : "(", k, ", ");
+        const std::string& t = check->row;
+        for (size_t pos = 0; pos < t.size();) {
+          size_t open = t.find("{{", pos);
+          if (open == std::string::npos) {
+            sql.append(t, pos, std::string::npos);
+            break;
+          }
+          size_t close = t.find("}}", open);
+          sql.append(t, pos, open - pos);
+          absl::StrAppend(&sql, "$", k * per_row + std::stoul(t.substr(open + 2, close - open - 2)));
+          pos = close + 2;
+        }
+        const Expectation& e = list[start + k].second;
+        for (int slot : check->slots) values.push_back(e.params[slot] ? e.params[slot]->c_str() : nullptr);
+      }
+      sql += check->tail;
+      ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(tgt_.get(), sql, values,
+                                                       absl::StrCat("target ", report_.target, ": comparing ", shape.table)));
+      PGresult* res = r.get();
+      const int cols = static_cast<int>(check->columns.size());
+      for (int row = 0; row < PQntuples(res); ++row) {
+        size_t k = std::stoul(PQgetvalue(res, row, 0));
+        bool present = PQgetvalue(res, row, 1)[0] == 't';
+        bool wanted = PQgetvalue(res, row, 2)[0] == 't';
+        auto text = [&](int col) -> std::string { return PQgetisnull(res, row, col) ? "NULL" : PQgetvalue(res, row, col); };
+        int expected_at = 3 + check->compared, actual_at = expected_at + cols;
+        v1::DriftEvent d = event(shape);
+        std::vector<std::string> key;
+        for (int kv : check->key_values) key.push_back(absl::StrCat(check->columns[kv], "=", text(expected_at + kv)));
+        d.set_key(absl::StrJoin(key, ", "));
+        if (wanted && !present) {
+          d.set_kind(v1::MISSING);
+        } else if (!wanted && present) {
+          d.set_kind(v1::EXTRA);
+        } else if (wanted && present) {
+          for (int c = 0; c < check->compared; ++c) {
+            if (PQgetvalue(res, row, 3 + c)[0] == 't') continue;
+            v1::ColumnDiff* diff = d.add_columns();
+            diff->set_column(check->columns[c]);
+            diff->set_expected(Cut(text(expected_at + c)));
+            diff->set_actual(Cut(text(actual_at + c)));
+          }
+          if (d.columns_size() == 0) continue;
+          d.set_kind(v1::MISMATCH);
+        } else {
+          continue;
+        }
+        out[list[start + k].first].push_back(std::move(d));
+      }
+    }
   }
   return out;
 }
@@ -577,17 +628,21 @@ absl::StatusOr<VerifyTableReport> TableVerifier::Run() {
     ASSIGN_OR_RETURN(pg::ResultPtr rows, pg::ExecParams(src_.get(), sql, values, "source: reading a chunk"));
     RETURN_IF_ERROR(pg::Exec(src_.get(), "COMMIT", "source: COMMIT").status());
     int n = PQntuples(rows.get());
+    std::vector<Row> chunk(n);
+    std::vector<const Row*> pointers;
     for (int i = 0; i < n; ++i) {
-      Row row;
       for (int c = 0; c < PQnfields(rows.get()); ++c) {
-        row.push_back(PQgetisnull(rows.get(), i, c) ? std::nullopt
-                                                    : std::optional<std::string>(PQgetvalue(rows.get(), i, c)));
+        chunk[i].push_back(PQgetisnull(rows.get(), i, c) ? std::nullopt
+                                                         : std::optional<std::string>(PQgetvalue(rows.get(), i, c)));
       }
-      ASSIGN_OR_RETURN(auto diffs, Compare(row));
-      ++report_.checked;
-      if (!diffs.empty()) suspects.emplace_back(KeyOf(row), lsn);
-      if (i + 1 == n) after = KeyOf(row);
+      pointers.push_back(&chunk[i]);
     }
+    ASSIGN_OR_RETURN(auto diffs, CompareRows(pointers));
+    for (int i = 0; i < n; ++i) {
+      ++report_.checked;
+      if (!diffs[i].empty()) suspects.emplace_back(KeyOf(chunk[i]), lsn);
+    }
+    if (n > 0) after = KeyOf(chunk.back());
     if (o_.progress) o_.progress(report_, false);
     if (o_.rows_per_second > 0) {
       // The budget: this chunk's rows take at least rows / rows_per_second.
