@@ -151,23 +151,16 @@ absl::Status Backfiller::RunJob(Job& job) {
   ASSIGN_OR_RETURN(auto described, DescribeSourceTable(c, job.table, &problems, "backfill"));
   if (!described) return absl::FailedPreconditionError(absl::StrJoin(problems, "; "));
   auto relation = std::make_shared<const SourceRelation>(*std::move(described));
-  std::string oid = std::to_string(relation->oid);
-  ASSIGN_OR_RETURN(pg::ResultPtr pk,
-                   pg::ExecParams(c,
-                                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
-                                  "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true "
-                                  "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                                  "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
-                                  {oid.c_str()}, "reading the primary key"));
-  if (PQntuples(pk.get()) == 0) {
+  ASSIGN_OR_RETURN(auto pk, ReadPrimaryKey(c, *relation));
+  if (pk.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(job.table, " has no primary key to walk in order"));
   }
   std::vector<int> key_columns;
   std::vector<std::string> key_names, key_types;
-  for (int i = 0; i < PQntuples(pk.get()); ++i) {
-    key_names.push_back(pg::QuoteIdent(PQgetvalue(pk.get(), i, 0)));
-    key_types.push_back(PQgetvalue(pk.get(), i, 1));
-    key_columns.push_back(relation->ColumnIndex(PQgetvalue(pk.get(), i, 0)));
+  for (const auto& [name, type] : pk) {
+    key_names.push_back(pg::QuoteIdent(name));
+    key_types.push_back(type);
+    key_columns.push_back(relation->ColumnIndex(name));
   }
   std::vector<std::string> cols;
   for (const auto& col : relation->columns) cols.push_back(pg::QuoteIdent(col.name));

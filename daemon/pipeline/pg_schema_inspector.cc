@@ -81,6 +81,21 @@ absl::StatusOr<PGconn*> PgSchemaInspector::Conn(const std::string& name, const s
   return raw;
 }
 
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPrimaryKey(PGconn* conn,
+                                                                                const SourceRelation& relation) {
+  std::string oid = std::to_string(relation.oid);
+  ASSIGN_OR_RETURN(pg::ResultPtr pk,
+                   pg::ExecParams(conn,
+                                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
+                                  "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true "
+                                  "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                                  "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
+                                  {oid.c_str()}, absl::StrCat("reading the primary key of ", relation.QualifiedName())));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (int i = 0; i < PQntuples(pk.get()); ++i) out.emplace_back(PQgetvalue(pk.get(), i, 0), PQgetvalue(pk.get(), i, 1));
+  return out;
+}
+
 absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation& relation,
                                                             const std::string& target) {
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));

@@ -18,6 +18,11 @@ absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, 
                                                                   std::vector<std::string>* problems,
                                                                   const std::string& where);
 
+// The primary key of `relation` in key order: (column name, format_type with modifier).
+// Empty when it has none.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPrimaryKey(PGconn* conn,
+                                                                                const SourceRelation& relation);
+
 class PgSchemaInspector : public SchemaInspector {
  public:
   // `target_dsns`: target name → DSN. Connections are opened on first use.

@@ -124,20 +124,13 @@ absl::Status TableVerifier::Prepare() {
   if (!rel) return absl::FailedPreconditionError(absl::StrJoin(problems, "; "));
   relation_ = std::make_shared<SourceRelation>(*std::move(rel));
   ASSIGN_OR_RETURN(bound_, module_.Bind(*relation_, *inspector_));
-  std::string oid = std::to_string(relation_->oid);
-  ASSIGN_OR_RETURN(pg::ResultPtr pk,
-                   pg::ExecParams(src_.get(),
-                                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
-                                  "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true "
-                                  "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                                  "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
-                                  {oid.c_str()}, "reading the primary key"));
-  if (PQntuples(pk.get()) == 0) {
+  ASSIGN_OR_RETURN(auto pk, ReadPrimaryKey(src_.get(), *relation_));
+  if (pk.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(module_.source_table(), " has no primary key to walk"));
   }
-  for (int i = 0; i < PQntuples(pk.get()); ++i) {
-    key_columns_.push_back(relation_->ColumnIndex(PQgetvalue(pk.get(), i, 0)));
-    key_types_.push_back(PQgetvalue(pk.get(), i, 1));
+  for (const auto& [name, type] : pk) {
+    key_columns_.push_back(relation_->ColumnIndex(name));
+    key_types_.push_back(type);
   }
   for (const auto& c : relation_->columns) column_list_.push_back(pg::QuoteIdent(c.name));
   return absl::OkStatus();

@@ -55,30 +55,10 @@ class VerifyTest : public DaemonTest {
 
   std::vector<v1::DriftEvent> DriftEvents() {
     std::vector<v1::DriftEvent> out;
-    char err[512];
-    rd_kafka_conf_t* conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", kafka_->bootstrap().c_str(), err, sizeof(err));
-    rd_kafka_conf_set(conf, "group.id", "verify-test", err, sizeof(err));
-    rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof(err));
-    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
-    rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, "walshift.drift", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    rd_kafka_assign(rk, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (absl::Now() < deadline) {
-      rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 500);
-      if (m == nullptr) continue;
-      bool eof = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
-      if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        v1::DriftEvent e;
-        if (e.ParseFromArray(m->payload, static_cast<int>(m->len))) out.push_back(e);
-      }
-      rd_kafka_message_destroy(m);
-      if (eof) break;
+    for (const KafkaRecord& r : ReadTopic(kafka_->bootstrap(), "walshift.drift")) {
+      v1::DriftEvent e;
+      if (r.type == "walshift.v1.DriftEvent" && e.ParseFromString(r.value)) out.push_back(e);
     }
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
     return out;
   }
 

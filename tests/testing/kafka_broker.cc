@@ -1,6 +1,7 @@
 #include "tests/testing/kafka_broker.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace walshift::testing {
 
@@ -87,5 +88,48 @@ absl::Status EmbeddedKafka::SetBrokerUp(int32_t broker_id) {
   }
   return absl::OkStatus();
 }
+
+// Every message of `topic` (partition 0) from the beginning to its current end.
+std::vector<KafkaRecord> ReadTopic(const std::string& bootstrap, const std::string& topic) {
+  std::vector<KafkaRecord> out;
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof(err));
+  rd_kafka_conf_set(conf, "group.id", "walshift-observe-test", err, sizeof(err));
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof(err));
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+  if (rk == nullptr) return out;
+  rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(parts, topic.c_str(), 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk, parts);
+  rd_kafka_topic_partition_list_destroy(parts);
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk, 500);
+    if (m == nullptr) continue;
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      rd_kafka_message_destroy(m);
+      break;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      KafkaRecord r;
+      r.value.assign(static_cast<const char*>(m->payload), m->len);
+      if (m->key) r.key.assign(static_cast<const char*>(m->key), m->key_len);
+      rd_kafka_headers_t* h = nullptr;
+      const void* v = nullptr;
+      size_t n = 0;
+      if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+          rd_kafka_header_get_last(h, "walshift-type", &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        r.type.assign(static_cast<const char*>(v), n);
+      }
+      out.push_back(std::move(r));
+    }
+    rd_kafka_message_destroy(m);
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+  return out;
+}
+
 
 }  // namespace walshift::testing

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -56,5 +57,16 @@ class EmbeddedKafka {
   std::string bootstrap_;
   int broker_count_ = 0;
 };
+
+// One message as a consumer sees it: the walshift-type header, key and value.
+struct KafkaRecord {
+  std::string type;
+  std::string key;
+  std::string value;
+};
+
+// Every message of `topic` (partition 0) from the beginning to its current end, with a real
+// librdkafka consumer.
+std::vector<KafkaRecord> ReadTopic(const std::string& bootstrap, const std::string& topic);
 
 }  // namespace walshift::testing
