@@ -20,7 +20,7 @@ namespace walshift {
 namespace {
 
 constexpr size_t kShownValue = 120;
-constexpr int kRounds = 3;
+constexpr int kRounds = 4;
 
 using Row = std::vector<std::optional<std::string>>;
 
@@ -418,20 +418,27 @@ absl::Status TableVerifier::Report(v1::DriftEvent event) {
 // Re-checks rows that differed: after the target passed the position they were read at, read
 // the source row again (L2), wait for the target to pass L2, compare, and read the source row a
 // third time: unchanged since L2 means the difference is real.
-absl::Status TableVerifier::Confirm(std::vector<std::pair<std::vector<std::string>, Lsn>> suspects) {
+absl::Status TableVerifier::Confirm(std::vector<std::pair<std::vector<std::string>, Lsn>> found) {
   const std::string& pipeline = o_.settings->proto.pipeline();
+  struct Suspect {
+    std::vector<std::string> key;
+    Lsn lsn;
+    int confirmed = 0;  // rounds in a row that showed the difference with the source row unchanged
+  };
+  std::vector<Suspect> suspects;
+  for (auto& [key, lsn] : found) suspects.push_back({std::move(key), lsn, 0});
   for (int round = 0; round < kRounds && !suspects.empty(); ++round) {
     Lsn first = kInvalidLsn;
-    for (const auto& [_, lsn] : suspects) first = std::max(first, lsn);
+    for (const auto& s : suspects) first = std::max(first, s.lsn);
     ASSIGN_OR_RETURN(bool passed, WaitCheckpoint(tgt_.get(), pipeline, first, o_.settle, stop_));
     if (!passed) break;
-    std::vector<std::pair<std::vector<std::string>, Lsn>> again;
-    for (auto& [key, lsn] : suspects) {
+    std::vector<Suspect> again;
+    for (Suspect& s : suspects) {
       ASSIGN_OR_RETURN(Lsn l2, CurrentLsn(src_.get()));
-      ASSIGN_OR_RETURN(auto before, ReadRow(key));
+      ASSIGN_OR_RETURN(auto before, ReadRow(s.key));
       ASSIGN_OR_RETURN(bool settled, WaitCheckpoint(tgt_.get(), pipeline, l2, o_.settle, stop_));
       if (!settled) {
-        again.emplace_back(key, l2);
+        again.push_back({s.key, l2, 0});
         continue;
       }
       std::vector<v1::DriftEvent> diffs;
@@ -439,9 +446,14 @@ absl::Status TableVerifier::Confirm(std::vector<std::pair<std::vector<std::strin
         ASSIGN_OR_RETURN(diffs, Compare(*before));
       }
       if (diffs.empty()) continue;  // in flight, now applied
-      ASSIGN_OR_RETURN(auto after, ReadRow(key));
+      ASSIGN_OR_RETURN(auto after, ReadRow(s.key));
       if (after != before) {
-        again.emplace_back(key, l2);  // the row changed meanwhile: look again
+        again.push_back({s.key, l2, 0});  // the row changed meanwhile: look again
+        continue;
+      }
+      if (++s.confirmed < 2) {
+        // Once more: a row changed and changed back between the reads would fool one round.
+        again.push_back({s.key, l2, s.confirmed});
         continue;
       }
       for (auto& d : diffs) {
@@ -553,26 +565,37 @@ absl::Status TableVerifier::ReverseWalk() {
       ++report_.unsettled;
       continue;
     }
-    ASSIGN_OR_RETURN(Lsn l2, CurrentLsn(src_.get()));
-    ASSIGN_OR_RETURN(auto row, ReadRow(key));
-    if (row) continue;
-    ASSIGN_OR_RETURN(bool settled, WaitCheckpoint(tgt_.get(), pipeline, l2, o_.settle, stop_));
-    if (!settled) {
-      ++report_.unsettled;
-      continue;
-    }
     std::vector<std::string> conds;
     std::vector<const char*> values;
     for (size_t i = 0; i < key.size(); ++i) {
       conds.push_back(absl::StrCat(target_keys[i], "::text = $", i + 1));
       values.push_back(key[i].c_str());
     }
-    ASSIGN_OR_RETURN(pg::ResultPtr still,
-                     pg::ExecParams(tgt_.get(),
-                                    absl::StrCat("SELECT 1 FROM ", pg::QuoteQualified(shape.table), " WHERE ",
-                                                 absl::StrJoin(conds, " AND ")),
-                                    values, "target: re-reading a row"));
-    if (PQntuples(still.get()) == 0) continue;
+    // Absent from the source at L, and still in the target once it has passed L, twice: a row
+    // deleted and inserted again meanwhile shows up in one of the reads and is no drift.
+    Lsn l2 = kInvalidLsn;
+    enum { kExtra, kFine, kUnsettled } verdict = kExtra;
+    for (int round = 0; round < 2 && verdict == kExtra; ++round) {
+      ASSIGN_OR_RETURN(l2, CurrentLsn(src_.get()));
+      ASSIGN_OR_RETURN(auto row, ReadRow(key));
+      if (row) {
+        verdict = kFine;
+        break;
+      }
+      ASSIGN_OR_RETURN(bool settled, WaitCheckpoint(tgt_.get(), pipeline, l2, o_.settle, stop_));
+      if (!settled) {
+        verdict = kUnsettled;
+        break;
+      }
+      ASSIGN_OR_RETURN(pg::ResultPtr still,
+                       pg::ExecParams(tgt_.get(),
+                                      absl::StrCat("SELECT 1 FROM ", pg::QuoteQualified(shape.table), " WHERE ",
+                                                   absl::StrJoin(conds, " AND ")),
+                                      values, "target: re-reading a row"));
+      if (PQntuples(still.get()) == 0) verdict = kFine;
+    }
+    if (verdict == kUnsettled) ++report_.unsettled;
+    if (verdict != kExtra) continue;
     v1::DriftEvent d;
     d.set_pipeline(pipeline);
     d.set_source_table(report_.source_table);
