@@ -122,6 +122,21 @@ absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, const
   return r;
 }
 
+std::string TextArrayLiteral(const std::vector<std::string>& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    out.push_back('"');
+    for (char c : values[i]) {
+      if (c == '"' || c == '\\') out.push_back('\\');
+      out.push_back(c);
+    }
+    out.push_back('"');
+  }
+  out.push_back('}');
+  return out;
+}
+
 std::string ConninfoValue(absl::string_view value) {
   if (!value.empty() && value.find_first_of(" '\\") == absl::string_view::npos) return std::string(value);
   std::string out = "'";

@@ -58,6 +58,9 @@ std::string ConninfoValue(absl::string_view value);
 // One identifier, quoted with double quotes (embedded quotes doubled).
 std::string QuoteIdent(absl::string_view ident);
 // A string literal in single quotes, for the few places a protocol command takes no parameters.
+// A text[] literal of `values`: every element double-quoted, with " and \ escaped.
+std::string TextArrayLiteral(const std::vector<std::string>& values);
+
 std::string QuoteLiteral(absl::string_view value);
 // Splits "schema.table" (default schema public).
 std::pair<std::string, std::string> SplitQualified(absl::string_view qualified);

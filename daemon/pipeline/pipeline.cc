@@ -551,20 +551,7 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
       progress_shapes_.push_back(std::move(shape));
     }
   }
-  std::string key_text;
-  if (last_key != nullptr) {
-    // A text[] literal: every element quoted, with " and \ escaped.
-    std::vector<std::string> quoted;
-    for (const std::string& k : *last_key) {
-      std::string q = "\"";
-      for (char ch : k) {
-        if (ch == '"' || ch == '\\') q.push_back('\\');
-        q.push_back(ch);
-      }
-      quoted.push_back(q + "\"");
-    }
-    key_text = absl::StrCat("{", absl::StrJoin(quoted, ","), "}");
-  }
+  std::string key_text = last_key != nullptr ? pg::TextArrayLiteral(*last_key) : "";
   std::string rows_text = absl::StrCat(rows);
   std::string state_text = state;
   auto text = [](const std::string& s) { return Datum{DatumKind::kText, static_cast<uint32_t>(s.size()), s.c_str()}; };

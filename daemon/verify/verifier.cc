@@ -519,9 +519,25 @@ absl::Status TableVerifier::ReverseWalk() {
     }
   }
   report_.extras_checked = true;
-  std::string keys = absl::StrJoin(target_keys, ", ");
-  std::vector<std::string> text_keys;
-  for (const auto& k : target_keys) text_keys.push_back(absl::StrCat(k, "::text"));
+  // Qualified by the table alias: an unqualified name in ORDER BY would pick the ::text output
+  // column of the same name and walk the keys in text order (slow, and skipping keys).
+  std::vector<std::string> qualified, text_keys;
+  for (size_t i = 0; i < target_keys.size(); ++i) {
+    qualified.push_back(absl::StrCat("t.", target_keys[i]));
+    text_keys.push_back(absl::StrCat("t.", target_keys[i], "::text AS k", i));
+  }
+  std::string keys = absl::StrJoin(qualified, ", ");
+  // Which keys of a chunk the source lacks, in one statement: the keys as text arrays.
+  std::vector<std::string> unnest_args, cols_alias, match;
+  for (size_t i = 0; i < source_cols.size(); ++i) {
+    unnest_args.push_back(absl::StrCat("$", i + 1, "::text[]"));
+    cols_alias.push_back(absl::StrCat("a", i));
+    match.push_back(absl::StrCat("s.", pg::QuoteIdent(source_cols[i]), " = k.a", i, "::", source_types[i]));
+  }
+  std::string lacking = absl::StrCat("SELECT k.n FROM unnest(", absl::StrJoin(unnest_args, ", "), ") WITH ORDINALITY AS k(",
+                                     absl::StrJoin(cols_alias, ", "), ", n) WHERE NOT EXISTS (SELECT 1 FROM ONLY ",
+                                     pg::QuoteQualified(module_.source_table()), " AS s WHERE ",
+                                     absl::StrJoin(match, " AND "), ")");
   std::vector<std::string> last;
   std::vector<std::pair<std::vector<std::string>, Lsn>> suspects;
   for (;;) {
@@ -542,25 +558,40 @@ absl::Status TableVerifier::ReverseWalk() {
     ASSIGN_OR_RETURN(pg::ResultPtr r,
                      pg::ExecParams(tgt_.get(),
                                     absl::StrCat("SELECT ", absl::StrJoin(text_keys, ", "), " FROM ",
-                                                 pg::QuoteQualified(shape.table), where, " ORDER BY ", keys,
+                                                 pg::QuoteQualified(shape.table), " AS t", where, " ORDER BY ", keys,
                                                  " LIMIT ", o_.chunk_rows),
                                     values, "target: walking keys"));
     int n = PQntuples(r.get());
     if (n == 0) break;
-    ASSIGN_OR_RETURN(Lsn lsn, CurrentLsn(src_.get()));
+    std::vector<std::vector<std::string>> chunk(n);
+    std::vector<std::vector<std::string>> columns(target_keys.size());
     for (int i = 0; i < n; ++i) {
-      std::vector<std::string> key;
-      for (size_t c = 0; c < target_keys.size(); ++c) key.push_back(PQgetvalue(r.get(), i, c));
-      ASSIGN_OR_RETURN(auto row, ReadRow(key));
-      if (!row) suspects.emplace_back(key, lsn);
-      last = key;
+      for (size_t c = 0; c < target_keys.size(); ++c) {
+        chunk[i].push_back(PQgetvalue(r.get(), i, c));
+        columns[c].push_back(chunk[i].back());
+      }
+    }
+    last = chunk.back();
+    ASSIGN_OR_RETURN(Lsn lsn, CurrentLsn(src_.get()));
+    std::vector<std::string> arrays;
+    for (const auto& col : columns) arrays.push_back(pg::TextArrayLiteral(col));
+    std::vector<const char*> array_values;
+    for (const auto& a : arrays) array_values.push_back(a.c_str());
+    ASSIGN_OR_RETURN(pg::ResultPtr missing, pg::ExecParams(src_.get(), lacking, array_values, "source: looking up keys"));
+    for (int i = 0; i < PQntuples(missing.get()); ++i) {
+      suspects.emplace_back(chunk[std::stoul(PQgetvalue(missing.get(), i, 0)) - 1], lsn);
     }
     if (n < o_.chunk_rows) break;
   }
   // Confirm: the target passed the position, the target still has the row, the source does not.
   const std::string& pipeline = o_.settings->proto.pipeline();
+  bool stalled = false;  // the checkpoint did not move within the settle time: do not wait per row
   for (const auto& [key, lsn] : suspects) {
-    ASSIGN_OR_RETURN(bool passed, WaitCheckpoint(tgt_.get(), pipeline, lsn, o_.settle, stop_));
+    bool passed = false;
+    if (!stalled) {
+      ASSIGN_OR_RETURN(passed, WaitCheckpoint(tgt_.get(), pipeline, lsn, o_.settle, stop_));
+      stalled = !passed;
+    }
     if (!passed) {
       ++report_.unsettled;
       continue;

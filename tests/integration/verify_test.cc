@@ -80,19 +80,24 @@ TEST_F(VerifyTest, FindsInjectedDriftWithItsKeyAndColumnAndRepairsIt) {
   // Drift: a changed column, a lost row, a row with no source.
   Target("UPDATE orders_v2 SET note = 'tampered' WHERE order_id = 7;"
          "DELETE FROM orders_v2 WHERE order_id = 8;"
-         "INSERT INTO orders_v2 VALUES (99999, 1, 0.01, 'ghost', '{}', now())");
+         "INSERT INTO orders_v2 VALUES (99999, 1, 0.01, 'ghost', '{}', now()), (0, 1, 0.01, 'ghost', '{}', now()), "
+         "(2500, 1, 0.01, 'ghost', '{}', now())");  // keys a text-ordered walk would skip, too
   RunResult r = Ctl({"verify", "--config", config_});
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
-  EXPECT_THAT(r.stdout_text, HasSubstr("2000 checked, 1 missing, 1 extra, 1 mismatched"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("2000 checked, 1 missing, 3 extra, 1 mismatched"));
   EXPECT_THAT(r.stdout_text, HasSubstr("MISMATCH public.orders_v2 (order_id=7)  note: expected note 7, actual tampered"));
   EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.orders_v2 (order_id=8)"));
   EXPECT_THAT(r.stdout_text, HasSubstr("EXTRA    public.orders_v2 (order_id=99999)"));
   EXPECT_THAT(r.stdout_text, ::testing::Not(HasSubstr("order_id=10)")));
 
-  EXPECT_EQ(TargetRows("SELECT kind, key, coalesce(columns->0->>'column', '') FROM walshift.drift ORDER BY kind"),
-            (PgRows{{"EXTRA", "order_id=99999", ""}, {"MISMATCH", "order_id=7", "note"}, {"MISSING", "order_id=8", ""}}));
+  EXPECT_EQ(TargetRows("SELECT kind, key, coalesce(columns->0->>'column', '') FROM walshift.drift ORDER BY kind, id"),
+            (PgRows{{"EXTRA", "order_id=0", ""},
+                    {"EXTRA", "order_id=2500", ""},
+                    {"EXTRA", "order_id=99999", ""},
+                    {"MISMATCH", "order_id=7", "note"},
+                    {"MISSING", "order_id=8", ""}}));
   std::vector<v1::DriftEvent> events = DriftEvents();
-  ASSERT_EQ(events.size(), 3u);
+  ASSERT_EQ(events.size(), 5u);
   for (const auto& e : events) {
     EXPECT_EQ(e.pipeline(), pipeline_);
     EXPECT_EQ(e.source_table(), "public.orders");
@@ -102,7 +107,7 @@ TEST_F(VerifyTest, FindsInjectedDriftWithItsKeyAndColumnAndRepairsIt) {
   // --repair heals through walshiftd (a backfill) and deletes the extra row; then no drift.
   RunResult repaired = Ctl({"verify", "--config", config_, "--repair"});
   EXPECT_EQ(repaired.status.exit_code(), 0) << repaired.stdout_text << repaired.stderr_text << DaemonLog();
-  EXPECT_THAT(repaired.stdout_text, HasSubstr("repaired: 1 extra rows deleted"));
+  EXPECT_THAT(repaired.stdout_text, HasSubstr("repaired: 3 extra rows deleted"));
   RunResult after = Ctl({"verify", "--config", config_});
   EXPECT_EQ(after.status.exit_code(), 0) << after.stdout_text;
   EXPECT_EQ(TargetRows("SELECT note FROM orders_v2 WHERE order_id IN (7, 8) ORDER BY 1"),

@@ -173,7 +173,15 @@ int VerifyCommand(int argc, char** argv) {
     drift = 0;
     for (const auto& r : *reports) drift += r.drift();
   }
+  uint64_t unsettled = 0;
+  for (const auto& r : *reports) unsettled += r.unsettled;
   std::printf("%s\n", drift == 0 ? "no drift" : absl::StrCat(drift, " differences").c_str());
+  if (gate && unsettled > 0) {
+    // At cutover the writes have stopped: a row that could not be confirmed either way fails it.
+    std::printf("gate: %llu rows could not be confirmed (is walshiftd running and caught up?)\n",
+                static_cast<unsigned long long>(unsettled));
+    return 1;
+  }
   return drift == 0 ? 0 : 1;
 }
 
