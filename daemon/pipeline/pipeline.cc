@@ -381,7 +381,6 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
     RETURN_IF_ERROR(MapChange(b, change));
   }
   ++group_changes_;
-  ++changes_;
   ++rb->unreported;
   return absl::OkStatus();
 }
@@ -400,7 +399,6 @@ absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
 
 absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   in_transaction_ = false;
-  ++transactions_;
   for (size_t i = 0; i < sinks_.size(); ++i) {
     if (!skip_[i]) {
       sinks_[i]->EndTransaction(commit);

@@ -113,8 +113,6 @@ class Pipeline : public ChangeHandler {
   TransactionBegin begin_;
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();
-  uint64_t transactions_ = 0;
-  uint64_t changes_ = 0;
 };
 
 }  // namespace walshift
