@@ -139,6 +139,11 @@ void Backfiller::Loop() {
     if (!st.ok() && st.code() != absl::StatusCode::kCancelled && error_.ok()) {
       error_ = absl::Status(st.code(), absl::StrCat("backfill of ", job.table, ": ", st.message()));
     }
+    // Said at once: the pipeline only takes the error at the next high watermark, and a
+    // backfill that failed before emitting one would otherwise stay silent.
+    if (!st.ok() && st.code() != absl::StatusCode::kCancelled) {
+      spdlog::error("backfill of {} stopped: {}", job.table, std::string(st.message()));
+    }
     jobs_.erase(jobs_.begin());
     queued_tables_.erase(job.table);
   }
