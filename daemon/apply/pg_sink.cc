@@ -353,15 +353,29 @@ absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values,
   size_t bytes = 0;
   for (int i = 0; i < n; ++i) bytes += (values[i] ? std::strlen(values[i]) : 0) + 8;
   p.bytes = bytes;
-  if (single != nullptr) {
-    // Keep a copy of the parameters until the result arrives, for error messages.
+  if (rows == 1) {
+    // Keep a copy of the parameters until the result arrives, for error messages; a batch's
+    // last row may go out alone, with only its statement's values at hand.
     p.arena_offset = arena_.size();
-    for (int i = 0; i < single->shape->num_params; ++i) {
-      const Datum& d = single->params[i];
-      arena_.push_back(static_cast<char>(d.kind));
-      uint32_t len = d.is_null() ? 0 : d.length;
+    auto keep = [&](DatumKind kind, const char* data, uint32_t len) {
+      arena_.push_back(static_cast<char>(kind));
       arena_.append(reinterpret_cast<const char*>(&len), sizeof(len));
-      arena_.append(d.data ? d.data : "", len);
+      arena_.append(data ? data : "", len);
+    };
+    for (int slot = 0; slot < v.shape->num_params; ++slot) {
+      if (single != nullptr) {
+        const Datum& d = single->params[slot];
+        keep(d.kind, d.data, d.is_null() ? 0 : d.length);
+        continue;
+      }
+      auto at = std::find(v.params.begin(), v.params.end(), slot);
+      if (at == v.params.end()) {
+        keep(DatumKind::kUnchangedToast, nullptr, 0);
+      } else if (const char* value = values[at - v.params.begin()]) {
+        keep(DatumKind::kText, value, static_cast<uint32_t>(std::strlen(value)));
+      } else {
+        keep(DatumKind::kNull, nullptr, 0);
+      }
     }
   }
   pending_.push_back(p);
@@ -785,7 +799,9 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
           server.code(),
           absl::StrCat("cannot apply ", OpKindName(shape.kind), " to ", shape.table, " (target ",
                        options_.name, ") for source ", shape.source_table, " at LSN ",
-                       FormatLsn(pending.lsn), ", key (", DescribeParams(pending, true), ")", col,
+                       FormatLsn(pending.lsn),
+                       pending.last_lsn > pending.lsn ? absl::StrCat("..", FormatLsn(pending.last_lsn)) : "",
+                       ", key (", DescribeParams(pending, true), ")", col,
                        ": ", server_msg, extra,
                        shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
     }

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace walshift {
 namespace {
 
@@ -16,8 +18,8 @@ struct Target {
   std::atomic<long> remaining{0};
 };
 
-Target* Parse() {
-  const char* spec = std::getenv("WALSHIFT_CRASH_AT");
+Target* Parse(const char* variable) {
+  const char* spec = std::getenv(variable);
   if (spec == nullptr || *spec == '\0') return nullptr;
   auto* t = new Target;
   const char* colon = std::strrchr(spec, ':');
@@ -26,15 +28,25 @@ Target* Parse() {
   return t;
 }
 
+// True the Nth time `name` is passed (points may be passed on several threads).
+bool Reached(Target* target, const char* name) {
+  return target != nullptr && target->name == name && target->remaining.fetch_sub(1) == 1;
+}
+
 }  // namespace
 
 void CrashPoint(const char* name) {
-  static Target* target = Parse();
-  if (target == nullptr || target->name != name) return;
-  if (target->remaining.fetch_sub(1) > 1) return;  // points may be passed on several threads
+  static Target* target = Parse("WALSHIFT_CRASH_AT");
+  if (!Reached(target, name)) return;
   static const char kMsg[] = "walshiftd: crash point reached, killing itself\n";
   (void)!write(2, kMsg, sizeof(kMsg) - 1);
   kill(getpid(), SIGKILL);
+}
+
+absl::Status FaultPoint(const char* name) {
+  static Target* target = Parse("WALSHIFT_FAULT_AT");
+  if (!Reached(target, name)) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("fault point ", name, " reached"));
 }
 
 }  // namespace walshift

@@ -3,8 +3,15 @@
 // process kills itself with SIGKILL the Nth time it passes the point `name`. Without the
 // variable a crash point costs one branch.
 
+#include "absl/status/status.h"
+
 namespace walshift {
 
 void CrashPoint(const char* name);
+
+// The same for a lost connection: with WALSHIFT_FAULT_AT="name:N" the Nth pass of `name`
+// returns kUnavailable, as a dropped target connection would, and the pipeline retries from
+// its checkpoint inside the same process.
+absl::Status FaultPoint(const char* name);
 
 }  // namespace walshift

@@ -96,9 +96,9 @@ void Backfiller::Request(const std::string& table, std::vector<std::string> afte
   cv_.notify_all();
 }
 
-std::shared_ptr<const BackfillChunk> Backfiller::Chunk(const std::string& id, absl::Duration wait) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [&] { return chunks_.count(id) > 0 || stopping_; });
+std::shared_ptr<const BackfillChunk> Backfiller::Chunk(const std::string& id) {
+  // A chunk is stored before its high watermark is emitted, so there is nothing to wait for.
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = chunks_.find(id);
   return it == chunks_.end() ? nullptr : it->second;
 }

@@ -60,10 +60,10 @@ class Backfiller {
   // a backfill of it is running already. Backfills run one after another.
   void Request(const std::string& table, std::vector<std::string> after_key);
 
-  // The chunk whose high watermark is `id`, waiting up to `wait` for the thread to finish
-  // preparing it (it is ready before its high watermark commits); nullptr when unknown (a
-  // watermark replayed from before a restart). The chunk stays available for replays.
-  std::shared_ptr<const BackfillChunk> Chunk(const std::string& id, absl::Duration wait);
+  // The chunk whose high watermark is `id` (it is stored before that watermark is emitted);
+  // nullptr when unknown: a watermark replayed from before a restart, whose range the resumed
+  // backfill reads again.
+  std::shared_ptr<const BackfillChunk> Chunk(const std::string& id);
   // The pipeline has applied chunk `id` (the thread then prepares the next one), or, with
   // `redo`, could not (it met the high watermark without having seen the low one since a
   // restart): the thread reads the same range again between new watermarks.

@@ -176,6 +176,30 @@ TEST_F(CopyTest, BackfillOfOneTableWhileStreamingHealsDriftAndKeepsDeletesDelete
   EXPECT_TRUE(StopDaemon().success());
 }
 
+TEST_F(CopyTest, BackfillChunkLostWithItsConnectionIsReadAgain) {
+  CreateSchemas();
+  std::string config = Config();
+  // The connection drops after the third chunk was handed to the target and before it
+  // committed: the pipeline retries from its checkpoint in the same process.
+  ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_FAULT_AT", "pipeline.after_backfill_chunk:3"}}).ok());
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
+  Target("SET session_replication_role = replica;"
+         "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
+         "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "accounts", "--wait", "600"};
+  auto r = Subprocess::Run(o, absl::Minutes(11));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status.exit_code(), 0) << r->stdout_text << r->stderr_text << DaemonLog();
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
+  ExpectTargetExact();
+  std::string log = DaemonLog();
+  EXPECT_THAT(log, HasSubstr("fault point pipeline.after_backfill_chunk reached"));
+  EXPECT_THAT(log, HasSubstr("backfill of public.accounts was under way; continuing"));
+  EXPECT_THAT(log, HasSubstr("backfill of public.accounts: done"));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(CopyTest, RejectedValueNamesTableAndKey) {
   Source("CREATE TABLE items (id int PRIMARY KEY, code text);"
          "INSERT INTO items SELECT g, g::text FROM generate_series(1, 5000) g;"

@@ -340,11 +340,16 @@ TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   // The good row before it is applied; nothing after the failing transaction is.
   EXPECT_EQ(TargetRows("SELECT id::text FROM accounts"), (PgRows{{"1"}}));
 
-  // A restart fails the same way instead of skipping the row.
+  // A restart fails the same way instead of skipping the row. The row is alone in its batch
+  // and goes out as a one-row statement: the first report, made before the transaction is
+  // isolated, names it too.
   ASSERT_TRUE(StartDaemon(config).ok());
   st = daemon_->Wait(absl::Seconds(60));
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->exit_code(), 1);
+  EXPECT_THAT(DaemonLog(), HasSubstr("key (id=42), column code (character varying(3), from code): ERROR:  value too "
+                                     "long for type character varying(3) (SQLSTATE 22001); values (code=toolong, "
+                                     "balance=5); replaying one transaction at a time"));
 
   // Fixing the target lets it continue; a check violation names the constraint.
   Target("ALTER TABLE accounts ALTER COLUMN code TYPE text");
