@@ -160,7 +160,8 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   FillVariant(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
   v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
   int n = static_cast<int>(v->params.size());
-  int cap = n == 0 || !shape.condition.empty() || !shape.statement.empty()
+  int cap = !shape.batch_statements.empty() ? static_cast<int>(options_.batch_rows)
+            : n == 0 || !shape.condition.empty() || !shape.statement.empty()
                 ? 1
                 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
   v->max_rows = 1;
@@ -204,13 +205,20 @@ void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant*
 absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
   Variant v;
   FillVariant(shape, std::string(shape.values.size(), '0'), &v);
-  std::string sql = Render(v, 1);
-  pg::ResultPtr r(PQprepare(conn, "walshift_check", sql.c_str(), static_cast<int>(v.params.size()), nullptr));
+  RETURN_IF_ERROR(ValidateStatement(conn, shape, Render(v, 1), v.params.size()));
+  for (const std::string& sql : shape.batch_statements) {
+    RETURN_IF_ERROR(ValidateStatement(conn, shape, sql, v.params.size()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PgSink::ValidateStatement(PGconn* conn, const OpShape& shape, const std::string& sql, size_t params) {
+  pg::ResultPtr r(PQprepare(conn, "walshift_check", sql.c_str(), static_cast<int>(params), nullptr));
   absl::Status st = pg::ResultStatus(conn, r.get(), "server");
   if (st.ok()) {
     // Planning finds the unique index the key needs (ON CONFLICT): EXPLAIN plans without
     // running anything.
-    std::vector<std::string> nulls(v.params.size(), "NULL");
+    std::vector<std::string> nulls(params, "NULL");
     pg::ResultPtr e(PQexec(conn, absl::StrCat("EXPLAIN EXECUTE walshift_check",
                                               nulls.empty() ? "" : absl::StrCat("(", absl::StrJoin(nulls, ", "), ")")).c_str()));
     st = pg::ResultStatus(conn, e.get(), "server");
@@ -310,19 +318,19 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
 }
 
 absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn,
-                                                             bool plain_insert) {
-  const int cache_key = rows * 2 + (plain_insert ? 1 : 0);
+                                                             bool plain_insert, int batch_statement) {
+  const int cache_key = batch_statement >= 0 ? -1 - batch_statement : rows * 2 + (plain_insert ? 1 : 0);
   auto it = v.statements.find(cache_key);
   if (it != v.statements.end()) return it->second.get();
   auto prepared = std::make_unique<Prepared>();
   prepared->name = absl::StrCat("ws", ++statement_counter_);
   prepared->rows = rows;
   prepared->plain_insert = plain_insert;
-  std::string sql = Render(v, rows, plain_insert);
+  std::string sql = batch_statement >= 0 ? v.shape->batch_statements[batch_statement] : Render(v, rows, plain_insert);
   spdlog::debug("target {}: prepare {} for {} {} ({} rows): {}", options_.name, prepared->name,
                 OpKindName(v.shape->kind), v.shape->table, rows, sql);
   if (PQsendPrepare(conn_.get(), prepared->name.c_str(), sql.c_str(),
-                    static_cast<int>(v.params.size()) * rows, nullptr) != 1) {
+                    static_cast<int>(v.params.size()) * (batch_statement >= 0 ? 1 : rows), nullptr) != 1) {
     return BrokenConnection("sending a prepare");
   }
   Pending p{Pending::kPrepare};
@@ -338,9 +346,9 @@ absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, i
 }
 
 absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
-                          Lsn last_lsn, const TargetOp* single, bool plain_insert) {
-  ASSIGN_OR_RETURN(const Prepared* prepared, StatementFor(v, rows, first_lsn, plain_insert));
-  const int n = static_cast<int>(v.params.size()) * rows;
+                          Lsn last_lsn, const TargetOp* single, bool plain_insert, int batch_statement) {
+  ASSIGN_OR_RETURN(const Prepared* prepared, StatementFor(v, rows, first_lsn, plain_insert, batch_statement));
+  const int n = static_cast<int>(v.params.size()) * (batch_statement >= 0 ? 1 : rows);
   if (PQsendQueryPrepared(conn_.get(), prepared->name.c_str(), n, values, nullptr, nullptr, 0) != 1) {
     return BrokenConnection("sending a statement");
   }
@@ -421,7 +429,8 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
     return true;
   };
   int row;
-  auto it = batch_.rows_by_key.find(h);
+  // Batch statements take repeated keys as they come; a kUpsert statement cannot.
+  auto it = v.shape->batch_statements.empty() ? batch_.rows_by_key.find(h) : batch_.rows_by_key.end();
   if (it != batch_.rows_by_key.end() && v.coalesce && same_key(it->second)) {
     // A later upsert of the same key with the same written columns supersedes the earlier one.
     row = it->second;
@@ -502,7 +511,8 @@ absl::Status PgSink::FlushBatch() {
   }
   const Variant& v = *batch_.variant;
   const size_t n = v.params.size();
-  int done = 0;
+  int done = v.shape->batch_statements.empty() || batch_.rows == 1 ? 0 : batch_.rows;
+  if (done > 0) RETURN_IF_ERROR(FlushArrayBatch());
   while (done < batch_.rows) {
     // Power-of-two statement sizes: a handful of prepared statements per variant.
     int rows = 1;
@@ -513,7 +523,7 @@ absl::Status PgSink::FlushBatch() {
       values_[i] = off < 0 ? nullptr : batch_.data.data() + off;
     }
     // Rows that source INSERTs created need no conflict handling: a plain INSERT is cheaper.
-    bool plain = plain_inserts_;
+    bool plain = plain_inserts_ && v.shape->statement.empty();
     for (int r = done; r < done + rows && plain; ++r) plain = batch_.new_row[r];
     RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr, plain));
     done += rows;
@@ -527,6 +537,27 @@ absl::Status PgSink::FlushBatch() {
   return absl::OkStatus();
 }
 
+absl::Status PgSink::FlushArrayBatch() {
+  const Variant& v = *batch_.variant;
+  const size_t n = v.params.size();
+  std::vector<std::string> arrays(n);
+  std::vector<const char*> column(batch_.rows);
+  for (size_t i = 0; i < n; ++i) {
+    for (int r = 0; r < batch_.rows; ++r) {
+      int64_t off = batch_.offsets[r * n + i];
+      column[r] = off < 0 ? nullptr : batch_.data.data() + off;
+    }
+    arrays[i] = pg::TextArrayLiteral(column);
+  }
+  values_.resize(n);
+  for (size_t i = 0; i < n; ++i) values_[i] = arrays[i].c_str();
+  for (size_t s = 0; s < v.shape->batch_statements.size(); ++s) {
+    RETURN_IF_ERROR(Send(v, batch_.rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr,
+                         /*plain_insert=*/false, static_cast<int>(s)));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status PgSink::Apply(const TargetOp& op) {
   if (!first_error_.ok()) return first_error_;
   if (!group_open_) {
@@ -535,7 +566,9 @@ absl::Status PgSink::Apply(const TargetOp& op) {
   }
   ++group_changes_;
   ASSIGN_OR_RETURN(const Variant* v, VariantFor(op));
-  if (op.shape->kind == OpKind::kUpsert && batching_ && v->max_rows > 1) return AddToBatch(*v, op);
+  if ((op.shape->kind == OpKind::kUpsert || !op.shape->batch_statements.empty()) && batching_ && v->max_rows > 1) {
+    return AddToBatch(*v, op);
+  }
   RETURN_IF_ERROR(FlushBatch());
   const size_t n = v->params.size();
   values_.resize(n);

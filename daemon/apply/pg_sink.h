@@ -54,6 +54,8 @@ class PgSink : public Sink {
   // kFailedPrecondition with the server's message when the target table, a column, the key's
   // unique constraint or an sql: expression does not fit the live schema.
   static absl::Status ValidateShape(PGconn* conn, const OpShape& shape);
+  // Prepares `sql` (of `params` parameters) and plans it with NULL parameters.
+  static absl::Status ValidateStatement(PGconn* conn, const OpShape& shape, const std::string& sql, size_t params);
 
   // Turns multi-row statements (and the plain INSERT of new rows) on or off; off, every
   // operation is its own upsert/delete, as when isolating a failing transaction. Only between
@@ -119,11 +121,15 @@ class PgSink : public Sink {
   static std::string Render(const Variant& v, int rows, bool plain_insert = false);
   // The variant of `shape` that writes every value (no unchanged TOAST datum).
   static void FillVariant(const OpShape& shape, const std::string& omit, Variant* v);
+  // `batch_statement` >= 0: that entry of the shape's batch_statements, with array parameters.
   absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn,
-                                               bool plain_insert = false);
+                                               bool plain_insert = false, int batch_statement = -1);
   // Sends one statement of `rows` rows; `single` (rows == 1) is kept for error messages.
   absl::Status Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
-                    Lsn last_lsn, const TargetOp* single, bool plain_insert = false);
+                    Lsn last_lsn, const TargetOp* single, bool plain_insert = false,
+                    int batch_statement = -1);
+  // Sends the batch of a shape with batch_statements: one text[] parameter per slot.
+  absl::Status FlushArrayBatch();
   absl::Status AddToBatch(const Variant& v, const TargetOp& op);
   absl::Status FlushBatch();
   // True when the target table's only unique index is `shape`'s key and it has no exclusion

@@ -58,6 +58,11 @@ struct OpShape {
   // slots in order). Sent one row at a time; `values` may then only describe it for messages.
   std::string statement;
   int num_params = 0;
+  // Optionally, a run of consecutive ops of this shape at once: statements sent in order, in
+  // which every parameter $i is a text[] of the run's values of slot i, in op order (NULL
+  // elements for NULL). Together they must leave the target as the ops one by one would. A
+  // run of one op, and every op while a failing transaction is isolated, uses `statement`.
+  std::vector<std::string> batch_statements;
   // For a module-rendered statement, how the drift verifier checks its effect: a query over
   // the same parameters returning one row (present bool, equal bool, expected text, actual
   // text, key text). Empty: not verified.

@@ -122,19 +122,30 @@ absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, const
   return r;
 }
 
-std::string TextArrayLiteral(const std::vector<std::string>& values) {
+std::string TextArrayLiteral(const std::vector<const char*>& values) {
   std::string out = "{";
   for (size_t i = 0; i < values.size(); ++i) {
     if (i > 0) out.push_back(',');
+    if (values[i] == nullptr) {
+      out.append("NULL");
+      continue;
+    }
     out.push_back('"');
-    for (char c : values[i]) {
-      if (c == '"' || c == '\\') out.push_back('\\');
-      out.push_back(c);
+    for (const char* c = values[i]; *c; ++c) {
+      if (*c == '"' || *c == '\\') out.push_back('\\');
+      out.push_back(*c);
     }
     out.push_back('"');
   }
   out.push_back('}');
   return out;
+}
+
+std::string TextArrayLiteral(const std::vector<std::string>& values) {
+  std::vector<const char*> ptrs;
+  ptrs.reserve(values.size());
+  for (const std::string& v : values) ptrs.push_back(v.c_str());
+  return TextArrayLiteral(ptrs);
 }
 
 std::string ConninfoValue(absl::string_view value) {

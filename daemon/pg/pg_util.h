@@ -60,6 +60,8 @@ std::string QuoteIdent(absl::string_view ident);
 // A string literal in single quotes, for the few places a protocol command takes no parameters.
 // A text[] literal of `values`: every element double-quoted, with " and \ escaped.
 std::string TextArrayLiteral(const std::vector<std::string>& values);
+// The same with NULL elements for null pointers.
+std::string TextArrayLiteral(const std::vector<const char*>& values);
 
 std::string QuoteLiteral(absl::string_view value);
 // Splits "schema.table" (default schema public).

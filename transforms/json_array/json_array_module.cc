@@ -26,22 +26,22 @@ struct Slot {
 
 class BoundJsonArray : public BoundMapping {
  public:
-  BoundJsonArray(OpShape upsert, std::vector<Slot> upsert_slots, OpShape remove_elsewhere,
-                 std::vector<Slot> elsewhere_slots, OpShape remove, std::vector<Slot> remove_slots)
-      : upsert_(std::move(upsert)), upsert_slots_(std::move(upsert_slots)),
-        remove_elsewhere_(std::move(remove_elsewhere)), elsewhere_slots_(std::move(elsewhere_slots)),
+  BoundJsonArray(OpShape upsert, OpShape moving, std::vector<Slot> upsert_slots, OpShape remove,
+                 std::vector<Slot> remove_slots)
+      : upsert_(std::move(upsert)), moving_(std::move(moving)), upsert_slots_(std::move(upsert_slots)),
         remove_(std::move(remove)), remove_slots_(std::move(remove_slots)) {
-    params_.resize(std::max({upsert_slots_.size(), elsewhere_slots_.size(), remove_slots_.size()}));
+    params_.resize(std::max(upsert_slots_.size(), remove_slots_.size()));
   }
 
   absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
-    if (change.kind == ChangeKind::kDelete) return Emit(remove_, remove_slots_, change, *change.old_tuple, emit);
-    // Upsert into its parent, then (an update may have moved it) remove it from any other.
-    RETURN_IF_ERROR(Emit(upsert_, upsert_slots_, change, *change.new_tuple, emit));
-    if (change.kind == ChangeKind::kUpdate) {
-      return Emit(remove_elsewhere_, elsewhere_slots_, change, *change.new_tuple, emit);
+    switch (change.kind) {
+      case ChangeKind::kDelete:
+        return Emit(remove_, remove_slots_, change, *change.old_tuple, emit);
+      case ChangeKind::kUpdate:  // may have moved it to another parent
+        return Emit(moving_, upsert_slots_, change, *change.new_tuple, emit);
+      default:
+        return Emit(upsert_, upsert_slots_, change, *change.new_tuple, emit);
     }
-    return absl::OkStatus();
   }
 
   absl::Status MapTruncate(Lsn, const EmitFn&) const override {
@@ -49,7 +49,7 @@ class BoundJsonArray : public BoundMapping {
     return absl::OkStatus();
   }
 
-  std::vector<const OpShape*> shapes() const override { return {&upsert_, &remove_elsewhere_, &remove_}; }
+  std::vector<const OpShape*> shapes() const override { return {&upsert_, &moving_, &remove_}; }
 
  private:
   absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const RowChange& change,
@@ -80,9 +80,8 @@ class BoundJsonArray : public BoundMapping {
   }
 
   OpShape upsert_;
+  OpShape moving_;
   std::vector<Slot> upsert_slots_;
-  OpShape remove_elsewhere_;
-  std::vector<Slot> elsewhere_slots_;
   OpShape remove_;
   std::vector<Slot> remove_slots_;
   mutable std::vector<Datum> params_;
@@ -104,26 +103,76 @@ class JsonArrayModule : public MappingModule {
                                                       SchemaInspector& inspector) const override {
     ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common_.target()));
     const bool full = relation.replica_identity == 'f';
+    // Element keys come from the child's key, so a delete (which carries only the key) finds it.
+    for (const std::string& k : config_.element_key()) {
+      ASSIGN_OR_RETURN(int s, SourceColumn(relation, config_.element().at(k).column(), absl::StrCat("element.", k)));
+      if (!full && !relation.columns[s].part_of_key) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            path_, ".element_key: ", k, " comes from ", relation.columns[s].name,
+            ", which is not part of ", relation.QualifiedName(),
+            "'s replica identity; a delete could not find the element. Use the child's primary "
+            "key, or set REPLICA IDENTITY FULL"));
+      }
+    }
+    std::string table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+    WarnAboutIndex(inspector, table, pg::QuoteIdent(config_.column()));
+    ASSIGN_OR_RETURN(Statements one, Render(relation, info, table, /*batch=*/false));
+    ASSIGN_OR_RETURN(Statements run, Render(relation, info, table, /*batch=*/true));
+    auto init = [&](OpShape* s, std::string statement, std::vector<std::string> batch, int num_params) {
+      s->target = common_.target();
+      s->table = table;
+      s->source_table = relation.QualifiedName();
+      s->id = NextOpShapeId();
+      s->kind = OpKind::kUpdateOnly;  // module-rendered
+      s->statement = std::move(statement);
+      s->batch_statements = std::move(batch);
+      s->num_params = num_params;
+    };
+    OpShape upsert, moving, remove;
+    init(&upsert, one.upsert, {run.upsert}, static_cast<int>(one.upsert_slots.size()));
+    upsert.verify = one.verify;
+    // An update may have moved the element to another parent: it leaves every other parent
+    // first (a run does that for all its elements before adding them).
+    init(&moving, one.moving, {run.leave_others, run.upsert}, static_cast<int>(one.upsert_slots.size()));
+    moving.verify = one.verify;
+    init(&remove, one.remove, {run.remove}, static_cast<int>(one.remove_slots.size()));
+    return std::make_unique<BoundJsonArray>(std::move(upsert), std::move(moving), std::move(one.upsert_slots),
+                                            std::move(remove), std::move(one.remove_slots));
+  }
+
+ private:
+  // The statements of one change ($n parameters) or of a run of changes (`batch`: every
+  // parameter a text[], read as the columns p1..pN of the rows `i`).
+  struct Statements {
+    std::string upsert, moving, leave_others, remove, verify;
+    std::vector<Slot> upsert_slots, remove_slots;
+  };
+
+  absl::StatusOr<int> SourceColumn(const SourceRelation& relation, const std::string& name,
+                                   const std::string& where) const {
+    int idx = relation.ColumnIndex(name);
+    if (idx < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(path_, ".", where, ": source column '", name,
+                                                        "' does not exist in ", relation.QualifiedName()));
+    }
+    return idx;
+  }
+
+  absl::StatusOr<Statements> Render(const SourceRelation& relation, const SourceTableInfo& info,
+                                    const std::string& table, bool batch) const {
     auto type_of = [&](int s) {
       const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
       return ci == nullptr || !ci->in_target ? std::string("text") : ci->type;
     };
-    auto source_column = [&](const std::string& name, const std::string& where) -> absl::StatusOr<int> {
-      int idx = relation.ColumnIndex(name);
-      if (idx < 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path_, ".", where, ": source column '", name, "' does not exist in ", relation.QualifiedName()));
-      }
-      return idx;
-    };
-
     std::vector<std::string> names;
     for (const auto& c : relation.columns) names.push_back(c.name);
-    // Each statement binds its own parameters: $n::type for a source column (once each) or a
-    // constant.
+    // Each statement binds its own parameters: a source column (once each) or a constant.
     struct Params {
       std::vector<Slot> slots;
       std::vector<int> slot_of;
+    };
+    auto param = [&](size_t index, const std::string& type) {
+      return batch ? absl::StrCat("i.p", index + 1, "::", type) : absl::StrCat("$", index + 1, "::", type);
     };
     auto ref = [&](Params& p, int s) {
       if (p.slot_of.empty()) p.slot_of.assign(relation.columns.size(), -1);
@@ -131,15 +180,16 @@ class JsonArrayModule : public MappingModule {
         p.slot_of[s] = static_cast<int>(p.slots.size());
         p.slots.push_back({s, nullptr});
       }
-      return absl::StrCat("$", p.slot_of[s] + 1, "::", type_of(s));
+      return param(p.slot_of[s], type_of(s));
+    };
+    auto is_key = [&](const std::string& f) {
+      return std::find(config_.element_key().begin(), config_.element_key().end(), f) != config_.element_key().end();
     };
     // jsonb_build_object(...) of the element fields (all, or only the element key), sorted.
     auto object = [&](Params& p, bool key_only) -> absl::StatusOr<std::string> {
       std::vector<std::string> fields;
       for (const auto& [f, _] : config_.element()) {
-        bool is_key = std::find(config_.element_key().begin(), config_.element_key().end(), f) !=
-                      config_.element_key().end();
-        if (!key_only || is_key) fields.push_back(f);
+        if (!key_only || is_key(f)) fields.push_back(f);
       }
       std::sort(fields.begin(), fields.end());
       std::vector<std::string> parts;
@@ -148,13 +198,13 @@ class JsonArrayModule : public MappingModule {
         std::string value;
         switch (src.value_case()) {
           case ColumnSource::kColumn: {
-            ASSIGN_OR_RETURN(int s, source_column(src.column(), absl::StrCat("element.", f)));
+            ASSIGN_OR_RETURN(int s, SourceColumn(relation, src.column(), absl::StrCat("element.", f)));
             value = ref(p, s);
             break;
           }
           case ColumnSource::kConst:
             p.slots.push_back({-1, &src.const_()});
-            value = absl::StrCat("$", p.slots.size(), "::text");
+            value = param(p.slots.size() - 1, "text");
             break;
           case ColumnSource::kSql: {
             std::vector<std::string> inputs;
@@ -173,95 +223,132 @@ class JsonArrayModule : public MappingModule {
       }
       return absl::StrCat("jsonb_build_object(", absl::StrJoin(parts, ", "), ")");
     };
-    // Element keys come from the child's key, so a delete (which carries only the key) finds it.
-    for (const std::string& k : config_.element_key()) {
-      ASSIGN_OR_RETURN(int s, source_column(config_.element().at(k).column(), absl::StrCat("element.", k)));
-      if (!full && !relation.columns[s].part_of_key) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path_, ".element_key: ", k, " comes from ", relation.columns[s].name,
-            ", which is not part of ", relation.QualifiedName(),
-            "'s replica identity; a delete could not find the element. Use the child's primary "
-            "key, or set REPLICA IDENTITY FULL"));
-      }
-    }
+    // The element key of the element `var` (a jsonb value) itself.
+    auto key_of = [&](const std::string& var) {
+      std::vector<std::string> parts;
+      for (const std::string& k : config_.element_key())
+        parts.push_back(absl::StrCat(pg::QuoteLiteral(k), ", ", var, " -> ", pg::QuoteLiteral(k)));
+      return absl::StrCat("jsonb_build_object(", absl::StrJoin(parts, ", "), ")");
+    };
     std::vector<std::string> parent_cols;
-    auto parent = [&](Params& p, std::vector<std::string>* vals,
-                      std::vector<std::string>* match) -> absl::Status {
+    for (const auto& [target_col, _] : config_.parent_key()) parent_cols.push_back(pg::QuoteIdent(target_col));
+    // The parent key values, and the condition "t is that parent".
+    auto parent = [&](Params& p, std::vector<std::string>* vals, std::vector<std::string>* match) -> absl::Status {
       for (const auto& [target_col, source_col] : config_.parent_key()) {
-        ASSIGN_OR_RETURN(int s, source_column(source_col, absl::StrCat("parent_key.", target_col)));
+        ASSIGN_OR_RETURN(int s, SourceColumn(relation, source_col, absl::StrCat("parent_key.", target_col)));
         std::string v = ref(p, s);
-        if (vals) vals->push_back(v);
-        if (match) match->push_back(absl::StrCat("t.", pg::QuoteIdent(target_col), " = ", v));
+        vals->push_back(v);
+        match->push_back(absl::StrCat("t.", pg::QuoteIdent(target_col), " = ", v));
       }
       return absl::OkStatus();
     };
-    for (const auto& [target_col, _] : config_.parent_key()) parent_cols.push_back(pg::QuoteIdent(target_col));
-    std::string table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
-    std::string qtable = pg::QuoteQualified(table);
-    std::string col = pg::QuoteIdent(config_.column());
-    WarnAboutIndex(inspector, table, col);
-    std::string sort_field = config_.sort_by().empty() ? config_.element_key(0) : config_.sort_by();
-    std::string order = absl::StrCat("e -> ", pg::QuoteLiteral(sort_field));
-    for (const std::string& k : config_.element_key()) absl::StrAppend(&order, ", e -> ", pg::QuoteLiteral(k));
-    // The array without the elements matching `match`, plus `add` (if any), sorted.
-    auto rebuild = [&](const std::string& match, const std::string& add) {
-      return absl::StrCat(
-          "(SELECT coalesce(jsonb_agg(e ORDER BY ", order, "), '[]'::jsonb) FROM (SELECT e FROM "
-          "jsonb_array_elements(coalesce(t.", col, ", '[]'::jsonb)) AS a(e) WHERE NOT (e @> ", match, ")",
-          add.empty() ? "" : absl::StrCat(" UNION ALL SELECT ", add), ") AS x(e))");
+    // Equality of the parent key columns of two row variables.
+    auto same_parent = [&](const std::string& a, const std::string& b) {
+      std::vector<std::string> parts;
+      for (const std::string& c : parent_cols) parts.push_back(absl::StrCat(a, ".", c, " = ", b, ".", c));
+      return absl::StrJoin(parts, " AND ");
+    };
+    auto qualified = [&](const std::string& var) {
+      std::vector<std::string> parts;
+      for (const std::string& c : parent_cols) parts.push_back(absl::StrCat(var, ".", c));
+      return absl::StrJoin(parts, ", ");
+    };
+    const std::string qtable = pg::QuoteQualified(table);
+    const std::string col = pg::QuoteIdent(config_.column());
+    const std::string pcols = absl::StrJoin(parent_cols, ", ");
+    const std::string sort_field = config_.sort_by().empty() ? config_.element_key(0) : config_.sort_by();
+    auto order_of = [&](const std::string& var) {
+      std::string order = absl::StrCat(var, " -> ", pg::QuoteLiteral(sort_field));
+      for (const std::string& k : config_.element_key()) absl::StrAppend(&order, ", ", var, " -> ", pg::QuoteLiteral(k));
+      return order;
+    };
+    // The elements of t's array that `keep` (a condition on e) keeps, plus `add` (rows of e), sorted.
+    auto rebuild = [&](const std::string& keep, const std::string& add) {
+      return absl::StrCat("(SELECT coalesce(jsonb_agg(e ORDER BY ", order_of("e"), "), '[]'::jsonb) FROM (SELECT e FROM "
+                          "jsonb_array_elements(coalesce(t.", col, ", '[]'::jsonb)) AS a(e) WHERE ", keep,
+                          add.empty() ? "" : absl::StrCat(" UNION ALL SELECT ", add), ") AS x(e))");
     };
 
-    auto init = [&](OpShape* s) {
-      s->target = common_.target();
-      s->table = table;
-      s->source_table = relation.QualifiedName();
-      s->id = NextOpShapeId();
-      s->kind = OpKind::kUpdateOnly;  // module-rendered: never batched
-    };
-    OpShape upsert, remove_elsewhere, remove;
-    Params up, elsewhere, gone;
+    Statements out;
+    Params up, gone;
     std::vector<std::string> parent_vals, parent_match;
-    RETURN_IF_ERROR(parent(up, &parent_vals, nullptr));
+    RETURN_IF_ERROR(parent(up, &parent_vals, &parent_match));
     ASSIGN_OR_RETURN(std::string elem, object(up, false));
     ASSIGN_OR_RETURN(std::string up_key, object(up, true));
-    init(&upsert);
-    upsert.statement = absl::StrCat(
-        "INSERT INTO ", qtable, " AS t (", absl::StrJoin(parent_cols, ", "), ", ", col, ") VALUES (",
-        absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem, ")) ON CONFLICT (",
-        absl::StrJoin(parent_cols, ", "), ") DO UPDATE SET ", col, " = ", rebuild(up_key, elem));
-    upsert.num_params = static_cast<int>(up.slots.size());
-    // The drift verifier: the parent row holds exactly this element under its key.
-    std::vector<std::string> parent_join;
-    {
-      size_t i = 0;
-      for (const auto& [target_col, _] : config_.parent_key()) {
-        parent_join.push_back(absl::StrCat("p.", pg::QuoteIdent(target_col), " = ", parent_vals[i++]));
-      }
-    }
-    upsert.verify = absl::StrCat(
-        "SELECT x.e IS NOT NULL, x.e IS NOT DISTINCT FROM ", elem, ", (", elem, ")::text, x.e::text, (", up_key,
-        ")::text FROM (SELECT 1) AS one LEFT JOIN ", qtable, " AS p ON ", absl::StrJoin(parent_join, " AND "),
-        " LEFT JOIN LATERAL (SELECT e FROM jsonb_array_elements(coalesce(p.", col, ", '[]'::jsonb)) AS a(e) WHERE e @> ",
-        up_key, " LIMIT 1) AS x ON true");
-
-    ASSIGN_OR_RETURN(std::string else_key, object(elsewhere, true));
-    RETURN_IF_ERROR(parent(elsewhere, nullptr, &parent_match));
-    init(&remove_elsewhere);
-    remove_elsewhere.statement = absl::StrCat(
-        "UPDATE ", qtable, " AS t SET ", col, " = ", rebuild(else_key, ""), " WHERE t.", col,
-        " @> jsonb_build_array(", else_key, ") AND NOT (", absl::StrJoin(parent_match, " AND "), ")");
-    remove_elsewhere.num_params = static_cast<int>(elsewhere.slots.size());
-
     ASSIGN_OR_RETURN(std::string gone_key, object(gone, true));
-    init(&remove);
-    remove.statement = absl::StrCat("UPDATE ", qtable, " AS t SET ", col, " = ", rebuild(gone_key, ""),
-                                    " WHERE t.", col, " @> jsonb_build_array(", gone_key, ")");
-    remove.num_params = static_cast<int>(gone.slots.size());
-    return std::make_unique<BoundJsonArray>(std::move(upsert), std::move(up.slots), std::move(remove_elsewhere),
-                                            std::move(elsewhere.slots), std::move(remove), std::move(gone.slots));
+    out.upsert_slots = up.slots;
+    out.remove_slots = gone.slots;
+    if (!batch) {
+      out.upsert = absl::StrCat("INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") VALUES (",
+                                absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem, ")) ON CONFLICT (",
+                                pcols, ") DO UPDATE SET ", col, " = ",
+                                rebuild(absl::StrCat(key_of("e"), " <> ", up_key), elem));
+      // Other parents than its own are other rows: one statement may change both.
+      out.moving = absl::StrCat("WITH leave AS (UPDATE ", qtable, " AS t SET ", col, " = ",
+                                rebuild(absl::StrCat(key_of("e"), " <> ", up_key), ""), " WHERE t.", col,
+                                " @> jsonb_build_array(", up_key, ") AND NOT (", absl::StrJoin(parent_match, " AND "),
+                                ")) ", out.upsert);
+      out.remove = absl::StrCat("UPDATE ", qtable, " AS t SET ", col, " = ",
+                                rebuild(absl::StrCat(key_of("e"), " <> ", gone_key), ""), " WHERE t.", col,
+                                " @> jsonb_build_array(", gone_key, ")");
+      // The drift verifier: the parent row holds exactly this element under its key.
+      std::vector<std::string> parent_join;
+      for (size_t i = 0; i < parent_cols.size(); ++i)
+        parent_join.push_back(absl::StrCat("p.", parent_cols[i], " = ", parent_vals[i]));
+      out.verify = absl::StrCat(
+          "SELECT x.e IS NOT NULL, x.e IS NOT DISTINCT FROM ", elem, ", (", elem, ")::text, x.e::text, (", up_key,
+          ")::text FROM (SELECT 1) AS one LEFT JOIN ", qtable, " AS p ON ", absl::StrJoin(parent_join, " AND "),
+          " LEFT JOIN LATERAL (SELECT e FROM jsonb_array_elements(coalesce(p.", col,
+          ", '[]'::jsonb)) AS a(e) WHERE e @> ", up_key, " LIMIT 1) AS x ON true");
+      return out;
+    }
+    auto rows_of = [&](const Params& p) {
+      std::vector<std::string> arrays, columns;
+      for (size_t i = 0; i < p.slots.size(); ++i) {
+        arrays.push_back(absl::StrCat("$", i + 1, "::text[]"));
+        columns.push_back(absl::StrCat("p", i + 1));
+      }
+      return absl::StrCat("unnest(", absl::StrJoin(arrays, ", "), ") WITH ORDINALITY AS i(",
+                          absl::StrJoin(columns, ", "), ", n)");
+    };
+    // The last version of each element in the run, with its parent key under the parent's
+    // column names: what the run leaves, whatever came before inside it.
+    std::vector<std::string> parent_as;
+    for (size_t i = 0; i < parent_cols.size(); ++i) parent_as.push_back(absl::StrCat(parent_vals[i], " AS ", parent_cols[i]));
+    const std::string last = absl::StrCat("SELECT DISTINCT ON (ws_key) ", absl::StrJoin(parent_as, ", "), ", ", elem,
+                                          " AS ws_element, ", up_key, " AS ws_key FROM ", rows_of(up),
+                                          " ORDER BY ws_key, i.n DESC");
+    out.upsert = absl::StrCat(
+        "INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") SELECT ", pcols, ", jsonb_agg(ws_element ORDER BY ",
+        order_of("ws_element"), ") FROM (", last, ") AS l GROUP BY ", pcols, " ON CONFLICT (", pcols,
+        ") DO UPDATE SET ", col, " = ",
+        rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM jsonb_array_elements(EXCLUDED.", col, ") AS ex(n) WHERE ",
+                             key_of("n"), " = ", key_of("e"), ")"),
+                absl::StrCat("jsonb_array_elements(EXCLUDED.", col, ")")));
+    // The parents holding one of the keys in k (other than `extra` excludes), found by the
+    // index on the array column, as the CTE `hit`; then the condition "t is one of them", which
+    // reaches t by its primary key whatever the planner thinks of the run's size.
+    auto hit = [&](const std::string& extra) {
+      return absl::StrCat("hit AS (SELECT DISTINCT ", qualified("h"), " FROM k JOIN ", qtable, " AS h ON h.", col,
+                          " @> jsonb_build_array(k.ws_key)", extra, ")");
+    };
+    std::string in_hit = absl::StrCat("t.", parent_cols[0], " = ANY(ARRAY(SELECT ", parent_cols[0], " FROM hit))");
+    if (parent_cols.size() > 1) {
+      absl::StrAppend(&in_hit, " AND (", qualified("t"), ") IN (SELECT ", pcols, " FROM hit)");
+    }
+    out.leave_others = absl::StrCat(
+        "WITH k AS (", last, "), ", hit(absl::StrCat(" AND NOT (", same_parent("h", "k"), ")")), " UPDATE ", qtable,
+        " AS t SET ", col, " = ",
+        rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM k WHERE k.ws_key = ", key_of("e"), " AND NOT (",
+                             same_parent("t", "k"), "))"), ""),
+        " WHERE ", in_hit);
+    out.remove = absl::StrCat(
+        "WITH k AS (SELECT DISTINCT ", gone_key, " AS ws_key FROM ", rows_of(gone), "), ", hit(""), " UPDATE ", qtable,
+        " AS t SET ", col, " = ", rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM k WHERE k.ws_key = ", key_of("e"), ")"), ""),
+        " WHERE ", in_hit);
+    return out;
   }
 
- private:
   // Updates and deletes find their element's parent with `column @> [key]`: without a GIN index
   // on the column that is a scan of the whole parent table per change, and with a GIN index
   // whose fastupdate is on, a scan of its pending list (measured: about five times slower under
