@@ -693,19 +693,22 @@ absl::Status PgSink::HandleResult(PGresult* result) {
       for (Pending& p : pending_) p.arena_offset -= std::min(cut, p.arena_offset);
     }
   };
+  // A connection the server ended (pg_terminate_backend, shutdown) stops answering in the
+  // middle of the pipeline: the results missing from then on are a lost connection.
+  auto out_of_order = [&](const char* what) {
+    if (first_error_.code() == absl::StatusCode::kUnavailable) return first_error_;
+    if (PQstatus(conn_.get()) == CONNECTION_BAD) return BrokenConnection("reading results");
+    return absl::InternalError(absl::StrCat("target ", options_.name, ": ", what));
+  };
   if (result == nullptr) {
-    if (front.kind == Pending::kSync) {
-      return absl::InternalError(absl::StrCat("target ", options_.name, ": result out of order"));
-    }
+    if (front.kind == Pending::kSync) return out_of_order("result out of order");
     pop();
     return absl::OkStatus();
   }
   ExecStatusType st = PQresultStatus(result);
   if (st == PGRES_PIPELINE_SYNC) {
     PQclear(result);
-    if (front.kind != Pending::kSync) {
-      return absl::InternalError(absl::StrCat("target ", options_.name, ": sync out of order"));
-    }
+    if (front.kind != Pending::kSync) return out_of_order("sync out of order");
     pop();
     return absl::OkStatus();
   }

@@ -55,7 +55,8 @@ struct OpShape {
   std::vector<int> condition_inputs;  // indices into `inputs`
   std::vector<std::string> casts;
   // A statement the module renders itself (parameters $1..$num_params are the op's parameter
-  // slots in order). Sent one row at a time; `values` may then only describe it for messages.
+  // slots in order). Sent one row at a time unless batch_statements says how to send a run;
+  // `values` may then only describe it for messages.
   std::string statement;
   int num_params = 0;
   // Optionally, a run of consecutive ops of this shape at once: statements sent in order, in

@@ -78,6 +78,19 @@ mappings:
     return p.ok() ? *std::move(p) : nullptr;
   }
 
+  // The target drifts behind walshift's back: rows lost and values changed.
+  void InjectDrift() {
+    Target("SET session_replication_role = replica;"  // past the foreign key of orders_v2
+           "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
+           "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
+  }
+
+  absl::StatusOr<RunResult> Backfill(const std::string& config, const std::string& table) {
+    SubprocessOptions o;
+    o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", table, "--wait", "600"};
+    return Subprocess::Run(o, absl::Minutes(11));
+  }
+
   void ExpectTargetExact() {
     PgRows expected = SourceRows("SELECT id::text, owner, (balance * 100)::bigint::text FROM accounts ORDER BY id");
     PgRows actual = TargetRows("SELECT account_id::text, owner, balance_cents::text FROM accounts_v2 ORDER BY account_id");
@@ -147,15 +160,10 @@ TEST_F(CopyTest, BackfillOfOneTableWhileStreamingHealsDriftAndKeepsDeletesDelete
   std::string config = Config();
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
-  // The target drifts behind walshift's back: rows lost and values changed.
-  Target("SET session_replication_role = replica;"  // past the foreign key of orders_v2
-         "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
-         "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
+  InjectDrift();
   auto workload = StartWorkload(3000);
   ASSERT_NE(workload, nullptr);
-  SubprocessOptions o;
-  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "accounts", "--wait", "600"};
-  auto r = Subprocess::Run(o, absl::Minutes(11));
+  auto r = Backfill(config, "accounts");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->status.exit_code(), 0) << r->stdout_text << r->stderr_text << DaemonLog();
   EXPECT_THAT(r->stdout_text, HasSubstr("backfill of public.accounts requested at LSN"));
@@ -168,8 +176,7 @@ TEST_F(CopyTest, BackfillOfOneTableWhileStreamingHealsDriftAndKeepsDeletesDelete
   EXPECT_EQ(TargetRows("SELECT state, (rows > 150000)::text FROM walshift.backfill"), (PgRows{{"done", "true"}}));
 
   // A table no mapping reads is refused by walshiftctl.
-  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "public.nope"};
-  r = Subprocess::Run(o, absl::Minutes(1));
+  r = Backfill(config, "public.nope");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status.exit_code(), 2);
   EXPECT_THAT(r->stderr_text, HasSubstr("no mapping of pipeline"));
@@ -183,12 +190,8 @@ TEST_F(CopyTest, BackfillChunkLostWithItsConnectionIsReadAgain) {
   // committed: the pipeline retries from its checkpoint in the same process.
   ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_FAULT_AT", "pipeline.after_backfill_chunk:3"}}).ok());
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
-  Target("SET session_replication_role = replica;"
-         "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
-         "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
-  SubprocessOptions o;
-  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "accounts", "--wait", "600"};
-  auto r = Subprocess::Run(o, absl::Minutes(11));
+  InjectDrift();
+  auto r = Backfill(config, "accounts");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->status.exit_code(), 0) << r->stdout_text << r->stderr_text << DaemonLog();
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
