@@ -781,6 +781,11 @@ std::string PgSink::DescribeParams(const Pending& pending, bool key_only) const 
     return "?";
   };
   std::vector<std::string> parts;
+  for (size_t slot = 0; slot < shape.param_names.size(); ++slot) {
+    bool key = std::find(shape.key_params.begin(), shape.key_params.end(), static_cast<int>(slot)) !=
+               shape.key_params.end();
+    if (key_only == key) parts.push_back(absl::StrCat(shape.param_names[slot], "=", show(static_cast<int>(slot))));
+  }
   for (size_t i = 0; i < shape.values.size(); ++i) {
     bool key = std::find(shape.key.begin(), shape.key.end(), static_cast<int>(i)) != shape.key.end();
     if (key_only != key) continue;
@@ -828,7 +833,7 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
         col = absl::StrCat(", column ", column);
       } else if (constraint) {
         col = absl::StrCat(", constraint ", constraint);
-      } else if (sqlstate && absl::string_view(sqlstate).substr(0, 2) == "22") {
+      } else if (sqlstate && absl::string_view(sqlstate).substr(0, 2) == "22" && !shape.values.empty()) {
         col = absl::StrCat(", column ", ProbeColumn(pending));
       }
       return absl::Status(

@@ -64,6 +64,10 @@ struct OpShape {
   // elements for NULL). Together they must leave the target as the ops one by one would. A
   // run of one op, and every op while a failing transaction is isolated, uses `statement`.
   std::vector<std::string> batch_statements;
+  // For messages about a module-rendered statement: the name of each parameter slot (a source
+  // column) and the slots that identify the row.
+  std::vector<std::string> param_names;
+  std::vector<int> key_params;
   // For a module-rendered statement, how the drift verifier checks its effect: a query over
   // the same parameters returning one row (present bool, equal bool, expected text, actual
   // text, key text). Empty: not verified.

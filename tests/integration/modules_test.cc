@@ -221,6 +221,34 @@ TEST_F(ModulesTest, JsonArrayFoldsChildRowsIntoTheirParent) {
                                "no GIN index on public.generated_content.content_data in target main"));
 }
 
+TEST_F(ModulesTest, JsonArrayChangeTheTargetRejectsNamesTheChildRow) {
+  Source("CREATE TABLE children (id int PRIMARY KEY, parent int, d int)");
+  Target("CREATE TABLE parents (parent_id int PRIMARY KEY, items jsonb)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
+  - source: children
+    module: json_array
+    table: parents
+    parent_key: {parent_id: parent}
+    column: items
+    element: {id: id, q: {sql: "100 / d"}}
+    element_key: [id]
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO children VALUES (1, 1, 5), (2, 1, 4)");
+  Source("INSERT INTO children VALUES (3, 1, 2), (4, 1, 0), (5, 2, 1)");  // one run; 4 is rejected
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->exit_code(), 1) << DaemonLog();
+  std::string log = DaemonLog();
+  EXPECT_THAT(log, ::testing::HasSubstr("of 5 rows to public.parents"));  // the group's run, first
+  EXPECT_THAT(log, ::testing::HasSubstr("key (id=4)"));
+  EXPECT_THAT(log, ::testing::HasSubstr("division by zero"));
+  EXPECT_THAT(log, ::testing::HasSubstr("values (parent=1, d=0)"));
+  // The transaction before it is applied, nothing of the failing one.
+  EXPECT_EQ(TargetRows("SELECT parent_id::text, items::text FROM parents"),
+            (PgRows{{"1", R"([{"q": 20, "id": 1}, {"q": 25, "id": 2}])"}}));
+}
+
 TEST_F(ModulesTest, SoftDeleteFlagMustExist) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");

@@ -1,6 +1,7 @@
 #include "transforms/json_array/json_array_module.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
@@ -115,10 +116,10 @@ class JsonArrayModule : public MappingModule {
       }
     }
     std::string table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
-    WarnAboutIndex(inspector, table, pg::QuoteIdent(config_.column()));
+    if (!warned_.exchange(true)) WarnAboutIndex(inspector, table, pg::QuoteIdent(config_.column()));
     ASSIGN_OR_RETURN(Statements one, Render(relation, info, table, /*batch=*/false));
     ASSIGN_OR_RETURN(Statements run, Render(relation, info, table, /*batch=*/true));
-    auto init = [&](OpShape* s, std::string statement, std::vector<std::string> batch, int num_params) {
+    auto init = [&](OpShape* s, std::string statement, std::vector<std::string> batch, const std::vector<Slot>& slots) {
       s->target = common_.target();
       s->table = table;
       s->source_table = relation.QualifiedName();
@@ -126,16 +127,24 @@ class JsonArrayModule : public MappingModule {
       s->kind = OpKind::kUpdateOnly;  // module-rendered
       s->statement = std::move(statement);
       s->batch_statements = std::move(batch);
-      s->num_params = num_params;
+      s->num_params = static_cast<int>(slots.size());
+      for (const Slot& slot : slots) {
+        s->param_names.push_back(slot.source_column >= 0 ? relation.columns[slot.source_column].name : "(constant)");
+        // The child's row is named by the columns its element key comes from.
+        for (const std::string& k : config_.element_key()) {
+          if (slot.source_column >= 0 && relation.columns[slot.source_column].name == config_.element().at(k).column())
+            s->key_params.push_back(static_cast<int>(s->param_names.size()) - 1);
+        }
+      }
     };
     OpShape upsert, moving, remove;
-    init(&upsert, one.upsert, {run.upsert}, static_cast<int>(one.upsert_slots.size()));
+    init(&upsert, one.upsert, {run.upsert}, one.upsert_slots);
     upsert.verify = one.verify;
     // An update may have moved the element to another parent: it leaves every other parent
     // first (a run does that for all its elements before adding them).
-    init(&moving, one.moving, {run.leave_others, run.upsert}, static_cast<int>(one.upsert_slots.size()));
+    init(&moving, one.moving, {run.leave_others, run.upsert}, one.upsert_slots);
     moving.verify = one.verify;
-    init(&remove, one.remove, {run.remove}, static_cast<int>(one.remove_slots.size()));
+    init(&remove, one.remove, {run.remove}, one.remove_slots);
     return std::make_unique<BoundJsonArray>(std::move(upsert), std::move(moving), std::move(one.upsert_slots),
                                             std::move(remove), std::move(one.remove_slots));
   }
@@ -384,6 +393,7 @@ class JsonArrayModule : public MappingModule {
   std::string path_;
   v1::Mapping common_;
   JsonArrayConfig config_;
+  mutable std::atomic<bool> warned_{false};  // about the index, once per process
 };
 
 }  // namespace
