@@ -72,6 +72,9 @@ struct OpShape {
   // the same parameters returning one row (present bool, equal bool, expected text, actual
   // text, key text). Empty: not verified.
   std::string verify;
+  // The same for many ops at once: every parameter a text[] of the ops' values, one row per op
+  // with its ordinal (from 1) before the five columns. Empty: `verify` op by op.
+  std::string verify_batch;
   uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
 };
 

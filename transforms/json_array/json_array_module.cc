@@ -140,10 +140,12 @@ class JsonArrayModule : public MappingModule {
     OpShape upsert, moving, remove;
     init(&upsert, one.upsert, {run.upsert}, one.upsert_slots);
     upsert.verify = one.verify;
+    upsert.verify_batch = run.verify;
     // An update may have moved the element to another parent: it leaves every other parent
     // first (a run does that for all its elements before adding them).
     init(&moving, one.moving, {run.leave_others, run.upsert}, one.upsert_slots);
     moving.verify = one.verify;
+    moving.verify_batch = run.verify;
     init(&remove, one.remove, {run.remove}, one.remove_slots);
     return std::make_unique<BoundJsonArray>(std::move(upsert), std::move(moving), std::move(one.upsert_slots),
                                             std::move(remove), std::move(one.remove_slots));
@@ -287,6 +289,26 @@ class JsonArrayModule : public MappingModule {
     ASSIGN_OR_RETURN(std::string gone_key, object(gone, true));
     out.upsert_slots = up.slots;
     out.remove_slots = gone.slots;
+    auto rows_of = [&](const Params& p) {
+      std::vector<std::string> arrays, columns;
+      for (size_t i = 0; i < p.slots.size(); ++i) {
+        arrays.push_back(absl::StrCat("$", i + 1, "::text[]"));
+        columns.push_back(absl::StrCat("p", i + 1));
+      }
+      return absl::StrCat("unnest(", absl::StrJoin(arrays, ", "), ") WITH ORDINALITY AS i(",
+                          absl::StrJoin(columns, ", "), ", n)");
+    };
+    // The drift verifier: the parent row holds exactly this element under its key (for a run,
+    // one answer per op, numbered).
+    std::vector<std::string> parent_join;
+    for (size_t i = 0; i < parent_cols.size(); ++i)
+      parent_join.push_back(absl::StrCat("p.", parent_cols[i], " = ", parent_vals[i]));
+    out.verify = absl::StrCat(
+        "SELECT ", batch ? "i.n, " : "", "x.e IS NOT NULL, x.e IS NOT DISTINCT FROM ", elem, ", (", elem,
+        ")::text, x.e::text, (", up_key, ")::text FROM ", batch ? rows_of(up) : "(SELECT 1) AS one", " LEFT JOIN ",
+        qtable, " AS p ON ", absl::StrJoin(parent_join, " AND "), " LEFT JOIN LATERAL (SELECT e FROM "
+        "jsonb_array_elements(coalesce(p.", col, ", '[]'::jsonb)) AS a(e) WHERE ", key_of("e"), " = ", up_key,
+        " LIMIT 1) AS x ON true", batch ? " ORDER BY i.n" : "");
     if (!batch) {
       out.upsert = absl::StrCat("INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") VALUES (",
                                 absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem, ")) ON CONFLICT (",
@@ -300,26 +322,8 @@ class JsonArrayModule : public MappingModule {
       out.remove = absl::StrCat("UPDATE ", qtable, " AS t SET ", col, " = ",
                                 rebuild(absl::StrCat(key_of("e"), " <> ", gone_key), ""), " WHERE t.", col,
                                 " @> jsonb_build_array(", gone_key, ")");
-      // The drift verifier: the parent row holds exactly this element under its key.
-      std::vector<std::string> parent_join;
-      for (size_t i = 0; i < parent_cols.size(); ++i)
-        parent_join.push_back(absl::StrCat("p.", parent_cols[i], " = ", parent_vals[i]));
-      out.verify = absl::StrCat(
-          "SELECT x.e IS NOT NULL, x.e IS NOT DISTINCT FROM ", elem, ", (", elem, ")::text, x.e::text, (", up_key,
-          ")::text FROM (SELECT 1) AS one LEFT JOIN ", qtable, " AS p ON ", absl::StrJoin(parent_join, " AND "),
-          " LEFT JOIN LATERAL (SELECT e FROM jsonb_array_elements(coalesce(p.", col,
-          ", '[]'::jsonb)) AS a(e) WHERE e @> ", up_key, " LIMIT 1) AS x ON true");
       return out;
     }
-    auto rows_of = [&](const Params& p) {
-      std::vector<std::string> arrays, columns;
-      for (size_t i = 0; i < p.slots.size(); ++i) {
-        arrays.push_back(absl::StrCat("$", i + 1, "::text[]"));
-        columns.push_back(absl::StrCat("p", i + 1));
-      }
-      return absl::StrCat("unnest(", absl::StrJoin(arrays, ", "), ") WITH ORDINALITY AS i(",
-                          absl::StrJoin(columns, ", "), ", n)");
-    };
     // The last version of each element in the run, with its parent key under the parent's
     // column names: what the run leaves, whatever came before inside it.
     std::vector<std::string> parent_as;
