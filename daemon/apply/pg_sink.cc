@@ -846,13 +846,21 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
                        ": ", server_msg, extra,
                        shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
     }
-    case Pending::kPrepare:
+    case Pending::kPrepare: {
+      // A statement that no longer fits the target: most often the source table changed (an
+      // identity mapping writes every source column, a new one included).
+      std::string hint;
+      if (sqlstate && absl::string_view(sqlstate) == "42703") {
+        hint = absl::StrCat("; if ", pending.shape->source_table,
+                            " gained a column, add it to the target table or list the mapping's columns");
+      }
       return absl::Status(
           server.code(),
           absl::StrCat("cannot prepare the ", OpKindName(pending.shape->kind), " statement for ",
                        pending.shape->table, " (target ", options_.name, ", source ",
-                       pending.shape->source_table, "): ", server_msg, extra,
-                       "; statement: ", arena_.c_str() + pending.arena_offset));
+                       pending.shape->source_table, ", first needed at LSN ", FormatLsn(pending.lsn),
+                       "): ", server_msg, extra, hint, "; statement: ", arena_.c_str() + pending.arena_offset));
+    }
     default:
       return absl::Status(server.code(), absl::StrCat("target ", options_.name, ": ", server_msg, extra));
   }

@@ -364,6 +364,67 @@ TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   EXPECT_EQ(TargetRows("SELECT id::text FROM accounts ORDER BY id"), (PgRows{{"1"}, {"42"}}));
 }
 
+// The legacy schema changes under a running pipeline: a column appears that the target cannot
+// take, or a column the mapping reads is dropped. walshiftd stops at the first change that
+// needs it, naming the table, the column and the LSN, after applying everything before it; once
+// the target or the mapping is fixed it goes on from there.
+TEST_F(ReplicationTest, SourceSchemaChangeStopsNamingTableColumnAndLsn) {
+  Source("CREATE TABLE a (id int PRIMARY KEY, v text, w text);"
+         "CREATE TABLE b (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE a2 (id int PRIMARY KEY, val text, w text);"
+         "CREATE TABLE b (id int PRIMARY KEY, v text)");
+  const std::string mappings = R"(mappings:
+  - {source: a, table: a2, key: [id], columns: {id: id, val: v, w: w}}
+  - {source: b}
+)";
+  std::string config = WriteConfig(kOneTarget + mappings);
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO a VALUES (1, 'one', 'x'); INSERT INTO b VALUES (1, 'one')");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+
+  // A new source column that the identity mapping of b writes and the target lacks.
+  Source("ALTER TABLE b ADD COLUMN extra int DEFAULT 7");
+  Source("INSERT INTO a VALUES (2, 'two', 'y')");
+  Source("INSERT INTO b VALUES (2, 'two', 8)");
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->exit_code(), 1) << DaemonLog();
+  std::string log = DaemonLog();
+  EXPECT_THAT(log, HasSubstr("public.b"));
+  EXPECT_THAT(log, HasSubstr("column \"extra\" of relation \"b\" does not exist"));
+  EXPECT_THAT(log, HasSubstr("source public.b, first needed at LSN "));
+  EXPECT_THAT(log, HasSubstr("if public.b gained a column, add it to the target table or list the mapping's columns"));
+  EXPECT_EQ(TargetRows("SELECT id::text FROM a2 ORDER BY id"), (PgRows{{"1"}, {"2"}}));
+  EXPECT_EQ(TargetRows("SELECT id::text FROM b ORDER BY id"), (PgRows{{"1"}}));
+  // The target gets the column: the row is applied on restart.
+  Target("ALTER TABLE b ADD COLUMN extra int");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT id::text, extra::text FROM b ORDER BY id"), (PgRows{{"1", std::nullopt}, {"2", "8"}}));
+
+  // A column the mapping of a reads is dropped in the source while walshiftd runs.
+  Source("ALTER TABLE a DROP COLUMN w");
+  Source("INSERT INTO a VALUES (3, 'three')");
+  st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_NE(st->exit_code(), 0) << DaemonLog();
+  log = DaemonLog();
+  EXPECT_THAT(log, HasSubstr("source column 'w' does not exist in public.a"));
+  EXPECT_THAT(log, HasSubstr("at LSN "));
+  EXPECT_EQ(TargetRows("SELECT id::text FROM a2 ORDER BY id"), (PgRows{{"1"}, {"2"}}));
+  // The mapping no longer names it: walshiftd goes on from the change that stopped it.
+  config = WriteConfig(kOneTarget + R"(mappings:
+  - {source: a, table: a2, key: [id], columns: {id: id, val: v}}
+  - {source: b}
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT id::text, val, w FROM a2 ORDER BY id"),
+            (PgRows{{"1", "one", "x"}, {"2", "two", "y"}, {"3", "three", std::nullopt}}));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(ReplicationTest, RestartResumesFromCheckpointWithoutReapplying) {
   Source("CREATE TABLE counters (id int PRIMARY KEY, n int)");
   // A trigger counts every row the target receives: replay after the checkpoint would show.
