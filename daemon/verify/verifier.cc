@@ -94,6 +94,8 @@ class TableVerifier {
   absl::Status Confirm(std::vector<std::pair<std::vector<std::string>, Lsn>> suspects);
   absl::Status ReverseWalk();
   absl::Status Report(v1::DriftEvent event);
+  // The rows/s budget: `rows` read since `started` take at least rows / rows_per_second.
+  void Pace(absl::Time started, int rows);
 
   const VerifyOptions& o_;
   const MappingModule& module_;
@@ -499,6 +501,12 @@ absl::Status TableVerifier::Confirm(std::vector<std::pair<std::vector<std::strin
   return absl::OkStatus();
 }
 
+void TableVerifier::Pace(absl::Time started, int rows) {
+  if (o_.rows_per_second <= 0) return;
+  absl::Time until = started + absl::Seconds(rows / o_.rows_per_second);
+  while (absl::Now() < until && !stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
 absl::Status TableVerifier::ReverseWalk() {
   // Only for a table this mapping alone fills, keyed by plain source columns.
   std::vector<const OpShape*> upserts;
@@ -574,6 +582,7 @@ absl::Status TableVerifier::ReverseWalk() {
   std::vector<std::pair<std::vector<std::string>, Lsn>> suspects;
   for (;;) {
     if (stop_.load()) return absl::CancelledError("stopped");
+    absl::Time chunk_started = absl::Now();
     std::vector<std::string> conds, placeholders;
     std::vector<const char*> values;
     for (size_t i = 0; i < last.size(); ++i) {
@@ -613,6 +622,7 @@ absl::Status TableVerifier::ReverseWalk() {
     for (int i = 0; i < PQntuples(missing.get()); ++i) {
       suspects.emplace_back(chunk[std::stoul(PQgetvalue(missing.get(), i, 0)) - 1], lsn);
     }
+    Pace(chunk_started, n);
     if (n < o_.chunk_rows) break;
   }
   // Confirm: the target passed the position, the target still has the row, the source does not.
@@ -723,11 +733,7 @@ absl::StatusOr<VerifyTableReport> TableVerifier::Run() {
     }
     if (n > 0) after = KeyOf(chunk.back());
     if (o_.progress) o_.progress(report_, false);
-    if (o_.rows_per_second > 0) {
-      // The budget: this chunk's rows take at least rows / rows_per_second.
-      absl::Time until = chunk_started + absl::Seconds(n / o_.rows_per_second);
-      while (absl::Now() < until && !stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    Pace(chunk_started, n);
     if (n < o_.chunk_rows) break;
   }
   RETURN_IF_ERROR(Confirm(std::move(suspects)));
