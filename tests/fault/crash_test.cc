@@ -90,5 +90,70 @@ mappings:
   EXPECT_TRUE(StopDaemon().success());
 }
 
+// The same for json_array, whose runs of changes go out as one statement over arrays: children
+// inserted, edited, moved between parents and deleted by four clients while walshiftd is killed
+// at the same points. Every parent's array must equal the source's children afterwards.
+TEST_F(CrashTest, JsonArrayKilledAtEveryDangerousInstantArraysStillExact) {
+  Source("CREATE TABLE posts (id int PRIMARY KEY, article int NOT NULL, platform text NOT NULL, body text)");
+  Target("CREATE TABLE articles (article int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
+         "CREATE INDEX ON articles USING gin (posts jsonb_path_ops) WITH (fastupdate = off)");
+  std::string config = WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+apply: {group_max_changes: 500, group_max_ms: 100}
+mappings:
+  - {source: posts, module: json_array, table: articles, parent_key: {article: article}, column: posts,
+     element: {id: id, platform: platform, body: body}, element_key: [id], sort_by: platform}
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+
+  std::string write = dir_ + "/write.sql";
+  std::string move = dir_ + "/move.sql";
+  std::string remove = dir_ + "/delete.sql";
+  std::ofstream(write) << "\\set id random(1, 3000)\n"
+                          "INSERT INTO posts VALUES (:id, :id % 200, (ARRAY['x','bluesky','threads'])[1 + :id % 3], "
+                          "md5(:id::text)) ON CONFLICT (id) DO UPDATE SET body = md5(posts.body);\n";
+  std::ofstream(move) << "\\set id random(1, 3000)\n"
+                         "UPDATE posts SET article = (article + 7) % 200 WHERE id = :id;\n";
+  std::ofstream(remove) << "\\set id random(1, 3000)\nDELETE FROM posts WHERE id = :id;\n";
+  auto pgbench_bin = PgCluster::Binary("pgbench");
+  ASSERT_TRUE(pgbench_bin.ok());
+  SubprocessOptions bench;
+  bench.argv = {*pgbench_bin, "-n", "-c", "4", "-j", "2", "-t", "3000", "-f", write + "@6", "-f", move + "@3",
+                "-f", remove + "@1", source_cluster_->Dsn(source_db_)};
+  bench.stdout_to = Output::File(dir_ + "/pgbench.log");
+  bench.stderr_to = Output::File(dir_ + "/pgbench.log", true);
+  auto workload = Subprocess::Start(bench);
+  ASSERT_TRUE(workload.ok()) << workload.status();
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  daemon_->Kill();
+  for (const char* point : {"apply.before_commit:5", "apply.after_commit:5", "pipeline.after_source_commit:300"}) {
+    ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_CRASH_AT", point}}).ok());
+    auto st = daemon_->Wait(absl::Seconds(60));
+    ASSERT_TRUE(st.ok()) << "walshiftd never reached " << point;
+    EXPECT_TRUE(st->signaled() && st->term_signal() == SIGKILL) << point << ": " << st->ToString() << "\n"
+                                                                << DaemonLog();
+  }
+  ASSERT_TRUE(StartDaemon(config).ok());
+  auto done = (*workload)->Wait(absl::Seconds(300));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed";
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(180)).ok()) << DaemonLog();
+
+  PgRows expected = SourceRows(
+      "SELECT article::text, jsonb_agg(jsonb_build_object('id', id, 'platform', platform, 'body', body) "
+      "ORDER BY platform, id)::text FROM posts GROUP BY article ORDER BY article");
+  PgRows actual = TargetRows("SELECT article::text, posts::text FROM articles WHERE posts <> '[]' ORDER BY article");
+  EXPECT_GT(expected.size(), 150u);
+  EXPECT_EQ(actual.size(), expected.size());
+  EXPECT_TRUE(actual == expected) << "the arrays differ from the source's children";
+  // No element twice, in one parent or in two.
+  EXPECT_EQ(TargetRows("SELECT count(*) - count(DISTINCT e->'id') FROM articles, jsonb_array_elements(posts) e"),
+            (PgRows{{"0"}}));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 }  // namespace
 }  // namespace walshift::testing
