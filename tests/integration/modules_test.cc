@@ -196,13 +196,14 @@ TEST_F(ModulesTest, JsonArrayFoldsChildRowsIntoTheirParent) {
   Source("UPDATE generated_posts SET article_id = article_id + 100 WHERE id % 10 = 0");  // moves parent
   Source("DELETE FROM generated_posts WHERE id % 7 = 0");
   // One transaction, applied as runs of changes: two elements swap parents, one moves twice,
-  // one is edited twice, with quotes, a backslash and NULL in its values.
+  // one is edited twice, with quotes, a backslash and NULL in its values, one gets a new key.
   Source("UPDATE generated_posts SET article_id = 3 WHERE id = 1;"
          "UPDATE generated_posts SET article_id = 1 WHERE id = 3;"
          "UPDATE generated_posts SET article_id = 50 WHERE id = 9;"
          "UPDATE generated_posts SET article_id = 60 WHERE id = 9;"
          "UPDATE generated_posts SET body = 'a \"quoted\" \\ {b,c}' WHERE id = 11;"
-         "UPDATE generated_posts SET hashtags = NULL WHERE id = 11");
+         "UPDATE generated_posts SET hashtags = NULL WHERE id = 11;"
+         "UPDATE generated_posts SET id = 1002 WHERE id = 2");  // the element key itself
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   PgRows expected = SourceRows(
       "SELECT article_id::text, category, jsonb_agg(jsonb_build_object('legacy_id', id, 'platform', platform, "

@@ -39,6 +39,10 @@ class BoundJsonArray : public BoundMapping {
       case ChangeKind::kDelete:
         return Emit(remove_, remove_slots_, change, *change.old_tuple, emit);
       case ChangeKind::kUpdate:  // may have moved it to another parent
+        // The child's key changed: the element under its old key goes first.
+        if (change.old_tuple != nullptr && KeyChanged(*change.old_tuple, *change.new_tuple)) {
+          RETURN_IF_ERROR(Emit(remove_, remove_slots_, change, *change.old_tuple, emit));
+        }
         return Emit(moving_, upsert_slots_, change, *change.new_tuple, emit);
       default:
         return Emit(upsert_, upsert_slots_, change, *change.new_tuple, emit);
@@ -53,6 +57,17 @@ class BoundJsonArray : public BoundMapping {
   std::vector<const OpShape*> shapes() const override { return {&upsert_, &moving_, &remove_}; }
 
  private:
+  bool KeyChanged(const Tuple& old_row, const Tuple& new_row) const {
+    for (const Slot& s : remove_slots_) {
+      if (s.source_column < 0) continue;
+      const Datum& a = old_row[s.source_column];
+      const Datum& b = new_row[s.source_column];
+      if (a.is_unchanged_toast() || b.is_unchanged_toast()) continue;
+      if (a.is_null() != b.is_null() || (!a.is_null() && a.view() != b.view())) return true;
+    }
+    return false;
+  }
+
   absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const RowChange& change,
                     const Tuple& row, const EmitFn& emit) const {
     for (size_t i = 0; i < slots.size(); ++i) {
