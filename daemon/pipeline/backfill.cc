@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/numbers.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -79,6 +80,10 @@ Backfiller::~Backfiller() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    // A query the source holds up (a lock, a synchronous standby that went away with the
+    // pipeline's connection) must not hold up the pipeline's retry.
+    char err[256];
+    if (cancel_ != nullptr) PQcancel(cancel_, err, sizeof(err));
   }
   cv_.notify_all();
   thread_.join();
@@ -131,6 +136,10 @@ void Backfiller::Loop() {
     // A lost source connection is retried; anything else ends this backfill with an error.
     for (int attempt = 0;; ++attempt) {
       st = RunJob(job);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return;  // whatever RunJob says: its query may have been cancelled
+      }
       if (st.code() != absl::StatusCode::kUnavailable || attempt >= 20) break;
       std::unique_lock<std::mutex> lock(mu_);
       if (cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_; })) return;
@@ -152,6 +161,16 @@ void Backfiller::Loop() {
 absl::Status Backfiller::RunJob(Job& job) {
   ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(source_dsn_, "source", "application_name=walshiftd-backfill"));
   PGconn* c = conn.get();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::CancelledError("stopping");
+    cancel_ = PQgetCancel(c);
+  }
+  absl::Cleanup forget_cancel = [this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    PQfreeCancel(cancel_);
+    cancel_ = nullptr;
+  };
   std::vector<std::string> problems;
   ASSIGN_OR_RETURN(auto described, DescribeSourceTable(c, job.table, &problems, "backfill"));
   if (!described) return absl::FailedPreconditionError(absl::StrJoin(problems, "; "));

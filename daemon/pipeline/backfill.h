@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "libpq-fe.h"
 #include "daemon/core/change.h"
 
 namespace walshift {
@@ -84,6 +85,7 @@ class Backfiller {
   int64_t chunk_rows_;
   std::mutex mu_;
   std::condition_variable cv_;
+  PGcancel* cancel_ = nullptr;  // the running job's source query, cancelled on destruction
   std::vector<Job> jobs_;
   std::set<std::string> queued_tables_;
   std::map<std::string, std::shared_ptr<const BackfillChunk>> chunks_;

@@ -1,11 +1,14 @@
 #include "daemon/pipeline/pipeline.h"
 
 #include <algorithm>
+#include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "daemon/core/crash_point.h"
@@ -571,30 +574,44 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
 }
 
 absl::Status Pipeline::ResumeBackfills() {
-  // table → the last key each target recorded (they agree unless a stop fell between them).
-  std::map<std::string, std::vector<std::vector<std::string>>> found;
+  // table → per target that maps it: the last key it recorded as running, or nothing (no
+  // running backfill there). They agree unless a stop or a lost connection fell between
+  // their commits; then the backfill starts over, which is idempotent.
+  struct Found {
+    std::map<size_t, std::vector<std::string>> keys;  // target index → last key
+    uint64_t rows = 0;
+  };
+  std::map<std::string, Found> found;
   for (size_t i = 0; i < settings_.targets.size(); ++i) {
     ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.targets[i].dsn, absl::StrCat("target ", settings_.targets[i].name),
                                                    "application_name=walshiftd"));
     ASSIGN_OR_RETURN(pg::ResultPtr r,
                      pg::ExecParams(conn.get(),
-                                    "SELECT b.source_table, k.v, b.last_key IS NULL FROM walshift.backfill b "
+                                    "SELECT b.source_table, k.v, b.last_key IS NULL, b.rows::text FROM walshift.backfill b "
                                     "LEFT JOIN LATERAL unnest(b.last_key) WITH ORDINALITY AS k(v, n) ON true "
                                     "WHERE b.pipeline = $1 AND b.state = 'running' ORDER BY b.source_table, k.n",
                                     {settings_.proto.pipeline().c_str()}, "reading walshift.backfill"));
-    std::map<std::string, std::vector<std::string>> keys;
     for (int row = 0; row < PQntuples(r.get()); ++row) {
-      auto& k = keys[PQgetvalue(r.get(), row, 0)];
+      Found& f = found[PQgetvalue(r.get(), row, 0)];
+      auto& k = f.keys[i];
       if (PQgetvalue(r.get(), row, 2)[0] != 't') k.push_back(PQgetvalue(r.get(), row, 1));
+      uint64_t rows = 0;
+      if (absl::SimpleAtoi(PQgetvalue(r.get(), row, 3), &rows)) f.rows = std::max(f.rows, rows);
     }
-    for (auto& [table, k] : keys) found[table].push_back(std::move(k));
   }
-  for (auto& [table, keys] : found) {
-    std::vector<std::string> after = keys.front();
-    for (const auto& k : keys) {
-      if (k != keys.front()) after.clear();  // the targets disagree: start over, it is idempotent
+  for (auto& [table, f] : found) {
+    std::set<size_t> mapping_targets;
+    for (size_t m = 0; m < modules_.size(); ++m) {
+      if (modules_[m]->source_table() == table) mapping_targets.insert(module_sink_[m]);
     }
-    spdlog::info("backfill of {} was under way; continuing", table);
+    std::vector<std::string> after = f.keys.begin()->second;
+    for (size_t t : mapping_targets) {
+      auto it = f.keys.find(t);
+      if (it == f.keys.end() || it->second != after) after.clear();
+    }
+    spdlog::info("backfill of {} was under way; continuing{}", table,
+                 after.empty() ? " from the start" : absl::StrCat(" after (", absl::StrJoin(after, ", "), ")"));
+    backfill_rows_[table] = after.empty() ? 0 : f.rows;
     backfiller().Request(table, std::move(after));
   }
   return absl::OkStatus();
