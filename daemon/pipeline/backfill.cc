@@ -108,10 +108,10 @@ std::shared_ptr<const BackfillChunk> Backfiller::Chunk(const std::string& id) {
   return it == chunks_.end() ? nullptr : it->second;
 }
 
-void Backfiller::Applied(const std::string& id, bool redo) {
+void Backfiller::Applied(const std::string& id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    applied_[id] = redo;
+    applied_.insert(id);
   }
   cv_.notify_all();
 }
@@ -268,19 +268,13 @@ absl::Status Backfiller::RunJob(Job& job) {
     RETURN_IF_ERROR(Value(c, "SELECT pg_logical_emit_message(true, $1, $2)::text", {kBackfillHigh, content.c_str()},
                           "emitting the high watermark").status());
     // One chunk in flight: wait until the pipeline has applied it.
-    bool redo = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       while (!applied_.count(id)) {
         if (stopping_) return absl::CancelledError("stopping");
         cv_.wait_for(lock, std::chrono::milliseconds(100));
       }
-      redo = applied_[id];
       applied_.erase(id);
-    }
-    if (redo) {
-      spdlog::info("backfill of {}: reading the range after ({}) again", job.table, absl::StrJoin(job.after_key, ", "));
-      continue;
     }
     total += nrows;
     if (chunk->last) {

@@ -65,10 +65,8 @@ class Backfiller {
   // nullptr when unknown: a watermark replayed from before a restart, whose range the resumed
   // backfill reads again.
   std::shared_ptr<const BackfillChunk> Chunk(const std::string& id);
-  // The pipeline has applied chunk `id` (the thread then prepares the next one), or, with
-  // `redo`, could not (it met the high watermark without having seen the low one since a
-  // restart): the thread reads the same range again between new watermarks.
-  void Applied(const std::string& id, bool redo = false);
+  // The pipeline has applied chunk `id`: the thread then prepares the next one.
+  void Applied(const std::string& id);
 
   // The first error of the thread (a vanished table, ...), reported once.
   absl::Status TakeError();
@@ -89,7 +87,7 @@ class Backfiller {
   std::vector<Job> jobs_;
   std::set<std::string> queued_tables_;
   std::map<std::string, std::shared_ptr<const BackfillChunk>> chunks_;
-  std::map<std::string, bool> applied_;  // id → redo
+  std::set<std::string> applied_;  // ids of chunks the pipeline has applied
   absl::Status error_;
   bool stopping_ = false;
   uint64_t next_id_ = 0;

@@ -484,10 +484,10 @@ absl::Status Pipeline::OnBackfillHigh(const std::string& id) {
     return absl::OkStatus();  // a watermark from before a restart: the backfill resumes on its own
   }
   if (window == windows_.end()) {
-    // Changes between the low watermark and the checkpoint were applied before this attempt
-    // started and went unnoted: the range is read again.
-    backfiller().Applied(id, /*redo=*/true);
-    return absl::OkStatus();
+    // A chunk of this attempt's backfiller has its low watermark after this attempt's start
+    // position, so the stream showed it: this cannot happen, and the chunk is not applied blind.
+    return absl::InternalError(absl::StrCat("backfill of ", chunk->table, ": high watermark ", id,
+                                            " arrived without its low watermark"));
   }
   auto& bindings = backfill_bindings_[chunk->relation.get()];
   if (bindings.empty()) {
