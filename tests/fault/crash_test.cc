@@ -17,7 +17,29 @@
 namespace walshift::testing {
 namespace {
 
-class CrashTest : public DaemonTest {};
+class CrashTest : public DaemonTest {
+ protected:
+  // Runs pgbench with `pgbench_args` while walshiftd (on `config`, running and caught up) is
+  // killed once from outside at an arbitrary instant and then at each kill point, restarting
+  // each time; returns once the workload is done and the last walshiftd has caught up.
+  void KillAtEveryDangerousInstant(const std::string& config, const std::vector<std::string>& pgbench_args) {
+    auto workload = StartPgbench(pgbench_args);
+    ASSERT_NE(workload, nullptr);
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));  // an arbitrary instant, on purpose
+    daemon_->Kill();
+    for (const char* point : {"apply.before_commit:5", "apply.after_commit:5", "pipeline.after_source_commit:300"}) {
+      ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_CRASH_AT", point}}).ok());
+      auto st = daemon_->Wait(absl::Seconds(60));
+      ASSERT_TRUE(st.ok()) << "walshiftd never reached " << point;
+      EXPECT_TRUE(st->signaled() && st->term_signal() == SIGKILL) << point << ": " << st->ToString() << "\n"
+                                                                  << DaemonLog();
+    }
+    ASSERT_TRUE(StartDaemon(config).ok());
+    auto done = workload->Wait(absl::Seconds(300));
+    ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
+    ASSERT_TRUE(WaitCaughtUp(absl::Seconds(180)).ok()) << DaemonLog();
+  }
+};
 
 TEST_F(CrashTest, KilledAtEveryDangerousInstantTargetStillExact) {
   Source("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL, payload text)");
@@ -47,34 +69,8 @@ mappings:
                            "INSERT INTO events VALUES (:id, 1, md5(:id::text)) ON CONFLICT (id) DO "
                            "UPDATE SET n = events.n + 1, payload = md5(events.payload);\n";
   std::ofstream(remove) << "\\set id random(1, 3000)\nDELETE FROM events WHERE id = :id;\n";
-  auto pgbench_bin = PgCluster::Binary("pgbench");
-  ASSERT_TRUE(pgbench_bin.ok());
-  SubprocessOptions bench;
-  bench.argv = {*pgbench_bin, "-n", "-c", "4", "-j", "2", "-t", "5000", "-f", upsert + "@9",
-                "-f", remove + "@1", source_cluster_->Dsn(source_db_)};
-  bench.stdout_to = Output::File(dir_ + "/pgbench.log");
-  bench.stderr_to = Output::File(dir_ + "/pgbench.log", true);
-  auto workload = Subprocess::Start(bench);
-  ASSERT_TRUE(workload.ok()) << workload.status();
-
-  // Kill the running daemon from outside at an arbitrary instant.
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
-  daemon_->Kill();
-  int kills = 1;
-  for (const char* point : {"apply.before_commit:5", "apply.after_commit:5",
-                            "pipeline.after_source_commit:300"}) {
-    ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_CRASH_AT", point}}).ok());
-    auto st = daemon_->Wait(absl::Seconds(60));
-    ASSERT_TRUE(st.ok()) << "walshiftd never reached " << point;
-    EXPECT_TRUE(st->signaled() && st->term_signal() == SIGKILL) << point << ": " << st->ToString()
-                                                                << "\n" << DaemonLog();
-    ++kills;
-  }
-  ASSERT_TRUE(StartDaemon(config).ok());
-  auto done = (*workload)->Wait(absl::Seconds(300));
-  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed";
-  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(180)).ok()) << DaemonLog();
-  EXPECT_EQ(kills, 4);
+  ASSERT_NO_FATAL_FAILURE(KillAtEveryDangerousInstant(
+      config, {"-c", "4", "-j", "2", "-t", "5000", "-f", upsert + "@9", "-f", remove + "@1"}));
 
   PgRows expected = SourceRows(
       "SELECT id::text, n::text, payload, (n::bigint * 2)::text FROM events ORDER BY id");
@@ -118,29 +114,8 @@ mappings:
   std::ofstream(move) << "\\set id random(1, 3000)\n"
                          "UPDATE posts SET article = (article + 7) % 200 WHERE id = :id;\n";
   std::ofstream(remove) << "\\set id random(1, 3000)\nDELETE FROM posts WHERE id = :id;\n";
-  auto pgbench_bin = PgCluster::Binary("pgbench");
-  ASSERT_TRUE(pgbench_bin.ok());
-  SubprocessOptions bench;
-  bench.argv = {*pgbench_bin, "-n", "-c", "4", "-j", "2", "-t", "3000", "-f", write + "@6", "-f", move + "@3",
-                "-f", remove + "@1", source_cluster_->Dsn(source_db_)};
-  bench.stdout_to = Output::File(dir_ + "/pgbench.log");
-  bench.stderr_to = Output::File(dir_ + "/pgbench.log", true);
-  auto workload = Subprocess::Start(bench);
-  ASSERT_TRUE(workload.ok()) << workload.status();
-
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
-  daemon_->Kill();
-  for (const char* point : {"apply.before_commit:5", "apply.after_commit:5", "pipeline.after_source_commit:300"}) {
-    ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_CRASH_AT", point}}).ok());
-    auto st = daemon_->Wait(absl::Seconds(60));
-    ASSERT_TRUE(st.ok()) << "walshiftd never reached " << point;
-    EXPECT_TRUE(st->signaled() && st->term_signal() == SIGKILL) << point << ": " << st->ToString() << "\n"
-                                                                << DaemonLog();
-  }
-  ASSERT_TRUE(StartDaemon(config).ok());
-  auto done = (*workload)->Wait(absl::Seconds(300));
-  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed";
-  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(180)).ok()) << DaemonLog();
+  ASSERT_NO_FATAL_FAILURE(KillAtEveryDangerousInstant(
+      config, {"-c", "4", "-j", "2", "-t", "3000", "-f", write + "@6", "-f", move + "@3", "-f", remove + "@1"}));
 
   PgRows expected = SourceRows(
       "SELECT article::text, jsonb_agg(jsonb_build_object('id', id, 'platform', platform, 'body', body) "

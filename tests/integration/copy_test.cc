@@ -69,17 +69,8 @@ mappings:
                              "(SELECT 1 FROM orders WHERE account_id = :a + 3); "
                              "EXCEPTION WHEN foreign_key_violation THEN NULL; END $$;\n"
                              "COMMIT;\n";
-    auto bin = PgCluster::Binary("pgbench");
-    EXPECT_TRUE(bin.ok());
-    SubprocessOptions o;
     // Clients lock accounts in random order: a deadlock is retried, as an application would.
-    o.argv = {*bin, "-n", "-c", "3", "-j", "1", "-t", std::to_string(transactions), "--max-tries", "20", "-f", script,
-              source_cluster_->Dsn(source_db_)};
-    o.stdout_to = Output::File(dir_ + "/pgbench.log");
-    o.stderr_to = Output::File(dir_ + "/pgbench.log", true);
-    auto p = Subprocess::Start(o);
-    EXPECT_TRUE(p.ok()) << p.status();
-    return p.ok() ? *std::move(p) : nullptr;
+    return StartPgbench({"-c", "3", "-j", "1", "-t", std::to_string(transactions), "--max-tries", "20", "-f", script});
   }
 
   // The target drifts behind walshift's back: rows lost and values changed.
@@ -115,7 +106,7 @@ TEST_F(CopyTest, ExistingRowsCopiedWhileTheSourceKeepsWriting) {
   ASSERT_NE(workload, nullptr);
   ASSERT_TRUE(StartDaemon(Config()).ok());
   auto done = workload->Wait(absl::Seconds(300));
-  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << ReadFile(dir_ + "/pgbench.log").value_or("");
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
   ExpectTargetExact();
   std::string log = DaemonLog();
@@ -148,7 +139,7 @@ TEST_F(CopyTest, KilledDuringTheCopyResumesAndEndsExact) {
 
   ASSERT_TRUE(StartDaemon(config).ok());
   auto done = workload->Wait(absl::Seconds(300));
-  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << ReadFile(dir_ + "/pgbench.log").value_or("");
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
   ExpectTargetExact();
   std::string log = DaemonLog();
@@ -173,7 +164,7 @@ TEST_F(CopyTest, BackfillOfOneTableWhileStreamingHealsDriftAndKeepsDeletesDelete
   EXPECT_THAT(r->stdout_text, HasSubstr("backfill of public.accounts requested at LSN"));
   EXPECT_THAT(r->stdout_text, HasSubstr("done"));
   auto done = workload->Wait(absl::Seconds(300));
-  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << ReadFile(dir_ + "/pgbench.log").value_or("");
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
   ExpectTargetExact();
   EXPECT_THAT(DaemonLog(), HasSubstr("backfill of public.accounts: done"));

@@ -143,6 +143,23 @@ absl::Status DaemonTest::WaitCaughtUpOnce(absl::Duration timeout) {
   return absl::DeadlineExceededError(absl::StrCat("target did not catch up to ", *fence_lsn));
 }
 
+std::unique_ptr<Subprocess> DaemonTest::StartPgbench(const std::vector<std::string>& args) {
+  auto bin = PgCluster::Binary("pgbench");
+  EXPECT_TRUE(bin.ok()) << bin.status();
+  if (!bin.ok()) return nullptr;
+  SubprocessOptions o;
+  o.argv = {*bin, "-n"};
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  o.argv.push_back(source_cluster_->Dsn(source_db_));
+  o.stdout_to = Output::File(dir_ + "/pgbench.log");
+  o.stderr_to = Output::File(dir_ + "/pgbench.log", true);
+  auto p = Subprocess::Start(o);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? *std::move(p) : nullptr;
+}
+
+std::string DaemonTest::PgbenchLog() const { return ReadFile(dir_ + "/pgbench.log").value_or(""); }
+
 void DaemonTest::RunPgbench(const std::vector<std::string>& scripts, int clients, int transactions) {
   auto bin = PgCluster::Binary("pgbench");
   ASSERT_TRUE(bin.ok()) << bin.status();

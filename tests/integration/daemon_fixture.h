@@ -48,6 +48,10 @@ class DaemonTest : public ::testing::Test {
 
   // Runs a pgbench workload (script@weight ...) against this test's source database.
   void RunPgbench(const std::vector<std::string>& scripts, int clients, int transactions);
+  // Starts pgbench with `args` (options and scripts) against the source database in the
+  // background, its output in PgbenchLog(); nullptr (with a test failure) when it cannot start.
+  std::unique_ptr<Subprocess> StartPgbench(const std::vector<std::string>& args);
+  std::string PgbenchLog() const;
   void Source(const std::string& sql);
   void Target(const std::string& sql);
   PgRows SourceRows(const std::string& sql);

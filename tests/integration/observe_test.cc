@@ -81,7 +81,9 @@ TEST_F(ObserveTest, LagAndStateEventsArriveInOrderWithTheirFields) {
     v1::StateEvent e;
     ASSERT_TRUE(e.ParseFromString(r.value));
     EXPECT_EQ(e.pipeline(), pipeline_);
-    if (!states.empty()) EXPECT_EQ(e.previous(), states.back());
+    if (!states.empty()) {
+      EXPECT_EQ(e.previous(), states.back());
+    }
     states.push_back(e.state());
   }
   EXPECT_EQ(states, (std::vector<v1::PipelineState>{v1::SNAPSHOTTING, v1::STREAMING, v1::STOPPING}));

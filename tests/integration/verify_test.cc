@@ -123,20 +123,14 @@ TEST_F(VerifyTest, NoFalseAlarmsUnderAHeavyConcurrentWorkload) {
                            "INSERT INTO orders VALUES (:id, :id / 3.0, 'w', '{\"w\": 1}', now()) ON CONFLICT (id) DO UPDATE "
                            "SET amount = orders.amount + 1, note = orders.note || '.';\n"
                            "DELETE FROM orders WHERE id = :id + 5 AND :id % 7 = 0;\n";
-  auto bin = PgCluster::Binary("pgbench");
-  ASSERT_TRUE(bin.ok());
-  SubprocessOptions o;
-  o.argv = {*bin, "-n", "-c", "4", "-j", "2", "-T", "25", "-f", script, source_cluster_->Dsn(source_db_)};
-  o.stdout_to = Output::File(dir_ + "/pgbench.log");
-  o.stderr_to = Output::File(dir_ + "/pgbench.log", true);
-  auto workload = Subprocess::Start(o);
-  ASSERT_TRUE(workload.ok());
+  auto workload = StartPgbench({"-c", "4", "-j", "2", "-T", "25", "-f", script});
+  ASSERT_NE(workload, nullptr);
   for (int pass = 0; pass < 3; ++pass) {
     RunResult r = Ctl({"verify", "--config", config_});
     EXPECT_EQ(r.status.exit_code(), 0) << "pass " << pass << ":\n" << r.stdout_text << r.stderr_text;
   }
-  auto done = (*workload)->Wait(absl::Seconds(120));
-  ASSERT_TRUE(done.ok() && done->success());
+  auto done = workload->Wait(absl::Seconds(120));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_TRUE(TargetRows("SELECT 1 FROM walshift.drift").empty());
   EXPECT_TRUE(StopDaemon().success());
