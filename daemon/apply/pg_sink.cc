@@ -90,14 +90,7 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
   RETURN_IF_ERROR(pg::Exec(c, absl::StrCat("SET synchronous_commit = ", options.synchronous_commit ? "on" : "off",
                                            "; SET plan_cache_mode = force_generic_plan"),
                            what).status());
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(c, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
-                                  {options.pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint")));
-  if (PQntuples(r.get()) == 1) {
-    auto lsn = ParseLsn(PQgetvalue(r.get(), 0, 0));
-    if (!lsn) return absl::DataLossError(absl::StrCat(what, ": unreadable checkpoint"));
-    sink->durable_lsn_ = *lsn;
-  }
+  ASSIGN_OR_RETURN(sink->durable_lsn_, ReadCheckpoint(c, options.pipeline, what));
   pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", kCheckpointUpsert, 3, nullptr));
   RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
   if (PQsetnonblocking(c, 1) != 0 || PQenterPipelineMode(c) != 1) {
@@ -200,6 +193,20 @@ void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant*
     for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
   }
   for (int in : shape.condition_inputs) use(shape.inputs[in].param, false);
+}
+
+absl::StatusOr<Lsn> PgSink::ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+  auto r = pg::ExecParams(conn, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
+                          {pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint"));
+  if (!r.ok()) {
+    auto exists = pg::Exec(conn, "SELECT to_regclass('walshift.checkpoint') IS NOT NULL", what);
+    if (exists.ok() && PQgetvalue(exists->get(), 0, 0)[0] == 'f') return kInvalidLsn;
+    return r.status();
+  }
+  if (PQntuples(r->get()) == 0) return kInvalidLsn;
+  auto lsn = ParseLsn(PQgetvalue(r->get(), 0, 0));
+  if (!lsn) return absl::DataLossError(absl::StrCat(what, ": unreadable checkpoint ", PQgetvalue(r->get(), 0, 0)));
+  return *lsn;
 }
 
 absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {

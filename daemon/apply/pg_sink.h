@@ -39,6 +39,9 @@ class PgSink : public Sink {
   // Creates walshift's own tables in a target when absent (checkpoint, copy_chunk, backfill,
   // drift).
   static absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
+  // The pipeline's checkpoint in the target on `conn`: kInvalidLsn when it has none (or
+  // walshift's tables do not exist there yet), an error naming `what` otherwise.
+  static absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what);
   ~PgSink() override;
 
   const std::string& name() const override { return options_.name; }

@@ -33,19 +33,12 @@ absl::StatusOr<Lsn> CurrentLsn(PGconn* conn) {
   return ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
 }
 
-absl::StatusOr<Lsn> Checkpoint(PGconn* target, const std::string& pipeline) {
-  auto r = pg::ExecParams(target, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
-                          {pipeline.c_str()}, "target: reading the checkpoint");
-  if (!r.ok() || PQntuples(r->get()) == 0) return kInvalidLsn;
-  return ParseLsn(PQgetvalue(r->get(), 0, 0)).value_or(kInvalidLsn);
-}
-
 // Waits until the target's checkpoint reaches `lsn`; false when `settle` passes first.
 absl::StatusOr<bool> WaitCheckpoint(PGconn* target, const std::string& pipeline, Lsn lsn, absl::Duration settle,
                                     const std::atomic<bool>& stop) {
   absl::Time deadline = absl::Now() + settle;
   for (;;) {
-    ASSIGN_OR_RETURN(Lsn cp, Checkpoint(target, pipeline));
+    ASSIGN_OR_RETURN(Lsn cp, PgSink::ReadCheckpoint(target, pipeline, "target"));
     if (cp != kInvalidLsn && cp >= lsn) return true;
     if (absl::Now() >= deadline || stop.load()) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -829,7 +822,7 @@ absl::Status WaitCaughtUp(const config::Settings& settings, absl::Duration timeo
     ASSIGN_OR_RETURN(pg::ConnPtr c, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshift-verify"));
     ASSIGN_OR_RETURN(bool ok, WaitCheckpoint(c.get(), settings.proto.pipeline(), goal, timeout, never));
     if (!ok) {
-      ASSIGN_OR_RETURN(Lsn at, Checkpoint(c.get(), settings.proto.pipeline()));
+      ASSIGN_OR_RETURN(Lsn at, PgSink::ReadCheckpoint(c.get(), settings.proto.pipeline(), absl::StrCat("target ", t.name)));
       behind.push_back(absl::StrCat(t.name, " at ", FormatLsn(at)));
     }
   }
