@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <unistd.h>
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/config/config.h"
@@ -17,6 +19,7 @@
 #include "daemon/observe/status.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/live_check.h"
+#include "daemon/pipeline/session_zone.h"
 #include "daemon/verify/verifier.h"
 #include "daemon/pipeline/pipeline.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -145,9 +148,36 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  // One time zone for every session, decided before any value is read or written.
+  absl::StatusOr<walshift::SessionZone> zone;
+  for (int attempt = 0;; ++attempt) {
+    zone = walshift::PinSessionTimeZone(*settings, /*record=*/!check_only && !dry_run);
+    if (zone.ok() || zone.status().code() != absl::StatusCode::kUnavailable || check_only || dry_run) break;
+    spdlog::warn("{}; retrying", std::string(zone.status().message()));
+    for (int i = 0; i < std::min(1 << std::min(attempt, 5), 30) * 10 && !g_stop.load(); ++i) usleep(100000);
+    if (g_stop.load()) return 0;
+  }
+  if (!zone.ok()) {
+    std::fprintf(stderr, "walshiftd: %s\n", std::string(zone.status().message()).c_str());
+    return zone.status().code() == absl::StatusCode::kFailedPrecondition ? 2 : 1;
+  }
+  spdlog::info("sessions use time zone {} ({})", zone->zone, zone->origin);
+
   // The same live check as --check; a walshiftd that would fail on its first row refuses to
   // start. An unreachable database is left to the pipeline's reconnect loop.
-  absl::Status check = walshift::CheckLiveSchemas(*settings, *modules, config_path);
+  std::vector<std::string> notes;
+  absl::Status check = walshift::CheckLiveSchemas(*settings, *modules, config_path, &notes);
+  for (const std::string& n : notes) {
+    if (check_only) std::printf("note: %s\n", n.c_str());
+    else spdlog::info("{}", n);
+  }
   if (check_only) {
     if (check.ok()) {
       std::printf("%s: ok: %zu mappings match the live schemas\n", config_path.c_str(), modules->size());
@@ -169,13 +199,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!check.ok()) spdlog::warn("{}; connecting with retries", std::string(check.message()));
-
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = OnSignal;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
 
   spdlog::info("walshiftd starting pipeline {} ({} mappings, {} targets)",
                settings->proto.pipeline(), modules->size(), settings->targets.size());

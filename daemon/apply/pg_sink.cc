@@ -53,7 +53,14 @@ constexpr const char* kCheckpointDdl =
     "  kind text NOT NULL,"  // MISSING, EXTRA, MISMATCH
     "  key text NOT NULL,"
     "  columns jsonb NOT NULL DEFAULT '[]',"  // [{column, expected, actual}]
-    "  checked_at_lsn pg_lsn)";
+    "  checked_at_lsn pg_lsn); "
+    // Facts a pipeline keeps across restarts (the sessions' time zone).
+    "CREATE TABLE IF NOT EXISTS walshift.settings ("
+    "  pipeline text NOT NULL,"
+    "  name text NOT NULL,"
+    "  value text NOT NULL,"
+    "  recorded_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (pipeline, name))";
 
 constexpr const char* kCheckpointUpsert =
     "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
@@ -151,6 +158,9 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
 
   auto v = std::make_unique<Variant>();
   FillVariant(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
+  if (shape.statement.empty() && shape.kind != OpKind::kUpsert && shape.kind != OpKind::kTruncate) {
+    ASSIGN_OR_RETURN(v->column_types, ColumnTypes(shape.table));
+  }
   v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
   int n = static_cast<int>(v->params.size());
   int cap = !shape.batch_statements.empty() ? static_cast<int>(options_.batch_rows)
@@ -192,7 +202,34 @@ void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant*
     if (tv.param >= 0) use(tv.param, is_key(w));
     for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
   }
+  for (const TargetValue& m : shape.match) use(m.param, false);
   for (int in : shape.condition_inputs) use(shape.inputs[in].param, false);
+}
+
+absl::StatusOr<std::map<std::string, std::string>> PgSink::ReadColumnTypes(PGconn* conn, const std::string& table) {
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                                  "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                                  {pg::QuoteQualified(table).c_str()},
+                                  absl::StrCat("reading the column types of ", table)));
+  std::map<std::string, std::string> out;
+  for (int i = 0; i < PQntuples(r.get()); ++i) out[PQgetvalue(r.get(), i, 0)] = PQgetvalue(r.get(), i, 1);
+  return out;
+}
+
+absl::StatusOr<const std::map<std::string, std::string>*> PgSink::ColumnTypes(const std::string& table) {
+  auto it = column_types_.find(table);
+  if (it != column_types_.end()) return it->second.get();
+  if (!catalog_conn_) {
+    ASSIGN_OR_RETURN(catalog_conn_, pg::Connect(options_.dsn, absl::StrCat("target ", options_.name),
+                                                "application_name=walshiftd-catalog"));
+  }
+  ASSIGN_OR_RETURN(auto types, ReadColumnTypes(catalog_conn_.get(), table));
+  auto owned = std::make_unique<std::map<std::string, std::string>>(std::move(types));
+  const auto* raw = owned.get();
+  column_types_[table] = std::move(owned);
+  return raw;
 }
 
 absl::StatusOr<Lsn> PgSink::ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what) {
@@ -212,6 +249,11 @@ absl::StatusOr<Lsn> PgSink::ReadCheckpoint(PGconn* conn, const std::string& pipe
 absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
   Variant v;
   FillVariant(shape, std::string(shape.values.size(), '0'), &v);
+  std::map<std::string, std::string> types;
+  if (shape.statement.empty() && shape.kind != OpKind::kTruncate) {
+    ASSIGN_OR_RETURN(types, ReadColumnTypes(conn, shape.table));
+    v.column_types = &types;
+  }
   RETURN_IF_ERROR(ValidateStatement(conn, shape, Render(v, 1), v.params.size()));
   for (const std::string& sql : shape.batch_statements) {
     RETURN_IF_ERROR(ValidateStatement(conn, shape, sql, v.params.size()));
@@ -267,11 +309,27 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
                               ? ""
                               : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs, 0),
                                              ", false)");
-  auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
+  const bool move = shape.kind == OpKind::kUpdateOnly && !shape.match.empty();
+  auto is_key = [&](int idx) {
+    return !move && std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end();
+  };
   std::string table = pg::QuoteQualified(shape.table);
+  // A compared parameter is cast to its column's type: an untyped one is read as whatever the
+  // operator suggests, which fails for composite types.
+  auto compared = [&](const TargetValue& tv) {
+    if (tv.param < 0 || v.column_types == nullptr) return value(tv, 0);
+    auto type = v.column_types->find(tv.column);
+    if (type == v.column_types->end()) return value(tv, 0);
+    return absl::StrCat(ref(tv.param, 0), "::", type->second);
+  };
   std::vector<std::string> where;
-  for (int k : shape.key)
-    where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", value(shape.values[k], 0)));
+  if (move) {
+    for (const TargetValue& m : shape.match)
+      where.push_back(absl::StrCat(pg::QuoteIdent(m.column), " = ", compared(m)));
+  } else {
+    for (int k : shape.key)
+      where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", compared(shape.values[k])));
+  }
   switch (shape.kind) {
     case OpKind::kUpsert: {
       std::vector<std::string> cols, keys, sets, tuples;
@@ -319,7 +377,7 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
       if (!condition.empty()) where.push_back(absl::StrCat("NOT ", condition));
       return absl::StrCat("DELETE FROM ", table, " WHERE ", absl::StrJoin(where, " AND "));
     case OpKind::kTruncate:
-      return absl::StrCat("TRUNCATE ", table);
+      return absl::StrCat("TRUNCATE ", table);  // --check only: Apply sends truncate sets
   }
   return "";
 }
@@ -498,7 +556,7 @@ bool PgSink::CoalesceSafe(const OpShape& shape) {
         "      WHERE a.attrelid = t.oid AND a.attname = ANY($2::text[])) "
         "SELECT (SELECT count(*) FROM t WHERE t.oid IS NULL) "
         " + (SELECT count(*) FROM pg_index i, t, k WHERE i.indrelid = t.oid AND i.indisunique AND "
-        "    (SELECT array_agg(x::int ORDER BY x) FROM unnest(i.indkey::int2[]) x) IS DISTINCT FROM k.cols) "
+        "    (SELECT array_agg(x::int ORDER BY x) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) x) IS DISTINCT FROM k.cols) "
         " + (SELECT count(*) FROM pg_constraint c, t WHERE c.conrelid = t.oid AND "
         "    (c.contype = 'x' OR (c.contype = 'f' AND c.confrelid = t.oid))) "
         " + (SELECT count(*) FROM pg_trigger g, t WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)",
@@ -565,6 +623,29 @@ absl::Status PgSink::FlushArrayBatch() {
   return absl::OkStatus();
 }
 
+absl::Status PgSink::SendTruncates() {
+  if (truncate_tables_.empty()) return absl::OkStatus();
+  std::vector<std::string> quoted;
+  for (const std::string& t : truncate_tables_) quoted.push_back(pg::QuoteQualified(t));
+  // Without CASCADE, as the source sends every table its TRUNCATE reached.
+  std::string sql = absl::StrCat("TRUNCATE ", absl::StrJoin(quoted, ", "),
+                                 truncate_restart_ ? " RESTART IDENTITY" : "");
+  if (PQsendQueryParams(conn_.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
+    return BrokenConnection("sending a truncate");
+  }
+  Pending p{Pending::kTruncate};
+  p.shape = truncate_shape_;
+  p.lsn = truncate_lsn_;
+  p.last_lsn = truncate_lsn_;
+  p.arena_offset = arena_.size();
+  arena_.append(absl::StrJoin(truncate_tables_, ", "));  // kept for the error message
+  arena_.push_back('\0');
+  pending_.push_back(p);
+  truncate_tables_.clear();
+  truncate_shape_ = nullptr;
+  return absl::OkStatus();
+}
+
 absl::Status PgSink::Apply(const TargetOp& op) {
   if (!first_error_.ok()) return first_error_;
   if (!group_open_) {
@@ -572,6 +653,19 @@ absl::Status PgSink::Apply(const TargetOp& op) {
     group_open_ = true;
   }
   ++group_changes_;
+  if (op.shape->kind == OpKind::kTruncate && op.shape->statement.empty()) {
+    RETURN_IF_ERROR(FlushBatch());
+    if (!truncate_tables_.empty() && truncate_restart_ != op.restart_identity) RETURN_IF_ERROR(SendTruncates());
+    if (truncate_tables_.empty()) {
+      truncate_shape_ = op.shape;
+      truncate_lsn_ = op.lsn;
+      truncate_restart_ = op.restart_identity;
+    }
+    if (std::find(truncate_tables_.begin(), truncate_tables_.end(), op.shape->table) == truncate_tables_.end())
+      truncate_tables_.push_back(op.shape->table);
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(SendTruncates());
   ASSIGN_OR_RETURN(const Variant* v, VariantFor(op));
   if ((op.shape->kind == OpKind::kUpsert || !op.shape->batch_statements.empty()) && batching_ && v->max_rows > 1) {
     return AddToBatch(*v, op);
@@ -594,6 +688,7 @@ void PgSink::EndTransaction(const TransactionCommit& commit) {
 absl::StatusOr<Lsn> PgSink::Flush() {
   if (!first_error_.ok()) return first_error_;
   RETURN_IF_ERROR(FlushBatch());
+  RETURN_IF_ERROR(SendTruncates());
   if (!have_commit_) {
     if (group_open_) {
       return absl::InternalError(absl::StrCat("target ", options_.name,
@@ -630,6 +725,7 @@ absl::StatusOr<Lsn> PgSink::Flush() {
 absl::Status PgSink::CommitWith(const char* sql, const std::vector<const char*>& params) {
   if (!first_error_.ok()) return first_error_;
   RETURN_IF_ERROR(FlushBatch());
+  RETURN_IF_ERROR(SendTruncates());
   if (!group_open_) {
     RETURN_IF_ERROR(SendControl("BEGIN"));
     group_open_ = true;
@@ -853,6 +949,11 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
                        ": ", server_msg, extra,
                        shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
     }
+    case Pending::kTruncate:
+      return absl::Status(server.code(),
+                          absl::StrCat("cannot apply truncate of ", arena_.c_str() + pending.arena_offset,
+                                       " (target ", options_.name, ") for source ", pending.shape->source_table,
+                                       " at LSN ", FormatLsn(pending.lsn), ": ", server_msg, extra));
     case Pending::kPrepare: {
       // A statement that no longer fits the target: most often the source table changed (an
       // identity mapping writes every source column, a new one included).

@@ -6,6 +6,7 @@
 // bound as text parameters and identifiers always quoted.
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -93,6 +94,10 @@ class PgSink : public Sink {
     std::vector<int> params;         // op parameter slot of each statement parameter of a row
     std::vector<int> key_positions;  // positions in `params` that feed the key
     int max_rows = 1;
+    // The target table's column types (format_type without modifier): parameters compared in
+    // a WHERE clause are cast to them, as an untyped parameter cannot be read as every type
+    // (a composite key). Null: not known (module-rendered statements).
+    const std::map<std::string, std::string>* column_types = nullptr;
     bool coalesce = false;  // repeated keys in a batch may be merged (see CoalesceSafe)
     mutable absl::flat_hash_map<int, std::unique_ptr<Prepared>> statements;
   };
@@ -109,7 +114,7 @@ class PgSink : public Sink {
   };
   // What an outstanding command was, to attribute its result.
   struct Pending {
-    enum Kind : uint8_t { kControl, kPrepare, kStatement, kSync } kind = kControl;
+    enum Kind : uint8_t { kControl, kPrepare, kStatement, kTruncate, kSync } kind = kControl;
     const OpShape* shape = nullptr;
     Lsn lsn = kInvalidLsn;
     Lsn last_lsn = kInvalidLsn;
@@ -120,6 +125,12 @@ class PgSink : public Sink {
   };
 
   absl::Status SendControl(const char* sql);
+  // Sends the truncates queued by Apply as one TRUNCATE statement (nothing when none).
+  absl::Status SendTruncates();
+  // The column types of `table` in the target (see Variant::column_types), read once.
+  absl::StatusOr<const std::map<std::string, std::string>*> ColumnTypes(const std::string& table);
+  // The same on any connection.
+  static absl::StatusOr<std::map<std::string, std::string>> ReadColumnTypes(PGconn* conn, const std::string& table);
   absl::StatusOr<const Variant*> VariantFor(const TargetOp& op);
   static std::string Render(const Variant& v, int rows, bool plain_insert = false);
   // The variant of `shape` that writes every value (no unchanged TOAST datum).
@@ -158,6 +169,13 @@ class PgSink : public Sink {
   bool plain_inserts_ = true;
   pg::ConnPtr catalog_conn_;  // ordinary connection for catalog questions
   absl::flat_hash_map<std::string, bool> coalesce_safe_;
+  absl::flat_hash_map<std::string, std::unique_ptr<std::map<std::string, std::string>>> column_types_;
+  // Truncates waiting to go out together: target tables in order, the first op's shape and
+  // LSN for messages, and whether sequences restart.
+  std::vector<std::string> truncate_tables_;
+  const OpShape* truncate_shape_ = nullptr;
+  Lsn truncate_lsn_ = kInvalidLsn;
+  bool truncate_restart_ = false;
   uint64_t statements_sent_ = 0;
   std::deque<Pending> pending_;
   size_t pending_bytes_ = 0;

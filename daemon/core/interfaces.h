@@ -79,6 +79,10 @@ class BoundMapping {
                                    const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
   // Every operation shape the mapping can emit, for checks against the live target schema.
   virtual std::vector<const OpShape*> shapes() const = 0;
+  // True when an update is written as a whole row (or element) that may not be in the target
+  // yet, so every value must be known: the pipeline then completes an update that left TOASTed
+  // values out from the source's current row before mapping it (see Pipeline::OnChange).
+  virtual bool writes_whole_rows() const { return false; }
 };
 
 // What a mapping module may ask about the live schemas when it binds a relation.

@@ -47,6 +47,11 @@ struct OpShape {
   std::vector<TargetValue> values;  // kUpsert/kUpdateOnly: all written columns, key included;
                                     // kDelete: the key columns
   std::vector<int> key;             // indices into `values` forming the key
+  // kUpdateOnly only: when not empty, the row is found by these values (typically the old key
+  // of a key change) instead of by `key`, and every written value is set, key columns
+  // included. A key change applied this way keeps the values the change did not carry
+  // (unchanged TOAST values), as an UPDATE in the source did.
+  std::vector<TargetValue> match;
   std::vector<ExprInput> inputs;
   // A row filter: kUpsert writes only when it is true, kDelete deletes only when it is not
   // (NULL counts as false). Statements with a condition are sent one row at a time, with every
@@ -87,6 +92,9 @@ struct TargetOp {
   // kUpsert of a row a source INSERT created: the target may insert it without conflict
   // handling (a conflict then means the target already had it, and the sink says so).
   bool new_row = false;
+  // kTruncate: the source's TRUNCATE ... RESTART IDENTITY. Consecutive truncates are applied as
+  // one statement, as the source ran them (a table set with foreign keys between its members).
+  bool restart_identity = false;
 };
 
 // Allocates a process-unique shape id.

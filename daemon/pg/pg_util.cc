@@ -1,5 +1,6 @@
 #include "daemon/pg/pg_util.h"
 
+#include <cstdlib>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -55,13 +56,39 @@ absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_vie
   return absl::Status(code, text);
 }
 
+namespace {
+std::string& PinnedZone() {
+  static std::string* zone = new std::string();
+  return *zone;
+}
+}  // namespace
+
+void SetSessionTimeZone(const std::string& zone) {
+  unsetenv("PGTZ");
+  unsetenv("PGDATESTYLE");
+  PinnedZone() = zone;
+}
+
+const std::string& SessionTimeZone() { return PinnedZone(); }
+
 absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
                                 const std::string& extra) {
   // The DSN is expanded as the dbname (key=value or postgresql:// URI); the session settings
   // and `extra` (key=value pairs) are added as separate parameters, which win over the DSN.
   std::vector<std::string> keys = {"dbname", "client_encoding", "options"};
-  std::vector<std::string> vals = {dsn, "UTF8",
-                                   "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"};
+  std::string options =
+      "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex "
+      "-c standard_conforming_strings=on -c lc_monetary=C -c xmloption=content";
+  if (!PinnedZone().empty()) {
+    // In the options string, spaces and backslashes are escaped with a backslash.
+    std::string zone;
+    for (char c : PinnedZone()) {
+      if (c == ' ' || c == '\\') zone.push_back('\\');
+      zone.push_back(c);
+    }
+    absl::StrAppend(&options, " -c TimeZone=", zone);
+  }
+  std::vector<std::string> vals = {dsn, "UTF8", options};
   if (!extra.empty()) {
     char* err = nullptr;
     PQconninfoOption* opts = PQconninfoParse(extra.c_str(), &err);

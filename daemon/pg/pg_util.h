@@ -34,10 +34,19 @@ absl::StatusCode CodeForSqlState(absl::string_view sqlstate);
 // or a bad connection is kUnavailable.
 absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context);
 
+// Settings pinned for every session walshift opens, so that no value depends on walshift's
+// environment or a server default: DateStyle ISO, IntervalStyle postgres, extra_float_digits 3,
+// bytea_output hex, standard_conforming_strings on, lc_monetary C, xmloption content, and the
+// time zone set here (empty: the server's default, used only to find that default). Call once
+// at start-up, before any other thread connects: it also removes PGTZ and PGDATESTYLE from the
+// environment, which libpq would otherwise send after (and so over) these settings.
+void SetSessionTimeZone(const std::string& zone);
+const std::string& SessionTimeZone();
+
 // Connects (blocking) with `dsn` (key=value or a postgresql:// URI) plus `extra`, a key=value
 // connection string whose settings win over the DSN's (e.g. "replication=database").
-// Sets client_encoding UTF8, DateStyle ISO, IntervalStyle postgres, extra_float_digits 3 so text
-// values round-trip. kUnavailable on failure, message without the password.
+// Sets client_encoding UTF8 and the session settings above so text values round-trip.
+// kUnavailable on failure, message without the password.
 absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
                                 const std::string& extra = "");
 

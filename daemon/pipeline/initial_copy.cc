@@ -173,7 +173,7 @@ absl::Status InitialCopy::Plan() {
     ASSIGN_OR_RETURN(pg::ResultPtr pk,
                      pg::ExecParams(src,
                                     "SELECT a.attname, a.atttypid IN (20, 21, 23) FROM pg_index i JOIN pg_attribute a "
-                                    "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                                    "ON a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
                                     "WHERE i.indrelid = $1::oid AND i.indisprimary",
                                     {oid.c_str()}, absl::StrCat("reading the primary key of ", u->source_table)));
     if (PQntuples(pk.get()) == 1 && PQgetvalue(pk.get(), 0, 1)[0] == 't' &&

@@ -6,6 +6,7 @@
 #include <tuple>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/apply/pg_sink.h"
 #include "daemon/core/status_macros.h"
@@ -62,13 +63,25 @@ absl::StatusOr<bool> TextFormReadable(PGconn* conn, const std::string& source, c
 
 // Every target column filled straight from a source column can read that column's values.
 absl::Status CheckValueTypes(const SourceRelation& relation, const OpShape& shape, SchemaInspector& inspector,
-                             PGconn* target, const std::string& where, std::vector<std::string>* problems) {
+                             PGconn* target, const std::string& where, std::vector<std::string>* problems,
+                             std::vector<std::string>* notes) {
   ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, shape.target));
   ASSIGN_OR_RETURN(auto target_types, inspector.TargetColumnTypes(shape.target, shape.table));
   for (const TargetValue& v : shape.values) {
     const SourceColumnInfo* src = info.Find(v.origin);
     auto tgt = target_types.find(v.column);
     if (v.param < 0 || src == nullptr || tgt == target_types.end()) continue;
+    const bool naive = absl::StartsWith(src->type, "timestamp without time zone");
+    const bool aware = absl::StartsWith(src->type, "timestamp with time zone");
+    if (notes != nullptr && ((naive && tgt->second == "timestamp with time zone") ||
+                             (aware && tgt->second == "timestamp without time zone"))) {
+      std::string note = absl::StrCat(where, ": ", shape.source_table, ".", v.origin, " (", src->type, ") into ",
+                                      shape.table, ".", v.column, " (", tgt->second, ") in target ", shape.target,
+                                      naive ? " reads each value as local time in " : " writes each instant as local time in ",
+                                      pg::SessionTimeZone().empty() ? "the target's TimeZone" : pg::SessionTimeZone(),
+                                      " (source.timezone sets another zone)");
+      if (std::find(notes->begin(), notes->end(), note) == notes->end()) notes->push_back(std::move(note));
+    }
     ASSIGN_OR_RETURN(bool readable, TextFormReadable(target, src->type, tgt->second));
     if (!readable) {
       problems->push_back(absl::StrCat(where, " (", shape.source_table, "): source column ", v.origin, " (",
@@ -85,7 +98,7 @@ absl::Status CheckValueTypes(const SourceRelation& relation, const OpShape& shap
 
 absl::Status CheckLiveSchemas(const config::Settings& settings,
                               const std::vector<std::shared_ptr<const MappingModule>>& modules,
-                              const std::string& file_name) {
+                              const std::string& file_name, std::vector<std::string>* notes) {
   std::vector<std::string> problems;
   ASSIGN_OR_RETURN(pg::ConnPtr source, pg::Connect(settings.source_dsn, "source",
                                                    "application_name=walshiftd-check"));
@@ -120,9 +133,13 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
       }
       if (shape->kind != OpKind::kUpsert && shape->kind != OpKind::kUpdateOnly) continue;
       RETURN_IF_ERROR(CheckValueTypes(*relation, *shape, inspector, targets[shape->target].get(), where,
-                                      &problems));
+                                      &problems, notes));
       for (size_t v = 0; v < shape->values.size(); ++v) {
         if (std::find(shape->key.begin(), shape->key.end(), static_cast<int>(v)) != shape->key.end())
+          continue;
+        // A key change's move writes the key columns too.
+        if (std::any_of(shape->match.begin(), shape->match.end(),
+                        [&](const TargetValue& m) { return m.column == shape->values[v].column; }))
           continue;
         auto key = std::make_tuple(shape->target, shape->table, shape->values[v].column);
         auto [it, inserted] = claims.emplace(key, where);

@@ -16,8 +16,10 @@ namespace walshift {
 // columns exist, sql: expressions compile, the key is covered by a unique constraint); no two
 // mappings write the same non-key target column. Returns OK, kInvalidArgument listing every
 // problem (each naming its mapping), or kUnavailable when a database cannot be reached.
+// `notes` (optional) receives what a user should know although it is not a problem: each
+// conversion between a value without a zone and an instant, and the zone it uses.
 absl::Status CheckLiveSchemas(const config::Settings& settings,
                               const std::vector<std::shared_ptr<const MappingModule>>& modules,
-                              const std::string& file_name);
+                              const std::string& file_name, std::vector<std::string>* notes = nullptr);
 
 }  // namespace walshift

@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/core/status_macros.h"
 
 namespace walshift {
@@ -42,7 +43,7 @@ absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, 
                      "    WHEN 'n' THEN false "
                      "    ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND "
                      "      (CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) "
-                     "      AND a.attnum = ANY(i.indkey)) END "
+                     "      AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])) END "
                      "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
                      "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
                      "ORDER BY a.attnum",
@@ -87,7 +88,7 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPrimaryKey(
   ASSIGN_OR_RETURN(pg::ResultPtr pk,
                    pg::ExecParams(conn,
                                   "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
-                                  "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true "
+                                  "JOIN LATERAL unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n) ON true "
                                   "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
                                   "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
                                   {oid.c_str()}, absl::StrCat("reading the primary key of ", relation.QualifiedName())));
@@ -113,7 +114,7 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
   ASSIGN_OR_RETURN(pg::ResultPtr pk,
                    pg::ExecParams(src,
                                   "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON "
-                                  "a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                                  "a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
                                   "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY a.attnum",
                                   {oid.c_str()}, ctx));
   SourceTableInfo info;
@@ -139,6 +140,76 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
     info.columns.push_back(std::move(c));
   }
   return info;
+}
+
+absl::StatusOr<std::map<Oid, std::string>> PgSchemaInspector::SourceOids(const std::vector<std::string>& tables) {
+  ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
+  std::map<Oid, std::string> out;
+  for (const std::string& table : tables) {
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(src, "SELECT to_regclass($1)::oid::text",
+                                                     {pg::QuoteQualified(table).c_str()},
+                                                     absl::StrCat("looking up ", table)));
+    if (PQntuples(r.get()) == 1 && !PQgetisnull(r.get(), 0, 0))
+      out[static_cast<Oid>(std::stoul(PQgetvalue(r.get(), 0, 0)))] = table;
+  }
+  return out;
+}
+
+absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& relation, const Tuple& row,
+                                                       const std::vector<int>& columns, Tuple* out) {
+  ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
+  std::string cache_key = absl::StrCat(relation.oid, "/", relation.version, "/");
+  for (int c : columns) absl::StrAppend(&cache_key, c, ",");
+  auto it = row_queries_.find(cache_key);
+  if (it == row_queries_.end()) {
+    // The table by oid (it may have been renamed since the change), each key compared in its
+    // own type so the primary key's index finds the row.
+    std::string oid = std::to_string(relation.oid);
+    ASSIGN_OR_RETURN(pg::ResultPtr cols,
+                     pg::ExecParams(src,
+                                    "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
+                                    "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                                    {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
+    if (PQntuples(cols.get()) == 0) return false;  // the table is gone
+    std::map<std::string, std::string> types;
+    for (int i = 0; i < PQntuples(cols.get()); ++i) types[PQgetvalue(cols.get(), i, 1)] = PQgetvalue(cols.get(), i, 2);
+    RowQuery q;
+    std::vector<std::string> select, where;
+    for (int c : columns) select.push_back(pg::QuoteIdent(relation.columns[c].name));
+    for (size_t c = 0; c < relation.columns.size(); ++c) {
+      if (!relation.columns[c].part_of_key) continue;
+      auto type = types.find(relation.columns[c].name);
+      if (type == types.end()) return false;  // a key column was dropped: not the same row
+      q.key.push_back(static_cast<int>(c));
+      where.push_back(absl::StrCat(pg::QuoteIdent(relation.columns[c].name), " = $", q.key.size(), "::", type->second));
+    }
+    q.sql = absl::StrCat("SELECT ", absl::StrJoin(select, ", "), " FROM ", PQgetvalue(cols.get(), 0, 0), " WHERE ",
+                         absl::StrJoin(where, " AND "));
+    it = row_queries_.emplace(cache_key, std::move(q)).first;
+  }
+  std::vector<const char*> key;
+  for (int c : it->second.key) {
+    const Datum& d = row[c];
+    if (d.kind != DatumKind::kText) {
+      return absl::DataLossError(absl::StrCat("update of ", relation.QualifiedName(), ": key column ",
+                                              relation.columns[c].name, " arrived ",
+                                              d.is_null() ? "NULL" : "as an unchanged TOAST value",
+                                              "; the row's other values cannot be read"));
+    }
+    key.push_back(d.data);
+  }
+  ASSIGN_OR_RETURN(current_row_, pg::ExecParams(src, it->second.sql, key,
+                                                absl::StrCat("reading the current row of ", relation.QualifiedName())));
+  if (PQntuples(current_row_.get()) == 0) return false;
+  *out = row;
+  for (size_t i = 0; i < columns.size(); ++i) {
+    const int f = static_cast<int>(i);
+    (*out)[columns[i]] = PQgetisnull(current_row_.get(), 0, f)
+                             ? Datum{DatumKind::kNull, 0, nullptr}
+                             : Datum{DatumKind::kText, static_cast<uint32_t>(PQgetlength(current_row_.get(), 0, f)),
+                                     PQgetvalue(current_row_.get(), 0, f)};
+  }
+  return true;
 }
 
 absl::StatusOr<PGconn*> PgSchemaInspector::TargetConn(const std::string& target) {

@@ -33,6 +33,15 @@ class PgSchemaInspector : public SchemaInspector {
       const std::string& target, const std::string& table) override;
   absl::StatusOr<std::vector<std::string>> TargetIndexDefinitions(const std::string& target,
                                                                  const std::string& table) override;
+  // The oid of each source table (schema.table) that exists now, with the name it was asked by.
+  absl::StatusOr<std::map<Oid, std::string>> SourceOids(const std::vector<std::string>& tables);
+  // Reads the source's current values of `columns` for the row whose replica identity (key)
+  // columns equal those of `row`, and sets *out to `row` with those values in their places
+  // (views valid until the next call). False when the source has no such row now (it was
+  // deleted, its key changed, or the table was truncated since). kDataLoss when a key value of
+  // `row` is missing.
+  absl::StatusOr<bool> ReadCurrentRow(const SourceRelation& relation, const Tuple& row,
+                                      const std::vector<int>& columns, Tuple* out);
 
  private:
   absl::StatusOr<PGconn*> Conn(const std::string& name, const std::string& dsn);
@@ -40,6 +49,14 @@ class PgSchemaInspector : public SchemaInspector {
   std::string source_dsn_;
   std::map<std::string, std::string> target_dsns_;
   std::map<std::string, pg::ConnPtr> conns_;
+  // ReadCurrentRow: the statement per (relation oid, version, columns), the key columns it
+  // binds, and the last result (the views handed out point into it).
+  struct RowQuery {
+    std::string sql;
+    std::vector<int> key;
+  };
+  std::map<std::string, RowQuery> row_queries_;
+  pg::ResultPtr current_row_;
 };
 
 }  // namespace walshift

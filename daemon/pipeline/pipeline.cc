@@ -84,11 +84,18 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
       spdlog::warn("{}; replaying one transaction at a time to commit everything before it",
                    std::string(st.message()));
       isolate_until_ = received;
+      replayed_for_ = st;
       status_->CountError("replay");
       continue;
     }
     if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kAborted) {
       status_->CountError("data");
+      if (!replayed_for_.ok() && isolate_until_ != kInvalidLsn && !streamed_) {
+        // The replay stopped before it streamed anything (a check at reconnect): the stop names
+        // the error that started it first.
+        return absl::Status(replayed_for_.code(),
+                            absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
+      }
       return st;
     }
     status_->CountError("reconnect");
@@ -111,6 +118,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
 
 absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
   const auto& apply = settings_.proto.apply();
+  streamed_ = false;
   std::map<std::string, std::string> target_dsns;
   for (const auto& t : settings_.targets) {
     PgSinkOptions o;
@@ -136,6 +144,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   so.dsn = settings_.source_dsn;
   so.slot = settings_.slot;
   so.publication = settings_.publication;
+  for (const std::string& t : settings_.proto.source().ignore_tables())
+    so.ignore_tables.push_back(t.find('.') == std::string::npos ? "public." + t : t);
   for (const auto& m : modules_) {
     if (std::find(so.tables.begin(), so.tables.end(), m->source_table()) == so.tables.end())
       so.tables.push_back(m->source_table());
@@ -153,6 +163,10 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   for (const auto& sink : sinks_) so.slot_must_exist |= sink->durable_lsn() != kInvalidLsn;
   ASSIGN_OR_RETURN(auto source, PgReplicationSource::Create(so));
   source_ = std::move(source);
+  // Mapped tables are followed by oid: a table renamed or moved to another schema keeps its
+  // mapping.
+  ASSIGN_OR_RETURN(mapped_oids_, inspector_->SourceOids(so.tables));
+  ignored_tables_ = std::set<std::string>(so.ignore_tables.begin(), so.ignore_tables.end());
   if (!to_copy.empty()) {
     bool stopped = false;
     RETURN_IF_ERROR(CopyExistingRows(to_copy, stop, &stopped));
@@ -323,16 +337,30 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
   if (it != bindings_.end() && it->second.version == relation.version) return &it->second;
   RelationBindings rb;
   rb.version = relation.version;
-  std::string name = relation.QualifiedName();
-  rb.table = name;
+  const std::string name = relation.QualifiedName();
+  auto known = mapped_oids_.find(relation.oid);
+  const std::string mapped = known != mapped_oids_.end() ? known->second : name;
+  rb.table = mapped;
+  if (mapped != name) {
+    std::string msg = absl::StrCat("source table ", mapped, " (oid ", relation.oid, ") is now named ", name,
+                                   "; its mappings follow it. Rename the mappings' source to ", name,
+                                   " before the next restart");
+    spdlog::warn("{}", msg);
+    status_->SetState(v1::STREAMING, msg);
+  }
   for (size_t i = 0; i < modules_.size(); ++i) {
-    if (modules_[i]->source_table() != name) continue;
+    if (modules_[i]->source_table() != mapped) continue;
     ASSIGN_OR_RETURN(auto bound, modules_[i]->Bind(relation, *inspector_));
     rb.bindings.push_back({modules_[i].get(), std::move(bound), module_sink_[i]});
   }
   if (rb.bindings.empty()) {
-    spdlog::warn("source table {} is in publication {} but no mapping names it; its changes are "
-                 "not applied", name, settings_.publication);
+    if (!ignored_tables_.count(name)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "source table ", name, " (oid ", relation.oid, ") is in publication ", settings_.publication,
+          " but no mapping names it, so its changes would be lost. Add a mapping for it, or list it "
+          "under source.ignore_tables to leave its changes alone on purpose"));
+    }
+    spdlog::info("source table {} is in source.ignore_tables: its changes are not applied", name);
   } else {
     spdlog::info("bound {} ({} mapping{}, relation version {})", name, rb.bindings.size(),
                  rb.bindings.size() == 1 ? "" : "s", relation.version);
@@ -350,6 +378,7 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
 
 absl::Status Pipeline::OnBegin(const TransactionBegin& begin) {
   in_transaction_ = true;
+  streamed_ = true;
   begin_ = begin;
   // A transaction is applied on a target when its commit record lies below the checkpoint
   // (which stores the end of the last applied commit record).
@@ -382,8 +411,40 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
       if (change.old_tuple) w.changed.insert(BackfillChunk::TupleKey(*change.old_tuple, keys));
     }
   }
+  // An update that left TOASTed values out (pgoutput sends an unchanged out-of-line value as
+  // 'u') cannot be written as a whole row. Mappings that write whole rows (a row re-entering a
+  // filter, an undone soft delete, a JSON element) get it completed from the source's current
+  // row. Values read now may be newer than the change; every later change of them is still to
+  // come in the stream, so the target ends exact. When the source no longer has the row, a
+  // later change in the stream deletes or moves it (and is completed itself): this one is
+  // superseded and those mappings leave it out.
+  bool complete = false, gone = false;
+  RowChange completed;
+  if (change.kind == ChangeKind::kUpdate && change.old_tuple_kind != 'O') {
+    missing_.clear();
+    for (size_t c = 0; c < change.new_tuple->size(); ++c)
+      if ((*change.new_tuple)[c].is_unchanged_toast()) missing_.push_back(static_cast<int>(c));
+    for (const Binding& b : rb->bindings) complete |= !missing_.empty() && !skip_[b.sink] && b.bound->writes_whole_rows();
+    if (complete) {
+      auto found = inspector_->ReadCurrentRow(*change.relation, *change.new_tuple, missing_, &completed_row_);
+      if (!found.ok()) {
+        return absl::Status(found.status().code(), absl::StrCat(found.status().message(), " (at LSN ",
+                                                                FormatLsn(change.lsn), ")"));
+      }
+      gone = !*found;
+      completed = change;
+      completed.new_tuple = &completed_row_;
+      spdlog::debug("update of {} at LSN {}: {} unchanged TOAST value{} {}", rb->table, FormatLsn(change.lsn),
+                    missing_.size(), missing_.size() == 1 ? "" : "s",
+                    gone ? "and the row is gone from the source: superseded by a later change" : "read from the source");
+    }
+  }
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
+    if (complete && b.bound->writes_whole_rows()) {
+      if (!gone) RETURN_IF_ERROR(MapChange(b, completed));
+      continue;
+    }
     RETURN_IF_ERROR(MapChange(b, change));
   }
   ++group_changes_;
@@ -392,11 +453,18 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
 }
 
 absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
+  // The tables of one TRUNCATE reach each sink one after the other, which applies them as one
+  // statement (tables with foreign keys between them can only be truncated together).
   for (const SourceRelation* rel : truncate.relations) {
     ASSIGN_OR_RETURN(RelationBindings * rb, BindingsFor(*rel));
     for (const Binding& b : rb->bindings) {
       if (skip_[b.sink]) continue;
-      RETURN_IF_ERROR(b.bound->MapTruncate(truncate.lsn, emit_[b.sink]));
+      auto emit = [&](const TargetOp& op) {
+        TargetOp t = op;
+        t.restart_identity = truncate.restart_identity;
+        return emit_[b.sink](t);
+      };
+      RETURN_IF_ERROR(b.bound->MapTruncate(truncate.lsn, emit));
     }
   }
   ++group_changes_;

@@ -89,6 +89,12 @@ class Pipeline : public ChangeHandler {
   std::unique_ptr<PgSchemaInspector> inspector_;
   std::unique_ptr<ChangeSource> source_;
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
+  // Mapped source tables by oid (their configured name), and unmapped ones left alone.
+  std::map<Oid, std::string> mapped_oids_;
+  std::set<std::string> ignored_tables_;
+  // OnChange scratch: the columns an update left out, and the row completed from the source.
+  std::vector<int> missing_;
+  Tuple completed_row_;
   // Bindings replaced by a newer relation version, kept until the open group is flushed.
   std::vector<RelationBindings> retired_;
   CopySkipPlan copy_skip_;
@@ -110,6 +116,8 @@ class Pipeline : public ChangeHandler {
   // to this position, so everything before the failing transaction is committed and the error
   // names it alone.
   Lsn isolate_until_ = kInvalidLsn;
+  absl::Status replayed_for_;  // the error that started that replay
+  bool streamed_ = false;      // this attempt reached a transaction of the stream
   TransactionBegin begin_;
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();

@@ -102,6 +102,7 @@ absl::StatusOr<std::unique_ptr<PgReplicationSource>> PgReplicationSource::Create
   std::unique_ptr<PgReplicationSource> source(new PgReplicationSource(options));
   source->conn_ = conn.release();
   spdlog::info("source: connected to {} (replication=database)", pg::RedactDsn(options.dsn));
+  source->server_version_ = PQserverVersion(source->conn_);
   RETURN_IF_ERROR(source->CheckWalLevel());
   RETURN_IF_ERROR(source->CheckTables());
   RETURN_IF_ERROR(source->EnsurePublication());
@@ -153,14 +154,17 @@ absl::Status PgReplicationSource::EnsurePublication() {
 
   ASSIGN_OR_RETURN(pg::ResultPtr pub,
                    pg::Exec(conn_,
-                            absl::StrCat("SELECT pubinsert, pubupdate, pubdelete, pubtruncate "
+                            absl::StrCat("SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot "
                                          "FROM pg_catalog.pg_publication WHERE pubname = ",
                                          pub_literal),
                             "source: reading publication"));
+  // A partitioned table's changes are published under the root, the table the mapping names
+  // (partitions attached later, and rows moving between partitions, included).
   if (PQntuples(pub.get()) == 0) {
     RETURN_IF_ERROR(
         pg::Exec(conn_,
-                 absl::StrCat("CREATE PUBLICATION ", pub_ident, " FOR TABLE ", quoted_list(wanted)),
+                 absl::StrCat("CREATE PUBLICATION ", pub_ident, " FOR TABLE ", quoted_list(wanted),
+                              " WITH (publish_via_partition_root = true)"),
                  "source: CREATE PUBLICATION")
             .status());
     spdlog::info("source: created publication {} for {} table(s)", options_.publication,
@@ -186,15 +190,68 @@ absl::Status PgReplicationSource::EnsurePublication() {
         options_.publication);
   }
 
+  if (absl::string_view(PQgetvalue(pub.get(), 0, 4)) != "t") {
+    ASSIGN_OR_RETURN(std::optional<std::string> partitioned,
+                     QueryValue(conn_,
+                                absl::StrCat("SELECT string_agg(c.oid::regclass::text, ', ') FROM pg_class c "
+                                             "WHERE c.relkind = 'p' AND c.oid = ANY(",
+                                             pg::QuoteLiteral(pg::TextArrayLiteral(options_.tables)),
+                                             "::text[]::regclass[])"),
+                                "source: reading partitioned tables"));
+    if (partitioned.has_value()) {
+      RETURN_IF_ERROR(pg::Exec(conn_,
+                               absl::StrCat("ALTER PUBLICATION ", pub_ident,
+                                            " SET (publish_via_partition_root = true)"),
+                               "source: ALTER PUBLICATION SET (publish_via_partition_root = true)")
+                          .status());
+      spdlog::info("source: publication {} now publishes partitioned {} through the root "
+                   "(publish_via_partition_root = true)", options_.publication, *partitioned);
+    }
+  }
+
+  // Membership by relation (pg_publication_tables lists partitions, not their root, when the
+  // publication does not publish through the root).
   ASSIGN_OR_RETURN(pg::ResultPtr members,
                    pg::Exec(conn_,
-                            absl::StrCat("SELECT schemaname, tablename FROM "
-                                         "pg_catalog.pg_publication_tables WHERE pubname = ",
-                                         pub_literal),
+                            absl::StrCat("SELECT n.nspname, c.relname FROM pg_catalog.pg_publication p "
+                                         "JOIN pg_catalog.pg_publication_rel r ON r.prpubid = p.oid "
+                                         "JOIN pg_catalog.pg_class c ON c.oid = r.prrelid "
+                                         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                                         "WHERE p.pubname = ", pub_literal,
+                                         " UNION SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+                                         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, "
+                                         "pg_catalog.pg_publication p WHERE p.pubname = ", pub_literal,
+                                         " AND c.relkind IN ('r', 'p') AND (p.puballtables",
+                                         server_version_ >= 150000
+                                             ? " OR c.relnamespace IN (SELECT pnnspid FROM "
+                                               "pg_catalog.pg_publication_namespace WHERE pnpubid = p.oid)"
+                                             : "",
+                                         ")"),
                             "source: reading publication tables"));
   std::set<std::pair<std::string, std::string>> missing = wanted;
   for (int row = 0; row < PQntuples(members.get()); ++row) {
     missing.erase({PQgetvalue(members.get(), row, 0), PQgetvalue(members.get(), row, 1)});
+  }
+  // Tables the publication sends that no mapping names would stop walshiftd at their first
+  // change: say so now.
+  std::set<std::pair<std::string, std::string>> ignored;
+  for (const std::string& t : options_.ignore_tables) ignored.insert(pg::SplitQualified(t));
+  ASSIGN_OR_RETURN(pg::ResultPtr published,
+                   pg::Exec(conn_,
+                            absl::StrCat("SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables "
+                                         "WHERE pubname = ", pub_literal),
+                            "source: reading published tables"));
+  std::vector<std::string> extra;
+  for (int row = 0; row < PQntuples(published.get()); ++row) {
+    std::pair<std::string, std::string> t{PQgetvalue(published.get(), row, 0), PQgetvalue(published.get(), row, 1)};
+    if (!wanted.count(t) && !ignored.count(t)) extra.push_back(absl::StrCat(t.first, ".", t.second));
+  }
+  if (!extra.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "source: publication ", options_.publication, " also publishes ", absl::StrJoin(extra, ", "),
+        ", which no mapping names; their changes would have nowhere to go. Map them, list them under "
+        "source.ignore_tables to leave their changes alone on purpose, or use a publication of the "
+        "mapped tables only (walshiftd creates one when source.publication names none that exists)"));
   }
   if (missing.empty()) return absl::OkStatus();
   RETURN_IF_ERROR(

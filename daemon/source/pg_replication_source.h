@@ -27,6 +27,8 @@ struct PgReplicationSourceOptions {
   std::string slot;                      // logical slot name (pgoutput)
   std::string publication;               // publication name
   std::vector<std::string> tables;       // schema.table of every mapped source table
+  // schema.table of published tables no mapping names that the config says to leave alone.
+  std::vector<std::string> ignore_tables;
   absl::Duration feedback_interval = absl::Seconds(10);
   std::string application_name = "walshiftd";
   // When the slot is created now: export its snapshot (valid until Start()).
@@ -114,6 +116,7 @@ class PgReplicationSource : public ChangeSource {
 
   PgReplicationSourceOptions options_;
   PGconn* conn_ = nullptr;
+  int server_version_ = 0;  // PQserverVersion of the source
   std::optional<ExportedSnapshot> exported_;
   bool streaming_ = false;  // START_REPLICATION succeeded
   PgOutputDecoder decoder_;  // main thread only

@@ -15,6 +15,7 @@
 #include "daemon/config/config.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
+#include "daemon/pipeline/session_zone.h"
 #include "daemon/verify/verifier.h"
 #include "tools/walshiftctl/commands.h"
 #include "transforms/registry.h"
@@ -102,6 +103,12 @@ int VerifyCommand(int argc, char** argv) {
   auto modules = transforms::BuildModules(*settings, config_path);
   if (!modules.ok()) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(modules.status().message()).c_str());
+    return 2;
+  }
+  // The pipeline's time zone: expected and actual values are read as walshiftd writes them.
+  auto zone = PinSessionTimeZone(*settings, /*record=*/false);
+  if (!zone.ok()) {
+    std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(zone.status().message()).c_str());
     return 2;
   }
   auto events = EventPublisher::Create(settings->proto);

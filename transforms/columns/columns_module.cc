@@ -33,6 +33,7 @@ struct ValueSpec {
 struct Slot {
   int source_column = -1;  // or a constant:
   const std::string* constant = nullptr;
+  bool old = false;  // the column's value in the old tuple (a key change's old key)
 };
 
 class BoundColumns : public BoundMapping {
@@ -52,13 +53,19 @@ class BoundColumns : public BoundMapping {
             if (merged_[i].is_unchanged_toast()) merged_[i] = (*old_tuple)[i];
           new_tuple = &merged_;
         }
-        if (old_tuple != nullptr && KeyChanged(*old_tuple, *new_tuple)) {
-          RETURN_IF_ERROR(Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit));
-        }
         RETURN_IF_ERROR(CheckKeyPresent(*new_tuple, change));
+        if (old_tuple != nullptr && KeyChanged(*old_tuple, *new_tuple)) {
+          // The target row moves to its new key and keeps what the change did not carry; the
+          // upsert below then creates it if the target did not have it.
+          if (can_move_) {
+            RETURN_IF_ERROR(Emit(move_, move_slots_, *new_tuple, change.lsn, emit, false, old_tuple));
+          } else {
+            RETURN_IF_ERROR(Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit));
+          }
+        }
         if (has_filter_) {
           for (int in : filter_input_columns_) {
-            if ((*new_tuple)[in].is_unchanged_toast()) {
+            if ((*new_tuple)[in].is_unchanged_toast()) {  // refused at bind unless FULL
               return absl::DataLossError(absl::StrCat(
                   "update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
                   ": the filter reads ", change.relation->columns[in].name,
@@ -89,8 +96,11 @@ class BoundColumns : public BoundMapping {
     return emit(op);
   }
 
+  bool writes_whole_rows() const override { return whole_rows_; }
+
   std::vector<const OpShape*> shapes() const override {
     std::vector<const OpShape*> out = {&upsert_, &delete_};
+    if (can_move_) out.push_back(&move_);
     if (has_filter_) out.push_back(&filtered_delete_);
     if (truncate_apply_) out.push_back(&truncate_);
     return out;
@@ -101,10 +111,11 @@ class BoundColumns : public BoundMapping {
                     const SourceRelation& relation, const SourceTableInfo& info,
                     std::vector<ValueSpec> values, std::vector<std::string> key,
                     bool truncate_apply, const std::string& filter,
-                    const std::map<std::string, std::string>& target_types) {
+                    const std::map<std::string, std::string>& target_types, const BindOptions& options) {
     values_ = std::move(values);
     truncate_apply_ = truncate_apply;
-    bool full = relation.replica_identity == 'f';
+    shared_rows_ = options.shared_rows;
+    const bool full = relation.replica_identity == 'f';
 
     // Key: configured, or the columns copied from the source's replica identity columns.
     std::vector<int> key_values;
@@ -195,6 +206,10 @@ class BoundColumns : public BoundMapping {
       }
     }
 
+    // A row that comes back (filter true again, soft delete undone) is written whole, but the
+    // update that brings it back carries no unchanged TOAST value: the pipeline reads those from
+    // the source first (writes_whole_rows) unless REPLICA IDENTITY FULL's old row has them.
+    whole_rows_ = !filter.empty() || options.rows_reenter;
     auto type_of = [&](int s) {
       const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
       if (ci == nullptr || !ci->in_target) return std::string("text");
@@ -257,6 +272,24 @@ class BoundColumns : public BoundMapping {
     add_values(&delete_, &delete_slots_, key_values);
     for (size_t i = 0; i < key_values.size(); ++i) delete_.key.push_back(static_cast<int>(i));
 
+    // A key change: UPDATE ... SET every value WHERE key = the old key. Only for keys copied
+    // from source columns (an expression key would need its inputs from two tuples).
+    can_move_ = std::all_of(key_values.begin(), key_values.end(),
+                            [&](int k) { return values_[k].kind == ValueSpec::kColumn; });
+    if (can_move_) {
+      init_shape(&move_, OpKind::kUpdateOnly);
+      add_values(&move_, &move_slots_, all);
+      for (int k : key_values) {
+        TargetValue m;
+        m.column = values_[k].target_column;
+        m.origin = values_[k].origin;
+        m.param = static_cast<int>(move_slots_.size());
+        move_slots_.push_back({values_[k].source_column, nullptr, /*old=*/true});
+        move_.match.push_back(std::move(m));
+      }
+      move_.num_params = static_cast<int>(move_slots_.size());
+    }
+
     if (!filter.empty()) {
       // Deletes the row an update takes out of the filter.
       init_shape(&filtered_delete_, OpKind::kDelete);
@@ -268,27 +301,28 @@ class BoundColumns : public BoundMapping {
     }
 
     init_shape(&truncate_, OpKind::kTruncate);
-    params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params}));
+    params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params, move_.num_params}));
     return absl::OkStatus();
   }
 
  private:
   absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const Tuple& tuple,
-                    Lsn lsn, const EmitFn& emit, bool new_row = false) const {
+                    Lsn lsn, const EmitFn& emit, bool new_row = false,
+                    const Tuple* old_tuple = nullptr) const {
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& s = slots[i];
       if (s.constant != nullptr) {
         params_[i] = Datum{DatumKind::kText, static_cast<uint32_t>(s.constant->size()),
                            s.constant->c_str()};
       } else {
-        params_[i] = tuple[s.source_column];
+        params_[i] = s.old ? (*old_tuple)[s.source_column] : tuple[s.source_column];
       }
     }
     TargetOp op;
     op.shape = &shape;
     op.params = params_.data();
     op.lsn = lsn;
-    op.new_row = new_row;
+    op.new_row = new_row && !shared_rows_;
     return emit(op);
   }
 
@@ -316,8 +350,11 @@ class BoundColumns : public BoundMapping {
   }
 
   std::vector<ValueSpec> values_;
-  OpShape upsert_, delete_, truncate_, filtered_delete_;
-  std::vector<Slot> upsert_slots_, delete_slots_, filtered_delete_slots_;
+  OpShape upsert_, delete_, truncate_, filtered_delete_, move_;
+  std::vector<Slot> upsert_slots_, delete_slots_, filtered_delete_slots_, move_slots_;
+  bool can_move_ = false;
+  bool shared_rows_ = false;
+  bool whole_rows_ = false;
   bool has_filter_ = false;
   std::vector<int> filter_input_columns_;
   std::vector<int> key_source_columns_;
@@ -405,7 +442,8 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
                                                           const v1::Mapping& common,
                                                           const ColumnsConfig& config,
                                                           const SourceRelation& relation,
-                                                          SchemaInspector& inspector) {
+                                                          SchemaInspector& inspector,
+                                                          const BindOptions& options) {
   const std::string table = TargetTable(common, config);
   std::string where = absl::StrCat(path, " (", common.source(), " -> ", table, ")");
   ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common.target()));
@@ -472,7 +510,7 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   auto bound = std::make_unique<BoundColumns>();
   RETURN_IF_ERROR(bound->Init(where, common.target(), table, relation, info, std::move(values),
                               std::move(key), common.truncate() == v1::TRUNCATE_APPLY,
-                              common.filter(), target_types));
+                              common.filter(), target_types, options));
   return bound;
 }
 

@@ -1,13 +1,17 @@
 #pragma once
 // The `columns` mapping module: one source row becomes one target row. Each target column is
 // a source column, a constant, or an SQL expression over the source row's column names that
-// the target database evaluates. Insert and update upsert by key; a key change deletes the old
-// key first; delete deletes by key; truncate empties the table (unless `truncate: ignore`).
+// the target database evaluates. Insert and update upsert by key; a key change moves the target
+// row to its new key (an UPDATE of the key, so values the change did not carry stay); delete
+// deletes by key; truncate empties the table (unless `truncate: ignore`).
 //
 // Unchanged TOAST values (pgoutput 'u') are never written: a copied column is left as it is.
 // An `sql:` expression whose inputs are all unchanged is left as it is too. An expression that
 // mixes a TOAST-able input with other inputs needs the old value, which only REPLICA IDENTITY
-// FULL provides: without it the mapping is rejected when the table is bound, saying so.
+// FULL provides: without it the mapping is rejected when the table is bound, saying so. The
+// same holds for a row that can re-enter the target (a filter that becomes true again, a soft
+// delete undone): it is written whole, so the pipeline completes such an update from the
+// source's current row first (BoundMapping::writes_whole_rows).
 
 #include <memory>
 #include <string>
@@ -29,13 +33,24 @@ std::unique_ptr<MappingModule> Create(const config::Settings& all,
 std::vector<std::string> ExpressionInputs(absl::string_view sql,
                                           const std::vector<std::string>& candidates);
 
+// What a module built on `columns` adds to its rules.
+struct BindOptions {
+  // Rows can leave the target and come back through an update (soft_delete's flag); with
+  // `filter:` they can anyway. Such an update must carry the whole row.
+  bool rows_reenter = false;
+  // Other mappings write the same target rows (merge): an insert in this source may find the
+  // row present, so rows are always upserted.
+  bool shared_rows = false;
+};
+
 // Binds a `columns` mapping to a relation: the plan other modules build on (soft_delete wraps
 // it). `path` names the mapping in messages.
 absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path,
                                                           const v1::Mapping& common,
                                                           const ColumnsConfig& config,
                                                           const SourceRelation& relation,
-                                                          SchemaInspector& inspector);
+                                                          SchemaInspector& inspector,
+                                                          const BindOptions& options = {});
 
 // The target table a columns config writes: `table`, or the source table's name.
 std::string TargetTable(const v1::Mapping& common, const ColumnsConfig& config);

@@ -55,6 +55,8 @@ class BoundJsonArray : public BoundMapping {
   }
 
   std::vector<const OpShape*> shapes() const override { return {&upsert_, &moving_, &remove_}; }
+  // An element is rebuilt from every field on each update.
+  bool writes_whole_rows() const override { return true; }
 
  private:
   bool KeyChanged(const Tuple& old_row, const Tuple& new_row) const {

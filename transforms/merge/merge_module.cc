@@ -49,6 +49,7 @@ class BoundMerge : public BoundMapping {
   absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
     return rows_->MapTruncate(lsn, emit);
   }
+  bool writes_whole_rows() const override { return rows_->writes_whole_rows(); }
 
   std::vector<const OpShape*> shapes() const override {
     std::vector<const OpShape*> out = rows_->shapes();
@@ -82,7 +83,10 @@ class MergeModule : public MappingModule {
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
                                                       SchemaInspector& inspector) const override {
-    ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector));
+    // Every source of a merged row may be the first to write it: always upserts.
+    columns::BindOptions options;
+    options.shared_rows = true;
+    ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector, options));
     const std::string table = Qualified(config_.table());
     auto init = [&](OpShape* s, OpKind kind) {
       s->kind = kind;

@@ -37,6 +37,7 @@ class BoundSoftDelete : public BoundMapping {
   }
 
   std::vector<const OpShape*> shapes() const override { return rows_->shapes(); }
+  bool writes_whole_rows() const override { return rows_->writes_whole_rows(); }
 
  private:
   absl::StatusOr<bool> Deleted(const RowChange& change) const {
@@ -86,7 +87,9 @@ class SoftDeleteModule : public MappingModule {
           path_, ".flag: source column '", config_.flag(), "' does not exist in ",
           relation.QualifiedName()));
     }
-    ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector));
+    columns::BindOptions options;
+    options.rows_reenter = true;  // clearing the flag brings a row back
+    ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector, options));
     return std::make_unique<BoundSoftDelete>(std::move(rows), flag, config_.deleted_when());
   }
 

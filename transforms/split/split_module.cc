@@ -30,6 +30,12 @@ class BoundSplit : public BoundMapping {
     return absl::OkStatus();
   }
 
+  bool writes_whole_rows() const override {
+    for (const auto& part : parts_)
+      if (part->writes_whole_rows()) return true;
+    return false;
+  }
+
   std::vector<const OpShape*> shapes() const override {
     std::vector<const OpShape*> out;
     for (const auto& part : parts_)
