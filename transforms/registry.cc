@@ -1,6 +1,7 @@
 #include "transforms/registry.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "transforms/change_log/change_log_module.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/json_array/json_array_module.h"
@@ -43,6 +44,33 @@ absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
     }
     std::unique_ptr<MappingModule> module = entry->create(settings, m, &problems);
     if (module != nullptr) modules.push_back(std::move(module));
+  }
+  if (!problems.empty()) return config::ProblemsStatus(file_name, problems);
+  // owner: names the mapping of another source that writes the same rows and deletes them whole.
+  for (size_t i = 0; i < modules.size(); ++i) {
+    auto own = modules[i]->owned();
+    if (!own) continue;
+    const std::string& path = settings.mappings[i].path;
+    std::vector<std::string> why;
+    bool found = false;
+    for (size_t j = 0; j < modules.size() && !found; ++j) {
+      if (j == i || modules[j]->source_table() != own->owner || modules[j]->target() != modules[i]->target()) continue;
+      if (modules[j]->owned()) {
+        why.push_back(absl::StrCat(settings.mappings[j].path, " has an owner itself"));
+        continue;
+      }
+      absl::Status st = modules[j]->CanOwn(own->table);
+      if (st.ok()) {
+        found = true;
+      } else {
+        why.push_back(absl::StrCat(settings.mappings[j].path, ": ", st.message()));
+      }
+    }
+    if (!found) {
+      problems.push_back(absl::StrCat(path, ".owner: no mapping of ", own->owner, " in target ",
+                                      modules[i]->target(), " can own the rows of ", own->table,
+                                      why.empty() ? "" : absl::StrCat(" (", absl::StrJoin(why, "; "), ")")));
+    }
   }
   if (!problems.empty()) return config::ProblemsStatus(file_name, problems);
   return modules;

@@ -6,10 +6,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "daemon/core/change.h"
 #include "daemon/core/target_op.h"
@@ -83,6 +86,10 @@ class BoundMapping {
   // yet, so every value must be known: the pipeline then completes an update that left TOASTed
   // values out from the source's current row before mapping it (see Pipeline::OnChange).
   virtual bool writes_whole_rows() const { return false; }
+  // For an owner's mapping (see MappingModule::owner): the key of the row it writes in target
+  // table `table`, as (target column, source column index) pairs; empty when it writes no such
+  // row or its key is not copied from source columns.
+  virtual std::vector<std::pair<std::string, int>> RowKey(const std::string& table) const { return {}; }
 };
 
 // What a mapping module may ask about the live schemas when it binds a relation.
@@ -133,6 +140,26 @@ class MappingModule {
   // with a message naming table and column when the mapping cannot apply.
   virtual absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
                                                               SchemaInspector& inspector) const = 0;
+
+  // Owned rows: a mapping whose target rows exist only while another source's mapping has
+  // written them names that source (schema.table) here, with the target table and how its key
+  // is read from this mapping's source (target column → source column). It only fills rows
+  // that exist; the pipeline fills its current rows in when the owner writes a row.
+  struct Owned {
+    std::string owner;
+    std::string table;
+    std::vector<std::pair<std::string, std::string>> key;
+  };
+  virtual std::optional<Owned> owned() const { return std::nullopt; }
+  // The target tables this mapping writes rows into (for ownership checks).
+  virtual std::vector<std::string> target_tables() const { return {}; }
+  // Whether this mapping can own rows of `table`: it writes them and deletes them whole. An
+  // error says why not, and the fix.
+  virtual absl::Status CanOwn(const std::string& table) const {
+    for (const std::string& t : target_tables())
+      if (t == table) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat("it does not write ", table));
+  }
 };
 
 }  // namespace walshift

@@ -300,6 +300,19 @@ absl::Status InitialCopy::Plan() {
       }
     }
   }
+  // Rows that exist only once their owner's mapping wrote them (owner:) are copied after the
+  // owner's table: every unit reads the same snapshot, so nothing is missed by waiting.
+  for (auto& cu : units_) {
+    for (size_t m : cu->modules) {
+      auto own = (*options_.modules)[m]->owned();
+      if (!own) continue;
+      for (auto& pu : units_) {
+        if (pu.get() == cu.get() || pu->target != cu->target || pu->source_table != own->owner) continue;
+        if (std::find(cu->parents.begin(), cu->parents.end(), pu.get()) == cu->parents.end())
+          cu->parents.push_back(pu.get());
+      }
+    }
+  }
   for (const auto& u : units_) {
     spdlog::info("initial copy: {} into target {}: about {} rows, {} chunk{} to copy{}{}", u->source_table,
                  u->report.target, u->report.estimated_rows, u->remaining, u->remaining == 1 ? "" : "s",

@@ -110,6 +110,7 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
     target_dsns[t.name] = t.dsn;
   }
   PgSchemaInspector inspector(settings.source_dsn, target_dsns);
+  std::vector<char> whole_rows(modules.size(), 0);  // the mapping can remove rows and bring them back
   // (target, table, column) → the mapping that writes it.
   std::map<std::tuple<std::string, std::string, std::string>, std::string> claims;
   for (size_t i = 0; i < modules.size(); ++i) {
@@ -118,6 +119,7 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
     ASSIGN_OR_RETURN(auto relation, DescribeSourceTable(source.get(), m.source_table(), &problems, where));
     if (!relation) continue;
     auto bound = m.Bind(*relation, inspector);
+    if (bound.ok()) whole_rows[i] = (*bound)->writes_whole_rows();
     if (!bound.ok()) {
       if (bound.status().code() == absl::StatusCode::kUnavailable) return bound.status();
       problems.push_back(std::string(bound.status().message()));
@@ -147,6 +149,29 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
           problems.push_back(absl::StrCat(where, ": target column ", shape->table, ".",
                                           shape->values[v].column, " (target ", shape->target,
                                           ") is also written by ", it->second));
+        }
+      }
+    }
+  }
+  // Rows several mappings write, where one of them can take rows away and bring them back (a
+  // filter, a soft delete): the others recreate what it removed unless they leave existence to
+  // it (owner:).
+  if (notes != nullptr) {
+    for (size_t i = 0; i < modules.size(); ++i) {
+      // (A JSON element is rewritten whole, but its parent row stays.)
+      if (!whole_rows[i] || settings.mappings[i].common.module() == "json_array") continue;
+      for (const std::string& table : modules[i]->target_tables()) {
+        for (size_t j = 0; j < modules.size(); ++j) {
+          if (j == i || modules[j]->target() != modules[i]->target()) continue;
+          auto tables = modules[j]->target_tables();
+          if (std::find(tables.begin(), tables.end(), table) == tables.end()) continue;
+          auto own = modules[j]->owned();
+          if (own && own->owner == modules[i]->source_table()) continue;
+          notes->push_back(absl::StrCat(
+              "warning: ", settings.mappings[i].path, " (", modules[i]->source_table(), ") removes rows of ", table,
+              " (filter or soft delete) that ", settings.mappings[j].path, " (", modules[j]->source_table(),
+              ") also writes, and ", settings.mappings[j].path, " would write them again without ",
+              modules[i]->source_table(), "'s columns: give it owner: ", modules[i]->source_table()));
         }
       }
     }

@@ -212,6 +212,45 @@ absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& rel
   return true;
 }
 
+absl::StatusOr<std::shared_ptr<const SourceRelation>> PgSchemaInspector::DescribeSource(const std::string& table) {
+  ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
+  std::vector<std::string> problems;
+  ASSIGN_OR_RETURN(auto rel, DescribeSourceTable(src, table, &problems, table));
+  if (!rel) return absl::FailedPreconditionError(absl::StrJoin(problems, "; "));
+  return std::make_shared<const SourceRelation>(*std::move(rel));
+}
+
+absl::StatusOr<pg::ResultPtr> PgSchemaInspector::ReadRowsWhere(const SourceRelation& relation,
+                                                              const std::vector<std::string>& columns,
+                                                              const std::vector<const char*>& values) {
+  ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
+  std::string oid = std::to_string(relation.oid);
+  ASSIGN_OR_RETURN(pg::ResultPtr types,
+                   pg::ExecParams(src,
+                                  "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
+                                  "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                                  {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
+  if (PQntuples(types.get()) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("source table ", relation.QualifiedName(), " no longer exists"));
+  }
+  std::map<std::string, std::string> type_of;
+  for (int i = 0; i < PQntuples(types.get()); ++i) type_of[PQgetvalue(types.get(), i, 1)] = PQgetvalue(types.get(), i, 2);
+  std::vector<std::string> select, where;
+  for (const auto& c : relation.columns) select.push_back(pg::QuoteIdent(c.name));
+  for (size_t i = 0; i < columns.size(); ++i) {
+    auto t = type_of.find(columns[i]);
+    if (t == type_of.end()) {
+      return absl::FailedPreconditionError(absl::StrCat("source column ", relation.QualifiedName(), ".", columns[i],
+                                                        " does not exist"));
+    }
+    where.push_back(absl::StrCat(pg::QuoteIdent(columns[i]), " = $", i + 1, "::", t->second));
+  }
+  return pg::ExecParams(src,
+                        absl::StrCat("SELECT ", absl::StrJoin(select, ", "), " FROM ", PQgetvalue(types.get(), 0, 0),
+                                     " WHERE ", absl::StrJoin(where, " AND ")),
+                        values, absl::StrCat("reading the rows of ", relation.QualifiedName()));
+}
+
 absl::StatusOr<PGconn*> PgSchemaInspector::TargetConn(const std::string& target) {
   auto dsn = target_dsns_.find(target);
   if (dsn == target_dsns_.end()) return absl::NotFoundError(absl::StrCat("no target ", target));

@@ -42,6 +42,12 @@ class PgSchemaInspector : public SchemaInspector {
   // `row` is missing.
   absl::StatusOr<bool> ReadCurrentRow(const SourceRelation& relation, const Tuple& row,
                                       const std::vector<int>& columns, Tuple* out);
+  // The source table `table` as the catalog describes it now (columns in pgoutput's order).
+  absl::StatusOr<std::shared_ptr<const SourceRelation>> DescribeSource(const std::string& table);
+  // The source's current rows of `relation` whose `columns` equal `values` (text), every column
+  // in `relation`'s order.
+  absl::StatusOr<pg::ResultPtr> ReadRowsWhere(const SourceRelation& relation, const std::vector<std::string>& columns,
+                                              const std::vector<const char*>& values);
 
  private:
   absl::StatusOr<PGconn*> Conn(const std::string& name, const std::string& dsn);

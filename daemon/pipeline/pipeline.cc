@@ -31,6 +31,8 @@ Pipeline::Pipeline(config::Settings settings,
       if (settings_.targets[t].name == m->target()) idx = t;
     module_sink_.push_back(idx);
   }
+  for (size_t i = 0; i < modules_.size(); ++i)
+    if (auto own = modules_[i]->owned()) owned_by_[own->owner].push_back(i);
 }
 
 Pipeline::~Pipeline() = default;
@@ -59,6 +61,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     sinks_.clear();
     emit_.clear();
     bindings_.clear();
+    fill_bindings_.clear();
     retired_.clear();
     backfill_bindings_.clear();
     windows_.clear();
@@ -439,16 +442,69 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
                     gone ? "and the row is gone from the source: superseded by a later change" : "read from the source");
     }
   }
+  const bool owner = change.kind != ChangeKind::kDelete && owned_by_.count(rb->table);
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
-    if (complete && b.bound->writes_whole_rows()) {
-      if (!gone) RETURN_IF_ERROR(MapChange(b, completed));
-      continue;
+    const bool whole = complete && b.bound->writes_whole_rows();
+    if (whole && gone) continue;
+    const RowChange& c = whole ? completed : change;
+    RETURN_IF_ERROR(MapChange(b, c));
+    // An owner's insert writes a row; an update may bring one back (its filter true again, a
+    // soft delete undone): the rows it owns are filled in from their sources.
+    if (owner && (change.kind == ChangeKind::kInsert || b.bound->writes_whole_rows())) {
+      RETURN_IF_ERROR(FillOwned(b, c));
     }
-    RETURN_IF_ERROR(MapChange(b, change));
   }
   ++group_changes_;
   ++rb->unreported;
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::FillOwned(const Binding& owner, const RowChange& change) {
+  for (size_t m : owned_by_[owner.module->source_table()]) {
+    if (module_sink_[m] != owner.sink || skip_[module_sink_[m]]) continue;
+    auto own = modules_[m]->owned();
+    auto key = owner.bound->RowKey(own->table);
+    if (key.empty()) continue;  // this binding writes other rows (another table of a split)
+    // The owned rows' key values, read from the owner's row.
+    std::vector<std::string> columns;
+    std::vector<const char*> values;
+    for (const auto& [target_col, source_col] : own->key) {
+      auto it = std::find_if(key.begin(), key.end(), [&](const auto& k) { return k.first == target_col; });
+      if (it == key.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "the mapping of ", owner.module->source_table(), " owns rows of ", own->table, " but does not write its key ",
+            "column ", target_col, " from a source column; ", modules_[m]->source_table(), "'s rows cannot be found"));
+      }
+      const Datum& d = (*change.new_tuple)[it->second];
+      if (d.kind != DatumKind::kText) return absl::OkStatus();  // no key, no owned row
+      columns.push_back(source_col);
+      values.push_back(d.data);
+    }
+    FillBinding& fb = fill_bindings_[m];
+    if (fb.bound == nullptr) {
+      ASSIGN_OR_RETURN(fb.relation, inspector_->DescribeSource(modules_[m]->source_table()));
+      ASSIGN_OR_RETURN(fb.bound, modules_[m]->Bind(*fb.relation, *inspector_));
+    }
+    ASSIGN_OR_RETURN(pg::ResultPtr rows, inspector_->ReadRowsWhere(*fb.relation, columns, values));
+    Tuple tuple(fb.relation->columns.size());
+    RowChange fill;
+    fill.kind = ChangeKind::kInsert;
+    fill.relation = fb.relation.get();
+    fill.new_tuple = &tuple;
+    fill.lsn = change.lsn;
+    for (int r = 0; r < PQntuples(rows.get()); ++r) {
+      for (size_t c = 0; c < tuple.size(); ++c) {
+        tuple[c] = PQgetisnull(rows.get(), r, c)
+                       ? Datum{DatumKind::kNull, 0, nullptr}
+                       : Datum{DatumKind::kText, static_cast<uint32_t>(PQgetlength(rows.get(), r, c)),
+                               PQgetvalue(rows.get(), r, c)};
+      }
+      RETURN_IF_ERROR(fb.bound->Map(fill, emit_[module_sink_[m]]));
+    }
+    spdlog::debug("{} at LSN {}: filled {} row(s) of {} into {}", owner.module->source_table(), FormatLsn(change.lsn),
+                  PQntuples(rows.get()), modules_[m]->source_table(), own->table);
+  }
   return absl::OkStatus();
 }
 

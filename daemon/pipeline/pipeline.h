@@ -92,6 +92,16 @@ class Pipeline : public ChangeHandler {
   // Mapped source tables by oid (their configured name), and unmapped ones left alone.
   std::map<Oid, std::string> mapped_oids_;
   std::set<std::string> ignored_tables_;
+  // Owned rows (MappingModule::owned): owner source table → the mappings whose rows it owns.
+  // When an owner's mapping writes a row, FillOwned maps those mappings' current source rows
+  // for it, through bindings made from the catalog (per connection lifetime).
+  absl::Status FillOwned(const Binding& owner, const RowChange& change);
+  std::map<std::string, std::vector<size_t>> owned_by_;
+  struct FillBinding {
+    std::shared_ptr<const SourceRelation> relation;
+    std::unique_ptr<BoundMapping> bound;
+  };
+  std::map<size_t, FillBinding> fill_bindings_;
   // OnChange scratch: the columns an update left out, and the row completed from the source.
   std::vector<int> missing_;
   Tuple completed_row_;

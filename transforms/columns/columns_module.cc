@@ -98,6 +98,16 @@ class BoundColumns : public BoundMapping {
 
   bool writes_whole_rows() const override { return whole_rows_; }
 
+  std::vector<std::pair<std::string, int>> RowKey(const std::string& table) const override {
+    std::vector<std::pair<std::string, int>> out;
+    if (table != upsert_.table) return out;
+    for (int k : upsert_.key) {
+      if (values_[k].kind != ValueSpec::kColumn) return {};
+      out.emplace_back(values_[k].target_column, values_[k].source_column);
+    }
+    return out;
+  }
+
   std::vector<const OpShape*> shapes() const override {
     std::vector<const OpShape*> out = {&upsert_, &delete_};
     if (can_move_) out.push_back(&move_);
@@ -198,6 +208,9 @@ class BoundColumns : public BoundMapping {
       for (const std::string& in : ExpressionInputs(filter, names)) {
         filter_inputs.push_back(relation.ColumnIndex(in));
       }
+    }
+    if (!filter.empty() || !options.row_exists.empty()) {
+      // Conditional statements cast each value to its column's type.
       for (const ValueSpec& v : values_) {
         if (!target_types.count(v.target_column)) {
           return absl::FailedPreconditionError(absl::StrCat(
@@ -252,21 +265,37 @@ class BoundColumns : public BoundMapping {
       shape->num_params = static_cast<int>(slots->size());
     };
 
-    // The filter's inputs join the shape's named inputs.
-    auto add_condition = [&](OpShape* shape, std::vector<Slot>* slots) {
-      if (filter.empty()) return;
-      shape->condition = filter;
-      for (int s : filter_inputs) shape->condition_inputs.push_back(input_index(shape, slots, s));
+    // A condition's inputs join the shape's named inputs.
+    auto add_condition = [&](OpShape* shape, std::vector<Slot>* slots, const std::string& condition,
+                             const std::vector<int>& inputs) {
+      if (condition.empty()) return;
+      shape->condition = condition;
+      for (int s : inputs) shape->condition_inputs.push_back(input_index(shape, slots, s));
       for (const TargetValue& v : shape->values) shape->casts.push_back(target_types.at(v.column));
       shape->num_params = static_cast<int>(slots->size());
     };
+    // Rows are written when the filter holds and (with an owner) the owner's row exists.
+    std::string write_when = filter;
+    std::vector<int> write_inputs = filter_inputs;
+    if (!options.row_exists.empty()) {
+      write_when = filter.empty() ? options.row_exists
+                                  : absl::StrCat("(", filter, ") AND (", options.row_exists, ")");
+      for (const std::string& in : options.row_exists_inputs) {
+        int s = relation.ColumnIndex(in);
+        if (s < 0) {
+          return absl::FailedPreconditionError(absl::StrCat(where, ": source column '", in, "' does not exist in ",
+                                                            relation.QualifiedName()));
+        }
+        if (std::find(write_inputs.begin(), write_inputs.end(), s) == write_inputs.end()) write_inputs.push_back(s);
+      }
+    }
 
     init_shape(&upsert_, OpKind::kUpsert);
     std::vector<int> all(values_.size());
     for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
     add_values(&upsert_, &upsert_slots_, all);
     upsert_.key = key_values;
-    add_condition(&upsert_, &upsert_slots_);
+    add_condition(&upsert_, &upsert_slots_, write_when, write_inputs);
 
     init_shape(&delete_, OpKind::kDelete);
     add_values(&delete_, &delete_slots_, key_values);
@@ -295,7 +324,7 @@ class BoundColumns : public BoundMapping {
       init_shape(&filtered_delete_, OpKind::kDelete);
       add_values(&filtered_delete_, &filtered_delete_slots_, key_values);
       for (size_t i = 0; i < key_values.size(); ++i) filtered_delete_.key.push_back(static_cast<int>(i));
-      add_condition(&filtered_delete_, &filtered_delete_slots_);
+      add_condition(&filtered_delete_, &filtered_delete_slots_, filter, filter_inputs);
       has_filter_ = true;
       filter_input_columns_ = filter_inputs;
     }
@@ -500,7 +529,7 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   }
   std::vector<std::string> key(config.key().begin(), config.key().end());
   std::map<std::string, std::string> target_types;
-  if (!common.filter().empty()) {
+  if (!common.filter().empty() || !options.row_exists.empty()) {
     ASSIGN_OR_RETURN(target_types, inspector.TargetColumnTypes(common.target(), table));
     if (target_types.empty()) {
       return absl::FailedPreconditionError(

@@ -41,6 +41,10 @@ struct BindOptions {
   // Other mappings write the same target rows (merge): an insert in this source may find the
   // row present, so rows are always upserted.
   bool shared_rows = false;
+  // A condition over the source row, in SQL, under which a row is written at all (the owner's
+  // row exists: `owner:`), reading these source columns as s."name".
+  std::string row_exists;
+  std::vector<std::string> row_exists_inputs;
 };
 
 // Binds a `columns` mapping to a relation: the plan other modules build on (soft_delete wraps
@@ -63,6 +67,7 @@ class ColumnsModule : public MappingModule {
   const std::string& target() const override { return common_.target(); }
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
                                                       SchemaInspector& inspector) const override;
+  std::vector<std::string> target_tables() const override { return {TargetTable(common_, config_)}; }
 
  private:
   std::string path_;

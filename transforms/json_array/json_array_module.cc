@@ -117,6 +117,23 @@ class JsonArrayModule : public MappingModule {
   const std::string& source_table() const override { return common_.source(); }
   const std::string& target() const override { return common_.target(); }
 
+  std::vector<std::string> target_tables() const override { return {ParentTable()}; }
+  absl::Status CanOwn(const std::string&) const override {
+    return absl::FailedPreconditionError("a json_array child does not own its parent row");
+  }
+  std::string ParentTable() const {
+    return config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+  }
+
+  std::optional<Owned> owned() const override {
+    if (config_.owner().empty()) return std::nullopt;
+    Owned o;
+    o.owner = config_.owner().find('.') == std::string::npos ? "public." + config_.owner() : config_.owner();
+    o.table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+    for (const auto& [target_col, source_col] : config_.parent_key()) o.key.emplace_back(target_col, source_col);
+    return o;
+  }
+
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
                                                       SchemaInspector& inspector) const override {
     ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common_.target()));
@@ -320,17 +337,27 @@ class JsonArrayModule : public MappingModule {
     std::vector<std::string> parent_join;
     for (size_t i = 0; i < parent_cols.size(); ++i)
       parent_join.push_back(absl::StrCat("p.", parent_cols[i], " = ", parent_vals[i]));
+    // With an owner, a parent row that is absent (not admitted by its owner) holds nothing.
+    const bool owned = !config_.owner().empty();
+    const std::string no_parent = absl::StrCat("p.", parent_cols[0], " IS NULL");
+    const std::string present = owned ? absl::StrCat("(", no_parent, " OR x.e IS NOT NULL)") : "x.e IS NOT NULL";
+    const std::string equal = owned ? absl::StrCat("(", no_parent, " OR x.e IS NOT DISTINCT FROM ", elem, ")")
+                                    : absl::StrCat("x.e IS NOT DISTINCT FROM ", elem);
     out.verify = absl::StrCat(
-        "SELECT ", batch ? "i.n, " : "", "x.e IS NOT NULL, x.e IS NOT DISTINCT FROM ", elem, ", (", elem,
+        "SELECT ", batch ? "i.n, " : "", present, ", ", equal, ", (", elem,
         ")::text, x.e::text, (", up_key, ")::text FROM ", batch ? rows_of(up) : "(SELECT 1) AS one", " LEFT JOIN ",
         qtable, " AS p ON ", absl::StrJoin(parent_join, " AND "), " LEFT JOIN LATERAL (SELECT e FROM "
         "jsonb_array_elements(coalesce(p.", col, ", '[]'::jsonb)) AS a(e) WHERE ", key_of("e"), " = ", up_key,
         " LIMIT 1) AS x ON true", batch ? " ORDER BY i.n" : "");
     if (!batch) {
-      out.upsert = absl::StrCat("INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") VALUES (",
-                                absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem, ")) ON CONFLICT (",
-                                pcols, ") DO UPDATE SET ", col, " = ",
-                                rebuild(absl::StrCat(key_of("e"), " <> ", up_key), elem));
+      // With an owner, a child never creates its parent row: it only joins an existing one.
+      out.upsert = owned ? absl::StrCat("UPDATE ", qtable, " AS t SET ", col, " = ",
+                                        rebuild(absl::StrCat(key_of("e"), " <> ", up_key), elem), " WHERE ",
+                                        absl::StrJoin(parent_match, " AND "))
+                         : absl::StrCat("INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") VALUES (",
+                                        absl::StrJoin(parent_vals, ", "), ", jsonb_build_array(", elem,
+                                        ")) ON CONFLICT (", pcols, ") DO UPDATE SET ", col, " = ",
+                                        rebuild(absl::StrCat(key_of("e"), " <> ", up_key), elem));
       // Other parents than its own are other rows: one statement may change both.
       out.moving = absl::StrCat("WITH leave AS (UPDATE ", qtable, " AS t SET ", col, " = ",
                                 rebuild(absl::StrCat(key_of("e"), " <> ", up_key), ""), " WHERE t.", col,
@@ -348,13 +375,20 @@ class JsonArrayModule : public MappingModule {
     const std::string last = absl::StrCat("SELECT DISTINCT ON (ws_key) ", absl::StrJoin(parent_as, ", "), ", ", elem,
                                           " AS ws_element, ", up_key, " AS ws_key FROM ", rows_of(up),
                                           " ORDER BY ws_key, i.n DESC");
-    out.upsert = absl::StrCat(
-        "INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") SELECT ", pcols, ", jsonb_agg(ws_element ORDER BY ",
-        order_of("ws_element"), ") FROM (", last, ") AS l GROUP BY ", pcols, " ON CONFLICT (", pcols,
-        ") DO UPDATE SET ", col, " = ",
-        rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM jsonb_array_elements(EXCLUDED.", col, ") AS ex(n) WHERE ",
-                             key_of("n"), " = ", key_of("e"), ")"),
-                absl::StrCat("jsonb_array_elements(EXCLUDED.", col, ")")));
+    const std::string grouped = absl::StrCat("SELECT ", pcols, ", jsonb_agg(ws_element ORDER BY ", order_of("ws_element"),
+                                             ") AS ws_new FROM (", last, ") AS l GROUP BY ", pcols);
+    out.upsert = owned
+        ? absl::StrCat("UPDATE ", qtable, " AS t SET ", col, " = ",
+                       rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM jsonb_array_elements(g.ws_new) AS ex(n) WHERE ",
+                                            key_of("n"), " = ", key_of("e"), ")"),
+                               "jsonb_array_elements(g.ws_new)"),
+                       " FROM (", grouped, ") AS g WHERE ", same_parent("t", "g"))
+        : absl::StrCat(
+              "INSERT INTO ", qtable, " AS t (", pcols, ", ", col, ") SELECT ", pcols, ", ws_new FROM (", grouped,
+              ") AS g ON CONFLICT (", pcols, ") DO UPDATE SET ", col, " = ",
+              rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM jsonb_array_elements(EXCLUDED.", col, ") AS ex(n) WHERE ",
+                                   key_of("n"), " = ", key_of("e"), ")"),
+                      absl::StrCat("jsonb_array_elements(EXCLUDED.", col, ")")));
     // The parents holding one of the keys in k (other than `extra` excludes), found by the
     // index on the array column, as the CTE `hit`; then the condition "t is one of them", which
     // reaches t by its primary key whatever the planner thinks of the run's size.

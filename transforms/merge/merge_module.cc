@@ -50,6 +50,9 @@ class BoundMerge : public BoundMapping {
     return rows_->MapTruncate(lsn, emit);
   }
   bool writes_whole_rows() const override { return rows_->writes_whole_rows(); }
+  std::vector<std::pair<std::string, int>> RowKey(const std::string& table) const override {
+    return rows_->RowKey(table);
+  }
 
   std::vector<const OpShape*> shapes() const override {
     std::vector<const OpShape*> out = rows_->shapes();
@@ -80,12 +83,41 @@ class MergeModule : public MappingModule {
 
   const std::string& source_table() const override { return common_.source(); }
   const std::string& target() const override { return common_.target(); }
+  std::vector<std::string> target_tables() const override { return {Qualified(config_.table())}; }
+
+  std::optional<Owned> owned() const override {
+    if (config_.owner().empty()) return std::nullopt;
+    Owned o;
+    o.owner = Qualified(config_.owner());
+    o.table = Qualified(config_.table());
+    for (const std::string& k : config_.key()) o.key.emplace_back(k, config_.columns().at(k).column());
+    return o;
+  }
+
+  absl::Status CanOwn(const std::string& table) const override {
+    if (Qualified(config_.table()) != table) return absl::FailedPreconditionError(absl::StrCat("it does not write ", table));
+    if (config_.on_delete() != MergeConfig::ON_DELETE_DELETE_ROW) {
+      return absl::FailedPreconditionError(
+          "a row it deletes would stay behind with the other sources' columns; give it on_delete: delete_row");
+    }
+    return absl::OkStatus();
+  }
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
                                                       SchemaInspector& inspector) const override {
     // Every source of a merged row may be the first to write it: always upserts.
     columns::BindOptions options;
     options.shared_rows = true;
+    if (auto own = owned()) {
+      // Only rows the owner's mapping wrote: the row exists in the target.
+      std::vector<std::string> match;
+      for (const auto& [target_col, source_col] : own->key) {
+        match.push_back(absl::StrCat("o.", pg::QuoteIdent(target_col), " = s.", pg::QuoteIdent(source_col)));
+        options.row_exists_inputs.push_back(source_col);
+      }
+      options.row_exists = absl::StrCat("EXISTS (SELECT 1 FROM ", pg::QuoteQualified(own->table), " AS o WHERE ",
+                                        absl::StrJoin(match, " AND "), ")");
+    }
     ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector, options));
     const std::string table = Qualified(config_.table());
     auto init = [&](OpShape* s, OpKind kind) {
@@ -151,6 +183,10 @@ std::unique_ptr<MappingModule> Create(const config::Settings& all,
       problems->push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
                                        "' must be one of the columns, copied from a source column"));
     }
+  }
+  if (!cfg.owner().empty() && cfg.on_delete() != MergeConfig::ON_DELETE_NULL_COLUMNS) {
+    problems->push_back(absl::StrCat(mapping.path, ".on_delete: a mapping with owner: leaves deleting rows to its "
+                                     "owner; use on_delete: null_columns (the default)"));
   }
   if (problems->size() != before) return nullptr;
   // Every non-key column the merge mappings of this table own (for delete_when_last).

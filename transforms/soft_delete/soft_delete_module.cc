@@ -38,6 +38,9 @@ class BoundSoftDelete : public BoundMapping {
 
   std::vector<const OpShape*> shapes() const override { return rows_->shapes(); }
   bool writes_whole_rows() const override { return rows_->writes_whole_rows(); }
+  std::vector<std::pair<std::string, int>> RowKey(const std::string& table) const override {
+    return rows_->RowKey(table);
+  }
 
  private:
   absl::StatusOr<bool> Deleted(const RowChange& change) const {
@@ -78,6 +81,7 @@ class SoftDeleteModule : public MappingModule {
 
   const std::string& source_table() const override { return common_.source(); }
   const std::string& target() const override { return common_.target(); }
+  std::vector<std::string> target_tables() const override { return {columns::TargetTable(common_, columns_)}; }
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
                                                       SchemaInspector& inspector) const override {

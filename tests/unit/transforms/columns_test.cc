@@ -127,7 +127,9 @@ TEST(ColumnsModuleTest, RenameConstSqlUpsertAndDelete) {
   EXPECT_THAT(ops[0].params, ElementsAre("7"));
 }
 
-TEST(ColumnsModuleTest, KeyChangeDeletesOldKeyFirst) {
+// A key change moves the target row (UPDATE ... SET key WHERE old key), so the values the update
+// did not carry (unchanged TOAST) stay; the upsert after it creates the row if it was missing.
+TEST(ColumnsModuleTest, KeyChangeMovesTheRowThenUpserts) {
   auto m = Build("  - source: public.orders\n");
   FakeInspector insp;
   SourceRelation rel = Orders();
@@ -138,8 +140,8 @@ TEST(ColumnsModuleTest, KeyChangeDeletesOldKeyFirst) {
   RowChange upd{ChangeKind::kUpdate, &rel, &old_key, 'K', &row, 0x30};
   auto ops = MapOne(**bound, upd);
   ASSERT_EQ(ops.size(), 2u);
-  EXPECT_EQ(ops[0].kind, OpKind::kDelete);
-  EXPECT_THAT(ops[0].params, ElementsAre("1"));
+  EXPECT_EQ(ops[0].kind, OpKind::kUpdateOnly);
+  EXPECT_THAT(ops[0].params, ElementsAre("2", "c", "1", "s", "TOAST", "1"));  // new values, then the old key
   EXPECT_EQ(ops[1].kind, OpKind::kUpsert);
   EXPECT_THAT(ops[1].params, ElementsAre("2", "c", "1", "s", "TOAST"));
 }
