@@ -108,7 +108,19 @@ class ExamplesTest : public DaemonTest {
         ASSERT_TRUE(got.ok()) << got.status() << "\n" << actual[i];
         EXPECT_GT(want.size(), 0u) << expected[i];
         EXPECT_EQ(got->size(), want.size()) << actual[i];
-        EXPECT_TRUE(*got == want) << "target" << t.suffix << " differs from expected for: " << actual[i];
+        std::string diff;
+        for (size_t r = 0, shown = 0; r < std::max(got->size(), want.size()) && shown < 5; ++r) {
+          auto show = [](const PgRows& rows, size_t at) {
+            if (at >= rows.size()) return std::string("(none)");
+            std::string line;
+            for (const auto& v : rows[at]) absl::StrAppend(&line, line.empty() ? "" : " | ", v.value_or("NULL"));
+            return line;
+          };
+          if (r < got->size() && r < want.size() && (*got)[r] == want[r]) continue;
+          absl::StrAppend(&diff, "\n  row ", r, ": expected ", show(want, r), "\n  row ", r, ": actual   ", show(*got, r));
+          ++shown;
+        }
+        EXPECT_TRUE(*got == want) << "target" << t.suffix << " differs from expected for: " << actual[i] << diff;
       }
     }
     EXPECT_TRUE(StopDaemon().success());
@@ -117,7 +129,7 @@ class ExamplesTest : public DaemonTest {
 
 TEST_F(ExamplesTest, EveryExampleHasATest) {
   std::set<std::string> tested = {"orders", "collections-junction", "social-content", "service-split",
-                                  "content-consolidation"};
+                                  "content-consolidation", "accounts-owner"};
   for (const auto& e : std::filesystem::directory_iterator(SourcePath("deploy/examples"))) {
     if (e.is_directory()) {
       EXPECT_TRUE(tested.count(e.path().filename().string()))
@@ -131,6 +143,7 @@ TEST_F(ExamplesTest, CollectionsJunction) { RunExample("collections-junction"); 
 TEST_F(ExamplesTest, SocialContent) { RunExample("social-content"); }
 TEST_F(ExamplesTest, ServiceSplit) { RunExample("service-split"); }
 TEST_F(ExamplesTest, ContentConsolidation) { RunExample("content-consolidation"); }
+TEST_F(ExamplesTest, AccountsOwner) { RunExample("accounts-owner"); }
 
 }  // namespace
 }  // namespace walshift::testing

@@ -324,3 +324,71 @@ TEST_F(SchemasTest, MergeSourcesInsertingOneRowNeverConflict) {
 
 }  // namespace
 }  // namespace walshift::testing
+
+namespace walshift::testing {
+namespace {
+
+// users owns accounts (soft delete + filter); user_stats (merge) and addresses (json_array)
+// only fill accounts users admits: no ghost rows while a user is deleted or hidden, and an
+// undeleted user's account comes back with its current statistics and addresses. The drift
+// verifier agrees. (deploy/examples/accounts-owner, with its own workload, in examples_test.)
+TEST_F(SchemasTest, OwnerDecidesWhichMergedRowsExist) {
+  std::string dir = SourcePath("deploy/examples/accounts-owner");
+  auto read = [&](const std::string& f) {
+    auto text = ReadFile(dir + "/" + f);
+    EXPECT_TRUE(text.ok()) << text.status();
+    return text.ok() ? *text : std::string();
+  };
+  Source(read("legacy.sql"));
+  Target(read("new.sql"));
+  std::string yaml = read("walshift.yaml");
+  yaml = yaml.substr(yaml.find("mappings:"));
+  std::string config = WriteConfig(kOneTarget + yaml);
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  auto account = [&](int id) {
+    return TargetRows(absl::StrCat("SELECT email, logins::text, addresses::text FROM accounts WHERE id = ", id));
+  };
+  Source("UPDATE users SET deleted_at = now() WHERE id = 5");
+  Source("UPDATE user_stats SET logins = 1000 WHERE user_id = 5; INSERT INTO addresses VALUES (900, 5, 'Hidden Rd', 'Nowhere', 'home')");
+  Source("UPDATE users SET state = 'spam' WHERE id = 6; INSERT INTO addresses VALUES (901, 6, 'Spam Ln', 'X', 'work')");
+  Source("INSERT INTO user_stats VALUES (300, 42, now()); INSERT INTO addresses VALUES (902, 300, 'Early St', 'Y', 'home')");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_TRUE(account(5).empty()) << "a ghost account for a deleted user";
+  EXPECT_TRUE(account(6).empty()) << "a ghost account for a hidden user";
+  EXPECT_TRUE(account(300).empty()) << "an account without its user";
+
+  Source("UPDATE users SET deleted_at = NULL WHERE id = 5");
+  Source("UPDATE users SET state = 'active' WHERE id = 6");
+  Source("INSERT INTO users (id, email, name) VALUES (300, 'late@example.com', 'late')");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ASSERT_EQ(account(5).size(), 1u);
+  EXPECT_EQ(account(5)[0][1], "1000");
+  EXPECT_THAT(*account(5)[0][2], HasSubstr("Hidden Rd"));
+  ASSERT_EQ(account(6).size(), 1u);
+  EXPECT_THAT(*account(6)[0][2], HasSubstr("Spam Ln"));
+  ASSERT_EQ(account(300).size(), 1u);
+  EXPECT_EQ(account(300)[0][1], "42");
+  EXPECT_THAT(*account(300)[0][2], HasSubstr("Early St"));
+
+  std::string expected = read("expected.sql"), check = read("check.sql");
+  EXPECT_EQ(TargetRows(check.substr(0, check.rfind(';'))), SourceRows(expected.substr(expected.find("SELECT"), expected.rfind(';') - expected.find("SELECT"))));
+
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftctl"), "verify", "--config", config};
+  auto r = Subprocess::Run(o, absl::Minutes(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->status.success()) << r->stdout_text << r->stderr_text;
+  // users accounts for every account row (the others never create one): extra rows are looked for.
+  EXPECT_THAT(r->stdout_text, HasSubstr("0 extra,"));
+  EXPECT_THAT(r->stdout_text, Not(HasSubstr("also written by")));
+  // So a ghost account is found.
+  Target("INSERT INTO accounts (id, email, state, logins) VALUES (9999, 'ghost@example.com', 'active', 1)");
+  r = Subprocess::Run(o, absl::Minutes(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status.exit_code(), 1) << r->stdout_text << r->stderr_text;
+  EXPECT_THAT(r->stdout_text, HasSubstr("1 extra"));
+}
+
+}  // namespace
+}  // namespace walshift::testing

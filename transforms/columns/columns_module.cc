@@ -209,7 +209,7 @@ class BoundColumns : public BoundMapping {
         filter_inputs.push_back(relation.ColumnIndex(in));
       }
     }
-    if (!filter.empty() || !options.row_exists.empty()) {
+    if (!filter.empty()) {
       // Conditional statements cast each value to its column's type.
       for (const ValueSpec& v : values_) {
         if (!target_types.count(v.target_column)) {
@@ -274,28 +274,12 @@ class BoundColumns : public BoundMapping {
       for (const TargetValue& v : shape->values) shape->casts.push_back(target_types.at(v.column));
       shape->num_params = static_cast<int>(slots->size());
     };
-    // Rows are written when the filter holds and (with an owner) the owner's row exists.
-    std::string write_when = filter;
-    std::vector<int> write_inputs = filter_inputs;
-    if (!options.row_exists.empty()) {
-      write_when = filter.empty() ? options.row_exists
-                                  : absl::StrCat("(", filter, ") AND (", options.row_exists, ")");
-      for (const std::string& in : options.row_exists_inputs) {
-        int s = relation.ColumnIndex(in);
-        if (s < 0) {
-          return absl::FailedPreconditionError(absl::StrCat(where, ": source column '", in, "' does not exist in ",
-                                                            relation.QualifiedName()));
-        }
-        if (std::find(write_inputs.begin(), write_inputs.end(), s) == write_inputs.end()) write_inputs.push_back(s);
-      }
-    }
-
-    init_shape(&upsert_, OpKind::kUpsert);
+    init_shape(&upsert_, options.update_only ? OpKind::kUpdateOnly : OpKind::kUpsert);
     std::vector<int> all(values_.size());
     for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
     add_values(&upsert_, &upsert_slots_, all);
     upsert_.key = key_values;
-    add_condition(&upsert_, &upsert_slots_, write_when, write_inputs);
+    add_condition(&upsert_, &upsert_slots_, filter, filter_inputs);
 
     init_shape(&delete_, OpKind::kDelete);
     add_values(&delete_, &delete_slots_, key_values);
@@ -529,7 +513,7 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   }
   std::vector<std::string> key(config.key().begin(), config.key().end());
   std::map<std::string, std::string> target_types;
-  if (!common.filter().empty() || !options.row_exists.empty()) {
+  if (!common.filter().empty()) {
     ASSIGN_OR_RETURN(target_types, inspector.TargetColumnTypes(common.target(), table));
     if (target_types.empty()) {
       return absl::FailedPreconditionError(

@@ -41,10 +41,9 @@ struct BindOptions {
   // Other mappings write the same target rows (merge): an insert in this source may find the
   // row present, so rows are always upserted.
   bool shared_rows = false;
-  // A condition over the source row, in SQL, under which a row is written at all (the owner's
-  // row exists: `owner:`), reading these source columns as s."name".
-  std::string row_exists;
-  std::vector<std::string> row_exists_inputs;
+  // Rows exist only while another mapping wrote them (`owner:`): inserts and updates update
+  // the row's columns when it is there and never create it.
+  bool update_only = false;
 };
 
 // Binds a `columns` mapping to a relation: the plan other modules build on (soft_delete wraps

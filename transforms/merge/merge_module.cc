@@ -108,16 +108,7 @@ class MergeModule : public MappingModule {
     // Every source of a merged row may be the first to write it: always upserts.
     columns::BindOptions options;
     options.shared_rows = true;
-    if (auto own = owned()) {
-      // Only rows the owner's mapping wrote: the row exists in the target.
-      std::vector<std::string> match;
-      for (const auto& [target_col, source_col] : own->key) {
-        match.push_back(absl::StrCat("o.", pg::QuoteIdent(target_col), " = s.", pg::QuoteIdent(source_col)));
-        options.row_exists_inputs.push_back(source_col);
-      }
-      options.row_exists = absl::StrCat("EXISTS (SELECT 1 FROM ", pg::QuoteQualified(own->table), " AS o WHERE ",
-                                        absl::StrJoin(match, " AND "), ")");
-    }
+    options.update_only = owned().has_value();  // only rows the owner wrote
     ASSIGN_OR_RETURN(auto rows, columns::BindColumns(path_, common_, columns_, relation, inspector, options));
     const std::string table = Qualified(config_.table());
     auto init = [&](OpShape* s, OpKind kind) {
@@ -183,6 +174,10 @@ std::unique_ptr<MappingModule> Create(const config::Settings& all,
       problems->push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
                                        "' must be one of the columns, copied from a source column"));
     }
+  }
+  if (!cfg.owner().empty() && !mapping.common.filter().empty()) {
+    problems->push_back(absl::StrCat(mapping.path, ".filter: a mapping with owner: fills every row its owner "
+                                     "admits; filter the owner's mapping instead"));
   }
   if (!cfg.owner().empty() && cfg.on_delete() != MergeConfig::ON_DELETE_NULL_COLUMNS) {
     problems->push_back(absl::StrCat(mapping.path, ".on_delete: a mapping with owner: leaves deleting rows to its "

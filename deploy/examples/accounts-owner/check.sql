@@ -1,0 +1,1 @@
+SELECT id::text, email, name, state, logins::text, last_login::text, addresses::text FROM accounts a ORDER BY a.id;
