@@ -343,7 +343,7 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
         tuples.push_back(absl::StrCat("(", absl::StrJoin(vals, ", "), ")"));
       }
       for (int k : shape.key) keys.push_back(pg::QuoteIdent(shape.values[k].column));
-      if (plain_insert) {
+      if (plain_insert || shape.key.empty()) {  // (no key: rows of a keyless, insert-only table)
         return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
                             absl::StrJoin(tuples, ", "));
       }
@@ -495,7 +495,8 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
   };
   int row;
   // Batch statements take repeated keys as they come; a kUpsert statement cannot.
-  auto it = v.shape->batch_statements.empty() ? batch_.rows_by_key.find(h) : batch_.rows_by_key.end();
+  auto it = v.shape->batch_statements.empty() && !v.key_positions.empty() ? batch_.rows_by_key.find(h)
+                                                                        : batch_.rows_by_key.end();
   if (it != batch_.rows_by_key.end() && v.coalesce && same_key(it->second)) {
     // A later upsert of the same key with the same written columns supersedes the earlier one.
     row = it->second;

@@ -49,4 +49,10 @@ absl::Status FaultPoint(const char* name) {
   return absl::UnavailableError(absl::StrCat("fault point ", name, " reached"));
 }
 
+absl::Status ConflictPoint(const char* name) {
+  static Target* target = Parse("WALSHIFT_CONFLICT_AT");
+  if (!Reached(target, name)) return absl::OkStatus();
+  return absl::AbortedError(absl::StrCat("deadlock detected (conflict point ", name, " reached)"));
+}
+
 }  // namespace walshift

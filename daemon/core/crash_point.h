@@ -14,4 +14,8 @@ void CrashPoint(const char* name);
 // its checkpoint inside the same process.
 absl::Status FaultPoint(const char* name);
 
+// And for a deadlock with another writer: with WALSHIFT_CONFLICT_AT="name:N" the Nth pass of
+// `name` returns kAborted, as a deadlock or serialization failure would.
+absl::Status ConflictPoint(const char* name);
+
 }  // namespace walshift

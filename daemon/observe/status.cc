@@ -243,7 +243,7 @@ std::string PipelineStatus::StatusJson() {
                     ",\"target\":", JsonString(r.target), ",\"rows\":", copied, ",\"estimated_rows\":", total,
                     ",\"rows_per_second\":", absl::StrFormat("%.1f", rate), ",\"eta_seconds\":",
                     absl::StrFormat("%.1f", eta), ",\"chunks_done\":", r.chunks_done, ",\"chunks_total\":",
-                    r.chunks_total, ",\"done\":", done ? "true" : "false", "}");
+                    r.chunks_total, ",\"retries\":", r.retries, ",\"done\":", done ? "true" : "false", "}");
     first = false;
   }
   absl::StrAppend(&out, "],\"verify\":[");
@@ -355,6 +355,11 @@ std::string PipelineStatus::PrometheusText() {
   for (const auto& r : copy)
     absl::StrAppend(&out, "walshift_copy_estimated_rows{", p, ",table=\"", Label(r.source_table), "\",target=\"",
                     Label(r.target), "\"} ", r.estimated_rows, "\n");
+  head("walshift_copy_range_retries_total", "counter",
+       "Ranges of the initial copy copied again after a deadlock with another copy worker");
+  for (const auto& r : copy)
+    absl::StrAppend(&out, "walshift_copy_range_retries_total{", p, ",table=\"", Label(r.source_table), "\",target=\"",
+                    Label(r.target), "\"} ", r.retries, "\n");
   return out;
 }
 

@@ -31,6 +31,7 @@ struct CopyUnitReport {
   std::map<std::string, uint64_t> writes;  // dry run: "upsert into app.t" → operations
   std::vector<std::string> failures;       // dry run: the first mapping failures
   uint64_t failure_count = 0;
+  uint64_t retries = 0;  // ranges copied again after a deadlock with another copy worker
 };
 
 

@@ -20,6 +20,11 @@
 
 namespace walshift {
 namespace {
+// How often one range is copied again after a deadlock with another worker before the copy
+// gives up (and the pipeline retries from the ranges committed so far).
+constexpr int kMaxChunkConflicts = 20;
+}  // namespace
+namespace {
 
 constexpr const char* kChunkMarker =
     "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
@@ -451,6 +456,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
   // Up to three attempts: a plain INSERT meeting a row the target has is redone with upserts;
   // a data error in a multi-row statement is redone one row at a time to name the row.
   bool plain = true, batching = true;
+  int conflicts = 0;  // deadlocks and serialization failures of this range so far
   // Rows that are plain inserts of one shape go through COPY FROM STDIN.
   const OpShape* copy_shape = nullptr;
   if (!options_.dry_run && bound.size() == 1) {
@@ -580,6 +586,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
       u.report.rows += rows % 1024;
     }
     RETURN_IF_ERROR(copy_status);
+    if (failed.ok() && (sink != nullptr || copier != nullptr)) failed = ConflictPoint("copy.before_chunk_commit");
     if (failed.ok() && (sink != nullptr || copier != nullptr)) {
       std::string lo = task.lo ? absl::StrCat(*task.lo) : "", hi = task.hi ? absl::StrCat(*task.hi) : "";
       std::string lsn = FormatLsn(options_.snapshot.lsn), n = absl::StrCat(rows);
@@ -600,6 +607,21 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
     w.copiers.erase(u.target);
     if (copier != nullptr && absl::StrContains(failed.message(), not_copyable.message())) {
       copy_shape = nullptr;  // the mapping makes more than plain inserts: the general path
+      continue;
+    }
+    if (failed.code() == absl::StatusCode::kAborted && conflicts < kMaxChunkConflicts && !stop.load()) {
+      // A deadlock or serialization failure with another worker writing the same target rows
+      // (merged rows, JSON arrays of one parent): only this range is copied again.
+      ++conflicts;
+      int64_t ms = std::min<int64_t>(2000, 20LL << std::min(conflicts, 7));
+      ms = ms / 2 + static_cast<int64_t>(std::hash<std::thread::id>()(std::this_thread::get_id()) % (ms / 2 + 1));
+      spdlog::info("{}: {}; copying the range again in {} ms (conflict {} of at most {})", where,
+                   std::string(failed.message()), ms, conflicts, kMaxChunkConflicts);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++u.report.retries;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
       continue;
     }
     if (failed.code() == absl::StatusCode::kAlreadyExists && plain) {

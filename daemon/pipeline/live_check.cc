@@ -118,6 +118,16 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
     const std::string& where = settings.mappings[i].path;
     ASSIGN_OR_RETURN(auto relation, DescribeSourceTable(source.get(), m.source_table(), &problems, where));
     if (!relation) continue;
+    if (notes != nullptr && relation->replica_identity != 'f' &&
+        std::none_of(relation->columns.begin(), relation->columns.end(),
+                     [](const SourceColumn& c) { return c.part_of_key; })) {
+      std::string note = absl::StrCat(
+          m.source_table(), " has no primary key and no replica identity: walshift replicates its inserts and "
+          "truncates only, and while it is in the publication the legacy database refuses UPDATE and DELETE on it "
+          "(PostgreSQL's rule for published tables). If they happen, add a primary key, or ALTER TABLE ",
+          m.source_table(), " REPLICA IDENTITY FULL and give the mapping a key:");
+      if (std::find(notes->begin(), notes->end(), note) == notes->end()) notes->push_back(std::move(note));
+    }
     auto bound = m.Bind(*relation, inspector);
     if (bound.ok()) whole_rows[i] = (*bound)->writes_whole_rows();
     if (!bound.ok()) {

@@ -48,22 +48,15 @@ absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, 
                      "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
                      "ORDER BY a.attnum",
                      {oid.c_str()}, "reading the source columns"));
-  bool any_key = false;
+  // A table without a primary key or usable replica identity is described too: its mappings
+  // decide (an insert-only `columns` mapping replicates it; anything that needs a key refuses).
   for (int i = 0; i < PQntuples(cols.get()); ++i) {
     SourceColumn c;
     c.name = PQgetvalue(cols.get(), i, 0);
     c.type_oid = static_cast<Oid>(std::stoul(PQgetvalue(cols.get(), i, 1)));
     c.type_modifier = std::stoi(PQgetvalue(cols.get(), i, 2));
     c.part_of_key = PQgetvalue(cols.get(), i, 3)[0] == 't';
-    any_key |= c.part_of_key;
     r.columns.push_back(std::move(c));
-  }
-  if (!any_key) {
-    problems->push_back(absl::StrCat(
-        where, ": source table ", table, " has no primary key and no usable REPLICA IDENTITY; "
-        "its updates and deletes cannot be replicated (add a primary key, or ALTER TABLE ... "
-        "REPLICA IDENTITY USING INDEX / FULL)"));
-    return std::nullopt;
   }
   return r;
 }
@@ -155,6 +148,20 @@ absl::StatusOr<std::map<Oid, std::string>> PgSchemaInspector::SourceOids(const s
   return out;
 }
 
+absl::StatusOr<PgSchemaInspector::LiveTable> PgSchemaInspector::ReadLiveTable(PGconn* src,
+                                                                            const SourceRelation& relation) {
+  std::string oid = std::to_string(relation.oid);
+  ASSIGN_OR_RETURN(pg::ResultPtr cols,
+                   pg::ExecParams(src,
+                                  "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
+                                  "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                                  {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
+  LiveTable out;
+  if (PQntuples(cols.get()) > 0) out.name = PQgetvalue(cols.get(), 0, 0);
+  for (int i = 0; i < PQntuples(cols.get()); ++i) out.types[PQgetvalue(cols.get(), i, 1)] = PQgetvalue(cols.get(), i, 2);
+  return out;
+}
+
 absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& relation, const Tuple& row,
                                                        const std::vector<int>& columns, Tuple* out) {
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
@@ -164,15 +171,9 @@ absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& rel
   if (it == row_queries_.end()) {
     // The table by oid (it may have been renamed since the change), each key compared in its
     // own type so the primary key's index finds the row.
-    std::string oid = std::to_string(relation.oid);
-    ASSIGN_OR_RETURN(pg::ResultPtr cols,
-                     pg::ExecParams(src,
-                                    "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
-                                    "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
-                                    {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
-    if (PQntuples(cols.get()) == 0) return false;  // the table is gone
-    std::map<std::string, std::string> types;
-    for (int i = 0; i < PQntuples(cols.get()); ++i) types[PQgetvalue(cols.get(), i, 1)] = PQgetvalue(cols.get(), i, 2);
+    ASSIGN_OR_RETURN(LiveTable live, ReadLiveTable(src, relation));
+    if (live.name.empty()) return false;  // the table is gone
+    const std::map<std::string, std::string>& types = live.types;
     RowQuery q;
     std::vector<std::string> select, where;
     for (int c : columns) select.push_back(pg::QuoteIdent(relation.columns[c].name));
@@ -183,7 +184,7 @@ absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& rel
       q.key.push_back(static_cast<int>(c));
       where.push_back(absl::StrCat(pg::QuoteIdent(relation.columns[c].name), " = $", q.key.size(), "::", type->second));
     }
-    q.sql = absl::StrCat("SELECT ", absl::StrJoin(select, ", "), " FROM ", PQgetvalue(cols.get(), 0, 0), " WHERE ",
+    q.sql = absl::StrCat("SELECT ", absl::StrJoin(select, ", "), " FROM ", live.name, " WHERE ",
                          absl::StrJoin(where, " AND "));
     it = row_queries_.emplace(cache_key, std::move(q)).first;
   }
@@ -224,17 +225,11 @@ absl::StatusOr<pg::ResultPtr> PgSchemaInspector::ReadRowsWhere(const SourceRelat
                                                               const std::vector<std::string>& columns,
                                                               const std::vector<const char*>& values) {
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
-  std::string oid = std::to_string(relation.oid);
-  ASSIGN_OR_RETURN(pg::ResultPtr types,
-                   pg::ExecParams(src,
-                                  "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
-                                  "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
-                                  {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
-  if (PQntuples(types.get()) == 0) {
+  ASSIGN_OR_RETURN(LiveTable live, ReadLiveTable(src, relation));
+  if (live.name.empty()) {
     return absl::FailedPreconditionError(absl::StrCat("source table ", relation.QualifiedName(), " no longer exists"));
   }
-  std::map<std::string, std::string> type_of;
-  for (int i = 0; i < PQntuples(types.get()); ++i) type_of[PQgetvalue(types.get(), i, 1)] = PQgetvalue(types.get(), i, 2);
+  const std::map<std::string, std::string>& type_of = live.types;
   std::vector<std::string> select, where;
   for (const auto& c : relation.columns) select.push_back(pg::QuoteIdent(c.name));
   for (size_t i = 0; i < columns.size(); ++i) {
@@ -246,8 +241,8 @@ absl::StatusOr<pg::ResultPtr> PgSchemaInspector::ReadRowsWhere(const SourceRelat
     where.push_back(absl::StrCat(pg::QuoteIdent(columns[i]), " = $", i + 1, "::", t->second));
   }
   return pg::ExecParams(src,
-                        absl::StrCat("SELECT ", absl::StrJoin(select, ", "), " FROM ", PQgetvalue(types.get(), 0, 0),
-                                     " WHERE ", absl::StrJoin(where, " AND ")),
+                        absl::StrCat("SELECT ", absl::StrJoin(select, ", "), " FROM ", live.name, " WHERE ",
+                                     absl::StrJoin(where, " AND ")),
                         values, absl::StrCat("reading the rows of ", relation.QualifiedName()));
 }
 

@@ -14,6 +14,7 @@ namespace walshift {
 // The relation pgoutput would announce for `table` (schema.table), read from the catalog:
 // live, non-generated columns in order, key flags from the replica identity. nullopt with a
 // problem (prefixed by `where`) appended when the table is missing or cannot be replicated.
+// (A table without any key column is returned as it is: see KeylessNote.)
 absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, const std::string& table,
                                                                   std::vector<std::string>* problems,
                                                                   const std::string& where);
@@ -52,6 +53,13 @@ class PgSchemaInspector : public SchemaInspector {
  private:
   absl::StatusOr<PGconn*> Conn(const std::string& name, const std::string& dsn);
   absl::StatusOr<PGconn*> TargetConn(const std::string& target);
+  // The source table of `relation` now, by oid: its current name (quoted, qualified as needed;
+  // empty when it no longer exists) and each column's type.
+  struct LiveTable {
+    std::string name;
+    std::map<std::string, std::string> types;
+  };
+  static absl::StatusOr<LiveTable> ReadLiveTable(PGconn* src, const SourceRelation& relation);
   std::string source_dsn_;
   std::map<std::string, std::string> target_dsns_;
   std::map<std::string, pg::ConnPtr> conns_;

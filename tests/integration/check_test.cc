@@ -35,7 +35,7 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
          "CREATE TABLE app.events (id int PRIMARY KEY, at int, ok date, tags int[], ids inet[])");
   std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: public.missing}
-  - {source: nokey, table: app.good, key: [order_id], columns: {order_id: a}}
+  - {source: nokey, module: soft_delete, flag: b, table: app.good, key: [order_id], columns: {order_id: a}}
   - {source: orders, table: app.orders_v2, key: [order_id], columns: {order_id: id, total_cents: {sql: "round(amount * 100"}}}
   - {source: orders, table: app.absent}
   - {source: orders, table: public.wrong_key, key: [id], columns: {id: id, v: status}}
@@ -50,7 +50,8 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
   std::string out = r.stdout_text + r.stderr_text;
   EXPECT_EQ(r.status.exit_code(), 2) << out;
   EXPECT_THAT(out, HasSubstr("mappings[0]: source table public.missing does not exist"));
-  EXPECT_THAT(out, HasSubstr("mappings[1]: source table public.nokey has no primary key"));
+  EXPECT_THAT(out, HasSubstr("mappings[1] (public.nokey -> app.good): public.nokey has no primary key and no "
+                             "replica identity, so only its inserts are replicated"));
   EXPECT_THAT(out, HasSubstr("mappings[2] (public.orders): target main: upsert into app.orders_v2: "
                              "ERROR:  syntax error"));
   EXPECT_THAT(out, HasSubstr("mappings[3] (public.orders): target main: upsert into app.absent: "

@@ -283,6 +283,43 @@ TEST_F(SchemasTest, PrimaryKeyWithIncludeColumns) {
   EXPECT_EQ(TargetRows(wide), SourceRows(wide));
 }
 
+// A table without a primary key (a log): its inserts are replicated, copied rows included, as
+// native replication does; a REPLICA IDENTITY FULL table without one replicates everything by
+// the key the mapping gives. A mapping that needs updates of a keyless table is refused.
+TEST_F(SchemasTest, TablesWithoutAPrimaryKey) {
+  Source("CREATE TABLE audit_log (at timestamptz, who text, what text);"
+         "INSERT INTO audit_log SELECT now() - g * interval '1 minute', 'u' || g % 3, 'did ' || g "
+         "FROM generate_series(1, 50) g;"
+         "CREATE TABLE tags (name text NOT NULL, label text); ALTER TABLE tags REPLICA IDENTITY FULL;"
+         "INSERT INTO tags VALUES ('a', 'A'), ('b', 'B')");
+  Target("CREATE TABLE audit_log (at timestamptz, who text, what text);"
+         "CREATE TABLE tags (name text PRIMARY KEY, label text)");
+  std::string config = WriteConfig(kOneTarget + "mappings: [{source: audit_log}, {source: tags, key: [name]}]\n");
+  auto check = RunWalshiftd({"--config", config, "--check"});
+  EXPECT_EQ(check.code, 0) << check.output;
+  EXPECT_THAT(check.output, HasSubstr("public.audit_log has no primary key and no replica identity: walshift "
+                                      "replicates its inserts and truncates only"));
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO audit_log SELECT now(), 'late', 'row ' || g FROM generate_series(1, 300) g");
+  Source("INSERT INTO audit_log VALUES (NULL, NULL, NULL), (NULL, NULL, NULL)");  // the same row twice
+  Source("INSERT INTO tags VALUES ('c', 'C'); UPDATE tags SET label = 'AA' WHERE name = 'a';"
+         "UPDATE tags SET name = 'bb' WHERE name = 'b'; DELETE FROM tags WHERE name = 'c'");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  const char* log = "SELECT at::text, who, what FROM audit_log ORDER BY 1, 2, 3";
+  EXPECT_EQ(TargetRows(log), SourceRows(log));
+  EXPECT_EQ(SourceRows(log).size(), 352u);
+  const char* tags = "SELECT name, label FROM tags ORDER BY 1";
+  EXPECT_EQ(TargetRows(tags), SourceRows(tags));
+  ASSERT_TRUE(StopDaemon().success());
+
+  std::string refused = WriteConfig(kOneTarget + "mappings: [{source: audit_log, filter: \"who <> 'x'\"}]\n");
+  check = RunWalshiftd({"--config", refused, "--check"});
+  EXPECT_EQ(check.code, 2) << check.output;
+  EXPECT_THAT(check.output, HasSubstr("public.audit_log has no primary key and no replica identity, so only its "
+                                      "inserts are replicated; this mapping needs its updates and deletes"));
+}
+
 // A rejected row whose replay cannot even start (a mapped table dropped meanwhile) stops naming
 // the rejection, not the later problem.
 TEST_F(SchemasTest, StopNamesTheFirstError) {
@@ -338,6 +375,34 @@ TEST_F(SchemasTest, MergeSourcesInsertingOneRowNeverConflict) {
 
 namespace walshift::testing {
 namespace {
+
+// The initial copy of child rows folded into shared parents: the copy workers meet on the same
+// parent rows and may deadlock (the conflict point makes the 3rd and a later range of a worker
+// fail as a deadlock does). Only the range is copied again; the pipeline never starts over.
+TEST_F(SchemasTest, CopyWorkersMeetingOnOneParentRetryOnlyTheRange) {
+  Source("CREATE TABLE posts (id int PRIMARY KEY, thread int, body text);"
+         "INSERT INTO posts SELECT g, (g * 7919) % 1500, 'post ' || g FROM generate_series(1, 30000) g;"
+         "CREATE TABLE votes (id int PRIMARY KEY, up int);"
+         "INSERT INTO votes SELECT g, g % 7 FROM generate_series(1, 30000) g");
+  Target("CREATE TABLE threads (thread int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
+         "CREATE INDEX ON threads USING gin (posts jsonb_path_ops) WITH (fastupdate = off);"
+         "CREATE TABLE post_stats (id int PRIMARY KEY, body text, up int)");
+  std::string config = WriteConfig(kOneTarget + R"(snapshot: {workers: 2, chunk_rows: 500}
+mappings:
+  - {source: posts, module: json_array, table: threads, parent_key: {thread: thread}, column: posts,
+     element: {id: id, body: body}, element_key: [id]}
+  - {source: posts, module: merge, table: post_stats, key: [id], columns: {id: id, body: body}}
+  - {source: votes, module: merge, table: post_stats, key: [id], columns: {id: id, up: up}}
+)");
+  ASSERT_TRUE(StartDaemon(config, {{"WALSHIFT_CONFLICT_AT", "copy.before_chunk_commit:3"}}).ok());
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
+  EXPECT_THAT(DaemonLog(), HasSubstr("copying the range again in"));
+  EXPECT_EQ(TargetRows("SELECT thread::text, jsonb_array_length(posts)::text FROM threads ORDER BY threads.thread"),
+            SourceRows("SELECT thread::text, count(*)::text FROM posts GROUP BY thread ORDER BY posts.thread"));
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM post_stats WHERE body IS NOT NULL AND up IS NOT NULL"),
+            (PgRows{{"30000"}}));
+  EXPECT_THAT(DaemonLog(), Not(HasSubstr("from the last checkpoint")));  // no restart of the pipeline
+}
 
 // users owns accounts (soft delete + filter); user_stats (merge) and addresses (json_array)
 // only fill accounts users admits: no ghost rows while a user is deleted or hidden, and an

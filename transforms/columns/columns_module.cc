@@ -40,6 +40,13 @@ class BoundColumns : public BoundMapping {
  public:
   absl::Status Map(const RowChange& change, const EmitFn& emit) const override {
     const Tuple* old_tuple = change.old_tuple;
+    if (insert_only_ && change.kind != ChangeKind::kInsert) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          change.kind == ChangeKind::kUpdate ? "update" : "delete", " of ", upsert_.source_table, " at LSN ",
+          FormatLsn(change.lsn), ": the table has no primary key or replica identity, so walshift can apply only "
+          "its inserts (a publication that does not publish updates and deletes sent this one?); add a primary key, "
+          "or ALTER TABLE ", upsert_.source_table, " REPLICA IDENTITY FULL and give key:"));
+    }
     switch (change.kind) {
       case ChangeKind::kInsert:
         RETURN_IF_ERROR(CheckKeyPresent(*change.new_tuple, change));
@@ -109,6 +116,11 @@ class BoundColumns : public BoundMapping {
   }
 
   std::vector<const OpShape*> shapes() const override {
+    if (insert_only_) {
+      std::vector<const OpShape*> out = {&upsert_};
+      if (truncate_apply_) out.push_back(&truncate_);
+      return out;
+    }
     std::vector<const OpShape*> out = {&upsert_, &delete_};
     if (can_move_) out.push_back(&move_);
     if (has_filter_) out.push_back(&filtered_delete_);
@@ -127,6 +139,17 @@ class BoundColumns : public BoundMapping {
     shared_rows_ = options.shared_rows;
     const bool full = relation.replica_identity == 'f';
 
+    // No primary key and no replica identity: the source refuses updates and deletes of such a
+    // table while a publication publishes them, so only its inserts (and truncates) arrive. A
+    // configured key makes them upserts; without one they are plain inserts.
+    insert_only_ = !full && std::none_of(relation.columns.begin(), relation.columns.end(),
+                                         [](const SourceColumn& c) { return c.part_of_key; });
+    if (insert_only_ && (!filter.empty() || options.rows_reenter || options.shared_rows || options.update_only)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          where, ": ", relation.QualifiedName(), " has no primary key and no replica identity, so only its "
+          "inserts are replicated; this mapping needs its updates and deletes. Add a primary key, or ALTER "
+          "TABLE ", relation.QualifiedName(), " REPLICA IDENTITY FULL and give key:"));
+    }
     // Key: configured, or the columns copied from the source's replica identity columns.
     std::vector<int> key_values;
     if (key.empty()) {
@@ -143,7 +166,9 @@ class BoundColumns : public BoundMapping {
       }
       size_t source_keys = 0;
       for (size_t s = 0; s < relation.columns.size(); ++s) source_keys += is_source_key(static_cast<int>(s));
-      if (source_keys == 0 || key_values.size() != source_keys) {
+      if (insert_only_) {
+        // Inserted as they are, without conflict handling.
+      } else if (source_keys == 0 || key_values.size() != source_keys) {
         return absl::FailedPreconditionError(absl::StrCat(
             where, ": cannot derive the target key: ",
             source_keys == 0 ? absl::StrCat(relation.QualifiedName(),
@@ -164,7 +189,7 @@ class BoundColumns : public BoundMapping {
     }
 
     // A delete (and a key change) only has the old key: every key value must come from it.
-    for (int kv : key_values) {
+    for (int kv : insert_only_ ? std::vector<int>{} : key_values) {
       const ValueSpec& v = values_[kv];
       std::vector<int> sources = v.kind == ValueSpec::kColumn ? std::vector<int>{v.source_column}
                                                                : v.inputs;
@@ -287,7 +312,7 @@ class BoundColumns : public BoundMapping {
 
     // A key change: UPDATE ... SET every value WHERE key = the old key. Only for keys copied
     // from source columns (an expression key would need its inputs from two tuples).
-    can_move_ = std::all_of(key_values.begin(), key_values.end(),
+    can_move_ = !key_values.empty() && std::all_of(key_values.begin(), key_values.end(),
                             [&](int k) { return values_[k].kind == ValueSpec::kColumn; });
     if (can_move_) {
       init_shape(&move_, OpKind::kUpdateOnly);
@@ -368,6 +393,7 @@ class BoundColumns : public BoundMapping {
   bool can_move_ = false;
   bool shared_rows_ = false;
   bool whole_rows_ = false;
+  bool insert_only_ = false;  // no key: inserts only, without conflict handling
   bool has_filter_ = false;
   std::vector<int> filter_input_columns_;
   std::vector<int> key_source_columns_;
