@@ -191,7 +191,8 @@ absl::Status Backfiller::RunJob(Job& job) {
   std::vector<std::string> placeholders;
   for (size_t i = 0; i < key_types.size(); ++i) placeholders.push_back(absl::StrCat("$", i + 1, "::", key_types[i]));
   std::string key_list = absl::StrJoin(key_names, ", ");
-  std::string select = absl::StrCat("SELECT ", absl::StrJoin(cols, ", "), " FROM ONLY ", pg::QuoteQualified(job.table));
+  ASSIGN_OR_RETURN(std::string from, SourceRowsFrom(c, *relation));
+  std::string select = absl::StrCat("SELECT ", absl::StrJoin(cols, ", "), " FROM ", from);
   std::string first = absl::StrCat(select, " ORDER BY ", key_list, " LIMIT ", chunk_rows_);
   std::string next = absl::StrCat(select, " WHERE (", key_list, ") > (", absl::StrJoin(placeholders, ", "),
                                   ") ORDER BY ", key_list, " LIMIT ", chunk_rows_);

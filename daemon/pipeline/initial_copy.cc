@@ -186,11 +186,10 @@ absl::Status InitialCopy::Plan() {
       u->key_column = PQgetvalue(pk.get(), 0, 0);
     }
     ASSIGN_OR_RETURN(pg::ResultPtr est,
-                     pg::ExecParams(src, "SELECT reltuples::bigint, relkind = 'p' FROM pg_class WHERE oid = $1::oid",
+                     pg::ExecParams(src, "SELECT reltuples::bigint FROM pg_class WHERE oid = $1::oid",
                                     {oid.c_str()}, "reading the row estimate"));
     int64_t estimate = OptionalInt(est.get(), 0, 0).value_or(-1);
-    // A partitioned table's rows are in its partitions; an inheritance parent's own rows only.
-    u->from = absl::StrCat(PQgetvalue(est.get(), 0, 1)[0] == 't' ? "" : "ONLY ", pg::QuoteQualified(u->source_table));
+    ASSIGN_OR_RETURN(u->from, SourceRowsFrom(src, *u->relation));
     const std::string& from = u->from;
     if (estimate < 0) {  // never analyzed: count under the snapshot
       ASSIGN_OR_RETURN(pg::ResultPtr c, pg::Exec(src, absl::StrCat("SELECT count(*) FROM ", from),

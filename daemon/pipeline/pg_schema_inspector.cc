@@ -62,6 +62,14 @@ absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, 
 }
 
 
+absl::StatusOr<std::string> SourceRowsFrom(PGconn* conn, const SourceRelation& relation) {
+  ASSIGN_OR_RETURN(pg::ResultPtr kind, pg::ExecParams(conn, "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::oid",
+                                                      {std::to_string(relation.oid).c_str()},
+                                                      absl::StrCat("reading the kind of ", relation.QualifiedName())));
+  bool partitioned = PQntuples(kind.get()) == 1 && PQgetvalue(kind.get(), 0, 0)[0] == 't';
+  return absl::StrCat(partitioned ? "" : "ONLY ", pg::QuoteQualified(relation.QualifiedName()));
+}
+
 PgSchemaInspector::PgSchemaInspector(std::string source_dsn,
                                      std::map<std::string, std::string> target_dsns)
     : source_dsn_(std::move(source_dsn)), target_dsns_(std::move(target_dsns)) {}

@@ -14,7 +14,11 @@ namespace walshift {
 // The relation pgoutput would announce for `table` (schema.table), read from the catalog:
 // live, non-generated columns in order, key flags from the replica identity. nullopt with a
 // problem (prefixed by `where`) appended when the table is missing or cannot be replicated.
-// (A table without any key column is returned as it is: see KeylessNote.)
+// The FROM item that reads the rows of `relation` as its changes are published: ONLY an
+// inheritance parent's own rows, every partition of a partitioned table.
+absl::StatusOr<std::string> SourceRowsFrom(PGconn* conn, const SourceRelation& relation);
+
+// (A table without any key column is returned as it is: its mappings decide.)
 absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, const std::string& table,
                                                                   std::vector<std::string>* problems,
                                                                   const std::string& where);

@@ -136,10 +136,7 @@ absl::Status TableVerifier::Prepare() {
     key_types_.push_back(type);
   }
   for (const auto& c : relation_->columns) column_list_.push_back(pg::QuoteIdent(c.name));
-  ASSIGN_OR_RETURN(pg::ResultPtr kind, pg::ExecParams(src_.get(), "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::oid",
-                                                      {std::to_string(relation_->oid).c_str()}, "source: reading relkind"));
-  source_from_ = absl::StrCat(PQntuples(kind.get()) == 1 && PQgetvalue(kind.get(), 0, 0)[0] == 't' ? "" : "ONLY ",
-                              pg::QuoteQualified(module_.source_table()));
+  ASSIGN_OR_RETURN(source_from_, SourceRowsFrom(src_.get(), *relation_));
   return absl::OkStatus();
 }
 

@@ -184,6 +184,22 @@ TEST_F(SchemasTest, PartitionedTableMappedByItsRoot) {
   Source("UPDATE readings SET value = 0 WHERE region = 'ap'");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_EQ(TargetRows(tgt), SourceRows(src));
+  // The verifier and a backfill read every partition too.
+  Target("DELETE FROM readings_v2 WHERE id = 2");
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftctl"), "backfill", "--config", config, "--table", "public.readings", "--wait", "60"};
+  auto r = Subprocess::Run(o, absl::Minutes(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->status.success()) << r->stdout_text << r->stderr_text << DaemonLog();
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows(tgt), SourceRows(src));
+  o.argv = {BinaryPath("walshiftctl"), "verify", "--config", config};
+  r = Subprocess::Run(o, absl::Minutes(2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->status.success()) << r->stdout_text << r->stderr_text;
+  EXPECT_THAT(r->stdout_text, HasSubstr(absl::StrCat(SourceRows("SELECT count(*)::text FROM readings")[0][0].value_or("?"),
+                                                     " checked, 0 missing, 0 extra,")));
+
   Source("TRUNCATE readings; INSERT INTO readings VALUES (1, 'us', 1)");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_EQ(TargetRows(tgt), SourceRows(src));
