@@ -209,8 +209,8 @@ void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant*
 absl::StatusOr<std::map<std::string, std::string>> PgSink::ReadColumnTypes(PGconn* conn, const std::string& table) {
   ASSIGN_OR_RETURN(pg::ResultPtr r,
                    pg::ExecParams(conn,
-                                  "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
-                                  "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                                  absl::StrCat("SELECT a.attname, ", pg::kUnlimitedTypeSql, " FROM pg_attribute a "
+                                               "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
                                   {pg::QuoteQualified(table).c_str()},
                                   absl::StrCat("reading the column types of ", table)));
   std::map<std::string, std::string> out;
@@ -326,6 +326,17 @@ std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
   if (move) {
     for (const TargetValue& m : shape.match)
       where.push_back(absl::StrCat(pg::QuoteIdent(m.column), " = ", compared(m)));
+    // Only into a free key: a key swap inside a source transaction finds the new key taken.
+    std::vector<std::string> taken;
+    for (const TargetValue& m : shape.match) {
+      auto nv = std::find_if(shape.values.begin(), shape.values.end(),
+                             [&](const TargetValue& tv) { return tv.column == m.column; });
+      if (nv != shape.values.end())
+        taken.push_back(absl::StrCat("x.", pg::QuoteIdent(m.column), " = ", compared(*nv)));
+    }
+    if (!taken.empty()) {
+      where.push_back(absl::StrCat("NOT EXISTS (SELECT 1 FROM ", table, " AS x WHERE ", absl::StrJoin(taken, " AND "), ")"));
+    }
   } else {
     for (int k : shape.key)
       where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", compared(shape.values[k])));
@@ -589,7 +600,7 @@ absl::Status PgSink::FlushBatch() {
       values_[i] = off < 0 ? nullptr : batch_.data.data() + off;
     }
     // Rows that source INSERTs created need no conflict handling: a plain INSERT is cheaper.
-    bool plain = plain_inserts_ && v.shape->statement.empty();
+    bool plain = plain_inserts_ && v.shape->statement.empty() && !upsert_tables_.count(v.shape->table);
     for (int r = done; r < done + rows && plain; ++r) plain = batch_.new_row[r];
     RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr, plain));
     done += rows;
@@ -919,6 +930,7 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
     case Pending::kStatement: {
       const OpShape& shape = *pending.shape;
       if (pending.plain_insert && sqlstate && absl::string_view(sqlstate) == "23505") {
+        conflict_table_ = shape.table;
         return absl::AlreadyExistsError(absl::StrCat(
             "target ", options_.name, ": ", shape.table, " already has rows that source inserts at LSN ",
             FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn), " create (", server_msg, ")"));

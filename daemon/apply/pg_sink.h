@@ -7,6 +7,7 @@
 
 #include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +70,10 @@ class PgSink : public Sink {
   // Whether batches of rows that source INSERTs created may go out as plain INSERTs (default
   // on; a conflict then fails the group with kAlreadyExists). Only between groups.
   void set_plain_inserts(bool on) { plain_inserts_ = on; }
+  // Target tables whose new rows always go out as upserts (a plain INSERT met a row there
+  // before); and the table of the last such conflict on this sink, if any.
+  void set_upsert_tables(std::set<std::string> tables) { upsert_tables_ = std::move(tables); }
+  const std::string& conflict_table() const { return conflict_table_; }
 
   // Commits the open group (opening one if needed) with `sql` (text parameters `params`,
   // nullptr for NULL) as its last statement instead of a checkpoint: the initial copy's chunk
@@ -167,6 +172,8 @@ class PgSink : public Sink {
   Batch batch_;
   bool batching_ = true;
   bool plain_inserts_ = true;
+  std::set<std::string> upsert_tables_;
+  std::string conflict_table_;
   pg::ConnPtr catalog_conn_;  // ordinary connection for catalog questions
   absl::flat_hash_map<std::string, bool> coalesce_safe_;
   absl::flat_hash_map<std::string, std::unique_ptr<std::map<std::string, std::string>>> column_types_;

@@ -43,6 +43,13 @@ absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_vie
 void SetSessionTimeZone(const std::string& zone);
 const std::string& SessionTimeZone();
 
+// SQL over pg_attribute `a` naming a column's type without its modifier, as a cast target that
+// never cuts a value: format_type(atttypid, NULL), except that char(n) and bit(n) become bpchar
+// and bit varying (without a modifier they would mean char(1) and bit(1)).
+inline constexpr const char* kUnlimitedTypeSql =
+    "CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar' WHEN 'bit'::regtype THEN 'bit varying' "
+    "ELSE format_type(a.atttypid, NULL) END";
+
 // Connects (blocking) with `dsn` (key=value or a postgresql:// URI) plus `extra`, a key=value
 // connection string whose settings win over the DSN's (e.g. "replication=database").
 // Sets client_encoding UTF8 and the session settings above so text values round-trip.

@@ -278,8 +278,8 @@ absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColu
   ASSIGN_OR_RETURN(PGconn * conn, TargetConn(target));
   ASSIGN_OR_RETURN(pg::ResultPtr r,
                    pg::ExecParams(conn,
-                                  "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
-                                  "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                                  absl::StrCat("SELECT a.attname, ", pg::kUnlimitedTypeSql, " FROM pg_attribute a "
+                                               "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
                                   {pg::QuoteQualified(table).c_str()},
                                   absl::StrCat("reading the columns of ", table, " in target ", target)));
   std::map<std::string, std::string> out;

@@ -56,6 +56,10 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     bool progress = false;
     absl::Status st = RunOnce(stop, &progress);
     Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
+    // A table whose plain INSERT met a row the target had: its new rows are upserted from now
+    // on, so the replay below happens once per table, not once per conflict.
+    for (const auto& sink : sinks_)
+      if (!sink->conflict_table().empty()) upsert_tables_.insert(sink->conflict_table());
     // Connections of this attempt are closed before deciding: an open group rolls back.
     source_.reset();
     sinks_.clear();
@@ -78,6 +82,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
       // Rows the target already had (drift, rows copied before): replay with upserts.
       spdlog::warn("{}; replaying with upserts", std::string(st.message()));
       isolate_until_ = std::max(isolate_until_, received);
+      replayed_for_ = absl::OkStatus();  // not an error to name if the replay fails otherwise
       continue;
     }
     if (st.code() == absl::StatusCode::kFailedPrecondition && isolate_until_ == kInvalidLsn &&
@@ -133,6 +138,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
+    sink->set_upsert_tables(upsert_tables_);
     PgSink* raw = sink.get();
     sinks_.push_back(std::move(sink));
     emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
@@ -280,7 +286,7 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
 
 absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
   const CopySkipPlan::Table* plan = copy_skip_.empty() ? nullptr
-                                                       : copy_skip_.Find(change.relation->QualifiedName(), b.sink);
+                                                       : copy_skip_.Find(b.module->source_table(), b.sink);
   if (plan == nullptr) return b.bound->Map(change, emit_[b.sink]);
   // The copy's snapshot of the key's range already shows transactions committed before it.
   int key = plan->key_column.empty() ? -1 : change.relation->ColumnIndex(plan->key_column);
@@ -407,7 +413,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   if (!windows_.empty()) {
     // A key that changes inside a backfill window is left out of its chunk.
     for (auto& [id, w] : windows_) {
-      if (w.table != change.relation->QualifiedName()) continue;
+      if (w.table != rb->table) continue;  // by the mapped name: a renamed table too
       std::vector<int> keys;
       for (const std::string& k : w.key_names) keys.push_back(change.relation->ColumnIndex(k));
       if (change.new_tuple) w.changed.insert(BackfillChunk::TupleKey(*change.new_tuple, keys));
@@ -446,7 +452,17 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
     const bool whole = complete && b.bound->writes_whole_rows();
-    if (whole && gone) continue;
+    if (whole && gone) {
+      // Superseded: the later change names only the new key, so a row under the old key (the
+      // update changed it) goes now.
+      if (change.old_tuple != nullptr && change.old_tuple_kind == 'K') {
+        RowChange leave = change;
+        leave.kind = ChangeKind::kDelete;
+        leave.new_tuple = nullptr;
+        RETURN_IF_ERROR(MapChange(b, leave));
+      }
+      continue;
+    }
     const RowChange& c = whole ? completed : change;
     RETURN_IF_ERROR(MapChange(b, c));
     // An owner's insert writes a row; an update may bring one back (its filter true again, a
@@ -477,10 +493,11 @@ absl::Status Pipeline::FillOwned(const Binding& owner, const RowChange& change) 
             "column ", target_col, " from a source column; ", modules_[m]->source_table(), "'s rows cannot be found"));
       }
       const Datum& d = (*change.new_tuple)[it->second];
-      if (d.kind != DatumKind::kText) return absl::OkStatus();  // no key, no owned row
+      if (d.kind != DatumKind::kText) break;  // no key, no owned row
       columns.push_back(source_col);
       values.push_back(d.data);
     }
+    if (values.size() != own->key.size()) continue;
     FillBinding& fb = fill_bindings_[m];
     if (fb.bound == nullptr) {
       ASSIGN_OR_RETURN(fb.relation, inspector_->DescribeSource(modules_[m]->source_table()));
@@ -547,6 +564,7 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   if (isolate_until_ != kInvalidLsn && commit.end_lsn >= isolate_until_) {
     // Past the replayed range: back to grouped, batched apply.
     isolate_until_ = kInvalidLsn;
+    replayed_for_ = absl::OkStatus();
     for (auto& sink : sinks_) sink->set_batching(true);
   }
   CrashPoint("pipeline.after_source_commit");  // mid-group, between source transactions

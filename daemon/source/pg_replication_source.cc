@@ -195,7 +195,12 @@ absl::Status PgReplicationSource::EnsurePublication() {
                      QueryValue(conn_,
                                 absl::StrCat("SELECT string_agg(c.oid::regclass::text, ', ') FROM pg_class c "
                                              "WHERE c.relkind = 'p' AND c.oid = ANY(",
-                                             pg::QuoteLiteral(pg::TextArrayLiteral(options_.tables)),
+                                             pg::QuoteLiteral(pg::TextArrayLiteral([&] {
+                                               std::vector<std::string> quoted;
+                                               for (const std::string& t : options_.tables)
+                                                 quoted.push_back(pg::QuoteQualified(t));
+                                               return quoted;
+                                             }())),
                                              "::text[]::regclass[])"),
                                 "source: reading partitioned tables"));
     if (partitioned.has_value()) {

@@ -54,7 +54,7 @@ TEST_F(SchemasTest, RowsReenteringOrChangingKeyKeepTheirToastedValues) {
          "CREATE TABLE docs_all (id int PRIMARY KEY, title text, body text, is_active bool);"
          "CREATE TABLE doc_notes (doc_id int PRIMARY KEY, notes jsonb NOT NULL DEFAULT '[]');"
          "CREATE INDEX ON doc_notes USING gin (notes jsonb_path_ops) WITH (fastupdate = off)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
+  std::string config = WriteConfig(kOneTarget + R"(mappings:
   - source: docs
     module: soft_delete
     table: docs_live
@@ -73,7 +73,8 @@ TEST_F(SchemasTest, RowsReenteringOrChangingKeyKeepTheirToastedValues) {
     column: notes
     element: {id: id, label: label, body: body}
     element_key: [id]
-)")).ok());
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   for (int id = 1; id <= 6; ++id) {
     Source(absl::StrCat("INSERT INTO docs VALUES (", id, ", 'doc ", id, "', ", BigText(12, absl::StrCat("d", id)),
@@ -93,6 +94,16 @@ TEST_F(SchemasTest, RowsReenteringOrChangingKeyKeepTheirToastedValues) {
   Source("UPDATE notes SET label = 'edited' WHERE id IN (1, 2)");     // element rebuilt, body not carried
   Source("UPDATE notes SET doc_id = 7 WHERE id = 3");                 // moves to another parent
   Source("UPDATE notes SET id = 40, label = 'renumbered' WHERE id = 4");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  // Read after the source moved on: a key change whose new key is gone by then still removes
+  // the row (and element) under the old key.
+  Source(absl::StrCat("INSERT INTO docs VALUES (7, 'doc 7', ", BigText(12, "d7"), ", true);"
+                      "INSERT INTO notes VALUES (7, 1, 'n7', ", BigText(8, "n7"), ")"));
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ASSERT_TRUE(StopDaemon().success());
+  Source("UPDATE docs SET id = 70 WHERE id = 7; DELETE FROM docs WHERE id = 70");
+  Source("UPDATE notes SET id = 70 WHERE id = 7; DELETE FROM notes WHERE id = 70");
+  ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
 
   EXPECT_EQ(TargetRows("SELECT id::text, title, md5(body) FROM docs_live ORDER BY id"),
@@ -281,6 +292,21 @@ TEST_F(SchemasTest, CompositeTypedKey) {
   EXPECT_EQ(SourceRows(cells).size(), 16u);
 }
 
+// A char(n) key: compared as bpchar, never cut to char(1).
+TEST_F(SchemasTest, CharKey) {
+  const char* ddl = "CREATE TABLE codes (code char(3) PRIMARY KEY, v text)";
+  Source(ddl);
+  Target(ddl);
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: codes}]\n")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO codes VALUES ('A', 'a'), ('ABC', 'abc'), ('ABD', 'abd')");
+  Source("UPDATE codes SET v = 'changed' WHERE code = 'ABC'; DELETE FROM codes WHERE code = 'ABD';"
+         "UPDATE codes SET code = 'XYZ' WHERE code = 'A'");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  const char* q = "SELECT code::text, v FROM codes ORDER BY 1";
+  EXPECT_EQ(TargetRows(q), SourceRows(q));
+}
+
 // A primary key with INCLUDE columns: the key is its key columns only.
 TEST_F(SchemasTest, PrimaryKeyWithIncludeColumns) {
   const char* ddl = "CREATE TABLE wide (a int, b int, c text, PRIMARY KEY (a) INCLUDE (b))";
@@ -383,6 +409,11 @@ TEST_F(SchemasTest, MergeSourcesInsertingOneRowNeverConflict) {
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_EQ(TargetRows("SELECT count(*)::text FROM accounts WHERE name IS NOT NULL AND logins IS NOT NULL"),
             (PgRows{{"501"}}));
+  // One source's key change moves its columns only: the other source's stay where they were.
+  Source("UPDATE user_stats SET user_id = 9999 WHERE user_id = 1");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT id::text, name, logins::text FROM accounts WHERE id IN (1, 9999) ORDER BY accounts.id"),
+            (PgRows{{"1", "u1", std::nullopt}, {"9999", std::nullopt, "1"}}));
   EXPECT_THAT(DaemonLog(), Not(HasSubstr("replaying")));
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
+#include "daemon/pg/pg_util.h"
 
 namespace walshift::transforms::columns {
 namespace {
@@ -31,7 +32,7 @@ struct ValueSpec {
 
 // Where a parameter slot's value comes from.
 struct Slot {
-  int source_column = -1;  // or a constant:
+  int source_column = -1;  // or a constant (neither: NULL):
   const std::string* constant = nullptr;
   bool old = false;  // the column's value in the old tuple (a key change's old key)
 };
@@ -62,10 +63,15 @@ class BoundColumns : public BoundMapping {
         }
         RETURN_IF_ERROR(CheckKeyPresent(*new_tuple, change));
         if (old_tuple != nullptr && KeyChanged(*old_tuple, *new_tuple)) {
-          // The target row moves to its new key and keeps what the change did not carry; the
-          // upsert below then creates it if the target did not have it.
-          if (can_move_) {
+          if (shared_rows_) {
+            // Other sources share the row: this source's columns leave the old key's row.
+            RETURN_IF_ERROR(Emit(leave_, leave_slots_, *old_tuple, change.lsn, emit));
+          } else if (can_move_) {
+            // The target row moves to its new key and keeps what the change did not carry (when
+            // the new key is free; a key swap inside a transaction finds it taken); whatever is
+            // left under the old key goes, and the upsert below writes the new key's row.
             RETURN_IF_ERROR(Emit(move_, move_slots_, *new_tuple, change.lsn, emit, false, old_tuple));
+            RETURN_IF_ERROR(Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit));
           } else {
             RETURN_IF_ERROR(Emit(delete_, delete_slots_, *old_tuple, change.lsn, emit));
           }
@@ -98,7 +104,7 @@ class BoundColumns : public BoundMapping {
   absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
     if (!truncate_apply_) return absl::OkStatus();
     TargetOp op;
-    op.shape = &truncate_;
+    op.shape = update_only_ ? &clear_all_ : &truncate_;
     op.lsn = lsn;
     return emit(op);
   }
@@ -122,9 +128,10 @@ class BoundColumns : public BoundMapping {
       return out;
     }
     std::vector<const OpShape*> out = {&upsert_, &delete_};
-    if (can_move_) out.push_back(&move_);
+    if (can_move_ && !shared_rows_) out.push_back(&move_);
+    if (shared_rows_) out.push_back(&leave_);
     if (has_filter_) out.push_back(&filtered_delete_);
-    if (truncate_apply_) out.push_back(&truncate_);
+    if (truncate_apply_) out.push_back(update_only_ ? &clear_all_ : &truncate_);
     return out;
   }
 
@@ -339,7 +346,33 @@ class BoundColumns : public BoundMapping {
     }
 
     init_shape(&truncate_, OpKind::kTruncate);
-    params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params, move_.num_params}));
+    update_only_ = options.update_only;
+    if (shared_rows_) {
+      // A key change of one source of shared rows: its columns leave the old key's row.
+      init_shape(&leave_, OpKind::kUpdateOnly);
+      add_values(&leave_, &leave_slots_, key_values);
+      for (size_t i = 0; i < key_values.size(); ++i) leave_.key.push_back(static_cast<int>(i));
+      for (size_t i = 0; i < values_.size(); ++i) {
+        if (std::find(key_values.begin(), key_values.end(), static_cast<int>(i)) != key_values.end()) continue;
+        leave_.values.push_back({values_[i].target_column, static_cast<int>(leave_slots_.size()), "", {}, "NULL"});
+        leave_slots_.push_back({-1, nullptr});  // NULL
+      }
+      leave_.num_params = static_cast<int>(leave_slots_.size());
+    }
+    if (update_only_) {
+      // A TRUNCATE of a source whose rows another mapping owns empties this source's columns.
+      init_shape(&clear_all_, OpKind::kUpdateOnly);
+      std::vector<std::string> sets;
+      for (size_t i = 0; i < values_.size(); ++i) {
+        if (std::find(key_values.begin(), key_values.end(), static_cast<int>(i)) != key_values.end()) continue;
+        sets.push_back(absl::StrCat(pg::QuoteIdent(values_[i].target_column), " = NULL"));
+      }
+      clear_all_.statement = sets.empty() ? absl::StrCat("SELECT 1 FROM ", pg::QuoteQualified(table), " LIMIT 0")
+                                          : absl::StrCat("UPDATE ", pg::QuoteQualified(table), " SET ",
+                                                         absl::StrJoin(sets, ", "));
+    }
+    params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params, move_.num_params,
+                             leave_.num_params}));
     return absl::OkStatus();
   }
 
@@ -352,6 +385,8 @@ class BoundColumns : public BoundMapping {
       if (s.constant != nullptr) {
         params_[i] = Datum{DatumKind::kText, static_cast<uint32_t>(s.constant->size()),
                            s.constant->c_str()};
+      } else if (s.source_column < 0) {
+        params_[i] = Datum{};  // NULL
       } else {
         params_[i] = s.old ? (*old_tuple)[s.source_column] : tuple[s.source_column];
       }
@@ -388,8 +423,9 @@ class BoundColumns : public BoundMapping {
   }
 
   std::vector<ValueSpec> values_;
-  OpShape upsert_, delete_, truncate_, filtered_delete_, move_;
-  std::vector<Slot> upsert_slots_, delete_slots_, filtered_delete_slots_, move_slots_;
+  OpShape upsert_, delete_, truncate_, filtered_delete_, move_, leave_, clear_all_;
+  std::vector<Slot> upsert_slots_, delete_slots_, filtered_delete_slots_, move_slots_, leave_slots_;
+  bool update_only_ = false;
   bool can_move_ = false;
   bool shared_rows_ = false;
   bool whole_rows_ = false;

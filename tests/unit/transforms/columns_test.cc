@@ -139,11 +139,13 @@ TEST(ColumnsModuleTest, KeyChangeMovesTheRowThenUpserts) {
   Tuple row = {Text("2"), Text("c"), Text("1"), Text("s"), Toast()};
   RowChange upd{ChangeKind::kUpdate, &rel, &old_key, 'K', &row, 0x30};
   auto ops = MapOne(**bound, upd);
-  ASSERT_EQ(ops.size(), 2u);
+  ASSERT_EQ(ops.size(), 3u);
   EXPECT_EQ(ops[0].kind, OpKind::kUpdateOnly);
   EXPECT_THAT(ops[0].params, ElementsAre("2", "c", "1", "s", "TOAST", "1"));  // new values, then the old key
-  EXPECT_EQ(ops[1].kind, OpKind::kUpsert);
-  EXPECT_THAT(ops[1].params, ElementsAre("2", "c", "1", "s", "TOAST"));
+  EXPECT_EQ(ops[1].kind, OpKind::kDelete);  // what a taken new key left under the old one
+  EXPECT_THAT(ops[1].params, ElementsAre("1"));
+  EXPECT_EQ(ops[2].kind, OpKind::kUpsert);
+  EXPECT_THAT(ops[2].params, ElementsAre("2", "c", "1", "s", "TOAST"));
 }
 
 TEST(ColumnsModuleTest, FullIdentityFillsUnchangedToastFromOldRow) {
