@@ -155,20 +155,14 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  // One time zone for every session, decided before any value is read or written.
-  absl::StatusOr<walshift::SessionZone> zone;
-  for (int attempt = 0;; ++attempt) {
-    zone = walshift::PinSessionTimeZone(*settings, /*record=*/!check_only && !dry_run);
-    if (zone.ok() || zone.status().code() != absl::StatusCode::kUnavailable || check_only || dry_run) break;
-    spdlog::warn("{}; retrying", std::string(zone.status().message()));
-    for (int i = 0; i < std::min(1 << std::min(attempt, 5), 30) * 10 && !g_stop.load(); ++i) usleep(100000);
-    if (g_stop.load()) return 0;
-  }
-  if (!zone.ok()) {
+  // One time zone for every session, decided before any value is read or written. A database
+  // that cannot be reached yet is waited for below, with the status endpoint up.
+  absl::StatusOr<walshift::SessionZone> zone = walshift::PinSessionTimeZone(*settings, /*record=*/!check_only && !dry_run);
+  if (!zone.ok() && (zone.status().code() != absl::StatusCode::kUnavailable || check_only || dry_run)) {
     std::fprintf(stderr, "walshiftd: %s\n", std::string(zone.status().message()).c_str());
     return zone.status().code() == absl::StatusCode::kFailedPrecondition ? 2 : 1;
   }
-  spdlog::info("sessions use time zone {} ({})", zone->zone, zone->origin);
+  if (zone.ok()) spdlog::info("sessions use time zone {} ({})", zone->zone, zone->origin);
 
   // The same live check as --check; a walshiftd that would fail on its first row refuses to
   // start. An unreachable database is left to the pipeline's reconnect loop.
@@ -229,6 +223,23 @@ int main(int argc, char** argv) {
       // Replication matters more than the status page: say so loudly and go on.
       spdlog::error("{}; running without /status, /metrics, /healthz and /readyz", std::string(s.status().message()));
     }
+  }
+  for (int attempt = 0; !zone.ok(); ++attempt) {
+    if (zone.status().code() != absl::StatusCode::kUnavailable) {
+      status.SetState(walshift::v1::ERROR, std::string(zone.status().message()));
+      spdlog::critical("stopped: {}", std::string(zone.status().message()));
+      return 2;
+    }
+    status.SetState(walshift::v1::RECONNECTING, std::string(zone.status().message()));
+    spdlog::warn("{}; retrying before anything is read or written (the sessions' time zone is not known yet)",
+                 std::string(zone.status().message()));
+    for (int i = 0; i < std::min(1 << std::min(attempt, 5), 30) * 10 && !g_stop.load(); ++i) {
+      status.Tick();
+      usleep(100000);
+    }
+    if (g_stop.load()) return 0;
+    zone = walshift::PinSessionTimeZone(*settings, /*record=*/true);
+    if (zone.ok()) spdlog::info("sessions use time zone {} ({})", zone->zone, zone->origin);
   }
   int code = 0;
   {

@@ -118,6 +118,14 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
     const std::string& where = settings.mappings[i].path;
     ASSIGN_OR_RETURN(auto relation, DescribeSourceTable(source.get(), m.source_table(), &problems, where));
     if (!relation) continue;
+    if (notes != nullptr) {
+      ASSIGN_OR_RETURN(std::string from, SourceRowsFrom(source.get(), *relation));
+      if (!absl::StartsWith(from, "ONLY ")) {
+        notes->push_back(absl::StrCat(
+            m.source_table(), " is partitioned: its changes are published through the root, and PostgreSQL does not "
+            "publish a TRUNCATE of a single partition that way; truncate the root, or DELETE a partition's rows"));
+      }
+    }
     if (notes != nullptr && relation->replica_identity != 'f' &&
         std::none_of(relation->columns.begin(), relation->columns.end(),
                      [](const SourceColumn& c) { return c.part_of_key; })) {
