@@ -430,10 +430,11 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   bool complete = false, gone = false;
   RowChange completed;
   if (change.kind == ChangeKind::kUpdate && change.old_tuple_kind != 'O') {
+    for (const Binding& b : rb->bindings) complete |= !skip_[b.sink] && b.bound->writes_whole_rows();
     missing_.clear();
-    for (size_t c = 0; c < change.new_tuple->size(); ++c)
+    for (size_t c = 0; complete && c < change.new_tuple->size(); ++c)
       if ((*change.new_tuple)[c].is_unchanged_toast()) missing_.push_back(static_cast<int>(c));
-    for (const Binding& b : rb->bindings) complete |= !missing_.empty() && !skip_[b.sink] && b.bound->writes_whole_rows();
+    complete &= !missing_.empty();
     if (complete) {
       auto found = inspector_->ReadCurrentRow(*change.relation, *change.new_tuple, missing_, &completed_row_);
       if (!found.ok()) {
