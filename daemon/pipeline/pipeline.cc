@@ -33,6 +33,13 @@ Pipeline::Pipeline(config::Settings settings,
   }
   for (size_t i = 0; i < modules_.size(); ++i)
     if (auto own = modules_[i]->owned()) owned_by_[own->owner].push_back(i);
+  // A table more than one mapping writes: any of them may be the first to write a row, so its
+  // new rows are always upserted (a plain INSERT would meet the other's row and replay).
+  std::map<std::pair<std::string, std::string>, int> writers;
+  for (const auto& m : modules_)
+    for (const std::string& t : m->target_tables()) ++writers[{m->target(), t}];
+  for (const auto& [table, n] : writers)
+    if (n > 1) upsert_tables_.insert(table.second);
 }
 
 Pipeline::~Pipeline() = default;

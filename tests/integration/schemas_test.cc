@@ -409,6 +409,20 @@ TEST_F(SchemasTest, MergeSourcesInsertingOneRowNeverConflict) {
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_EQ(TargetRows("SELECT count(*)::text FROM accounts WHERE name IS NOT NULL AND logins IS NOT NULL"),
             (PgRows{{"501"}}));
+  // The same with two plain `columns` mappings into one table.
+  Source("CREATE TABLE prefs (user_id int PRIMARY KEY, theme text)");
+  Target("ALTER TABLE accounts ADD COLUMN theme text");
+  ASSERT_TRUE(StopDaemon().success());
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
+  - {source: users, module: merge, table: accounts, key: [id], columns: {id: id, name: name}}
+  - {source: user_stats, module: merge, table: accounts, key: [id], columns: {id: user_id, logins: logins}}
+  - {source: prefs, table: accounts, key: [id], columns: {id: user_id, theme: theme}}
+)")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();  // prefs joined the publication
+  Source("INSERT INTO prefs SELECT g, 'dark' FROM generate_series(1, 600) g");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM accounts WHERE theme = 'dark'"), (PgRows{{"600"}}));
+  EXPECT_THAT(DaemonLog(), Not(HasSubstr("replaying")));
   // One source's key change moves its columns only: the other source's stay where they were.
   Source("UPDATE user_stats SET user_id = 9999 WHERE user_id = 1");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
