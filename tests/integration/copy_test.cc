@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "absl/strings/numbers.h"
@@ -86,17 +87,39 @@ mappings:
     return Subprocess::Run(o, absl::Minutes(11));
   }
 
+  // The first rows (by their first column) one side has and the other lacks or holds otherwise.
+  static std::string Differences(const PgRows& expected, const PgRows& actual) {
+    std::map<std::string, const std::vector<std::optional<std::string>>*> want, got;
+    for (const auto& r : expected) want[r[0].value_or("NULL")] = &r;
+    for (const auto& r : actual) got[r[0].value_or("NULL")] = &r;
+    std::string out;
+    int shown = 0;
+    for (const auto& [k, r] : want) {
+      auto it = got.find(k);
+      if (it != got.end() && *it->second == *r) continue;
+      absl::StrAppend(&out, "\n  key ", k, it == got.end() ? ": missing in the target" : ": differs in the target");
+      if (++shown == 10) return out;
+    }
+    for (const auto& [k, r] : got) {
+      if (want.count(k)) continue;
+      absl::StrAppend(&out, "\n  key ", k, ": extra in the target");
+      if (++shown == 10) return out;
+    }
+    return out;
+  }
+
   void ExpectTargetExact() {
     PgRows expected = SourceRows("SELECT id::text, owner, (balance * 100)::bigint::text FROM accounts ORDER BY id");
     PgRows actual = TargetRows("SELECT account_id::text, owner, balance_cents::text FROM accounts_v2 ORDER BY account_id");
     EXPECT_GT(expected.size(), 150000u);
     EXPECT_EQ(actual.size(), expected.size());
-    EXPECT_TRUE(actual == expected) << "accounts_v2 differs from the mapped source";
+    EXPECT_TRUE(actual == expected) << "accounts_v2 differs from the mapped source" << Differences(expected, actual);
     expected = SourceRows("SELECT id::text, account_id::text, amount::text FROM orders ORDER BY id");
     actual = TargetRows("SELECT order_id::text, account_id::text, amount::text FROM orders_v2 ORDER BY order_id");
     EXPECT_GT(expected.size(), 30000u);
     EXPECT_EQ(actual.size(), expected.size());
-    EXPECT_TRUE(actual == expected) << "orders_v2 differs from the mapped source";
+    EXPECT_TRUE(actual == expected) << "orders_v2 differs from the mapped source" << Differences(expected, actual)
+                                    << "\n" << DaemonLog();
   }
 };
 
