@@ -367,8 +367,10 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
   for (size_t i = 0; i < modules_.size(); ++i) {
     if (modules_[i]->source_table() != mapped) continue;
     ASSIGN_OR_RETURN(auto bound, modules_[i]->Bind(relation, *inspector_));
+    rb.whole_rows |= bound->writes_whole_rows();
     rb.bindings.push_back({modules_[i].get(), std::move(bound), module_sink_[i]});
   }
+  rb.owner = owned_by_.count(mapped) > 0;
   if (rb.bindings.empty()) {
     if (!ignored_tables_.count(name)) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -436,7 +438,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   // superseded and those mappings leave it out.
   bool complete = false, gone = false;
   RowChange completed;
-  if (change.kind == ChangeKind::kUpdate && change.old_tuple_kind != 'O') {
+  if (rb->whole_rows && change.kind == ChangeKind::kUpdate && change.old_tuple_kind != 'O') {
     for (const Binding& b : rb->bindings) complete |= !skip_[b.sink] && b.bound->writes_whole_rows();
     missing_.clear();
     for (size_t c = 0; complete && c < change.new_tuple->size(); ++c)
@@ -456,7 +458,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
                     gone ? "and the row is gone from the source: superseded by a later change" : "read from the source");
     }
   }
-  const bool owner = change.kind != ChangeKind::kDelete && owned_by_.count(rb->table);
+  const bool owner = rb->owner && change.kind != ChangeKind::kDelete;
   for (const Binding& b : rb->bindings) {
     if (skip_[b.sink]) continue;
     const bool whole = complete && b.bound->writes_whole_rows();
@@ -476,7 +478,11 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
     // An owner's insert writes a row; an update may bring one back (its filter true again, a
     // soft delete undone): the rows it owns are filled in from their sources.
     if (owner && (change.kind == ChangeKind::kInsert || b.bound->writes_whole_rows())) {
-      RETURN_IF_ERROR(FillOwned(b, c));
+      absl::Status filled = FillOwned(b, c);
+      if (!filled.ok()) {
+        return absl::Status(filled.code(), absl::StrCat(filled.message(), " (filling the rows ", rb->table,
+                                                        " owns, for its change at LSN ", FormatLsn(change.lsn), ")"));
+      }
     }
   }
   ++group_changes_;

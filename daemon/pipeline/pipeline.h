@@ -55,6 +55,8 @@ class Pipeline : public ChangeHandler {
     std::vector<Binding> bindings;
     std::string table;
     uint64_t unreported = 0;  // changes not yet added to the status
+    bool whole_rows = false;  // some binding writes whole rows (see BoundMapping::writes_whole_rows)
+    bool owner = false;       // the table owns rows of other mappings (owner:)
   };
 
   absl::Status RunOnce(const std::atomic<bool>& stop, bool* made_progress);

@@ -78,7 +78,8 @@ class BoundColumns : public BoundMapping {
         }
         if (has_filter_) {
           for (int in : filter_input_columns_) {
-            if ((*new_tuple)[in].is_unchanged_toast()) {  // refused at bind unless FULL
+            // The pipeline completes such an update from the source first (writes_whole_rows).
+            if ((*new_tuple)[in].is_unchanged_toast()) {
               return absl::DataLossError(absl::StrCat(
                   "update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
                   ": the filter reads ", change.relation->columns[in].name,
