@@ -129,7 +129,7 @@ class JsonArrayModule : public MappingModule {
     if (config_.owner().empty()) return std::nullopt;
     Owned o;
     o.owner = config_.owner().find('.') == std::string::npos ? "public." + config_.owner() : config_.owner();
-    o.table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+    o.table = ParentTable();
     for (const auto& [target_col, source_col] : config_.parent_key()) o.key.emplace_back(target_col, source_col);
     return o;
   }
@@ -149,7 +149,7 @@ class JsonArrayModule : public MappingModule {
             "key, or set REPLICA IDENTITY FULL"));
       }
     }
-    std::string table = config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+    std::string table = ParentTable();
     if (!warned_.exchange(true)) WarnAboutIndex(inspector, table, pg::QuoteIdent(config_.column()));
     ASSIGN_OR_RETURN(Statements one, Render(relation, info, table, /*batch=*/false));
     ASSIGN_OR_RETURN(Statements run, Render(relation, info, table, /*batch=*/true));
