@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/core/status_macros.h"
+#include "daemon/state/pg_state.h"
 
 namespace walshift {
 namespace {
@@ -37,7 +38,7 @@ absl::StatusOr<std::unique_ptr<PgCopyWriter>> PgCopyWriter::Connect(const std::s
 }
 
 bool PgCopyWriter::Copyable(const OpShape& shape) {
-  if (shape.kind != OpKind::kUpsert || !shape.statement.empty() || !shape.condition.empty()) return false;
+  if (shape.kind != OpKind::kUpsert || !shape.condition.empty()) return false;
   for (const TargetValue& v : shape.values)
     if (v.param < 0) return false;
   return true;
@@ -82,7 +83,7 @@ absl::Status PgCopyWriter::Add(const TargetOp& op) {
   return Send(false);
 }
 
-absl::Status PgCopyWriter::Commit(const char* marker_sql, const std::vector<const char*>& params) {
+absl::Status PgCopyWriter::Commit(const std::string& pipeline, const CopyChunk& chunk) {
   RETURN_IF_ERROR(Send(true));
   if (PQputCopyEnd(conn_.get(), nullptr) != 1) {
     return absl::UnavailableError(absl::StrCat(name_, ": ending COPY: ", PQerrorMessage(conn_.get())));
@@ -90,7 +91,9 @@ absl::Status PgCopyWriter::Commit(const char* marker_sql, const std::vector<cons
   pg::ResultPtr r(PQgetResult(conn_.get()));
   if (PQresultStatus(r.get()) != PGRES_COMMAND_OK) return Fail(r.get(), absl::StrCat("COPY into ", shape_->table));
   while (PGresult* extra = PQgetResult(conn_.get())) PQclear(extra);
-  RETURN_IF_ERROR(pg::ExecParams(conn_.get(), marker_sql, params, absl::StrCat(name_, ": recording the chunk")).status());
+  state::Statement marker = state::CopyChunkInsert(pipeline, chunk);
+  RETURN_IF_ERROR(
+      pg::ExecParams(conn_.get(), marker.sql, marker.params, absl::StrCat(name_, ": recording the chunk")).status());
   return pg::Exec(conn_.get(), "COMMIT", name_).status();
 }
 

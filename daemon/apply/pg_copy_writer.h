@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "daemon/core/target_op.h"
+#include "daemon/core/interfaces.h"
 #include "daemon/pg/pg_util.h"
 
 namespace walshift {
@@ -20,17 +20,17 @@ class PgCopyWriter {
   static absl::StatusOr<std::unique_ptr<PgCopyWriter>> Connect(const std::string& target_name, const std::string& dsn);
 
   // Whether rows of `shape` can go through COPY: an upsert whose every value is a parameter
-  // (no sql: expression, no filter, not a module-rendered statement).
+  // (no sql: expression, no filter).
   static bool Copyable(const OpShape& shape);
 
   // BEGIN; COPY shape.table (its columns) FROM STDIN.
   absl::Status Begin(const OpShape& shape);
   // One row: the op's parameter of every value, in the shape's column order.
   absl::Status Add(const TargetOp& op);
-  // Ends the COPY, runs `marker_sql` with `params` (nullptr: NULL) and commits. A unique
+  // Ends the COPY, records `chunk` as a finished range of `pipeline` and commits. A unique
   // violation is kAlreadyExists (the target has some of the rows); a rejected value
   // kFailedPrecondition with the server's message.
-  absl::Status Commit(const char* marker_sql, const std::vector<const char*>& params);
+  absl::Status Commit(const std::string& pipeline, const CopyChunk& chunk);
 
  private:
   PgCopyWriter() = default;

@@ -5,71 +5,23 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
+#include "daemon/state/pg_state.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
 namespace {
 
-constexpr const char* kCheckpointDdl =
-    "CREATE SCHEMA IF NOT EXISTS walshift; "
-    "CREATE TABLE IF NOT EXISTS walshift.checkpoint ("
-    "  pipeline text PRIMARY KEY,"
-    "  commit_lsn pg_lsn NOT NULL,"
-    "  commit_time timestamptz,"
-    "  updated_at timestamptz NOT NULL DEFAULT now()); "
-    // The initial copy's finished key ranges: each is committed with its rows, so a restart
-    // copies only what is missing, and streaming knows which snapshot holds each range.
-    "CREATE TABLE IF NOT EXISTS walshift.copy_chunk ("
-    "  pipeline text NOT NULL,"
-    "  source_table text NOT NULL,"
-    "  key_column text,"           // NULL: the whole table is one range
-    "  lo bigint,"                 // inclusive; NULL: unbounded
-    "  hi bigint,"                 // exclusive; NULL: unbounded
-    "  snapshot_lsn pg_lsn NOT NULL,"
-    "  rows bigint NOT NULL,"
-    "  copied_at timestamptz NOT NULL DEFAULT now()); "
-    "CREATE INDEX IF NOT EXISTS copy_chunk_pipeline ON walshift.copy_chunk (pipeline, source_table); "
-    // Re-backfills: state ('running', 'done') and the last key applied, written with each chunk.
-    "CREATE TABLE IF NOT EXISTS walshift.backfill ("
-    "  pipeline text NOT NULL,"
-    "  source_table text NOT NULL,"
-    "  state text NOT NULL,"
-    "  last_key text[],"
-    "  rows bigint NOT NULL DEFAULT 0,"
-    "  updated_at timestamptz NOT NULL DEFAULT now(),"
-    "  PRIMARY KEY (pipeline, source_table)); "
-    // Differences the drift verifier confirmed (kept even when Kafka is down).
-    "CREATE TABLE IF NOT EXISTS walshift.drift ("
-    "  id bigserial PRIMARY KEY,"
-    "  pipeline text NOT NULL,"
-    "  detected_at timestamptz NOT NULL DEFAULT now(),"
-    "  source_table text NOT NULL,"
-    "  target_table text NOT NULL,"
-    "  kind text NOT NULL,"  // MISSING, EXTRA, MISMATCH
-    "  key text NOT NULL,"
-    "  columns jsonb NOT NULL DEFAULT '[]',"  // [{column, expected, actual}]
-    "  checked_at_lsn pg_lsn); "
-    // Facts a pipeline keeps across restarts (the sessions' time zone).
-    "CREATE TABLE IF NOT EXISTS walshift.settings ("
-    "  pipeline text NOT NULL,"
-    "  name text NOT NULL,"
-    "  value text NOT NULL,"
-    "  recorded_at timestamptz NOT NULL DEFAULT now(),"
-    "  PRIMARY KEY (pipeline, name))";
-
-constexpr const char* kCheckpointUpsert =
-    "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
-    "VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) "
-    "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
-    "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
-    "WHERE c.commit_lsn <= EXCLUDED.commit_lsn";
-
 constexpr size_t kMaxShownValue = 64;
+
+bool IsArray(const OpShape& shape) {
+  return shape.kind == OpKind::kArrayUpsert || shape.kind == OpKind::kArrayRemove;
+}
 
 std::string Shorten(absl::string_view v) {
   if (v.size() <= kMaxShownValue) return std::string(v);
@@ -81,24 +33,20 @@ std::string Shorten(absl::string_view v) {
 PgSink::PgSink(PgSinkOptions options) : options_(std::move(options)) {}
 PgSink::~PgSink() = default;
 
-absl::Status PgSink::EnsureSchema(PGconn* conn, absl::string_view what) {
-  return pg::Exec(conn, kCheckpointDdl, absl::StrCat(what, ": creating the walshift schema")).status();
-}
-
 absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& options) {
   std::unique_ptr<PgSink> sink(new PgSink(options));
   sink->batching_ = options.batch_rows > 1;
   std::string what = absl::StrCat("target ", options.name);
   ASSIGN_OR_RETURN(sink->conn_, pg::Connect(options.dsn, what, "application_name=walshiftd"));
   PGconn* c = sink->conn_.get();
-  RETURN_IF_ERROR(EnsureSchema(c, what));
+  RETURN_IF_ERROR(state::EnsureSchema(c, what));
   // Durable commits (the checkpoint is what the slot is confirmed to); one generic plan per
   // prepared statement instead of re-planning multi-row statements on their first executions.
   RETURN_IF_ERROR(pg::Exec(c, absl::StrCat("SET synchronous_commit = ", options.synchronous_commit ? "on" : "off",
                                            "; SET plan_cache_mode = force_generic_plan"),
                            what).status());
-  ASSIGN_OR_RETURN(sink->durable_lsn_, ReadCheckpoint(c, options.pipeline, what));
-  pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", kCheckpointUpsert, 3, nullptr));
+  ASSIGN_OR_RETURN(sink->durable_lsn_, state::ReadCheckpoint(c, options.pipeline, what));
+  pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", state::kCheckpointUpsertSql, 3, nullptr));
   RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
   if (PQsetnonblocking(c, 1) != 0 || PQenterPipelineMode(c) != 1) {
     return sink->BrokenConnection("entering pipeline mode");
@@ -157,14 +105,15 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   if (found != variants_.end()) return found->second.get();
 
   auto v = std::make_unique<Variant>();
-  FillVariant(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
-  if (shape.statement.empty() && shape.kind != OpKind::kUpsert && shape.kind != OpKind::kTruncate) {
+  PlanStatement(shape, omit_key_.substr(omit_key_.size() - shape.values.size()), v.get());
+  if (shape.kind == OpKind::kDelete || shape.kind == OpKind::kUpdateOnly) {
     ASSIGN_OR_RETURN(v->column_types, ColumnTypes(shape.table));
   }
+  if (IsArray(shape)) v->run_statements = RenderArrayRun(shape);
   v->coalesce = shape.kind == OpKind::kUpsert && CoalesceSafe(shape);
   int n = static_cast<int>(v->params.size());
-  int cap = !shape.batch_statements.empty() ? static_cast<int>(options_.batch_rows)
-            : n == 0 || !shape.condition.empty() || !shape.statement.empty()
+  int cap = IsArray(shape) ? static_cast<int>(options_.batch_rows)
+            : n == 0 || !shape.condition.empty() || shape.kind == OpKind::kClearColumns
                 ? 1
                 : std::min<int>(static_cast<int>(options_.batch_rows), 65535 / n);
   v->max_rows = 1;
@@ -174,36 +123,6 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   if (!omit_any) full_variant_[shape.id] = result;
   variants_.emplace(omit_key_, std::move(v));
   return result;
-}
-
-void PgSink::FillVariant(const OpShape& shape, const std::string& omit, Variant* v) {
-  v->shape = &shape;
-  if (!shape.statement.empty()) {
-    for (int i = 0; i < shape.num_params; ++i) v->params.push_back(i);
-    return;
-  }
-  auto is_key = [&](int idx) { return std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
-  for (size_t i = 0; i < shape.values.size(); ++i) {
-    if (omit[i] == '1') continue;
-    if (shape.kind == OpKind::kDelete && !is_key(i)) continue;
-    v->written.push_back(static_cast<int>(i));
-  }
-  // The statement's parameters: every slot a written value reads, once.
-  std::vector<int> position(shape.num_params, -1);
-  auto use = [&](int slot, bool key) {
-    if (position[slot] < 0) {
-      position[slot] = static_cast<int>(v->params.size());
-      v->params.push_back(slot);
-    }
-    if (key) v->key_positions.push_back(position[slot]);
-  };
-  for (int w : v->written) {
-    const TargetValue& tv = shape.values[w];
-    if (tv.param >= 0) use(tv.param, is_key(w));
-    for (int in : tv.sql_inputs) use(shape.inputs[in].param, is_key(w));
-  }
-  for (const TargetValue& m : shape.match) use(m.param, false);
-  for (int in : shape.condition_inputs) use(shape.inputs[in].param, false);
 }
 
 absl::StatusOr<std::map<std::string, std::string>> PgSink::ReadColumnTypes(PGconn* conn, const std::string& table) {
@@ -221,44 +140,64 @@ absl::StatusOr<std::map<std::string, std::string>> PgSink::ReadColumnTypes(PGcon
 absl::StatusOr<const std::map<std::string, std::string>*> PgSink::ColumnTypes(const std::string& table) {
   auto it = column_types_.find(table);
   if (it != column_types_.end()) return it->second.get();
-  if (!catalog_conn_) {
-    ASSIGN_OR_RETURN(catalog_conn_, pg::Connect(options_.dsn, absl::StrCat("target ", options_.name),
-                                                "application_name=walshiftd-catalog"));
-  }
-  ASSIGN_OR_RETURN(auto types, ReadColumnTypes(catalog_conn_.get(), table));
+  ASSIGN_OR_RETURN(PGconn * c, CatalogConnection());
+  ASSIGN_OR_RETURN(auto types, ReadColumnTypes(c, table));
   auto owned = std::make_unique<std::map<std::string, std::string>>(std::move(types));
   const auto* raw = owned.get();
   column_types_[table] = std::move(owned);
   return raw;
 }
 
-absl::StatusOr<Lsn> PgSink::ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what) {
-  auto r = pg::ExecParams(conn, "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = $1",
-                          {pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint"));
-  if (!r.ok()) {
-    auto exists = pg::Exec(conn, "SELECT to_regclass('walshift.checkpoint') IS NOT NULL", what);
-    if (exists.ok() && PQgetvalue(exists->get(), 0, 0)[0] == 'f') return kInvalidLsn;
-    return r.status();
-  }
-  if (PQntuples(r->get()) == 0) return kInvalidLsn;
-  auto lsn = ParseLsn(PQgetvalue(r->get(), 0, 0));
-  if (!lsn) return absl::DataLossError(absl::StrCat(what, ": unreadable checkpoint ", PQgetvalue(r->get(), 0, 0)));
-  return *lsn;
+absl::Status PgSink::ValidateShape(const OpShape& shape) {
+  ASSIGN_OR_RETURN(PGconn * c, CatalogConnection());
+  return ValidateShape(c, shape);
 }
 
 absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
-  Variant v;
-  FillVariant(shape, std::string(shape.values.size(), '0'), &v);
+  PgStatementPlan v;
+  PlanStatement(shape, std::string(shape.values.size(), '0'), &v);
   std::map<std::string, std::string> types;
-  if (shape.statement.empty() && shape.kind != OpKind::kTruncate) {
+  if (shape.kind != OpKind::kTruncate && !IsArray(shape)) {
     ASSIGN_OR_RETURN(types, ReadColumnTypes(conn, shape.table));
     v.column_types = &types;
   }
-  RETURN_IF_ERROR(ValidateStatement(conn, shape, Render(v, 1), v.params.size()));
-  for (const std::string& sql : shape.batch_statements) {
-    RETURN_IF_ERROR(ValidateStatement(conn, shape, sql, v.params.size()));
+  RETURN_IF_ERROR(ValidateStatement(conn, shape, RenderStatement(v, 1), v.params.size()));
+  if (IsArray(shape)) {
+    for (const std::string& sql : RenderArrayRun(shape)) RETURN_IF_ERROR(ValidateStatement(conn, shape, sql, v.params.size()));
+    if (shape.kind == OpKind::kArrayRemove) WarnAboutArrayIndex(conn, shape);
   }
   return absl::OkStatus();
+}
+
+void PgSink::WarnAboutArrayIndex(PGconn* conn, const OpShape& shape) {
+  // Updates and deletes find their element's parent with `column @> [key]`: without a GIN index
+  // on the column that is a scan of the whole parent table per change, and with a GIN index
+  // whose fastupdate is on, a scan of its pending list (measured: about five times slower under
+  // a backlog). Neither is wrong, so it is a warning.
+  auto defs = pg::ExecParams(conn, "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = to_regclass($1)",
+                             {pg::QuoteQualified(shape.table).c_str()}, "reading indexes");
+  if (!defs.ok()) return;
+  const std::string& column = shape.array.column;
+  const std::string col = pg::QuoteIdent(column);
+  std::string advice = absl::StrCat("CREATE INDEX ON ", pg::QuoteQualified(shape.table), " USING gin (", col,
+                                    " jsonb_path_ops) WITH (fastupdate = off)");
+  for (int i = 0; i < PQntuples(defs->get()); ++i) {
+    std::string def = PQgetvalue(defs->get(), i, 0);
+    bool on_column = false;
+    for (const std::string& name : {col, column}) {  // pg_get_indexdef quotes only where it must
+      on_column |= absl::StrContains(def, absl::StrCat(" USING gin (", name, " ")) ||
+                   absl::StrContains(def, absl::StrCat(" USING gin (", name, ")"));
+    }
+    if (!on_column) continue;
+    if (absl::StrContains(def, "fastupdate=off") || absl::StrContains(def, "fastupdate='off'")) return;
+    spdlog::warn("the GIN index on {}.{} in target {} keeps fastupdate on, so every update and delete of {} "
+                 "searches its pending list; turn it off ({}) or create the index as: {}",
+                 shape.table, column, shape.target, shape.source_table, def, advice);
+    return;
+  }
+  spdlog::warn("no GIN index on {}.{} in target {}: every update and delete of {} scans the whole table for its "
+               "element; create one: {}",
+               shape.table, column, shape.target, shape.source_table, advice);
 }
 
 absl::Status PgSink::ValidateStatement(PGconn* conn, const OpShape& shape, const std::string& sql, size_t params) {
@@ -279,120 +218,6 @@ absl::Status PgSink::ValidateStatement(PGconn* conn, const OpShape& shape, const
                                               "; statement: ", sql));
 }
 
-std::string PgSink::Render(const Variant& v, int rows, bool plain_insert) {
-  const OpShape& shape = *v.shape;
-  if (!shape.statement.empty()) return shape.statement;
-  const int n = static_cast<int>(v.params.size());
-  std::vector<int> position(shape.num_params, -1);
-  for (int i = 0; i < n; ++i) position[v.params[i]] = i;
-  auto ref = [&](int slot, int row) { return absl::StrCat("$", row * n + position[slot] + 1); };
-  // A value of row `row`: its parameter, or its expression over the named source values.
-  // An expression over named source values of row `row`.
-  auto expression = [&](const std::string& sql, const std::vector<int>& input_indices, int row) {
-    std::vector<std::string> inputs;
-    for (int in : input_indices) {
-      const ExprInput& e = shape.inputs[in];
-      inputs.push_back(absl::StrCat(ref(e.param, row), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
-    }
-    if (inputs.empty()) return absl::StrCat("(SELECT ", sql, ")");
-    return absl::StrCat("(SELECT ", sql, " FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s)");
-  };
-  // A value of row `row`: its parameter (cast when the statement selects instead of listing
-  // VALUES), or its expression.
-  auto value = [&](const TargetValue& tv, int row) {
-    if (tv.param < 0) return expression(tv.sql, tv.sql_inputs, row);
-    if (shape.casts.empty()) return ref(tv.param, row);
-    size_t idx = &tv - shape.values.data();
-    return absl::StrCat(ref(tv.param, row), "::", shape.casts[idx]);
-  };
-  std::string condition = shape.condition.empty()
-                              ? ""
-                              : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs, 0),
-                                             ", false)");
-  const bool move = shape.kind == OpKind::kUpdateOnly && !shape.match.empty();
-  auto is_key = [&](int idx) {
-    return !move && std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end();
-  };
-  std::string table = pg::QuoteQualified(shape.table);
-  // A compared parameter is cast to its column's type: an untyped one is read as whatever the
-  // operator suggests, which fails for composite types.
-  auto compared = [&](const TargetValue& tv) {
-    if (tv.param < 0 || v.column_types == nullptr) return value(tv, 0);
-    auto type = v.column_types->find(tv.column);
-    if (type == v.column_types->end()) return value(tv, 0);
-    return absl::StrCat(ref(tv.param, 0), "::", type->second);
-  };
-  std::vector<std::string> where;
-  if (move) {
-    for (const TargetValue& m : shape.match)
-      where.push_back(absl::StrCat(pg::QuoteIdent(m.column), " = ", compared(m)));
-    // Only into a free key: a key swap inside a source transaction finds the new key taken.
-    std::vector<std::string> taken;
-    for (const TargetValue& m : shape.match) {
-      auto nv = std::find_if(shape.values.begin(), shape.values.end(),
-                             [&](const TargetValue& tv) { return tv.column == m.column; });
-      if (nv != shape.values.end())
-        taken.push_back(absl::StrCat("x.", pg::QuoteIdent(m.column), " = ", compared(*nv)));
-    }
-    if (!taken.empty()) {
-      where.push_back(absl::StrCat("NOT EXISTS (SELECT 1 FROM ", table, " AS x WHERE ", absl::StrJoin(taken, " AND "), ")"));
-    }
-  } else {
-    for (int k : shape.key)
-      where.push_back(absl::StrCat(pg::QuoteIdent(shape.values[k].column), " = ", compared(shape.values[k])));
-  }
-  switch (shape.kind) {
-    case OpKind::kUpsert: {
-      std::vector<std::string> cols, keys, sets, tuples;
-      for (int w : v.written) {
-        cols.push_back(pg::QuoteIdent(shape.values[w].column));
-        if (!is_key(w)) sets.push_back(absl::StrCat(cols.back(), " = EXCLUDED.", cols.back()));
-      }
-      for (int r = 0; r < rows; ++r) {
-        std::vector<std::string> vals;
-        for (int w : v.written) vals.push_back(value(shape.values[w], r));
-        tuples.push_back(absl::StrCat("(", absl::StrJoin(vals, ", "), ")"));
-      }
-      for (int k : shape.key) keys.push_back(pg::QuoteIdent(shape.values[k].column));
-      if (plain_insert || shape.key.empty()) {  // (no key: rows of a keyless, insert-only table)
-        return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
-                            absl::StrJoin(tuples, ", "));
-      }
-      std::string conflict = absl::StrCat(
-          " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
-          sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
-      if (!condition.empty()) {
-        // One row, written only when the filter holds.
-        std::vector<std::string> vals;
-        for (int w : v.written) vals.push_back(value(shape.values[w], 0));
-        return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") SELECT ",
-                            absl::StrJoin(vals, ", "), " WHERE ", condition, conflict);
-      }
-      return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
-                          absl::StrJoin(tuples, ", "), " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
-                          sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
-    }
-    case OpKind::kUpdateOnly: {
-      std::vector<std::string> sets;
-      for (int w : v.written)
-        if (!is_key(w))
-          sets.push_back(absl::StrCat(pg::QuoteIdent(shape.values[w].column), " = ", value(shape.values[w], 0)));
-      if (sets.empty()) {
-        // Nothing to write: a no-op statement keeps the result bookkeeping uniform.
-        return absl::StrCat("SELECT 1 FROM ", table, " WHERE ", absl::StrJoin(where, " AND "), " LIMIT 0");
-      }
-      return absl::StrCat("UPDATE ", table, " SET ", absl::StrJoin(sets, ", "), " WHERE ",
-                          absl::StrJoin(where, " AND "));
-    }
-    case OpKind::kDelete:
-      if (!condition.empty()) where.push_back(absl::StrCat("NOT ", condition));
-      return absl::StrCat("DELETE FROM ", table, " WHERE ", absl::StrJoin(where, " AND "));
-    case OpKind::kTruncate:
-      return absl::StrCat("TRUNCATE ", table);  // --check only: Apply sends truncate sets
-  }
-  return "";
-}
-
 absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn,
                                                              bool plain_insert, int batch_statement) {
   const int cache_key = batch_statement >= 0 ? -1 - batch_statement : rows * 2 + (plain_insert ? 1 : 0);
@@ -402,7 +227,7 @@ absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, i
   prepared->name = absl::StrCat("ws", ++statement_counter_);
   prepared->rows = rows;
   prepared->plain_insert = plain_insert;
-  std::string sql = batch_statement >= 0 ? v.shape->batch_statements[batch_statement] : Render(v, rows, plain_insert);
+  std::string sql = batch_statement >= 0 ? v.run_statements[batch_statement] : RenderStatement(v, rows, plain_insert);
   spdlog::debug("target {}: prepare {} for {} {} ({} rows): {}", options_.name, prepared->name,
                 OpKindName(v.shape->kind), v.shape->table, rows, sql);
   if (PQsendPrepare(conn_.get(), prepared->name.c_str(), sql.c_str(),
@@ -505,8 +330,8 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
     return true;
   };
   int row;
-  // Batch statements take repeated keys as they come; a kUpsert statement cannot.
-  auto it = v.shape->batch_statements.empty() && !v.key_positions.empty() ? batch_.rows_by_key.find(h)
+  // Run statements take repeated keys as they come; a kUpsert statement cannot.
+  auto it = v.run_statements.empty() && !v.key_positions.empty() ? batch_.rows_by_key.find(h)
                                                                         : batch_.rows_by_key.end();
   if (it != batch_.rows_by_key.end() && v.coalesce && same_key(it->second)) {
     // A later upsert of the same key with the same written columns supersedes the earlier one.
@@ -588,7 +413,7 @@ absl::Status PgSink::FlushBatch() {
   }
   const Variant& v = *batch_.variant;
   const size_t n = v.params.size();
-  int done = v.shape->batch_statements.empty() || batch_.rows == 1 ? 0 : batch_.rows;
+  int done = v.run_statements.empty() || batch_.rows == 1 ? 0 : batch_.rows;
   if (done > 0) RETURN_IF_ERROR(FlushArrayBatch());
   while (done < batch_.rows) {
     // Power-of-two statement sizes: a handful of prepared statements per variant.
@@ -600,7 +425,7 @@ absl::Status PgSink::FlushBatch() {
       values_[i] = off < 0 ? nullptr : batch_.data.data() + off;
     }
     // Rows that source INSERTs created need no conflict handling: a plain INSERT is cheaper.
-    bool plain = plain_inserts_ && v.shape->statement.empty() && !upsert_tables_.count(v.shape->table);
+    bool plain = plain_inserts_ && v.shape->kind == OpKind::kUpsert && !upsert_tables_.count(v.shape->table);
     for (int r = done; r < done + rows && plain; ++r) plain = batch_.new_row[r];
     RETURN_IF_ERROR(Send(v, rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr, plain));
     done += rows;
@@ -628,7 +453,7 @@ absl::Status PgSink::FlushArrayBatch() {
   }
   values_.resize(n);
   for (size_t i = 0; i < n; ++i) values_[i] = arrays[i].c_str();
-  for (size_t s = 0; s < v.shape->batch_statements.size(); ++s) {
+  for (size_t s = 0; s < v.run_statements.size(); ++s) {
     RETURN_IF_ERROR(Send(v, batch_.rows, values_.data(), batch_.first_lsn, batch_.last_lsn, nullptr,
                          /*plain_insert=*/false, static_cast<int>(s)));
   }
@@ -665,7 +490,7 @@ absl::Status PgSink::Apply(const TargetOp& op) {
     group_open_ = true;
   }
   ++group_changes_;
-  if (op.shape->kind == OpKind::kTruncate && op.shape->statement.empty()) {
+  if (op.shape->kind == OpKind::kTruncate) {
     RETURN_IF_ERROR(FlushBatch());
     if (!truncate_tables_.empty() && truncate_restart_ != op.restart_identity) RETURN_IF_ERROR(SendTruncates());
     if (truncate_tables_.empty()) {
@@ -679,7 +504,7 @@ absl::Status PgSink::Apply(const TargetOp& op) {
   }
   RETURN_IF_ERROR(SendTruncates());
   ASSIGN_OR_RETURN(const Variant* v, VariantFor(op));
-  if ((op.shape->kind == OpKind::kUpsert || !op.shape->batch_statements.empty()) && batching_ && v->max_rows > 1) {
+  if ((op.shape->kind == OpKind::kUpsert || IsArray(*op.shape)) && batching_ && v->max_rows > 1) {
     return AddToBatch(*v, op);
   }
   RETURN_IF_ERROR(FlushBatch());
@@ -734,7 +559,23 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   return durable_lsn_;
 }
 
-absl::Status PgSink::CommitWith(const char* sql, const std::vector<const char*>& params) {
+absl::StatusOr<std::vector<CopyChunk>> PgSink::CopyChunks(const std::string& source_table) {
+  ASSIGN_OR_RETURN(PGconn * c, CatalogConnection());
+  return state::ReadCopyChunks(c, options_.pipeline, source_table, kInvalidLsn, absl::StrCat("target ", options_.name));
+}
+
+absl::StatusOr<PGconn*> PgSink::CatalogConnection() {
+  if (!catalog_conn_) {
+    ASSIGN_OR_RETURN(catalog_conn_, pg::Connect(options_.dsn, absl::StrCat("target ", options_.name),
+                                                "application_name=walshiftd-catalog"));
+  }
+  return catalog_conn_.get();
+}
+
+absl::Status PgSink::CommitChunk(const CopyChunk& chunk) {
+  state::Statement marker = state::CopyChunkInsert(options_.pipeline, chunk);
+  const char* sql = marker.sql.c_str();
+  const std::vector<const char*>& params = marker.params;
   if (!first_error_.ok()) return first_error_;
   RETURN_IF_ERROR(FlushBatch());
   RETURN_IF_ERROR(SendTruncates());
@@ -744,7 +585,7 @@ absl::Status PgSink::CommitWith(const char* sql, const std::vector<const char*>&
   }
   if (PQsendQueryParams(conn_.get(), sql, static_cast<int>(params.size()), nullptr, params.data(), nullptr,
                         nullptr, 0) != 1) {
-    return BrokenConnection("sending the group's marker");
+    return BrokenConnection("sending the copy range's marker");
   }
   pending_.push_back(Pending{Pending::kControl});
   RETURN_IF_ERROR(SendControl("COMMIT"));
@@ -855,7 +696,7 @@ std::string PgSink::ProbeColumn(const Pending& pending) const {
   auto params = DecodeParams(pending);
   auto conn = pg::Connect(options_.dsn, absl::StrCat("target ", options_.name));
   if (!conn.ok()) return "(unknown)";
-  for (const TargetValue& v : shape.values) {
+  for (const TargetValue& v : IsArray(shape) ? shape.array.element : shape.values) {
     if (v.param < 0 || v.param >= static_cast<int>(params.size()) ||
         params[v.param].first != DatumKind::kText)
       continue;
@@ -896,10 +737,32 @@ std::string PgSink::DescribeParams(const Pending& pending, bool key_only) const 
     return "?";
   };
   std::vector<std::string> parts;
-  for (size_t slot = 0; slot < shape.param_names.size(); ++slot) {
-    bool key = std::find(shape.key_params.begin(), shape.key_params.end(), static_cast<int>(slot)) !=
-               shape.key_params.end();
-    if (key_only == key) parts.push_back(absl::StrCat(shape.param_names[slot], "=", show(static_cast<int>(slot))));
+  auto describe = [&](const TargetValue& v) {
+    if (v.param >= 0) {
+      parts.push_back(absl::StrCat(v.column, "=", show(v.param)));
+    } else {
+      std::vector<std::string> ins;
+      for (int in : v.sql_inputs)
+        ins.push_back(absl::StrCat(shape.inputs[in].name, "=", show(shape.inputs[in].param)));
+      parts.push_back(absl::StrCat(v.column, "=(", v.sql, " with ", absl::StrJoin(ins, ", "), ")"));
+    }
+  };
+  if (IsArray(shape)) {
+    // By the source columns the op's slots hold: the element key's are the key.
+    const ArraySpec& a = shape.array;
+    std::vector<std::string> names(shape.num_params);
+    std::vector<char> is_key(shape.num_params, 0);
+    auto name = [&](const TargetValue& v) {
+      if (v.param >= 0 && v.param < shape.num_params) names[v.param] = v.origin == "const" ? "(constant)" : v.origin;
+      for (int in : v.sql_inputs) names[shape.inputs[in].param] = shape.inputs[in].name;
+    };
+    for (const TargetValue& v : shape.values) name(v);
+    for (const TargetValue& v : a.element) name(v);
+    for (int k : a.element_key)
+      if (a.element[k].param >= 0) is_key[a.element[k].param] = 1;
+    for (int slot = 0; slot < shape.num_params; ++slot)
+      if (static_cast<bool>(is_key[slot]) == key_only) parts.push_back(absl::StrCat(names[slot], "=", show(slot)));
+    return absl::StrJoin(parts, ", ");
   }
   for (size_t i = 0; i < shape.values.size(); ++i) {
     bool key = std::find(shape.key.begin(), shape.key.end(), static_cast<int>(i)) != shape.key.end();

@@ -14,6 +14,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "daemon/apply/pg_statements.h"
 #include "daemon/core/interfaces.h"
 #include "daemon/pg/pg_util.h"
 
@@ -38,12 +39,6 @@ class PgSink : public Sink {
   // Connects, creates walshift.checkpoint when absent and reads this pipeline's checkpoint.
   // kUnavailable when the target cannot be reached.
   static absl::StatusOr<std::unique_ptr<PgSink>> Create(const PgSinkOptions& options);
-  // Creates walshift's own tables in a target when absent (checkpoint, copy_chunk, backfill,
-  // drift).
-  static absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
-  // The pipeline's checkpoint in the target on `conn`: kInvalidLsn when it has none (or
-  // walshift's tables do not exist there yet), an error naming `what` otherwise.
-  static absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what);
   ~PgSink() override;
 
   const std::string& name() const override { return options_.name; }
@@ -52,58 +47,49 @@ class PgSink : public Sink {
   absl::StatusOr<Lsn> Flush() override;
   Lsn durable_lsn() const override { return durable_lsn_; }
   size_t pending_changes() const override { return group_changes_; }
+  absl::Status CommitChunk(const CopyChunk& chunk) override;
+  absl::StatusOr<std::vector<CopyChunk>> CopyChunks(const std::string& source_table) override;
+  uint64_t applied_changes() const override { return applied_changes_; }
   // True when a group is open (BEGIN sent, COMMIT not yet).
   bool group_open() const { return group_open_; }
 
-  // Prepares the statement `shape` produces (every value written) on `conn` and discards it:
+  // Prepares the statements `shape` produces (every value written) and discards them:
   // kFailedPrecondition with the server's message when the target table, a column, the key's
-  // unique constraint or an sql: expression does not fit the live schema.
+  // unique constraint or an sql: expression does not fit the live schema. On `conn`, or on
+  // the sink's catalog connection.
+  absl::Status ValidateShape(const OpShape& shape) override;
   static absl::Status ValidateShape(PGconn* conn, const OpShape& shape);
   // Prepares `sql` (of `params` parameters) and plans it with NULL parameters.
   static absl::Status ValidateStatement(PGconn* conn, const OpShape& shape, const std::string& sql, size_t params);
 
-  // Turns multi-row statements (and the plain INSERT of new rows) on or off; off, every
-  // operation is its own upsert/delete, as when isolating a failing transaction. Only between
-  // groups.
-  void set_batching(bool on) { batching_ = on && options_.batch_rows > 1; }
-
-  // Whether batches of rows that source INSERTs created may go out as plain INSERTs (default
-  // on; a conflict then fails the group with kAlreadyExists). Only between groups.
-  void set_plain_inserts(bool on) { plain_inserts_ = on; }
-  // Target tables whose new rows always go out as upserts (a plain INSERT met a row there
-  // before); and the table of the last such conflict on this sink, if any.
-  void set_upsert_tables(std::set<std::string> tables) { upsert_tables_ = std::move(tables); }
-  const std::string& conflict_table() const { return conflict_table_; }
-
-  // Commits the open group (opening one if needed) with `sql` (text parameters `params`,
-  // nullptr for NULL) as its last statement instead of a checkpoint: the initial copy's chunk
-  // marker.
-  absl::Status CommitWith(const char* sql, const std::vector<const char*>& params);
-
-  // Total operations applied (committed) since start.
-  uint64_t applied_changes() const { return applied_changes_; }
+  // Multi-row statements (and the plain INSERT of new rows) on or off; off, every operation is
+  // its own upsert/delete. New rows of rows source INSERTs created go out as plain INSERTs
+  // (default on). Upsert tables: those whose new rows always go out as upserts (a plain INSERT
+  // met a row there before).
+  void set_batching(bool on) override { batching_ = on && options_.batch_rows > 1; }
+  void set_plain_inserts(bool on) override { plain_inserts_ = on; }
+  void set_upsert_tables(std::set<std::string> tables) override { upsert_tables_ = std::move(tables); }
+  const std::string& conflict_table() const override { return conflict_table_; }
 
  private:
   explicit PgSink(PgSinkOptions options);
+
+  // Warns when the parent table of an array shape lacks the GIN index its updates need.
+  static void WarnAboutArrayIndex(PGconn* conn, const OpShape& shape);
+  // An ordinary connection for catalog questions and state reads, opened once.
+  absl::StatusOr<PGconn*> CatalogConnection();
 
   struct Prepared {
     std::string name;
     int rows = 1;
     bool plain_insert = false;  // INSERT without ON CONFLICT
   };
-  // One (shape, written columns) combination: the statement's parameters for one row, and its
-  // prepared statements by row count.
-  struct Variant {
-    const OpShape* shape = nullptr;
-    std::vector<int> written;        // indices of the shape values written
-    std::vector<int> params;         // op parameter slot of each statement parameter of a row
-    std::vector<int> key_positions;  // positions in `params` that feed the key
+  // One (shape, written columns) combination (see PgStatementPlan), and its prepared
+  // statements by row count.
+  struct Variant : PgStatementPlan {
     int max_rows = 1;
-    // The target table's column types (format_type without modifier): parameters compared in
-    // a WHERE clause are cast to them, as an untyped parameter cannot be read as every type
-    // (a composite key). Null: not known (module-rendered statements).
-    const std::map<std::string, std::string>* column_types = nullptr;
     bool coalesce = false;  // repeated keys in a batch may be merged (see CoalesceSafe)
+    std::vector<std::string> run_statements;  // array shapes: RenderArrayRun
     mutable absl::flat_hash_map<int, std::unique_ptr<Prepared>> statements;
   };
   // Upserts waiting to be sent as one statement. Values are copied (NUL-terminated): the
@@ -137,10 +123,7 @@ class PgSink : public Sink {
   // The same on any connection.
   static absl::StatusOr<std::map<std::string, std::string>> ReadColumnTypes(PGconn* conn, const std::string& table);
   absl::StatusOr<const Variant*> VariantFor(const TargetOp& op);
-  static std::string Render(const Variant& v, int rows, bool plain_insert = false);
-  // The variant of `shape` that writes every value (no unchanged TOAST datum).
-  static void FillVariant(const OpShape& shape, const std::string& omit, Variant* v);
-  // `batch_statement` >= 0: that entry of the shape's batch_statements, with array parameters.
+  // `batch_statement` >= 0: that entry of the variant's run_statements, with array parameters.
   absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn,
                                                bool plain_insert = false, int batch_statement = -1);
   // Sends one statement of `rows` rows; `single` (rows == 1) is kept for error messages.

@@ -136,7 +136,30 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     if (!target_names.insert(t.name()).second) {
       problems.push_back(absl::StrCat(path, ".name: target '", t.name(), "' is defined twice"));
     }
-    s.targets.push_back({t.name(), ResolveDsn(t.dsn(), t.dsn_env(), t.dsn_file(), path, &problems)});
+    TargetSettings ts;
+    ts.name = t.name();
+    ts.kind = t.kind();
+    if (t.kind() == v1::TARGET_DOCUMENTS) {
+      if (!t.dsn().empty() || !t.dsn_env().empty() || !t.dsn_file().empty())
+        problems.push_back(absl::StrCat(path, ": a documents target has a path, not a dsn"));
+      if (t.path().empty() == t.path_env().empty()) {
+        problems.push_back(absl::StrCat(path, ": a documents target needs exactly one of path or path_env (the store's directory)"));
+      } else if (!t.path().empty()) {
+        ts.path = t.path();
+      } else {
+        const char* v = std::getenv(t.path_env().c_str());
+        if (v == nullptr || *v == '\0') {
+          problems.push_back(absl::StrCat(path, ".path_env: environment variable ", t.path_env(), " is not set or empty"));
+        } else {
+          ts.path = v;
+        }
+      }
+    } else {
+      if (!t.path().empty() || !t.path_env().empty())
+        problems.push_back(absl::StrCat(path, ".path: only for kind documents; a postgres target has a dsn"));
+      ts.dsn = ResolveDsn(t.dsn(), t.dsn_env(), t.dsn_file(), path, &problems);
+    }
+    s.targets.push_back(std::move(ts));
   }
 
   if (!mappings_node || mappings_node.IsNull() ||

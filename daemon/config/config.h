@@ -13,6 +13,9 @@ namespace walshift::config {
 struct TargetSettings {
   std::string name;
   std::string dsn;  // resolved; contains secrets: never log it, use pg::RedactDsn
+  v1::TargetKind kind = v1::TARGET_POSTGRES;
+  std::string path;  // documents: the store's directory
+  bool documents() const { return kind == v1::TARGET_DOCUMENTS; }
 };
 
 // One mapping: the common keys, and the module's own keys as a YAML node for its factory.

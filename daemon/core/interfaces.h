@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -33,6 +34,14 @@ class ChangeHandler {
   virtual absl::Status OnMessage(const LogicalMessage& message) = 0;
 };
 
+// A snapshot of the source exported by a replication connection that creates a slot: the
+// rows it shows are exactly those of transactions committed before `lsn`, the slot's
+// consistent point. Valid while the holder lives (and its connection sends no command).
+struct ExportedSnapshot {
+  std::string name;  // for SET TRANSACTION SNAPSHOT
+  Lsn lsn = kInvalidLsn;
+};
+
 // A logical replication stream. Not thread-safe: one pipeline thread drives it.
 class ChangeSource {
  public:
@@ -49,14 +58,31 @@ class ChangeSource {
   virtual absl::Status SendFeedback(Lsn flushed, bool force) = 0;
   // Highest WAL position received so far (XLogData end or keepalive).
   virtual Lsn received_lsn() const = 0;
+  // The snapshot exported when the slot was created just now (valid until Start()), if any.
+  virtual const std::optional<ExportedSnapshot>& exported_snapshot() const = 0;
 };
 
-// Applies target operations to one target database, grouping source transactions into one
-// target transaction. Not thread-safe.
+// One finished range of the initial copy, recorded in the target together with its rows (see
+// daemon/pipeline/initial_copy.h).
+struct CopyChunk {
+  std::string source_table;
+  std::string key_column;        // empty: the range is the whole table
+  std::optional<int64_t> lo, hi;  // [lo, hi), unbounded when absent
+  Lsn snapshot_lsn = kInvalidLsn;
+  uint64_t rows = 0;
+};
+
+// Applies target operations to one target (a database, a document store), grouping source
+// transactions into one target transaction whose checkpoint (the end LSN of its last source
+// transaction) becomes durable with it. Not thread-safe. Every sink applies every OpKind of
+// target_op.h, or refuses the shape in ValidateShape before streaming starts.
 class Sink {
  public:
   virtual ~Sink() = default;
   virtual const std::string& name() const = 0;
+  // kFailedPrecondition naming table and column, with the fix, when this target cannot apply
+  // `shape` (a missing table or column, an SQL expression a target without SQL cannot run).
+  virtual absl::Status ValidateShape(const OpShape& shape) = 0;
   // Queues one operation in the open group. Errors of earlier operations may surface here.
   virtual absl::Status Apply(const TargetOp& op) = 0;
   // Marks the end of a source transaction inside the open group.
@@ -64,10 +90,31 @@ class Sink {
   // Commits the open group together with the checkpoint of its last transaction and waits
   // until it is durable. Returns the checkpoint LSN now durable on this target.
   virtual absl::StatusOr<Lsn> Flush() = 0;
+  // Commits the open group (opening one if needed) with `chunk` recorded instead of a
+  // checkpoint: the initial copy's unit of progress.
+  virtual absl::Status CommitChunk(const CopyChunk& chunk) = 0;
+  // The copy ranges recorded for `pipeline` (every source table when `source_table` is empty).
+  virtual absl::StatusOr<std::vector<CopyChunk>> CopyChunks(const std::string& source_table) = 0;
   // The durable checkpoint (kInvalidLsn when none).
   virtual Lsn durable_lsn() const = 0;
   // Operations queued in the open group.
   virtual size_t pending_changes() const = 0;
+  // Total operations applied (committed) since start.
+  virtual uint64_t applied_changes() const = 0;
+
+  // Apply tuning, only between groups. Batching off: every operation is applied on its own,
+  // as when isolating a failing transaction.
+  virtual void set_batching(bool on) {}
+  // Whether rows source INSERTs created may be written without conflict handling (a conflict
+  // then fails the group with kAlreadyExists).
+  virtual void set_plain_inserts(bool on) {}
+  // Target tables whose new rows always go out with conflict handling; and the table of the
+  // last conflict this sink met, if any.
+  virtual void set_upsert_tables(std::set<std::string> tables) {}
+  virtual const std::string& conflict_table() const {
+    static const std::string none;
+    return none;
+  }
 };
 
 // Turns the row changes of one bound source relation into target operations.

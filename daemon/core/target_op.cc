@@ -10,6 +10,9 @@ const char* OpKindName(OpKind kind) {
     case OpKind::kDelete: return "delete";
     case OpKind::kUpdateOnly: return "update";
     case OpKind::kTruncate: return "truncate";
+    case OpKind::kClearColumns: return "clear";
+    case OpKind::kArrayUpsert: return "array element upsert";
+    case OpKind::kArrayRemove: return "array element removal";
   }
   return "?";
 }

@@ -1,6 +1,8 @@
 #pragma once
-// Target operations: the small closed set a mapping module may produce. A module builds the
-// immutable `OpShape`s it needs once per bound relation; per row it only fills parameters.
+// Target operations: the small closed set a mapping module may produce and every sink applies.
+// A module builds the immutable `OpShape`s it needs once per bound relation; per row it only
+// fills parameters. A shape describes what to do, never how: each sink renders it (the
+// PostgreSQL sink into SQL, the document sink into file writes).
 
 #include <cstdint>
 #include <string>
@@ -16,6 +18,15 @@ enum class OpKind : uint8_t {
   kDelete,      // DELETE by key
   kUpdateOnly,  // UPDATE of the listed columns by key; no row is created
   kTruncate,    // empty the table
+  kClearColumns,  // set the listed columns to NULL in every row of the table (no parameters)
+  // One element of the JSON array column `array.column` of a parent row, found by the parent
+  // key `values` (all of them the key). The element is a JSON object of `array.element`; the
+  // array stays sorted by `array.sort_by`, then by the element key.
+  kArrayUpsert,  // replaces the element with the same element key (or adds it); the parent row
+                 // is created when absent unless `array.owned`; with `array.leave_others`, the
+                 // element first leaves every other parent's array
+  kArrayRemove,  // removes the element with this element key (`array.element` holds only the
+                 // key fields) from every parent's array; `values` is empty
 };
 
 const char* OpKindName(OpKind kind);
@@ -37,6 +48,25 @@ struct TargetValue {
   std::vector<int> sql_inputs;   // indices into OpShape::inputs the expression references
   // For error messages: the source column (or "const"/"sql") this value comes from.
   std::string origin;
+  // The type the parameter is read as: the source column's type (format_type), or `text`
+  // where the target lacks it or the value is a constant. Sinks that type values themselves
+  // (JSON elements, documents) go by it; empty where unknown (then text).
+  std::string type;
+};
+
+// kArrayUpsert / kArrayRemove: the array and its element.
+struct ArraySpec {
+  std::string column;               // the JSON array column of the parent table
+  std::vector<TargetValue> element;  // element fields (`column` is the field name), by name
+  std::vector<int> element_key;      // indices into `element` identifying an element
+  // The field elements are sorted by first, then by the element key (empty: the first key
+  // field). kArrayRemove too: the array it leaves stays sorted.
+  std::string sort_by;
+  bool owned = false;                // parents are created by their owner's mapping only
+  bool leave_others = false;         // kArrayUpsert: the element may come from another parent
+  // The parent table's key columns (kArrayUpsert: those of `values`); kArrayRemove finds its
+  // parents by the element and reaches them by these.
+  std::vector<std::string> parent_columns;
 };
 
 struct OpShape {
@@ -53,33 +83,19 @@ struct OpShape {
   // (unchanged TOAST values), as an UPDATE in the source did.
   std::vector<TargetValue> match;
   std::vector<ExprInput> inputs;
-  // A row filter: kUpsert writes only when it is true, kDelete deletes only when it is not
-  // (NULL counts as false). Statements with a condition are sent one row at a time, with every
-  // value cast to `casts[i]` (the target column's type without modifier).
+  // kArrayUpsert / kArrayRemove only.
+  ArraySpec array;
+  // kDelete only: the row stays when one of these target columns still holds a value (a merged
+  // row other sources still fill).
+  std::vector<std::string> keep_if_any;
+  // A row filter: an SQL predicate over `inputs`, evaluated by the target (a target without
+  // SQL refuses the shape when it binds). kUpsert writes only when it is true, kDelete deletes
+  // only when it is not (NULL counts as false). Statements with a condition are sent one row at
+  // a time, with every value cast to `casts[i]` (the target column's type without modifier).
   std::string condition;
   std::vector<int> condition_inputs;  // indices into `inputs`
   std::vector<std::string> casts;
-  // A statement the module renders itself (parameters $1..$num_params are the op's parameter
-  // slots in order). Sent one row at a time unless batch_statements says how to send a run;
-  // `values` may then only describe it for messages.
-  std::string statement;
-  int num_params = 0;
-  // Optionally, a run of consecutive ops of this shape at once: statements sent in order, in
-  // which every parameter $i is a text[] of the run's values of slot i, in op order (NULL
-  // elements for NULL). Together they must leave the target as the ops one by one would. A
-  // run of one op, and every op while a failing transaction is isolated, uses `statement`.
-  std::vector<std::string> batch_statements;
-  // For messages about a module-rendered statement: the name of each parameter slot (a source
-  // column) and the slots that identify the row.
-  std::vector<std::string> param_names;
-  std::vector<int> key_params;
-  // For a module-rendered statement, how the drift verifier checks its effect: a query over
-  // the same parameters returning one row (present bool, equal bool, expected text, actual
-  // text, key text). Empty: not verified.
-  std::string verify;
-  // The same for many ops at once: every parameter a text[] of the ops' values, one row per op
-  // with its ordinal (from 1) before the five columns. Empty: `verify` op by op.
-  std::string verify_batch;
+  int num_params = 0;  // parameter slots of an op of this shape
   uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
 };
 

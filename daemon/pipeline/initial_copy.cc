@@ -10,12 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/apply/pg_copy_writer.h"
-#include "daemon/apply/pg_sink.h"
+#include "daemon/apply/open_sink.h"
 #include "daemon/copy/copy_text.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
+#include "daemon/state/target_state.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
@@ -25,10 +26,6 @@ namespace {
 constexpr int kMaxChunkConflicts = 20;
 }  // namespace
 namespace {
-
-constexpr const char* kChunkMarker =
-    "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
-    "VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint)";
 
 std::optional<int64_t> OptionalInt(PGresult* r, int row, int col) {
   if (PQgetisnull(r, row, col)) return std::nullopt;
@@ -54,24 +51,16 @@ absl::Status ImportSnapshot(PGconn* conn, const std::string& snapshot) {
 // ---------------------------------------------------------------------------------------------
 // CopySkipPlan
 
-absl::Status CopySkipPlan::Load(const std::string& dsn, const std::string& target_name, size_t target_index,
-                                const std::string& pipeline, Lsn after) {
-  std::string what = absl::StrCat("target ", target_name);
-  ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(dsn, what, "application_name=walshiftd"));
-  std::string after_text = FormatLsn(after == kInvalidLsn ? 0 : after);
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(conn.get(),
-                                  "SELECT source_table, coalesce(key_column, ''), lo, hi, snapshot_lsn::text "
-                                  "FROM walshift.copy_chunk WHERE pipeline = $1 AND snapshot_lsn > $2::pg_lsn",
-                                  {pipeline.c_str(), after_text.c_str()},
-                                  absl::StrCat(what, ": reading walshift.copy_chunk")));
-  for (int i = 0; i < PQntuples(r.get()); ++i) {
-    Table& t = tables_[{PQgetvalue(r.get(), i, 0), target_index}];
-    t.key_column = PQgetvalue(r.get(), i, 1);
+absl::Status CopySkipPlan::Load(Sink& sink, size_t target_index, Lsn after) {
+  ASSIGN_OR_RETURN(std::vector<CopyChunk> chunks, sink.CopyChunks(""));
+  for (const CopyChunk& c : chunks) {
+    if (after != kInvalidLsn && c.snapshot_lsn <= after) continue;
+    Table& t = tables_[{c.source_table, target_index}];
+    t.key_column = c.key_column;
     CopyRange range;
-    range.lo = OptionalInt(r.get(), i, 2);
-    range.hi = OptionalInt(r.get(), i, 3);
-    range.snapshot_lsn = ParseLsn(PQgetvalue(r.get(), i, 4)).value_or(kInvalidLsn);
+    range.lo = c.lo;
+    range.hi = c.hi;
+    range.snapshot_lsn = c.snapshot_lsn;
     t.ranges.push_back(range);
   }
   return absl::OkStatus();
@@ -118,7 +107,7 @@ struct InitialCopy::Task {
 
 struct InitialCopy::Worker {
   pg::ConnPtr source;
-  std::map<size_t, std::unique_ptr<PgSink>> sinks;       // by target index
+  std::map<size_t, std::unique_ptr<Sink>> sinks;           // by target index
   std::map<size_t, std::unique_ptr<PgCopyWriter>> copiers;  // by target index
   std::map<size_t, pg::ConnPtr> dry_run_targets;          // dry run: condition checks
   std::unique_ptr<PgSchemaInspector> inspector;
@@ -142,14 +131,13 @@ absl::Status InitialCopy::Plan() {
     snapshot_name_ = options_.snapshot.name;
     RETURN_IF_ERROR(ImportSnapshot(src, snapshot_name_));
   }
-  std::map<size_t, pg::ConnPtr> targets;
-  std::map<std::string, std::string> target_dsns;
+  std::map<size_t, pg::ConnPtr> targets;  // PostgreSQL targets, for their catalogs
   for (size_t t : options_.targets) {
     const auto& tc = settings.targets[t];
-    target_dsns[tc.name] = tc.dsn;
+    if (tc.documents()) continue;
     ASSIGN_OR_RETURN(targets[t], pg::Connect(tc.dsn, absl::StrCat("target ", tc.name), "application_name=walshiftd-copy"));
   }
-  PgSchemaInspector inspector(settings.source_dsn, target_dsns);
+  PgSchemaInspector inspector(settings.source_dsn, settings.targets);
 
   // Units, in mapping order.
   std::map<std::pair<std::string, size_t>, Unit*> by_key;
@@ -201,16 +189,15 @@ absl::Status InitialCopy::Plan() {
     // Ranges earlier runs finished.
     std::vector<CopyRange> done;
     if (!options_.dry_run) {
-      ASSIGN_OR_RETURN(
-          pg::ResultPtr d,
-          pg::ExecParams(targets[u->target].get(),
-                         "SELECT lo, hi, rows FROM walshift.copy_chunk WHERE pipeline = $1 AND source_table = $2 "
-                         "AND coalesce(key_column, '') = $3 ORDER BY lo NULLS FIRST",
-                         {settings.proto.pipeline().c_str(), u->source_table.c_str(), u->key_column.c_str()},
-                         absl::StrCat("target ", u->report.target, ": reading walshift.copy_chunk")));
-      for (int i = 0; i < PQntuples(d.get()); ++i) {
-        done.push_back({OptionalInt(d.get(), i, 0), OptionalInt(d.get(), i, 1)});
-        u->report.rows_before += OptionalInt(d.get(), i, 2).value_or(0);
+      auto chunks = targets.count(u->target)
+                        ? state::ReadCopyChunks(targets[u->target].get(), settings.proto.pipeline(), u->source_table,
+                                                kInvalidLsn, absl::StrCat("target ", u->report.target))
+                        : state::ReadCopyChunks(settings.targets[u->target], settings.proto.pipeline(), u->source_table);
+      if (!chunks.ok()) return chunks.status();
+      for (const CopyChunk& c : *chunks) {
+        if (c.key_column != u->key_column) continue;
+        done.push_back({c.lo, c.hi});
+        u->report.rows_before += c.rows;
         ++u->report.chunks_done;
       }
     }
@@ -356,6 +343,10 @@ absl::Status InitialCopy::Run(const std::atomic<bool>& stop) {
   RETURN_IF_ERROR(Plan());
   if (tasks_.empty()) return absl::OkStatus();
   int workers = std::max(1, std::min<int>(options_.workers, static_cast<int>(tasks_.size())));
+  // A document store has no row locks: two workers writing one document (a merged row, a
+  // parent's array) would lose one's change, so its rows are copied by one worker.
+  for (size_t t : options_.targets)
+    if (options_.settings->targets[t].documents()) workers = 1;
   std::condition_variable cv;
   std::vector<std::thread> threads;
   std::atomic<int> running{workers};
@@ -401,9 +392,7 @@ void InitialCopy::WorkerLoop(int index, const std::atomic<bool>& stop) {
   w.source = *std::move(conn);
   absl::Status st = ImportSnapshot(w.source.get(), snapshot_name_);
   if (!st.ok()) return fail(st);
-  std::map<std::string, std::string> dsns;
-  for (const auto& t : options_.settings->targets) dsns[t.name] = t.dsn;
-  w.inspector = std::make_unique<PgSchemaInspector>(options_.settings->source_dsn, dsns);
+  w.inspector = std::make_unique<PgSchemaInspector>(options_.settings->source_dsn, options_.settings->targets);
   for (;;) {
     Task* task = nullptr;
     {
@@ -458,7 +447,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
   int conflicts = 0;  // deadlocks and serialization failures of this range so far
   // Rows that are plain inserts of one shape go through COPY FROM STDIN.
   const OpShape* copy_shape = nullptr;
-  if (!options_.dry_run && bound.size() == 1) {
+  if (!options_.dry_run && bound.size() == 1 && !settings.targets[u.target].documents()) {
     for (const OpShape* shape : bound[0]->shapes()) {
       if (shape->kind != OpKind::kUpsert) continue;
       copy_shape = copy_shape == nullptr && PgCopyWriter::Copyable(*shape) ? shape : nullptr;
@@ -467,7 +456,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
   }
   const absl::Status not_copyable = absl::AbortedError("a row that is not a plain insert");
   for (int attempt = 0;; ++attempt) {
-    PgSink* sink = nullptr;
+    Sink* sink = nullptr;
     PgCopyWriter* copier = nullptr;
     std::function<absl::Status(const TargetOp&)> emit;
     if (copy_shape != nullptr && plain) {
@@ -505,22 +494,22 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
           if (PQgetvalue(r.get(), 0, 0)[0] != 't') return absl::OkStatus();
         }
         std::lock_guard<std::mutex> lock(mu_);
-        const char* what = !shape.statement.empty()           ? "statement on "
-                           : shape.kind == OpKind::kUpsert     ? "upsert into "
-                           : shape.kind == OpKind::kUpdateOnly ? "update of "
-                                                               : "delete from ";
+        const char* what = shape.kind == OpKind::kUpsert         ? "upsert into "
+                           : shape.kind == OpKind::kUpdateOnly   ? "update of "
+                           : shape.kind == OpKind::kDelete       ? "delete from "
+                           : shape.kind == OpKind::kArrayUpsert  ? "array element into "
+                           : shape.kind == OpKind::kArrayRemove  ? "array element out of "
+                                                                 : "clear of ";
         ++u.report.writes[absl::StrCat(what, shape.table)];
         return absl::OkStatus();
       };
     } else {
       auto& owned = w.sinks[u.target];
       if (!owned) {
-        PgSinkOptions o;
-        o.name = target_name;
-        o.dsn = settings.targets[u.target].dsn;
+        SinkOptions o;
         o.pipeline = settings.proto.pipeline();
         o.synchronous_commit = false;
-        ASSIGN_OR_RETURN(owned, PgSink::Create(o));
+        ASSIGN_OR_RETURN(owned, OpenSink(settings.targets[u.target], o));
       }
       owned->set_plain_inserts(plain);
       owned->set_batching(batching);
@@ -587,13 +576,14 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
     RETURN_IF_ERROR(copy_status);
     if (failed.ok() && (sink != nullptr || copier != nullptr)) failed = ConflictPoint("copy.before_chunk_commit");
     if (failed.ok() && (sink != nullptr || copier != nullptr)) {
-      std::string lo = task.lo ? absl::StrCat(*task.lo) : "", hi = task.hi ? absl::StrCat(*task.hi) : "";
-      std::string lsn = FormatLsn(options_.snapshot.lsn), n = absl::StrCat(rows);
-      std::vector<const char*> marker = {settings.proto.pipeline().c_str(), u.source_table.c_str(),
-                                         u.key_column.empty() ? nullptr : u.key_column.c_str(),
-                                         task.lo ? lo.c_str() : nullptr, task.hi ? hi.c_str() : nullptr,
-                                         lsn.c_str(), n.c_str()};
-      failed = copier != nullptr ? copier->Commit(kChunkMarker, marker) : sink->CommitWith(kChunkMarker, marker);
+      CopyChunk chunk;
+      chunk.source_table = u.source_table;
+      chunk.key_column = u.key_column;
+      chunk.lo = task.lo;
+      chunk.hi = task.hi;
+      chunk.snapshot_lsn = options_.snapshot.lsn;
+      chunk.rows = rows;
+      failed = copier != nullptr ? copier->Commit(settings.proto.pipeline(), chunk) : sink->CommitChunk(chunk);
       CrashPoint("copy.after_chunk");
     }
     if (failed.ok()) return absl::OkStatus();

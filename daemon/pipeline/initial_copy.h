@@ -29,7 +29,6 @@
 #include "daemon/core/interfaces.h"
 #include "daemon/observe/status.h"
 #include "daemon/pg/pg_util.h"
-#include "daemon/source/pg_replication_source.h"
 
 namespace walshift {
 
@@ -48,10 +47,9 @@ class CopySkipPlan {
     std::string key_column;  // empty: one range covers the whole table
     std::vector<CopyRange> ranges;
   };
-  // Reads the ranges of `pipeline` in target `target_index` (DSN `dsn`) whose snapshot is
-  // later than `after`.
-  absl::Status Load(const std::string& dsn, const std::string& target_name, size_t target_index,
-                    const std::string& pipeline, Lsn after);
+  // Reads the ranges `sink` (target `target_index`) recorded whose snapshot is later than
+  // `after`.
+  absl::Status Load(Sink& sink, size_t target_index, Lsn after);
   bool empty() const { return tables_.empty(); }
   const Table* Find(const std::string& source_table, size_t target_index) const;
   // The snapshot LSN covering `key` (the text of the key column; null: the whole-table range),

@@ -8,7 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "daemon/apply/pg_sink.h"
+#include "daemon/apply/open_sink.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
@@ -102,14 +102,11 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
   std::vector<std::string> problems;
   ASSIGN_OR_RETURN(pg::ConnPtr source, pg::Connect(settings.source_dsn, "source",
                                                    "application_name=walshiftd-check"));
-  std::map<std::string, pg::ConnPtr> targets;
-  std::map<std::string, std::string> target_dsns;
+  std::map<std::string, std::unique_ptr<ShapeChecker>> targets;
   for (const auto& t : settings.targets) {
-    ASSIGN_OR_RETURN(targets[t.name], pg::Connect(t.dsn, absl::StrCat("target ", t.name),
-                                                  "application_name=walshiftd-check"));
-    target_dsns[t.name] = t.dsn;
+    ASSIGN_OR_RETURN(targets[t.name], OpenShapeChecker(t, "walshiftd-check"));
   }
-  PgSchemaInspector inspector(settings.source_dsn, target_dsns);
+  PgSchemaInspector inspector(settings.source_dsn, settings.targets);
   std::vector<char> whole_rows(modules.size(), 0);  // the mapping can remove rows and bring them back
   // (target, table, column) → the mapping that writes it.
   std::map<std::tuple<std::string, std::string, std::string>, std::string> claims;
@@ -144,7 +141,8 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
       continue;
     }
     for (const OpShape* shape : (*bound)->shapes()) {
-      absl::Status st = PgSink::ValidateShape(targets[shape->target].get(), *shape);
+      ShapeChecker& checker = *targets[shape->target];
+      absl::Status st = checker.Check(*shape);
       if (!st.ok()) {
         if (st.code() == absl::StatusCode::kUnavailable) return st;
         problems.push_back(absl::StrCat(where, " (", m.source_table(), "): target ", shape->target,
@@ -152,8 +150,9 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
         break;  // the other statements of this mapping fail for the same reason
       }
       if (shape->kind != OpKind::kUpsert && shape->kind != OpKind::kUpdateOnly) continue;
-      RETURN_IF_ERROR(CheckValueTypes(*relation, *shape, inspector, targets[shape->target].get(), where,
-                                      &problems, notes));
+      if (checker.connection() != nullptr) {  // a document holds any value, typed by the source
+        RETURN_IF_ERROR(CheckValueTypes(*relation, *shape, inspector, checker.connection(), where, &problems, notes));
+      }
       for (size_t v = 0; v < shape->values.size(); ++v) {
         if (std::find(shape->key.begin(), shape->key.end(), static_cast<int>(v)) != shape->key.end())
           continue;

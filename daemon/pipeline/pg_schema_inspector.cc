@@ -70,9 +70,16 @@ absl::StatusOr<std::string> SourceRowsFrom(PGconn* conn, const SourceRelation& r
   return absl::StrCat(partitioned ? "" : "ONLY ", pg::QuoteQualified(relation.QualifiedName()));
 }
 
-PgSchemaInspector::PgSchemaInspector(std::string source_dsn,
-                                     std::map<std::string, std::string> target_dsns)
-    : source_dsn_(std::move(source_dsn)), target_dsns_(std::move(target_dsns)) {}
+PgSchemaInspector::PgSchemaInspector(std::string source_dsn, const std::vector<config::TargetSettings>& targets)
+    : source_dsn_(std::move(source_dsn)) {
+  for (const auto& t : targets) {
+    if (t.documents()) {
+      document_targets_.insert(t.name);
+    } else {
+      target_dsns_[t.name] = t.dsn;
+    }
+  }
+}
 
 absl::StatusOr<PGconn*> PgSchemaInspector::Conn(const std::string& name, const std::string& dsn) {
   auto it = conns_.find(name);
@@ -132,7 +139,9 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
     c.name = PQgetvalue(cols.get(), i, 0);
     c.type = PQgetvalue(cols.get(), i, 1);
     c.toastable = PQgetvalue(cols.get(), i, 2)[0] == 't';
-    if (tgt != nullptr) {
+    if (document_targets_.count(target)) {
+      c.in_target = true;  // a document holds every value as JSON, typed by the source's type
+    } else if (tgt != nullptr) {
       auto r = pg::ExecParams(tgt, "SELECT to_regtype($1) IS NOT NULL", {c.type.c_str()},
                               absl::StrCat("checking type ", c.type, " in target ", target));
       // A type name the target cannot even parse is simply absent there.
@@ -260,21 +269,13 @@ absl::StatusOr<PGconn*> PgSchemaInspector::TargetConn(const std::string& target)
   return Conn(absl::StrCat("target ", target), dsn->second);
 }
 
-absl::StatusOr<std::vector<std::string>> PgSchemaInspector::TargetIndexDefinitions(const std::string& target,
-                                                                                   const std::string& table) {
-  ASSIGN_OR_RETURN(PGconn * conn, TargetConn(target));
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(conn,
-                                  "SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = to_regclass($1)",
-                                  {pg::QuoteQualified(table).c_str()},
-                                  absl::StrCat("reading the indexes of ", table, " in target ", target)));
-  std::vector<std::string> out;
-  for (int i = 0; i < PQntuples(r.get()); ++i) out.push_back(PQgetvalue(r.get(), i, 0));
-  return out;
-}
-
 absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColumnTypes(
     const std::string& target, const std::string& table) {
+  if (document_targets_.count(target)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "target ", target, " is a document store, which cannot evaluate SQL: a filter: of the mapping into ", table,
+        " is a predicate the target evaluates; remove it, or map these rows into a PostgreSQL target"));
+  }
   ASSIGN_OR_RETURN(PGconn * conn, TargetConn(target));
   ASSIGN_OR_RETURN(pg::ResultPtr r,
                    pg::ExecParams(conn,

@@ -3,9 +3,11 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <vector>
 #include <string>
 
+#include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
 #include "daemon/pg/pg_util.h"
 
@@ -30,14 +32,13 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPrimaryKey(
 
 class PgSchemaInspector : public SchemaInspector {
  public:
-  // `target_dsns`: target name → DSN. Connections are opened on first use.
-  PgSchemaInspector(std::string source_dsn, std::map<std::string, std::string> target_dsns);
+  // Connections are opened on first use. A documents target has no catalog: every source type
+  // is its own there, and it has no column types to read (a filter: is refused).
+  PgSchemaInspector(std::string source_dsn, const std::vector<config::TargetSettings>& targets);
   absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
                                            const std::string& target) override;
   absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
       const std::string& target, const std::string& table) override;
-  absl::StatusOr<std::vector<std::string>> TargetIndexDefinitions(const std::string& target,
-                                                                 const std::string& table) override;
   // The oid of each source table (schema.table) that exists now, with the name it was asked by.
   absl::StatusOr<std::map<Oid, std::string>> SourceOids(const std::vector<std::string>& tables);
   // Reads the source's current values of `columns` for the row whose replica identity (key)
@@ -66,6 +67,7 @@ class PgSchemaInspector : public SchemaInspector {
   static absl::StatusOr<LiveTable> ReadLiveTable(PGconn* src, const SourceRelation& relation);
   std::string source_dsn_;
   std::map<std::string, std::string> target_dsns_;
+  std::set<std::string> document_targets_;
   std::map<std::string, pg::ConnPtr> conns_;
   // ReadCurrentRow: the statement per (relation oid, version, columns), the key columns it
   // binds, and the last result (the views handed out point into it).

@@ -14,6 +14,7 @@
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/source/pg_replication_source.h"
+#include "daemon/state/target_state.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
@@ -134,27 +135,23 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
 absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
   const auto& apply = settings_.proto.apply();
   streamed_ = false;
-  std::map<std::string, std::string> target_dsns;
   for (const auto& t : settings_.targets) {
-    PgSinkOptions o;
-    o.name = t.name;
-    o.dsn = t.dsn;
+    SinkOptions o;
     o.pipeline = settings_.proto.pipeline();
-    if (apply.pipeline_max_statements()) o.max_pending_statements = apply.pipeline_max_statements();
-    if (apply.pipeline_max_bytes()) o.max_pending_bytes = apply.pipeline_max_bytes();
-    ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
+    o.max_pending_statements = apply.pipeline_max_statements();
+    o.max_pending_bytes = apply.pipeline_max_bytes();
+    ASSIGN_OR_RETURN(auto sink, OpenSink(t, o));
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
     sink->set_upsert_tables(upsert_tables_);
-    PgSink* raw = sink.get();
+    Sink* raw = sink.get();
     sinks_.push_back(std::move(sink));
     emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
-    target_dsns[t.name] = t.dsn;
   }
   skip_.assign(sinks_.size(), 0);
   group_transactions_.assign(sinks_.size(), 0);
   for (size_t i = 0; i < sinks_.size(); ++i) status_->OnApplied(i, sinks_[i]->durable_lsn(), 0, 0, absl::ZeroDuration());
-  inspector_ = std::make_unique<PgSchemaInspector>(settings_.source_dsn, target_dsns);
+  inspector_ = std::make_unique<PgSchemaInspector>(settings_.source_dsn, settings_.targets);
 
   PgReplicationSourceOptions so;
   so.dsn = settings_.source_dsn;
@@ -189,10 +186,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     if (stopped) return absl::OkStatus();
   }
   copy_skip_ = CopySkipPlan();
-  for (size_t i = 0; i < sinks_.size(); ++i) {
-    RETURN_IF_ERROR(copy_skip_.Load(settings_.targets[i].dsn, settings_.targets[i].name, i,
-                                    settings_.proto.pipeline(), sinks_[i]->durable_lsn()));
-  }
+  for (size_t i = 0; i < sinks_.size(); ++i) RETURN_IF_ERROR(copy_skip_.Load(*sinks_[i], i, sinks_[i]->durable_lsn()));
   RETURN_IF_ERROR(ResumeBackfills());
   Lsn start = MinDurable();
   spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
@@ -225,7 +219,6 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
 
 absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop,
                                         bool* stopped) {
-  auto* source = static_cast<PgReplicationSource*>(source_.get());
   InitialCopyOptions o;
   o.settings = &settings_;
   o.modules = &modules_;
@@ -240,8 +233,8 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
   // from before that snapshot is skipped by range (CopySkipPlan).
   std::unique_ptr<PgReplicationSource::TemporarySnapshot> temporary;
   Lsn stream_from = kInvalidLsn;
-  if (source->exported_snapshot()) {
-    o.snapshot = *source->exported_snapshot();
+  if (source_->exported_snapshot()) {
+    o.snapshot = *source_->exported_snapshot();
     stream_from = o.snapshot.lsn;
   } else {
     ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.source_dsn, "source", "application_name=walshiftd"));
@@ -700,14 +693,14 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
       shape->target = t.name;
       shape->table = "walshift.backfill";
       shape->source_table = "walshift.backfill";
-      shape->values = {{"pipeline", 0, "", {}, "pipeline"},
-                       {"source_table", 1, "", {}, "table"},
-                       {"state", 2, "", {}, "state"},
-                       {"last_key", 3, "", {}, "last key"},
-                       {"rows", 4, "", {}, "rows"},
-                       {"updated_at", -1, "now()", {}, "now"}};
+      shape->values = {{"pipeline", 0, "", {}, "pipeline", "text"},
+                       {"source_table", 1, "", {}, "table", "text"},
+                       {"state", 2, "", {}, "state", "text"},
+                       {"last_key", 3, "", {}, "last key", "text[]"},
+                       {"rows", 4, "", {}, "rows", "bigint"},
+                       {"updated_at", 5, "", {}, "now", "timestamp with time zone"}};
       shape->key = {0, 1};
-      shape->num_params = 5;
+      shape->num_params = 6;
       shape->id = NextOpShapeId();
       progress_shapes_.push_back(std::move(shape));
     }
@@ -716,8 +709,9 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
   std::string rows_text = absl::StrCat(rows);
   std::string state_text = state;
   auto text = [](const std::string& s) { return Datum{DatumKind::kText, static_cast<uint32_t>(s.size()), s.c_str()}; };
-  Datum params[5] = {text(settings_.proto.pipeline()), text(table), text(state_text),
-                     last_key ? text(key_text) : Datum{DatumKind::kNull, 0, nullptr}, text(rows_text)};
+  std::string now_text = FormatPgTimestamp(PgNow());
+  Datum params[6] = {text(settings_.proto.pipeline()), text(table), text(state_text),
+                     last_key ? text(key_text) : Datum{DatumKind::kNull, 0, nullptr}, text(rows_text), text(now_text)};
   std::set<size_t> sinks;
   for (size_t i = 0; i < modules_.size(); ++i)
     if (modules_[i]->source_table() == table && !skip_[module_sink_[i]]) sinks.insert(module_sink_[i]);
@@ -741,20 +735,12 @@ absl::Status Pipeline::ResumeBackfills() {
   };
   std::map<std::string, Found> found;
   for (size_t i = 0; i < settings_.targets.size(); ++i) {
-    ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.targets[i].dsn, absl::StrCat("target ", settings_.targets[i].name),
-                                                   "application_name=walshiftd"));
-    ASSIGN_OR_RETURN(pg::ResultPtr r,
-                     pg::ExecParams(conn.get(),
-                                    "SELECT b.source_table, k.v, b.last_key IS NULL, b.rows::text FROM walshift.backfill b "
-                                    "LEFT JOIN LATERAL unnest(b.last_key) WITH ORDINALITY AS k(v, n) ON true "
-                                    "WHERE b.pipeline = $1 AND b.state = 'running' ORDER BY b.source_table, k.n",
-                                    {settings_.proto.pipeline().c_str()}, "reading walshift.backfill"));
-    for (int row = 0; row < PQntuples(r.get()); ++row) {
-      Found& f = found[PQgetvalue(r.get(), row, 0)];
-      auto& k = f.keys[i];
-      if (PQgetvalue(r.get(), row, 2)[0] != 't') k.push_back(PQgetvalue(r.get(), row, 1));
-      uint64_t rows = 0;
-      if (absl::SimpleAtoi(PQgetvalue(r.get(), row, 3), &rows)) f.rows = std::max(f.rows, rows);
+    ASSIGN_OR_RETURN(std::vector<state::BackfillRow> rows, state::ReadBackfills(settings_.targets[i], settings_.proto.pipeline()));
+    for (const state::BackfillRow& row : rows) {
+      if (row.state != "running") continue;
+      Found& f = found[row.source_table];
+      f.keys[i] = row.last_key.value_or(std::vector<std::string>());
+      f.rows = std::max(f.rows, row.rows);
     }
   }
   for (auto& [table, f] : found) {

@@ -15,7 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "daemon/apply/pg_sink.h"
+#include "daemon/apply/open_sink.h"
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
 #include "daemon/observe/status.h"
@@ -85,7 +85,7 @@ class Pipeline : public ChangeHandler {
   std::vector<size_t> module_sink_;  // module index → sink index
 
   // Per connection lifetime.
-  std::vector<std::unique_ptr<PgSink>> sinks_;
+  std::vector<std::unique_ptr<Sink>> sinks_;
   std::vector<std::function<absl::Status(const TargetOp&)>> emit_;
   std::vector<char> skip_;  // per sink: the open transaction is at or below its checkpoint
   std::unique_ptr<PgSchemaInspector> inspector_;

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "daemon/apply/pg_sink.h"
+#include "daemon/state/pg_state.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "spdlog/spdlog.h"
@@ -15,19 +15,6 @@ namespace {
 
 constexpr const char* kZoneSetting = "timezone";
 
-// The zone recorded for the pipeline in one target, if any.
-absl::StatusOr<std::optional<std::string>> RecordedZone(PGconn* conn, const std::string& pipeline,
-                                                        const std::string& what) {
-  ASSIGN_OR_RETURN(pg::ResultPtr exists,
-                   pg::Exec(conn, "SELECT to_regclass('walshift.settings') IS NOT NULL", what));
-  if (PQgetvalue(exists.get(), 0, 0)[0] != 't') return std::optional<std::string>();
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(conn, "SELECT value FROM walshift.settings WHERE pipeline = $1 AND name = $2",
-                                  {pipeline.c_str(), kZoneSetting}, absl::StrCat(what, ": reading walshift.settings")));
-  if (PQntuples(r.get()) == 0) return std::optional<std::string>();
-  return std::optional<std::string>(PQgetvalue(r.get(), 0, 0));
-}
-
 }  // namespace
 
 absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings, bool record) {
@@ -36,9 +23,10 @@ absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings,
   std::map<std::string, pg::ConnPtr> targets;
   std::map<std::string, std::optional<std::string>> recorded;
   for (const auto& t : settings.targets) {
+    if (t.documents()) continue;  // (documents hold instants as the source's text says them)
     std::string what = absl::StrCat("target ", t.name);
     ASSIGN_OR_RETURN(targets[t.name], pg::Connect(t.dsn, what, "application_name=walshiftd connect_timeout=10"));
-    ASSIGN_OR_RETURN(recorded[t.name], RecordedZone(targets[t.name].get(), pipeline, what));
+    ASSIGN_OR_RETURN(recorded[t.name], state::ReadSetting(targets[t.name].get(), pipeline, kZoneSetting, what));
   }
   SessionZone out;
   std::vector<std::string> seen;
@@ -83,14 +71,7 @@ absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings,
     for (auto& [name, conn] : targets) {
       if (recorded[name] == out.zone) continue;
       std::string what = absl::StrCat("target ", name);
-      RETURN_IF_ERROR(PgSink::EnsureSchema(conn.get(), what));
-      RETURN_IF_ERROR(pg::ExecParams(conn.get(),
-                                     "INSERT INTO walshift.settings (pipeline, name, value) VALUES ($1, $2, $3) "
-                                     "ON CONFLICT (pipeline, name) DO UPDATE SET value = EXCLUDED.value, "
-                                     "recorded_at = now()",
-                                     {pipeline.c_str(), kZoneSetting, out.zone.c_str()},
-                                     absl::StrCat(what, ": recording the time zone"))
-                          .status());
+      RETURN_IF_ERROR(state::WriteSetting(conn.get(), pipeline, kZoneSetting, out.zone, what));
     }
   }
   pg::SetSessionTimeZone(out.zone);

@@ -38,14 +38,6 @@ struct PgReplicationSourceOptions {
   bool slot_must_exist = false;
 };
 
-// A snapshot of the source exported by a replication connection that creates a slot: the
-// rows it shows are exactly those of transactions committed before `lsn`, the slot's
-// consistent point. Valid while the holder lives (and its connection sends no command).
-struct ExportedSnapshot {
-  std::string name;  // for SET TRANSACTION SNAPSHOT
-  Lsn lsn = kInvalidLsn;
-};
-
 class PgReplicationSource : public ChangeSource {
  public:
   // Connects, creates the publication (the mapped tables only) and the slot when absent, and
@@ -62,7 +54,7 @@ class PgReplicationSource : public ChangeSource {
 
   // The snapshot exported when Create() created the slot (options.export_snapshot), else
   // nullopt. Valid until Start().
-  const std::optional<ExportedSnapshot>& exported_snapshot() const { return exported_; }
+  const std::optional<ExportedSnapshot>& exported_snapshot() const override { return exported_; }
 
   // A snapshot for a copy when the pipeline's slot already exists: a temporary slot named
   // `slot_name` is created with an exported snapshot and dropped when the returned holder is

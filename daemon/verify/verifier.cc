@@ -8,11 +8,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "daemon/apply/pg_sink.h"
+#include "daemon/apply/pg_statements.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/observe/format.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
+#include "daemon/state/pg_state.h"
+#include "daemon/state/target_state.h"
+#include "daemon/verify/document_verifier.h"
 #include "google/protobuf/util/time_util.h"
 #include "spdlog/spdlog.h"
 
@@ -38,7 +41,7 @@ absl::StatusOr<bool> WaitCheckpoint(PGconn* target, const std::string& pipeline,
                                     const std::atomic<bool>& stop) {
   absl::Time deadline = absl::Now() + settle;
   for (;;) {
-    ASSIGN_OR_RETURN(Lsn cp, PgSink::ReadCheckpoint(target, pipeline, "target"));
+    ASSIGN_OR_RETURN(Lsn cp, state::ReadCheckpoint(target, pipeline, "target"));
     if (cp != kInvalidLsn && cp >= lsn) return true;
     if (absl::Now() >= deadline || stop.load()) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -107,6 +110,13 @@ class TableVerifier {
   std::string source_from_;
   bool no_key_ = false;  // the source table has no primary key to walk
   std::map<uint32_t, ShapeCheck> checks_;
+  // The check of a JSON array element shape (RenderArrayCheck over a run), by shape id.
+  const std::string& ArrayCheck(const OpShape& shape) {
+    auto it = array_checks_.find(shape.id);
+    if (it == array_checks_.end()) it = array_checks_.emplace(shape.id, RenderArrayCheck(shape, true)).first;
+    return it->second;
+  }
+  std::map<uint32_t, std::string> array_checks_;
   std::map<std::string, bool> has_equality_;
 };
 
@@ -115,10 +125,8 @@ absl::Status TableVerifier::Prepare() {
   ASSIGN_OR_RETURN(src_, pg::Connect(s.source_dsn, "source", "application_name=walshift-verify"));
   const auto& t = s.targets[target_index_];
   ASSIGN_OR_RETURN(tgt_, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshift-verify"));
-  RETURN_IF_ERROR(PgSink::EnsureSchema(tgt_.get(), absl::StrCat("target ", t.name)));
-  std::map<std::string, std::string> dsns;
-  for (const auto& x : s.targets) dsns[x.name] = x.dsn;
-  inspector_ = std::make_unique<PgSchemaInspector>(s.source_dsn, dsns);
+  RETURN_IF_ERROR(state::EnsureSchema(tgt_.get(), absl::StrCat("target ", t.name)));
+  inspector_ = std::make_unique<PgSchemaInspector>(s.source_dsn, s.targets);
   std::vector<std::string> problems;
   ASSIGN_OR_RETURN(auto rel, DescribeSourceTable(src_.get(), module_.source_table(), &problems, report_.mapping));
   if (!rel) return absl::FailedPreconditionError(absl::StrJoin(problems, "; "));
@@ -280,25 +288,15 @@ absl::StatusOr<std::vector<std::vector<v1::DriftEvent>>> TableVerifier::CompareR
     ASSIGN_OR_RETURN(std::vector<Expectation> expected, Expect(*rows[r]));
     for (Expectation& e : expected) {
       const OpShape& shape = *e.shape;
-      if (!shape.statement.empty() && !shape.verify_batch.empty()) {
-        by_module[&shape].emplace_back(r, std::move(e));
+      if (shape.kind == OpKind::kArrayUpsert) {
+        by_module[&shape].emplace_back(r, std::move(e));  // one element of a JSON array
         continue;
       }
-      if (!shape.statement.empty() && !shape.verify.empty()) {
-        // The module says how to check what its statement did (e.g. one element of a JSON array).
-        std::vector<const char*> values;
-        for (const auto& p : e.params) values.push_back(p ? p->c_str() : nullptr);
-        ASSIGN_OR_RETURN(pg::ResultPtr res, pg::ExecParams(tgt_.get(), shape.verify, values,
-                                                           absl::StrCat("target ", report_.target, ": checking ", shape.table)));
-        module_answer(shape, res.get(), 0, 0, r);
-        continue;
-      }
-      if (!shape.statement.empty() || (shape.kind == OpKind::kUpdateOnly && !shape.match.empty()) ||
-          shape.kind == OpKind::kTruncate || shape.key.empty()) {
+      if ((shape.kind == OpKind::kUpdateOnly && !shape.match.empty()) || shape.kind != OpKind::kUpsert &&
+          shape.kind != OpKind::kUpdateOnly && shape.kind != OpKind::kDelete || shape.key.empty()) {
         ++report_.skipped;
         if (report_.note.empty()) {
-          report_.note = absl::StrCat("rows written by module-rendered statements (", shape.table,
-                                      ") are not compared yet");
+          report_.note = absl::StrCat(OpKindName(shape.kind), " of ", shape.table, " is not compared");
         }
         continue;
       }
@@ -322,7 +320,7 @@ absl::StatusOr<std::vector<std::vector<v1::DriftEvent>>> TableVerifier::CompareR
       }
       std::vector<const char*> values;
       for (const std::string& a : arrays) values.push_back(a.c_str());
-      ASSIGN_OR_RETURN(pg::ResultPtr res, pg::ExecParams(tgt_.get(), shape.verify_batch, values,
+      ASSIGN_OR_RETURN(pg::ResultPtr res, pg::ExecParams(tgt_.get(), ArrayCheck(shape), values,
                                                          absl::StrCat("target ", report_.target, ": checking ", shape.table)));
       for (int row = 0; row < PQntuples(res.get()); ++row) {
         size_t k = std::stoul(PQgetvalue(res.get(), row, 0)) - 1;
@@ -442,14 +440,9 @@ absl::Status TableVerifier::Report(v1::DriftEvent event) {
                       JsonString(c.expected()), ",\"actual\":", JsonString(c.actual()), "}");
     }
     columns += "]";
-    std::string kind = v1::DriftKind_Name(event.kind());
-    RETURN_IF_ERROR(pg::ExecParams(tgt_.get(),
-                                   "INSERT INTO walshift.drift (pipeline, source_table, target_table, kind, key, "
-                                   "columns, checked_at_lsn) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::pg_lsn)",
-                                   {event.pipeline().c_str(), event.source_table().c_str(), event.target_table().c_str(),
-                                    kind.c_str(), event.key().c_str(), columns.c_str(), event.checked_at_lsn().c_str()},
-                                   "target: recording drift")
-                        .status());
+    RETURN_IF_ERROR(state::RecordDrift(tgt_.get(), event.pipeline(), event.source_table(), event.target_table(),
+                                       v1::DriftKind_Name(event.kind()), event.key(), columns,
+                                       event.checked_at_lsn()));
   }
   if (report_.shown.size() < o_.max_shown) report_.shown.push_back(std::move(event));
   return absl::OkStatus();
@@ -516,15 +509,14 @@ void TableVerifier::Pace(absl::Time started, int rows) {
 absl::Status TableVerifier::ReverseWalk() {
   // Only for a table this mapping alone fills, keyed by plain source columns.
   std::vector<const OpShape*> upserts;
-  for (const OpShape* s : bound_->shapes())
-    if (s->kind == OpKind::kUpsert) upserts.push_back(s);
-  if (upserts.size() != 1 || !upserts[0]->statement.empty()) {
-    if (!upserts.empty() && !upserts[0]->statement.empty()) {
-      report_.note = absl::StrCat(upserts[0]->table, " is written by the module's own statements: extra rows ",
-                                  "(or extra JSON elements) are not looked for");
+  for (const OpShape* s : bound_->shapes()) {
+    if (s->kind == OpKind::kArrayUpsert) {
+      report_.note = absl::StrCat(s->table, " holds JSON array elements: extra elements are not looked for");
+      return absl::OkStatus();
     }
-    return absl::OkStatus();
+    if (s->kind == OpKind::kUpsert) upserts.push_back(s);
   }
+  if (upserts.size() != 1) return absl::OkStatus();
   const OpShape& shape = *upserts[0];
   for (size_t m = 0; m < o_.modules->size(); ++m) {
     if ((*o_.modules)[m].get() == &module_) continue;
@@ -755,6 +747,7 @@ absl::StatusOr<VerifyTableReport> TableVerifier::Run() {
 
 absl::StatusOr<std::vector<VerifyTableReport>> VerifyOnce(const VerifyOptions& options, const std::atomic<bool>& stop) {
   std::vector<VerifyTableReport> out;
+  std::map<size_t, std::vector<size_t>> document_targets;  // target → its mappings
   for (size_t m = 0; m < options.modules->size(); ++m) {
     const MappingModule& module = *(*options.modules)[m];
     if (!options.table.empty() && module.source_table() != options.table) continue;
@@ -762,9 +755,24 @@ absl::StatusOr<std::vector<VerifyTableReport>> VerifyOnce(const VerifyOptions& o
         !options.settings->mappings[m].common.verify()) {
       continue;
     }
+    if (options.settings->targets[options.module_target[m]].documents()) {
+      document_targets[options.module_target[m]].push_back(m);
+      continue;
+    }
     TableVerifier v(options, module, options.module_target[m], options.settings->mappings[m].path, stop);
     ASSIGN_OR_RETURN(VerifyTableReport r, v.Run());
     out.push_back(std::move(r));
+  }
+  for (const auto& [target, modules] : document_targets) {
+    // A document may be written by several mappings: all of the target's mappings at once.
+    std::vector<size_t> all = modules;
+    if (!options.table.empty()) {
+      all.clear();
+      for (size_t m = 0; m < options.modules->size(); ++m)
+        if (options.module_target[m] == target) all.push_back(m);
+    }
+    ASSIGN_OR_RETURN(auto reports, VerifyDocumentTarget(options, target, all, stop));
+    for (auto& r : reports) out.push_back(std::move(r));
   }
   return out;
 }
@@ -831,14 +839,18 @@ void ContinuousVerifier::Loop() {
 absl::Status WaitCaughtUp(const config::Settings& settings, absl::Duration timeout) {
   ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(settings.source_dsn, "source", "application_name=walshift-verify"));
   ASSIGN_OR_RETURN(Lsn goal, CurrentLsn(src.get()));
-  std::atomic<bool> never{false};
   std::vector<std::string> behind;
+  absl::Time deadline = absl::Now() + timeout;
   for (const auto& t : settings.targets) {
-    ASSIGN_OR_RETURN(pg::ConnPtr c, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshift-verify"));
-    ASSIGN_OR_RETURN(bool ok, WaitCheckpoint(c.get(), settings.proto.pipeline(), goal, timeout, never));
-    if (!ok) {
-      ASSIGN_OR_RETURN(Lsn at, PgSink::ReadCheckpoint(c.get(), settings.proto.pipeline(), absl::StrCat("target ", t.name)));
-      behind.push_back(absl::StrCat(t.name, " at ", FormatLsn(at)));
+    for (;;) {
+      ASSIGN_OR_RETURN(std::optional<state::CheckpointRow> row, state::ReadCheckpointRow(t, settings.proto.pipeline()));
+      Lsn at = row ? row->lsn : kInvalidLsn;
+      if (at != kInvalidLsn && at >= goal) break;
+      if (absl::Now() >= deadline) {
+        behind.push_back(absl::StrCat(t.name, " at ", FormatLsn(at)));
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
   if (!behind.empty()) {

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "daemon/apply/documents/document_sink.h"
 #include "tests/testing/test_paths.h"
 
 namespace walshift::testing {
@@ -132,9 +133,15 @@ absl::Status DaemonTest::WaitCaughtUpOnce(absl::Duration timeout) {
   std::string query = absl::StrCat("SELECT coalesce((SELECT commit_lsn >= '", *fence_lsn,
                                    "'::pg_lsn FROM walshift.checkpoint WHERE pipeline = '",
                                    pipeline_, "'), false)::text");
+  std::optional<Lsn> fence = ParseLsn(*fence_lsn);
   while (absl::Now() < deadline) {
-    auto v = target_cluster_->QueryValue(target_db_, query);
-    if (v.ok() && *v == "true") return absl::OkStatus();
+    if (!documents_dir_.empty()) {
+      auto at = documents::DocumentSink::ReadCheckpoint(documents_dir_, pipeline_);
+      if (at.ok() && fence && *at != kInvalidLsn && *at >= *fence) return absl::OkStatus();
+    } else {
+      auto v = target_cluster_->QueryValue(target_db_, query);
+      if (v.ok() && *v == "true") return absl::OkStatus();
+    }
     if (daemon_ && !daemon_->Running()) {
       return absl::InternalError(absl::StrCat("walshiftd exited while waiting to catch up:\n", DaemonLog()));
     }

@@ -60,6 +60,9 @@ class DaemonTest : public ::testing::Test {
   static PgCluster* source_cluster_;
   static PgCluster* target_cluster_;
   std::string source_db_, target_db_, pipeline_, dir_;
+  // When set, the pipeline's target is the document store in this directory: WaitCaughtUp
+  // reads its checkpoint there.
+  std::string documents_dir_;
   std::string slot_;  // walshift_<pipeline_> unless the config names another
   std::unique_ptr<Subprocess> daemon_;
 };

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "daemon/apply/documents/document_sink.h"
 #include "daemon/config/config.h"
 #include "gmock/gmock.h"
 #include "tests/integration/daemon_fixture.h"
@@ -125,11 +126,103 @@ class ExamplesTest : public DaemonTest {
     }
     EXPECT_TRUE(StopDaemon().success());
   }
+
+  // A document store example: walshift.yaml's target is `kind: documents` at
+  // $WALSHIFT_DOCUMENTS_DIR; expected.sql computes, from the legacy tables alone, one row per
+  // document (its path in the store, its JSON). The store must hold exactly those documents
+  // (empty arrays count as absent: whether a parent's array was ever created is history), and
+  // `walshiftctl verify` must agree.
+  void RunDocumentsExample(const std::string& name) {
+    std::string dir = SourcePath("deploy/examples/" + name);
+    auto read = [&](const std::string& file) {
+      auto text = ReadFile(dir + "/" + file);
+      EXPECT_TRUE(text.ok()) << text.status();
+      return text.ok() ? *text : std::string();
+    };
+    documents_dir_ = dir_ + "/documents";
+    setenv("WALSHIFT_DOCUMENTS_DIR", documents_dir_.c_str(), 1);
+    setenv("WALSHIFT_SOURCE_DSN", source_cluster_->Dsn(source_db_).c_str(), 1);
+    auto settings = config::LoadSettingsFile(dir + "/walshift.yaml");
+    ASSERT_TRUE(settings.ok()) << settings.status();
+    pipeline_ = settings->proto.pipeline();
+    slot_ = settings->slot;
+    Source(read("legacy.sql"));  // with rows: the initial copy exports them
+    ASSERT_TRUE(StartDaemon(dir + "/walshift.yaml").ok());
+    ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+    std::vector<std::string> scripts;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      std::string f = e.path().filename().string();
+      if (f.rfind("workload", 0) == 0 && f.size() > 4 && f.substr(f.size() - 4) == ".sql")
+        scripts.push_back(e.path().string());
+    }
+    std::sort(scripts.begin(), scripts.end());
+    if (!scripts.empty()) RunPgbench(scripts, 4, 500);
+    ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+
+    using documents::Json;
+    auto normalized = [](Json doc) {
+      if (doc.is_object()) {
+        for (auto it = doc.mutable_object().begin(); it != doc.mutable_object().end();) {
+          if (it->second.is_array() && it->second.array().empty()) {
+            it = doc.mutable_object().erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      return doc;
+    };
+    std::map<std::string, Json> want, got;
+    std::set<std::string> collections;
+    for (const std::string& q : Queries(read("expected.sql"))) {
+      PgRows rows = SourceRows(q);
+      EXPECT_GT(rows.size(), 0u) << q;
+      for (const auto& row : rows) {
+        ASSERT_EQ(row.size(), 2u) << q;
+        auto doc = Json::Parse(row[1].value_or("null"));
+        ASSERT_TRUE(doc.ok()) << doc.status();
+        want[*row[0]] = normalized(*doc);
+        collections.insert(row[0]->substr(0, row[0]->find('/')));
+      }
+    }
+    for (const std::string& c : collections) {
+      absl::Status st = documents::DocumentSink::ForEachDocument(
+          documents_dir_, c, [&](const std::string& file, const Json& doc) {
+            got[c + "/" + file] = normalized(doc);
+            return absl::OkStatus();
+          });
+      ASSERT_TRUE(st.ok()) << st;
+    }
+    std::string diff;
+    int shown = 0;
+    for (const auto& [path, doc] : want) {
+      auto it = got.find(path);
+      if (it != got.end() && it->second == doc) continue;
+      if (shown++ < 5)
+        absl::StrAppend(&diff, "\n  ", path, ": expected ", doc.Serialize(), "\n  ", path, ": actual   ",
+                        it == got.end() ? "(no document)" : it->second.Serialize());
+    }
+    for (const auto& [path, doc] : got) {
+      if (want.count(path) || shown++ >= 5) continue;
+      absl::StrAppend(&diff, "\n  ", path, ": extra document ", doc.Serialize());
+    }
+    EXPECT_TRUE(diff.empty()) << "the document store differs from the legacy tables (" << want.size()
+                              << " documents expected, " << got.size() << " found):" << diff;
+    EXPECT_EQ(want.size(), got.size());
+
+    SubprocessOptions o;
+    o.argv = {BinaryPath("walshiftctl"), "verify", "--config", dir + "/walshift.yaml"};
+    auto verify = Subprocess::Run(o, absl::Minutes(5));
+    ASSERT_TRUE(verify.ok()) << verify.status();
+    EXPECT_EQ(verify->status.exit_code(), 0) << verify->stdout_text << verify->stderr_text;
+    EXPECT_THAT(verify->stdout_text, ::testing::HasSubstr(" 0 missing, 0 extra, 0 mismatched"));
+    EXPECT_TRUE(StopDaemon().success());
+  }
 };
 
 TEST_F(ExamplesTest, EveryExampleHasATest) {
   std::set<std::string> tested = {"orders", "collections-junction", "social-content", "service-split",
-                                  "content-consolidation", "accounts-owner"};
+                                  "content-consolidation", "accounts-owner", "chat-documents"};
   for (const auto& e : std::filesystem::directory_iterator(SourcePath("deploy/examples"))) {
     if (e.is_directory()) {
       EXPECT_TRUE(tested.count(e.path().filename().string()))
@@ -144,6 +237,7 @@ TEST_F(ExamplesTest, SocialContent) { RunExample("social-content"); }
 TEST_F(ExamplesTest, ServiceSplit) { RunExample("service-split"); }
 TEST_F(ExamplesTest, ContentConsolidation) { RunExample("content-consolidation"); }
 TEST_F(ExamplesTest, AccountsOwner) { RunExample("accounts-owner"); }
+TEST_F(ExamplesTest, ChatDocuments) { RunDocumentsExample("chat-documents"); }
 
 }  // namespace
 }  // namespace walshift::testing

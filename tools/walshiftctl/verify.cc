@@ -15,6 +15,7 @@
 #include "daemon/config/config.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
+#include "daemon/state/target_state.h"
 #include "daemon/pipeline/session_zone.h"
 #include "daemon/verify/verifier.h"
 #include "tools/walshiftctl/commands.h"
@@ -42,11 +43,10 @@ void Print(const std::vector<VerifyTableReport>& reports) {
 
 // Asks walshiftd to backfill `table` (walshiftctl backfill) and waits until every target says done.
 absl::Status Backfill(const config::Settings& s, const std::string& table, absl::Duration timeout) {
-  std::vector<std::pair<pg::ConnPtr, std::string>> targets;
+  std::vector<std::pair<const config::TargetSettings*, double>> targets;
   for (const auto& t : s.targets) {
-    ASSIGN_OR_RETURN(pg::ConnPtr c, pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshiftctl"));
-    ASSIGN_OR_RETURN(pg::ResultPtr now, pg::Exec(c.get(), "SELECT now()::text", "reading the clock"));
-    targets.emplace_back(std::move(c), PQgetvalue(now.get(), 0, 0));
+    ASSIGN_OR_RETURN(double now, state::ReadClock(t));
+    targets.emplace_back(&t, now);
   }
   ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(s.source_dsn, "source", "application_name=walshiftctl"));
   std::string content = absl::StrCat(s.proto.pipeline(), "\t", table);
@@ -56,12 +56,9 @@ absl::Status Backfill(const config::Settings& s, const std::string& table, absl:
   absl::Time deadline = absl::Now() + timeout;
   for (;;) {
     bool done = false;
-    for (auto& [c, since] : targets) {
-      auto r = pg::ExecParams(c.get(),
-                              "SELECT 1 FROM walshift.backfill WHERE pipeline = $1 AND source_table = $2 "
-                              "AND state = 'done' AND updated_at >= $3::timestamptz",
-                              {s.proto.pipeline().c_str(), table.c_str(), since.c_str()}, "reading progress");
-      if (r.ok() && PQntuples(r->get()) > 0) done = true;
+    for (const auto& [target, since] : targets) {
+      auto r = state::BackfillSince(*target, s.proto.pipeline(), table, since);
+      if (r.ok() && *r && (*r)->state == "done") done = true;
     }
     if (done) return absl::OkStatus();
     if (absl::Now() > deadline) {

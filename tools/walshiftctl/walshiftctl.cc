@@ -27,6 +27,7 @@
 #include "daemon/config/config.h"
 #include "daemon/core/lsn.h"
 #include "daemon/pg/pg_util.h"
+#include "daemon/state/target_state.h"
 #include "tools/walshiftctl/commands.h"
 
 namespace walshift {
@@ -84,23 +85,17 @@ Status Collect(const config::Settings& s) {
   for (const auto& t : s.targets) {
     TargetStatus ts;
     ts.name = t.name;
-    auto c = pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshiftctl connect_timeout=5");
-    if (!c.ok()) {
-      ts.error = std::string(c.status().message());
+    auto row = state::ReadCheckpointRow(t, s.proto.pipeline());
+    if (!row.ok()) {
+      ts.reachable = row.status().code() != absl::StatusCode::kUnavailable;
+      ts.error = std::string(row.status().message());
     } else {
       ts.reachable = true;
-      auto r = pg::ExecParams(
-          c->get(),
-          "SELECT commit_lsn::text, commit_time::text, extract(epoch FROM now() - commit_time)::text, "
-          "extract(epoch FROM now() - updated_at)::text FROM walshift.checkpoint WHERE pipeline = $1",
-          {s.proto.pipeline().c_str()}, "reading the checkpoint");
-      if (!r.ok()) {
-        ts.error = "no walshift.checkpoint table yet";
-      } else if (PQntuples(r->get()) == 1) {
-        ts.applied = ParseLsn(PQgetvalue(r->get(), 0, 0)).value_or(kInvalidLsn);
-        ts.commit_time = PQgetvalue(r->get(), 0, 1);
-        absl::SimpleAtod(PQgetvalue(r->get(), 0, 2), &ts.seconds_since_commit);
-        absl::SimpleAtod(PQgetvalue(r->get(), 0, 3), &ts.seconds_since_update);
+      if (*row) {
+        ts.applied = (*row)->lsn;
+        ts.commit_time = (*row)->commit_time;
+        ts.seconds_since_commit = (*row)->seconds_since_commit;
+        ts.seconds_since_update = (*row)->seconds_since_update;
       }
     }
     st.targets.push_back(ts);
@@ -285,20 +280,15 @@ int BackfillCommand(int argc, char** argv) {
     return 2;
   }
   // The targets' clocks mark the request, so progress rows written after it can be told apart.
-  std::vector<std::pair<pg::ConnPtr, std::string>> conns;
+  std::vector<std::pair<const config::TargetSettings*, double>> since;
   for (const auto& t : settings->targets) {
     if (std::find(targets.begin(), targets.end(), t.name) == targets.end()) continue;
-    auto c = pg::Connect(t.dsn, absl::StrCat("target ", t.name), "application_name=walshiftctl connect_timeout=5");
-    if (!c.ok()) {
-      std::fprintf(stderr, "walshiftctl: %s\n", std::string(c.status().message()).c_str());
-      return 2;
-    }
-    auto now = pg::Exec(c->get(), "SELECT now()::text", "reading the clock");
+    auto now = state::ReadClock(t);
     if (!now.ok()) {
       std::fprintf(stderr, "walshiftctl: %s\n", std::string(now.status().message()).c_str());
       return 2;
     }
-    conns.emplace_back(*std::move(c), PQgetvalue(now->get(), 0, 0));
+    since.emplace_back(&t, *now);
   }
   auto src = pg::Connect(settings->source_dsn, "source", "application_name=walshiftctl connect_timeout=5");
   if (!src.ok()) {
@@ -321,18 +311,16 @@ int BackfillCommand(int argc, char** argv) {
   for (;;) {
     bool all_done = true;
     std::string line;
-    for (auto& [conn, since] : conns) {
-      auto p = pg::ExecParams(conn.get(),
-                              "SELECT state, rows::text FROM walshift.backfill WHERE pipeline = $1 AND "
-                              "source_table = $2 AND updated_at >= $3::timestamptz",
-                              {settings->proto.pipeline().c_str(), table.c_str(), since.c_str()}, "reading progress");
-      std::string state = "requested", rows = "0";
-      if (p.ok() && PQntuples(p->get()) == 1) {
-        state = PQgetvalue(p->get(), 0, 0);
-        rows = PQgetvalue(p->get(), 0, 1);
+    for (const auto& [target, at] : since) {
+      auto progress = state::BackfillSince(*target, settings->proto.pipeline(), table, at);
+      std::string state = "requested";
+      uint64_t rows = 0;
+      if (progress.ok() && *progress) {
+        state = (*progress)->state;
+        rows = (*progress)->rows;
       }
       all_done &= state == "done";
-      absl::StrAppend(&line, line.empty() ? "" : "; ", PQdb(conn.get()), ": ", state, ", ", rows, " rows");
+      absl::StrAppend(&line, line.empty() ? "" : "; ", target->name, ": ", state, ", ", rows, " rows");
     }
     if (line != last) {
       std::printf("  %s\n", line.c_str());

@@ -10,7 +10,6 @@
 #include "absl/strings/str_join.h"
 #include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
-#include "daemon/pg/pg_util.h"
 
 namespace walshift::transforms::columns {
 namespace {
@@ -291,6 +290,7 @@ class BoundColumns : public BoundMapping {
           for (int s : v.inputs) tv.sql_inputs.push_back(input_index(shape, slots, s));
         } else {
           tv.param = static_cast<int>(slots->size());
+          tv.type = v.kind == ValueSpec::kConst ? std::string("text") : type_of(v.source_column);
           slots->push_back(v.kind == ValueSpec::kConst ? Slot{-1, &v.text} : Slot{v.source_column, nullptr});
         }
         shape->values.push_back(std::move(tv));
@@ -362,15 +362,14 @@ class BoundColumns : public BoundMapping {
     }
     if (update_only_) {
       // A TRUNCATE of a source whose rows another mapping owns empties this source's columns.
-      init_shape(&clear_all_, OpKind::kUpdateOnly);
-      std::vector<std::string> sets;
+      init_shape(&clear_all_, OpKind::kClearColumns);
       for (size_t i = 0; i < values_.size(); ++i) {
         if (std::find(key_values.begin(), key_values.end(), static_cast<int>(i)) != key_values.end()) continue;
-        sets.push_back(absl::StrCat(pg::QuoteIdent(values_[i].target_column), " = NULL"));
+        TargetValue tv;
+        tv.column = values_[i].target_column;
+        tv.origin = "NULL";
+        clear_all_.values.push_back(std::move(tv));
       }
-      clear_all_.statement = sets.empty() ? absl::StrCat("SELECT 1 FROM ", pg::QuoteQualified(table), " LIMIT 0")
-                                          : absl::StrCat("UPDATE ", pg::QuoteQualified(table), " SET ",
-                                                         absl::StrJoin(sets, ", "));
     }
     params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params, move_.num_params,
                              leave_.num_params}));

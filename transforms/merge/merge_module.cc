@@ -6,7 +6,6 @@
 #include "absl/strings/str_join.h"
 #include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
-#include "daemon/pg/pg_util.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/merge/merge.pb.h"
 
@@ -143,11 +142,8 @@ class MergeModule : public MappingModule {
     }
     clear.num_params = slot;
     drop.num_params = static_cast<int>(key_sources.size());
-    // A delete shape removes the row unless its condition holds: "some merged column still
-    // holds a value" keeps it.
-    std::vector<std::string> quoted;
-    for (const std::string& c : merged_columns_) quoted.push_back(pg::QuoteIdent(c));
-    drop.condition = absl::StrCat("num_nonnulls(", absl::StrJoin(quoted, ", "), ") > 0");
+    // The row is removed unless some merged column still holds a value.
+    drop.keep_if_any = merged_columns_;
     return std::make_unique<BoundMerge>(std::move(rows), config_.on_delete(), std::move(clear),
                                         std::move(drop), std::move(key_sources));
   }

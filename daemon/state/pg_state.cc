@@ -1,0 +1,227 @@
+#include "daemon/state/pg_state.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "daemon/core/status_macros.h"
+
+namespace walshift::state {
+namespace {
+
+constexpr const char* kSchemaDdl =
+    "CREATE SCHEMA IF NOT EXISTS walshift; "
+    "CREATE TABLE IF NOT EXISTS walshift.checkpoint ("
+    "  pipeline text PRIMARY KEY,"
+    "  commit_lsn pg_lsn NOT NULL,"
+    "  commit_time timestamptz,"
+    "  updated_at timestamptz NOT NULL DEFAULT now()); "
+    // The initial copy's finished key ranges: each is committed with its rows, so a restart
+    // copies only what is missing, and streaming knows which snapshot holds each range.
+    "CREATE TABLE IF NOT EXISTS walshift.copy_chunk ("
+    "  pipeline text NOT NULL,"
+    "  source_table text NOT NULL,"
+    "  key_column text,"           // NULL: the whole table is one range
+    "  lo bigint,"                 // inclusive; NULL: unbounded
+    "  hi bigint,"                 // exclusive; NULL: unbounded
+    "  snapshot_lsn pg_lsn NOT NULL,"
+    "  rows bigint NOT NULL,"
+    "  copied_at timestamptz NOT NULL DEFAULT now()); "
+    "CREATE INDEX IF NOT EXISTS copy_chunk_pipeline ON walshift.copy_chunk (pipeline, source_table); "
+    // Re-backfills: state ('running', 'done') and the last key applied, written with each chunk.
+    "CREATE TABLE IF NOT EXISTS walshift.backfill ("
+    "  pipeline text NOT NULL,"
+    "  source_table text NOT NULL,"
+    "  state text NOT NULL,"
+    "  last_key text[],"
+    "  rows bigint NOT NULL DEFAULT 0,"
+    "  updated_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (pipeline, source_table)); "
+    // Differences the drift verifier confirmed (kept even when Kafka is down).
+    "CREATE TABLE IF NOT EXISTS walshift.drift ("
+    "  id bigserial PRIMARY KEY,"
+    "  pipeline text NOT NULL,"
+    "  detected_at timestamptz NOT NULL DEFAULT now(),"
+    "  source_table text NOT NULL,"
+    "  target_table text NOT NULL,"
+    "  kind text NOT NULL,"  // MISSING, EXTRA, MISMATCH
+    "  key text NOT NULL,"
+    "  columns jsonb NOT NULL DEFAULT '[]',"  // [{column, expected, actual}]
+    "  checked_at_lsn pg_lsn); "
+    // Facts a pipeline keeps across restarts (the sessions' time zone).
+    "CREATE TABLE IF NOT EXISTS walshift.settings ("
+    "  pipeline text NOT NULL,"
+    "  name text NOT NULL,"
+    "  value text NOT NULL,"
+    "  recorded_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (pipeline, name))";
+
+}  // namespace
+
+const char* const kCheckpointUpsertSql =
+    "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
+    "VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) "
+    "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
+    "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
+    "WHERE c.commit_lsn <= EXCLUDED.commit_lsn";
+
+
+namespace {
+
+std::optional<int64_t> OptionalInt(PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(PQgetvalue(r, row, col), &v)) return std::nullopt;
+  return v;
+}
+
+// Whether walshift's table `table` exists (an error of a read is then real).
+absl::StatusOr<bool> TableExists(PGconn* conn, const char* table, absl::string_view what) {
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn, "SELECT to_regclass($1) IS NOT NULL", {table}, what));
+  return PQgetvalue(r.get(), 0, 0)[0] == 't';
+}
+
+}  // namespace
+
+absl::Status EnsureSchema(PGconn* conn, absl::string_view what) {
+  return pg::Exec(conn, kSchemaDdl, absl::StrCat(what, ": creating the walshift schema")).status();
+}
+
+absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(PGconn* conn, const std::string& pipeline,
+                                                               absl::string_view what) {
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.checkpoint", what));
+  if (!exists) return std::optional<CheckpointRow>();
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT commit_lsn::text, coalesce(commit_time::text, ''), "
+                                  "coalesce(extract(epoch FROM now() - commit_time), 0)::text, "
+                                  "extract(epoch FROM now() - updated_at)::text "
+                                  "FROM walshift.checkpoint WHERE pipeline = $1",
+                                  {pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint")));
+  if (PQntuples(r.get()) == 0) return std::optional<CheckpointRow>();
+  CheckpointRow row;
+  auto lsn = ParseLsn(PQgetvalue(r.get(), 0, 0));
+  if (!lsn) return absl::DataLossError(absl::StrCat(what, ": unreadable checkpoint ", PQgetvalue(r.get(), 0, 0)));
+  row.lsn = *lsn;
+  row.commit_time = PQgetvalue(r.get(), 0, 1);
+  (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 2), &row.seconds_since_commit);
+  (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 3), &row.seconds_since_update);
+  return std::optional<CheckpointRow>(std::move(row));
+}
+
+absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+  ASSIGN_OR_RETURN(std::optional<CheckpointRow> row, ReadCheckpointRow(conn, pipeline, what));
+  return row ? row->lsn : kInvalidLsn;
+}
+
+Statement CopyChunkInsert(const std::string& pipeline, const CopyChunk& chunk) {
+  Statement s;
+  s.sql = "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
+          "VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint)";
+  s.storage = {pipeline,
+               chunk.source_table,
+               chunk.key_column,
+               chunk.lo ? absl::StrCat(*chunk.lo) : "",
+               chunk.hi ? absl::StrCat(*chunk.hi) : "",
+               FormatLsn(chunk.snapshot_lsn),
+               absl::StrCat(chunk.rows)};
+  s.params = {s.storage[0].c_str(), s.storage[1].c_str(), chunk.key_column.empty() ? nullptr : s.storage[2].c_str(),
+              chunk.lo ? s.storage[3].c_str() : nullptr, chunk.hi ? s.storage[4].c_str() : nullptr,
+              s.storage[5].c_str(), s.storage[6].c_str()};
+  return s;
+}
+
+absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(PGconn* conn, const std::string& pipeline,
+                                                      const std::string& source_table, Lsn after,
+                                                      absl::string_view what) {
+  std::vector<CopyChunk> out;
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.copy_chunk", what));
+  if (!exists) return out;
+  std::string after_text = FormatLsn(after == kInvalidLsn ? 0 : after);
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT source_table, coalesce(key_column, ''), lo, hi, snapshot_lsn::text, rows "
+                                  "FROM walshift.copy_chunk WHERE pipeline = $1 AND ($2 = '' OR source_table = $2) "
+                                  "AND snapshot_lsn > $3::pg_lsn ORDER BY source_table, lo NULLS FIRST",
+                                  {pipeline.c_str(), source_table.c_str(), after_text.c_str()},
+                                  absl::StrCat(what, ": reading walshift.copy_chunk")));
+  for (int i = 0; i < PQntuples(r.get()); ++i) {
+    CopyChunk c;
+    c.source_table = PQgetvalue(r.get(), i, 0);
+    c.key_column = PQgetvalue(r.get(), i, 1);
+    c.lo = OptionalInt(r.get(), i, 2);
+    c.hi = OptionalInt(r.get(), i, 3);
+    c.snapshot_lsn = ParseLsn(PQgetvalue(r.get(), i, 4)).value_or(kInvalidLsn);
+    c.rows = static_cast<uint64_t>(OptionalInt(r.get(), i, 5).value_or(0));
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(PGconn* conn, const std::string& pipeline,
+                                                       absl::string_view what) {
+  std::vector<BackfillRow> out;
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.backfill", what));
+  if (!exists) return out;
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT b.source_table, b.state, b.last_key IS NULL, b.rows::text, "
+                                  "extract(epoch FROM b.updated_at)::text, k.v FROM walshift.backfill b "
+                                  "LEFT JOIN LATERAL unnest(b.last_key) WITH ORDINALITY AS k(v, n) ON true "
+                                  "WHERE b.pipeline = $1 ORDER BY b.source_table, k.n",
+                                  {pipeline.c_str()}, absl::StrCat(what, ": reading walshift.backfill")));
+  for (int i = 0; i < PQntuples(r.get()); ++i) {
+    std::string table = PQgetvalue(r.get(), i, 0);
+    if (out.empty() || out.back().source_table != table) {
+      BackfillRow row;
+      row.source_table = table;
+      row.state = PQgetvalue(r.get(), i, 1);
+      if (PQgetvalue(r.get(), i, 2)[0] != 't') row.last_key.emplace();
+      (void)absl::SimpleAtoi(PQgetvalue(r.get(), i, 3), &row.rows);
+      (void)absl::SimpleAtod(PQgetvalue(r.get(), i, 4), &row.updated_at);
+      out.push_back(std::move(row));
+    }
+    if (out.back().last_key && !PQgetisnull(r.get(), i, 5)) out.back().last_key->push_back(PQgetvalue(r.get(), i, 5));
+  }
+  return out;
+}
+
+absl::StatusOr<double> ReadClock(PGconn* conn, absl::string_view what) {
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(conn, "SELECT extract(epoch FROM now())::text", what));
+  double now = 0;
+  (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 0), &now);
+  return now;
+}
+
+absl::Status RecordDrift(PGconn* conn, const std::string& pipeline, const std::string& source_table,
+                         const std::string& target_table, const std::string& kind, const std::string& key,
+                         const std::string& columns_json, const std::string& checked_at_lsn) {
+  return pg::ExecParams(conn,
+                        "INSERT INTO walshift.drift (pipeline, source_table, target_table, kind, key, "
+                        "columns, checked_at_lsn) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::pg_lsn)",
+                        {pipeline.c_str(), source_table.c_str(), target_table.c_str(), kind.c_str(), key.c_str(),
+                         columns_json.c_str(), checked_at_lsn.empty() ? nullptr : checked_at_lsn.c_str()},
+                        "target: recording drift")
+      .status();
+}
+
+absl::StatusOr<std::optional<std::string>> ReadSetting(PGconn* conn, const std::string& pipeline,
+                                                       const std::string& name, absl::string_view what) {
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.settings", what));
+  if (!exists) return std::optional<std::string>();
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn, "SELECT value FROM walshift.settings WHERE pipeline = $1 AND name = $2",
+                                  {pipeline.c_str(), name.c_str()}, absl::StrCat(what, ": reading walshift.settings")));
+  if (PQntuples(r.get()) == 0) return std::optional<std::string>();
+  return std::optional<std::string>(PQgetvalue(r.get(), 0, 0));
+}
+
+absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name,
+                          const std::string& value, absl::string_view what) {
+  RETURN_IF_ERROR(EnsureSchema(conn, what));
+  return pg::ExecParams(conn,
+                        "INSERT INTO walshift.settings (pipeline, name, value) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (pipeline, name) DO UPDATE SET value = EXCLUDED.value, recorded_at = now()",
+                        {pipeline.c_str(), name.c_str(), value.c_str()}, absl::StrCat(what, ": recording ", name))
+      .status();
+}
+
+}  // namespace walshift::state

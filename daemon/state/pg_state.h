@@ -1,0 +1,78 @@
+#pragma once
+// walshift's own tables in a PostgreSQL target (schema `walshift`), with the one reader and
+// writer of each: the checkpoint (the last source commit applied, written in the same target
+// transaction as the data), copy_chunk (the initial copy's finished key ranges), backfill
+// (re-backfill progress), drift (differences the verifier confirmed) and settings (facts a
+// pipeline keeps across restarts). walshiftd, the verifier and walshiftctl all go through here.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "daemon/core/interfaces.h"
+#include "daemon/core/lsn.h"
+#include "daemon/pg/pg_util.h"
+
+namespace walshift::state {
+
+// Creates the schema and every table when absent. `what` names the target in messages.
+absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
+
+// The checkpoint row of `pipeline`.
+struct CheckpointRow {
+  Lsn lsn = kInvalidLsn;
+  std::string commit_time;  // of the last applied source commit, as text
+  double seconds_since_commit = 0;
+  double seconds_since_update = 0;  // since the row was written
+};
+// std::nullopt when the pipeline has no checkpoint there (or walshift's tables do not exist
+// yet); an error naming `what` when it cannot be read.
+absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(PGconn* conn, const std::string& pipeline,
+                                                               absl::string_view what);
+// The same, only the LSN (kInvalidLsn: none).
+absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what);
+// Upserts the checkpoint, never moving it back: $1 pipeline, $2 commit LSN, $3 commit time.
+extern const char* const kCheckpointUpsertSql;
+
+// A statement and its parameters (views into `storage`).
+struct Statement {
+  std::string sql;
+  std::vector<std::string> storage;
+  std::vector<const char*> params;
+};
+// Records a finished copy range of `pipeline`.
+Statement CopyChunkInsert(const std::string& pipeline, const CopyChunk& chunk);
+// The copy ranges of `pipeline` (of `source_table` only when not empty) whose snapshot is
+// later than `after`, ordered by table and range start.
+absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(PGconn* conn, const std::string& pipeline,
+                                                      const std::string& source_table, Lsn after,
+                                                      absl::string_view what);
+
+// Re-backfill progress of one source table.
+struct BackfillRow {
+  std::string source_table;
+  std::string state;  // running, done
+  std::optional<std::vector<std::string>> last_key;  // none: nothing applied yet
+  uint64_t rows = 0;
+  double updated_at = 0;  // seconds since the epoch
+};
+absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(PGconn* conn, const std::string& pipeline,
+                                                       absl::string_view what);
+// The target's clock, in seconds since the epoch (to compare with BackfillRow::updated_at).
+absl::StatusOr<double> ReadClock(PGconn* conn, absl::string_view what);
+
+// One confirmed difference: kind MISSING, EXTRA or MISMATCH; `columns_json` a JSON array of
+// {column, expected, actual}.
+absl::Status RecordDrift(PGconn* conn, const std::string& pipeline, const std::string& source_table,
+                         const std::string& target_table, const std::string& kind, const std::string& key,
+                         const std::string& columns_json, const std::string& checked_at_lsn);
+
+// A fact recorded for `pipeline` (std::nullopt when none or no tables yet), and recording one.
+absl::StatusOr<std::optional<std::string>> ReadSetting(PGconn* conn, const std::string& pipeline,
+                                                       const std::string& name, absl::string_view what);
+absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name,
+                          const std::string& value, absl::string_view what);
+
+}  // namespace walshift::state

@@ -1,0 +1,35 @@
+#pragma once
+// walshift's state in any kind of target, read without a running walshiftd: the one entry
+// point walshiftd, the verifier and walshiftctl use to ask a target where a pipeline stands.
+// A PostgreSQL target keeps it in its `walshift` schema (pg_state.h); a document store in its
+// `_walshift` directory and the `walshift.backfill` collection (daemon/apply/documents).
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/config/config.h"
+#include "daemon/state/pg_state.h"
+
+namespace walshift::state {
+
+// The pipeline's checkpoint in `target` (std::nullopt: none yet). kUnavailable when the target
+// cannot be reached; other errors when its state cannot be read.
+absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(const config::TargetSettings& target,
+                                                               const std::string& pipeline);
+// The recorded copy ranges of `pipeline` (of `source_table` when not empty).
+absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const config::TargetSettings& target,
+                                                      const std::string& pipeline,
+                                                      const std::string& source_table);
+// The re-backfill progress rows of `pipeline`.
+absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSettings& target,
+                                                       const std::string& pipeline);
+// The progress of the backfill of `source_table` written at or after `since` (ReadClock), if any.
+absl::StatusOr<std::optional<BackfillRow>> BackfillSince(const config::TargetSettings& target,
+                                                         const std::string& pipeline,
+                                                         const std::string& source_table, double since);
+// The target's clock (seconds since the epoch), to compare with BackfillRow::updated_at.
+absl::StatusOr<double> ReadClock(const config::TargetSettings& target);
+
+}  // namespace walshift::state
