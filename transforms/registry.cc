@@ -2,6 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "daemon/config/yaml_proto.h"
 #include "transforms/change_log/change_log_module.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/json_array/json_array_module.h"
@@ -14,15 +16,14 @@ namespace walshift::transforms {
 const std::vector<ModuleEntry>& Modules() {
   // The one list. Add a module here; nothing registers itself.
   static const std::vector<ModuleEntry> kModules = {
-      {"columns", &columns::Create,
-       "one source row to one target row: rename, const, SQL expression"},
-      {"merge", &merge::Create, "several source tables into one target row by a shared key"},
-      {"split", &split::Create, "one source row into several target tables"},
-      {"json_array", &json_array::Create, "child rows folded into a JSON array of a parent row"},
+      Module("columns", &columns::Create, "one source row to one target row: rename, const, SQL expression"),
+      Module("merge", &merge::Create, "several source tables into one target row by a shared key"),
+      Module("split", &split::Create, "one source row into several target tables"),
+      Module("json_array", &json_array::Create, "child rows folded into a JSON array of a parent row"),
       // An example of a custom module (see "Writing your own module" in README.md).
-      {"change_log", &change_log::Create, "every source change appended to a log table"},
-      {"soft_delete", &soft_delete::Create,
-       "like columns; a row flagged deleted (is_active = false, deleted_at set) is deleted"},
+      Module("change_log", &change_log::Create, "every source change appended to a log table"),
+      Module("soft_delete", &soft_delete::Create,
+             "like columns; a row flagged deleted (is_active = false, deleted_at set) is deleted"),
   };
   return kModules;
 }
@@ -31,7 +32,13 @@ absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
     const config::Settings& settings, const std::string& file_name) {
   std::vector<std::string> problems;
   std::vector<std::shared_ptr<const MappingModule>> modules;
+  // Every mapping's config first, so that factories see their siblings typed.
+  std::vector<MappingInfo> infos;
+  std::vector<const ModuleEntry*> entries;
   for (const auto& m : settings.mappings) {
+    MappingInfo info;
+    info.path = m.path;
+    info.common = m.common;
     const ModuleEntry* entry = nullptr;
     for (const auto& e : Modules())
       if (m.common.module() == e.name) entry = &e;
@@ -40,10 +47,23 @@ absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
       for (const auto& e : Modules()) absl::StrAppend(&names, names.empty() ? "" : ", ", e.name);
       problems.push_back(absl::StrCat(m.path, ".module: unknown module '", m.common.module(),
                                       "' (known: ", names, ")"));
+    } else {
+      std::unique_ptr<google::protobuf::Message> cfg = entry->new_config();
+      size_t before = problems.size();
+      config::ParseYamlInto(m.module_node, cfg.get(), m.path, &problems);  // strict: unknown keys fail
+      if (problems.size() == before) info.config = std::move(cfg);
+    }
+    infos.push_back(std::move(info));
+    entries.push_back(entry);
+  }
+  for (size_t i = 0; i < infos.size(); ++i) {
+    if (entries[i] == nullptr || infos[i].config == nullptr) continue;
+    auto module = entries[i]->create(*infos[i].config, MappingContext{infos[i], infos});
+    if (!module.ok()) {
+      for (absl::string_view line : absl::StrSplit(module.status().message(), '\n')) problems.emplace_back(line);
       continue;
     }
-    std::unique_ptr<MappingModule> module = entry->create(settings, m, &problems);
-    if (module != nullptr) modules.push_back(std::move(module));
+    modules.push_back(*std::move(module));
   }
   if (!problems.empty()) return config::ProblemsStatus(file_name, problems);
   // owner: names the mapping of another source that writes the same rows and deletes them whole.

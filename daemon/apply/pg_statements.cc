@@ -63,13 +63,8 @@ class ArraySql {
   }
   std::string Value(const TargetValue& v) const {
     if (v.param >= 0) return Param(v.param, v.type);
-    std::vector<std::string> inputs;
-    for (int in : v.sql_inputs) {
-      const ExprInput& e = s_.inputs[in];
-      inputs.push_back(absl::StrCat(Param(e.param, e.type), " AS ", pg::QuoteIdent(e.name)));
-    }
-    if (inputs.empty()) return absl::StrCat("(SELECT ", v.sql, ")");
-    return absl::StrCat("(SELECT ", v.sql, " FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s)");
+    // Param() casts; the expression adds its inputs' own casts (the same types).
+    return ExpressionSql(s_, v.sql, v.sql_inputs, [&](int slot) { return run_ ? absl::StrCat("i.p", slot + 1) : absl::StrCat("$", slot + 1); });
   }
   // jsonb_build_object(...) of the element fields (all, or only the element key).
   std::string Object(bool key_only) const {
@@ -234,6 +229,18 @@ void PlanStatement(const OpShape& shape, const std::string& omit, PgStatementPla
   for (int in : shape.condition_inputs) use(shape.inputs[in].param, false);
 }
 
+std::string ExpressionSql(const OpShape& shape, const std::string& sql, const std::vector<int>& inputs,
+                          const std::function<std::string(int slot)>& ref) {
+  std::vector<std::string> named;
+  for (int in : inputs) {
+    const ExprInput& e = shape.inputs[in];
+    named.push_back(absl::StrCat(ref(e.param), "::", e.type.empty() ? std::string("text") : e.type, " AS ",
+                                 pg::QuoteIdent(e.name)));
+  }
+  if (named.empty()) return absl::StrCat("(SELECT ", sql, ")");
+  return absl::StrCat("(SELECT ", sql, " FROM (SELECT ", absl::StrJoin(named, ", "), ") AS s)");
+}
+
 std::vector<std::string> RenderArrayRun(const OpShape& shape) { return ArraySql(shape, true).Statements(); }
 
 std::string RenderArrayCheck(const OpShape& shape, bool run) { return ArraySql(shape, run).Check(); }
@@ -256,13 +263,7 @@ std::string RenderStatement(const PgStatementPlan& plan, int rows, bool plain_in
   auto ref = [&](int slot, int row) { return absl::StrCat("$", row * n + position[slot] + 1); };
   // An expression over named source values of row `row`.
   auto expression = [&](const std::string& sql, const std::vector<int>& input_indices, int row) {
-    std::vector<std::string> inputs;
-    for (int in : input_indices) {
-      const ExprInput& e = shape.inputs[in];
-      inputs.push_back(absl::StrCat(ref(e.param, row), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
-    }
-    if (inputs.empty()) return absl::StrCat("(SELECT ", sql, ")");
-    return absl::StrCat("(SELECT ", sql, " FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s)");
+    return ExpressionSql(shape, sql, input_indices, [&](int slot) { return ref(slot, row); });
   };
   // A value of row `row`: its parameter (cast when the statement selects instead of listing
   // VALUES), or its expression.

@@ -3,6 +3,7 @@
 // connection), so every statement the sink sends can be unit-tested without a server. Values
 // are always parameters ($n), identifiers always quoted.
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -32,6 +33,11 @@ void PlanStatement(const OpShape& shape, const std::string& omit, PgStatementPla
 // an INSERT without conflict handling (rows source INSERTs created). For kTruncate the
 // statement --check validates (the sink sends truncate sets itself).
 std::string RenderStatement(const PgStatementPlan& plan, int rows, bool plain_insert = false);
+
+// An SQL expression over named inputs of `shape`, as a scalar subquery: each input is the
+// parameter `ref(slot)` read as its type under its source column's name.
+std::string ExpressionSql(const OpShape& shape, const std::string& sql, const std::vector<int>& inputs,
+                          const std::function<std::string(int slot)>& ref);
 
 // A run of array operations of one shape as statements sent in order, every parameter $i a
 // text[] of the run's values of slot i (NULL elements for NULL): together they leave the

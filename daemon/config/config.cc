@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "daemon/config/yaml_proto.h"
+#include "daemon/core/change.h"
 
 namespace walshift::config {
 namespace {
@@ -180,7 +181,7 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
       }
       std::string src = m.common.source();
       if (!src.empty()) {
-        if (src.find('.') == std::string::npos) src = "public." + src;
+        src = QualifiedTableName(src);
         m.common.set_source(src);
       }
       if (m.common.module().empty()) m.common.set_module("columns");

@@ -41,6 +41,11 @@ struct SourceRelation {
   }
 };
 
+// `table` qualified as PostgreSQL resolves a configured name: "orders" is "public.orders".
+inline std::string QualifiedTableName(const std::string& table) {
+  return table.find('.') == std::string::npos ? "public." + table : table;
+}
+
 enum class DatumKind : uint8_t { kNull, kUnchangedToast, kText };
 
 // One column value. `data` points into the message buffer and is NUL-terminated there, so it

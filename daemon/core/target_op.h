@@ -30,6 +30,7 @@ enum class OpKind : uint8_t {
 };
 
 const char* OpKindName(OpKind kind);
+inline bool IsArrayOp(OpKind kind) { return kind == OpKind::kArrayUpsert || kind == OpKind::kArrayRemove; }
 
 // A source value an SQL expression can name. Bound as parameter `param` and cast to `type`
 // (a type name the target understands; `text` where the target lacks the source's type).

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
@@ -234,6 +235,13 @@ std::string RedactDsn(const std::string& dsn) {
   }
   PQconninfoFree(opts);
   return out;
+}
+
+std::optional<int64_t> OptionalInt(const PGresult* r, int row, int col) {
+  if (PQgetisnull(r, row, col)) return std::nullopt;
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(PQgetvalue(r, row, col), &v)) return std::nullopt;
+  return v;
 }
 
 }  // namespace walshift::pg

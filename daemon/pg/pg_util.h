@@ -2,7 +2,9 @@
 // Small libpq helpers shared by the source and apply sides: result ownership, the one mapping
 // of SQLSTATE to absl::StatusCode (the retry policy), connection and quoting.
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -56,6 +58,9 @@ inline constexpr const char* kUnlimitedTypeSql =
 // kUnavailable on failure, message without the password.
 absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
                                 const std::string& extra = "");
+
+// The integer in a result cell; std::nullopt for NULL or text that is not one.
+std::optional<int64_t> OptionalInt(const PGresult* r, int row, int col);
 
 // Runs one simple-protocol command and returns its result (kind checked by ResultStatus).
 absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::string_view context);

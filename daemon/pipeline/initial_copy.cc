@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "daemon/apply/pg_copy_writer.h"
 #include "daemon/apply/open_sink.h"
+#include "daemon/apply/pg_statements.h"
 #include "daemon/copy/copy_text.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
@@ -27,12 +28,7 @@ constexpr int kMaxChunkConflicts = 20;
 }  // namespace
 namespace {
 
-std::optional<int64_t> OptionalInt(PGresult* r, int row, int col) {
-  if (PQgetisnull(r, row, col)) return std::nullopt;
-  int64_t v = 0;
-  if (!absl::SimpleAtoi(PQgetvalue(r, row, col), &v)) return std::nullopt;
-  return v;
-}
+using pg::OptionalInt;
 
 std::string RangeText(const std::optional<int64_t>& lo, const std::optional<int64_t>& hi) {
   return absl::StrCat("[", lo ? absl::StrCat(*lo) : "-inf", ", ", hi ? absl::StrCat(*hi) : "+inf", ")");
@@ -480,16 +476,12 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
             ASSIGN_OR_RETURN(conn, pg::Connect(settings.targets[u.target].dsn, absl::StrCat("target ", target_name),
                                                "application_name=walshiftd-dry-run"));
           }
-          std::vector<std::string> inputs;
           std::vector<const char*> values;
-          for (int in : shape.condition_inputs) {
-            const ExprInput& e = shape.inputs[in];
-            values.push_back(op.params[e.param].is_null() ? nullptr : op.params[e.param].data);
-            inputs.push_back(absl::StrCat("$", values.size(), "::", e.type, " AS ", pg::QuoteIdent(e.name)));
-          }
-          std::string q = absl::StrCat("SELECT coalesce((SELECT ", shape.condition,
-                                       inputs.empty() ? "" : absl::StrCat(" FROM (SELECT ", absl::StrJoin(inputs, ", "), ") AS s"),
-                                       "), false)");
+          std::string condition = ExpressionSql(shape, shape.condition, shape.condition_inputs, [&](int slot) {
+            values.push_back(op.params[slot].is_null() ? nullptr : op.params[slot].data);
+            return absl::StrCat("$", values.size());
+          });
+          std::string q = absl::StrCat("SELECT coalesce(", condition, ", false)");
           ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn.get(), q.c_str(), values, "evaluating the filter"));
           if (PQgetvalue(r.get(), 0, 0)[0] != 't') return absl::OkStatus();
         }

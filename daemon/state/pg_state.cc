@@ -66,12 +66,7 @@ const char* const kCheckpointUpsertSql =
 
 namespace {
 
-std::optional<int64_t> OptionalInt(PGresult* r, int row, int col) {
-  if (PQgetisnull(r, row, col)) return std::nullopt;
-  int64_t v = 0;
-  if (!absl::SimpleAtoi(PQgetvalue(r, row, col), &v)) return std::nullopt;
-  return v;
-}
+using pg::OptionalInt;
 
 // Whether walshift's table `table` exists (an error of a read is then real).
 absl::StatusOr<bool> TableExists(PGconn* conn, const char* table, absl::string_view what) {

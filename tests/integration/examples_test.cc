@@ -33,16 +33,30 @@ class ExamplesTest : public DaemonTest {
     return out;
   }
 
+  static std::string ReadExampleFile(const std::string& dir, const std::string& file) {
+    auto text = ReadFile(dir + "/" + file);
+    EXPECT_TRUE(text.ok()) << text.status();
+    return text.ok() ? *text : std::string();
+  }
+
+  // The example's workload*.sql scripts, run by pgbench together (4 clients, 500 transactions).
+  void RunWorkload(const std::string& dir) {
+    std::vector<std::string> scripts;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      std::string f = e.path().filename().string();
+      if (f.rfind("workload", 0) == 0 && f.size() > 4 && f.substr(f.size() - 4) == ".sql")
+        scripts.push_back(e.path().string());
+    }
+    std::sort(scripts.begin(), scripts.end());
+    if (!scripts.empty()) RunPgbench(scripts, 4, 500);
+  }
+
   // An example has one target (new.sql, expected.sql, check.sql, WALSHIFT_TARGET_DSN) or, when
   // it has a `targets` file listing names, one database per name (new_<name>.sql, ...,
   // WALSHIFT_TARGET_DSN_<NAME>).
   void RunExample(const std::string& name) {
     std::string dir = SourcePath("deploy/examples/" + name);
-    auto read = [&](const std::string& file) {
-      auto text = ReadFile(dir + "/" + file);
-      EXPECT_TRUE(text.ok()) << text.status();
-      return text.ok() ? *text : std::string();
-    };
+    auto read = [&](const std::string& file) { return ReadExampleFile(dir, file); };
     struct Target {
       std::string suffix, db;
     };
@@ -76,14 +90,7 @@ class ExamplesTest : public DaemonTest {
     ASSERT_TRUE(StartDaemon(dir + "/walshift.yaml").ok());
     ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
     if (std::filesystem::exists(dir + "/seed.sql")) Source(read("seed.sql"));
-    std::vector<std::string> scripts;
-    for (const auto& e : std::filesystem::directory_iterator(dir)) {
-      std::string f = e.path().filename().string();
-      if (f.rfind("workload", 0) == 0 && f.size() > 4 && f.substr(f.size() - 4) == ".sql")
-        scripts.push_back(e.path().string());
-    }
-    std::sort(scripts.begin(), scripts.end());
-    if (!scripts.empty()) RunPgbench(scripts, 4, 500);
+    RunWorkload(dir);
     ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
     // The fence covers the first target; the others commit the same group right after it.
     std::string cp = "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '" + pipeline_ + "'";
@@ -134,11 +141,7 @@ class ExamplesTest : public DaemonTest {
   // `walshiftctl verify` must agree.
   void RunDocumentsExample(const std::string& name) {
     std::string dir = SourcePath("deploy/examples/" + name);
-    auto read = [&](const std::string& file) {
-      auto text = ReadFile(dir + "/" + file);
-      EXPECT_TRUE(text.ok()) << text.status();
-      return text.ok() ? *text : std::string();
-    };
+    auto read = [&](const std::string& file) { return ReadExampleFile(dir, file); };
     documents_dir_ = dir_ + "/documents";
     setenv("WALSHIFT_DOCUMENTS_DIR", documents_dir_.c_str(), 1);
     setenv("WALSHIFT_SOURCE_DSN", source_cluster_->Dsn(source_db_).c_str(), 1);
@@ -149,14 +152,7 @@ class ExamplesTest : public DaemonTest {
     Source(read("legacy.sql"));  // with rows: the initial copy exports them
     ASSERT_TRUE(StartDaemon(dir + "/walshift.yaml").ok());
     ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
-    std::vector<std::string> scripts;
-    for (const auto& e : std::filesystem::directory_iterator(dir)) {
-      std::string f = e.path().filename().string();
-      if (f.rfind("workload", 0) == 0 && f.size() > 4 && f.substr(f.size() - 4) == ".sql")
-        scripts.push_back(e.path().string());
-    }
-    std::sort(scripts.begin(), scripts.end());
-    if (!scripts.empty()) RunPgbench(scripts, 4, 500);
+    RunWorkload(dir);
     ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
 
     using documents::Json;

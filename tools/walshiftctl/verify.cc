@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/config/config.h"
+#include "daemon/core/change.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/target_state.h"
@@ -91,7 +92,7 @@ int VerifyCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl verify: --config is required\n");
     return 2;
   }
-  if (!table.empty() && table.find('.') == std::string::npos) table = "public." + table;
+  if (!table.empty()) table = QualifiedTableName(table);
   auto settings = config::LoadSettingsFile(config_path);
   if (!settings.ok()) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());

@@ -25,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "daemon/config/config.h"
+#include "daemon/core/change.h"
 #include "daemon/core/lsn.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/target_state.h"
@@ -262,7 +263,7 @@ int BackfillCommand(int argc, char** argv) {
     else return Usage(stderr, 2);
   }
   if (config_path.empty() || table.empty()) return Usage(stderr, 2);
-  if (table.find('.') == std::string::npos) table = "public." + table;
+  table = QualifiedTableName(table);
   auto settings = config::LoadSettingsFile(config_path);
   if (!settings.ok()) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());

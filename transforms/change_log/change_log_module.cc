@@ -1,7 +1,6 @@
 #include "transforms/change_log/change_log_module.h"
 
 #include "absl/strings/str_cat.h"
-#include "daemon/config/yaml_proto.h"
 #include "transforms/change_log/change_log.pb.h"
 
 namespace walshift::transforms::change_log {
@@ -100,13 +99,11 @@ class ChangeLogModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems) {
-  ChangeLogConfig cfg;
-  size_t before = problems->size();
-  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);  // strict: unknown keys fail
-  if (problems->size() != before) return nullptr;
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const ChangeLogConfig& config, const MappingContext& context) {
+  const MappingInfo& mapping = context.self;
+  std::vector<std::string> problems;
+  ChangeLogConfig cfg = config;
+  if (!problems.empty()) return ConfigProblems(problems);
   return std::make_unique<ChangeLogModule>(mapping.path, mapping.common, std::move(cfg));
 }
 

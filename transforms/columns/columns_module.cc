@@ -8,7 +8,6 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
 
 namespace walshift::transforms::columns {
@@ -504,7 +503,7 @@ ColumnsModule::ColumnsModule(std::string path, v1::Mapping common, ColumnsConfig
 
 std::string TargetTable(const v1::Mapping& common, const ColumnsConfig& config) {
   std::string table = config.table().empty() ? common.source() : config.table();
-  if (table.find('.') == std::string::npos) table = "public." + table;
+  table = QualifiedTableName(table);
   return table;
 }
 
@@ -589,28 +588,26 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   return bound;
 }
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems) {
-  ColumnsConfig cfg;
-  size_t before = problems->size();
-  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const ColumnsConfig& config, const MappingContext& context) {
+  const MappingInfo& mapping = context.self;
+  std::vector<std::string> problems;
+  ColumnsConfig cfg = config;
   for (const auto& [name, src] : cfg.columns()) {
     std::string p = absl::StrCat(mapping.path, ".columns.", name);
     if (src.value_case() == ColumnSource::VALUE_NOT_SET)
-      problems->push_back(absl::StrCat(p, ": give a source column, {const: ...} or {sql: ...}"));
+      problems.push_back(absl::StrCat(p, ": give a source column, {const: ...} or {sql: ...}"));
     if (src.value_case() == ColumnSource::kSql && absl::StripAsciiWhitespace(src.sql()).empty())
-      problems->push_back(absl::StrCat(p, ".sql: empty expression"));
+      problems.push_back(absl::StrCat(p, ".sql: empty expression"));
     if (src.value_case() == ColumnSource::kColumn && src.column().empty())
-      problems->push_back(absl::StrCat(p, ": empty source column name"));
+      problems.push_back(absl::StrCat(p, ": empty source column name"));
   }
   for (int i = 0; i < cfg.key_size(); ++i) {
     if (!cfg.columns().empty() && !cfg.columns().contains(cfg.key(i))) {
-      problems->push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
+      problems.push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
                                        "' is not one of the mapped target columns"));
     }
   }
-  if (problems->size() != before) return nullptr;
+  if (!problems.empty()) return ConfigProblems(problems);
   return std::make_unique<ColumnsModule>(mapping.path, mapping.common, std::move(cfg));
 }
 

@@ -17,15 +17,14 @@
 #include <string>
 #include <vector>
 
-#include "daemon/config/config.h"
+#include "transforms/module_context.h"
 #include "daemon/core/interfaces.h"
 #include "transforms/columns/columns.pb.h"
 
 namespace walshift::transforms::columns {
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems);
+// kInvalidArgument listing every problem of the config, one per line.
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const ColumnsConfig& config, const MappingContext& context);
 
 // The source column names an SQL expression refers to (identifiers outside string literals,
 // not followed by '(' and not after '.' or '::'), matched against `candidates` (unquoted names

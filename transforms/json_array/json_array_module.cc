@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
-#include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/json_array/json_array.pb.h"
@@ -118,13 +117,13 @@ class JsonArrayModule : public MappingModule {
     return absl::FailedPreconditionError("a json_array child does not own its parent row");
   }
   std::string ParentTable() const {
-    return config_.table().find('.') == std::string::npos ? "public." + config_.table() : config_.table();
+    return QualifiedTableName(config_.table());
   }
 
   std::optional<Owned> owned() const override {
     if (config_.owner().empty()) return std::nullopt;
     Owned o;
-    o.owner = config_.owner().find('.') == std::string::npos ? "public." + config_.owner() : config_.owner();
+    o.owner = QualifiedTableName(config_.owner());
     o.table = ParentTable();
     for (const auto& [target_col, source_col] : config_.parent_key()) o.key.emplace_back(target_col, source_col);
     return o;
@@ -264,23 +263,21 @@ class JsonArrayModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems) {
-  JsonArrayConfig cfg;
-  size_t before = problems->size();
-  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const JsonArrayConfig& config, const MappingContext& context) {
+  const MappingInfo& mapping = context.self;
+  std::vector<std::string> problems;
+  JsonArrayConfig cfg = config;
   for (int i = 0; i < cfg.element_key_size(); ++i) {
     auto it = cfg.element().find(cfg.element_key(i));
     if (it == cfg.element().end() || it->second.value_case() != ColumnSource::kColumn) {
-      problems->push_back(absl::StrCat(mapping.path, ".element_key[", i, "]: '", cfg.element_key(i),
+      problems.push_back(absl::StrCat(mapping.path, ".element_key[", i, "]: '", cfg.element_key(i),
                                        "' must be an element field copied from a source column"));
     }
   }
   if (!cfg.sort_by().empty() && !cfg.element().contains(cfg.sort_by())) {
-    problems->push_back(absl::StrCat(mapping.path, ".sort_by: '", cfg.sort_by(), "' is not an element field"));
+    problems.push_back(absl::StrCat(mapping.path, ".sort_by: '", cfg.sort_by(), "' is not an element field"));
   }
-  if (problems->size() != before) return nullptr;
+  if (!problems.empty()) return ConfigProblems(problems);
   return std::make_unique<JsonArrayModule>(mapping.path, mapping.common, std::move(cfg));
 }
 

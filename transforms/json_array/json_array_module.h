@@ -17,13 +17,13 @@
 #include <string>
 #include <vector>
 
-#include "daemon/config/config.h"
+#include "transforms/module_context.h"
+#include "transforms/json_array/json_array.pb.h"
 #include "daemon/core/interfaces.h"
 
 namespace walshift::transforms::json_array {
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems);
+// kInvalidArgument listing every problem of the config, one per line.
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const JsonArrayConfig& config, const MappingContext& context);
 
 }  // namespace walshift::transforms::json_array

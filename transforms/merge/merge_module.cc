@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/merge/merge.pb.h"
@@ -15,7 +14,7 @@ namespace {
 using EmitFn = std::function<absl::Status(const TargetOp&)>;
 
 std::string Qualified(const std::string& table) {
-  return table.find('.') == std::string::npos ? "public." + table : table;
+  return QualifiedTableName(table);
 }
 
 class BoundMerge : public BoundMapping {
@@ -158,38 +157,34 @@ class MergeModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems) {
-  MergeConfig cfg;
-  size_t before = problems->size();
-  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const MergeConfig& config, const MappingContext& context) {
+  const MappingInfo& mapping = context.self;
+  std::vector<std::string> problems;
+  MergeConfig cfg = config;
   for (int i = 0; i < cfg.key_size(); ++i) {
     auto it = cfg.columns().find(cfg.key(i));
     if (it == cfg.columns().end() || it->second.value_case() != columns::ColumnSource::kColumn) {
-      problems->push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
+      problems.push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
                                        "' must be one of the columns, copied from a source column"));
     }
   }
   if (!cfg.owner().empty() && !mapping.common.filter().empty()) {
-    problems->push_back(absl::StrCat(mapping.path, ".filter: a mapping with owner: fills every row its owner "
+    problems.push_back(absl::StrCat(mapping.path, ".filter: a mapping with owner: fills every row its owner "
                                      "admits; filter the owner's mapping instead"));
   }
   if (!cfg.owner().empty() && cfg.on_delete() != MergeConfig::ON_DELETE_NULL_COLUMNS) {
-    problems->push_back(absl::StrCat(mapping.path, ".on_delete: a mapping with owner: leaves deleting rows to its "
+    problems.push_back(absl::StrCat(mapping.path, ".on_delete: a mapping with owner: leaves deleting rows to its "
                                      "owner; use on_delete: null_columns (the default)"));
   }
-  if (problems->size() != before) return nullptr;
+  if (!problems.empty()) return ConfigProblems(problems);
   // Every non-key column the merge mappings of this table own (for delete_when_last).
   std::set<std::string> merged;
-  for (const auto& m : all.mappings) {
-    if (m.common.module() != "merge" || m.common.target() != mapping.common.target()) continue;
-    MergeConfig other;
-    std::vector<std::string> ignored;
-    config::ParseYamlInto(m.module_node, &other, m.path, &ignored);
-    if (Qualified(other.table()) != Qualified(cfg.table())) continue;
-    for (const auto& [name, _] : other.columns()) {
-      if (std::find(other.key().begin(), other.key().end(), name) == other.key().end()) merged.insert(name);
+  for (const MappingInfo& m : context.all) {
+    const MergeConfig* other = MappingContext::ConfigAs<MergeConfig>(m);
+    if (other == nullptr || m.common.target() != mapping.common.target()) continue;
+    if (Qualified(other->table()) != Qualified(cfg.table())) continue;
+    for (const auto& [name, _] : other->columns()) {
+      if (std::find(other->key().begin(), other->key().end(), name) == other->key().end()) merged.insert(name);
     }
   }
   return std::make_unique<MergeModule>(mapping.path, mapping.common, std::move(cfg),

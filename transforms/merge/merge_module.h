@@ -21,13 +21,13 @@
 #include <string>
 #include <vector>
 
-#include "daemon/config/config.h"
+#include "transforms/module_context.h"
+#include "transforms/merge/merge.pb.h"
 #include "daemon/core/interfaces.h"
 
 namespace walshift::transforms::merge {
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems);
+// kInvalidArgument listing every problem of the config, one per line.
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const MergeConfig& config, const MappingContext& context);
 
 }  // namespace walshift::transforms::merge

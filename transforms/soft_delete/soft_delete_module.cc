@@ -1,7 +1,6 @@
 #include "transforms/soft_delete/soft_delete_module.h"
 
 #include "absl/strings/str_cat.h"
-#include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/soft_delete/soft_delete.pb.h"
@@ -106,13 +105,11 @@ class SoftDeleteModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems) {
-  SoftDeleteConfig cfg;
-  size_t before = problems->size();
-  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
-  if (problems->size() != before) return nullptr;
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const SoftDeleteConfig& config, const MappingContext& context) {
+  const MappingInfo& mapping = context.self;
+  std::vector<std::string> problems;
+  SoftDeleteConfig cfg = config;
+  if (!problems.empty()) return ConfigProblems(problems);
   return std::make_unique<SoftDeleteModule>(mapping.path, mapping.common, std::move(cfg));
 }
 

@@ -14,13 +14,13 @@
 #include <string>
 #include <vector>
 
-#include "daemon/config/config.h"
+#include "transforms/module_context.h"
+#include "transforms/soft_delete/soft_delete.pb.h"
 #include "daemon/core/interfaces.h"
 
 namespace walshift::transforms::soft_delete {
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems);
+// kInvalidArgument listing every problem of the config, one per line.
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const SoftDeleteConfig& config, const MappingContext& context);
 
 }  // namespace walshift::transforms::soft_delete

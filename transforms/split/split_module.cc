@@ -1,7 +1,6 @@
 #include "transforms/split/split_module.h"
 
 #include "absl/strings/str_cat.h"
-#include "daemon/config/yaml_proto.h"
 #include "daemon/core/status_macros.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/split/split.pb.h"
@@ -67,7 +66,7 @@ class SplitModule : public MappingModule {
                                                       SchemaInspector& inspector) const override {
     std::vector<std::unique_ptr<BoundMapping>> bound;
     for (size_t i = 0; i < parts_.size(); ++i) {
-      ASSIGN_OR_RETURN(auto part, columns::BindColumns(config::IndexPath(path_ + ".into", i), common_,
+      ASSIGN_OR_RETURN(auto part, columns::BindColumns(IndexPath(path_ + ".into", i), common_,
                                                        parts_[i], relation, inspector));
       bound.push_back(std::move(part));
     }
@@ -82,22 +81,20 @@ class SplitModule : public MappingModule {
 
 }  // namespace
 
-std::unique_ptr<MappingModule> Create(const config::Settings& all,
-                                      const config::MappingSettings& mapping,
-                                      std::vector<std::string>* problems) {
-  SplitConfig cfg;
-  size_t before = problems->size();
-  config::ParseYamlInto(mapping.module_node, &cfg, mapping.path, problems);
+absl::StatusOr<std::unique_ptr<MappingModule>> Create(const SplitConfig& config, const MappingContext& context) {
+  const MappingInfo& mapping = context.self;
+  std::vector<std::string> problems;
+  SplitConfig cfg = config;
   for (int i = 0; i < cfg.into_size(); ++i) {
     const Part& p = cfg.into(i);
     for (int k = 0; k < p.key_size(); ++k) {
       if (!p.columns().contains(p.key(k))) {
-        problems->push_back(absl::StrCat(config::IndexPath(mapping.path + ".into", i), ".key[", k,
+        problems.push_back(absl::StrCat(IndexPath(mapping.path + ".into", i), ".key[", k,
                                          "]: '", p.key(k), "' is not one of the part's columns"));
       }
     }
   }
-  if (problems->size() != before) return nullptr;
+  if (!problems.empty()) return ConfigProblems(problems);
   return std::make_unique<SplitModule>(mapping.path, mapping.common, std::move(cfg));
 }
 

@@ -7,10 +7,11 @@
 BEGIN;
 INSERT INTO chats (user_id, character_id, title)
 SELECT :uid, :cid, 'chat of ' || :uid WHERE random() < 0.05 AND EXISTS (SELECT 1 FROM characters WHERE id = :cid);
+-- (FOR KEY SHARE: a chat another client deletes meanwhile gets no message)
 INSERT INTO messages (chat_id, role, body)
-SELECT id, 'user', 'hello ' || :uid FROM chats WHERE id = :chat;
+SELECT id, 'user', 'hello ' || :uid FROM chats WHERE id = :chat FOR KEY SHARE;
 INSERT INTO messages (chat_id, role, body)
-SELECT id, 'character', 'reply to ' || :uid FROM chats WHERE id = :chat;
+SELECT id, 'character', 'reply to ' || :uid FROM chats WHERE id = :chat FOR KEY SHARE;
 UPDATE messages SET body = body || ' (edited)' WHERE id = (SELECT min(id) FROM messages WHERE chat_id = :chat);
 END;
 BEGIN;

@@ -61,14 +61,14 @@ SourceRelation Orders(char identity = 'd') {
   return r;
 }
 
-std::unique_ptr<MappingModule> Build(const std::string& yaml) {
+std::shared_ptr<const MappingModule> Build(const std::string& yaml) {
   auto s = config::LoadSettingsText(
       "pipeline: p\nsource: {dsn: x}\ntargets: [{name: main, dsn: y}]\nmappings:\n" + yaml, "t.yaml");
   EXPECT_TRUE(s.ok()) << s.status();
-  std::vector<std::string> problems;
-  auto m = Create(*s, s->mappings[0], &problems);
-  EXPECT_TRUE(problems.empty()) << problems[0];
-  return m;
+  auto modules = BuildModules(*s, "t.yaml");
+  EXPECT_TRUE(modules.ok()) << modules.status();
+  if (!modules.ok()) return nullptr;
+  return (*modules)[0];
 }
 
 Datum Text(const char* s) { return Datum{DatumKind::kText, static_cast<uint32_t>(strlen(s)), s}; }

@@ -1,0 +1,256 @@
+// Pipeline: the retry loop (reconnect with backoff, replays that isolate a failing
+// transaction), one attempt's wiring, and the initial copy before streaming.
+#include "daemon/pipeline/pipeline.h"
+
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "daemon/core/crash_point.h"
+#include "daemon/core/status_macros.h"
+#include "daemon/pg/pg_util.h"
+#include "daemon/source/pg_replication_source.h"
+#include "spdlog/spdlog.h"
+
+namespace walshift {
+namespace {
+// How long the stream must be quiet before a group with complete transactions commits.
+constexpr absl::Duration kIdleFlush = absl::Milliseconds(10);
+}  // namespace
+
+absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
+  const auto& apply = settings_.proto.apply();
+  absl::Duration initial = absl::Milliseconds(apply.reconnect_initial_ms() ? apply.reconnect_initial_ms() : 250);
+  absl::Duration ceiling = absl::Milliseconds(apply.reconnect_max_ms() ? apply.reconnect_max_ms() : 30000);
+  absl::Duration backoff = initial;
+  std::mt19937_64 rng(std::random_device{}());
+  for (;;) {
+    bool progress = false;
+    absl::Status st = RunOnce(stop, &progress);
+    Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
+    // A table whose plain INSERT met a row the target had: its new rows are upserted from now
+    // on, so the replay below happens once per table, not once per conflict.
+    for (const auto& sink : sinks_)
+      if (!sink->conflict_table().empty()) upsert_tables_.insert(sink->conflict_table());
+    // Connections of this attempt are closed before deciding: an open group rolls back.
+    source_.reset();
+    sinks_.clear();
+    emit_.clear();
+    bindings_.clear();
+    fill_bindings_.clear();
+    retired_.clear();
+    backfill_bindings_.clear();
+    windows_.clear();
+    progress_shapes_.clear();
+    inspector_.reset();
+    // A backfill chunk handed over in this attempt may not have committed: the backfill starts
+    // again from the progress its targets recorded, and the replayed watermarks are ignored.
+    backfiller_.reset();
+    in_transaction_ = false;
+    group_changes_ = 0;
+    if (st.ok()) return st;
+    if (st.code() == absl::StatusCode::kAlreadyExists && received != kInvalidLsn) {
+      status_->CountError("replay");
+      // Rows the target already had (drift, rows copied before): replay with upserts.
+      spdlog::warn("{}; replaying with upserts", std::string(st.message()));
+      isolate_until_ = std::max(isolate_until_, received);
+      replayed_for_ = absl::OkStatus();  // not an error to name if the replay fails otherwise
+      continue;
+    }
+    if (st.code() == absl::StatusCode::kFailedPrecondition && isolate_until_ == kInvalidLsn &&
+        received != kInvalidLsn) {
+      // Replay once with one source transaction per group: the transactions before the
+      // failing one are committed, and the error is raised again by the failing one alone.
+      spdlog::warn("{}; replaying one transaction at a time to commit everything before it",
+                   std::string(st.message()));
+      isolate_until_ = received;
+      replayed_for_ = st;
+      status_->CountError("replay");
+      continue;
+    }
+    if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kAborted) {
+      status_->CountError("data");
+      if (!replayed_for_.ok() && isolate_until_ != kInvalidLsn && !streamed_) {
+        // The replay stopped before it streamed anything (a check at reconnect): the stop names
+        // the error that started it first.
+        return absl::Status(replayed_for_.code(),
+                            absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
+      }
+      return st;
+    }
+    status_->CountError("reconnect");
+    status_->SetState(v1::RECONNECTING, std::string(st.message()));
+    if (stop.load()) return absl::OkStatus();
+    if (progress) backoff = initial;
+    std::uniform_real_distribution<double> jitter(0.5, 1.0);
+    absl::Duration wait = backoff * jitter(rng);
+    spdlog::warn("{}; retrying in {} ms from the last checkpoint", std::string(st.message()),
+                 absl::ToInt64Milliseconds(wait));
+    absl::Time until = absl::Now() + wait;
+    while (absl::Now() < until && !stop.load()) {
+      status_->Tick();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (stop.load()) return absl::OkStatus();
+    backoff = std::min(backoff * 2, ceiling);
+  }
+}
+
+absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
+  const auto& apply = settings_.proto.apply();
+  streamed_ = false;
+  for (const auto& t : settings_.targets) {
+    SinkOptions o;
+    o.pipeline = settings_.proto.pipeline();
+    o.max_pending_statements = apply.pipeline_max_statements();
+    o.max_pending_bytes = apply.pipeline_max_bytes();
+    ASSIGN_OR_RETURN(auto sink, OpenSink(t, o));
+    // Isolating a failing transaction: one upsert per row, so the error names its row.
+    if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
+    sink->set_upsert_tables(upsert_tables_);
+    Sink* raw = sink.get();
+    sinks_.push_back(std::move(sink));
+    emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
+  }
+  skip_.assign(sinks_.size(), 0);
+  group_transactions_.assign(sinks_.size(), 0);
+  for (size_t i = 0; i < sinks_.size(); ++i) status_->OnApplied(i, sinks_[i]->durable_lsn(), 0, 0, absl::ZeroDuration());
+  inspector_ = std::make_unique<PgSchemaInspector>(settings_.source_dsn, settings_.targets);
+
+  PgReplicationSourceOptions so;
+  so.dsn = settings_.source_dsn;
+  so.slot = settings_.slot;
+  so.publication = settings_.publication;
+  for (const std::string& t : settings_.proto.source().ignore_tables())
+    so.ignore_tables.push_back(QualifiedTableName(t));
+  for (const auto& m : modules_) {
+    if (std::find(so.tables.begin(), so.tables.end(), m->source_table()) == so.tables.end())
+      so.tables.push_back(m->source_table());
+  }
+  if (settings_.proto.source().feedback_interval_s())
+    so.feedback_interval = absl::Seconds(settings_.proto.source().feedback_interval_s());
+  // Targets without a checkpoint get the rows the source already has first.
+  std::vector<size_t> to_copy;
+  if (settings_.proto.snapshot().mode() == v1::SNAPSHOT_INITIAL) {
+    for (size_t i = 0; i < sinks_.size(); ++i)
+      if (sinks_[i]->durable_lsn() == kInvalidLsn) to_copy.push_back(i);
+  }
+  so.export_snapshot = !to_copy.empty();
+  // With a checkpoint somewhere, a missing slot means lost changes: never recreate it silently.
+  for (const auto& sink : sinks_) so.slot_must_exist |= sink->durable_lsn() != kInvalidLsn;
+  ASSIGN_OR_RETURN(auto source, PgReplicationSource::Create(so));
+  source_ = std::move(source);
+  // Mapped tables are followed by oid: a table renamed or moved to another schema keeps its
+  // mapping.
+  ASSIGN_OR_RETURN(mapped_oids_, inspector_->SourceOids(so.tables));
+  ignored_tables_ = std::set<std::string>(so.ignore_tables.begin(), so.ignore_tables.end());
+  if (!to_copy.empty()) {
+    bool stopped = false;
+    RETURN_IF_ERROR(CopyExistingRows(to_copy, stop, &stopped));
+    if (stopped) return absl::OkStatus();
+  }
+  copy_skip_ = CopySkipPlan();
+  for (size_t i = 0; i < sinks_.size(); ++i) RETURN_IF_ERROR(copy_skip_.Load(*sinks_[i], i, sinks_[i]->durable_lsn()));
+  RETURN_IF_ERROR(ResumeBackfills());
+  Lsn start = MinDurable();
+  spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
+               start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
+  RETURN_IF_ERROR(source_->Start(start));
+  status_->SetState(v1::STREAMING);
+
+  while (!stop.load()) {
+    // With complete transactions waiting to be committed, wait only briefly for more: a quiet
+    // stream for kIdleFlush commits the group, so latency stays low. Under load, groups close
+    // in OnCommit by size or age instead. Otherwise (nothing open, or inside a transaction)
+    // wait for data.
+    bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
+    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? kIdleFlush : absl::Seconds(1)));
+    if (n > 0) *made_progress = true;
+    if (n == 0 && !in_transaction_) RETURN_IF_ERROR(FlushAll());
+    RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
+    status_->SetReceivedLsn(source_->received_lsn());
+    status_->Tick();
+  }
+  status_->SetState(v1::STOPPING);
+  // Stopping: a transaction still open is dropped (its group rolls back with the connection)
+  // and will be streamed again from the checkpoint.
+  if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
+  RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/true));
+  spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(),
+               FormatLsn(MinDurable()));
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop,
+                                        bool* stopped) {
+  InitialCopyOptions o;
+  o.settings = &settings_;
+  o.modules = &modules_;
+  o.module_target = module_sink_;
+  o.targets = targets;
+  const auto& cfg = settings_.proto.snapshot();
+  o.workers = cfg.workers() ? static_cast<int>(cfg.workers()) : 2;
+  o.chunk_rows = cfg.chunk_rows() ? cfg.chunk_rows() : 100000;
+  // Streaming starts where the slot stands. A slot created just now exported the snapshot of
+  // exactly that position; an existing one (a copy that was interrupted, a target added later)
+  // gets a snapshot from a temporary slot, later than its position: what streaming replays
+  // from before that snapshot is skipped by range (CopySkipPlan).
+  std::unique_ptr<PgReplicationSource::TemporarySnapshot> temporary;
+  Lsn stream_from = kInvalidLsn;
+  if (source_->exported_snapshot()) {
+    o.snapshot = *source_->exported_snapshot();
+    stream_from = o.snapshot.lsn;
+  } else {
+    ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.source_dsn, "source", "application_name=walshiftd"));
+    ASSIGN_OR_RETURN(pg::ResultPtr r,
+                     pg::ExecParams(conn.get(),
+                                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                                    {settings_.slot.c_str()}, "source: reading the slot's position"));
+    if (PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
+      return absl::FailedPreconditionError(absl::StrCat("source: replication slot ", settings_.slot,
+                                                        " has no confirmed position"));
+    }
+    stream_from = ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
+    ASSIGN_OR_RETURN(temporary, PgReplicationSource::ExportTemporarySnapshot(
+                                    settings_.source_dsn, absl::StrCat(settings_.slot, "_copy")));
+    o.snapshot = temporary->snapshot();
+  }
+  std::vector<std::string> names;
+  for (size_t t : targets) names.push_back(settings_.targets[t].name);
+  spdlog::info("pipeline {}: initial copy into {} under snapshot {} ({}), then streaming from {}",
+               settings_.proto.pipeline(), absl::StrJoin(names, ", "), o.snapshot.name,
+               FormatLsn(o.snapshot.lsn), FormatLsn(stream_from));
+  o.tick = [this] { status_->Tick(); };
+  InitialCopy copy(o);
+  status_->SetState(v1::SNAPSHOTTING);
+  status_->SetCopyProgress([&copy] { return copy.Report(); });
+  absl::Status st = copy.Run(stop);
+  std::vector<CopyUnitReport> final_report = copy.Report();
+  status_->SetCopyProgress([final_report] { return final_report; });
+  if (st.code() == absl::StatusCode::kCancelled) {
+    spdlog::info("pipeline {}: stopped during the initial copy; finished ranges are kept",
+                 settings_.proto.pipeline());
+    *stopped = true;
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(st);
+  temporary.reset();
+  // The copy is complete: the checkpoint marks where streaming takes over.
+  TransactionCommit at;
+  at.end_lsn = stream_from;
+  at.commit_lsn = stream_from;
+  at.commit_time = PgNow();
+  for (size_t t : targets) {
+    sinks_[t]->EndTransaction(at);
+    RETURN_IF_ERROR(sinks_[t]->Flush().status());
+  }
+  spdlog::info("pipeline {}: initial copy complete", settings_.proto.pipeline());
+  return absl::OkStatus();
+}
+
+}  // namespace walshift
