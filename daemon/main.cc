@@ -4,12 +4,13 @@
 // Exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or --validate passed; 1 runtime error (a
 // value the target rejects, a lost slot, ...); 2 configuration error.
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <unistd.h>
-#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "daemon/config/config.h"
@@ -19,9 +20,9 @@
 #include "daemon/observe/status.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/live_check.h"
+#include "daemon/pipeline/pipeline.h"
 #include "daemon/pipeline/session_zone.h"
 #include "daemon/verify/verifier.h"
-#include "daemon/pipeline/pipeline.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "transforms/registry.h"
@@ -70,9 +71,8 @@ int DryRun(const walshift::config::Settings& settings,
   uint64_t failures = 0;
   std::printf("dry run of pipeline %s (nothing written)\n", settings.proto.pipeline().c_str());
   for (const auto& r : copy.Report()) {
-    std::printf("%s -> target %s: %llu rows read, %llu mapping failures\n", r.source_table.c_str(),
-                r.target.c_str(), static_cast<unsigned long long>(r.rows),
-                static_cast<unsigned long long>(r.failure_count));
+    std::printf("%s -> target %s: %llu rows read, %llu mapping failures\n", r.source_table.c_str(), r.target.c_str(),
+                static_cast<unsigned long long>(r.rows), static_cast<unsigned long long>(r.failure_count));
     for (const auto& [what, n] : r.writes) {
       std::printf("  %-50s %llu\n", what.c_str(), static_cast<unsigned long long>(n));
     }
@@ -98,14 +98,22 @@ int main(int argc, char** argv) {
       }
       *out = argv[++i];
     };
-    if (a == "--config" || a == "-c") value(&config_path);
-    else if (a.rfind("--config=", 0) == 0) config_path = a.substr(9);
-    else if (a == "--validate") validate_only = true;
-    else if (a == "--check") check_only = true;
-    else if (a == "--dry-run") dry_run = true;
-    else if (a == "--log-level") value(&log_level);
-    else if (a == "--help" || a == "-h") { Usage(stdout); return 0; }
-    else {
+    if (a == "--config" || a == "-c")
+      value(&config_path);
+    else if (a.rfind("--config=", 0) == 0)
+      config_path = a.substr(9);
+    else if (a == "--validate")
+      validate_only = true;
+    else if (a == "--check")
+      check_only = true;
+    else if (a == "--dry-run")
+      dry_run = true;
+    else if (a == "--log-level")
+      value(&log_level);
+    else if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      return 0;
+    } else {
       std::fprintf(stderr, "walshiftd: unknown argument '%s'\n", a.c_str());
       Usage(stderr);
       return 2;
@@ -122,29 +130,28 @@ int main(int argc, char** argv) {
 
   auto settings = walshift::config::LoadSettingsFile(config_path);
   if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftd: invalid configuration: %s\n",
-                 std::string(settings.status().message()).c_str());
+    std::fprintf(stderr, "walshiftd: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
     return 2;
   }
   auto modules = walshift::transforms::BuildModules(*settings, config_path);
   if (!modules.ok()) {
-    std::fprintf(stderr, "walshiftd: invalid configuration: %s\n",
-                 std::string(modules.status().message()).c_str());
+    std::fprintf(stderr, "walshiftd: invalid configuration: %s\n", std::string(modules.status().message()).c_str());
     return 2;
   }
   std::string level = !log_level.empty() ? log_level : settings->proto.log().level();
   if (!level.empty()) {
     auto l = spdlog::level::from_str(level);
     if (l == spdlog::level::off && level != "off") {
-      std::fprintf(stderr, "walshiftd: invalid configuration: log.level: '%s' is not one of "
-                           "trace, debug, info, warn, error\n", level.c_str());
+      std::fprintf(stderr,
+                   "walshiftd: invalid configuration: log.level: '%s' is not one of "
+                   "trace, debug, info, warn, error\n",
+                   level.c_str());
       return 2;
     }
     spdlog::set_level(l);
   }
   if (validate_only) {
-    std::printf("%s: ok (%zu mappings, %zu targets)\n", config_path.c_str(), modules->size(),
-                settings->targets.size());
+    std::printf("%s: ok (%zu mappings, %zu targets)\n", config_path.c_str(), modules->size(), settings->targets.size());
     return 0;
   }
 
@@ -157,7 +164,8 @@ int main(int argc, char** argv) {
 
   // One time zone for every session, decided before any value is read or written. A database
   // that cannot be reached yet is waited for below, with the status endpoint up.
-  absl::StatusOr<walshift::SessionZone> zone = walshift::PinSessionTimeZone(*settings, /*record=*/!check_only && !dry_run);
+  absl::StatusOr<walshift::SessionZone> zone =
+      walshift::PinSessionTimeZone(*settings, /*record=*/!check_only && !dry_run);
   if (!zone.ok() && (zone.status().code() != absl::StatusCode::kUnavailable || check_only || dry_run)) {
     std::fprintf(stderr, "walshiftd: %s\n", std::string(zone.status().message()).c_str());
     return zone.status().code() == absl::StatusCode::kFailedPrecondition ? 2 : 1;
@@ -169,8 +177,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> notes;
   absl::Status check = walshift::CheckLiveSchemas(*settings, *modules, config_path, &notes);
   for (const std::string& n : notes) {
-    if (check_only) std::printf("note: %s\n", n.c_str());
-    else spdlog::info("{}", n);
+    if (check_only)
+      std::printf("note: %s\n", n.c_str());
+    else
+      spdlog::info("{}", n);
   }
   if (check_only) {
     if (check.ok()) {
@@ -194,8 +204,8 @@ int main(int argc, char** argv) {
   }
   if (!check.ok()) spdlog::warn("{}; connecting with retries", std::string(check.message()));
 
-  spdlog::info("walshiftd starting pipeline {} ({} mappings, {} targets)",
-               settings->proto.pipeline(), modules->size(), settings->targets.size());
+  spdlog::info("walshiftd starting pipeline {} ({} mappings, {} targets)", settings->proto.pipeline(), modules->size(),
+               settings->targets.size());
   // Observability: events (Kafka and the log), the status endpoint, the monitor thread.
   auto events = walshift::EventPublisher::Create(settings->proto);
   if (!events.ok()) {
@@ -259,7 +269,8 @@ int main(int argc, char** argv) {
         vo.module_target.push_back(idx);
       }
       vo.events = publisher;
-      vo.rows_per_second = settings->proto.verify().rows_per_second() ? settings->proto.verify().rows_per_second() : 500;
+      vo.rows_per_second =
+          settings->proto.verify().rows_per_second() ? settings->proto.verify().rows_per_second() : 500;
       verifier = std::make_unique<walshift::ContinuousVerifier>(
           std::move(vo), &status,
           absl::Seconds(settings->proto.verify().interval_s() ? settings->proto.verify().interval_s() : 3600));

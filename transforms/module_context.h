@@ -18,7 +18,7 @@
 namespace walshift::transforms {
 
 struct MappingInfo {
-  std::string path;  // "mappings[3]", for messages
+  std::string path;    // "mappings[3]", for messages
   v1::Mapping common;  // source normalized to schema.table; target and module defaulted
   // The module's config message; null when its module is unknown or its keys did not parse.
   std::shared_ptr<const google::protobuf::Message> config;

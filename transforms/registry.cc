@@ -28,8 +28,8 @@ const std::vector<ModuleEntry>& Modules() {
   return kModules;
 }
 
-absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
-    const config::Settings& settings, const std::string& file_name) {
+absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(const config::Settings& settings,
+                                                                               const std::string& file_name) {
   std::vector<std::string> problems;
   std::vector<std::shared_ptr<const MappingModule>> modules;
   // Every mapping's config first, so that factories see their siblings typed.
@@ -45,8 +45,8 @@ absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
     if (entry == nullptr) {
       std::string names;
       for (const auto& e : Modules()) absl::StrAppend(&names, names.empty() ? "" : ", ", e.name);
-      problems.push_back(absl::StrCat(m.path, ".module: unknown module '", m.common.module(),
-                                      "' (known: ", names, ")"));
+      problems.push_back(
+          absl::StrCat(m.path, ".module: unknown module '", m.common.module(), "' (known: ", names, ")"));
     } else {
       std::unique_ptr<google::protobuf::Message> cfg = entry->new_config();
       size_t before = problems.size();
@@ -87,8 +87,8 @@ absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
       }
     }
     if (!found) {
-      problems.push_back(absl::StrCat(path, ".owner: no mapping of ", own->owner, " in target ",
-                                      modules[i]->target(), " can own the rows of ", own->table,
+      problems.push_back(absl::StrCat(path, ".owner: no mapping of ", own->owner, " in target ", modules[i]->target(),
+                                      " can own the rows of ", own->table,
                                       why.empty() ? "" : absl::StrCat(" (", absl::StrJoin(why, "; "), ")")));
     }
   }

@@ -20,8 +20,7 @@ struct ModuleEntry {
   // A new, empty config message of the module.
   std::function<std::unique_ptr<google::protobuf::Message>()> new_config;
   // The factory: kInvalidArgument listing the config's problems, one per line.
-  std::function<absl::StatusOr<std::unique_ptr<MappingModule>>(const google::protobuf::Message&,
-                                                                const MappingContext&)>
+  std::function<absl::StatusOr<std::unique_ptr<MappingModule>>(const google::protobuf::Message&, const MappingContext&)>
       create;
   const char* summary;
 };
@@ -43,7 +42,7 @@ const std::vector<ModuleEntry>& Modules();
 
 // Builds every mapping's module. kInvalidArgument listing all problems (unknown module names
 // included) in the config's problem format.
-absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(
-    const config::Settings& settings, const std::string& file_name);
+absl::StatusOr<std::vector<std::shared_ptr<const MappingModule>>> BuildModules(const config::Settings& settings,
+                                                                               const std::string& file_name);
 
 }  // namespace walshift::transforms

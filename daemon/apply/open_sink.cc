@@ -1,5 +1,9 @@
 #include "daemon/apply/open_sink.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "daemon/apply/documents/document_sink.h"
 #include "daemon/apply/documents/document_store.h"
@@ -53,7 +57,19 @@ absl::StatusOr<std::unique_ptr<Sink>> OpenSink(const config::TargetSettings& tar
 
 absl::StatusOr<std::unique_ptr<ShapeChecker>> OpenShapeChecker(const config::TargetSettings& target,
                                                                const std::string& application_name) {
-  if (target.documents()) return std::unique_ptr<ShapeChecker>(new DocumentShapeChecker(target.name));
+  if (target.documents()) {
+    // The store's directory must be one walshiftd can write (it is created when absent).
+    std::error_code ec;
+    std::filesystem::path dir(target.path);
+    while (!dir.empty() && !std::filesystem::exists(dir, ec) && dir.has_parent_path() && dir != dir.parent_path())
+      dir = dir.parent_path();
+    if (!std::filesystem::is_directory(dir, ec) || access(dir.c_str(), W_OK | X_OK) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "target ", target.name, ": the document store ", target.path, " cannot be used: ", dir.string(),
+          std::filesystem::is_directory(dir, ec) ? " is not writable by walshiftd" : " is not a directory"));
+    }
+    return std::unique_ptr<ShapeChecker>(new DocumentShapeChecker(target.name));
+  }
   ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(target.dsn, absl::StrCat("target ", target.name),
                                                  absl::StrCat("application_name=", application_name)));
   return std::unique_ptr<ShapeChecker>(new PgShapeChecker(std::move(conn)));

@@ -17,11 +17,20 @@ void AppendCopyText(const Datum& d, std::string* out) {
   }
   for (char c : d.view()) {
     switch (c) {
-      case '\\': out->append("\\\\"); break;
-      case '\t': out->append("\\t"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      default: out->push_back(c);
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      default:
+        out->push_back(c);
     }
   }
 }
@@ -57,8 +66,8 @@ absl::Status PgCopyWriter::Begin(const OpShape& shape) {
   std::vector<std::string> cols;
   for (const TargetValue& v : shape.values) cols.push_back(pg::QuoteIdent(v.column));
   RETURN_IF_ERROR(pg::Exec(conn_.get(), "BEGIN", name_).status());
-  std::string sql = absl::StrCat("COPY ", pg::QuoteQualified(shape.table), " (", absl::StrJoin(cols, ", "),
-                                 ") FROM STDIN");
+  std::string sql =
+      absl::StrCat("COPY ", pg::QuoteQualified(shape.table), " (", absl::StrJoin(cols, ", "), ") FROM STDIN");
   pg::ResultPtr r(PQexec(conn_.get(), sql.c_str()));
   if (PQresultStatus(r.get()) != PGRES_COPY_IN) return Fail(r.get(), "COPY FROM STDIN");
   return absl::OkStatus();

@@ -33,9 +33,11 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
   RETURN_IF_ERROR(state::EnsureSchema(c, what));
   // Durable commits (the checkpoint is what the slot is confirmed to); one generic plan per
   // prepared statement instead of re-planning multi-row statements on their first executions.
-  RETURN_IF_ERROR(pg::Exec(c, absl::StrCat("SET synchronous_commit = ", options.synchronous_commit ? "on" : "off",
-                                           "; SET plan_cache_mode = force_generic_plan"),
-                           what).status());
+  RETURN_IF_ERROR(pg::Exec(c,
+                           absl::StrCat("SET synchronous_commit = ", options.synchronous_commit ? "on" : "off",
+                                        "; SET plan_cache_mode = force_generic_plan"),
+                           what)
+                      .status());
   ASSIGN_OR_RETURN(sink->durable_lsn_, state::ReadCheckpoint(c, options.pipeline, what));
   pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", state::kCheckpointUpsertSql, 3, nullptr));
   RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
@@ -81,9 +83,9 @@ absl::StatusOr<const PgSink::Variant*> PgSink::VariantFor(const TargetOp& op) {
   for (const TargetValue& v : shape.values) omit_key_.push_back(omitted(v) ? '1' : '0');
   for (int k : shape.key) {
     if (omitted(shape.values[k])) {
-      return absl::DataLossError(absl::StrCat(
-          "source ", shape.source_table, " at LSN ", FormatLsn(op.lsn), ": key column ",
-          shape.values[k].column, " of ", shape.table, " arrived as an unchanged TOAST value"));
+      return absl::DataLossError(absl::StrCat("source ", shape.source_table, " at LSN ", FormatLsn(op.lsn),
+                                              ": key column ", shape.values[k].column, " of ", shape.table,
+                                              " arrived as an unchanged TOAST value"));
     }
   }
   auto found = variants_.find(omit_key_);
@@ -121,8 +123,8 @@ absl::StatusOr<const std::map<std::string, std::string>*> PgSink::ColumnTypes(co
   return raw;
 }
 
-absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn,
-                                                             bool plain_insert, int batch_statement) {
+absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, int rows, Lsn lsn, bool plain_insert,
+                                                             int batch_statement) {
   const int cache_key = batch_statement >= 0 ? -1 - batch_statement : rows * 2 + (plain_insert ? 1 : 0);
   auto it = v.statements.find(cache_key);
   if (it != v.statements.end()) return it->second.get();
@@ -149,8 +151,8 @@ absl::StatusOr<const PgSink::Prepared*> PgSink::StatementFor(const Variant& v, i
   return result;
 }
 
-absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
-                          Lsn last_lsn, const TargetOp* single, bool plain_insert, int batch_statement) {
+absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn, Lsn last_lsn,
+                          const TargetOp* single, bool plain_insert, int batch_statement) {
   ASSIGN_OR_RETURN(const Prepared* prepared, StatementFor(v, rows, first_lsn, plain_insert, batch_statement));
   const int n = static_cast<int>(v.params.size()) * (batch_statement >= 0 ? 1 : rows);
   if (PQsendQueryPrepared(conn_.get(), prepared->name.c_str(), n, values, nullptr, nullptr, 0) != 1) {
@@ -204,8 +206,8 @@ absl::Status PgSink::SendTruncates() {
   std::vector<std::string> quoted;
   for (const std::string& t : truncate_tables_) quoted.push_back(pg::QuoteQualified(t));
   // Without CASCADE, as the source sends every table its TRUNCATE reached.
-  std::string sql = absl::StrCat("TRUNCATE ", absl::StrJoin(quoted, ", "),
-                                 truncate_restart_ ? " RESTART IDENTITY" : "");
+  std::string sql =
+      absl::StrCat("TRUNCATE ", absl::StrJoin(quoted, ", "), truncate_restart_ ? " RESTART IDENTITY" : "");
   if (PQsendQueryParams(conn_.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
     return BrokenConnection("sending a truncate");
   }
@@ -267,8 +269,8 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   RETURN_IF_ERROR(SendTruncates());
   if (!have_commit_) {
     if (group_open_) {
-      return absl::InternalError(absl::StrCat("target ", options_.name,
-                                              ": flush requested inside a source transaction"));
+      return absl::InternalError(
+          absl::StrCat("target ", options_.name, ": flush requested inside a source transaction"));
     }
     return durable_lsn_;
   }
@@ -278,8 +280,7 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   }
   checkpoint_lsn_text_ = FormatLsn(last_commit_.end_lsn);
   checkpoint_time_text_ = FormatPgTimestamp(last_commit_.commit_time);
-  const char* values[3] = {options_.pipeline.c_str(), checkpoint_lsn_text_.c_str(),
-                           checkpoint_time_text_.c_str()};
+  const char* values[3] = {options_.pipeline.c_str(), checkpoint_lsn_text_.c_str(), checkpoint_time_text_.c_str()};
   if (PQsendQueryPrepared(conn_.get(), "walshift_checkpoint", 3, values, nullptr, nullptr, 0) != 1) {
     return BrokenConnection("sending the checkpoint");
   }
@@ -322,8 +323,8 @@ absl::Status PgSink::CommitChunk(const CopyChunk& chunk) {
     RETURN_IF_ERROR(SendControl("BEGIN"));
     group_open_ = true;
   }
-  if (PQsendQueryParams(conn_.get(), sql, static_cast<int>(params.size()), nullptr, params.data(), nullptr,
-                        nullptr, 0) != 1) {
+  if (PQsendQueryParams(conn_.get(), sql, static_cast<int>(params.size()), nullptr, params.data(), nullptr, nullptr,
+                        0) != 1) {
     return BrokenConnection("sending the copy range's marker");
   }
   pending_.push_back(Pending{Pending::kControl});
@@ -355,8 +356,7 @@ absl::Status PgSink::Pump(bool block, bool drain_all) {
     if (drain_all) {
       done = pending_.empty() && flush == 0;
     } else if (block) {
-      done = pending_.size() <= options_.max_pending_statements / 2 &&
-             pending_bytes_ <= options_.max_pending_bytes / 2;
+      done = pending_.size() <= options_.max_pending_statements / 2 && pending_bytes_ <= options_.max_pending_bytes / 2;
     } else {
       done = true;
     }
@@ -381,8 +381,7 @@ absl::Status PgSink::HandleResult(PGresult* result) {
     pending_.pop_front();
     if (pending_.empty()) {
       arena_.clear();
-    } else if (pending_.front().arena_offset > (1u << 20) &&
-               pending_.front().arena_offset > arena_.size() / 2) {
+    } else if (pending_.front().arena_offset > (1u << 20) && pending_.front().arena_offset > arena_.size() / 2) {
       size_t cut = pending_.front().arena_offset;
       arena_.erase(0, cut);
       for (Pending& p : pending_) p.arena_offset -= std::min(cut, p.arena_offset);

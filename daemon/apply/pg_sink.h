@@ -7,8 +7,8 @@
 
 #include <deque>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,6 +59,9 @@ class PgSink : public Sink {
   // the sink's catalog connection.
   absl::Status ValidateShape(const OpShape& shape) override;
   static absl::Status ValidateShape(PGconn* conn, const OpShape& shape);
+  // The type (format_type without modifier) of every column of `table` on `conn`, by name;
+  // empty when the table does not exist.
+  static absl::StatusOr<std::map<std::string, std::string>> ReadColumnTypes(PGconn* conn, const std::string& table);
   // Prepares `sql` (of `params` parameters) and plans it with NULL parameters.
   static absl::Status ValidateStatement(PGconn* conn, const OpShape& shape, const std::string& sql, size_t params);
 
@@ -88,7 +91,7 @@ class PgSink : public Sink {
   // statements by row count.
   struct Variant : PgStatementPlan {
     int max_rows = 1;
-    bool coalesce = false;  // repeated keys in a batch may be merged (see CoalesceSafe)
+    bool coalesce = false;                    // repeated keys in a batch may be merged (see CoalesceSafe)
     std::vector<std::string> run_statements;  // array shapes: RenderArrayRun
     mutable absl::flat_hash_map<int, std::unique_ptr<Prepared>> statements;
   };
@@ -120,16 +123,13 @@ class PgSink : public Sink {
   absl::Status SendTruncates();
   // The column types of `table` in the target (see Variant::column_types), read once.
   absl::StatusOr<const std::map<std::string, std::string>*> ColumnTypes(const std::string& table);
-  // The same on any connection.
-  static absl::StatusOr<std::map<std::string, std::string>> ReadColumnTypes(PGconn* conn, const std::string& table);
   absl::StatusOr<const Variant*> VariantFor(const TargetOp& op);
   // `batch_statement` >= 0: that entry of the variant's run_statements, with array parameters.
-  absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn,
-                                               bool plain_insert = false, int batch_statement = -1);
+  absl::StatusOr<const Prepared*> StatementFor(const Variant& v, int rows, Lsn lsn, bool plain_insert = false,
+                                               int batch_statement = -1);
   // Sends one statement of `rows` rows; `single` (rows == 1) is kept for error messages.
-  absl::Status Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn,
-                    Lsn last_lsn, const TargetOp* single, bool plain_insert = false,
-                    int batch_statement = -1);
+  absl::Status Send(const Variant& v, int rows, const char* const* values, Lsn first_lsn, Lsn last_lsn,
+                    const TargetOp* single, bool plain_insert = false, int batch_statement = -1);
   // Sends the batch of a shape with batch_statements: one text[] parameter per slot.
   absl::Status FlushArrayBatch();
   absl::Status AddToBatch(const Variant& v, const TargetOp& op);

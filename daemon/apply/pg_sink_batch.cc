@@ -1,6 +1,4 @@
 // PgSink: upserts and array operations batched into multi-row statements.
-#include "daemon/apply/pg_sink.h"
-
 #include <algorithm>
 #include <cstring>
 
@@ -8,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "daemon/apply/pg_sink.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -52,8 +51,8 @@ absl::Status PgSink::AddToBatch(const Variant& v, const TargetOp& op) {
   };
   int row;
   // Run statements take repeated keys as they come; a kUpsert statement cannot.
-  auto it = v.run_statements.empty() && !v.key_positions.empty() ? batch_.rows_by_key.find(h)
-                                                                        : batch_.rows_by_key.end();
+  auto it =
+      v.run_statements.empty() && !v.key_positions.empty() ? batch_.rows_by_key.find(h) : batch_.rows_by_key.end();
   if (it != batch_.rows_by_key.end() && v.coalesce && same_key(it->second)) {
     // A later upsert of the same key with the same written columns supersedes the earlier one.
     row = it->second;
@@ -99,26 +98,25 @@ bool PgSink::CoalesceSafe(const OpShape& shape) {
   if (it != coalesce_safe_.end()) return it->second;
   bool safe = false;
   if (!catalog_conn_) {
-    auto c = pg::Connect(options_.dsn, absl::StrCat("target ", options_.name),
-                         "application_name=walshiftd-catalog");
+    auto c = pg::Connect(options_.dsn, absl::StrCat("target ", options_.name), "application_name=walshiftd-catalog");
     if (c.ok()) catalog_conn_ = std::move(*c);
   }
   if (catalog_conn_) {
     // Coalescing two upserts of one key inside a statement is invisible only when nothing else
     // could observe the intermediate order: no other unique index, no exclusion constraint, no
     // foreign key from the table to itself, no user trigger.
-    auto r = pg::ExecParams(
-        catalog_conn_.get(),
-        "WITH t AS (SELECT to_regclass($1) AS oid), "
-        "k AS (SELECT array_agg(a.attnum::int ORDER BY a.attnum) AS cols FROM pg_attribute a, t "
-        "      WHERE a.attrelid = t.oid AND a.attname = ANY($2::text[])) "
-        "SELECT (SELECT count(*) FROM t WHERE t.oid IS NULL) "
-        " + (SELECT count(*) FROM pg_index i, t, k WHERE i.indrelid = t.oid AND i.indisunique AND "
-        "    (SELECT array_agg(x::int ORDER BY x) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) x) IS DISTINCT FROM k.cols) "
-        " + (SELECT count(*) FROM pg_constraint c, t WHERE c.conrelid = t.oid AND "
-        "    (c.contype = 'x' OR (c.contype = 'f' AND c.confrelid = t.oid))) "
-        " + (SELECT count(*) FROM pg_trigger g, t WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)",
-        {pg::QuoteQualified(shape.table).c_str(), key_names.c_str()}, "checking unique indexes");
+    auto r = pg::ExecParams(catalog_conn_.get(),
+                            "WITH t AS (SELECT to_regclass($1) AS oid), "
+                            "k AS (SELECT array_agg(a.attnum::int ORDER BY a.attnum) AS cols FROM pg_attribute a, t "
+                            "      WHERE a.attrelid = t.oid AND a.attname = ANY($2::text[])) "
+                            "SELECT (SELECT count(*) FROM t WHERE t.oid IS NULL) "
+                            " + (SELECT count(*) FROM pg_index i, t, k WHERE i.indrelid = t.oid AND i.indisunique AND "
+                            "    (SELECT array_agg(x::int ORDER BY x) FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - "
+                            "1]) x) IS DISTINCT FROM k.cols) "
+                            " + (SELECT count(*) FROM pg_constraint c, t WHERE c.conrelid = t.oid AND "
+                            "    (c.contype = 'x' OR (c.contype = 'f' AND c.confrelid = t.oid))) "
+                            " + (SELECT count(*) FROM pg_trigger g, t WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)",
+                            {pg::QuoteQualified(shape.table).c_str(), key_names.c_str()}, "checking unique indexes");
     safe = r.ok() && std::string(PQgetvalue(r->get(), 0, 0)) == "0";
   }
   spdlog::debug("target {}: {} repeated keys in one statement for {}", options_.name,

@@ -1,6 +1,4 @@
 // PgSink: checks of operation shapes against the live target schema (walshiftd --check, start).
-#include "daemon/apply/pg_sink.h"
-
 #include <algorithm>
 #include <cstring>
 
@@ -8,18 +6,20 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "daemon/apply/pg_sink.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
 
 absl::StatusOr<std::map<std::string, std::string>> PgSink::ReadColumnTypes(PGconn* conn, const std::string& table) {
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(conn,
-                                  absl::StrCat("SELECT a.attname, ", pg::kUnlimitedTypeSql, " FROM pg_attribute a "
-                                               "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
-                                  {pg::QuoteQualified(table).c_str()},
-                                  absl::StrCat("reading the column types of ", table)));
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr r,
+      pg::ExecParams(conn,
+                     absl::StrCat("SELECT a.attname, ", pg::kUnlimitedTypeSql,
+                                  " FROM pg_attribute a "
+                                  "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
+                     {pg::QuoteQualified(table).c_str()}, absl::StrCat("reading the column types of ", table)));
   std::map<std::string, std::string> out;
   for (int i = 0; i < PQntuples(r.get()); ++i) out[PQgetvalue(r.get(), i, 0)] = PQgetvalue(r.get(), i, 1);
   return out;
@@ -40,7 +40,8 @@ absl::Status PgSink::ValidateShape(PGconn* conn, const OpShape& shape) {
   }
   RETURN_IF_ERROR(ValidateStatement(conn, shape, RenderStatement(v, 1), v.params.size()));
   if (IsArrayOp(shape.kind)) {
-    for (const std::string& sql : RenderArrayRun(shape)) RETURN_IF_ERROR(ValidateStatement(conn, shape, sql, v.params.size()));
+    for (const std::string& sql : RenderArrayRun(shape))
+      RETURN_IF_ERROR(ValidateStatement(conn, shape, sql, v.params.size()));
     if (shape.kind == OpKind::kArrayRemove) WarnAboutArrayIndex(conn, shape);
   }
   return absl::OkStatus();
@@ -67,14 +68,16 @@ void PgSink::WarnAboutArrayIndex(PGconn* conn, const OpShape& shape) {
     }
     if (!on_column) continue;
     if (absl::StrContains(def, "fastupdate=off") || absl::StrContains(def, "fastupdate='off'")) return;
-    spdlog::warn("the GIN index on {}.{} in target {} keeps fastupdate on, so every update and delete of {} "
-                 "searches its pending list; turn it off ({}) or create the index as: {}",
-                 shape.table, column, shape.target, shape.source_table, def, advice);
+    spdlog::warn(
+        "the GIN index on {}.{} in target {} keeps fastupdate on, so every update and delete of {} "
+        "searches its pending list; turn it off ({}) or create the index as: {}",
+        shape.table, column, shape.target, shape.source_table, def, advice);
     return;
   }
-  spdlog::warn("no GIN index on {}.{} in target {}: every update and delete of {} scans the whole table for its "
-               "element; create one: {}",
-               shape.table, column, shape.target, shape.source_table, advice);
+  spdlog::warn(
+      "no GIN index on {}.{} in target {}: every update and delete of {} scans the whole table for its "
+      "element; create one: {}",
+      shape.table, column, shape.target, shape.source_table, advice);
 }
 
 absl::Status PgSink::ValidateStatement(PGconn* conn, const OpShape& shape, const std::string& sql, size_t params) {
@@ -85,14 +88,14 @@ absl::Status PgSink::ValidateStatement(PGconn* conn, const OpShape& shape, const
     // running anything.
     std::vector<std::string> nulls(params, "NULL");
     pg::ResultPtr e(PQexec(conn, absl::StrCat("EXPLAIN EXECUTE walshift_check",
-                                              nulls.empty() ? "" : absl::StrCat("(", absl::StrJoin(nulls, ", "), ")")).c_str()));
+                                              nulls.empty() ? "" : absl::StrCat("(", absl::StrJoin(nulls, ", "), ")"))
+                                     .c_str()));
     st = pg::ResultStatus(conn, e.get(), "server");
     pg::ResultPtr d(PQexec(conn, "DEALLOCATE walshift_check"));
     if (st.ok()) return absl::OkStatus();
   }
   return absl::Status(st.code(), absl::StrCat(OpKindName(shape.kind), " into ", shape.table, ": ",
-                                              absl::StripPrefix(st.message(), "server: "),
-                                              "; statement: ", sql));
+                                              absl::StripPrefix(st.message(), "server: "), "; statement: ", sql));
 }
 
 }  // namespace walshift

@@ -1,6 +1,4 @@
 // PgSink: what a failed statement is reported as (table, key, column, LSN, values).
-#include "daemon/apply/pg_sink.h"
-
 #include <algorithm>
 #include <cstring>
 
@@ -8,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "daemon/apply/pg_sink.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -28,12 +27,11 @@ namespace walshift {
 
 absl::Status PgSink::BrokenConnection(absl::string_view what) {
   std::string msg = conn_ ? PQerrorMessage(conn_.get()) : "";
-  return absl::UnavailableError(absl::StrCat("target ", options_.name, ": ", what, ": ",
-                                             absl::StripTrailingAsciiWhitespace(msg)));
+  return absl::UnavailableError(
+      absl::StrCat("target ", options_.name, ": ", what, ": ", absl::StripTrailingAsciiWhitespace(msg)));
 }
 
-std::vector<std::pair<DatumKind, absl::string_view>> PgSink::DecodeParams(
-    const Pending& pending) const {
+std::vector<std::pair<DatumKind, absl::string_view>> PgSink::DecodeParams(const Pending& pending) const {
   std::vector<std::pair<DatumKind, absl::string_view>> params;
   size_t off = pending.arena_offset;
   for (int i = 0; i < pending.shape->num_params && off + 5 <= arena_.size(); ++i) {
@@ -54,23 +52,21 @@ std::string PgSink::ProbeColumn(const Pending& pending) const {
   auto conn = pg::Connect(options_.dsn, absl::StrCat("target ", options_.name));
   if (!conn.ok()) return "(unknown)";
   for (const TargetValue& v : IsArrayOp(shape.kind) ? shape.array.element : shape.values) {
-    if (v.param < 0 || v.param >= static_cast<int>(params.size()) ||
-        params[v.param].first != DatumKind::kText)
+    if (v.param < 0 || v.param >= static_cast<int>(params.size()) || params[v.param].first != DatumKind::kText)
       continue;
-    auto type = pg::ExecParams(
-        conn->get(),
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
-        "to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
-        {pg::QuoteQualified(shape.table).c_str(), v.column.c_str()}, "probe");
+    auto type = pg::ExecParams(conn->get(),
+                               "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                               "to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                               {pg::QuoteQualified(shape.table).c_str(), v.column.c_str()}, "probe");
     if (!type.ok() || PQntuples(type->get()) != 1) continue;
     std::string type_name = PQgetvalue(type->get(), 0, 0);
     std::string value(params[v.param].second);
     // Assignment semantics (an explicit cast would silently cut a too long varchar).
     (void)pg::Exec(conn->get(), "BEGIN", "probe");
     auto made = pg::Exec(conn->get(), absl::StrCat("CREATE TEMP TABLE walshift_probe (v ", type_name, ")"), "probe");
-    auto insert = made.ok() ? pg::ExecParams(conn->get(), "INSERT INTO walshift_probe VALUES ($1)",
-                                             {value.c_str()}, "probe")
-                            : absl::StatusOr<pg::ResultPtr>(made.status());
+    auto insert = made.ok()
+                      ? pg::ExecParams(conn->get(), "INSERT INTO walshift_probe VALUES ($1)", {value.c_str()}, "probe")
+                      : absl::StatusOr<pg::ResultPtr>(made.status());
     (void)pg::Exec(conn->get(), "ROLLBACK", "probe");
     if (made.ok() && !insert.ok()) return absl::StrCat(v.column, " (", type_name, ", from ", v.origin, ")");
   }
@@ -87,9 +83,12 @@ std::string PgSink::DescribeParams(const Pending& pending, bool key_only) const 
   auto show = [&](int slot) -> std::string {
     if (slot < 0 || slot >= static_cast<int>(params.size())) return "?";
     switch (params[slot].first) {
-      case DatumKind::kNull: return "NULL";
-      case DatumKind::kUnchangedToast: return "(unchanged)";
-      case DatumKind::kText: return Shorten(params[slot].second);
+      case DatumKind::kNull:
+        return "NULL";
+      case DatumKind::kUnchangedToast:
+        return "(unchanged)";
+      case DatumKind::kText:
+        return Shorten(params[slot].second);
     }
     return "?";
   };
@@ -99,8 +98,7 @@ std::string PgSink::DescribeParams(const Pending& pending, bool key_only) const 
       parts.push_back(absl::StrCat(v.column, "=", show(v.param)));
     } else {
       std::vector<std::string> ins;
-      for (int in : v.sql_inputs)
-        ins.push_back(absl::StrCat(shape.inputs[in].name, "=", show(shape.inputs[in].param)));
+      for (int in : v.sql_inputs) ins.push_back(absl::StrCat(shape.inputs[in].name, "=", show(shape.inputs[in].param)));
       parts.push_back(absl::StrCat(v.column, "=(", v.sql, " with ", absl::StrJoin(ins, ", "), ")"));
     }
   };
@@ -143,16 +141,16 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
       const OpShape& shape = *pending.shape;
       if (pending.plain_insert && sqlstate && absl::string_view(sqlstate) == "23505") {
         conflict_table_ = shape.table;
-        return absl::AlreadyExistsError(absl::StrCat(
-            "target ", options_.name, ": ", shape.table, " already has rows that source inserts at LSN ",
-            FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn), " create (", server_msg, ")"));
+        return absl::AlreadyExistsError(
+            absl::StrCat("target ", options_.name, ": ", shape.table, " already has rows that source inserts at LSN ",
+                         FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn), " create (", server_msg, ")"));
       }
       if (pending.rows > 1) {
         return absl::Status(
             server.code(),
-            absl::StrCat("cannot apply ", OpKindName(shape.kind), " of ", pending.rows, " rows to ",
-                         shape.table, " (target ", options_.name, ") for source ", shape.source_table,
-                         " at LSN ", FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn),
+            absl::StrCat("cannot apply ", OpKindName(shape.kind), " of ", pending.rows, " rows to ", shape.table,
+                         " (target ", options_.name, ") for source ", shape.source_table, " at LSN ",
+                         FormatLsn(pending.lsn), "..", FormatLsn(pending.last_lsn),
                          column ? absl::StrCat(", column ", column) : "",
                          constraint ? absl::StrCat(", constraint ", constraint) : "", ": ", server_msg, extra));
       }
@@ -166,19 +164,18 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
       }
       return absl::Status(
           server.code(),
-          absl::StrCat("cannot apply ", OpKindName(shape.kind), " to ", shape.table, " (target ",
-                       options_.name, ") for source ", shape.source_table, " at LSN ",
-                       FormatLsn(pending.lsn),
-                       pending.last_lsn > pending.lsn ? absl::StrCat("..", FormatLsn(pending.last_lsn)) : "",
-                       ", key (", DescribeParams(pending, true), ")", col,
-                       ": ", server_msg, extra,
-                       shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
+          absl::StrCat(
+              "cannot apply ", OpKindName(shape.kind), " to ", shape.table, " (target ", options_.name, ") for source ",
+              shape.source_table, " at LSN ", FormatLsn(pending.lsn),
+              pending.last_lsn > pending.lsn ? absl::StrCat("..", FormatLsn(pending.last_lsn)) : "", ", key (",
+              DescribeParams(pending, true), ")", col, ": ", server_msg, extra,
+              shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
     }
     case Pending::kTruncate:
       return absl::Status(server.code(),
-                          absl::StrCat("cannot apply truncate of ", arena_.c_str() + pending.arena_offset,
-                                       " (target ", options_.name, ") for source ", pending.shape->source_table,
-                                       " at LSN ", FormatLsn(pending.lsn), ": ", server_msg, extra));
+                          absl::StrCat("cannot apply truncate of ", arena_.c_str() + pending.arena_offset, " (target ",
+                                       options_.name, ") for source ", pending.shape->source_table, " at LSN ",
+                                       FormatLsn(pending.lsn), ": ", server_msg, extra));
     case Pending::kPrepare: {
       // A statement that no longer fits the target: most often the source table changed (an
       // identity mapping writes every source column, a new one included).
@@ -189,10 +186,10 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
       }
       return absl::Status(
           server.code(),
-          absl::StrCat("cannot prepare the ", OpKindName(pending.shape->kind), " statement for ",
-                       pending.shape->table, " (target ", options_.name, ", source ",
-                       pending.shape->source_table, ", first needed at LSN ", FormatLsn(pending.lsn),
-                       "): ", server_msg, extra, hint, "; statement: ", arena_.c_str() + pending.arena_offset));
+          absl::StrCat("cannot prepare the ", OpKindName(pending.shape->kind), " statement for ", pending.shape->table,
+                       " (target ", options_.name, ", source ", pending.shape->source_table, ", first needed at LSN ",
+                       FormatLsn(pending.lsn), "): ", server_msg, extra, hint,
+                       "; statement: ", arena_.c_str() + pending.arena_offset));
     }
     default:
       return absl::Status(server.code(), absl::StrCat("target ", options_.name, ": ", server_msg, extra));

@@ -64,7 +64,8 @@ class ArraySql {
   std::string Value(const TargetValue& v) const {
     if (v.param >= 0) return Param(v.param, v.type);
     // Param() casts; the expression adds its inputs' own casts (the same types).
-    return ExpressionSql(s_, v.sql, v.sql_inputs, [&](int slot) { return run_ ? absl::StrCat("i.p", slot + 1) : absl::StrCat("$", slot + 1); });
+    return ExpressionSql(s_, v.sql, v.sql_inputs,
+                         [&](int slot) { return run_ ? absl::StrCat("i.p", slot + 1) : absl::StrCat("$", slot + 1); });
   }
   // jsonb_build_object(...) of the element fields (all, or only the element key).
   std::string Object(bool key_only) const {
@@ -91,8 +92,10 @@ class ArraySql {
   }
   // The elements of t's array that `keep` (a condition on e) keeps, plus `add` (rows of e), sorted.
   std::string Rebuild(const std::string& keep, const std::string& add) const {
-    return absl::StrCat("(SELECT coalesce(jsonb_agg(e ORDER BY ", OrderOf("e"), "), '[]'::jsonb) FROM (SELECT e FROM "
-                        "jsonb_array_elements(coalesce(t.", col_, ", '[]'::jsonb)) AS a(e) WHERE ", keep,
+    return absl::StrCat("(SELECT coalesce(jsonb_agg(e ORDER BY ", OrderOf("e"),
+                        "), '[]'::jsonb) FROM (SELECT e FROM "
+                        "jsonb_array_elements(coalesce(t.",
+                        col_, ", '[]'::jsonb)) AS a(e) WHERE ", keep,
                         add.empty() ? "" : absl::StrCat(" UNION ALL SELECT ", add), ") AS x(e))");
   }
   std::string SameParent(const std::string& a, const std::string& b) const {
@@ -134,8 +137,9 @@ class ArraySql {
                         Upsert());
   }
   std::string Remove() const {
-    return absl::StrCat("UPDATE ", table_, " AS t SET ", col_, " = ", Rebuild(absl::StrCat(KeyOf("e"), " <> ", key_), ""),
-                        " WHERE t.", col_, " @> jsonb_build_array(", key_, ")");
+    return absl::StrCat("UPDATE ", table_, " AS t SET ", col_, " = ",
+                        Rebuild(absl::StrCat(KeyOf("e"), " <> ", key_), ""), " WHERE t.", col_,
+                        " @> jsonb_build_array(", key_, ")");
   }
   // The last version of each element in the run, with its parent key under the parent's
   // column names: what the run leaves, whatever came before inside it.
@@ -143,19 +147,20 @@ class ArraySql {
     std::vector<std::string> parent_as;
     for (size_t i = 0; i < parent_cols_.size(); ++i)
       parent_as.push_back(absl::StrCat(parent_vals_[i], " AS ", parent_cols_[i]));
-    return absl::StrCat("SELECT DISTINCT ON (ws_key) ", absl::StrJoin(parent_as, ", "), ", ", elem_,
-                        " AS ws_element, ", key_, " AS ws_key FROM ", RowsOf(), " ORDER BY ws_key, i.n DESC");
+    return absl::StrCat("SELECT DISTINCT ON (ws_key) ", absl::StrJoin(parent_as, ", "), ", ", elem_, " AS ws_element, ",
+                        key_, " AS ws_key FROM ", RowsOf(), " ORDER BY ws_key, i.n DESC");
   }
   std::string UpsertRun() const {
-    const std::string grouped = absl::StrCat("SELECT ", pcols_, ", jsonb_agg(ws_element ORDER BY ",
-                                             OrderOf("ws_element"), ") AS ws_new FROM (", Last(), ") AS l GROUP BY ",
-                                             pcols_);
+    const std::string grouped =
+        absl::StrCat("SELECT ", pcols_, ", jsonb_agg(ws_element ORDER BY ", OrderOf("ws_element"), ") AS ws_new FROM (",
+                     Last(), ") AS l GROUP BY ", pcols_);
     if (s_.array.owned) {
-      return absl::StrCat("UPDATE ", table_, " AS t SET ", col_, " = ",
-                          Rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM jsonb_array_elements(g.ws_new) AS ex(n) WHERE ",
-                                               KeyOf("n"), " = ", KeyOf("e"), ")"),
-                                  "jsonb_array_elements(g.ws_new)"),
-                          " FROM (", grouped, ") AS g WHERE ", SameParent("t", "g"));
+      return absl::StrCat(
+          "UPDATE ", table_, " AS t SET ", col_, " = ",
+          Rebuild(absl::StrCat("NOT EXISTS (SELECT 1 FROM jsonb_array_elements(g.ws_new) AS ex(n) WHERE ", KeyOf("n"),
+                               " = ", KeyOf("e"), ")"),
+                  "jsonb_array_elements(g.ws_new)"),
+          " FROM (", grouped, ") AS g WHERE ", SameParent("t", "g"));
     }
     return absl::StrCat("INSERT INTO ", table_, " AS t (", pcols_, ", ", col_, ") SELECT ", pcols_, ", ws_new FROM (",
                         grouped, ") AS g ON CONFLICT (", pcols_, ") DO UPDATE SET ", col_, " = ",
@@ -172,7 +177,8 @@ class ArraySql {
   }
   std::string InHit() const {
     std::string in_hit = absl::StrCat("t.", parent_cols_[0], " = ANY(ARRAY(SELECT ", parent_cols_[0], " FROM hit))");
-    if (parent_cols_.size() > 1) absl::StrAppend(&in_hit, " AND (", Qualified("t"), ") IN (SELECT ", pcols_, " FROM hit)");
+    if (parent_cols_.size() > 1)
+      absl::StrAppend(&in_hit, " AND (", Qualified("t"), ") IN (SELECT ", pcols_, " FROM hit)");
     return in_hit;
   }
   std::string LeaveOthersRun() const {
@@ -273,14 +279,12 @@ std::string RenderStatement(const PgStatementPlan& plan, int rows, bool plain_in
     size_t idx = &tv - shape.values.data();
     return absl::StrCat(ref(tv.param, row), "::", shape.casts[idx]);
   };
-  std::string condition = shape.condition.empty()
-                              ? ""
-                              : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs, 0),
-                                             ", false)");
+  std::string condition =
+      shape.condition.empty()
+          ? ""
+          : absl::StrCat("coalesce(", expression(shape.condition, shape.condition_inputs, 0), ", false)");
   const bool move = shape.kind == OpKind::kUpdateOnly && !shape.match.empty();
-  auto is_key = [&](int idx) {
-    return !move && std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end();
-  };
+  auto is_key = [&](int idx) { return !move && std::find(shape.key.begin(), shape.key.end(), idx) != shape.key.end(); };
   // A compared parameter is cast to its column's type: an untyped one is read as whatever the
   // operator suggests, which fails for composite types.
   auto compared = [&](const TargetValue& tv) {
@@ -298,11 +302,11 @@ std::string RenderStatement(const PgStatementPlan& plan, int rows, bool plain_in
     for (const TargetValue& m : shape.match) {
       auto nv = std::find_if(shape.values.begin(), shape.values.end(),
                              [&](const TargetValue& tv) { return tv.column == m.column; });
-      if (nv != shape.values.end())
-        taken.push_back(absl::StrCat("x.", pg::QuoteIdent(m.column), " = ", compared(*nv)));
+      if (nv != shape.values.end()) taken.push_back(absl::StrCat("x.", pg::QuoteIdent(m.column), " = ", compared(*nv)));
     }
     if (!taken.empty()) {
-      where.push_back(absl::StrCat("NOT EXISTS (SELECT 1 FROM ", table, " AS x WHERE ", absl::StrJoin(taken, " AND "), ")"));
+      where.push_back(
+          absl::StrCat("NOT EXISTS (SELECT 1 FROM ", table, " AS x WHERE ", absl::StrJoin(taken, " AND "), ")"));
     }
   } else {
     for (int k : shape.key)
@@ -325,9 +329,9 @@ std::string RenderStatement(const PgStatementPlan& plan, int rows, bool plain_in
         return absl::StrCat("INSERT INTO ", table, " (", absl::StrJoin(cols, ", "), ") VALUES ",
                             absl::StrJoin(tuples, ", "));
       }
-      std::string conflict = absl::StrCat(
-          " ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
-          sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
+      std::string conflict =
+          absl::StrCat(" ON CONFLICT (", absl::StrJoin(keys, ", "), ") ",
+                       sets.empty() ? "DO NOTHING" : absl::StrCat("DO UPDATE SET ", absl::StrJoin(sets, ", ")));
       if (!condition.empty()) {
         // One row, written only when the filter holds.
         std::vector<std::string> vals;

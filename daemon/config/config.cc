@@ -25,8 +25,8 @@ bool ReadFile(const std::string& path, std::string* out) {
 }
 
 // Resolves exactly one of dsn / dsn_env / dsn_file.
-std::string ResolveDsn(const std::string& dsn, const std::string& env, const std::string& file,
-                       const std::string& path, std::vector<std::string>* problems) {
+std::string ResolveDsn(const std::string& dsn, const std::string& env, const std::string& file, const std::string& path,
+                       std::vector<std::string>* problems) {
   int given = !dsn.empty() + !env.empty() + !file.empty();
   if (given == 0) {
     problems->push_back(absl::StrCat(path, ": one of dsn, dsn_env or dsn_file is required"));
@@ -40,8 +40,7 @@ std::string ResolveDsn(const std::string& dsn, const std::string& env, const std
   if (!env.empty()) {
     const char* v = std::getenv(env.c_str());
     if (v == nullptr || *v == '\0') {
-      problems->push_back(
-          absl::StrCat(path, ".dsn_env: environment variable ", env, " is not set or empty"));
+      problems->push_back(absl::StrCat(path, ".dsn_env: environment variable ", env, " is not set or empty"));
       return "";
     }
     return v;
@@ -72,9 +71,8 @@ std::string DefaultObjectName(const std::string& pipeline) {
 }  // namespace
 
 absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std::string>& problems) {
-  return absl::InvalidArgumentError(absl::StrCat(
-      problems.size(), problems.size() == 1 ? " problem" : " problems", " in ", file_name,
-      ":\n  - ", absl::StrJoin(problems, "\n  - ")));
+  return absl::InvalidArgumentError(absl::StrCat(problems.size(), problems.size() == 1 ? " problem" : " problems",
+                                                 " in ", file_name, ":\n  - ", absl::StrJoin(problems, "\n  - ")));
 }
 
 absl::StatusOr<Settings> LoadSettingsFile(const std::string& path) {
@@ -105,8 +103,8 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
   std::erase_if(problems, [](const std::string& p) { return p.rfind("mappings: required", 0) == 0; });
 
   if (!s.proto.pipeline().empty() && !ValidName(s.proto.pipeline())) {
-    problems.push_back(absl::StrCat("pipeline: '", s.proto.pipeline(),
-                                    "' must be 1-63 letters, digits, '_', '-' or '.'"));
+    problems.push_back(
+        absl::StrCat("pipeline: '", s.proto.pipeline(), "' must be 1-63 letters, digits, '_', '-' or '.'"));
   }
   if (s.proto.has_source()) {
     const auto& src = s.proto.source();
@@ -115,8 +113,8 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     s.publication = src.publication().empty() ? DefaultObjectName(s.proto.pipeline()) : src.publication();
     for (char c : s.slot) {
       if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_')) {
-        problems.push_back(absl::StrCat("source.slot: '", s.slot,
-                                        "' may contain only lower case letters, digits and '_'"));
+        problems.push_back(
+            absl::StrCat("source.slot: '", s.slot, "' may contain only lower case letters, digits and '_'"));
         break;
       }
     }
@@ -131,8 +129,7 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     std::string path = IndexPath("targets", i);
     if (t.name().empty()) continue;  // reported as required
     if (!ValidName(t.name())) {
-      problems.push_back(absl::StrCat(path, ".name: '", t.name(),
-                                      "' must be letters, digits, '_', '-' or '.'"));
+      problems.push_back(absl::StrCat(path, ".name: '", t.name(), "' must be letters, digits, '_', '-' or '.'"));
     }
     if (!target_names.insert(t.name()).second) {
       problems.push_back(absl::StrCat(path, ".name: target '", t.name(), "' is defined twice"));
@@ -144,13 +141,15 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
       if (!t.dsn().empty() || !t.dsn_env().empty() || !t.dsn_file().empty())
         problems.push_back(absl::StrCat(path, ": a documents target has a path, not a dsn"));
       if (t.path().empty() == t.path_env().empty()) {
-        problems.push_back(absl::StrCat(path, ": a documents target needs exactly one of path or path_env (the store's directory)"));
+        problems.push_back(
+            absl::StrCat(path, ": a documents target needs exactly one of path or path_env (the store's directory)"));
       } else if (!t.path().empty()) {
         ts.path = t.path();
       } else {
         const char* v = std::getenv(t.path_env().c_str());
         if (v == nullptr || *v == '\0') {
-          problems.push_back(absl::StrCat(path, ".path_env: environment variable ", t.path_env(), " is not set or empty"));
+          problems.push_back(
+              absl::StrCat(path, ".path_env: environment variable ", t.path_env(), " is not set or empty"));
         } else {
           ts.path = v;
         }
@@ -163,8 +162,7 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     s.targets.push_back(std::move(ts));
   }
 
-  if (!mappings_node || mappings_node.IsNull() ||
-      (mappings_node.IsSequence() && mappings_node.size() == 0)) {
+  if (!mappings_node || mappings_node.IsNull() || (mappings_node.IsSequence() && mappings_node.size() == 0)) {
     problems.push_back("mappings: required key missing (at least one mapping)");
   } else if (!mappings_node.IsSequence()) {
     problems.push_back("mappings: expected a list of mappings");

@@ -27,16 +27,20 @@ std::string Where(const YAML::Node& node) {
 
 const char* KindName(const YAML::Node& node) {
   switch (node.Type()) {
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Scalar: return "a scalar";
-    case YAML::NodeType::Null: return "empty";
-    default: return "undefined";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return "a scalar";
+    case YAML::NodeType::Null:
+      return "empty";
+    default:
+      return "undefined";
   }
 }
 
-const EnumValueDescriptor* FindEnumValue(const google::protobuf::EnumDescriptor* e,
-                                         absl::string_view text) {
+const EnumValueDescriptor* FindEnumValue(const google::protobuf::EnumDescriptor* e, absl::string_view text) {
   std::string upper = absl::AsciiStrToUpper(text);
   for (int i = 0; i < e->value_count(); ++i) {
     const EnumValueDescriptor* v = e->value(i);
@@ -62,8 +66,8 @@ std::string EnumChoices(const google::protobuf::EnumDescriptor* e) {
 }
 
 // Sets a singular or appends a repeated scalar field from a YAML scalar.
-void SetScalar(const YAML::Node& node, Message* msg, const FieldDescriptor* field,
-               const std::string& path, std::vector<std::string>* errors) {
+void SetScalar(const YAML::Node& node, Message* msg, const FieldDescriptor* field, const std::string& path,
+               std::vector<std::string>* errors) {
   if (!node.IsScalar()) {
     errors->push_back(absl::StrCat(path, ": expected a value, found ", KindName(node), Where(node)));
     return;
@@ -81,9 +85,12 @@ void SetScalar(const YAML::Node& node, Message* msg, const FieldDescriptor* fiel
     case FieldDescriptor::CPPTYPE_BOOL: {
       bool v;
       std::string lower = absl::AsciiStrToLower(text);
-      if (lower == "true" || lower == "yes" || lower == "on") v = true;
-      else if (lower == "false" || lower == "no" || lower == "off") v = false;
-      else return bad("true or false");
+      if (lower == "true" || lower == "yes" || lower == "on")
+        v = true;
+      else if (lower == "false" || lower == "no" || lower == "off")
+        v = false;
+      else
+        return bad("true or false");
       rep ? r->AddBool(msg, field, v) : r->SetBool(msg, field, v);
       return;
     }
@@ -126,8 +133,8 @@ void SetScalar(const YAML::Node& node, Message* msg, const FieldDescriptor* fiel
     case FieldDescriptor::CPPTYPE_ENUM: {
       const EnumValueDescriptor* v = FindEnumValue(field->enum_type(), text);
       if (v == nullptr) {
-        errors->push_back(absl::StrCat(path, ": '", text, "' is not one of ",
-                                       EnumChoices(field->enum_type()), Where(node)));
+        errors->push_back(
+            absl::StrCat(path, ": '", text, "' is not one of ", EnumChoices(field->enum_type()), Where(node)));
         return;
       }
       rep ? r->AddEnum(msg, field, v) : r->SetEnum(msg, field, v);
@@ -139,8 +146,8 @@ void SetScalar(const YAML::Node& node, Message* msg, const FieldDescriptor* fiel
   errors->push_back(absl::StrCat(path, ": unsupported field type"));
 }
 
-void SetField(const YAML::Node& node, Message* msg, const FieldDescriptor* field,
-              const std::string& path, std::vector<std::string>* errors);
+void SetField(const YAML::Node& node, Message* msg, const FieldDescriptor* field, const std::string& path,
+              std::vector<std::string>* errors);
 
 void FillMessageOrScalar(const YAML::Node& node, Message* sub, const std::string& path,
                          std::vector<std::string>* errors) {
@@ -155,8 +162,8 @@ void FillMessageOrScalar(const YAML::Node& node, Message* sub, const std::string
   ParseYamlInto(node, sub, path, errors);
 }
 
-void SetField(const YAML::Node& node, Message* msg, const FieldDescriptor* field,
-              const std::string& path, std::vector<std::string>* errors) {
+void SetField(const YAML::Node& node, Message* msg, const FieldDescriptor* field, const std::string& path,
+              std::vector<std::string>* errors) {
   const Reflection* r = msg->GetReflection();
   if (field->is_map()) {
     if (!node.IsMap()) {
@@ -178,8 +185,7 @@ void SetField(const YAML::Node& node, Message* msg, const FieldDescriptor* field
       e->GetReflection()->SetString(e, key_f, key);
       std::string sub_path = JoinPath(path, key);
       if (val_f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-        FillMessageOrScalar(kv.second, e->GetReflection()->MutableMessage(e, val_f), sub_path,
-                            errors);
+        FillMessageOrScalar(kv.second, e->GetReflection()->MutableMessage(e, val_f), sub_path, errors);
       } else {
         SetScalar(kv.second, e, val_f, sub_path, errors);
       }
@@ -231,8 +237,7 @@ void CheckRequired(const YAML::Node& node, const Message& msg, const std::string
       present = r->HasField(msg, f);
     }
     if (!present) {
-      errors->push_back(absl::StrCat(JoinPath(path, f->name()), ": required key missing",
-                                     Where(node)));
+      errors->push_back(absl::StrCat(JoinPath(path, f->name()), ": required key missing", Where(node)));
     }
   }
 }
@@ -243,19 +248,17 @@ std::string JoinPath(const std::string& path, const std::string& key) {
   return path.empty() ? key : absl::StrCat(path, ".", key);
 }
 
-std::string IndexPath(const std::string& path, size_t index) {
-  return absl::StrCat(path, "[", index, "]");
-}
+std::string IndexPath(const std::string& path, size_t index) { return absl::StrCat(path, "[", index, "]"); }
 
-void ParseYamlInto(const YAML::Node& node, Message* message, const std::string& path,
-                   std::vector<std::string>* errors, std::vector<std::string>* leftover_keys) {
+void ParseYamlInto(const YAML::Node& node, Message* message, const std::string& path, std::vector<std::string>* errors,
+                   std::vector<std::string>* leftover_keys) {
   if (node.IsNull() || !node.IsDefined()) {
     CheckRequired(node, *message, path, errors);
     return;
   }
   if (!node.IsMap()) {
-    errors->push_back(absl::StrCat(path.empty() ? "config" : path, ": expected a mapping, found ",
-                                   KindName(node), Where(node)));
+    errors->push_back(
+        absl::StrCat(path.empty() ? "config" : path, ": expected a mapping, found ", KindName(node), Where(node)));
     return;
   }
   const Descriptor* d = message->GetDescriptor();
@@ -294,13 +297,12 @@ void ParseYamlInto(const YAML::Node& node, Message* message, const std::string& 
   CheckRequired(node, *message, path, errors);
 }
 
-YAML::Node LoadYaml(const std::string& text, const std::string& file_name,
-                    std::vector<std::string>* errors) {
+YAML::Node LoadYaml(const std::string& text, const std::string& file_name, std::vector<std::string>* errors) {
   try {
     return YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    errors->push_back(absl::StrCat(file_name, ":", e.mark.line + 1, ":", e.mark.column + 1,
-                                   ": YAML syntax error: ", e.msg));
+    errors->push_back(
+        absl::StrCat(file_name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg));
   } catch (const std::exception& e) {
     errors->push_back(absl::StrCat(file_name, ": ", e.what()));
   }

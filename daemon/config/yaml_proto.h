@@ -14,14 +14,12 @@ namespace walshift::config {
 // Appends one error per problem to `errors`; never stops at the first. When `leftover_keys` is
 // non-null, keys the message does not know are collected there instead of being errors (a
 // mapping's module-specific keys). Checks `(walshift.v1.required)` fields after filling.
-void ParseYamlInto(const YAML::Node& node, google::protobuf::Message* message,
-                   const std::string& path, std::vector<std::string>* errors,
-                   std::vector<std::string>* leftover_keys = nullptr);
+void ParseYamlInto(const YAML::Node& node, google::protobuf::Message* message, const std::string& path,
+                   std::vector<std::string>* errors, std::vector<std::string>* leftover_keys = nullptr);
 
 // Loads a YAML document from text; on a syntax error returns a null node and appends
 // "FILE:LINE:COL: message" to errors.
-YAML::Node LoadYaml(const std::string& text, const std::string& file_name,
-                    std::vector<std::string>* errors);
+YAML::Node LoadYaml(const std::string& text, const std::string& file_name, std::vector<std::string>* errors);
 
 // "a.b" / "a[3]" path helpers.
 std::string JoinPath(const std::string& path, const std::string& key);

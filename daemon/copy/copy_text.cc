@@ -22,8 +22,7 @@ absl::Status DecodeCopyTextRow(char* line, size_t len, size_t columns, std::vect
     char* start = line + in;
     char* w = start;
     // "\N" alone is NULL; "\\N" or a field that merely contains \N is text.
-    if (in + 1 < len && line[in] == '\\' && line[in + 1] == 'N' &&
-        (in + 2 == len || line[in + 2] == '\t')) {
+    if (in + 1 < len && line[in] == '\\' && line[in + 1] == 'N' && (in + 2 == len || line[in + 2] == '\t')) {
       out->push_back(Datum{DatumKind::kNull, 0, nullptr});
       in += 2;
     } else {
@@ -36,12 +35,24 @@ absl::Status DecodeCopyTextRow(char* line, size_t len, size_t columns, std::vect
         if (in >= len) return absl::DataLossError("COPY row ends inside an escape");
         char e = line[in++];
         switch (e) {
-          case 'b': *w++ = '\b'; break;
-          case 'f': *w++ = '\f'; break;
-          case 'n': *w++ = '\n'; break;
-          case 'r': *w++ = '\r'; break;
-          case 't': *w++ = '\t'; break;
-          case 'v': *w++ = '\v'; break;
+          case 'b':
+            *w++ = '\b';
+            break;
+          case 'f':
+            *w++ = '\f';
+            break;
+          case 'n':
+            *w++ = '\n';
+            break;
+          case 'r':
+            *w++ = '\r';
+            break;
+          case 't':
+            *w++ = '\t';
+            break;
+          case 'v':
+            *w++ = '\v';
+            break;
           case 'x': {
             int v = 0, digits = 0;
             while (digits < 2 && in < len && HexValue(line[in]) >= 0) v = v * 16 + HexValue(line[in++]), ++digits;
@@ -55,7 +66,8 @@ absl::Status DecodeCopyTextRow(char* line, size_t len, size_t columns, std::vect
           default:
             if (e >= '0' && e <= '7') {
               int v = e - '0', digits = 1;
-              while (digits < 3 && in < len && line[in] >= '0' && line[in] <= '7') v = v * 8 + (line[in++] - '0'), ++digits;
+              while (digits < 3 && in < len && line[in] >= '0' && line[in] <= '7')
+                v = v * 8 + (line[in++] - '0'), ++digits;
               *w++ = static_cast<char>(v);
             } else {
               *w++ = e;  // \\ and any other escaped character stand for themselves

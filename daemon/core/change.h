@@ -2,13 +2,13 @@
 // Value types of the capture side: a source relation as pgoutput describes it, tuple values as
 // views into the message that carried them, and one decoded row change.
 
-#include "absl/strings/string_view.h"
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "daemon/core/lsn.h"
 
 namespace walshift {

@@ -1,19 +1,19 @@
 #pragma once
 // The small abstract interfaces the pipeline is wired from. No libpq or librdkafka here.
 
-#include "absl/strings/string_view.h"
 #include <functional>
 #include <map>
 #include <memory>
-#include <string>
 #include <optional>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "daemon/core/change.h"
 #include "daemon/core/target_op.h"
@@ -66,7 +66,7 @@ class ChangeSource {
 // daemon/pipeline/initial_copy.h).
 struct CopyChunk {
   std::string source_table;
-  std::string key_column;        // empty: the range is the whole table
+  std::string key_column;         // empty: the range is the whole table
   std::optional<int64_t> lo, hi;  // [lo, hi), unbounded when absent
   Lsn snapshot_lsn = kInvalidLsn;
   uint64_t rows = 0;
@@ -122,11 +122,9 @@ class BoundMapping {
  public:
   virtual ~BoundMapping() = default;
   // Calls `emit` for every operation the change produces, in order.
-  virtual absl::Status Map(const RowChange& change,
-                           const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
+  virtual absl::Status Map(const RowChange& change, const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
   // The operations a TRUNCATE of the source table produces (may be none).
-  virtual absl::Status MapTruncate(Lsn lsn,
-                                   const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
+  virtual absl::Status MapTruncate(Lsn lsn, const std::function<absl::Status(const TargetOp&)>& emit) const = 0;
   // Every operation shape the mapping can emit, for checks against the live target schema.
   virtual std::vector<const OpShape*> shapes() const = 0;
   // True when an update is written as a whole row (or element) that may not be in the target
@@ -163,16 +161,15 @@ class SchemaInspector {
  public:
   virtual ~SchemaInspector() = default;
   // Source catalog facts about `relation`, with each type checked against `target`.
-  virtual absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
-                                                   const std::string& target) = 0;
+  virtual absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation, const std::string& target) = 0;
   // The type (without modifier) of each column of `table` in `target`, by column name; empty
   // when the table does not exist.
-  virtual absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
-      const std::string& target, const std::string& table) = 0;
+  virtual absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(const std::string& target,
+                                                                               const std::string& table) = 0;
   // pg_get_indexdef() of each index of `table` in `target` (advisory: modules use it to warn
   // about missing indexes; unimplemented where there is no catalog to ask).
   virtual absl::StatusOr<std::vector<std::string>> TargetIndexDefinitions(const std::string& target,
-                                                                         const std::string& table) {
+                                                                          const std::string& table) {
     return absl::UnimplementedError("no target catalog");
   }
 };
@@ -186,7 +183,7 @@ class MappingModule {
   // Checks the mapping against the relation and builds the per-row plan. kFailedPrecondition
   // with a message naming table and column when the mapping cannot apply.
   virtual absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                              SchemaInspector& inspector) const = 0;
+                                                             SchemaInspector& inspector) const = 0;
 
   // Owned rows: a mapping whose target rows exist only while another source's mapping has
   // written them names that source (schema.table) here, with the target table and how its key

@@ -5,13 +5,11 @@
 #include <cstdio>
 #include <ctime>
 
-
 namespace walshift {
 
 std::string FormatLsn(Lsn lsn) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "%" PRIX32 "/%" PRIX32, static_cast<uint32_t>(lsn >> 32),
-                static_cast<uint32_t>(lsn));
+  std::snprintf(buf, sizeof(buf), "%" PRIX32 "/%" PRIX32, static_cast<uint32_t>(lsn >> 32), static_cast<uint32_t>(lsn));
   return buf;
 }
 
@@ -22,9 +20,10 @@ std::optional<Lsn> ParseLsn(absl::string_view text) {
     if (s.empty() || s.size() > 8) return false;
     uint64_t v = 0;
     for (char c : s) {
-      int d = (c >= '0' && c <= '9') ? c - '0'
+      int d = (c >= '0' && c <= '9')   ? c - '0'
               : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-              : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                       : -1;
       if (d < 0) return false;
       v = v * 16 + d;
     }
@@ -41,8 +40,7 @@ static constexpr int64_t kPgEpochOffsetSeconds = 946684800;
 
 PgTimestamp PgNow() {
   auto now = std::chrono::system_clock::now().time_since_epoch();
-  return std::chrono::duration_cast<std::chrono::microseconds>(now).count() -
-         kPgEpochOffsetSeconds * 1000000;
+  return std::chrono::duration_cast<std::chrono::microseconds>(now).count() - kPgEpochOffsetSeconds * 1000000;
 }
 
 std::string FormatPgTimestamp(PgTimestamp ts) {

@@ -1,11 +1,12 @@
 #pragma once
 // WAL positions (XLogRecPtr) as the 64-bit number PostgreSQL uses, and its X/X text form.
 
-#include "absl/strings/string_view.h"
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include "absl/strings/string_view.h"
 
 namespace walshift {
 

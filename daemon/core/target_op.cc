@@ -6,13 +6,20 @@ namespace walshift {
 
 const char* OpKindName(OpKind kind) {
   switch (kind) {
-    case OpKind::kUpsert: return "upsert";
-    case OpKind::kDelete: return "delete";
-    case OpKind::kUpdateOnly: return "update";
-    case OpKind::kTruncate: return "truncate";
-    case OpKind::kClearColumns: return "clear";
-    case OpKind::kArrayUpsert: return "array element upsert";
-    case OpKind::kArrayRemove: return "array element removal";
+    case OpKind::kUpsert:
+      return "upsert";
+    case OpKind::kDelete:
+      return "delete";
+    case OpKind::kUpdateOnly:
+      return "update";
+    case OpKind::kTruncate:
+      return "truncate";
+    case OpKind::kClearColumns:
+      return "clear";
+    case OpKind::kArrayUpsert:
+      return "array element upsert";
+    case OpKind::kArrayRemove:
+      return "array element removal";
   }
   return "?";
 }

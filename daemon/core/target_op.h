@@ -14,10 +14,10 @@
 namespace walshift {
 
 enum class OpKind : uint8_t {
-  kUpsert,      // INSERT ... ON CONFLICT (key) DO UPDATE of the listed columns
-  kDelete,      // DELETE by key
-  kUpdateOnly,  // UPDATE of the listed columns by key; no row is created
-  kTruncate,    // empty the table
+  kUpsert,        // INSERT ... ON CONFLICT (key) DO UPDATE of the listed columns
+  kDelete,        // DELETE by key
+  kUpdateOnly,    // UPDATE of the listed columns by key; no row is created
+  kTruncate,      // empty the table
   kClearColumns,  // set the listed columns to NULL in every row of the table (no parameters)
   // One element of the JSON array column `array.column` of a parent row, found by the parent
   // key `values` (all of them the key). The element is a JSON object of `array.element`; the
@@ -45,8 +45,8 @@ struct ExprInput {
 struct TargetValue {
   std::string column;
   int param = -1;
-  std::string sql;               // non-empty: an expression, evaluated by the target
-  std::vector<int> sql_inputs;   // indices into OpShape::inputs the expression references
+  std::string sql;              // non-empty: an expression, evaluated by the target
+  std::vector<int> sql_inputs;  // indices into OpShape::inputs the expression references
   // For error messages: the source column (or "const"/"sql") this value comes from.
   std::string origin;
   // The type the parameter is read as: the source column's type (format_type), or `text`
@@ -57,14 +57,14 @@ struct TargetValue {
 
 // kArrayUpsert / kArrayRemove: the array and its element.
 struct ArraySpec {
-  std::string column;               // the JSON array column of the parent table
+  std::string column;                // the JSON array column of the parent table
   std::vector<TargetValue> element;  // element fields (`column` is the field name), by name
   std::vector<int> element_key;      // indices into `element` identifying an element
   // The field elements are sorted by first, then by the element key (empty: the first key
   // field). kArrayRemove too: the array it leaves stays sorted.
   std::string sort_by;
-  bool owned = false;                // parents are created by their owner's mapping only
-  bool leave_others = false;         // kArrayUpsert: the element may come from another parent
+  bool owned = false;         // parents are created by their owner's mapping only
+  bool leave_others = false;  // kArrayUpsert: the element may come from another parent
   // The parent table's key columns (kArrayUpsert: those of `values`); kArrayRemove finds its
   // parents by the element and reaches them by these.
   std::vector<std::string> parent_columns;
@@ -72,9 +72,9 @@ struct ArraySpec {
 
 struct OpShape {
   OpKind kind = OpKind::kUpsert;
-  std::string target;        // target database name from the config
-  std::string table;         // schema-qualified target table, unquoted "schema.table"
-  std::string source_table;  // schema-qualified source table, for messages
+  std::string target;               // target database name from the config
+  std::string table;                // schema-qualified target table, unquoted "schema.table"
+  std::string source_table;         // schema-qualified source table, for messages
   std::vector<TargetValue> values;  // kUpsert/kUpdateOnly: all written columns, key included;
                                     // kDelete: the key columns
   std::vector<int> key;             // indices into `values` forming the key
@@ -97,7 +97,7 @@ struct OpShape {
   std::vector<int> condition_inputs;  // indices into `inputs`
   std::vector<std::string> casts;
   int num_params = 0;  // parameter slots of an op of this shape
-  uint32_t id = 0;  // unique per process; the sink caches prepared statements by it
+  uint32_t id = 0;     // unique per process; the sink caches prepared statements by it
 };
 
 // One operation for one row: a shape and its `shape->num_params` parameter values. Views are

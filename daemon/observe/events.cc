@@ -1,12 +1,11 @@
 #include "daemon/observe/events.h"
 
-#include <librdkafka/rdkafka.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/util/json_util.h"
 #include "spdlog/spdlog.h"
+#include <librdkafka/rdkafka.h>
 
 namespace walshift {
 namespace {
@@ -78,8 +77,10 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(const v1:
   rd_kafka_conf_set_opaque(conf, p.get());
   rd_kafka_conf_set_dr_msg_cb(conf, DeliveryReport);
   rd_kafka_conf_set_log_cb(conf, [](const rd_kafka_t*, int level, const char* fac, const char* buf) {
-    if (level <= 3) spdlog::warn("kafka: {} {}", fac, buf);
-    else spdlog::debug("kafka: {} {}", fac, buf);
+    if (level <= 3)
+      spdlog::warn("kafka: {} {}", fac, buf);
+    else
+      spdlog::debug("kafka: {} {}", fac, buf);
   });
   p->kafka_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
   if (p->kafka_ == nullptr) return absl::InvalidArgumentError(absl::StrCat("kafka: ", err));
@@ -122,10 +123,10 @@ void EventPublisher::Produce(const std::string& topic, const std::string& key, c
   rd_kafka_headers_t* headers = rd_kafka_headers_new(2);
   rd_kafka_header_add(headers, "walshift-type", -1, type.data(), static_cast<ssize_t>(type.size()));
   rd_kafka_header_add(headers, "content-type", -1, content_type, -1);
-  rd_kafka_resp_err_t err = rd_kafka_producev(
-      kafka_, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key.data(), key.size()),
-      RD_KAFKA_V_VALUE(value.data(), value.size()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-      RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
+  rd_kafka_resp_err_t err =
+      rd_kafka_producev(kafka_, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key.data(), key.size()),
+                        RD_KAFKA_V_VALUE(value.data(), value.size()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                        RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
   if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
     rd_kafka_headers_destroy(headers);
     uint64_t n = dropped_.fetch_add(1) + 1;
@@ -137,8 +138,10 @@ void EventPublisher::Produce(const std::string& topic, const std::string& key, c
 }
 
 void EventPublisher::Publish(const v1::LagEvent& event) {
-  if (kafka_ == nullptr) spdlog::info("{}", LagLine(event));
-  else spdlog::debug("{}", LagLine(event));
+  if (kafka_ == nullptr)
+    spdlog::info("{}", LagLine(event));
+  else
+    spdlog::debug("{}", LagLine(event));
   Produce(lag_topic_, event.pipeline(), event);
 }
 
@@ -147,14 +150,16 @@ void EventPublisher::Publish(const v1::StateEvent& event) {
     spdlog::warn("pipeline {}: {}", event.pipeline(), event.warning());
   } else {
     spdlog::info("pipeline {}: {} -> {}{}", event.pipeline(), v1::PipelineState_Name(event.previous()),
-                 v1::PipelineState_Name(event.state()), event.message().empty() ? "" : absl::StrCat(": ", event.message()));
+                 v1::PipelineState_Name(event.state()),
+                 event.message().empty() ? "" : absl::StrCat(": ", event.message()));
   }
   Produce(state_topic_, event.pipeline(), event);
 }
 
 void EventPublisher::Publish(const v1::DriftEvent& event) {
   spdlog::warn("pipeline {}: drift {} in {} (target {} {}) key ({})", event.pipeline(),
-               v1::DriftKind_Name(event.kind()), event.source_table(), event.target(), event.target_table(), event.key());
+               v1::DriftKind_Name(event.kind()), event.source_table(), event.target(), event.target_table(),
+               event.key());
   Produce(drift_topic_, absl::StrCat(event.pipeline(), "/", event.source_table()), event);
 }
 

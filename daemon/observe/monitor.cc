@@ -1,16 +1,19 @@
 #include "daemon/observe/monitor.h"
 
 #include "absl/strings/numbers.h"
-#include "daemon/observe/format.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/observe/format.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
 
 Monitor::Monitor(const config::Settings& settings, PipelineStatus* status, EventPublisher* events)
-    : source_dsn_(settings.source_dsn), slot_(settings.slot), pipeline_(settings.proto.pipeline()),
-      status_(status), events_(events) {
+    : source_dsn_(settings.source_dsn),
+      slot_(settings.slot),
+      pipeline_(settings.proto.pipeline()),
+      status_(status),
+      events_(events) {
   const auto& m = settings.proto.monitor();
   lag_interval_ = absl::Seconds(m.lag_interval_s() ? m.lag_interval_s() : 5);
   heartbeat_interval_ = absl::Seconds(m.has_heartbeat_interval_s() ? m.heartbeat_interval_s() : 10);  // 0: off
@@ -116,12 +119,12 @@ void Monitor::Loop() {
       e.set_pipeline(pipeline_);
       e.set_state(status_->state());
       e.set_previous(status_->state());
-      e.set_warning(absl::StrCat("replication slot ", slot_, " retains ", HumanBytes(view.retained_bytes),
-                                 " of WAL on the source (threshold ", HumanBytes(max_retained_),
-                                 "); the source's disk fills while walshift is behind",
-                                 view.safe_wal_size >= 0 ? absl::StrCat(", ", HumanBytes(view.safe_wal_size),
-                                                                        " left before the slot is invalidated")
-                                                         : ""));
+      e.set_warning(absl::StrCat(
+          "replication slot ", slot_, " retains ", HumanBytes(view.retained_bytes), " of WAL on the source (threshold ",
+          HumanBytes(max_retained_), "); the source's disk fills while walshift is behind",
+          view.safe_wal_size >= 0
+              ? absl::StrCat(", ", HumanBytes(view.safe_wal_size), " left before the slot is invalidated")
+              : ""));
       events_->Publish(e);
       retained_warned_ = true;
     } else if (view.retained_bytes <= max_retained_ / 2) {

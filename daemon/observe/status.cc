@@ -226,9 +226,9 @@ std::string PipelineStatus::StatusJson() {
   (void)google::protobuf::util::MessageToJsonString(LagLocked(false), &lag, o);
   std::string out = absl::StrCat(
       "{\"pipeline\":", JsonString(pipeline_), ",\"state\":", JsonString(v1::PipelineState_Name(state_)),
-      ",\"state_message\":", JsonString(state_message_), ",\"state_since\":",
-      JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", state_since_, absl::UTCTimeZone())), ",\"lag\":", lag,
-      ",\"copy\":[");
+      ",\"state_message\":", JsonString(state_message_),
+      ",\"state_since\":", JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", state_since_, absl::UTCTimeZone())),
+      ",\"lag\":", lag, ",\"copy\":[");
   absl::Time now = absl::Now();
   bool first = true;
   for (const CopyUnitReport& r : CopyLocked()) {
@@ -239,20 +239,20 @@ std::string PipelineStatus::StatusJson() {
     uint64_t copied = r.rows + r.rows_before;
     uint64_t total = std::max<uint64_t>(r.estimated_rows, copied);
     double eta = done ? 0 : rate > 0 ? (total - copied) / rate : -1;
-    absl::StrAppend(&out, first ? "" : ",", "{\"source_table\":", JsonString(r.source_table),
-                    ",\"target\":", JsonString(r.target), ",\"rows\":", copied, ",\"estimated_rows\":", total,
-                    ",\"rows_per_second\":", absl::StrFormat("%.1f", rate), ",\"eta_seconds\":",
-                    absl::StrFormat("%.1f", eta), ",\"chunks_done\":", r.chunks_done, ",\"chunks_total\":",
-                    r.chunks_total, ",\"retries\":", r.retries, ",\"done\":", done ? "true" : "false", "}");
+    absl::StrAppend(
+        &out, first ? "" : ",", "{\"source_table\":", JsonString(r.source_table), ",\"target\":", JsonString(r.target),
+        ",\"rows\":", copied, ",\"estimated_rows\":", total, ",\"rows_per_second\":", absl::StrFormat("%.1f", rate),
+        ",\"eta_seconds\":", absl::StrFormat("%.1f", eta), ",\"chunks_done\":", r.chunks_done,
+        ",\"chunks_total\":", r.chunks_total, ",\"retries\":", r.retries, ",\"done\":", done ? "true" : "false", "}");
     first = false;
   }
   absl::StrAppend(&out, "],\"verify\":[");
   first = true;
   for (const auto& [_, v] : verify_) {
-    absl::StrAppend(&out, first ? "" : ",", "{\"mapping\":", JsonString(v.mapping), ",\"source_table\":",
-                    JsonString(v.source_table), ",\"target\":", JsonString(v.target), ",\"rows_verified\":",
-                    v.rows_verified, ",\"missing\":", v.missing, ",\"extra\":", v.extra, ",\"mismatched\":",
-                    v.mismatched, ",\"last_full_pass\":",
+    absl::StrAppend(&out, first ? "" : ",", "{\"mapping\":", JsonString(v.mapping),
+                    ",\"source_table\":", JsonString(v.source_table), ",\"target\":", JsonString(v.target),
+                    ",\"rows_verified\":", v.rows_verified, ",\"missing\":", v.missing, ",\"extra\":", v.extra,
+                    ",\"mismatched\":", v.mismatched, ",\"last_full_pass\":",
                     v.last_full_pass == absl::InfinitePast()
                         ? "null"
                         : JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", v.last_full_pass, absl::UTCTimeZone())),
@@ -261,11 +261,11 @@ std::string PipelineStatus::StatusJson() {
   }
   uint64_t errors = 0;
   for (const auto& [_, n] : errors_) errors += n;
-  absl::StrAppend(&out, "],\"kafka\":{\"enabled\":", kafka_.enabled ? "true" : "false", ",\"brokers\":",
-                  JsonString(kafka_.brokers), ",\"queued\":", kafka_.queued, ",\"delivered\":", kafka_.delivered,
-                  ",\"dropped\":", kafka_.dropped, ",\"failed\":", kafka_.failed, "},\"errors\":", errors,
-                  ",\"source\":{\"reachable\":", source_.reachable ? "true" : "false", ",\"error\":",
-                  JsonString(source_.error), "}}");
+  absl::StrAppend(&out, "],\"kafka\":{\"enabled\":", kafka_.enabled ? "true" : "false",
+                  ",\"brokers\":", JsonString(kafka_.brokers), ",\"queued\":", kafka_.queued,
+                  ",\"delivered\":", kafka_.delivered, ",\"dropped\":", kafka_.dropped, ",\"failed\":", kafka_.failed,
+                  "},\"errors\":", errors, ",\"source\":{\"reachable\":", source_.reachable ? "true" : "false",
+                  ",\"error\":", JsonString(source_.error), "}}");
   return out;
 }
 
@@ -287,7 +287,8 @@ std::string PipelineStatus::PrometheusText() {
     absl::StrAppend(&out, "walshift_lag_bytes{", p, ",target=\"", Label(t.target()), "\"} ", t.lag_bytes(), "\n");
   head("walshift_lag_seconds", "gauge", "Age of the oldest received change not yet applied (0 when caught up)");
   for (const auto& t : lag.targets())
-    absl::StrAppend(&out, "walshift_lag_seconds{", p, ",target=\"", Label(t.target()), "\"} ", Number(t.lag_seconds()), "\n");
+    absl::StrAppend(&out, "walshift_lag_seconds{", p, ",target=\"", Label(t.target()), "\"} ", Number(t.lag_seconds()),
+                    "\n");
   head("walshift_applied_lsn", "gauge", "The target's checkpoint LSN as a number");
   for (const Target& t : targets_)
     absl::StrAppend(&out, "walshift_applied_lsn{", p, ",target=\"", Label(t.name), "\"} ", t.applied, "\n");
@@ -296,7 +297,8 @@ std::string PipelineStatus::PrometheusText() {
     absl::StrAppend(&out, "walshift_applied_changes_total{", p, ",target=\"", Label(t.name), "\"} ", t.changes, "\n");
   head("walshift_applied_transactions_total", "counter", "Source transactions applied per target");
   for (const Target& t : targets_)
-    absl::StrAppend(&out, "walshift_applied_transactions_total{", p, ",target=\"", Label(t.name), "\"} ", t.transactions, "\n");
+    absl::StrAppend(&out, "walshift_applied_transactions_total{", p, ",target=\"", Label(t.name), "\"} ",
+                    t.transactions, "\n");
   head("walshift_table_changes_total", "counter", "Source changes applied per source table");
   for (const auto& [table, n] : table_changes_)
     absl::StrAppend(&out, "walshift_table_changes_total{", p, ",table=\"", Label(table), "\"} ", n, "\n");
@@ -330,12 +332,12 @@ std::string PipelineStatus::PrometheusText() {
   single("walshift_kafka_failed_total", "counter", "Events Kafka did not accept in time", kafka_.failed);
   head("walshift_verify_rows_total", "counter", "Source rows the drift verifier checked, per mapping");
   for (const auto& [m, v] : verify_)
-    absl::StrAppend(&out, "walshift_verify_rows_total{", p, ",mapping=\"", Label(m), "\",table=\"", Label(v.source_table),
-                    "\"} ", v.rows_verified, "\n");
+    absl::StrAppend(&out, "walshift_verify_rows_total{", p, ",mapping=\"", Label(m), "\",table=\"",
+                    Label(v.source_table), "\"} ", v.rows_verified, "\n");
   head("walshift_drift_total", "counter", "Confirmed differences by kind, per mapping");
   for (const auto& [m, v] : verify_) {
-    for (const auto& [kind, n] : {std::pair<const char*, uint64_t>{"MISSING", v.missing}, {"EXTRA", v.extra},
-                                  {"MISMATCH", v.mismatched}}) {
+    for (const auto& [kind, n] :
+         {std::pair<const char*, uint64_t>{"MISSING", v.missing}, {"EXTRA", v.extra}, {"MISMATCH", v.mismatched}}) {
       absl::StrAppend(&out, "walshift_drift_total{", p, ",mapping=\"", Label(m), "\",table=\"", Label(v.source_table),
                       "\",kind=\"", kind, "\"} ", n, "\n");
     }

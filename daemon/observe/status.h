@@ -24,7 +24,7 @@ struct CopyUnitReport {
   std::string source_table;
   std::string target;
   uint64_t estimated_rows = 0;
-  uint64_t rows = 0;  // read (and, unless dry run, written) by this run
+  uint64_t rows = 0;         // read (and, unless dry run, written) by this run
   uint64_t rows_before = 0;  // copied by earlier runs
   int chunks_total = 0, chunks_done = 0;
   absl::Time started = absl::InfinitePast(), finished = absl::InfinitePast();
@@ -33,7 +33,6 @@ struct CopyUnitReport {
   uint64_t failure_count = 0;
   uint64_t retries = 0;  // ranges copied again after a deadlock with another copy worker
 };
-
 
 // Cumulative histogram with fixed upper bounds (Prometheus semantics).
 struct Histogram {
@@ -60,7 +59,7 @@ struct SourceView {
 // The continuous drift verifier's counters for one mapping.
 struct VerifyView {
   std::string mapping, source_table, target;
-  uint64_t rows_verified = 0;  // since start
+  uint64_t rows_verified = 0;                       // since start
   uint64_t missing = 0, extra = 0, mismatched = 0;  // confirmed since start
   absl::Time last_full_pass = absl::InfinitePast();
 };

@@ -28,8 +28,7 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
 absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context) {
   if (result == nullptr) {
     std::string msg = conn ? PQerrorMessage(conn) : "no connection";
-    return absl::UnavailableError(
-        absl::StrCat(context, ": ", absl::StripTrailingAsciiWhitespace(msg)));
+    return absl::UnavailableError(absl::StrCat(context, ": ", absl::StripTrailingAsciiWhitespace(msg)));
   }
   switch (PQresultStatus(result)) {
     case PGRES_COMMAND_OK:
@@ -72,8 +71,7 @@ void SetSessionTimeZone(const std::string& zone) {
 
 const std::string& SessionTimeZone() { return PinnedZone(); }
 
-absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
-                                const std::string& extra) {
+absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what, const std::string& extra) {
   // The DSN is expanded as the dbname (key=value or postgresql:// URI); the session settings
   // and `extra` (key=value pairs) are added as separate parameters, which win over the DSN.
   std::vector<std::string> keys = {"dbname", "client_encoding", "options"};
@@ -116,9 +114,8 @@ absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
   if (conn == nullptr) return absl::UnavailableError(absl::StrCat(what, ": out of memory"));
   if (PQstatus(conn.get()) != CONNECTION_OK) {
     std::string msg = PQerrorMessage(conn.get());
-    return absl::UnavailableError(absl::StrCat("cannot connect to ", what, " (",
-                                               RedactDsn(dsn), "): ",
-                                               absl::StripTrailingAsciiWhitespace(msg)));
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to ", what, " (", RedactDsn(dsn), "): ", absl::StripTrailingAsciiWhitespace(msg)));
   }
   PQsetNoticeProcessor(
       conn.get(),
@@ -136,16 +133,15 @@ absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::strin
   return r;
 }
 
-absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
-                                     std::initializer_list<const char*> params,
+absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, std::initializer_list<const char*> params,
                                      absl::string_view context) {
   return ExecParams(conn, sql, std::vector<const char*>(params), context);
 }
 
 absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, const std::vector<const char*>& values,
                                      absl::string_view context) {
-  ResultPtr r(PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()), nullptr,
-                           values.data(), nullptr, nullptr, 0));
+  ResultPtr r(
+      PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr, nullptr, 0));
   absl::Status st = ResultStatus(conn, r.get(), context);
   if (!st.ok()) return st;
   return r;
@@ -196,9 +192,12 @@ std::string QuoteLiteral(absl::string_view value) {
   bool backslash = value.find('\\') != absl::string_view::npos;
   std::string out = backslash ? "E'" : "'";
   for (char c : value) {
-    if (c == '\'') out += "''";
-    else if (c == '\\') out += "\\\\";
-    else out += c;
+    if (c == '\'')
+      out += "''";
+    else if (c == '\\')
+      out += "\\\\";
+    else
+      out += c;
   }
   out += "'";
   return out;

@@ -56,8 +56,7 @@ inline constexpr const char* kUnlimitedTypeSql =
 // connection string whose settings win over the DSN's (e.g. "replication=database").
 // Sets client_encoding UTF8 and the session settings above so text values round-trip.
 // kUnavailable on failure, message without the password.
-absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what,
-                                const std::string& extra = "");
+absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what, const std::string& extra = "");
 
 // The integer in a result cell; std::nullopt for NULL or text that is not one.
 std::optional<int64_t> OptionalInt(const PGresult* r, int row, int col);
@@ -65,8 +64,7 @@ std::optional<int64_t> OptionalInt(const PGresult* r, int row, int col);
 // Runs one simple-protocol command and returns its result (kind checked by ResultStatus).
 absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql, absl::string_view context);
 // Runs one parameterized command with text parameters.
-absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql,
-                                     std::initializer_list<const char*> params,
+absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, std::initializer_list<const char*> params,
                                      absl::string_view context);
 // The same with parameters decided at run time (nullptr: NULL).
 absl::StatusOr<ResultPtr> ExecParams(PGconn* conn, const std::string& sql, const std::vector<const char*>& params,

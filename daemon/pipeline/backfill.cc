@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "absl/strings/numbers.h"
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -207,7 +207,8 @@ absl::Status Backfiller::RunJob(Job& job) {
     for (int k : key_columns) raw_keys.push_back(relation->columns[k].name);
     std::string low = absl::StrCat(content, "\t", absl::StrJoin(raw_keys, std::string(1, kKeySeparator)));
     RETURN_IF_ERROR(Value(c, "SELECT pg_logical_emit_message(true, $1, $2)::text", {kBackfillLow, low.c_str()},
-                          "emitting the low watermark").status());
+                          "emitting the low watermark")
+                        .status());
     // Every transaction whose commit precedes the low watermark must be visible to the chunk's
     // read: a commit record can precede the watermark's while its transaction still shows as
     // running, so wait for the transactions running now.
@@ -231,8 +232,8 @@ absl::Status Backfiller::RunJob(Job& job) {
       }
       RETURN_IF_ERROR(pg::Exec(c, "ROLLBACK", "ROLLBACK").status());
       if (!warned && absl::Now() - waiting_since > absl::Seconds(10)) {
-        spdlog::warn("backfill of {}: waiting for transactions that were running at the low watermark ({})",
-                     job.table, after_low);
+        spdlog::warn("backfill of {}: waiting for transactions that were running at the low watermark ({})", job.table,
+                     after_low);
         warned = true;
       }
       std::unique_lock<std::mutex> lock(mu_);
@@ -250,8 +251,10 @@ absl::Status Backfiller::RunJob(Job& job) {
     for (int r = 0; r < nrows; ++r) {
       std::vector<std::optional<std::string>> row;
       for (size_t col = 0; col < cols.size(); ++col) {
-        if (PQgetisnull(rows.get(), r, col)) row.emplace_back();
-        else row.emplace_back(std::string(PQgetvalue(rows.get(), r, col), PQgetlength(rows.get(), r, col)));
+        if (PQgetisnull(rows.get(), r, col))
+          row.emplace_back();
+        else
+          row.emplace_back(std::string(PQgetvalue(rows.get(), r, col), PQgetlength(rows.get(), r, col)));
       }
       chunk->rows.push_back(std::move(row));
     }
@@ -267,7 +270,8 @@ absl::Status Backfiller::RunJob(Job& job) {
     }
     cv_.notify_all();
     RETURN_IF_ERROR(Value(c, "SELECT pg_logical_emit_message(true, $1, $2)::text", {kBackfillHigh, content.c_str()},
-                          "emitting the high watermark").status());
+                          "emitting the high watermark")
+                        .status());
     // One chunk in flight: wait until the pipeline has applied it.
     {
       std::unique_lock<std::mutex> lock(mu_);

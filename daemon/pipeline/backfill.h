@@ -29,8 +29,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "libpq-fe.h"
 #include "daemon/core/change.h"
+#include "libpq-fe.h"
 
 namespace walshift {
 

@@ -14,8 +14,8 @@
 // target tables reference by foreign key, so parents are complete before children.
 
 #include <atomic>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>

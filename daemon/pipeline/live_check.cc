@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <map>
 #include <optional>
-#include <tuple>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -75,18 +75,19 @@ absl::Status CheckValueTypes(const SourceRelation& relation, const OpShape& shap
     const bool aware = absl::StartsWith(src->type, "timestamp with time zone");
     if (notes != nullptr && ((naive && tgt->second == "timestamp with time zone") ||
                              (aware && tgt->second == "timestamp without time zone"))) {
-      std::string note = absl::StrCat(where, ": ", shape.source_table, ".", v.origin, " (", src->type, ") into ",
-                                      shape.table, ".", v.column, " (", tgt->second, ") in target ", shape.target,
-                                      naive ? " reads each value as local time in " : " writes each instant as local time in ",
-                                      pg::SessionTimeZone().empty() ? "the target's TimeZone" : pg::SessionTimeZone(),
-                                      " (source.timezone sets another zone)");
+      std::string note =
+          absl::StrCat(where, ": ", shape.source_table, ".", v.origin, " (", src->type, ") into ", shape.table, ".",
+                       v.column, " (", tgt->second, ") in target ", shape.target,
+                       naive ? " reads each value as local time in " : " writes each instant as local time in ",
+                       pg::SessionTimeZone().empty() ? "the target's TimeZone" : pg::SessionTimeZone(),
+                       " (source.timezone sets another zone)");
       if (std::find(notes->begin(), notes->end(), note) == notes->end()) notes->push_back(std::move(note));
     }
     ASSIGN_OR_RETURN(bool readable, TextFormReadable(target, src->type, tgt->second));
     if (!readable) {
-      problems->push_back(absl::StrCat(where, " (", shape.source_table, "): source column ", v.origin, " (",
-                                       src->type, ") cannot fill ", shape.table, ".", v.column, " (",
-                                       tgt->second, ") in target ", shape.target,
+      problems->push_back(absl::StrCat(where, " (", shape.source_table, "): source column ", v.origin, " (", src->type,
+                                       ") cannot fill ", shape.table, ".", v.column, " (", tgt->second, ") in target ",
+                                       shape.target,
                                        ": no value of the one type reads as the other; convert it "
                                        "with an sql: expression"));
     }
@@ -100,8 +101,7 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
                               const std::vector<std::shared_ptr<const MappingModule>>& modules,
                               const std::string& file_name, std::vector<std::string>* notes) {
   std::vector<std::string> problems;
-  ASSIGN_OR_RETURN(pg::ConnPtr source, pg::Connect(settings.source_dsn, "source",
-                                                   "application_name=walshiftd-check"));
+  ASSIGN_OR_RETURN(pg::ConnPtr source, pg::Connect(settings.source_dsn, "source", "application_name=walshiftd-check"));
   std::map<std::string, std::unique_ptr<ShapeChecker>> targets;
   for (const auto& t : settings.targets) {
     ASSIGN_OR_RETURN(targets[t.name], OpenShapeChecker(t, "walshiftd-check"));
@@ -119,7 +119,8 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
       ASSIGN_OR_RETURN(std::string from, SourceRowsFrom(source.get(), *relation));
       if (!absl::StartsWith(from, "ONLY ")) {
         notes->push_back(absl::StrCat(
-            m.source_table(), " is partitioned: its changes are published through the root, and PostgreSQL does not "
+            m.source_table(),
+            " is partitioned: its changes are published through the root, and PostgreSQL does not "
             "publish a TRUNCATE of a single partition that way; truncate the root, or DELETE a partition's rows"));
       }
     }
@@ -127,7 +128,8 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
         std::none_of(relation->columns.begin(), relation->columns.end(),
                      [](const SourceColumn& c) { return c.part_of_key; })) {
       std::string note = absl::StrCat(
-          m.source_table(), " has no primary key and no replica identity: walshift replicates its inserts and "
+          m.source_table(),
+          " has no primary key and no replica identity: walshift replicates its inserts and "
           "truncates only, and while it is in the publication the legacy database refuses UPDATE and DELETE on it "
           "(PostgreSQL's rule for published tables). If they happen, add a primary key, or ALTER TABLE ",
           m.source_table(), " REPLICA IDENTITY FULL and give the mapping a key:");
@@ -145,8 +147,8 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
       absl::Status st = checker.Check(*shape);
       if (!st.ok()) {
         if (st.code() == absl::StatusCode::kUnavailable) return st;
-        problems.push_back(absl::StrCat(where, " (", m.source_table(), "): target ", shape->target,
-                                        ": ", st.message()));
+        problems.push_back(
+            absl::StrCat(where, " (", m.source_table(), "): target ", shape->target, ": ", st.message()));
         break;  // the other statements of this mapping fail for the same reason
       }
       if (shape->kind != OpKind::kUpsert && shape->kind != OpKind::kUpdateOnly) continue;
@@ -154,8 +156,7 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
         RETURN_IF_ERROR(CheckValueTypes(*relation, *shape, inspector, checker.connection(), where, &problems, notes));
       }
       for (size_t v = 0; v < shape->values.size(); ++v) {
-        if (std::find(shape->key.begin(), shape->key.end(), static_cast<int>(v)) != shape->key.end())
-          continue;
+        if (std::find(shape->key.begin(), shape->key.end(), static_cast<int>(v)) != shape->key.end()) continue;
         // A key change's move writes the key columns too.
         if (std::any_of(shape->match.begin(), shape->match.end(),
                         [&](const TargetValue& m) { return m.column == shape->values[v].column; }))
@@ -163,9 +164,8 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
         auto key = std::make_tuple(shape->target, shape->table, shape->values[v].column);
         auto [it, inserted] = claims.emplace(key, where);
         if (!inserted && it->second != where) {
-          problems.push_back(absl::StrCat(where, ": target column ", shape->table, ".",
-                                          shape->values[v].column, " (target ", shape->target,
-                                          ") is also written by ", it->second));
+          problems.push_back(absl::StrCat(where, ": target column ", shape->table, ".", shape->values[v].column,
+                                          " (target ", shape->target, ") is also written by ", it->second));
         }
       }
     }

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "daemon/apply/pg_sink.h"
 #include "daemon/core/status_macros.h"
 
 namespace walshift {
@@ -11,13 +12,12 @@ namespace walshift {
 absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, const std::string& table,
                                                                   std::vector<std::string>* problems,
                                                                   const std::string& where) {
-  ASSIGN_OR_RETURN(
-      pg::ResultPtr rel,
-      pg::ExecParams(conn,
-                     "SELECT c.oid::text, n.nspname, c.relname, c.relreplident::text, c.relkind::text "
-                     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                     "WHERE c.oid = to_regclass($1)",
-                     {pg::QuoteQualified(table).c_str()}, "reading the source catalog"));
+  ASSIGN_OR_RETURN(pg::ResultPtr rel,
+                   pg::ExecParams(conn,
+                                  "SELECT c.oid::text, n.nspname, c.relname, c.relreplident::text, c.relkind::text "
+                                  "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                  "WHERE c.oid = to_regclass($1)",
+                                  {pg::QuoteQualified(table).c_str()}, "reading the source catalog"));
   if (PQntuples(rel.get()) == 0) {
     problems->push_back(absl::StrCat(where, ": source table ", table, " does not exist"));
     return std::nullopt;
@@ -61,7 +61,6 @@ absl::StatusOr<std::optional<SourceRelation>> DescribeSourceTable(PGconn* conn, 
   return r;
 }
 
-
 absl::StatusOr<std::string> SourceRowsFrom(PGconn* conn, const SourceRelation& relation) {
   ASSIGN_OR_RETURN(pg::ResultPtr kind, pg::ExecParams(conn, "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::oid",
                                                       {std::to_string(relation.oid).c_str()},
@@ -93,27 +92,32 @@ absl::StatusOr<PGconn*> PgSchemaInspector::Conn(const std::string& name, const s
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadPrimaryKey(PGconn* conn,
                                                                                 const SourceRelation& relation) {
   std::string oid = std::to_string(relation.oid);
-  ASSIGN_OR_RETURN(pg::ResultPtr pk,
-                   pg::ExecParams(conn,
-                                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
-                                  "JOIN LATERAL unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n) ON true "
-                                  "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                                  "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
-                                  {oid.c_str()}, absl::StrCat("reading the primary key of ", relation.QualifiedName())));
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr pk,
+      pg::ExecParams(
+          conn,
+          "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_index i "
+          "JOIN LATERAL unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n) ON true "
+          "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+          "WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.n",
+          {oid.c_str()}, absl::StrCat("reading the primary key of ", relation.QualifiedName())));
   std::vector<std::pair<std::string, std::string>> out;
-  for (int i = 0; i < PQntuples(pk.get()); ++i) out.emplace_back(PQgetvalue(pk.get(), i, 0), PQgetvalue(pk.get(), i, 1));
+  for (int i = 0; i < PQntuples(pk.get()); ++i)
+    out.emplace_back(PQgetvalue(pk.get(), i, 0), PQgetvalue(pk.get(), i, 1));
   return out;
 }
 
-absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation& relation,
-                                                            const std::string& target) {
+absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation& relation, const std::string& target) {
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
   std::string oid = std::to_string(relation.oid);
   std::string ctx = absl::StrCat("reading the columns of ", relation.QualifiedName());
   ASSIGN_OR_RETURN(pg::ResultPtr cols,
                    pg::ExecParams(src,
                                   "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
-                                  "       (t.typlen = -1 AND a.attstorage <> 'p'), c.relreplident "
+                                  "       (t.typlen = -1 AND a.attstorage <> 'p'), c.relreplident, "
+                                  // a domain's base type: how a document writes its values
+                                  "       format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), "
+                                  "                   CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END) "
                                   "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
                                   "JOIN pg_class c ON c.oid = a.attrelid "
                                   "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
@@ -141,6 +145,7 @@ absl::StatusOr<SourceTableInfo> PgSchemaInspector::Describe(const SourceRelation
     c.toastable = PQgetvalue(cols.get(), i, 2)[0] == 't';
     if (document_targets_.count(target)) {
       c.in_target = true;  // a document holds every value as JSON, typed by the source's type
+      c.type = PQgetvalue(cols.get(), i, 4);
     } else if (tgt != nullptr) {
       auto r = pg::ExecParams(tgt, "SELECT to_regtype($1) IS NOT NULL", {c.type.c_str()},
                               absl::StrCat("checking type ", c.type, " in target ", target));
@@ -156,9 +161,9 @@ absl::StatusOr<std::map<Oid, std::string>> PgSchemaInspector::SourceOids(const s
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
   std::map<Oid, std::string> out;
   for (const std::string& table : tables) {
-    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(src, "SELECT to_regclass($1)::oid::text",
-                                                     {pg::QuoteQualified(table).c_str()},
-                                                     absl::StrCat("looking up ", table)));
+    ASSIGN_OR_RETURN(pg::ResultPtr r,
+                     pg::ExecParams(src, "SELECT to_regclass($1)::oid::text", {pg::QuoteQualified(table).c_str()},
+                                    absl::StrCat("looking up ", table)));
     if (PQntuples(r.get()) == 1 && !PQgetisnull(r.get(), 0, 0))
       out[static_cast<Oid>(std::stoul(PQgetvalue(r.get(), 0, 0)))] = table;
   }
@@ -166,16 +171,18 @@ absl::StatusOr<std::map<Oid, std::string>> PgSchemaInspector::SourceOids(const s
 }
 
 absl::StatusOr<PgSchemaInspector::LiveTable> PgSchemaInspector::ReadLiveTable(PGconn* src,
-                                                                            const SourceRelation& relation) {
+                                                                              const SourceRelation& relation) {
   std::string oid = std::to_string(relation.oid);
-  ASSIGN_OR_RETURN(pg::ResultPtr cols,
-                   pg::ExecParams(src,
-                                  "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
-                                  "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
-                                  {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr cols,
+      pg::ExecParams(src,
+                     "SELECT a.attrelid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod) "
+                     "FROM pg_attribute a WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped",
+                     {oid.c_str()}, absl::StrCat("reading the columns of ", relation.QualifiedName())));
   LiveTable out;
   if (PQntuples(cols.get()) > 0) out.name = PQgetvalue(cols.get(), 0, 0);
-  for (int i = 0; i < PQntuples(cols.get()); ++i) out.types[PQgetvalue(cols.get(), i, 1)] = PQgetvalue(cols.get(), i, 2);
+  for (int i = 0; i < PQntuples(cols.get()); ++i)
+    out.types[PQgetvalue(cols.get(), i, 1)] = PQgetvalue(cols.get(), i, 2);
   return out;
 }
 
@@ -209,10 +216,9 @@ absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& rel
   for (int c : it->second.key) {
     const Datum& d = row[c];
     if (d.kind != DatumKind::kText) {
-      return absl::DataLossError(absl::StrCat("update of ", relation.QualifiedName(), ": key column ",
-                                              relation.columns[c].name, " arrived ",
-                                              d.is_null() ? "NULL" : "as an unchanged TOAST value",
-                                              "; the row's other values cannot be read"));
+      return absl::DataLossError(absl::StrCat(
+          "update of ", relation.QualifiedName(), ": key column ", relation.columns[c].name, " arrived ",
+          d.is_null() ? "NULL" : "as an unchanged TOAST value", "; the row's other values cannot be read"));
     }
     key.push_back(d.data);
   }
@@ -239,8 +245,8 @@ absl::StatusOr<std::shared_ptr<const SourceRelation>> PgSchemaInspector::Describ
 }
 
 absl::StatusOr<pg::ResultPtr> PgSchemaInspector::ReadRowsWhere(const SourceRelation& relation,
-                                                              const std::vector<std::string>& columns,
-                                                              const std::vector<const char*>& values) {
+                                                               const std::vector<std::string>& columns,
+                                                               const std::vector<const char*>& values) {
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
   ASSIGN_OR_RETURN(LiveTable live, ReadLiveTable(src, relation));
   if (live.name.empty()) {
@@ -252,8 +258,8 @@ absl::StatusOr<pg::ResultPtr> PgSchemaInspector::ReadRowsWhere(const SourceRelat
   for (size_t i = 0; i < columns.size(); ++i) {
     auto t = type_of.find(columns[i]);
     if (t == type_of.end()) {
-      return absl::FailedPreconditionError(absl::StrCat("source column ", relation.QualifiedName(), ".", columns[i],
-                                                        " does not exist"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("source column ", relation.QualifiedName(), ".", columns[i], " does not exist"));
     }
     where.push_back(absl::StrCat(pg::QuoteIdent(columns[i]), " = $", i + 1, "::", t->second));
   }
@@ -269,23 +275,15 @@ absl::StatusOr<PGconn*> PgSchemaInspector::TargetConn(const std::string& target)
   return Conn(absl::StrCat("target ", target), dsn->second);
 }
 
-absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColumnTypes(
-    const std::string& target, const std::string& table) {
+absl::StatusOr<std::map<std::string, std::string>> PgSchemaInspector::TargetColumnTypes(const std::string& target,
+                                                                                        const std::string& table) {
   if (document_targets_.count(target)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "target ", target, " is a document store, which cannot evaluate SQL: a filter: of the mapping into ", table,
         " is a predicate the target evaluates; remove it, or map these rows into a PostgreSQL target"));
   }
   ASSIGN_OR_RETURN(PGconn * conn, TargetConn(target));
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(conn,
-                                  absl::StrCat("SELECT a.attname, ", pg::kUnlimitedTypeSql, " FROM pg_attribute a "
-                                               "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"),
-                                  {pg::QuoteQualified(table).c_str()},
-                                  absl::StrCat("reading the columns of ", table, " in target ", target)));
-  std::map<std::string, std::string> out;
-  for (int i = 0; i < PQntuples(r.get()); ++i) out[PQgetvalue(r.get(), i, 0)] = PQgetvalue(r.get(), i, 1);
-  return out;
+  return PgSink::ReadColumnTypes(conn, table);
 }
 
 }  // namespace walshift

@@ -4,8 +4,8 @@
 #include <map>
 #include <optional>
 #include <set>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "daemon/config/config.h"
 #include "daemon/core/interfaces.h"
@@ -35,10 +35,9 @@ class PgSchemaInspector : public SchemaInspector {
   // Connections are opened on first use. A documents target has no catalog: every source type
   // is its own there, and it has no column types to read (a filter: is refused).
   PgSchemaInspector(std::string source_dsn, const std::vector<config::TargetSettings>& targets);
-  absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation,
-                                           const std::string& target) override;
-  absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(
-      const std::string& target, const std::string& table) override;
+  absl::StatusOr<SourceTableInfo> Describe(const SourceRelation& relation, const std::string& target) override;
+  absl::StatusOr<std::map<std::string, std::string>> TargetColumnTypes(const std::string& target,
+                                                                       const std::string& table) override;
   // The oid of each source table (schema.table) that exists now, with the name it was asked by.
   absl::StatusOr<std::map<Oid, std::string>> SourceOids(const std::vector<std::string>& tables);
   // Reads the source's current values of `columns` for the row whose replica identity (key)
@@ -46,8 +45,8 @@ class PgSchemaInspector : public SchemaInspector {
   // (views valid until the next call). False when the source has no such row now (it was
   // deleted, its key changed, or the table was truncated since). kDataLoss when a key value of
   // `row` is missing.
-  absl::StatusOr<bool> ReadCurrentRow(const SourceRelation& relation, const Tuple& row,
-                                      const std::vector<int>& columns, Tuple* out);
+  absl::StatusOr<bool> ReadCurrentRow(const SourceRelation& relation, const Tuple& row, const std::vector<int>& columns,
+                                      Tuple* out);
   // The source table `table` as the catalog describes it now (columns in pgoutput's order).
   absl::StatusOr<std::shared_ptr<const SourceRelation>> DescribeSource(const std::string& table);
   // The source's current rows of `relation` whose `columns` equal `values` (text), every column

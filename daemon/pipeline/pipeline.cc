@@ -6,9 +6,9 @@
 #include <set>
 #include <thread>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "daemon/core/crash_point.h"
@@ -19,8 +19,8 @@
 
 namespace walshift {
 
-Pipeline::Pipeline(config::Settings settings,
-                   std::vector<std::shared_ptr<const MappingModule>> modules, PipelineStatus* status)
+Pipeline::Pipeline(config::Settings settings, std::vector<std::shared_ptr<const MappingModule>> modules,
+                   PipelineStatus* status)
     : settings_(std::move(settings)), status_(status), modules_(std::move(modules)) {
   for (const auto& m : modules_) {
     size_t idx = 0;
@@ -51,13 +51,13 @@ Lsn Pipeline::MinDurable() const {
 }
 
 absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
-  const CopySkipPlan::Table* plan = copy_skip_.empty() ? nullptr
-                                                       : copy_skip_.Find(b.module->source_table(), b.sink);
+  const CopySkipPlan::Table* plan = copy_skip_.empty() ? nullptr : copy_skip_.Find(b.module->source_table(), b.sink);
   if (plan == nullptr) return b.bound->Map(change, emit_[b.sink]);
   // The copy's snapshot of the key's range already shows transactions committed before it.
   int key = plan->key_column.empty() ? -1 : change.relation->ColumnIndex(plan->key_column);
   auto shown = [&](const Tuple* tuple) {
-    const Datum* d = key >= 0 && tuple != nullptr && static_cast<size_t>(key) < tuple->size() ? &(*tuple)[key] : nullptr;
+    const Datum* d =
+        key >= 0 && tuple != nullptr && static_cast<size_t>(key) < tuple->size() ? &(*tuple)[key] : nullptr;
     Lsn snapshot = CopySkipPlan::SnapshotFor(*plan, d);
     return snapshot != kInvalidLsn && begin_.final_lsn < snapshot;
   };
@@ -117,9 +117,9 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
   const std::string mapped = known != mapped_oids_.end() ? known->second : name;
   rb.table = mapped;
   if (mapped != name) {
-    std::string msg = absl::StrCat("source table ", mapped, " (oid ", relation.oid, ") is now named ", name,
-                                   "; its mappings follow it. Rename the mappings' source to ", name,
-                                   " before the next restart");
+    std::string msg =
+        absl::StrCat("source table ", mapped, " (oid ", relation.oid, ") is now named ", name,
+                     "; its mappings follow it. Rename the mappings' source to ", name, " before the next restart");
     spdlog::warn("{}", msg);
     status_->SetState(v1::STREAMING, msg);
   }
@@ -132,10 +132,10 @@ absl::StatusOr<Pipeline::RelationBindings*> Pipeline::BindingsFor(const SourceRe
   rb.owner = owned_by_.count(mapped) > 0;
   if (rb.bindings.empty()) {
     if (!ignored_tables_.count(name)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "source table ", name, " (oid ", relation.oid, ") is in publication ", settings_.publication,
-          " but no mapping names it, so its changes would be lost. Add a mapping for it, or list it "
-          "under source.ignore_tables to leave its changes alone on purpose"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("source table ", name, " (oid ", relation.oid, ") is in publication ", settings_.publication,
+                       " but no mapping names it, so its changes would be lost. Add a mapping for it, or list it "
+                       "under source.ignore_tables to leave its changes alone on purpose"));
     }
     spdlog::info("source table {} is in source.ignore_tables: its changes are not applied", name);
   } else {
@@ -173,9 +173,8 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   auto bound = BindingsFor(*change.relation);
   if (!bound.ok()) {
     return absl::Status(bound.status().code(),
-                        absl::StrCat(bound.status().message(), " (first change of ",
-                                     change.relation->QualifiedName(), " at LSN ",
-                                     FormatLsn(change.lsn), ")"));
+                        absl::StrCat(bound.status().message(), " (first change of ", change.relation->QualifiedName(),
+                                     " at LSN ", FormatLsn(change.lsn), ")"));
   }
   RelationBindings* rb = *bound;
   if (!windows_.empty()) {
@@ -206,15 +205,16 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
     if (complete) {
       auto found = inspector_->ReadCurrentRow(*change.relation, *change.new_tuple, missing_, &completed_row_);
       if (!found.ok()) {
-        return absl::Status(found.status().code(), absl::StrCat(found.status().message(), " (at LSN ",
-                                                                FormatLsn(change.lsn), ")"));
+        return absl::Status(found.status().code(),
+                            absl::StrCat(found.status().message(), " (at LSN ", FormatLsn(change.lsn), ")"));
       }
       gone = !*found;
       completed = change;
       completed.new_tuple = &completed_row_;
-      spdlog::debug("update of {} at LSN {}: {} unchanged TOAST value{} {}", rb->table, FormatLsn(change.lsn),
-                    missing_.size(), missing_.size() == 1 ? "" : "s",
-                    gone ? "and the row is gone from the source: superseded by a later change" : "read from the source");
+      spdlog::debug(
+          "update of {} at LSN {}: {} unchanged TOAST value{} {}", rb->table, FormatLsn(change.lsn), missing_.size(),
+          missing_.size() == 1 ? "" : "s",
+          gone ? "and the row is gone from the source: superseded by a later change" : "read from the source");
     }
   }
   const bool owner = rb->owner && change.kind != ChangeKind::kDelete;
@@ -261,9 +261,10 @@ absl::Status Pipeline::FillOwned(const Binding& owner, const RowChange& change) 
     for (const auto& [target_col, source_col] : own->key) {
       auto it = std::find_if(key.begin(), key.end(), [&](const auto& k) { return k.first == target_col; });
       if (it == key.end()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "the mapping of ", owner.module->source_table(), " owns rows of ", own->table, " but does not write its key ",
-            "column ", target_col, " from a source column; ", modules_[m]->source_table(), "'s rows cannot be found"));
+        return absl::FailedPreconditionError(absl::StrCat("the mapping of ", owner.module->source_table(),
+                                                          " owns rows of ", own->table, " but does not write its key ",
+                                                          "column ", target_col, " from a source column; ",
+                                                          modules_[m]->source_table(), "'s rows cannot be found"));
       }
       const Datum& d = (*change.new_tuple)[it->second];
       if (d.kind != DatumKind::kText) break;  // no key, no owned row
@@ -345,8 +346,8 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
 }
 
 absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
-  spdlog::debug("logical message prefix={} ({} bytes) at {}", std::string(message.prefix),
-                message.content.size(), FormatLsn(message.lsn));
+  spdlog::debug("logical message prefix={} ({} bytes) at {}", std::string(message.prefix), message.content.size(),
+                FormatLsn(message.lsn));
   if (!absl::StartsWith(message.prefix, kBackfillRequest)) return absl::OkStatus();
   // "<pipeline>\t..." : only this pipeline's.
   std::vector<std::string> parts = absl::StrSplit(message.content, '\t');
@@ -360,6 +361,5 @@ absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
   if (message.prefix == kBackfillHigh) return OnBackfillHigh(parts[1]);
   return absl::OkStatus();
 }
-
 
 }  // namespace walshift

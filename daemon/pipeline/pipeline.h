@@ -128,9 +128,9 @@ class Pipeline : public ChangeHandler {
   // to this position, so everything before the failing transaction is committed and the error
   // names it alone.
   Lsn isolate_until_ = kInvalidLsn;
-  absl::Status replayed_for_;  // the error that started that replay
+  absl::Status replayed_for_;            // the error that started that replay
   std::set<std::string> upsert_tables_;  // target tables whose new rows are always upserted
-  bool streamed_ = false;      // this attempt reached a transaction of the stream
+  bool streamed_ = false;                // this attempt reached a transaction of the stream
   TransactionBegin begin_;
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();

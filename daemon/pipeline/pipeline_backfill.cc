@@ -1,7 +1,5 @@
 // Pipeline: re-backfill coordination (see backfill.h): requests and watermarks arrive in the
 // stream, chunks are applied between them, progress is written to every target.
-#include "daemon/pipeline/pipeline.h"
-
 #include <algorithm>
 #include <map>
 #include <set>
@@ -12,6 +10,7 @@
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
+#include "daemon/pipeline/pipeline.h"
 #include "daemon/state/target_state.h"
 #include "spdlog/spdlog.h"
 
@@ -57,8 +56,8 @@ absl::Status Pipeline::OnBackfillHigh(const std::string& id) {
   if (window == windows_.end()) {
     // A chunk of this attempt's backfiller has its low watermark after this attempt's start
     // position, so the stream showed it: this cannot happen, and the chunk is not applied blind.
-    return absl::InternalError(absl::StrCat("backfill of ", chunk->table, ": high watermark ", id,
-                                            " arrived without its low watermark"));
+    return absl::InternalError(
+        absl::StrCat("backfill of ", chunk->table, ": high watermark ", id, " arrived without its low watermark"));
   }
   auto& bindings = backfill_bindings_[chunk->relation.get()];
   if (bindings.empty()) {
@@ -99,8 +98,8 @@ absl::Status Pipeline::OnBackfillHigh(const std::string& id) {
   }
   RETURN_IF_ERROR(EmitBackfillProgress(chunk->table, chunk->last ? "done" : "running",
                                        last_key.empty() ? nullptr : &last_key, total));
-  spdlog::debug("backfill of {}: chunk {} applied {} of {} rows ({} changed in the window)", chunk->table, id,
-                applied, chunk->rows.size(), window->second.changed.size());
+  spdlog::debug("backfill of {}: chunk {} applied {} of {} rows ({} changed in the window)", chunk->table, id, applied,
+                chunk->rows.size(), window->second.changed.size());
   windows_.erase(window);
   backfiller().Applied(id);
   return FaultPoint("pipeline.after_backfill_chunk");  // handed over, not yet committed
@@ -115,12 +114,10 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
       shape->target = t.name;
       shape->table = "walshift.backfill";
       shape->source_table = "walshift.backfill";
-      shape->values = {{"pipeline", 0, "", {}, "pipeline", "text"},
-                       {"source_table", 1, "", {}, "table", "text"},
-                       {"state", 2, "", {}, "state", "text"},
-                       {"last_key", 3, "", {}, "last key", "text[]"},
-                       {"rows", 4, "", {}, "rows", "bigint"},
-                       {"updated_at", 5, "", {}, "now", "timestamp with time zone"}};
+      shape->values = {
+          {"pipeline", 0, "", {}, "pipeline", "text"}, {"source_table", 1, "", {}, "table", "text"},
+          {"state", 2, "", {}, "state", "text"},       {"last_key", 3, "", {}, "last key", "text[]"},
+          {"rows", 4, "", {}, "rows", "bigint"},       {"updated_at", 5, "", {}, "now", "timestamp with time zone"}};
       // A database stamps the row with its own clock (walshiftctl compares it with that
       // clock); a document store gets walshiftd's.
       if (!t.documents()) shape->values.back() = {"updated_at", -1, "now()", {}, "now"};
@@ -135,8 +132,12 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
   std::string state_text = state;
   auto text = [](const std::string& s) { return Datum{DatumKind::kText, static_cast<uint32_t>(s.size()), s.c_str()}; };
   std::string now_text = FormatPgTimestamp(PgNow());
-  Datum params[6] = {text(settings_.proto.pipeline()), text(table), text(state_text),
-                     last_key ? text(key_text) : Datum{DatumKind::kNull, 0, nullptr}, text(rows_text), text(now_text)};
+  Datum params[6] = {text(settings_.proto.pipeline()),
+                     text(table),
+                     text(state_text),
+                     last_key ? text(key_text) : Datum{DatumKind::kNull, 0, nullptr},
+                     text(rows_text),
+                     text(now_text)};
   std::set<size_t> sinks;
   for (size_t i = 0; i < modules_.size(); ++i)
     if (modules_[i]->source_table() == table && !skip_[module_sink_[i]]) sinks.insert(module_sink_[i]);
@@ -160,7 +161,8 @@ absl::Status Pipeline::ResumeBackfills() {
   };
   std::map<std::string, Found> found;
   for (size_t i = 0; i < settings_.targets.size(); ++i) {
-    ASSIGN_OR_RETURN(std::vector<state::BackfillRow> rows, state::ReadBackfills(settings_.targets[i], settings_.proto.pipeline()));
+    ASSIGN_OR_RETURN(std::vector<state::BackfillRow> rows,
+                     state::ReadBackfills(settings_.targets[i], settings_.proto.pipeline()));
     for (const state::BackfillRow& row : rows) {
       if (row.state != "running") continue;
       Found& f = found[row.source_table];

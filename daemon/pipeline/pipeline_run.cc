@@ -1,7 +1,5 @@
 // Pipeline: the retry loop (reconnect with backoff, replays that isolate a failing
 // transaction), one attempt's wiring, and the initial copy before streaming.
-#include "daemon/pipeline/pipeline.h"
-
 #include <algorithm>
 #include <map>
 #include <random>
@@ -14,6 +12,7 @@
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
+#include "daemon/pipeline/pipeline.h"
 #include "daemon/source/pg_replication_source.h"
 #include "spdlog/spdlog.h"
 
@@ -66,8 +65,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
         received != kInvalidLsn) {
       // Replay once with one source transaction per group: the transactions before the
       // failing one are committed, and the error is raised again by the failing one alone.
-      spdlog::warn("{}; replaying one transaction at a time to commit everything before it",
-                   std::string(st.message()));
+      spdlog::warn("{}; replaying one transaction at a time to commit everything before it", std::string(st.message()));
       isolate_until_ = received;
       replayed_for_ = st;
       status_->CountError("replay");
@@ -78,8 +76,9 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
       if (!replayed_for_.ok() && isolate_until_ != kInvalidLsn && !streamed_) {
         // The replay stopped before it streamed anything (a check at reconnect): the stop names
         // the error that started it first.
-        return absl::Status(replayed_for_.code(),
-                            absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
+        return absl::Status(
+            replayed_for_.code(),
+            absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
       }
       return st;
     }
@@ -119,7 +118,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   }
   skip_.assign(sinks_.size(), 0);
   group_transactions_.assign(sinks_.size(), 0);
-  for (size_t i = 0; i < sinks_.size(); ++i) status_->OnApplied(i, sinks_[i]->durable_lsn(), 0, 0, absl::ZeroDuration());
+  for (size_t i = 0; i < sinks_.size(); ++i)
+    status_->OnApplied(i, sinks_[i]->durable_lsn(), 0, 0, absl::ZeroDuration());
   inspector_ = std::make_unique<PgSchemaInspector>(settings_.source_dsn, settings_.targets);
 
   PgReplicationSourceOptions so;
@@ -181,8 +181,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   // and will be streamed again from the checkpoint.
   if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
   RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/true));
-  spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(),
-               FormatLsn(MinDurable()));
+  spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(), FormatLsn(MinDurable()));
   return absl::OkStatus();
 }
 
@@ -207,24 +206,24 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
     stream_from = o.snapshot.lsn;
   } else {
     ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(settings_.source_dsn, "source", "application_name=walshiftd"));
-    ASSIGN_OR_RETURN(pg::ResultPtr r,
-                     pg::ExecParams(conn.get(),
-                                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                                    {settings_.slot.c_str()}, "source: reading the slot's position"));
+    ASSIGN_OR_RETURN(
+        pg::ResultPtr r,
+        pg::ExecParams(conn.get(), "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                       {settings_.slot.c_str()}, "source: reading the slot's position"));
     if (PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
-      return absl::FailedPreconditionError(absl::StrCat("source: replication slot ", settings_.slot,
-                                                        " has no confirmed position"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("source: replication slot ", settings_.slot, " has no confirmed position"));
     }
     stream_from = ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
-    ASSIGN_OR_RETURN(temporary, PgReplicationSource::ExportTemporarySnapshot(
-                                    settings_.source_dsn, absl::StrCat(settings_.slot, "_copy")));
+    ASSIGN_OR_RETURN(temporary, PgReplicationSource::ExportTemporarySnapshot(settings_.source_dsn,
+                                                                             absl::StrCat(settings_.slot, "_copy")));
     o.snapshot = temporary->snapshot();
   }
   std::vector<std::string> names;
   for (size_t t : targets) names.push_back(settings_.targets[t].name);
   spdlog::info("pipeline {}: initial copy into {} under snapshot {} ({}), then streaming from {}",
-               settings_.proto.pipeline(), absl::StrJoin(names, ", "), o.snapshot.name,
-               FormatLsn(o.snapshot.lsn), FormatLsn(stream_from));
+               settings_.proto.pipeline(), absl::StrJoin(names, ", "), o.snapshot.name, FormatLsn(o.snapshot.lsn),
+               FormatLsn(stream_from));
   o.tick = [this] { status_->Tick(); };
   InitialCopy copy(o);
   status_->SetState(v1::SNAPSHOTTING);
@@ -233,8 +232,7 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
   std::vector<CopyUnitReport> final_report = copy.Report();
   status_->SetCopyProgress([final_report] { return final_report; });
   if (st.code() == absl::StatusCode::kCancelled) {
-    spdlog::info("pipeline {}: stopped during the initial copy; finished ranges are kept",
-                 settings_.proto.pipeline());
+    spdlog::info("pipeline {}: stopped during the initial copy; finished ranges are kept", settings_.proto.pipeline());
     *stopped = true;
     return absl::OkStatus();
   }

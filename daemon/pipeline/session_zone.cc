@@ -5,9 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "daemon/state/pg_state.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
+#include "daemon/state/pg_state.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
@@ -36,25 +36,27 @@ absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings,
   }
   for (const auto& [name, zone] : recorded) {
     if (zone && *zone != out.zone && settings.proto.source().timezone().empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the targets recorded different time zones for pipeline ", pipeline, " (", absl::StrJoin(seen, "; "),
-          "); set source.timezone to the one their values were written in"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the targets recorded different time zones for pipeline ", pipeline, " (",
+                       absl::StrJoin(seen, "; "), "); set source.timezone to the one their values were written in"));
     }
   }
   if (!settings.proto.source().timezone().empty()) {
     if (!out.zone.empty() && out.zone != settings.proto.source().timezone()) {
-      spdlog::warn("source.timezone {} replaces the time zone {} recorded for pipeline {}: values converted "
-                   "before were read in {}", settings.proto.source().timezone(), out.zone, pipeline, out.zone);
+      spdlog::warn(
+          "source.timezone {} replaces the time zone {} recorded for pipeline {}: values converted "
+          "before were read in {}",
+          settings.proto.source().timezone(), out.zone, pipeline, out.zone);
     }
     out.zone = settings.proto.source().timezone();
     out.origin = "source.timezone";
   } else if (!out.zone.empty()) {
     out.origin = "recorded in the targets";
   } else {
-    ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(settings.source_dsn, "source",
-                                                  "application_name=walshiftd connect_timeout=10"));
-    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(src.get(), "SELECT current_setting('TimeZone')",
-                                               "source: reading the default TimeZone"));
+    ASSIGN_OR_RETURN(pg::ConnPtr src,
+                     pg::Connect(settings.source_dsn, "source", "application_name=walshiftd connect_timeout=10"));
+    ASSIGN_OR_RETURN(pg::ResultPtr r,
+                     pg::Exec(src.get(), "SELECT current_setting('TimeZone')", "source: reading the default TimeZone"));
     out.zone = PQgetvalue(r.get(), 0, 0);
     out.origin = "the source database's default";
   }
@@ -63,8 +65,8 @@ absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings,
     auto ok = pg::ExecParams(conn.get(), "SELECT set_config('TimeZone', $1, false)", {out.zone.c_str()},
                              absl::StrCat("target ", name, ": TimeZone"));
     if (!ok.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat("time zone '", out.zone, "' (", out.origin,
-                                                        ") is not known to target ", name, ": ", ok.status().message()));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "time zone '", out.zone, "' (", out.origin, ") is not known to target ", name, ": ", ok.status().message()));
     }
   }
   if (record) {

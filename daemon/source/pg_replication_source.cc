@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +19,7 @@
 #include "daemon/pg/pg_util.h"
 #include "libpq-fe.h"
 #include "spdlog/spdlog.h"
+#include <sys/socket.h>
 
 namespace walshift {
 namespace {
@@ -43,17 +43,14 @@ void PutU64(char* p, uint64_t v) {
   }
 }
 
-
 std::string ConnectionMessage(PGconn* conn) {
   return std::string(absl::StripTrailingAsciiWhitespace(PQerrorMessage(conn)));
 }
 
 // The first column of the single row of a query, or nullopt when the query returned no row.
-absl::StatusOr<std::optional<std::string>> QueryValue(PGconn* conn, const std::string& sql,
-                                                      absl::string_view context) {
+absl::StatusOr<std::optional<std::string>> QueryValue(PGconn* conn, const std::string& sql, absl::string_view context) {
   ASSIGN_OR_RETURN(pg::ResultPtr result, pg::Exec(conn, sql, context));
-  if (PQntuples(result.get()) == 0 || PQnfields(result.get()) == 0 ||
-      PQgetisnull(result.get(), 0, 0)) {
+  if (PQntuples(result.get()) == 0 || PQnfields(result.get()) == 0 || PQgetisnull(result.get(), 0, 0)) {
     return std::optional<std::string>();
   }
   return std::optional<std::string>(PQgetvalue(result.get(), 0, 0));
@@ -65,8 +62,7 @@ struct FreeCopyBuffer {
 
 }  // namespace
 
-PgReplicationSource::PgReplicationSource(PgReplicationSourceOptions options)
-    : options_(std::move(options)) {}
+PgReplicationSource::PgReplicationSource(PgReplicationSourceOptions options) : options_(std::move(options)) {}
 
 PgReplicationSource::~PgReplicationSource() {
   if (reader_.joinable()) {
@@ -90,14 +86,14 @@ absl::StatusOr<std::unique_ptr<PgReplicationSource>> PgReplicationSource::Create
   }
   if (options.publication.find('\\') != std::string::npos) {
     // START_REPLICATION's option values are plain '...' literals without backslash escapes.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "source: publication name ", options.publication, " must not contain a backslash"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("source: publication name ", options.publication, " must not contain a backslash"));
   }
   if (options.tables.empty()) {
     return absl::FailedPreconditionError("source: no mapped source tables");
   }
-  std::string extra = absl::StrCat("replication=database application_name=",
-                                   pg::ConninfoValue(options.application_name));
+  std::string extra =
+      absl::StrCat("replication=database application_name=", pg::ConninfoValue(options.application_name));
   ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(options.dsn, "source", extra));
   std::unique_ptr<PgReplicationSource> source(new PgReplicationSource(options));
   source->conn_ = conn.release();
@@ -111,24 +107,22 @@ absl::StatusOr<std::unique_ptr<PgReplicationSource>> PgReplicationSource::Create
 }
 
 absl::Status PgReplicationSource::CheckWalLevel() {
-  ASSIGN_OR_RETURN(std::optional<std::string> level,
-                   QueryValue(conn_, "SHOW wal_level", "source: SHOW wal_level"));
+  ASSIGN_OR_RETURN(std::optional<std::string> level, QueryValue(conn_, "SHOW wal_level", "source: SHOW wal_level"));
   if (level.value_or("") != "logical") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "source: wal_level is '", level.value_or(""),
-        "', logical decoding needs wal_level = logical (set it in postgresql.conf and restart "
-        "the source server)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("source: wal_level is '", level.value_or(""),
+                     "', logical decoding needs wal_level = logical (set it in postgresql.conf and restart "
+                     "the source server)"));
   }
   return absl::OkStatus();
 }
 
 absl::Status PgReplicationSource::CheckTables() {
   for (const std::string& table : options_.tables) {
-    ASSIGN_OR_RETURN(std::optional<std::string> oid,
-                     QueryValue(conn_,
-                                absl::StrCat("SELECT to_regclass(",
-                                             pg::QuoteLiteral(pg::QuoteQualified(table)), ")"),
-                                "source: to_regclass"));
+    ASSIGN_OR_RETURN(
+        std::optional<std::string> oid,
+        QueryValue(conn_, absl::StrCat("SELECT to_regclass(", pg::QuoteLiteral(pg::QuoteQualified(table)), ")"),
+                   "source: to_regclass"));
     if (!oid.has_value()) {
       return absl::FailedPreconditionError(
           absl::StrCat("source: mapped table ", table, " does not exist in the source database"));
@@ -161,14 +155,12 @@ absl::Status PgReplicationSource::EnsurePublication() {
   // A partitioned table's changes are published under the root, the table the mapping names
   // (partitions attached later, and rows moving between partitions, included).
   if (PQntuples(pub.get()) == 0) {
-    RETURN_IF_ERROR(
-        pg::Exec(conn_,
-                 absl::StrCat("CREATE PUBLICATION ", pub_ident, " FOR TABLE ", quoted_list(wanted),
-                              " WITH (publish_via_partition_root = true)"),
-                 "source: CREATE PUBLICATION")
-            .status());
-    spdlog::info("source: created publication {} for {} table(s)", options_.publication,
-                 wanted.size());
+    RETURN_IF_ERROR(pg::Exec(conn_,
+                             absl::StrCat("CREATE PUBLICATION ", pub_ident, " FOR TABLE ", quoted_list(wanted),
+                                          " WITH (publish_via_partition_root = true)"),
+                             "source: CREATE PUBLICATION")
+                        .status());
+    spdlog::info("source: created publication {} for {} table(s)", options_.publication, wanted.size());
     return absl::OkStatus();
   }
 
@@ -177,10 +169,10 @@ absl::Status PgReplicationSource::EnsurePublication() {
   static constexpr const char* kActions[] = {"inserts", "updates", "deletes"};
   for (int i = 0; i < 3; ++i) {
     if (absl::string_view(PQgetvalue(pub.get(), 0, i)) != "t") {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "source: publication ", options_.publication, " does not publish ", kActions[i],
-          "; use ALTER PUBLICATION ... SET (publish = 'insert, "
-          "update, delete, truncate') or another publication name"));
+      return absl::FailedPreconditionError(absl::StrCat("source: publication ", options_.publication,
+                                                        " does not publish ", kActions[i],
+                                                        "; use ALTER PUBLICATION ... SET (publish = 'insert, "
+                                                        "update, delete, truncate') or another publication name"));
     }
   }
   if (absl::string_view(PQgetvalue(pub.get(), 0, 3)) != "t") {
@@ -204,35 +196,37 @@ absl::Status PgReplicationSource::EnsurePublication() {
                                              "::text[]::regclass[])"),
                                 "source: reading partitioned tables"));
     if (partitioned.has_value()) {
-      RETURN_IF_ERROR(pg::Exec(conn_,
-                               absl::StrCat("ALTER PUBLICATION ", pub_ident,
-                                            " SET (publish_via_partition_root = true)"),
-                               "source: ALTER PUBLICATION SET (publish_via_partition_root = true)")
-                          .status());
-      spdlog::info("source: publication {} now publishes partitioned {} through the root "
-                   "(publish_via_partition_root = true)", options_.publication, *partitioned);
+      RETURN_IF_ERROR(
+          pg::Exec(conn_, absl::StrCat("ALTER PUBLICATION ", pub_ident, " SET (publish_via_partition_root = true)"),
+                   "source: ALTER PUBLICATION SET (publish_via_partition_root = true)")
+              .status());
+      spdlog::info(
+          "source: publication {} now publishes partitioned {} through the root "
+          "(publish_via_partition_root = true)",
+          options_.publication, *partitioned);
     }
   }
 
   // Membership by relation (pg_publication_tables lists partitions, not their root, when the
   // publication does not publish through the root).
-  ASSIGN_OR_RETURN(pg::ResultPtr members,
-                   pg::Exec(conn_,
-                            absl::StrCat("SELECT n.nspname, c.relname FROM pg_catalog.pg_publication p "
-                                         "JOIN pg_catalog.pg_publication_rel r ON r.prpubid = p.oid "
-                                         "JOIN pg_catalog.pg_class c ON c.oid = r.prrelid "
-                                         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                                         "WHERE p.pubname = ", pub_literal,
-                                         " UNION SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
-                                         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, "
-                                         "pg_catalog.pg_publication p WHERE p.pubname = ", pub_literal,
-                                         " AND c.relkind IN ('r', 'p') AND (p.puballtables",
-                                         server_version_ >= 150000
-                                             ? " OR c.relnamespace IN (SELECT pnnspid FROM "
-                                               "pg_catalog.pg_publication_namespace WHERE pnpubid = p.oid)"
-                                             : "",
-                                         ")"),
-                            "source: reading publication tables"));
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr members,
+      pg::Exec(conn_,
+               absl::StrCat("SELECT n.nspname, c.relname FROM pg_catalog.pg_publication p "
+                            "JOIN pg_catalog.pg_publication_rel r ON r.prpubid = p.oid "
+                            "JOIN pg_catalog.pg_class c ON c.oid = r.prrelid "
+                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE p.pubname = ",
+                            pub_literal,
+                            " UNION SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, "
+                            "pg_catalog.pg_publication p WHERE p.pubname = ",
+                            pub_literal, " AND c.relkind IN ('r', 'p') AND (p.puballtables",
+                            server_version_ >= 150000 ? " OR c.relnamespace IN (SELECT pnnspid FROM "
+                                                        "pg_catalog.pg_publication_namespace WHERE pnpubid = p.oid)"
+                                                      : "",
+                            ")"),
+               "source: reading publication tables"));
   std::set<std::pair<std::string, std::string>> missing = wanted;
   for (int row = 0; row < PQntuples(members.get()); ++row) {
     missing.erase({PQgetvalue(members.get(), row, 0), PQgetvalue(members.get(), row, 1)});
@@ -244,7 +238,8 @@ absl::Status PgReplicationSource::EnsurePublication() {
   ASSIGN_OR_RETURN(pg::ResultPtr published,
                    pg::Exec(conn_,
                             absl::StrCat("SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables "
-                                         "WHERE pubname = ", pub_literal),
+                                         "WHERE pubname = ",
+                                         pub_literal),
                             "source: reading published tables"));
   std::vector<std::string> extra;
   for (int row = 0; row < PQntuples(published.get()); ++row) {
@@ -252,22 +247,19 @@ absl::Status PgReplicationSource::EnsurePublication() {
     if (!wanted.count(t) && !ignored.count(t)) extra.push_back(absl::StrCat(t.first, ".", t.second));
   }
   if (!extra.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "source: publication ", options_.publication, " also publishes ", absl::StrJoin(extra, ", "),
-        ", which no mapping names; their changes would have nowhere to go. Map them, list them under "
-        "source.ignore_tables to leave their changes alone on purpose, or use a publication of the "
-        "mapped tables only (walshiftd creates one when source.publication names none that exists)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("source: publication ", options_.publication, " also publishes ", absl::StrJoin(extra, ", "),
+                     ", which no mapping names; their changes would have nowhere to go. Map them, list them under "
+                     "source.ignore_tables to leave their changes alone on purpose, or use a publication of the "
+                     "mapped tables only (walshiftd creates one when source.publication names none that exists)"));
   }
   if (missing.empty()) return absl::OkStatus();
-  RETURN_IF_ERROR(
-      pg::Exec(conn_,
-               absl::StrCat("ALTER PUBLICATION ", pub_ident, " ADD TABLE ", quoted_list(missing)),
-               "source: ALTER PUBLICATION ADD TABLE")
-          .status());
+  RETURN_IF_ERROR(pg::Exec(conn_, absl::StrCat("ALTER PUBLICATION ", pub_ident, " ADD TABLE ", quoted_list(missing)),
+                           "source: ALTER PUBLICATION ADD TABLE")
+                      .status());
   std::vector<std::string> names;
   for (const auto& [schema, table] : missing) names.push_back(absl::StrCat(schema, ".", table));
-  spdlog::info("source: added {} to publication {}", absl::StrJoin(names, ", "),
-               options_.publication);
+  spdlog::info("source: added {} to publication {}", absl::StrJoin(names, ", "), options_.publication);
   spdlog::warn(
       "source: changes to {} committed before they joined publication {} are not "
       "streamed; those tables need a snapshot copy",
@@ -287,18 +279,19 @@ absl::Status PgReplicationSource::EnsureSlot() {
       " To start over: in every target DELETE FROM walshift.checkpoint and walshift.copy_chunk WHERE "
       "pipeline = '<pipeline>', then restart walshiftd; it creates the slot and copies the tables again.");
   if (PQntuples(slot.get()) > 0 && std::string(PQgetvalue(slot.get(), 0, 3)) == "lost") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "source: replication slot ", options_.slot,
-        " was invalidated (wal_status lost): the source removed WAL it still needed, so changes "
-        "after the targets' checkpoints are gone (raise max_slot_wal_keep_size to keep this from "
-        "happening again). Drop the slot with SELECT pg_drop_replication_slot('",
-        options_.slot, "').", rebuild));
+    return absl::FailedPreconditionError(
+        absl::StrCat("source: replication slot ", options_.slot,
+                     " was invalidated (wal_status lost): the source removed WAL it still needed, so changes "
+                     "after the targets' checkpoints are gone (raise max_slot_wal_keep_size to keep this from "
+                     "happening again). Drop the slot with SELECT pg_drop_replication_slot('",
+                     options_.slot, "').", rebuild));
   }
   if (PQntuples(slot.get()) == 0 && options_.slot_must_exist) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "source: replication slot ", options_.slot,
-        " does not exist, but the targets hold checkpoints of this pipeline: it was dropped, and "
-        "the changes since the checkpoints are lost. walshiftd does not recreate it silently.", rebuild));
+    return absl::FailedPreconditionError(
+        absl::StrCat("source: replication slot ", options_.slot,
+                     " does not exist, but the targets hold checkpoints of this pipeline: it was dropped, and "
+                     "the changes since the checkpoints are lost. walshiftd does not recreate it silently.",
+                     rebuild));
   }
   if (PQntuples(slot.get()) > 0) {
     const std::string type = PQgetvalue(slot.get(), 0, 0);
@@ -315,20 +308,19 @@ absl::Status PgReplicationSource::EnsureSlot() {
   ASSIGN_OR_RETURN(ExportedSnapshot created,
                    CreateSlot(conn_, options_.slot, /*temporary=*/false, options_.export_snapshot));
   if (options_.export_snapshot) exported_ = created;
-  spdlog::info("source: created logical replication slot {} (pgoutput), consistent point {}{}",
-               options_.slot, FormatLsn(created.lsn),
-               options_.export_snapshot ? absl::StrCat(", snapshot ", created.name) : "");
+  spdlog::info("source: created logical replication slot {} (pgoutput), consistent point {}{}", options_.slot,
+               FormatLsn(created.lsn), options_.export_snapshot ? absl::StrCat(", snapshot ", created.name) : "");
   return absl::OkStatus();
 }
 
-absl::StatusOr<ExportedSnapshot> PgReplicationSource::CreateSlot(PGconn* conn, const std::string& slot,
-                                                                  bool temporary, bool export_snapshot) {
-  ASSIGN_OR_RETURN(pg::ResultPtr created,
-                   pg::Exec(conn,
-                            absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(slot),
-                                         temporary ? " TEMPORARY" : "", " LOGICAL pgoutput ",
-                                         export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"),
-                            "source: CREATE_REPLICATION_SLOT"));
+absl::StatusOr<ExportedSnapshot> PgReplicationSource::CreateSlot(PGconn* conn, const std::string& slot, bool temporary,
+                                                                 bool export_snapshot) {
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr created,
+      pg::Exec(conn,
+               absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(slot), temporary ? " TEMPORARY" : "",
+                            " LOGICAL pgoutput ", export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"),
+               "source: CREATE_REPLICATION_SLOT"));
   // slot_name, consistent_point, snapshot_name, output_plugin
   if (PQntuples(created.get()) != 1 || PQnfields(created.get()) < 3) {
     return absl::InternalError("source: CREATE_REPLICATION_SLOT returned no consistent point");
@@ -345,8 +337,8 @@ PgReplicationSource::TemporarySnapshot::~TemporarySnapshot() {
   if (conn_ != nullptr) PQfinish(conn_);  // the temporary slot goes with its session
 }
 
-absl::StatusOr<std::unique_ptr<PgReplicationSource::TemporarySnapshot>>
-PgReplicationSource::ExportTemporarySnapshot(const std::string& dsn, const std::string& slot_name) {
+absl::StatusOr<std::unique_ptr<PgReplicationSource::TemporarySnapshot>> PgReplicationSource::ExportTemporarySnapshot(
+    const std::string& dsn, const std::string& slot_name) {
   ASSIGN_OR_RETURN(pg::ConnPtr conn,
                    pg::Connect(dsn, "source", "replication=database application_name=walshiftd-copy"));
   auto holder = std::unique_ptr<TemporarySnapshot>(new TemporarySnapshot());
@@ -360,10 +352,9 @@ PgReplicationSource::ExportTemporarySnapshot(const std::string& dsn, const std::
 
 absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   if (streaming_) return absl::FailedPreconditionError("source: replication already started");
-  std::string sql =
-      absl::StrCat("START_REPLICATION SLOT ", pg::QuoteIdent(options_.slot), " LOGICAL ",
-                   FormatLsn(start_lsn), " (proto_version '1', publication_names ",
-                   pg::QuoteLiteral(pg::QuoteIdent(options_.publication)), ", messages 'true')");
+  std::string sql = absl::StrCat("START_REPLICATION SLOT ", pg::QuoteIdent(options_.slot), " LOGICAL ",
+                                 FormatLsn(start_lsn), " (proto_version '1', publication_names ",
+                                 pg::QuoteLiteral(pg::QuoteIdent(options_.publication)), ", messages 'true')");
   pg::ResultPtr result(PQexec(conn_, sql.c_str()));
   if (result != nullptr && PQresultStatus(result.get()) == PGRES_COPY_BOTH) {
     streaming_ = true;
@@ -382,8 +373,7 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
     spdlog::info("source: streaming slot {} from {}", options_.slot, FormatLsn(start_lsn));
     return absl::OkStatus();
   }
-  const char* state =
-      result != nullptr ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
+  const char* state = result != nullptr ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
   absl::Status status = pg::ResultStatus(conn_, result.get(), "source: START_REPLICATION");
   if (state != nullptr && absl::string_view(state) == "55006") {
     // "replication slot is active for PID n": usually the walsender of our previous,
@@ -392,8 +382,7 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   }
   if (status.ok()) {
     return absl::InternalError(absl::StrCat("source: START_REPLICATION returned ",
-                                            PQresStatus(PQresultStatus(result.get())),
-                                            " instead of COPY_BOTH"));
+                                            PQresStatus(PQresultStatus(result.get())), " instead of COPY_BOTH"));
   }
   return status;
 }
@@ -404,12 +393,10 @@ absl::StatusOr<int> PgReplicationSource::Poll(ChangeHandler& handler, absl::Dura
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (queue_.empty() && !reader_done_ && wait > absl::ZeroDuration()) {
-      data_ready_.wait_for(lock, absl::ToChronoMilliseconds(wait),
-                           [&] { return !queue_.empty() || reader_done_; });
+      data_ready_.wait_for(lock, absl::ToChronoMilliseconds(wait), [&] { return !queue_.empty() || reader_done_; });
     }
     if (queue_.empty() && reader_done_) {
-      return reader_status_.ok() ? absl::UnavailableError("source: replication stream closed")
-                                 : reader_status_;
+      return reader_status_.ok() ? absl::UnavailableError("source: replication stream closed") : reader_status_;
     }
     bool was_full = queued_bytes_ >= kMaxQueuedBytes;
     taken.swap(queue_);
@@ -487,9 +474,9 @@ void PgReplicationSource::ReaderLoop() {
         continue;
       }
       if (raw[0] != 'w' || len < kXLogDataHeader) {
-        absl::Status bad = absl::DataLossError(absl::StrCat(
-            "source: unexpected replication message type 0x",
-            absl::Hex(static_cast<uint8_t>(raw[0]), absl::kZeroPad2), " (length ", len, ")"));
+        absl::Status bad = absl::DataLossError(absl::StrCat("source: unexpected replication message type 0x",
+                                                            absl::Hex(static_cast<uint8_t>(raw[0]), absl::kZeroPad2),
+                                                            " (length ", len, ")"));
         PQfreemem(raw);
         FinishReader(bad);
         return;
@@ -534,8 +521,8 @@ void PgReplicationSource::ReaderLoop() {
     }
     // A full queue leaves the data in the socket: libpq's buffer must not grow instead.
     if (!full && PQconsumeInput(conn_) == 0) {
-      FinishReader(absl::UnavailableError(
-          absl::StrCat("source: replication connection lost: ", ConnectionMessage(conn_))));
+      FinishReader(
+          absl::UnavailableError(absl::StrCat("source: replication connection lost: ", ConnectionMessage(conn_))));
       return;
     }
   }
@@ -555,8 +542,7 @@ absl::Status PgReplicationSource::SendFeedback(Lsn flushed, bool force) {
   std::unique_lock<std::mutex> lock(mu_);
   uint64_t ticket = ++feedback_requested_;
   WakeReader();
-  feedback_sent_.wait_for(lock, std::chrono::seconds(5),
-                          [&] { return feedback_done_ >= ticket || reader_done_; });
+  feedback_sent_.wait_for(lock, std::chrono::seconds(5), [&] { return feedback_done_ >= ticket || reader_done_; });
   if (reader_done_ && !reader_status_.ok() && !absl::IsCancelled(reader_status_)) return reader_status_;
   return absl::OkStatus();
 }
@@ -572,16 +558,14 @@ absl::Status PgReplicationSource::SendStatusUpdate() {
   PutU64(msg + 25, static_cast<uint64_t>(PgNow()));
   msg[33] = 0;  // no reply requested
   if (PQputCopyData(conn_, msg, sizeof(msg)) != 1) {
-    return absl::UnavailableError(
-        absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
+    return absl::UnavailableError(absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
   }
   // Non-blocking: a status update is tiny; flush until the socket took it.
   for (int i = 0; i < 1000; ++i) {
     int f = PQflush(conn_);
     if (f == 0) break;
     if (f < 0) {
-      return absl::UnavailableError(
-          absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
+      return absl::UnavailableError(absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
     }
     pollfd fd{PQsocket(conn_), POLLOUT, 0};
     ::poll(&fd, 1, 10);

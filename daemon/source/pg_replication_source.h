@@ -9,8 +9,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,10 +23,10 @@ typedef struct pg_conn PGconn;
 namespace walshift {
 
 struct PgReplicationSourceOptions {
-  std::string dsn;                       // libpq connection string of the source database
-  std::string slot;                      // logical slot name (pgoutput)
-  std::string publication;               // publication name
-  std::vector<std::string> tables;       // schema.table of every mapped source table
+  std::string dsn;                  // libpq connection string of the source database
+  std::string slot;                 // logical slot name (pgoutput)
+  std::string publication;          // publication name
+  std::vector<std::string> tables;  // schema.table of every mapped source table
   // schema.table of published tables no mapping names that the config says to leave alone.
   std::vector<std::string> ignore_tables;
   absl::Duration feedback_interval = absl::Seconds(10);
@@ -43,8 +43,7 @@ class PgReplicationSource : public ChangeSource {
   // Connects, creates the publication (the mapped tables only) and the slot when absent, and
   // adds mapped tables missing from an existing publication. kUnavailable when the server is
   // unreachable; kFailedPrecondition for configuration problems (wal_level, missing table).
-  static absl::StatusOr<std::unique_ptr<PgReplicationSource>> Create(
-      const PgReplicationSourceOptions& options);
+  static absl::StatusOr<std::unique_ptr<PgReplicationSource>> Create(const PgReplicationSourceOptions& options);
   ~PgReplicationSource() override;
 
   absl::Status Start(Lsn start_lsn) override;
@@ -69,8 +68,8 @@ class PgReplicationSource : public ChangeSource {
     PGconn* conn_ = nullptr;
     ExportedSnapshot snapshot_;
   };
-  static absl::StatusOr<std::unique_ptr<TemporarySnapshot>> ExportTemporarySnapshot(
-      const std::string& dsn, const std::string& slot_name);
+  static absl::StatusOr<std::unique_ptr<TemporarySnapshot>> ExportTemporarySnapshot(const std::string& dsn,
+                                                                                    const std::string& slot_name);
 
  private:
   explicit PgReplicationSource(PgReplicationSourceOptions options);
@@ -80,8 +79,8 @@ class PgReplicationSource : public ChangeSource {
   absl::Status CheckTables();
   absl::Status EnsurePublication();
   absl::Status EnsureSlot();
-  static absl::StatusOr<ExportedSnapshot> CreateSlot(PGconn* conn, const std::string& slot,
-                                                     bool temporary, bool export_snapshot);
+  static absl::StatusOr<ExportedSnapshot> CreateSlot(PGconn* conn, const std::string& slot, bool temporary,
+                                                     bool export_snapshot);
   // Decodes one XLogData message taken from the queue. `data` is a PQgetCopyData buffer
   // (writable, NUL at data[len]).
   absl::Status HandleXLogData(char* data, size_t len, ChangeHandler& handler);
@@ -110,7 +109,7 @@ class PgReplicationSource : public ChangeSource {
   PGconn* conn_ = nullptr;
   int server_version_ = 0;  // PQserverVersion of the source
   std::optional<ExportedSnapshot> exported_;
-  bool streaming_ = false;  // START_REPLICATION succeeded
+  bool streaming_ = false;   // START_REPLICATION succeeded
   PgOutputDecoder decoder_;  // main thread only
   std::atomic<Lsn> received_lsn_{kInvalidLsn};
   std::atomic<Lsn> last_flushed_{kInvalidLsn};  // highest `flushed` ever passed to SendFeedback()

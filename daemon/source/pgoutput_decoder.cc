@@ -54,8 +54,7 @@ std::string DescribeByte(uint8_t b) {
 
 absl::Status UnknownRelation(Oid oid, Lsn lsn) {
   return absl::DataLossError(absl::StrCat("pgoutput: change for relation oid ", oid,
-                                          " before its RELATION message (LSN ", FormatLsn(lsn),
-                                          ")"));
+                                          " before its RELATION message (LSN ", FormatLsn(lsn), ")"));
 }
 
 // NUL-terminates every text value of `tuple` in place, at data[length].
@@ -137,9 +136,7 @@ class PgOutputDecoder::Reader {
 
   // The failure of the last read: "pgoutput: truncated Insert message at offset 13 (length 20,
   // LSN 0/16B3748)".
-  absl::Status status() const {
-    return absl::DataLossError(absl::StrCat("pgoutput: ", problem_, " ", Where()));
-  }
+  absl::Status status() const { return absl::DataLossError(absl::StrCat("pgoutput: ", problem_, " ", Where())); }
   // A semantic problem found at the current offset.
   absl::Status Error(absl::string_view problem) const {
     return absl::DataLossError(absl::StrCat("pgoutput: ", problem, " in ", Where()));
@@ -165,8 +162,8 @@ class PgOutputDecoder::Reader {
     return true;
   }
   std::string Where() const {
-    return absl::StrFormat("%s message at offset %d (length %d, LSN %s)", MessageName(type_), pos_,
-                           len_, FormatLsn(lsn_));
+    return absl::StrFormat("%s message at offset %d (length %d, LSN %s)", MessageName(type_), pos_, len_,
+                           FormatLsn(lsn_));
   }
 
   const char* data_;
@@ -207,8 +204,8 @@ absl::Status PgOutputDecoder::Decode(char* data, size_t len, Lsn lsn, ChangeHand
     case 'M':
       return DecodeMessage(r, handler);
     default:
-      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ", DescribeByte(type),
-                                              " (length ", len, ", LSN ", FormatLsn(lsn), ")"));
+      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ", DescribeByte(type), " (length ", len,
+                                              ", LSN ", FormatLsn(lsn), ")"));
   }
 }
 
@@ -233,8 +230,7 @@ absl::Status PgOutputDecoder::DecodeBegin(Reader& r, ChangeHandler& handler) {
 absl::Status PgOutputDecoder::DecodeCommit(Reader& r, ChangeHandler& handler) {
   uint8_t flags;
   TransactionCommit commit;
-  if (!r.U8(&flags) || !r.U64(&commit.commit_lsn) || !r.U64(&commit.end_lsn) ||
-      !r.I64(&commit.commit_time)) {
+  if (!r.U8(&flags) || !r.U64(&commit.commit_lsn) || !r.U64(&commit.end_lsn) || !r.I64(&commit.commit_time)) {
     return r.status();
   }
   RETURN_IF_ERROR(r.ExpectEnd());
@@ -249,8 +245,7 @@ absl::Status PgOutputDecoder::DecodeOrigin(Reader& r) {
   absl::string_view name;
   if (!r.U64(&origin_lsn) || !r.String(&name)) return r.status();
   RETURN_IF_ERROR(r.ExpectEnd());
-  spdlog::debug("pgoutput: origin {} (commit {}) at {}", std::string(name), FormatLsn(origin_lsn),
-                FormatLsn(r.lsn()));
+  spdlog::debug("pgoutput: origin {} (commit {}) at {}", std::string(name), FormatLsn(origin_lsn), FormatLsn(r.lsn()));
   return absl::OkStatus();
 }
 
@@ -261,8 +256,7 @@ absl::Status PgOutputDecoder::DecodeRelation(Reader& r, ChangeHandler& handler) 
   absl::string_view schema, name;
   uint8_t identity;
   int16_t ncols;
-  if (!r.U32(&relation->oid) || !r.String(&schema) || !r.String(&name) || !r.U8(&identity) ||
-      !r.I16(&ncols)) {
+  if (!r.U32(&relation->oid) || !r.String(&schema) || !r.String(&name) || !r.U8(&identity) || !r.I16(&ncols)) {
     return r.status();
   }
   if (identity != 'd' && identity != 'n' && identity != 'f' && identity != 'i') {
@@ -281,8 +275,7 @@ absl::Status PgOutputDecoder::DecodeRelation(Reader& r, ChangeHandler& handler) 
   for (SourceColumn& column : relation->columns) {
     uint8_t flags;
     absl::string_view column_name;
-    if (!r.U8(&flags) || !r.String(&column_name) || !r.U32(&column.type_oid) ||
-        !r.I32(&column.type_modifier)) {
+    if (!r.U8(&flags) || !r.String(&column_name) || !r.U32(&column.type_oid) || !r.I32(&column.type_modifier)) {
       return r.status();
     }
     column.name = std::string(column_name);
@@ -290,8 +283,8 @@ absl::Status PgOutputDecoder::DecodeRelation(Reader& r, ChangeHandler& handler) 
   }
   RETURN_IF_ERROR(r.ExpectEnd());
   relation->version = next_relation_version.fetch_add(1, std::memory_order_relaxed);
-  spdlog::debug("pgoutput: relation {} oid {} version {} ({} columns)", relation->QualifiedName(),
-                relation->oid, relation->version, relation->columns.size());
+  spdlog::debug("pgoutput: relation {} oid {} version {} ({} columns)", relation->QualifiedName(), relation->oid,
+                relation->version, relation->columns.size());
   std::shared_ptr<const SourceRelation> published = std::move(relation);
   relations_[published->oid] = published;
   return handler.OnRelation(std::move(published));
@@ -325,8 +318,7 @@ absl::Status PgOutputDecoder::ReadTuple(Reader& r, const SourceRelation& relatio
   if (!r.I16(&ncols)) return r.status();
   if (ncols < 0 || static_cast<size_t>(ncols) != relation.columns.size()) {
     return r.Error(absl::StrCat("tuple of ", relation.QualifiedName(), " has ", ncols,
-                                " columns, its RELATION message announced ",
-                                relation.columns.size()));
+                                " columns, its RELATION message announced ", relation.columns.size()));
   }
   tuple->resize(ncols);  // no allocation once the capacity has been reached
   for (int i = 0; i < ncols; ++i) {
@@ -349,11 +341,10 @@ absl::Status PgOutputDecoder::ReadTuple(Reader& r, const SourceRelation& relatio
       }
       case 'b':
         return r.Error(absl::StrCat("binary value for column ", relation.columns[i].name, " of ",
-                                    relation.QualifiedName(),
-                                    " (binary transfer is never requested)"));
+                                    relation.QualifiedName(), " (binary transfer is never requested)"));
       default:
-        return r.Error(absl::StrCat("unknown value kind ", DescribeByte(kind), " for column ",
-                                    relation.columns[i].name, " of ", relation.QualifiedName()));
+        return r.Error(absl::StrCat("unknown value kind ", DescribeByte(kind), " for column ", relation.columns[i].name,
+                                    " of ", relation.QualifiedName()));
     }
   }
   return absl::OkStatus();
@@ -369,8 +360,8 @@ absl::Status PgOutputDecoder::DecodeInsert(Reader& r, ChangeHandler& handler) {
   RETURN_IF_ERROR(ReadTuple(r, *relation, &new_tuple_));
   RETURN_IF_ERROR(r.ExpectEnd());
   TerminateTexts(new_tuple_);
-  return handler.OnChange(RowChange{
-      .kind = ChangeKind::kInsert, .relation = relation, .new_tuple = &new_tuple_, .lsn = r.lsn()});
+  return handler.OnChange(
+      RowChange{.kind = ChangeKind::kInsert, .relation = relation, .new_tuple = &new_tuple_, .lsn = r.lsn()});
 }
 
 // Update: Int32 oid, optionally 'K' or 'O' + TupleData (old key / old row), 'N' + TupleData.
@@ -386,8 +377,7 @@ absl::Status PgOutputDecoder::DecodeUpdate(Reader& r, ChangeHandler& handler) {
     if (!r.U8(&marker)) return r.status();
   }
   if (marker != 'N') {
-    return r.Error(absl::StrCat("expected 'N'", old_kind ? "" : ", 'K' or 'O'", ", got ",
-                                DescribeByte(marker)));
+    return r.Error(absl::StrCat("expected 'N'", old_kind ? "" : ", 'K' or 'O'", ", got ", DescribeByte(marker)));
   }
   RETURN_IF_ERROR(ReadTuple(r, *relation, &new_tuple_));
   RETURN_IF_ERROR(r.ExpectEnd());

@@ -19,9 +19,9 @@ constexpr const char* kSchemaDdl =
     "CREATE TABLE IF NOT EXISTS walshift.copy_chunk ("
     "  pipeline text NOT NULL,"
     "  source_table text NOT NULL,"
-    "  key_column text,"           // NULL: the whole table is one range
-    "  lo bigint,"                 // inclusive; NULL: unbounded
-    "  hi bigint,"                 // exclusive; NULL: unbounded
+    "  key_column text,"  // NULL: the whole table is one range
+    "  lo bigint,"        // inclusive; NULL: unbounded
+    "  hi bigint,"        // exclusive; NULL: unbounded
     "  snapshot_lsn pg_lsn NOT NULL,"
     "  rows bigint NOT NULL,"
     "  copied_at timestamptz NOT NULL DEFAULT now()); "
@@ -63,7 +63,6 @@ const char* const kCheckpointUpsertSql =
     "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
     "WHERE c.commit_lsn <= EXCLUDED.commit_lsn";
 
-
 namespace {
 
 using pg::OptionalInt;
@@ -84,13 +83,12 @@ absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(PGconn* conn, con
                                                                absl::string_view what) {
   ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.checkpoint", what));
   if (!exists) return std::optional<CheckpointRow>();
-  ASSIGN_OR_RETURN(pg::ResultPtr r,
-                   pg::ExecParams(conn,
-                                  "SELECT commit_lsn::text, coalesce(commit_time::text, ''), "
-                                  "coalesce(extract(epoch FROM now() - commit_time), 0)::text, "
-                                  "extract(epoch FROM now() - updated_at)::text "
-                                  "FROM walshift.checkpoint WHERE pipeline = $1",
-                                  {pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint")));
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn,
+                                                   "SELECT commit_lsn::text, coalesce(commit_time::text, ''), "
+                                                   "coalesce(extract(epoch FROM now() - commit_time), 0)::text, "
+                                                   "extract(epoch FROM now() - updated_at)::text "
+                                                   "FROM walshift.checkpoint WHERE pipeline = $1",
+                                                   {pipeline.c_str()}, absl::StrCat(what, ": reading the checkpoint")));
   if (PQntuples(r.get()) == 0) return std::optional<CheckpointRow>();
   CheckpointRow row;
   auto lsn = ParseLsn(PQgetvalue(r.get(), 0, 0));
@@ -109,8 +107,9 @@ absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, ab
 
 Statement CopyChunkInsert(const std::string& pipeline, const CopyChunk& chunk) {
   Statement s;
-  s.sql = "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
-          "VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint)";
+  s.sql =
+      "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
+      "VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint)";
   s.storage = {pipeline,
                chunk.source_table,
                chunk.key_column,
@@ -118,9 +117,13 @@ Statement CopyChunkInsert(const std::string& pipeline, const CopyChunk& chunk) {
                chunk.hi ? absl::StrCat(*chunk.hi) : "",
                FormatLsn(chunk.snapshot_lsn),
                absl::StrCat(chunk.rows)};
-  s.params = {s.storage[0].c_str(), s.storage[1].c_str(), chunk.key_column.empty() ? nullptr : s.storage[2].c_str(),
-              chunk.lo ? s.storage[3].c_str() : nullptr, chunk.hi ? s.storage[4].c_str() : nullptr,
-              s.storage[5].c_str(), s.storage[6].c_str()};
+  s.params = {s.storage[0].c_str(),
+              s.storage[1].c_str(),
+              chunk.key_column.empty() ? nullptr : s.storage[2].c_str(),
+              chunk.lo ? s.storage[3].c_str() : nullptr,
+              chunk.hi ? s.storage[4].c_str() : nullptr,
+              s.storage[5].c_str(),
+              s.storage[6].c_str()};
   return s;
 }
 
@@ -209,8 +212,8 @@ absl::StatusOr<std::optional<std::string>> ReadSetting(PGconn* conn, const std::
   return std::optional<std::string>(PQgetvalue(r.get(), 0, 0));
 }
 
-absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name,
-                          const std::string& value, absl::string_view what) {
+absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name, const std::string& value,
+                          absl::string_view what) {
   RETURN_IF_ERROR(EnsureSchema(conn, what));
   return pg::ExecParams(conn,
                         "INSERT INTO walshift.settings (pipeline, name, value) VALUES ($1, $2, $3) "

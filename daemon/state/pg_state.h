@@ -53,7 +53,7 @@ absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(PGconn* conn, const std::s
 // Re-backfill progress of one source table.
 struct BackfillRow {
   std::string source_table;
-  std::string state;  // running, done
+  std::string state;                                 // running, done
   std::optional<std::vector<std::string>> last_key;  // none: nothing applied yet
   uint64_t rows = 0;
   double updated_at = 0;  // seconds since the epoch
@@ -72,7 +72,7 @@ absl::Status RecordDrift(PGconn* conn, const std::string& pipeline, const std::s
 // A fact recorded for `pipeline` (std::nullopt when none or no tables yet), and recording one.
 absl::StatusOr<std::optional<std::string>> ReadSetting(PGconn* conn, const std::string& pipeline,
                                                        const std::string& name, absl::string_view what);
-absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name,
-                          const std::string& value, absl::string_view what);
+absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name, const std::string& value,
+                          absl::string_view what);
 
 }  // namespace walshift::state

@@ -46,7 +46,8 @@ std::optional<int64_t> IntField(const Json& doc, const char* name) {
 }
 
 template <typename T>
-absl::StatusOr<T> Postgres(const config::TargetSettings& t, const std::function<absl::StatusOr<T>(PGconn*, const std::string&)>& read) {
+absl::StatusOr<T> Postgres(const config::TargetSettings& t,
+                           const std::function<absl::StatusOr<T>(PGconn*, const std::string&)>& read) {
   std::string what = absl::StrCat("target ", t.name);
   ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(t.dsn, what, "application_name=walshift connect_timeout=10"));
   return read(conn.get(), what);
@@ -77,8 +78,7 @@ absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(const config::Tar
   return std::optional<CheckpointRow>(std::move(row));
 }
 
-absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const config::TargetSettings& target,
-                                                      const std::string& pipeline,
+absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const config::TargetSettings& target, const std::string& pipeline,
                                                       const std::string& source_table) {
   if (!target.documents()) {
     return Postgres<std::vector<CopyChunk>>(target, [&](PGconn* c, const std::string& what) {
@@ -113,7 +113,8 @@ absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSetti
     row.state = *st;
     if (const Json* k = doc->Find("last_key"); k != nullptr && k->is_array()) {
       row.last_key.emplace();
-      for (const Json& v : k->array()) row.last_key->push_back(v.type() == Json::Type::kString ? v.string_value() : v.Serialize());
+      for (const Json& v : k->array())
+        row.last_key->push_back(v.type() == Json::Type::kString ? v.string_value() : v.Serialize());
     }
     row.rows = static_cast<uint64_t>(IntField(*doc, "rows").value_or(0));
     if (const std::string* at = StringField(*doc, "updated_at")) {
@@ -127,8 +128,8 @@ absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSetti
 }
 
 absl::StatusOr<std::optional<BackfillRow>> BackfillSince(const config::TargetSettings& target,
-                                                         const std::string& pipeline,
-                                                         const std::string& source_table, double since) {
+                                                         const std::string& pipeline, const std::string& source_table,
+                                                         double since) {
   ASSIGN_OR_RETURN(std::vector<BackfillRow> rows, ReadBackfills(target, pipeline));
   for (BackfillRow& row : rows)
     if (row.source_table == source_table && row.updated_at >= since) return std::optional<BackfillRow>(std::move(row));

@@ -19,16 +19,15 @@ namespace walshift::state {
 absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(const config::TargetSettings& target,
                                                                const std::string& pipeline);
 // The recorded copy ranges of `pipeline` (of `source_table` when not empty).
-absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const config::TargetSettings& target,
-                                                      const std::string& pipeline,
+absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const config::TargetSettings& target, const std::string& pipeline,
                                                       const std::string& source_table);
 // The re-backfill progress rows of `pipeline`.
 absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSettings& target,
                                                        const std::string& pipeline);
 // The progress of the backfill of `source_table` written at or after `since` (ReadClock), if any.
 absl::StatusOr<std::optional<BackfillRow>> BackfillSince(const config::TargetSettings& target,
-                                                         const std::string& pipeline,
-                                                         const std::string& source_table, double since);
+                                                         const std::string& pipeline, const std::string& source_table,
+                                                         double since);
 // The target's clock (seconds since the epoch), to compare with BackfillRow::updated_at.
 absl::StatusOr<double> ReadClock(const config::TargetSettings& target);
 

@@ -85,7 +85,8 @@ class DocumentVerifier {
       r.checked = final.expected[collection];
       r.unsettled = unsettled_[collection];
       r.extras_checked = true;
-      if (!final.settled) r.note = absl::StrCat("target ", target_.name, " did not pass ", FormatLsn(final.read_at), " in time");
+      if (!final.settled)
+        r.note = absl::StrCat("target ", target_.name, " did not pass ", FormatLsn(final.read_at), " in time");
       for (const auto& [key, d] : final.differences) {
         if (key.first != collection) continue;
         RETURN_IF_ERROR(Report(&r, *tables.begin(), key.second, d, final.read_at));
@@ -101,11 +102,13 @@ class DocumentVerifier {
   absl::StatusOr<Pass> RunPass() {
     Pass pass;
     documents::DocumentSet expected(target_.name);
-    ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(o_.settings->source_dsn, "source", "application_name=walshift-verify"));
+    ASSIGN_OR_RETURN(pg::ConnPtr src,
+                     pg::Connect(o_.settings->source_dsn, "source", "application_name=walshift-verify"));
     PgSchemaInspector inspector(o_.settings->source_dsn, o_.settings->targets);
     // The snapshot is taken by the first statement, so L covers every commit it shows.
     RETURN_IF_ERROR(pg::Exec(src.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "source: BEGIN").status());
-    ASSIGN_OR_RETURN(pg::ResultPtr at, pg::Exec(src.get(), "SELECT pg_current_wal_lsn()::text", "source: reading the WAL position"));
+    ASSIGN_OR_RETURN(pg::ResultPtr at,
+                     pg::Exec(src.get(), "SELECT pg_current_wal_lsn()::text", "source: reading the WAL position"));
     pass.read_at = ParseLsn(PQgetvalue(at.get(), 0, 0)).value_or(kInvalidLsn);
     for (size_t m : modules_) {
       const MappingModule& module = *(*o_.modules)[m];
@@ -146,7 +149,8 @@ class DocumentVerifier {
         PQfreemem(buf);
       }
       pg::ResultPtr end(PQgetResult(src.get()));
-      absl::Status copy = pg::ResultStatus(src.get(), end.get(), absl::StrCat(where, ": reading ", module.source_table()));
+      absl::Status copy =
+          pg::ResultStatus(src.get(), end.get(), absl::StrCat(where, ": reading ", module.source_table()));
       while (PGresult* extra = PQgetResult(src.get())) PQclear(extra);
       RETURN_IF_ERROR(copy);
       if (!failed.ok()) return absl::Status(failed.code(), absl::StrCat(where, ": ", failed.message()));
@@ -187,14 +191,20 @@ class DocumentVerifier {
     return pass;
   }
 
-  // An array whose elements all went away is [] where one that never had any is absent: the
-  // same content, a different history.
+  // Content, not history: a field that is null equals one that is absent (a column a merge
+  // source cleared, or one never written), and an array whose elements all went away ([])
+  // equals one that never had any.
   Json Normalized(const std::string& collection, Json doc) const {
-    auto it = array_columns_.find(collection);
-    if (it == array_columns_.end() || !doc.is_object()) return doc;
-    for (const std::string& c : it->second) {
-      const Json* v = doc.Find(c);
-      if (v != nullptr && v->is_array() && v->array().empty()) doc.mutable_object().erase(c);
+    if (!doc.is_object()) return doc;
+    auto arrays = array_columns_.find(collection);
+    for (auto it = doc.mutable_object().begin(); it != doc.mutable_object().end();) {
+      bool empty_array = it->second.is_array() && it->second.array().empty() && arrays != array_columns_.end() &&
+                         arrays->second.count(it->first);
+      if (it->second.is_null() || empty_array) {
+        it = doc.mutable_object().erase(it);
+      } else {
+        ++it;
+      }
     }
     return doc;
   }
@@ -211,9 +221,15 @@ class DocumentVerifier {
     e.set_key(absl::StrCat("document ", documents::CollectionName(table), "/", file));
     e.set_checked_at_lsn(FormatLsn(at));
     switch (d.kind) {
-      case v1::MISSING: ++r->missing; break;
-      case v1::EXTRA: ++r->extra; break;
-      default: ++r->mismatched; break;
+      case v1::MISSING:
+        ++r->missing;
+        break;
+      case v1::EXTRA:
+        ++r->extra;
+        break;
+      default:
+        ++r->mismatched;
+        break;
     }
     if (d.kind == v1::MISMATCH) {
       // The fields that differ.
@@ -226,6 +242,7 @@ class DocumentVerifier {
           const Json* a = want->Find(f);
           const Json* b = have->Find(f);
           if (a != nullptr && b != nullptr && *a == *b) continue;
+          if ((a == nullptr || a->is_null()) && (b == nullptr || b->is_null())) continue;
           v1::ColumnDiff* diff = e.add_columns();
           diff->set_column(f);
           diff->set_expected(a == nullptr ? "(absent)" : Cut(a->Serialize()));
@@ -233,7 +250,8 @@ class DocumentVerifier {
         }
       }
     }
-    std::string identity = absl::StrCat(e.target_table(), "|", v1::DriftKind_Name(e.kind()), "|", e.key(), "|", d.actual);
+    std::string identity =
+        absl::StrCat(e.target_table(), "|", v1::DriftKind_Name(e.kind()), "|", e.key(), "|", d.actual);
     if (o_.reported_now != nullptr) o_.reported_now->insert(identity);
     bool repeat = o_.already_reported != nullptr && o_.already_reported->count(identity) > 0;
     if (o_.events != nullptr && !repeat) o_.events->Publish(e);
@@ -250,7 +268,7 @@ class DocumentVerifier {
   std::vector<size_t> modules_;
   const std::atomic<bool>& stop_;
   std::map<std::string, std::set<std::string>> collections_;  // collection → target tables
-  std::map<std::string, std::set<size_t>> modules_of_;         // collection → mappings writing it
+  std::map<std::string, std::set<size_t>> modules_of_;        // collection → mappings writing it
   std::map<std::string, uint64_t> unsettled_;
   std::map<std::string, std::set<std::string>> array_columns_;  // collection → JSON array columns
 };

@@ -1,7 +1,5 @@
 #include "daemon/verify/verifier.h"
 
-#include "daemon/verify/table_verifier.h"
-
 #include <algorithm>
 #include <map>
 #include <optional>
@@ -18,6 +16,7 @@
 #include "daemon/state/pg_state.h"
 #include "daemon/state/target_state.h"
 #include "daemon/verify/document_verifier.h"
+#include "daemon/verify/table_verifier.h"
 #include "google/protobuf/util/time_util.h"
 #include "spdlog/spdlog.h"
 

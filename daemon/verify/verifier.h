@@ -40,16 +40,16 @@ struct VerifyOptions {
   const config::Settings* settings = nullptr;
   const std::vector<std::shared_ptr<const MappingModule>>* modules = nullptr;
   std::vector<size_t> module_target;
-  std::string table;       // only this source table (schema.table); empty: all
+  std::string table;  // only this source table (schema.table); empty: all
   int chunk_rows = 500;
-  size_t max_shown = 10;   // differences kept per table for the report
+  size_t max_shown = 10;  // differences kept per table for the report
   // How long to wait for the target's checkpoint to pass a read position.
   absl::Duration settle = absl::Seconds(120);
-  EventPublisher* events = nullptr;  // DriftEvents (optional)
-  bool record = true;                // rows in walshift.drift of the target
-  bool delete_extras = false;        // --repair: delete confirmed extra rows found by the reverse walk
-  double rows_per_second = 0;        // 0: as fast as it goes
-  bool honor_mapping_switch = false; // skip mappings with `verify: false`
+  EventPublisher* events = nullptr;   // DriftEvents (optional)
+  bool record = true;                 // rows in walshift.drift of the target
+  bool delete_extras = false;         // --repair: delete confirmed extra rows found by the reverse walk
+  double rows_per_second = 0;         // 0: as fast as it goes
+  bool honor_mapping_switch = false;  // skip mappings with `verify: false`
   // Continuous passes: differences `already_reported` (by the previous pass) are counted but not
   // published or recorded again; every difference found goes into `reported_now`.
   const std::set<std::string>* already_reported = nullptr;

@@ -44,8 +44,9 @@ class CrashTest : public DaemonTest {
 
 TEST_F(CrashTest, KilledAtEveryDangerousInstantTargetStillExact) {
   Source("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL, payload text)");
-  Target("CREATE TABLE events_v2 (event_id int PRIMARY KEY, count int NOT NULL, digest text, "
-         "doubled bigint)");
+  Target(
+      "CREATE TABLE events_v2 (event_id int PRIMARY KEY, count int NOT NULL, digest text, "
+      "doubled bigint)");
   std::string config = WriteConfig(R"(
 pipeline: {PIPELINE}
 source: {dsn: "{SOURCE}"}
@@ -73,10 +74,9 @@ mappings:
   ASSERT_NO_FATAL_FAILURE(KillAtEveryDangerousInstant(
       config, {"-c", "4", "-j", "2", "-t", "5000", "-f", upsert + "@9", "-f", remove + "@1"}));
 
-  PgRows expected = SourceRows(
-      "SELECT id::text, n::text, payload, (n::bigint * 2)::text FROM events ORDER BY id");
-  PgRows actual = TargetRows(
-      "SELECT event_id::text, count::text, digest, doubled::text FROM events_v2 ORDER BY event_id");
+  PgRows expected = SourceRows("SELECT id::text, n::text, payload, (n::bigint * 2)::text FROM events ORDER BY id");
+  PgRows actual =
+      TargetRows("SELECT event_id::text, count::text, digest, doubled::text FROM events_v2 ORDER BY event_id");
   EXPECT_GT(expected.size(), 1000u);
   EXPECT_EQ(actual.size(), expected.size());
   EXPECT_TRUE(actual == expected) << "target differs from the mapped source";
@@ -92,8 +92,9 @@ mappings:
 // at the same points. Every parent's array must equal the source's children afterwards.
 TEST_F(CrashTest, JsonArrayKilledAtEveryDangerousInstantArraysStillExact) {
   Source("CREATE TABLE posts (id int PRIMARY KEY, article int NOT NULL, platform text NOT NULL, body text)");
-  Target("CREATE TABLE articles (article int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
-         "CREATE INDEX ON articles USING gin (posts jsonb_path_ops) WITH (fastupdate = off)");
+  Target(
+      "CREATE TABLE articles (article int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
+      "CREATE INDEX ON articles USING gin (posts jsonb_path_ops) WITH (fastupdate = off)");
   std::string config = WriteConfig(R"(
 pipeline: {PIPELINE}
 source: {dsn: "{SOURCE}"}
@@ -143,13 +144,15 @@ mappings:
 // between writing a group's documents and its commit record). Afterwards every document must
 // equal what the legacy rows say, and no document may exist without its rows.
 TEST_F(CrashTest, DocumentStoreKilledAtEveryDangerousInstantDocumentsStillExact) {
-  Source("CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL, n int NOT NULL);"
-         "CREATE TABLE notes (id int PRIMARY KEY, account int NOT NULL, body text)");
+  Source(
+      "CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL, n int NOT NULL);"
+      "CREATE TABLE notes (id int PRIMARY KEY, account int NOT NULL, body text)");
   documents_dir_ = dir_ + "/documents";
   std::string config = WriteConfig(absl::StrCat(R"(
 pipeline: {PIPELINE}
 source: {dsn: "{SOURCE}"}
-targets: [{name: docs, kind: documents, path: ")", documents_dir_, R"("}]
+targets: [{name: docs, kind: documents, path: ")",
+                                                documents_dir_, R"("}]
 apply: {group_max_changes: 500, group_max_ms: 100}
 mappings:
   - {source: accounts, table: accounts, columns: {id: id, name: name, n: n}}
@@ -179,11 +182,12 @@ mappings:
       "ORDER BY n.id)) FROM notes n WHERE n.account = a.id HAVING count(*) > 0), '{}'))::text FROM accounts a "
       "ORDER BY 1");
   std::map<std::string, documents::Json> got;
-  ASSERT_TRUE(documents::DocumentSink::ForEachDocument(documents_dir_, "accounts", [&](const std::string& file,
-                                                                                    const documents::Json& doc) {
-                got["accounts/" + file] = doc;
-                return absl::OkStatus();
-              }).ok());
+  ASSERT_TRUE(documents::DocumentSink::ForEachDocument(documents_dir_, "accounts",
+                                                       [&](const std::string& file, const documents::Json& doc) {
+                                                         got["accounts/" + file] = doc;
+                                                         return absl::OkStatus();
+                                                       })
+                  .ok());
   EXPECT_GT(expected.size(), 500u);
   EXPECT_EQ(got.size(), expected.size());
   int shown = 0;
@@ -198,8 +202,9 @@ mappings:
       const documents::Json* notes = d->Find("notes");
       if (notes != nullptr && notes->is_array() && notes->array().empty()) d->mutable_object().erase("notes");
     }
-    EXPECT_TRUE(w == g) << (shown++ < 5 ? absl::StrCat(*row[0], ": expected ", w.Serialize(), ", actual ", g.Serialize())
-                                        : std::string());
+    EXPECT_TRUE(w == g) << (shown++ < 5
+                                ? absl::StrCat(*row[0], ": expected ", w.Serialize(), ", actual ", g.Serialize())
+                                : std::string());
   }
   EXPECT_TRUE(StopDaemon().success());
 }

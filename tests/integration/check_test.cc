@@ -23,16 +23,18 @@ class CheckTest : public DaemonTest {
 };
 
 TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
-  Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
-         "CREATE TABLE nokey (a int, b text);"
-         "CREATE TABLE orders2 (id int PRIMARY KEY, amount numeric);"
-         "CREATE TABLE events (id int PRIMARY KEY, at timestamptz, ok boolean, tags text[], ids uuid[])");
-  Target("CREATE SCHEMA app;"
-         "CREATE TABLE app.orders_v2 (order_id int PRIMARY KEY, total_cents bigint);"
-         "CREATE TABLE app.orders_v3 (order_id int PRIMARY KEY);"
-         "CREATE TABLE app.good (order_id int PRIMARY KEY, total numeric);"
-         "CREATE TABLE public.wrong_key (id int, v text);"
-         "CREATE TABLE app.events (id int PRIMARY KEY, at int, ok date, tags int[], ids inet[])");
+  Source(
+      "CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
+      "CREATE TABLE nokey (a int, b text);"
+      "CREATE TABLE orders2 (id int PRIMARY KEY, amount numeric);"
+      "CREATE TABLE events (id int PRIMARY KEY, at timestamptz, ok boolean, tags text[], ids uuid[])");
+  Target(
+      "CREATE SCHEMA app;"
+      "CREATE TABLE app.orders_v2 (order_id int PRIMARY KEY, total_cents bigint);"
+      "CREATE TABLE app.orders_v3 (order_id int PRIMARY KEY);"
+      "CREATE TABLE app.good (order_id int PRIMARY KEY, total numeric);"
+      "CREATE TABLE public.wrong_key (id int, v text);"
+      "CREATE TABLE app.events (id int PRIMARY KEY, at int, ok date, tags int[], ids inet[])");
   std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: public.missing}
   - {source: nokey, module: soft_delete, flag: b, table: app.good, key: [order_id], columns: {order_id: a}}
@@ -82,14 +84,16 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
 }
 
 TEST_F(CheckTest, GoodConfigPasses) {
-  Source("CREATE TYPE mood AS ENUM ('ok', 'sad');"
-         "CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
-         "CREATE TABLE facts (id int PRIMARY KEY, n int, d date, j int, f smallint, m mood, s varchar(20))");
+  Source(
+      "CREATE TYPE mood AS ENUM ('ok', 'sad');"
+      "CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text);"
+      "CREATE TABLE facts (id int PRIMARY KEY, n int, d date, j int, f smallint, m mood, s varchar(20))");
   // Pairings whose text forms read across: int → numeric, date → timestamptz, int → jsonb,
   // 0/1 → boolean, an enum the target lacks → text, varchar(20) → a domain over text.
-  Target("CREATE DOMAIN label AS text;"
-         "CREATE TABLE orders_v2 (order_id int PRIMARY KEY, total_cents bigint, state text, origin text);"
-         "CREATE TABLE facts (id bigint PRIMARY KEY, n numeric, d timestamptz, j jsonb, f boolean, m text, s label)");
+  Target(
+      "CREATE DOMAIN label AS text;"
+      "CREATE TABLE orders_v2 (order_id int PRIMARY KEY, total_cents bigint, state text, origin text);"
+      "CREATE TABLE facts (id bigint PRIMARY KEY, n numeric, d timestamptz, j jsonb, f boolean, m text, s label)");
   RunResult r = Check(WriteConfig(kOneTarget + R"(mappings:
   - source: orders
     table: orders_v2
@@ -99,6 +103,45 @@ TEST_F(CheckTest, GoodConfigPasses) {
 )"));
   EXPECT_EQ(r.status.exit_code(), 0) << r.stdout_text << r.stderr_text;
   EXPECT_THAT(r.stdout_text, HasSubstr("ok: 2 mappings match the live schemas"));
+}
+
+// A document store cannot evaluate SQL: an sql: value or a filter: into it is refused before
+// anything streams, naming the mapping and the column; the rest of the mapping is fine.
+TEST_F(CheckTest, DocumentStoreRefusesWhatNeedsSql) {
+  Source(
+      "CREATE TABLE users (id int PRIMARY KEY, name text, active boolean);"
+      "CREATE TABLE posts (id int PRIMARY KEY, user_id int, body text)");
+  const std::string head = absl::StrCat(R"yaml(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: docs, kind: documents, path: ")yaml",
+                                        dir_, R"yaml(/documents"}]
+status: {listen: "off"}
+mappings:
+)yaml");
+  std::string config = WriteConfig(head + R"yaml(
+  - {source: users, table: users, columns: {id: id, upper_name: {sql: "upper(name)"}}}
+  - {source: users, table: active_users, columns: {id: id, name: name}, filter: "active"}
+  - {source: posts, module: json_array, table: users, parent_key: {id: user_id}, column: posts,
+     element: {id: id, short: {sql: "left(body, 10)"}}, element_key: [id]}
+)yaml");
+  RunResult r = Check(config);
+  std::string out = r.stdout_text + r.stderr_text;
+  EXPECT_EQ(r.status.exit_code(), 2) << out;
+  EXPECT_THAT(out, HasSubstr("mappings[0]"));
+  EXPECT_THAT(out, HasSubstr("upper_name"));
+  EXPECT_THAT(out, HasSubstr("document store"));
+  EXPECT_THAT(out, HasSubstr("mappings[1] (public.users -> public.active_users).filter"));
+  EXPECT_THAT(out, HasSubstr("mappings[2]"));
+  EXPECT_THAT(out, HasSubstr("short"));
+  // The same mappings without them pass.
+  std::string fine = WriteConfig(head + R"yaml(
+  - {source: users, table: users, columns: {id: id, name: name}}
+  - {source: posts, module: json_array, table: users, parent_key: {id: user_id}, column: posts,
+     element: {id: id, body: body}, element_key: [id]}
+)yaml");
+  RunResult ok = Check(fine);
+  EXPECT_EQ(ok.status.exit_code(), 0) << ok.stdout_text << ok.stderr_text;
 }
 
 }  // namespace

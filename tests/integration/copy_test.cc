@@ -26,15 +26,17 @@ class CopyTest : public DaemonTest {
   // legacy database; the new schema keeps the foreign key, so parents must be copied first.
   // accounts_v2 has sql: columns (multi-row statements), orders_v2 plain ones (COPY).
   void CreateSchemas() {
-    Source("CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL);"
-           "CREATE TABLE orders (id bigint PRIMARY KEY, account_id int NOT NULL REFERENCES accounts, "
-           "amount numeric(12,2) NOT NULL);"
-           "INSERT INTO accounts SELECT g, 'owner ' || g, g % 1000 FROM generate_series(1, 160000) g;"
-           "INSERT INTO orders SELECT g, 1 + (g * 7) % 160000, g % 500 FROM generate_series(1, 40000) g;"
-           "ANALYZE accounts; ANALYZE orders");
-    Target("CREATE TABLE accounts_v2 (account_id int PRIMARY KEY, owner text NOT NULL, balance_cents bigint NOT NULL);"
-           "CREATE TABLE orders_v2 (order_id bigint PRIMARY KEY, "
-           "account_id int NOT NULL REFERENCES accounts_v2 ON DELETE CASCADE, amount numeric(12,2) NOT NULL)");
+    Source(
+        "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL);"
+        "CREATE TABLE orders (id bigint PRIMARY KEY, account_id int NOT NULL REFERENCES accounts, "
+        "amount numeric(12,2) NOT NULL);"
+        "INSERT INTO accounts SELECT g, 'owner ' || g, g % 1000 FROM generate_series(1, 160000) g;"
+        "INSERT INTO orders SELECT g, 1 + (g * 7) % 160000, g % 500 FROM generate_series(1, 40000) g;"
+        "ANALYZE accounts; ANALYZE orders");
+    Target(
+        "CREATE TABLE accounts_v2 (account_id int PRIMARY KEY, owner text NOT NULL, balance_cents bigint NOT NULL);"
+        "CREATE TABLE orders_v2 (order_id bigint PRIMARY KEY, "
+        "account_id int NOT NULL REFERENCES accounts_v2 ON DELETE CASCADE, amount numeric(12,2) NOT NULL)");
   }
 
   std::string Config() {
@@ -76,9 +78,10 @@ mappings:
 
   // The target drifts behind walshift's back: rows lost and values changed.
   void InjectDrift() {
-    Target("SET session_replication_role = replica;"  // past the foreign key of orders_v2
-           "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
-           "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
+    Target(
+        "SET session_replication_role = replica;"  // past the foreign key of orders_v2
+        "DELETE FROM accounts_v2 WHERE account_id % 17 = 0;"
+        "UPDATE accounts_v2 SET owner = 'drifted' WHERE account_id % 23 = 0");
   }
 
   absl::StatusOr<RunResult> Backfill(const std::string& config, const std::string& table) {
@@ -110,7 +113,8 @@ mappings:
 
   void ExpectTargetExact() {
     PgRows expected = SourceRows("SELECT id::text, owner, (balance * 100)::bigint::text FROM accounts ORDER BY id");
-    PgRows actual = TargetRows("SELECT account_id::text, owner, balance_cents::text FROM accounts_v2 ORDER BY account_id");
+    PgRows actual =
+        TargetRows("SELECT account_id::text, owner, balance_cents::text FROM accounts_v2 ORDER BY account_id");
     EXPECT_GT(expected.size(), 150000u);
     EXPECT_EQ(actual.size(), expected.size());
     EXPECT_TRUE(actual == expected) << "accounts_v2 differs from the mapped source" << Differences(expected, actual);
@@ -119,7 +123,8 @@ mappings:
     EXPECT_GT(expected.size(), 30000u);
     EXPECT_EQ(actual.size(), expected.size());
     EXPECT_TRUE(actual == expected) << "orders_v2 differs from the mapped source" << Differences(expected, actual)
-                                    << "\n" << DaemonLog();
+                                    << "\n"
+                                    << DaemonLog();
   }
 };
 
@@ -135,7 +140,9 @@ TEST_F(CopyTest, ExistingRowsCopiedWhileTheSourceKeepsWriting) {
   std::string log = DaemonLog();
   EXPECT_THAT(log, HasSubstr("initial copy complete"));
   EXPECT_THAT(log, HasSubstr("public.accounts into target main: about 160000 rows, 8 chunks to copy"));
-  EXPECT_THAT(log, HasSubstr("public.orders into target main: about 40000 rows, 2 chunks to copy, after 1 referenced table(s)"));
+  EXPECT_THAT(
+      log,
+      HasSubstr("public.orders into target main: about 40000 rows, 2 chunks to copy, after 1 referenced table(s)"));
   // One snapshot for every range: the slot's own.
   EXPECT_EQ(TargetRows("SELECT count(*)::text, count(DISTINCT snapshot_lsn)::text FROM walshift.copy_chunk"),
             (PgRows{{"10", "1"}}));
@@ -222,9 +229,10 @@ TEST_F(CopyTest, BackfillChunkLostWithItsConnectionIsReadAgain) {
 }
 
 TEST_F(CopyTest, RejectedValueNamesTableAndKey) {
-  Source("CREATE TABLE items (id int PRIMARY KEY, code text);"
-         "INSERT INTO items SELECT g, g::text FROM generate_series(1, 5000) g;"
-         "UPDATE items SET code = 'not a number' WHERE id = 4242");
+  Source(
+      "CREATE TABLE items (id int PRIMARY KEY, code text);"
+      "INSERT INTO items SELECT g, g::text FROM generate_series(1, 5000) g;"
+      "UPDATE items SET code = 'not a number' WHERE id = 4242");
   Target("CREATE TABLE items (id int PRIMARY KEY, code int)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: items}]\n")).ok());
   auto st = daemon_->Wait(absl::Seconds(120));
@@ -238,11 +246,13 @@ TEST_F(CopyTest, RejectedValueNamesTableAndKey) {
 }
 
 TEST_F(CopyTest, DryRunCountsEqualRowsWrittenAfterwards) {
-  Source("CREATE TABLE posts (id int PRIMARY KEY, state text, body text);"
-         "INSERT INTO posts SELECT g, CASE WHEN g % 3 = 0 THEN 'draft' ELSE 'live' END, 'post ' || g "
-         "FROM generate_series(1, 30000) g");
-  Target("CREATE TABLE posts (id int PRIMARY KEY, state text, body text);"
-         "CREATE TABLE live_posts (id int PRIMARY KEY, body text)");
+  Source(
+      "CREATE TABLE posts (id int PRIMARY KEY, state text, body text);"
+      "INSERT INTO posts SELECT g, CASE WHEN g % 3 = 0 THEN 'draft' ELSE 'live' END, 'post ' || g "
+      "FROM generate_series(1, 30000) g");
+  Target(
+      "CREATE TABLE posts (id int PRIMARY KEY, state text, body text);"
+      "CREATE TABLE live_posts (id int PRIMARY KEY, body text)");
   std::string config = WriteConfig(kOneTarget + R"(snapshot: {chunk_rows: 7000}
 mappings:
   - {source: posts}

@@ -57,9 +57,10 @@ void DaemonTest::TearDown() {
   if (HasFailure()) std::cerr << "---- walshiftd log ----\n" << DaemonLog() << "\n";
   daemon_.reset();
   // Free the slot so the cluster does not keep WAL for a finished test.
-  (void)source_cluster_->Exec(
-      "postgres", absl::StrCat("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                               "WHERE slot_name = '", slot_, "' AND NOT active"));
+  (void)source_cluster_->Exec("postgres",
+                              absl::StrCat("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                           "WHERE slot_name = '",
+                                           slot_, "' AND NOT active"));
 }
 
 std::string DaemonTest::WriteConfig(const std::string& yaml) {
@@ -71,8 +72,7 @@ std::string DaemonTest::WriteConfig(const std::string& yaml) {
   return path;
 }
 
-absl::Status DaemonTest::StartDaemon(const std::string& config_path,
-                                     const std::map<std::string, std::string>& env) {
+absl::Status DaemonTest::StartDaemon(const std::string& config_path, const std::map<std::string, std::string>& env) {
   SubprocessOptions o;
   o.env = env;
   o.argv = {BinaryPath("walshiftd"), "--config", config_path};
@@ -112,8 +112,8 @@ absl::Status DaemonTest::WaitCaughtUpOnce(absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   // Transactions committed before the slot exists are never streamed: wait for the daemon's
   // replication connection first.
-  std::string active = absl::StrCat("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = '",
-                                    slot_, "' AND active");
+  std::string active =
+      absl::StrCat("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = '", slot_, "' AND active");
   for (;;) {
     auto v = source_cluster_->QueryValue(source_db_, active);
     if (v.ok() && *v == "1") break;
@@ -127,12 +127,11 @@ absl::Status DaemonTest::WaitCaughtUpOnce(absl::Duration timeout) {
   // moves the checkpoint past it.
   auto fence_lsn = source_cluster_->QueryValue(source_db_, "SELECT pg_current_wal_insert_lsn()::text");
   if (!fence_lsn.ok()) return fence_lsn.status();
-  absl::Status st = source_cluster_->Exec(
-      source_db_, "SELECT pg_logical_emit_message(true, 'walshift.fence', '')");
+  absl::Status st = source_cluster_->Exec(source_db_, "SELECT pg_logical_emit_message(true, 'walshift.fence', '')");
   if (!st.ok()) return st;
-  std::string query = absl::StrCat("SELECT coalesce((SELECT commit_lsn >= '", *fence_lsn,
-                                   "'::pg_lsn FROM walshift.checkpoint WHERE pipeline = '",
-                                   pipeline_, "'), false)::text");
+  std::string query =
+      absl::StrCat("SELECT coalesce((SELECT commit_lsn >= '", *fence_lsn,
+                   "'::pg_lsn FROM walshift.checkpoint WHERE pipeline = '", pipeline_, "'), false)::text");
   std::optional<Lsn> fence = ParseLsn(*fence_lsn);
   while (absl::Now() < deadline) {
     if (!documents_dir_.empty()) {

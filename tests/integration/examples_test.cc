@@ -125,7 +125,8 @@ class ExamplesTest : public DaemonTest {
             return line;
           };
           if (r < got->size() && r < want.size() && (*got)[r] == want[r]) continue;
-          absl::StrAppend(&diff, "\n  row ", r, ": expected ", show(want, r), "\n  row ", r, ": actual   ", show(*got, r));
+          absl::StrAppend(&diff, "\n  row ", r, ": expected ", show(want, r), "\n  row ", r, ": actual   ",
+                          show(*got, r));
           ++shown;
         }
         EXPECT_TRUE(*got == want) << "target" << t.suffix << " differs from expected for: " << actual[i] << diff;
@@ -182,8 +183,8 @@ class ExamplesTest : public DaemonTest {
       }
     }
     for (const std::string& c : collections) {
-      absl::Status st = documents::DocumentSink::ForEachDocument(
-          documents_dir_, c, [&](const std::string& file, const Json& doc) {
+      absl::Status st =
+          documents::DocumentSink::ForEachDocument(documents_dir_, c, [&](const std::string& file, const Json& doc) {
             got[c + "/" + file] = normalized(doc);
             return absl::OkStatus();
           });
@@ -212,13 +213,21 @@ class ExamplesTest : public DaemonTest {
     ASSERT_TRUE(verify.ok()) << verify.status();
     EXPECT_EQ(verify->status.exit_code(), 0) << verify->stdout_text << verify->stderr_text;
     EXPECT_THAT(verify->stdout_text, ::testing::HasSubstr(" 0 missing, 0 extra, 0 mismatched"));
+    // The store's checkpoint and lag, like any target's.
+    o.argv = {BinaryPath("walshiftctl"), "status", "--config", dir + "/walshift.yaml"};
+    auto status = Subprocess::Run(o, absl::Minutes(1));
+    ASSERT_TRUE(status.ok()) << status.status();
+    EXPECT_EQ(status->status.exit_code(), 0) << status->stdout_text << status->stderr_text;
+    EXPECT_THAT(status->stdout_text, ::testing::HasSubstr(settings->targets[0].name));
+    EXPECT_THAT(status->stdout_text, ::testing::Not(::testing::HasSubstr("error")));
     EXPECT_TRUE(StopDaemon().success());
   }
 };
 
 TEST_F(ExamplesTest, EveryExampleHasATest) {
-  std::set<std::string> tested = {"orders", "collections-junction", "social-content", "service-split",
-                                  "content-consolidation", "accounts-owner", "chat-documents"};
+  std::set<std::string> tested = {"orders",        "collections-junction",  "social-content",
+                                  "service-split", "content-consolidation", "accounts-owner",
+                                  "chat-documents"};
   for (const auto& e : std::filesystem::directory_iterator(SourcePath("deploy/examples"))) {
     if (e.is_directory()) {
       EXPECT_TRUE(tested.count(e.path().filename().string()))

@@ -3,7 +3,6 @@
 // /metrics under a known backlog, and walshiftctl status --url exit codes.
 
 #include <httplib.h>
-#include <librdkafka/rdkafka.h>
 
 #include <regex>
 #include <thread>
@@ -11,12 +10,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "gmock/gmock.h"
 #include "daemon/pg/pg_util.h"
+#include "gmock/gmock.h"
 #include "tests/integration/daemon_fixture.h"
 #include "tests/testing/kafka_broker.h"
 #include "tests/testing/test_paths.h"
 #include "walshift/v1/events.pb.h"
+#include <librdkafka/rdkafka.h>
 
 namespace walshift::testing {
 namespace {
@@ -123,7 +123,8 @@ TEST_F(ObserveTest, BrokerDownApplyContinuesAndEventsResume) {
   ASSERT_TRUE(kafka_->SetBrokerDown(-1).ok());
   // Apply goes on while no event can be delivered.
   for (int i = 0; i < 5; ++i) {
-    Source(absl::StrCat("INSERT INTO items SELECT g, 'v' FROM generate_series(", i * 2000 + 1, ", ", (i + 1) * 2000, ") g"));
+    Source(absl::StrCat("INSERT INTO items SELECT g, 'v' FROM generate_series(", i * 2000 + 1, ", ", (i + 1) * 2000,
+                        ") g"));
   }
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(60)).ok()) << DaemonLog();
   EXPECT_EQ(TargetRows("SELECT count(*)::text FROM items"), (PgRows{{"10000"}}));
@@ -131,7 +132,7 @@ TEST_F(ObserveTest, BrokerDownApplyContinuesAndEventsResume) {
   std::string status = Get(port, "/status");
   EXPECT_THAT(status, HasSubstr("\"enabled\":true"));
   EXPECT_THAT(status, ::testing::Not(HasSubstr("\"queued\":0,"))) << status;  // events wait
-  size_t before = ReadTopic(kafka_->bootstrap(), "walshift.lag").size();  // broker down: nothing
+  size_t before = ReadTopic(kafka_->bootstrap(), "walshift.lag").size();      // broker down: nothing
   EXPECT_EQ(before, 0u);
   ASSERT_TRUE(kafka_->SetBrokerUp(-1).ok());
   // The queued events and new ones arrive.
@@ -151,8 +152,9 @@ TEST_F(ObserveTest, HeartbeatsAdvanceTheSlotOnAnIdleSource) {
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   // WAL written elsewhere in the cluster: the mapped database itself stays idle.
   auto other = source_cluster_->Query(
-      "postgres", "CREATE TABLE IF NOT EXISTS observe_noise (x int); INSERT INTO observe_noise SELECT generate_series(1, 20000);"
-                  "SELECT pg_current_wal_lsn()::text");
+      "postgres",
+      "CREATE TABLE IF NOT EXISTS observe_noise (x int); INSERT INTO observe_noise SELECT generate_series(1, 20000);"
+      "SELECT pg_current_wal_lsn()::text");
   ASSERT_TRUE(other.ok()) << other.status();
   std::string after_noise = *(*other).back()[0];
   std::string confirmed;
@@ -207,12 +209,14 @@ TEST_F(ObserveTest, StatusAndMetricsReflectAKnownBacklog) {
   ASSERT_TRUE(std::regex_search(status, m, std::regex("\"lag_bytes\":\"([0-9]+)\""))) << status;
   EXPECT_GT(std::stoll(m[1]), 0) << status;
   std::string metrics = Get(port, "/metrics");
-  ASSERT_TRUE(std::regex_search(metrics, m, std::regex("walshift_lag_seconds\\{pipeline=\"[^\"]+\",target=\"main\"\\} ([0-9.e+]+)")))
+  ASSERT_TRUE(std::regex_search(
+      metrics, m, std::regex("walshift_lag_seconds\\{pipeline=\"[^\"]+\",target=\"main\"\\} ([0-9.e+]+)")))
       << metrics;
   EXPECT_GE(std::stod(m[1]), 2.0);
   // walshiftctl: lagging past a threshold → 1.
   SubprocessOptions o;
-  o.argv = {BinaryPath("walshiftctl"), "status", "--url", absl::StrCat("http://127.0.0.1:", port), "--max-lag-seconds", "1"};
+  o.argv = {BinaryPath("walshiftctl"), "status", "--url", absl::StrCat("http://127.0.0.1:", port),
+            "--max-lag-seconds",       "1"};
   auto r = Subprocess::Run(o, absl::Minutes(1));
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status.exit_code(), 1) << r->stdout_text << r->stderr_text;
@@ -224,7 +228,8 @@ TEST_F(ObserveTest, StatusAndMetricsReflectAKnownBacklog) {
   ASSERT_TRUE(std::regex_search(status, m, std::regex("\"lag_seconds\":([0-9.]+)"))) << status;
   EXPECT_EQ(std::stod(m[1]), 0.0) << status;
   metrics = Get(port, "/metrics");
-  EXPECT_THAT(metrics, HasSubstr("walshift_table_changes_total{pipeline=\"" + pipeline_ + "\",table=\"public.items\"} 1000"));
+  EXPECT_THAT(metrics,
+              HasSubstr("walshift_table_changes_total{pipeline=\"" + pipeline_ + "\",table=\"public.items\"} 1000"));
   EXPECT_THAT(metrics, HasSubstr("walshift_state{pipeline=\"" + pipeline_ + "\",state=\"STREAMING\"} 1"));
   EXPECT_THAT(metrics, HasSubstr("walshift_batch_changes_bucket"));
   r = Subprocess::Run(o, absl::Minutes(1));

@@ -33,8 +33,9 @@ mappings:
 
 TEST_F(ReplicationTest, InsertUpdateDeleteTruncateWithSqlAndConst) {
   Source("CREATE TABLE orders (id int PRIMARY KEY, customer_id text, amount numeric(10,2), status text)");
-  Target("CREATE SCHEMA app; CREATE TABLE app.orders_v2 (order_id int PRIMARY KEY, customer text, "
-         "total_cents bigint, state text, origin text, untouched text DEFAULT 'kept')");
+  Target(
+      "CREATE SCHEMA app; CREATE TABLE app.orders_v2 (order_id int PRIMARY KEY, customer text, "
+      "total_cents bigint, state text, origin text, untouched text DEFAULT 'kept')");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOrdersConfig)).ok());
   // The slot exists once the daemon has connected; changes before that are not streamed.
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -65,8 +66,8 @@ TEST_F(ReplicationTest, InsertUpdateDeleteTruncateWithSqlAndConst) {
   // Final feedback: the slot is confirmed up to the checkpoint, never past it.
   auto confirmed = SourceRows(absl::StrCat(
       "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walshift_", pipeline_, "'"));
-  auto checkpoint = TargetRows(absl::StrCat(
-      "SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '", pipeline_, "'"));
+  auto checkpoint =
+      TargetRows(absl::StrCat("SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '", pipeline_, "'"));
   ASSERT_EQ(confirmed.size(), 1u);
   ASSERT_EQ(checkpoint.size(), 1u);
   EXPECT_EQ(confirmed[0][0], checkpoint[0][0]);
@@ -76,7 +77,8 @@ TEST_F(ReplicationTest, TruncateIgnoredWhenConfigured) {
   Source("CREATE TABLE t (id int PRIMARY KEY, v text)");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: t, truncate: ignore}]
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO t VALUES (1, 'a'), (2, 'b')");
   Source("TRUNCATE t");
@@ -93,7 +95,8 @@ TEST_F(ReplicationTest, RelationAnnouncedAgainMidGroup) {
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(apply: {group_max_ms: 5000}
 mappings: [{source: t}]
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   for (int round = 0; round < 5; ++round) {
     Source(absl::StrCat("BEGIN; INSERT INTO t SELECT g, 'a' FROM generate_series(", round * 1000 + 1, ", ",
@@ -103,13 +106,13 @@ mappings: [{source: t}]
     Source("ANALYZE t");
   }
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
-  EXPECT_EQ(TargetRows("SELECT count(*)::text, count(*) FILTER (WHERE v = 'b')::text FROM t"), (PgRows{{"5000", "2500"}}));
+  EXPECT_EQ(TargetRows("SELECT count(*)::text, count(*) FILTER (WHERE v = 'b')::text FROM t"),
+            (PgRows{{"5000", "2500"}}));
   EXPECT_THAT(DaemonLog(), ::testing::HasSubstr("relation version 3"));  // announced again, bound again
 }
 
 TEST_F(ReplicationTest, EveryTypeRoundTripsThroughIdentity) {
-  const char* ddl_types =
-      "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');";
+  const char* ddl_types = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');";
   const char* cols =
       "(id int PRIMARY KEY, c_small smallint, c_int int, c_big bigint, c_num numeric, c_num_p numeric(40,20), "
       "c_real real, c_double double precision, c_text text, c_varchar varchar(20), c_char char(5), c_bool bool, "
@@ -122,7 +125,8 @@ TEST_F(ReplicationTest, EveryTypeRoundTripsThroughIdentity) {
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - {source: public.types}
   - {source: public.types, table: public.moods, key: [id], columns: {id: id, mood: c_mood}}
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source(R"(SET TIME ZONE 'America/New_York';
 INSERT INTO types VALUES
@@ -151,7 +155,8 @@ TEST_F(ReplicationTest, UnchangedToastValueIsKeptOnUpdate) {
   Source("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)");
   Target("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: docs}]
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   // Incompressible, so it is stored out of line and an update of title leaves it unchanged.
   Source("INSERT INTO docs SELECT 1, 'v1', string_agg(md5(random()::text), '') FROM generate_series(1, 2000)");
@@ -168,7 +173,8 @@ TEST_F(ReplicationTest, LargeTransactionOf200kRows) {
   Source("CREATE TABLE big (id bigint PRIMARY KEY, payload text, n int)");
   Target("CREATE TABLE big (id bigint PRIMARY KEY, payload text, n int)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings: [{source: big}]
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO big SELECT g, md5(g::text), g % 97 FROM generate_series(1, 200000) g");
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
@@ -181,7 +187,8 @@ TEST_F(ReplicationTest, SameKeyChangesInOneGroupKeepCommitOrder) {
   Target("CREATE TABLE kv (k int PRIMARY KEY, v text, u text UNIQUE)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(apply: {group_max_ms: 5000}
 mappings: [{source: kv}]
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   // Upserts of one key repeat inside a batch, deletes and re-inserts interleave, and a unique
   // value moves from one key to another: the target must end exactly as the source.
@@ -196,8 +203,9 @@ UPDATE kv SET k = k + 5000 WHERE k % 10 = 1;
 COMMIT)");
   // A key repeats after another row gave up the unique value it takes: merging the two
   // upserts of key 4 into one row would violate the target's UNIQUE (u).
-  Source("BEGIN; UPDATE kv SET v = 'x' WHERE k = 4; UPDATE kv SET u = 'free' WHERE k = 5; "
-         "UPDATE kv SET u = 'u5' WHERE k = 4; COMMIT");
+  Source(
+      "BEGIN; UPDATE kv SET v = 'x' WHERE k = 4; UPDATE kv SET u = 'free' WHERE k = 5; "
+      "UPDATE kv SET u = 'u5' WHERE k = 4; COMMIT");
   for (int i = 0; i < 50; ++i) Source(absl::StrCat("UPDATE kv SET v = 'loop", i, "' WHERE k = 2"));
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   const char* q = "SELECT k::text, v, u FROM kv ORDER BY k";
@@ -213,16 +221,19 @@ TEST_F(ReplicationTest, LostConnectionsReconnectAndResume) {
   Target("CREATE TABLE t (id int PRIMARY KEY, n int)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(apply: {reconnect_initial_ms: 50, reconnect_max_ms: 500}
 mappings: [{source: t}]
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   for (int round = 0; round < 3; ++round) {
-    Source(absl::StrCat("INSERT INTO t SELECT g, ", round, " FROM generate_series(", round * 1000 + 1,
-                        ", ", round * 1000 + 1000, ") g"));
+    Source(absl::StrCat("INSERT INTO t SELECT g, ", round, " FROM generate_series(", round * 1000 + 1, ", ",
+                        round * 1000 + 1000, ") g"));
     // Cut the target connections, then the source's walsender.
     Target("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'walshiftd%'");
     Source("UPDATE t SET n = n + 10");
-    Source("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL "
-           "AND slot_name = '" + slot_ + "'");
+    Source(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active_pid IS NOT NULL "
+        "AND slot_name = '" +
+        slot_ + "'");
     Source(absl::StrCat("DELETE FROM t WHERE id % 7 = ", round));
   }
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -243,12 +254,14 @@ TEST_F(ReplicationTest, RoutesToTwoTargetsAndConfirmsTheLowerCheckpoint) {
   ASSERT_TRUE(target_cluster_->Exec(target_db_ + "_b", "CREATE TABLE carts (id int PRIMARY KEY, user_id int)").ok());
   ASSERT_TRUE(StartDaemon(WriteConfig(absl::StrCat(R"(
 pipeline: {PIPELINE}
-targets: [{name: auth, dsn: "{TARGET}"}, {name: cart, dsn: ")", second, R"("}]
+targets: [{name: auth, dsn: "{TARGET}"}, {name: cart, dsn: ")",
+                                                   second, R"("}]
 source: {dsn: "{SOURCE}", feedback_interval_s: 1}
 mappings:
   - {source: users, target: auth}
   - {source: carts, target: cart}
-)"))).ok());
+)")))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 100) g");
   Source("INSERT INTO carts SELECT g, g FROM generate_series(1, 50) g");
@@ -281,8 +294,8 @@ mappings:
   auto lock = PgCluster::Binary("psql");
   ASSERT_TRUE(lock.ok());
   SubprocessOptions holder;
-  holder.argv = {*lock, "-X", "-q", cart_dsn, "-c",
-                 "BEGIN; SELECT 1 FROM walshift.checkpoint FOR UPDATE; SELECT pg_sleep(4); COMMIT;"};
+  holder.argv = {*lock,    "-X", "-q",
+                 cart_dsn, "-c", "BEGIN; SELECT 1 FROM walshift.checkpoint FOR UPDATE; SELECT pg_sleep(4); COMMIT;"};
   auto held = Subprocess::Start(holder);
   ASSERT_TRUE(held.ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -369,10 +382,12 @@ TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
 // needs it, naming the table, the column and the LSN, after applying everything before it; once
 // the target or the mapping is fixed it goes on from there.
 TEST_F(ReplicationTest, SourceSchemaChangeStopsNamingTableColumnAndLsn) {
-  Source("CREATE TABLE a (id int PRIMARY KEY, v text, w text);"
-         "CREATE TABLE b (id int PRIMARY KEY, v text)");
-  Target("CREATE TABLE a2 (id int PRIMARY KEY, val text, w text);"
-         "CREATE TABLE b (id int PRIMARY KEY, v text)");
+  Source(
+      "CREATE TABLE a (id int PRIMARY KEY, v text, w text);"
+      "CREATE TABLE b (id int PRIMARY KEY, v text)");
+  Target(
+      "CREATE TABLE a2 (id int PRIMARY KEY, val text, w text);"
+      "CREATE TABLE b (id int PRIMARY KEY, v text)");
   const std::string mappings = R"(mappings:
   - {source: a, table: a2, key: [id], columns: {id: id, val: v, w: w}}
   - {source: b}
@@ -428,11 +443,12 @@ TEST_F(ReplicationTest, SourceSchemaChangeStopsNamingTableColumnAndLsn) {
 TEST_F(ReplicationTest, RestartResumesFromCheckpointWithoutReapplying) {
   Source("CREATE TABLE counters (id int PRIMARY KEY, n int)");
   // A trigger counts every row the target receives: replay after the checkpoint would show.
-  Target("CREATE TABLE counters (id int PRIMARY KEY, n int);"
-         "CREATE TABLE applied (n bigint); INSERT INTO applied VALUES (0);"
-         "CREATE FUNCTION count_applied() RETURNS trigger LANGUAGE plpgsql AS "
-         "$$BEGIN UPDATE applied SET n = n + 1; RETURN NEW; END$$;"
-         "CREATE TRIGGER c BEFORE INSERT OR UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION count_applied()");
+  Target(
+      "CREATE TABLE counters (id int PRIMARY KEY, n int);"
+      "CREATE TABLE applied (n bigint); INSERT INTO applied VALUES (0);"
+      "CREATE FUNCTION count_applied() RETURNS trigger LANGUAGE plpgsql AS "
+      "$$BEGIN UPDATE applied SET n = n + 1; RETURN NEW; END$$;"
+      "CREATE TRIGGER c BEFORE INSERT OR UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION count_applied()");
   std::string config = WriteConfig(kOneTarget + R"(mappings: [{source: counters}]
 )");
   ASSERT_TRUE(StartDaemon(config).ok());

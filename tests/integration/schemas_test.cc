@@ -45,15 +45,17 @@ std::string BigText(int kb, const std::string& seed) {
 // elements edited elsewhere, and key changes, all with TOASTed values the updates do not
 // carry: the target ends with every value.
 TEST_F(SchemasTest, RowsReenteringOrChangingKeyKeepTheirToastedValues) {
-  Source("CREATE TABLE docs (id int PRIMARY KEY, title text, body text, is_active bool NOT NULL DEFAULT true);"
-         "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;"
-         "CREATE TABLE notes (id int PRIMARY KEY, doc_id int, label text, body text);"
-         "ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL");
-  Target("CREATE TABLE docs_live (id int PRIMARY KEY, title text, body text);"
-         "CREATE TABLE docs_public (id int PRIMARY KEY, title text, body text);"
-         "CREATE TABLE docs_all (id int PRIMARY KEY, title text, body text, is_active bool);"
-         "CREATE TABLE doc_notes (doc_id int PRIMARY KEY, notes jsonb NOT NULL DEFAULT '[]');"
-         "CREATE INDEX ON doc_notes USING gin (notes jsonb_path_ops) WITH (fastupdate = off)");
+  Source(
+      "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, is_active bool NOT NULL DEFAULT true);"
+      "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;"
+      "CREATE TABLE notes (id int PRIMARY KEY, doc_id int, label text, body text);"
+      "ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL");
+  Target(
+      "CREATE TABLE docs_live (id int PRIMARY KEY, title text, body text);"
+      "CREATE TABLE docs_public (id int PRIMARY KEY, title text, body text);"
+      "CREATE TABLE docs_all (id int PRIMARY KEY, title text, body text, is_active bool);"
+      "CREATE TABLE doc_notes (doc_id int PRIMARY KEY, notes jsonb NOT NULL DEFAULT '[]');"
+      "CREATE INDEX ON doc_notes USING gin (notes jsonb_path_ops) WITH (fastupdate = off)");
   std::string config = WriteConfig(kOneTarget + R"(mappings:
   - source: docs
     module: soft_delete
@@ -82,23 +84,25 @@ TEST_F(SchemasTest, RowsReenteringOrChangingKeyKeepTheirToastedValues) {
     Source(absl::StrCat("INSERT INTO notes VALUES (", id, ", ", 1 + id % 2, ", 'n", id, "', ",
                         BigText(8, absl::StrCat("n", id)), ")"));
   }
-  Source("UPDATE docs SET is_active = false WHERE id IN (1, 2)");    // soft deleted
-  Source("UPDATE docs SET is_active = true WHERE id = 1");           // back, body not carried
-  Source("UPDATE docs SET title = 'draft 3' WHERE id IN (3, 4)");    // out of the filter
-  Source("UPDATE docs SET title = 'final 3' WHERE id = 3");          // back in it
-  Source("UPDATE docs SET id = 50 WHERE id = 5");                    // key change, body not carried
+  Source("UPDATE docs SET is_active = false WHERE id IN (1, 2)");  // soft deleted
+  Source("UPDATE docs SET is_active = true WHERE id = 1");         // back, body not carried
+  Source("UPDATE docs SET title = 'draft 3' WHERE id IN (3, 4)");  // out of the filter
+  Source("UPDATE docs SET title = 'final 3' WHERE id = 3");        // back in it
+  Source("UPDATE docs SET id = 50 WHERE id = 5");                  // key change, body not carried
   Source("UPDATE docs SET is_active = false WHERE id = 6; UPDATE docs SET is_active = true, id = 60 WHERE id = 6");
   // Superseded before walshiftd reads it: re-entered, then gone from the source.
   Source("UPDATE docs SET is_active = false WHERE id = 4");
   Source("BEGIN; UPDATE docs SET is_active = true WHERE id = 4; DELETE FROM docs WHERE id = 4; COMMIT");
-  Source("UPDATE notes SET label = 'edited' WHERE id IN (1, 2)");     // element rebuilt, body not carried
-  Source("UPDATE notes SET doc_id = 7 WHERE id = 3");                 // moves to another parent
+  Source("UPDATE notes SET label = 'edited' WHERE id IN (1, 2)");  // element rebuilt, body not carried
+  Source("UPDATE notes SET doc_id = 7 WHERE id = 3");              // moves to another parent
   Source("UPDATE notes SET id = 40, label = 'renumbered' WHERE id = 4");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   // Read after the source moved on: a key change whose new key is gone by then still removes
   // the row (and element) under the old key.
-  Source(absl::StrCat("INSERT INTO docs VALUES (7, 'doc 7', ", BigText(12, "d7"), ", true);"
-                      "INSERT INTO notes VALUES (7, 1, 'n7', ", BigText(8, "n7"), ")"));
+  Source(absl::StrCat("INSERT INTO docs VALUES (7, 'doc 7', ", BigText(12, "d7"),
+                      ", true);"
+                      "INSERT INTO notes VALUES (7, 1, 'n7', ",
+                      BigText(8, "n7"), ")"));
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   ASSERT_TRUE(StopDaemon().success());
   Source("UPDATE docs SET id = 70 WHERE id = 7; DELETE FROM docs WHERE id = 70");
@@ -171,10 +175,11 @@ TEST_F(SchemasTest, NaiveTimestampsUseThePipelinesZoneWhateverTheEnvironment) {
 // A partitioned table mapped by its root: rows of every partition (one attached later, rows
 // moving between partitions), the initial copy, a truncate of the root and a restart.
 TEST_F(SchemasTest, PartitionedTableMappedByItsRoot) {
-  Source("CREATE TABLE readings (id int, region text, value int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);"
-         "CREATE TABLE readings_eu PARTITION OF readings FOR VALUES IN ('eu');"
-         "CREATE TABLE readings_us PARTITION OF readings FOR VALUES IN ('us');"
-         "INSERT INTO readings SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 100) g");
+  Source(
+      "CREATE TABLE readings (id int, region text, value int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);"
+      "CREATE TABLE readings_eu PARTITION OF readings FOR VALUES IN ('eu');"
+      "CREATE TABLE readings_us PARTITION OF readings FOR VALUES IN ('us');"
+      "INSERT INTO readings SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 100) g");
   Target("CREATE TABLE readings_v2 (id int, region text, value int, PRIMARY KEY (id, region))");
   std::string config = WriteConfig(kOneTarget + "mappings: [{source: readings, table: readings_v2}]\n");
   ASSERT_TRUE(StartDaemon(config).ok());
@@ -183,8 +188,9 @@ TEST_F(SchemasTest, PartitionedTableMappedByItsRoot) {
   Source("UPDATE readings SET value = -value WHERE id % 3 = 0");
   Source("UPDATE readings SET region = 'eu' WHERE id IN (1, 3, 5)");  // moves between partitions
   Source("DELETE FROM readings WHERE id % 10 = 0");
-  Source("CREATE TABLE readings_ap PARTITION OF readings FOR VALUES IN ('ap');"
-         "INSERT INTO readings VALUES (500, 'ap', 5), (501, 'ap', 6)");
+  Source(
+      "CREATE TABLE readings_ap PARTITION OF readings FOR VALUES IN ('ap');"
+      "INSERT INTO readings VALUES (500, 'ap', 5), (501, 'ap', 6)");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   const char* src = "SELECT id::text, region, value::text FROM readings ORDER BY id, region";
   const char* tgt = "SELECT id::text, region, value::text FROM readings_v2 ORDER BY id, region";
@@ -208,8 +214,9 @@ TEST_F(SchemasTest, PartitionedTableMappedByItsRoot) {
   r = Subprocess::Run(o, absl::Minutes(2));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->status.success()) << r->stdout_text << r->stderr_text;
-  EXPECT_THAT(r->stdout_text, HasSubstr(absl::StrCat(SourceRows("SELECT count(*)::text FROM readings")[0][0].value_or("?"),
-                                                     " checked, 0 missing, 0 extra,")));
+  EXPECT_THAT(r->stdout_text,
+              HasSubstr(absl::StrCat(SourceRows("SELECT count(*)::text FROM readings")[0][0].value_or("?"),
+                                     " checked, 0 missing, 0 extra,")));
 
   Source("TRUNCATE readings; INSERT INTO readings VALUES (1, 'us', 1)");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -220,8 +227,9 @@ TEST_F(SchemasTest, PartitionedTableMappedByItsRoot) {
 // A renamed (or moved) source table keeps its mapping, said in the log; a published table no
 // mapping names stops walshiftd naming it and the fix, instead of dropping its changes.
 TEST_F(SchemasTest, RenamedTableIsFollowedAndAnUnmappedOneStops) {
-  Source("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);"
-         "CREATE SCHEMA archive");
+  Source(
+      "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY);"
+      "CREATE SCHEMA archive");
   Target("CREATE TABLE t (id int PRIMARY KEY, v text)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: t}]\n")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -254,8 +262,9 @@ TEST_F(SchemasTest, TruncateOfATableSetAndRestartIdentity) {
   Target(ddl);
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: parent}, {source: child}]\n")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
-  Source("INSERT INTO parent (name) SELECT 'p' || g FROM generate_series(1, 10) g;"
-         "INSERT INTO child (parent_id, v) SELECT 1 + g % 10, 'c' FROM generate_series(1, 30) g");
+  Source(
+      "INSERT INTO parent (name) SELECT 'p' || g FROM generate_series(1, 10) g;"
+      "INSERT INTO child (parent_id, v) SELECT 1 + g % 10, 'c' FROM generate_series(1, 30) g");
   Target("SELECT setval('parent_id_seq', 10); SELECT setval('child_id_seq', 30)");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("TRUNCATE parent, child RESTART IDENTITY");
@@ -284,8 +293,9 @@ TEST_F(SchemasTest, CompositeTypedKey) {
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO cells SELECT ROW(g, -g)::point2, 'v' || g FROM generate_series(1, 20) g");
-  Source("UPDATE cells SET v = 'changed' WHERE (at).x % 3 = 0; DELETE FROM cells WHERE (at).x % 5 = 0;"
-         "UPDATE cells SET at = ROW(100, 100)::point2 WHERE (at).x = 1");
+  Source(
+      "UPDATE cells SET v = 'changed' WHERE (at).x % 3 = 0; DELETE FROM cells WHERE (at).x % 5 = 0;"
+      "UPDATE cells SET at = ROW(100, 100)::point2 WHERE (at).x = 1");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   const char* cells = "SELECT at::text, v FROM cells ORDER BY (at).x";
   EXPECT_EQ(TargetRows(cells), SourceRows(cells));
@@ -300,8 +310,9 @@ TEST_F(SchemasTest, CharKey) {
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: codes}]\n")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO codes VALUES ('A', 'a'), ('ABC', 'abc'), ('ABD', 'abd')");
-  Source("UPDATE codes SET v = 'changed' WHERE code = 'ABC'; DELETE FROM codes WHERE code = 'ABD';"
-         "UPDATE codes SET code = 'XYZ' WHERE code = 'A'");
+  Source(
+      "UPDATE codes SET v = 'changed' WHERE code = 'ABC'; DELETE FROM codes WHERE code = 'ABD';"
+      "UPDATE codes SET code = 'XYZ' WHERE code = 'A'");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   const char* q = "SELECT code::text, v FROM codes ORDER BY 1";
   EXPECT_EQ(TargetRows(q), SourceRows(q));
@@ -318,8 +329,9 @@ TEST_F(SchemasTest, PrimaryKeyWithIncludeColumns) {
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO wide SELECT g, g * 2, 'w' FROM generate_series(1, 20) g");
-  Source("UPDATE wide SET b = -b, c = 'x' WHERE a % 2 = 0; DELETE FROM wide WHERE a % 7 = 0;"
-         "UPDATE wide SET a = 100 WHERE a = 1");
+  Source(
+      "UPDATE wide SET b = -b, c = 'x' WHERE a % 2 = 0; DELETE FROM wide WHERE a % 7 = 0;"
+      "UPDATE wide SET a = 100 WHERE a = 1");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   const char* wide = "SELECT a::text, b::text, c FROM wide ORDER BY wide.a";
   EXPECT_EQ(TargetRows(wide), SourceRows(wide));
@@ -329,13 +341,15 @@ TEST_F(SchemasTest, PrimaryKeyWithIncludeColumns) {
 // native replication does; a REPLICA IDENTITY FULL table without one replicates everything by
 // the key the mapping gives. A mapping that needs updates of a keyless table is refused.
 TEST_F(SchemasTest, TablesWithoutAPrimaryKey) {
-  Source("CREATE TABLE audit_log (at timestamptz, who text, what text);"
-         "INSERT INTO audit_log SELECT now() - g * interval '1 minute', 'u' || g % 3, 'did ' || g "
-         "FROM generate_series(1, 50) g;"
-         "CREATE TABLE tags (name text NOT NULL, label text); ALTER TABLE tags REPLICA IDENTITY FULL;"
-         "INSERT INTO tags VALUES ('a', 'A'), ('b', 'B')");
-  Target("CREATE TABLE audit_log (at timestamptz, who text, what text);"
-         "CREATE TABLE tags (name text PRIMARY KEY, label text)");
+  Source(
+      "CREATE TABLE audit_log (at timestamptz, who text, what text);"
+      "INSERT INTO audit_log SELECT now() - g * interval '1 minute', 'u' || g % 3, 'did ' || g "
+      "FROM generate_series(1, 50) g;"
+      "CREATE TABLE tags (name text NOT NULL, label text); ALTER TABLE tags REPLICA IDENTITY FULL;"
+      "INSERT INTO tags VALUES ('a', 'A'), ('b', 'B')");
+  Target(
+      "CREATE TABLE audit_log (at timestamptz, who text, what text);"
+      "CREATE TABLE tags (name text PRIMARY KEY, label text)");
   std::string config = WriteConfig(kOneTarget + "mappings: [{source: audit_log}, {source: tags, key: [name]}]\n");
   auto check = RunWalshiftd({"--config", config, "--check"});
   EXPECT_EQ(check.code, 0) << check.output;
@@ -345,8 +359,9 @@ TEST_F(SchemasTest, TablesWithoutAPrimaryKey) {
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO audit_log SELECT now(), 'late', 'row ' || g FROM generate_series(1, 300) g");
   Source("INSERT INTO audit_log VALUES (NULL, NULL, NULL), (NULL, NULL, NULL)");  // the same row twice
-  Source("INSERT INTO tags VALUES ('c', 'C'); UPDATE tags SET label = 'AA' WHERE name = 'a';"
-         "UPDATE tags SET name = 'bb' WHERE name = 'b'; DELETE FROM tags WHERE name = 'c'");
+  Source(
+      "INSERT INTO tags VALUES ('c', 'C'); UPDATE tags SET label = 'AA' WHERE name = 'a';"
+      "UPDATE tags SET name = 'bb' WHERE name = 'b'; DELETE FROM tags WHERE name = 'c'");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   const char* log = "SELECT at::text, who, what FROM audit_log ORDER BY 1, 2, 3";
   EXPECT_EQ(TargetRows(log), SourceRows(log));
@@ -365,18 +380,22 @@ TEST_F(SchemasTest, TablesWithoutAPrimaryKey) {
 // A rejected row whose replay cannot even start (a mapped table dropped meanwhile) stops naming
 // the rejection, not the later problem.
 TEST_F(SchemasTest, StopNamesTheFirstError) {
-  Source("CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int PRIMARY KEY, parent_id int);"
-         "CREATE TABLE scratch (id int PRIMARY KEY)");
-  Target("CREATE TABLE parent (id int PRIMARY KEY);"
-         "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id));"
-         "CREATE TABLE scratch (id int PRIMARY KEY)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: parent}, {source: child}, {source: scratch}]\n")).ok());
+  Source(
+      "CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int PRIMARY KEY, parent_id int);"
+      "CREATE TABLE scratch (id int PRIMARY KEY)");
+  Target(
+      "CREATE TABLE parent (id int PRIMARY KEY);"
+      "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id));"
+      "CREATE TABLE scratch (id int PRIMARY KEY)");
+  ASSERT_TRUE(
+      StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: parent}, {source: child}, {source: scratch}]\n")).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   auto psql = PgCluster::Binary("psql");
   ASSERT_TRUE(psql.ok());
   SubprocessOptions holder;  // holds the apply back while the source moves on
-  holder.argv = {*psql, "-X", "-q", target_cluster_->Dsn(target_db_), "-c",
-                 "BEGIN; LOCK TABLE child; SELECT pg_sleep(3); COMMIT;"};
+  holder.argv = {*psql, "-X",
+                 "-q",  target_cluster_->Dsn(target_db_),
+                 "-c",  "BEGIN; LOCK TABLE child; SELECT pg_sleep(3); COMMIT;"};
   auto held = Subprocess::Start(holder);
   ASSERT_TRUE(held.ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -396,12 +415,15 @@ TEST_F(SchemasTest, StopNamesTheFirstError) {
 // Two merge sources inserting the same new target row: upserts from the start, no conflict and
 // no replay.
 TEST_F(SchemasTest, MergeSourcesInsertingOneRowNeverConflict) {
-  Source("CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE user_stats (user_id int PRIMARY KEY, logins int)");
+  Source(
+      "CREATE TABLE users (id int PRIMARY KEY, name text); CREATE TABLE user_stats (user_id int PRIMARY KEY, logins "
+      "int)");
   Target("CREATE TABLE accounts (id int PRIMARY KEY, name text, logins int)");
   ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
   - {source: users, module: merge, table: accounts, key: [id], columns: {id: id, name: name}}
   - {source: user_stats, module: merge, table: accounts, key: [id], columns: {id: user_id, logins: logins}}
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   Source("INSERT INTO user_stats SELECT g, g FROM generate_series(1, 500) g");  // stats first
   Source("INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 500) g");
@@ -417,7 +439,8 @@ TEST_F(SchemasTest, MergeSourcesInsertingOneRowNeverConflict) {
   - {source: users, module: merge, table: accounts, key: [id], columns: {id: id, name: name}}
   - {source: user_stats, module: merge, table: accounts, key: [id], columns: {id: user_id, logins: logins}}
   - {source: prefs, table: accounts, key: [id], columns: {id: user_id, theme: theme}}
-)")).ok());
+)"))
+                  .ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();  // prefs joined the publication
   Source("INSERT INTO prefs SELECT g, 'dark' FROM generate_series(1, 600) g");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -441,13 +464,15 @@ namespace {
 // parent rows and may deadlock (the conflict point makes the 3rd and a later range of a worker
 // fail as a deadlock does). Only the range is copied again; the pipeline never starts over.
 TEST_F(SchemasTest, CopyWorkersMeetingOnOneParentRetryOnlyTheRange) {
-  Source("CREATE TABLE posts (id int PRIMARY KEY, thread int, body text);"
-         "INSERT INTO posts SELECT g, (g * 7919) % 1500, 'post ' || g FROM generate_series(1, 30000) g;"
-         "CREATE TABLE votes (id int PRIMARY KEY, up int);"
-         "INSERT INTO votes SELECT g, g % 7 FROM generate_series(1, 30000) g");
-  Target("CREATE TABLE threads (thread int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
-         "CREATE INDEX ON threads USING gin (posts jsonb_path_ops) WITH (fastupdate = off);"
-         "CREATE TABLE post_stats (id int PRIMARY KEY, body text, up int)");
+  Source(
+      "CREATE TABLE posts (id int PRIMARY KEY, thread int, body text);"
+      "INSERT INTO posts SELECT g, (g * 7919) % 1500, 'post ' || g FROM generate_series(1, 30000) g;"
+      "CREATE TABLE votes (id int PRIMARY KEY, up int);"
+      "INSERT INTO votes SELECT g, g % 7 FROM generate_series(1, 30000) g");
+  Target(
+      "CREATE TABLE threads (thread int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
+      "CREATE INDEX ON threads USING gin (posts jsonb_path_ops) WITH (fastupdate = off);"
+      "CREATE TABLE post_stats (id int PRIMARY KEY, body text, up int)");
   std::string config = WriteConfig(kOneTarget + R"(snapshot: {workers: 2, chunk_rows: 500}
 mappings:
   - {source: posts, module: json_array, table: threads, parent_key: {thread: thread}, column: posts,
@@ -487,9 +512,13 @@ TEST_F(SchemasTest, OwnerDecidesWhichMergedRowsExist) {
     return TargetRows(absl::StrCat("SELECT email, logins::text, addresses::text FROM accounts WHERE id = ", id));
   };
   Source("UPDATE users SET deleted_at = now() WHERE id = 5");
-  Source("UPDATE user_stats SET logins = 1000 WHERE user_id = 5; INSERT INTO addresses VALUES (900, 5, 'Hidden Rd', 'Nowhere', 'home')");
+  Source(
+      "UPDATE user_stats SET logins = 1000 WHERE user_id = 5; INSERT INTO addresses VALUES (900, 5, 'Hidden Rd', "
+      "'Nowhere', 'home')");
   Source("UPDATE users SET state = 'spam' WHERE id = 6; INSERT INTO addresses VALUES (901, 6, 'Spam Ln', 'X', 'work')");
-  Source("INSERT INTO user_stats VALUES (300, 42, now()); INSERT INTO addresses VALUES (902, 300, 'Early St', 'Y', 'home')");
+  Source(
+      "INSERT INTO user_stats VALUES (300, 42, now()); INSERT INTO addresses VALUES (902, 300, 'Early St', 'Y', "
+      "'home')");
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_TRUE(account(5).empty()) << "a ghost account for a deleted user";
   EXPECT_TRUE(account(6).empty()) << "a ghost account for a hidden user";
@@ -509,7 +538,8 @@ TEST_F(SchemasTest, OwnerDecidesWhichMergedRowsExist) {
   EXPECT_THAT(*account(300)[0][2], HasSubstr("Early St"));
 
   std::string expected = read("expected.sql"), check = read("check.sql");
-  EXPECT_EQ(TargetRows(check.substr(0, check.rfind(';'))), SourceRows(expected.substr(expected.find("SELECT"), expected.rfind(';') - expected.find("SELECT"))));
+  EXPECT_EQ(TargetRows(check.substr(0, check.rfind(';'))),
+            SourceRows(expected.substr(expected.find("SELECT"), expected.rfind(';') - expected.find("SELECT"))));
 
   SubprocessOptions o;
   o.argv = {BinaryPath("walshiftctl"), "verify", "--config", config};

@@ -3,8 +3,6 @@
 // walshift.drift); equal values in another form are not drift; a heavy concurrent workload
 // gives no false alarm over several passes; --repair heals; the cutover gate.
 
-#include <librdkafka/rdkafka.h>
-
 #include <httplib.h>
 
 #include <fstream>
@@ -17,6 +15,7 @@
 #include "tests/testing/kafka_broker.h"
 #include "tests/testing/test_paths.h"
 #include "walshift/v1/events.pb.h"
+#include <librdkafka/rdkafka.h>
 
 namespace walshift::testing {
 namespace {
@@ -31,11 +30,13 @@ class VerifyTest : public DaemonTest {
     ASSERT_TRUE(k.ok()) << k.status();
     kafka_ = *std::move(k);
     ASSERT_TRUE(kafka_->CreateTopic("walshift.drift").ok());
-    Source("CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2), note text, doc json, at timestamptz);"
-           "INSERT INTO orders SELECT g, g / 4.0, 'note ' || g, json_build_object('a', g, 'b', 'x'), "
-           "'2026-01-01 00:00:00+00'::timestamptz + g * interval '1 minute' FROM generate_series(1, 2000) g");
-    Target("CREATE TABLE orders_v2 (order_id int PRIMARY KEY, cents bigint, amount numeric(12,3), note text, doc json, "
-           "at timestamptz)");
+    Source(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2), note text, doc json, at timestamptz);"
+        "INSERT INTO orders SELECT g, g / 4.0, 'note ' || g, json_build_object('a', g, 'b', 'x'), "
+        "'2026-01-01 00:00:00+00'::timestamptz + g * interval '1 minute' FROM generate_series(1, 2000) g");
+    Target(
+        "CREATE TABLE orders_v2 (order_id int PRIMARY KEY, cents bigint, amount numeric(12,3), note text, doc json, "
+        "at timestamptz)");
     config_ = WriteConfig(absl::StrCat(kOneTarget, "kafka: {brokers: \"", kafka_->bootstrap(), "\"}\n", R"(mappings:
   - source: orders
     table: orders_v2
@@ -75,17 +76,20 @@ TEST_F(VerifyTest, FindsInjectedDriftWithItsKeyAndColumnAndRepairsIt) {
 
   // Equal values in another form are not drift: json spacing and key order, numeric scale, a
   // timestamp in another zone.
-  Target("UPDATE orders_v2 SET doc = '{ \"b\" : \"x\", \"a\" : 10 }', amount = 2.500, "
-         "at = '2026-01-01 02:10:00+02' WHERE order_id = 10");
+  Target(
+      "UPDATE orders_v2 SET doc = '{ \"b\" : \"x\", \"a\" : 10 }', amount = 2.500, "
+      "at = '2026-01-01 02:10:00+02' WHERE order_id = 10");
   // Drift: a changed column, a lost row, a row with no source.
-  Target("UPDATE orders_v2 SET note = 'tampered' WHERE order_id = 7;"
-         "DELETE FROM orders_v2 WHERE order_id = 8;"
-         "INSERT INTO orders_v2 VALUES (99999, 1, 0.01, 'ghost', '{}', now()), (0, 1, 0.01, 'ghost', '{}', now()), "
-         "(2500, 1, 0.01, 'ghost', '{}', now())");  // keys a text-ordered walk would skip, too
+  Target(
+      "UPDATE orders_v2 SET note = 'tampered' WHERE order_id = 7;"
+      "DELETE FROM orders_v2 WHERE order_id = 8;"
+      "INSERT INTO orders_v2 VALUES (99999, 1, 0.01, 'ghost', '{}', now()), (0, 1, 0.01, 'ghost', '{}', now()), "
+      "(2500, 1, 0.01, 'ghost', '{}', now())");  // keys a text-ordered walk would skip, too
   RunResult r = Ctl({"verify", "--config", config_});
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
   EXPECT_THAT(r.stdout_text, HasSubstr("2000 checked, 1 missing, 3 extra, 1 mismatched"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("MISMATCH public.orders_v2 (order_id=7)  note: expected note 7, actual tampered"));
+  EXPECT_THAT(r.stdout_text,
+              HasSubstr("MISMATCH public.orders_v2 (order_id=7)  note: expected note 7, actual tampered"));
   EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.orders_v2 (order_id=8)"));
   EXPECT_THAT(r.stdout_text, HasSubstr("EXTRA    public.orders_v2 (order_id=99999)"));
   EXPECT_THAT(r.stdout_text, ::testing::Not(HasSubstr("order_id=10)")));
@@ -119,10 +123,11 @@ TEST_F(VerifyTest, NoFalseAlarmsUnderAHeavyConcurrentWorkload) {
   ASSERT_TRUE(StartDaemon(config_).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   std::string script = dir_ + "/hot.sql";
-  std::ofstream(script) << "\\set id random(1, 2200)\n"
-                           "INSERT INTO orders VALUES (:id, :id / 3.0, 'w', '{\"w\": 1}', now()) ON CONFLICT (id) DO UPDATE "
-                           "SET amount = orders.amount + 1, note = orders.note || '.';\n"
-                           "DELETE FROM orders WHERE id = :id + 5 AND :id % 7 = 0;\n";
+  std::ofstream(script)
+      << "\\set id random(1, 2200)\n"
+         "INSERT INTO orders VALUES (:id, :id / 3.0, 'w', '{\"w\": 1}', now()) ON CONFLICT (id) DO UPDATE "
+         "SET amount = orders.amount + 1, note = orders.note || '.';\n"
+         "DELETE FROM orders WHERE id = :id + 5 AND :id % 7 = 0;\n";
   auto workload = StartPgbench({"-c", "4", "-j", "2", "-T", "25", "-f", script});
   ASSERT_NE(workload, nullptr);
   for (int pass = 0; pass < 3; ++pass) {
@@ -138,7 +143,8 @@ TEST_F(VerifyTest, NoFalseAlarmsUnderAHeavyConcurrentWorkload) {
 
 TEST_F(VerifyTest, ContinuousVerifierInTheDaemonReportsDriftInStatusAndMetrics) {
   Target("CREATE TABLE orders_copy (id int PRIMARY KEY, amount numeric, note text, doc json, at timestamptz)");
-  std::string config = WriteConfig(absl::StrCat(kOneTarget, "kafka: {brokers: \"", kafka_->bootstrap(), "\"}\n", R"(verify: {enabled: true, rows_per_second: 20000, interval_s: 1}
+  std::string config = WriteConfig(absl::StrCat(kOneTarget, "kafka: {brokers: \"", kafka_->bootstrap(), "\"}\n",
+                                                R"(verify: {enabled: true, rows_per_second: 20000, interval_s: 1}
 mappings:
   - source: orders
     table: orders_v2
@@ -148,13 +154,17 @@ mappings:
 )"));
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
-  Target("UPDATE orders_v2 SET note = 'tampered' WHERE order_id = 42; UPDATE orders_copy SET note = 'ignored' WHERE id = 1");
+  Target(
+      "UPDATE orders_v2 SET note = 'tampered' WHERE order_id = 42; UPDATE orders_copy SET note = 'ignored' WHERE id = "
+      "1");
   std::smatch m;
   int port = -1;
   for (int i = 0; i < 50 && port < 0; ++i) {
     std::string log = DaemonLog();
-    if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) port = std::stoi(m[1]);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status")))
+      port = std::stoi(m[1]);
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_GT(port, 0);
   httplib::Client c("127.0.0.1", port);
@@ -177,15 +187,18 @@ mappings:
   EXPECT_EQ(TargetRows("SELECT kind, key FROM walshift.drift"), (PgRows{{"MISMATCH", "order_id=42"}}));
   EXPECT_EQ(DriftEvents().size(), 1u);
   ExitStatus stopped = StopDaemon();
-  EXPECT_TRUE(stopped.success()) << stopped.ToString() << DaemonLog().substr(DaemonLog().size() > 600 ? DaemonLog().size() - 600 : 0);
+  EXPECT_TRUE(stopped.success()) << stopped.ToString()
+                                 << DaemonLog().substr(DaemonLog().size() > 600 ? DaemonLog().size() - 600 : 0);
 }
 
 TEST_F(VerifyTest, JsonArrayElementsAreComparedByElementKey) {
-  Source("CREATE TABLE posts (id int PRIMARY KEY, article int, platform text, body text);"
-         "INSERT INTO posts SELECT g, g % 10, (ARRAY['x','bluesky','threads'])[1 + g % 3], 'post ' || g "
-         "FROM generate_series(1, 300) g");
-  Target("CREATE TABLE articles (article int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
-         "CREATE INDEX ON articles USING gin (posts jsonb_path_ops) WITH (fastupdate = off)");
+  Source(
+      "CREATE TABLE posts (id int PRIMARY KEY, article int, platform text, body text);"
+      "INSERT INTO posts SELECT g, g % 10, (ARRAY['x','bluesky','threads'])[1 + g % 3], 'post ' || g "
+      "FROM generate_series(1, 300) g");
+  Target(
+      "CREATE TABLE articles (article int PRIMARY KEY, posts jsonb NOT NULL DEFAULT '[]');"
+      "CREATE INDEX ON articles USING gin (posts jsonb_path_ops) WITH (fastupdate = off)");
   std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: posts, module: json_array, table: articles, parent_key: {article: article}, column: posts,
      element: {legacy_id: id, platform: platform, text: body}, element_key: [legacy_id], sort_by: platform}
@@ -195,10 +208,11 @@ TEST_F(VerifyTest, JsonArrayElementsAreComparedByElementKey) {
   RunResult clean = Ctl({"verify", "--config", config});
   EXPECT_EQ(clean.status.exit_code(), 0) << clean.stdout_text << clean.stderr_text;
   // One element edited, one removed, in the target only.
-  Target("UPDATE articles SET posts = (SELECT jsonb_agg(CASE WHEN e->>'legacy_id' = '7' "
-         "THEN jsonb_set(e, '{text}', '\"edited\"') ELSE e END) FROM jsonb_array_elements(posts) e) WHERE article = 7;"
-         "UPDATE articles SET posts = (SELECT jsonb_agg(e) FROM jsonb_array_elements(posts) e "
-         "WHERE e->>'legacy_id' <> '13') WHERE article = 3");
+  Target(
+      "UPDATE articles SET posts = (SELECT jsonb_agg(CASE WHEN e->>'legacy_id' = '7' "
+      "THEN jsonb_set(e, '{text}', '\"edited\"') ELSE e END) FROM jsonb_array_elements(posts) e) WHERE article = 7;"
+      "UPDATE articles SET posts = (SELECT jsonb_agg(e) FROM jsonb_array_elements(posts) e "
+      "WHERE e->>'legacy_id' <> '13') WHERE article = 3");
   RunResult r = Ctl({"verify", "--config", config});
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
   EXPECT_THAT(r.stdout_text, HasSubstr("300 checked, 1 missing, 0 extra (not looked for), 1 mismatched"));
@@ -211,18 +225,20 @@ TEST_F(VerifyTest, JsonArrayElementsAreComparedByElementKey) {
 // merge (each source's own columns), split (every part) and soft_delete (a flagged row must be
 // absent) are verified through their own mappings.
 TEST_F(VerifyTest, MergeSplitAndSoftDeleteAreVerifiedThroughTheirModules) {
-  Source("CREATE TABLE meta (id int PRIMARY KEY, title text);"
-         "CREATE TABLE gen (id int PRIMARY KEY, body text);"
-         "CREATE TABLE users (id int PRIMARY KEY, email text, bio text);"
-         "CREATE TABLE items (id int PRIMARY KEY, name text, is_active boolean NOT NULL);"
-         "INSERT INTO meta SELECT g, 't' || g FROM generate_series(1, 100) g;"
-         "INSERT INTO gen SELECT g, 'b' || g FROM generate_series(50, 150) g;"
-         "INSERT INTO users SELECT g, 'u' || g || '@x', 'bio ' || g FROM generate_series(1, 100) g;"
-         "INSERT INTO items SELECT g, 'i' || g, g % 4 <> 0 FROM generate_series(1, 100) g");
-  Target("CREATE TABLE queue (id int PRIMARY KEY, title text, body text);"
-         "CREATE TABLE accounts (id int PRIMARY KEY, email text);"
-         "CREATE TABLE profiles (id int PRIMARY KEY, bio text);"
-         "CREATE TABLE live_items (id int PRIMARY KEY, name text)");
+  Source(
+      "CREATE TABLE meta (id int PRIMARY KEY, title text);"
+      "CREATE TABLE gen (id int PRIMARY KEY, body text);"
+      "CREATE TABLE users (id int PRIMARY KEY, email text, bio text);"
+      "CREATE TABLE items (id int PRIMARY KEY, name text, is_active boolean NOT NULL);"
+      "INSERT INTO meta SELECT g, 't' || g FROM generate_series(1, 100) g;"
+      "INSERT INTO gen SELECT g, 'b' || g FROM generate_series(50, 150) g;"
+      "INSERT INTO users SELECT g, 'u' || g || '@x', 'bio ' || g FROM generate_series(1, 100) g;"
+      "INSERT INTO items SELECT g, 'i' || g, g % 4 <> 0 FROM generate_series(1, 100) g");
+  Target(
+      "CREATE TABLE queue (id int PRIMARY KEY, title text, body text);"
+      "CREATE TABLE accounts (id int PRIMARY KEY, email text);"
+      "CREATE TABLE profiles (id int PRIMARY KEY, bio text);"
+      "CREATE TABLE live_items (id int PRIMARY KEY, name text)");
   std::string config = WriteConfig(kOneTarget + R"(mappings:
   - {source: meta, module: merge, table: queue, key: [id], columns: {id: id, title: title}}
   - {source: gen, module: merge, table: queue, key: [id], columns: {id: id, body: body}}
@@ -238,11 +254,14 @@ TEST_F(VerifyTest, MergeSplitAndSoftDeleteAreVerifiedThroughTheirModules) {
   RunResult clean = Ctl({"verify", "--config", config});
   EXPECT_EQ(clean.status.exit_code(), 0) << clean.stdout_text << clean.stderr_text;
   // A merged column owned by gen, a split part, a soft-deleted row brought back.
-  Target("UPDATE queue SET body = 'wrong' WHERE id = 60; DELETE FROM profiles WHERE id = 5;"
-         "INSERT INTO live_items VALUES (4, 'i4')");
+  Target(
+      "UPDATE queue SET body = 'wrong' WHERE id = 60; DELETE FROM profiles WHERE id = 5;"
+      "INSERT INTO live_items VALUES (4, 'i4')");
   RunResult r = Ctl({"verify", "--config", config});
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
-  EXPECT_THAT(r.stdout_text, HasSubstr("mappings[0] public.meta -> main: 100 checked, 0 missing, 0 extra (not looked for), 0 mismatched"));
+  EXPECT_THAT(
+      r.stdout_text,
+      HasSubstr("mappings[0] public.meta -> main: 100 checked, 0 missing, 0 extra (not looked for), 0 mismatched"));
   EXPECT_THAT(r.stdout_text, HasSubstr("MISMATCH public.queue (id=60)  body: expected b60, actual wrong"));
   EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.profiles (id=5)"));
   EXPECT_THAT(r.stdout_text, HasSubstr("EXTRA    public.live_items (id=4)"));

@@ -3,10 +3,7 @@
 // plus messages that break the contract); `status --url` reads an HTTP status document; and
 // the status renderer and exit code logic on a sample document.
 
-#include <librdkafka/rdkafka.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <memory>
@@ -28,6 +25,9 @@
 #include "tests/testing/test_paths.h"
 #include "tools/walshiftctl/commands.h"
 #include "walshift/v1/events.pb.h"
+#include <librdkafka/rdkafka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 namespace walshift::testing {
 namespace {

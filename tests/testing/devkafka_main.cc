@@ -78,8 +78,8 @@ int main(int argc, char** argv) {
   }
   printf("%s\n", (*kafka)->bootstrap().c_str());
   fflush(stdout);
-  fprintf(stderr, "walshift-devkafka: %d broker(s) at %s, %zu topic(s) with %d partition(s)\n",
-          brokers, (*kafka)->bootstrap().c_str(), topics.size(), partitions);
+  fprintf(stderr, "walshift-devkafka: %d broker(s) at %s, %zu topic(s) with %d partition(s)\n", brokers,
+          (*kafka)->bootstrap().c_str(), topics.size(), partitions);
 
   int sig = 0;
   while (sigwait(&stop_signals, &sig) != 0) {

@@ -16,8 +16,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedKafka>> EmbeddedKafka::Start(int broker_c
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   // The host handle never connects anywhere; keep it from warning about bootstrap.servers.
   if (rd_kafka_conf_set(conf, "log_level", "3", err, sizeof(err)) != RD_KAFKA_CONF_OK ||
-      rd_kafka_conf_set(conf, "client.id", "walshift-embedded-kafka", err, sizeof(err)) !=
-          RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_set(conf, "client.id", "walshift-embedded-kafka", err, sizeof(err)) != RD_KAFKA_CONF_OK) {
     rd_kafka_conf_destroy(conf);
     return absl::InternalError(absl::StrCat("EmbeddedKafka: config: ", err));
   }
@@ -43,22 +42,17 @@ EmbeddedKafka::~EmbeddedKafka() {
   if (host_ != nullptr) rd_kafka_destroy(host_);
 }
 
-absl::Status EmbeddedKafka::CreateTopic(const std::string& name, int partitions,
-                                        int replication_factor) {
-  if (name.empty() || partitions < 1 || replication_factor < 1 ||
-      replication_factor > broker_count_) {
-    return absl::InvalidArgumentError(absl::StrCat("EmbeddedKafka: CreateTopic(\"", name, "\", ",
-                                                   partitions, ", ", replication_factor, ") with ",
-                                                   broker_count_, " broker(s)"));
+absl::Status EmbeddedKafka::CreateTopic(const std::string& name, int partitions, int replication_factor) {
+  if (name.empty() || partitions < 1 || replication_factor < 1 || replication_factor > broker_count_) {
+    return absl::InvalidArgumentError(absl::StrCat("EmbeddedKafka: CreateTopic(\"", name, "\", ", partitions, ", ",
+                                                   replication_factor, ") with ", broker_count_, " broker(s)"));
   }
-  rd_kafka_resp_err_t e =
-      rd_kafka_mock_topic_create(mcluster_, name.c_str(), partitions, replication_factor);
+  rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(mcluster_, name.c_str(), partitions, replication_factor);
   if (e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
     return absl::AlreadyExistsError(absl::StrCat("EmbeddedKafka: topic ", name, " exists"));
   }
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    return absl::InternalError(
-        absl::StrCat("EmbeddedKafka: create topic ", name, ": ", rd_kafka_err2str(e)));
+    return absl::InternalError(absl::StrCat("EmbeddedKafka: create topic ", name, ": ", rd_kafka_err2str(e)));
   }
   return absl::OkStatus();
 }
@@ -73,8 +67,7 @@ absl::Status EmbeddedKafka::SetBrokerDown(int32_t broker_id) {
   if (absl::Status st = CheckBrokerId(broker_id); !st.ok()) return st;
   rd_kafka_resp_err_t e = rd_kafka_mock_broker_set_down(mcluster_, broker_id);
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    return absl::InternalError(
-        absl::StrCat("EmbeddedKafka: broker ", broker_id, " down: ", rd_kafka_err2str(e)));
+    return absl::InternalError(absl::StrCat("EmbeddedKafka: broker ", broker_id, " down: ", rd_kafka_err2str(e)));
   }
   return absl::OkStatus();
 }
@@ -83,8 +76,7 @@ absl::Status EmbeddedKafka::SetBrokerUp(int32_t broker_id) {
   if (absl::Status st = CheckBrokerId(broker_id); !st.ok()) return st;
   rd_kafka_resp_err_t e = rd_kafka_mock_broker_set_up(mcluster_, broker_id);
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    return absl::InternalError(
-        absl::StrCat("EmbeddedKafka: broker ", broker_id, " up: ", rd_kafka_err2str(e)));
+    return absl::InternalError(absl::StrCat("EmbeddedKafka: broker ", broker_id, " up: ", rd_kafka_err2str(e)));
   }
   return absl::OkStatus();
 }
@@ -130,6 +122,5 @@ std::vector<KafkaRecord> ReadTopic(const std::string& bootstrap, const std::stri
   rd_kafka_destroy(rk);
   return out;
 }
-
 
 }  // namespace walshift::testing

@@ -4,9 +4,6 @@
 // It keeps messages in memory only; topics can be created explicitly or are auto-created on
 // first use; brokers can be taken down and up to simulate outages.
 
-#include <librdkafka/rdkafka.h>
-#include <librdkafka/rdkafka_mock.h>
-
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -14,6 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
 
 namespace walshift::testing {
 

@@ -1,13 +1,9 @@
 #include "tests/testing/pg_cluster.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,6 +18,10 @@
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "tests/testing/test_paths.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 namespace walshift::testing {
 namespace {
@@ -90,7 +90,6 @@ absl::StatusOr<int> PickFreePort() {
   return static_cast<int>(ntohs(addr.sin_port));
 }
 
-
 std::string Tail(const std::string& s, size_t max_bytes) {
   if (s.size() <= max_bytes) return s;
   return absl::StrCat("...", s.substr(s.size() - max_bytes));
@@ -126,8 +125,7 @@ absl::StatusOr<std::string> PgCluster::BinDir() {
         opts.argv = {*pg_config, "--bindir"};
         absl::StatusOr<RunResult> bindir = Subprocess::Run(opts, absl::Seconds(30));
         if (bindir.ok() && bindir->status.success()) {
-          return new absl::StatusOr<std::string>(
-              std::string(absl::StripAsciiWhitespace(bindir->stdout_text)));
+          return new absl::StatusOr<std::string>(std::string(absl::StripAsciiWhitespace(bindir->stdout_text)));
         }
       }
     }
@@ -176,8 +174,7 @@ absl::Status PgCluster::Init() {
     uid_t uid;
     gid_t gid;
     if (!LookupUser(os_user_, &uid, &gid)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("no OS user ", os_user_, " to run PostgreSQL as"));
+      return absl::FailedPreconditionError(absl::StrCat("no OS user ", os_user_, " to run PostgreSQL as"));
     }
     if (chown(temp_dir_.c_str(), uid, gid) != 0) {
       return absl::InternalError(absl::StrCat("chown ", temp_dir_, ": ", strerror(errno)));
@@ -188,9 +185,7 @@ absl::Status PgCluster::Init() {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
   SubprocessOptions wd;
-  wd.argv = {"/bin/sh",       "-c",
-             kWatchdogScript, "walshift-pg-watchdog",
-             temp_dir_,       KeepTempDirs() ? "1" : "0"};
+  wd.argv = {"/bin/sh", "-c", kWatchdogScript, "walshift-pg-watchdog", temp_dir_, KeepTempDirs() ? "1" : "0"};
   wd.stdin_fd = fds[0];
   wd.stdout_to = Output::Null();
   wd.stderr_to = Output::Null();
@@ -204,13 +199,12 @@ absl::Status PgCluster::Init() {
   watchdog_ = *std::move(watchdog);
   watchdog_fd_ = fds[1];
 
-  ASSIGN_OR_RETURN(RunResult initdb, RunPg({absl::StrCat(bindir_, "/initdb"), "-D", data_dir_, "-U",
-                                            kSuperuser, "--auth=trust", "--encoding=UTF8",
-                                            "--locale=C", "--no-sync", "--no-instructions"}));
+  ASSIGN_OR_RETURN(RunResult initdb,
+                   RunPg({absl::StrCat(bindir_, "/initdb"), "-D", data_dir_, "-U", kSuperuser, "--auth=trust",
+                          "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"}));
   if (!initdb.status.success()) {
-    return absl::InternalError(absl::StrCat("initdb for cluster ", options_.name, " in ", data_dir_,
-                                            " failed (", initdb.status.ToString(), "; running as ",
-                                            ServerOsUser(),
+    return absl::InternalError(absl::StrCat("initdb for cluster ", options_.name, " in ", data_dir_, " failed (",
+                                            initdb.status.ToString(), "; running as ", ServerOsUser(),
                                             "; the temp dir and its parents must be accessible "
                                             "to that user, see WALSHIFT_TEST_TMP): ",
                                             Tail(initdb.stderr_text, 3000)));
@@ -248,20 +242,17 @@ absl::Status PgCluster::StartServer() {
     ASSIGN_OR_RETURN(port_, PickFreePort());
     RETURN_IF_ERROR(WriteConfig());
     unlink(log_path_.c_str());
-    ASSIGN_OR_RETURN(
-        RunResult r,
-        RunPg({absl::StrCat(bindir_, "/pg_ctl"), "-D", data_dir_, "-l", log_path_, "-w", "-t",
-               absl::StrCat(absl::ToInt64Seconds(options_.timeout)), "start"}));
+    ASSIGN_OR_RETURN(RunResult r, RunPg({absl::StrCat(bindir_, "/pg_ctl"), "-D", data_dir_, "-l", log_path_, "-w", "-t",
+                                         absl::StrCat(absl::ToInt64Seconds(options_.timeout)), "start"}));
     if (r.status.success()) {
       running_ = true;
       return absl::OkStatus();
     }
     std::string log = LogTail(8000);
-    last_error = absl::StrCat("pg_ctl start for cluster ", options_.name, " (port ", port_,
-                              ") failed: ", r.status.ToString(), ": ", Tail(r.stderr_text, 1000),
-                              "; server log: ", log);
-    bool port_taken = absl::StrContains(log, "could not bind") ||
-                      absl::StrContains(log, "Address already in use") ||
+    last_error =
+        absl::StrCat("pg_ctl start for cluster ", options_.name, " (port ", port_, ") failed: ", r.status.ToString(),
+                     ": ", Tail(r.stderr_text, 1000), "; server log: ", log);
+    bool port_taken = absl::StrContains(log, "could not bind") || absl::StrContains(log, "Address already in use") ||
                       absl::StrContains(log, "could not create any TCP/IP sockets");
     KillPostmasterFromPidFile();
     if (!port_taken) return absl::UnavailableError(last_error);
@@ -302,8 +293,7 @@ PgCluster::~PgCluster() {
   }
   if (!temp_dir_.empty()) {
     if (KeepTempDirs()) {
-      fprintf(stderr, "PgCluster %s: keeping %s (WALSHIFT_KEEP_TEST_TMP)\n", options_.name.c_str(),
-              temp_dir_.c_str());
+      fprintf(stderr, "PgCluster %s: keeping %s (WALSHIFT_KEEP_TEST_TMP)\n", options_.name.c_str(), temp_dir_.c_str());
     } else {
       RemoveTree(temp_dir_);
     }
@@ -319,8 +309,7 @@ PgCluster::~PgCluster() {
 }
 
 std::string PgCluster::Dsn(absl::string_view dbname) const {
-  return absl::StrCat("host=", host_, " port=", port_, " dbname=", pg::ConninfoValue(dbname),
-                      " user=", kSuperuser);
+  return absl::StrCat("host=", host_, " port=", port_, " dbname=", pg::ConninfoValue(dbname), " user=", kSuperuser);
 }
 
 absl::Status PgCluster::CreateDatabase(absl::string_view name) const {
@@ -332,10 +321,8 @@ absl::Status PgCluster::Exec(absl::string_view dbname, const std::string& sql) c
 }
 
 absl::StatusOr<PgRows> PgCluster::Query(absl::string_view dbname, const std::string& sql) const {
-  ASSIGN_OR_RETURN(pg::ConnPtr conn,
-                   pg::Connect(Dsn(dbname), absl::StrCat("test cluster ", options_.name)));
-  std::string context =
-      absl::StrCat("cluster ", options_.name, " db ", dbname, ": ", Tail(sql, 300));
+  ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(Dsn(dbname), absl::StrCat("test cluster ", options_.name)));
+  std::string context = absl::StrCat("cluster ", options_.name, " db ", dbname, ": ", Tail(sql, 300));
   ASSIGN_OR_RETURN(pg::ResultPtr res, pg::Exec(conn.get(), sql, context));
   PgRows rows;
   int n = PQntuples(res.get());
@@ -356,8 +343,7 @@ absl::StatusOr<PgRows> PgCluster::Query(absl::string_view dbname, const std::str
   return rows;
 }
 
-absl::StatusOr<std::string> PgCluster::QueryValue(absl::string_view dbname,
-                                                  const std::string& sql) const {
+absl::StatusOr<std::string> PgCluster::QueryValue(absl::string_view dbname, const std::string& sql) const {
   ASSIGN_OR_RETURN(PgRows rows, Query(dbname, sql));
   if (rows.size() != 1 || rows[0].size() != 1) {
     return absl::FailedPreconditionError(
@@ -371,12 +357,9 @@ absl::StatusOr<std::string> PgCluster::QueryValue(absl::string_view dbname,
 
 absl::Status PgCluster::Stop(StopMode mode) {
   if (!running_) return absl::OkStatus();
-  const char* m = mode == StopMode::kSmart  ? "smart"
-                  : mode == StopMode::kFast ? "fast"
-                                            : "immediate";
-  ASSIGN_OR_RETURN(RunResult r,
-                   RunPg({absl::StrCat(bindir_, "/pg_ctl"), "-D", data_dir_, "-m", m, "-w", "-t",
-                          absl::StrCat(absl::ToInt64Seconds(options_.timeout)), "stop"}));
+  const char* m = mode == StopMode::kSmart ? "smart" : mode == StopMode::kFast ? "fast" : "immediate";
+  ASSIGN_OR_RETURN(RunResult r, RunPg({absl::StrCat(bindir_, "/pg_ctl"), "-D", data_dir_, "-m", m, "-w", "-t",
+                                       absl::StrCat(absl::ToInt64Seconds(options_.timeout)), "stop"}));
   if (!r.status.success()) {
     // pg_ctl says "PID file ... does not exist" when the server is already gone.
     if (!FileExists(absl::StrCat(data_dir_, "/postmaster.pid"))) {
@@ -384,8 +367,7 @@ absl::Status PgCluster::Stop(StopMode mode) {
       return absl::OkStatus();
     }
     return absl::InternalError(absl::StrCat("pg_ctl stop (", m, ") for cluster ", options_.name,
-                                            " failed: ", r.status.ToString(), ": ",
-                                            Tail(r.stderr_text, 1000)));
+                                            " failed: ", r.status.ToString(), ": ", Tail(r.stderr_text, 1000)));
   }
   running_ = false;
   return absl::OkStatus();
@@ -393,13 +375,12 @@ absl::Status PgCluster::Stop(StopMode mode) {
 
 absl::Status PgCluster::Restart() {
   if (running_) return absl::OkStatus();
-  ASSIGN_OR_RETURN(RunResult r,
-                   RunPg({absl::StrCat(bindir_, "/pg_ctl"), "-D", data_dir_, "-l", log_path_, "-w",
-                          "-t", absl::StrCat(absl::ToInt64Seconds(options_.timeout)), "start"}));
+  ASSIGN_OR_RETURN(RunResult r, RunPg({absl::StrCat(bindir_, "/pg_ctl"), "-D", data_dir_, "-l", log_path_, "-w", "-t",
+                                       absl::StrCat(absl::ToInt64Seconds(options_.timeout)), "start"}));
   if (!r.status.success()) {
-    std::string err = absl::StrCat("pg_ctl start (restart) for cluster ", options_.name,
-                                   " failed: ", r.status.ToString(), ": ",
-                                   Tail(r.stderr_text, 1000), "; server log: ", LogTail(4000));
+    std::string err =
+        absl::StrCat("pg_ctl start (restart) for cluster ", options_.name, " failed: ", r.status.ToString(), ": ",
+                     Tail(r.stderr_text, 1000), "; server log: ", LogTail(4000));
     KillPostmasterFromPidFile();
     return absl::UnavailableError(err);
   }

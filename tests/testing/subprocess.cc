@@ -3,15 +3,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <linux/close_range.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +17,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tests/testing/test_paths.h"
+#include <linux/close_range.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 extern char** environ;
 
@@ -115,8 +115,7 @@ struct FdList {
   }
 };
 
-absl::Status OpenOutput(const Output& out, absl::string_view suffix, int* fd, std::string* capture,
-                        FdList* owned) {
+absl::Status OpenOutput(const Output& out, absl::string_view suffix, int* fd, std::string* capture, FdList* owned) {
   *fd = -1;
   switch (out.kind) {
     case Output::Kind::kInherit:
@@ -125,8 +124,7 @@ absl::Status OpenOutput(const Output& out, absl::string_view suffix, int* fd, st
       *fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
       break;
     case Output::Kind::kFile:
-      *fd = open(out.path.c_str(),
-                 O_WRONLY | O_CREAT | O_CLOEXEC | (out.append ? O_APPEND : O_TRUNC), 0644);
+      *fd = open(out.path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (out.append ? O_APPEND : O_TRUNC), 0644);
       break;
     case Output::Kind::kCapture: {
       absl::StatusOr<std::pair<int, std::string>> f = MakeTempFile(suffix);
@@ -138,8 +136,7 @@ absl::Status OpenOutput(const Output& out, absl::string_view suffix, int* fd, st
   }
   *fd = AboveStdio(*fd);
   if (*fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot open output ", out.path, ": ", strerror(errno)));
+    return absl::InternalError(absl::StrCat("cannot open output ", out.path, ": ", strerror(errno)));
   }
   owned->fds.push_back(*fd);
   return absl::OkStatus();
@@ -357,8 +354,8 @@ absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(SubprocessOptions 
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     proc->exit_ = ExitStatus{status};
-    return absl::InternalError(absl::StrCat("Subprocess ", proc->description_, ": ",
-                                            StageName(ce.stage), " failed: ", strerror(ce.err)));
+    return absl::InternalError(
+        absl::StrCat("Subprocess ", proc->description_, ": ", StageName(ce.stage), " failed: ", strerror(ce.err)));
   }
   return proc;
 }
@@ -369,10 +366,10 @@ absl::StatusOr<RunResult> Subprocess::Run(SubprocessOptions options, absl::Durat
   absl::StatusOr<ExitStatus> status = (*proc)->Wait(timeout);
   if (!status.ok()) {
     (*proc)->Kill();
-    return absl::DeadlineExceededError(absl::StrCat(
-        (*proc)->description(), " did not finish within ", absl::FormatDuration(timeout),
-        "; stdout: ", (*proc)->CaptureTail(Stream::kStdout, 2000),
-        "; stderr: ", (*proc)->CaptureTail(Stream::kStderr, 2000)));
+    return absl::DeadlineExceededError(absl::StrCat((*proc)->description(), " did not finish within ",
+                                                    absl::FormatDuration(timeout),
+                                                    "; stdout: ", (*proc)->CaptureTail(Stream::kStdout, 2000),
+                                                    "; stderr: ", (*proc)->CaptureTail(Stream::kStderr, 2000)));
   }
   RunResult result;
   result.status = *status;
@@ -429,8 +426,8 @@ absl::StatusOr<ExitStatus> Subprocess::Wait(absl::Duration timeout) {
     absl::SleepFor(std::min(pause, deadline - now));
     pause = std::min(pause * 2, absl::Milliseconds(20));
   }
-  return absl::DeadlineExceededError(absl::StrCat(
-      description_, " (pid ", pid_, ") still running after ", absl::FormatDuration(timeout)));
+  return absl::DeadlineExceededError(
+      absl::StrCat(description_, " (pid ", pid_, ") still running after ", absl::FormatDuration(timeout)));
 }
 
 ExitStatus Subprocess::Kill() {
@@ -446,8 +443,8 @@ ExitStatus Subprocess::Kill() {
 absl::StatusOr<std::string> Subprocess::ReadOutput(Stream stream) const {
   const std::string& path = stream == Stream::kStdout ? stdout_capture_ : stderr_capture_;
   if (path.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        description_, ": ", stream == Stream::kStdout ? "stdout" : "stderr", " is not captured"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(description_, ": ", stream == Stream::kStdout ? "stdout" : "stderr", " is not captured"));
   }
   return ReadFile(path);
 }
@@ -459,8 +456,7 @@ std::string Subprocess::CaptureTail(Stream stream, size_t max_bytes) const {
   return absl::StrCat("...", text->substr(text->size() - max_bytes));
 }
 
-absl::StatusOr<std::string> Subprocess::WaitForOutput(Stream stream, absl::string_view needle,
-                                                      absl::Duration timeout) {
+absl::StatusOr<std::string> Subprocess::WaitForOutput(Stream stream, absl::string_view needle, absl::Duration timeout) {
   absl::Time deadline = absl::Now() + timeout;
   absl::Duration pause = absl::Milliseconds(1);
   while (true) {
@@ -469,18 +465,18 @@ absl::StatusOr<std::string> Subprocess::WaitForOutput(Stream stream, absl::strin
     if (!text.ok()) return text.status();
     if (absl::StrContains(*text, needle)) return text;
     if (!running) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(description_, " exited (", exit_->ToString(), ") before printing \"", needle,
-                       "\"; stderr: ", CaptureTail(Stream::kStderr, 2000)));
+      return absl::FailedPreconditionError(absl::StrCat(description_, " exited (", exit_->ToString(),
+                                                        ") before printing \"", needle,
+                                                        "\"; stderr: ", CaptureTail(Stream::kStderr, 2000)));
     }
     absl::Time now = absl::Now();
     if (now >= deadline) break;
     absl::SleepFor(std::min(pause, deadline - now));
     pause = std::min(pause * 2, absl::Milliseconds(20));
   }
-  return absl::DeadlineExceededError(absl::StrCat(
-      description_, " did not print \"", needle, "\" within ", absl::FormatDuration(timeout),
-      "; stderr: ", CaptureTail(Stream::kStderr, 2000)));
+  return absl::DeadlineExceededError(absl::StrCat(description_, " did not print \"", needle, "\" within ",
+                                                  absl::FormatDuration(timeout),
+                                                  "; stderr: ", CaptureTail(Stream::kStderr, 2000)));
 }
 
 absl::StatusOr<std::string> Subprocess::WaitForStdoutLine(absl::Duration timeout) {

@@ -2,8 +2,6 @@
 // Child processes for tests: fork/exec with arguments, environment, redirected or captured
 // output, an optional unprivileged user, signals, and waiting with a timeout.
 
-#include <sys/types.h>
-
 #include <map>
 #include <memory>
 #include <optional>
@@ -14,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include <sys/types.h>
 
 namespace walshift::testing {
 
@@ -26,9 +25,7 @@ struct Output {
 
   static Output Inherit() { return {Kind::kInherit, "", false}; }
   static Output Null() { return {Kind::kNull, "", false}; }
-  static Output File(std::string path, bool append = false) {
-    return {Kind::kFile, std::move(path), append};
-  }
+  static Output File(std::string path, bool append = false) { return {Kind::kFile, std::move(path), append}; }
   // Into a temp file owned by the Subprocess; read it with ReadOutput()/WaitForOutput().
   // A file (not a pipe) so a chatty child never blocks on a full pipe.
   static Output Capture() { return {Kind::kCapture, "", false}; }
@@ -101,8 +98,7 @@ class Subprocess {
   // Starts a child, waits up to `timeout` for it to exit and returns its status and captured
   // output. On timeout the child is killed and kDeadlineExceeded is returned with the output
   // so far in the message. Does not treat a non-zero exit as an error.
-  static absl::StatusOr<RunResult> Run(SubprocessOptions options,
-                                       absl::Duration timeout = absl::Minutes(2));
+  static absl::StatusOr<RunResult> Run(SubprocessOptions options, absl::Duration timeout = absl::Minutes(2));
 
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
@@ -127,8 +123,7 @@ class Subprocess {
   // Waits until captured `stream` contains `needle` and returns all captured text.
   // kDeadlineExceeded after `timeout`; kFailedPrecondition when the child exits first (the
   // message carries its status and the tail of its stderr).
-  absl::StatusOr<std::string> WaitForOutput(Stream stream, absl::string_view needle,
-                                            absl::Duration timeout);
+  absl::StatusOr<std::string> WaitForOutput(Stream stream, absl::string_view needle, absl::Duration timeout);
   // The first complete line of captured stdout, without its newline (same errors as
   // WaitForOutput).
   absl::StatusOr<std::string> WaitForStdoutLine(absl::Duration timeout);

@@ -84,8 +84,7 @@ std::string BinaryPath(absl::string_view name) {
 }
 
 std::string SourcePath(absl::string_view relative) {
-  return absl::StrCat(StripSlash(EnvOr("WALSHIFT_SOURCE_DIR", WALSHIFT_DEFAULT_SOURCE_DIR)), "/",
-                      relative);
+  return absl::StrCat(StripSlash(EnvOr("WALSHIFT_SOURCE_DIR", WALSHIFT_DEFAULT_SOURCE_DIR)), "/", relative);
 }
 
 absl::Status WriteFile(const std::string& path, absl::string_view contents) {

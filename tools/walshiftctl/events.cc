@@ -5,7 +5,6 @@
 // `walshift-type` = the message's full name, header `content-type` = application/x-protobuf
 // (binary) or application/json (proto3 JSON). A message that breaks it is reported and skipped.
 
-#include <librdkafka/rdkafka.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -27,6 +26,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "tools/walshiftctl/commands.h"
 #include "walshift/v1/events.pb.h"
+#include <librdkafka/rdkafka.h>
 
 namespace walshift::ctl {
 namespace {
@@ -119,8 +119,8 @@ std::string Lag(double bytes, double seconds) { return absl::StrFormat("%s / %.1
 
 // The part of a line after time and pipeline.
 std::string Describe(const v1::LagEvent& e) {
-  std::string out = absl::StrCat("LAG    ", StateName(e.state()), "  lag ",
-                                 Lag(static_cast<double>(e.lag_bytes()), e.lag_seconds()));
+  std::string out =
+      absl::StrCat("LAG    ", StateName(e.state()), "  lag ", Lag(static_cast<double>(e.lag_bytes()), e.lag_seconds()));
   const char* sep = "  ";
   for (const v1::TargetLag& t : e.targets()) {
     absl::StrAppend(&out, sep, t.target(), ": applied ", t.applied_lsn().empty() ? "-" : t.applied_lsn());

@@ -4,20 +4,22 @@
 // rows checked, missing, extra, mismatched, time, and the keys of the first differences. Exit 0
 // no drift, 1 drift (or the gate not met), 2 an error.
 
+#include <algorithm>
 #include <cstdio>
-#include <string>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "daemon/config/config.h"
 #include "daemon/core/change.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
-#include "daemon/state/target_state.h"
 #include "daemon/pipeline/session_zone.h"
+#include "daemon/state/target_state.h"
 #include "daemon/verify/verifier.h"
 #include "tools/walshiftctl/commands.h"
 #include "transforms/registry.h"
@@ -35,9 +37,10 @@ void Print(const std::vector<VerifyTableReport>& reports) {
     if (!r.note.empty()) std::printf("    note: %s\n", r.note.c_str());
     for (const auto& d : r.shown) {
       std::vector<std::string> cols;
-      for (const auto& c : d.columns()) cols.push_back(absl::StrCat(c.column(), ": expected ", c.expected(), ", actual ", c.actual()));
-      std::printf("    %-8s %s (%s)%s%s\n", v1::DriftKind_Name(d.kind()).c_str(), d.target_table().c_str(), d.key().c_str(),
-                  cols.empty() ? "" : "  ", absl::StrJoin(cols, "; ").c_str());
+      for (const auto& c : d.columns())
+        cols.push_back(absl::StrCat(c.column(), ": expected ", c.expected(), ", actual ", c.actual()));
+      std::printf("    %-8s %s (%s)%s%s\n", v1::DriftKind_Name(d.kind()).c_str(), d.target_table().c_str(),
+                  d.key().c_str(), cols.empty() ? "" : "  ", absl::StrJoin(cols, "; ").c_str());
     }
   }
 }
@@ -63,8 +66,8 @@ absl::Status Backfill(const config::Settings& s, const std::string& table, absl:
     }
     if (done) return absl::OkStatus();
     if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("the backfill of ", table,
-                                                      " did not finish; --repair needs a running walshiftd"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("the backfill of ", table, " did not finish; --repair needs a running walshiftd"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -78,13 +81,19 @@ int VerifyCommand(int argc, char** argv) {
   double settle = 120;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
-    else if (a == "--table" && i + 1 < argc) table = argv[++i];
-    else if (a == "--repair") repair = true;
-    else if (a == "--gate") gate = true;
-    else if (a == "--settle" && i + 1 < argc && absl::SimpleAtod(argv[i + 1], &settle)) ++i;
+    if ((a == "--config" || a == "-c") && i + 1 < argc)
+      config_path = argv[++i];
+    else if (a == "--table" && i + 1 < argc)
+      table = argv[++i];
+    else if (a == "--repair")
+      repair = true;
+    else if (a == "--gate")
+      gate = true;
+    else if (a == "--settle" && i + 1 < argc && absl::SimpleAtod(argv[i + 1], &settle))
+      ++i;
     else {
-      std::fprintf(stderr, "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S]\n");
+      std::fprintf(stderr,
+                   "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S]\n");
       return 2;
     }
   }
@@ -96,6 +105,12 @@ int VerifyCommand(int argc, char** argv) {
   auto settings = config::LoadSettingsFile(config_path);
   if (!settings.ok()) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  if (!table.empty() && std::none_of(settings->mappings.begin(), settings->mappings.end(),
+                                     [&](const auto& m) { return m.common.source() == table; })) {
+    std::fprintf(stderr, "walshiftctl verify: no mapping of pipeline %s reads %s\n",
+                 settings->proto.pipeline().c_str(), table.c_str());
     return 2;
   }
   auto modules = transforms::BuildModules(*settings, config_path);
@@ -146,8 +161,11 @@ int VerifyCommand(int argc, char** argv) {
   if (drift > 0 && repair) {
     std::printf("repairing: re-applying the drifted tables through walshiftd, deleting extra rows\n");
     std::set<std::string> tables;
-    for (const auto& r : *reports)
-      if (r.missing + r.mismatched + r.extra > 0) tables.insert(r.source_table);
+    for (const auto& r : *reports) {
+      if (r.missing + r.mismatched + r.extra == 0) continue;
+      // (A document collection's report names every source table that fills it.)
+      for (absl::string_view t : absl::StrSplit(r.source_table, ", ")) tables.insert(std::string(t));
+    }
     for (const auto& t : tables) {
       absl::Status st = Backfill(*settings, t, absl::Seconds(std::max(600.0, settle)));
       if (!st.ok()) {

@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "daemon/config/config.h"
 #include "daemon/core/change.h"
@@ -128,8 +128,9 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
                 FormatLsn(st.current).c_str(), s.slot.c_str(), st.slot_active ? "active" : "INACTIVE",
                 st.wal_status.c_str(), HumanBytes(st.retained_bytes).c_str());
     if (st.wal_status == "lost") {
-      std::printf("  !! the slot was invalidated (max_slot_wal_keep_size): changes are lost; the\n"
-                  "     pipeline must be rebuilt with a new slot and an initial copy\n");
+      std::printf(
+          "  !! the slot was invalidated (max_slot_wal_keep_size): changes are lost; the\n"
+          "     pipeline must be rebuilt with a new slot and an initial copy\n");
     }
   }
   std::printf("\n  %-12s %-10s %-14s %-12s %s\n", "TARGET", "STATE", "APPLIED LSN", "BEHIND", "LAST APPLIED COMMIT");
@@ -145,31 +146,31 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
     }
     double behind = st.current > t.applied ? static_cast<double>(st.current - t.applied) : 0;
     const char* state = behind > max_lag ? "LAGGING" : "ok";
-    std::printf("  %-12s %-10s %-14s %-12s %s (%.1f s ago)\n", t.name.c_str(), state,
-                FormatLsn(t.applied).c_str(), HumanBytes(behind).c_str(), t.commit_time.c_str(),
-                t.seconds_since_commit);
+    std::printf("  %-12s %-10s %-14s %-12s %s (%.1f s ago)\n", t.name.c_str(), state, FormatLsn(t.applied).c_str(),
+                HumanBytes(behind).c_str(), t.commit_time.c_str(), t.seconds_since_commit);
   }
-  std::printf("\n  BEHIND counts WAL bytes written on the source after the last applied commit (any\n"
-              "  database of the cluster); on an idle source it stays until the next commit.\n");
+  std::printf(
+      "\n  BEHIND counts WAL bytes written on the source after the last applied commit (any\n"
+      "  database of the cluster); on an idle source it stays until the next commit.\n");
 }
 
 void PrintJson(const config::Settings& s, const Status& st) {
   std::string out = absl::StrCat("{\"pipeline\":", JsonString(s.proto.pipeline()), ",\"source\":{",
                                  "\"reachable\":", st.source_reachable ? "true" : "false");
   if (!st.source_reachable) absl::StrAppend(&out, ",\"error\":", JsonString(st.source_error));
-  absl::StrAppend(&out, ",\"current_lsn\":", JsonString(FormatLsn(st.current)), ",\"slot\":{\"name\":",
-                  JsonString(s.slot), ",\"exists\":", st.slot_exists ? "true" : "false",
-                  ",\"active\":", st.slot_active ? "true" : "false", ",\"wal_status\":",
-                  JsonString(st.wal_status), ",\"confirmed_flush_lsn\":", JsonString(FormatLsn(st.confirmed)),
+  absl::StrAppend(&out, ",\"current_lsn\":", JsonString(FormatLsn(st.current)),
+                  ",\"slot\":{\"name\":", JsonString(s.slot), ",\"exists\":", st.slot_exists ? "true" : "false",
+                  ",\"active\":", st.slot_active ? "true" : "false", ",\"wal_status\":", JsonString(st.wal_status),
+                  ",\"confirmed_flush_lsn\":", JsonString(FormatLsn(st.confirmed)),
                   ",\"retained_bytes\":", absl::StrFormat("%.0f", st.retained_bytes), "}},\"targets\":[");
   for (size_t i = 0; i < st.targets.size(); ++i) {
     const auto& t = st.targets[i];
     double behind = st.current > t.applied && t.applied ? static_cast<double>(st.current - t.applied) : 0;
-    absl::StrAppend(&out, i ? "," : "", "{\"name\":", JsonString(t.name), ",\"reachable\":",
-                    t.reachable ? "true" : "false", ",\"applied_lsn\":",
-                    t.applied ? JsonString(FormatLsn(t.applied)) : "null", ",\"lag_bytes\":",
-                    absl::StrFormat("%.0f", behind), ",\"last_commit_time\":",
-                    t.commit_time.empty() ? "null" : JsonString(t.commit_time),
+    absl::StrAppend(&out, i ? "," : "", "{\"name\":", JsonString(t.name),
+                    ",\"reachable\":", t.reachable ? "true" : "false",
+                    ",\"applied_lsn\":", t.applied ? JsonString(FormatLsn(t.applied)) : "null",
+                    ",\"lag_bytes\":", absl::StrFormat("%.0f", behind),
+                    ",\"last_commit_time\":", t.commit_time.empty() ? "null" : JsonString(t.commit_time),
                     t.error.empty() ? "" : absl::StrCat(",\"error\":", JsonString(t.error)), "}");
   }
   absl::StrAppend(&out, "]}");
@@ -209,9 +210,12 @@ int StatusCommand(int argc, char** argv) {
   double max_lag_seconds = 300;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
-    else if (a == "--url" && i + 1 < argc) url = argv[++i];
-    else if (a == "--json") json = true;
+    if ((a == "--config" || a == "-c") && i + 1 < argc)
+      config_path = argv[++i];
+    else if (a == "--url" && i + 1 < argc)
+      url = argv[++i];
+    else if (a == "--json")
+      json = true;
     else if (a == "--watch") {
       watch = 2;
       if (i + 1 < argc && absl::SimpleAtod(argv[i + 1], &watch)) ++i;
@@ -219,8 +223,10 @@ int StatusCommand(int argc, char** argv) {
       if (!absl::SimpleAtod(argv[++i], &max_lag)) return Usage(stderr, 2);
     } else if (a == "--max-lag-seconds" && i + 1 < argc) {
       if (!absl::SimpleAtod(argv[++i], &max_lag_seconds)) return Usage(stderr, 2);
-    } else if (a == "--help" || a == "-h") return Usage(stdout, 0);
-    else return Usage(stderr, 2);
+    } else if (a == "--help" || a == "-h")
+      return Usage(stdout, 0);
+    else
+      return Usage(stderr, 2);
   }
   ctl::HttpStatusOptions http{json, watch, {max_lag, max_lag_seconds}};
   if (!url.empty()) return ctl::HttpStatusCommand(url, http);
@@ -254,13 +260,17 @@ int BackfillCommand(int argc, char** argv) {
   double wait = -1;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "--config" || a == "-c") && i + 1 < argc) config_path = argv[++i];
-    else if (a == "--table" && i + 1 < argc) table = argv[++i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc)
+      config_path = argv[++i];
+    else if (a == "--table" && i + 1 < argc)
+      table = argv[++i];
     else if (a == "--wait") {
       wait = 3600;
       if (i + 1 < argc && absl::SimpleAtod(argv[i + 1], &wait)) ++i;
-    } else if (a == "--help" || a == "-h") return Usage(stdout, 0);
-    else return Usage(stderr, 2);
+    } else if (a == "--help" || a == "-h")
+      return Usage(stdout, 0);
+    else
+      return Usage(stderr, 2);
   }
   if (config_path.empty() || table.empty()) return Usage(stderr, 2);
   table = QualifiedTableName(table);

@@ -56,21 +56,20 @@ class ChangeLogModule : public MappingModule {
   const std::string& source_table() const override { return common_.source(); }
   const std::string& target() const override { return common_.target(); }
 
-  absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                      SchemaInspector&) const override {
+  absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation, SchemaInspector&) const override {
     // Checks against the relation happen here, once per relation version.
     std::vector<int> copied;
     for (const std::string& name : config_.copy()) {
       int idx = relation.ColumnIndex(name);
       if (idx < 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path_, ".copy: source column '", name, "' does not exist in ", relation.QualifiedName()));
+        return absl::FailedPreconditionError(
+            absl::StrCat(path_, ".copy: source column '", name, "' does not exist in ", relation.QualifiedName()));
       }
       if (!relation.columns[idx].part_of_key && relation.replica_identity != 'f') {
         // A delete carries only the old key: other columns would be logged as NULL.
-        return absl::FailedPreconditionError(absl::StrCat(
-            path_, ".copy: ", name, " is not part of ", relation.QualifiedName(),
-            "'s replica identity, so deletes could not log it"));
+        return absl::FailedPreconditionError(absl::StrCat(path_, ".copy: ", name, " is not part of ",
+                                                          relation.QualifiedName(),
+                                                          "'s replica identity, so deletes could not log it"));
       }
       copied.push_back(idx);
     }

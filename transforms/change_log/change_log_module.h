@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "transforms/module_context.h"
-#include "transforms/change_log/change_log.pb.h"
 #include "daemon/core/interfaces.h"
+#include "transforms/change_log/change_log.pb.h"
+#include "transforms/module_context.h"
 
 namespace walshift::transforms::change_log {
 

@@ -5,9 +5,9 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "daemon/core/status_macros.h"
 
 namespace walshift::transforms::columns {
@@ -22,9 +22,9 @@ bool IsIdentChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '$'
 struct ValueSpec {
   enum Kind { kColumn, kConst, kSql } kind = kColumn;
   std::string target_column;
-  int source_column = -1;          // kColumn
-  std::string text;                // kConst: the literal; kSql: the expression
-  std::vector<int> inputs;         // kSql: source columns it names
+  int source_column = -1;   // kColumn
+  std::string text;         // kConst: the literal; kSql: the expression
+  std::vector<int> inputs;  // kSql: source columns it names
   std::string origin;
 };
 
@@ -42,9 +42,11 @@ class BoundColumns : public BoundMapping {
     if (insert_only_ && change.kind != ChangeKind::kInsert) {
       return absl::FailedPreconditionError(absl::StrCat(
           change.kind == ChangeKind::kUpdate ? "update" : "delete", " of ", upsert_.source_table, " at LSN ",
-          FormatLsn(change.lsn), ": the table has no primary key or replica identity, so walshift can apply only "
+          FormatLsn(change.lsn),
+          ": the table has no primary key or replica identity, so walshift can apply only "
           "its inserts (a publication that does not publish updates and deletes sent this one?); add a primary key, "
-          "or ALTER TABLE ", upsert_.source_table, " REPLICA IDENTITY FULL and give key:"));
+          "or ALTER TABLE ",
+          upsert_.source_table, " REPLICA IDENTITY FULL and give key:"));
     }
     switch (change.kind) {
       case ChangeKind::kInsert:
@@ -78,11 +80,11 @@ class BoundColumns : public BoundMapping {
           for (int in : filter_input_columns_) {
             // The pipeline completes such an update from the source first (writes_whole_rows).
             if ((*new_tuple)[in].is_unchanged_toast()) {
-              return absl::DataLossError(absl::StrCat(
-                  "update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
-                  ": the filter reads ", change.relation->columns[in].name,
-                  ", which arrived as an unchanged TOAST value; set REPLICA IDENTITY FULL on the "
-                  "source table so the old value is sent"));
+              return absl::DataLossError(
+                  absl::StrCat("update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
+                               ": the filter reads ", change.relation->columns[in].name,
+                               ", which arrived as an unchanged TOAST value; set REPLICA IDENTITY FULL on the "
+                               "source table so the old value is sent"));
             }
           }
           // Out of the filter now: delete; in it: the conditional upsert below writes it.
@@ -136,9 +138,8 @@ class BoundColumns : public BoundMapping {
 
   // Builds shapes. Returns kFailedPrecondition naming the mapping, table and column.
   absl::Status Init(const std::string& where, const std::string& target, const std::string& table,
-                    const SourceRelation& relation, const SourceTableInfo& info,
-                    std::vector<ValueSpec> values, std::vector<std::string> key,
-                    bool truncate_apply, const std::string& filter,
+                    const SourceRelation& relation, const SourceTableInfo& info, std::vector<ValueSpec> values,
+                    std::vector<std::string> key, bool truncate_apply, const std::string& filter,
                     const std::map<std::string, std::string>& target_types, const BindOptions& options) {
     values_ = std::move(values);
     truncate_apply_ = truncate_apply;
@@ -152,9 +153,11 @@ class BoundColumns : public BoundMapping {
                                          [](const SourceColumn& c) { return c.part_of_key; });
     if (insert_only_ && (!filter.empty() || options.rows_reenter || options.shared_rows || options.update_only)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          where, ": ", relation.QualifiedName(), " has no primary key and no replica identity, so only its "
+          where, ": ", relation.QualifiedName(),
+          " has no primary key and no replica identity, so only its "
           "inserts are replicated; this mapping needs its updates and deletes. Add a primary key, or ALTER "
-          "TABLE ", relation.QualifiedName(), " REPLICA IDENTITY FULL and give key:"));
+          "TABLE ",
+          relation.QualifiedName(), " REPLICA IDENTITY FULL and give key:"));
     }
     // Key: configured, or the columns copied from the source's replica identity columns.
     std::vector<int> key_values;
@@ -162,13 +165,12 @@ class BoundColumns : public BoundMapping {
       // pgoutput flags every column under REPLICA IDENTITY FULL: the primary key is the key.
       auto is_source_key = [&](int s) {
         if (!full) return relation.columns[s].part_of_key;
-        return std::find(info.primary_key.begin(), info.primary_key.end(),
-                         relation.columns[s].name) != info.primary_key.end();
+        return std::find(info.primary_key.begin(), info.primary_key.end(), relation.columns[s].name) !=
+               info.primary_key.end();
       };
       for (size_t i = 0; i < values_.size(); ++i) {
         const ValueSpec& v = values_[i];
-        if (v.kind == ValueSpec::kColumn && is_source_key(v.source_column))
-          key_values.push_back(static_cast<int>(i));
+        if (v.kind == ValueSpec::kColumn && is_source_key(v.source_column)) key_values.push_back(static_cast<int>(i));
       }
       size_t source_keys = 0;
       for (size_t s = 0; s < relation.columns.size(); ++s) source_keys += is_source_key(static_cast<int>(s));
@@ -177,18 +179,17 @@ class BoundColumns : public BoundMapping {
       } else if (source_keys == 0 || key_values.size() != source_keys) {
         return absl::FailedPreconditionError(absl::StrCat(
             where, ": cannot derive the target key: ",
-            source_keys == 0 ? absl::StrCat(relation.QualifiedName(),
-                                            " has no primary key or replica identity index")
+            source_keys == 0 ? absl::StrCat(relation.QualifiedName(), " has no primary key or replica identity index")
                              : "not every source key column is copied to a target column",
             "; give key: [target columns covered by a unique constraint]"));
       }
     } else {
       for (const std::string& k : key) {
-        auto it = std::find_if(values_.begin(), values_.end(),
-                               [&](const ValueSpec& v) { return v.target_column == k; });
+        auto it =
+            std::find_if(values_.begin(), values_.end(), [&](const ValueSpec& v) { return v.target_column == k; });
         if (it == values_.end()) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              where, ".key: '", k, "' is not one of the mapped target columns of ", table));
+          return absl::FailedPreconditionError(
+              absl::StrCat(where, ".key: '", k, "' is not one of the mapped target columns of ", table));
         }
         key_values.push_back(static_cast<int>(it - values_.begin()));
       }
@@ -197,16 +198,16 @@ class BoundColumns : public BoundMapping {
     // A delete (and a key change) only has the old key: every key value must come from it.
     for (int kv : insert_only_ ? std::vector<int>{} : key_values) {
       const ValueSpec& v = values_[kv];
-      std::vector<int> sources = v.kind == ValueSpec::kColumn ? std::vector<int>{v.source_column}
-                                                               : v.inputs;
+      std::vector<int> sources = v.kind == ValueSpec::kColumn ? std::vector<int>{v.source_column} : v.inputs;
       for (int s : sources) {
         if (!full && !relation.columns[s].part_of_key) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              where, ": key column ", v.target_column, " of ", table, " comes from ",
-              relation.QualifiedName(), ".", relation.columns[s].name,
-              ", which is not part of the source's replica identity; deletes would not find the "
-              "row. Key the target by the source's primary key columns, or set REPLICA IDENTITY "
-              "FULL on ", relation.QualifiedName()));
+          return absl::FailedPreconditionError(
+              absl::StrCat(where, ": key column ", v.target_column, " of ", table, " comes from ",
+                           relation.QualifiedName(), ".", relation.columns[s].name,
+                           ", which is not part of the source's replica identity; deletes would not find the "
+                           "row. Key the target by the source's primary key columns, or set REPLICA IDENTITY "
+                           "FULL on ",
+                           relation.QualifiedName()));
         }
         key_source_columns_.push_back(s);
       }
@@ -219,13 +220,13 @@ class BoundColumns : public BoundMapping {
       for (int s : v.inputs) {
         const SourceColumnInfo* ci = info.Find(relation.columns[s].name);
         if (ci != nullptr && ci->toastable) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              where, ".columns.", v.target_column, ": the sql expression reads ",
-              relation.columns[s].name, " (", ci->type,
-              ", TOAST-able) together with other columns; an update that leaves a large ",
-              relation.columns[s].name, " unchanged does not carry its value. Set REPLICA "
-              "IDENTITY FULL on ", relation.QualifiedName(),
-              " so the old value is sent, or split the expression"));
+          return absl::FailedPreconditionError(
+              absl::StrCat(where, ".columns.", v.target_column, ": the sql expression reads ", relation.columns[s].name,
+                           " (", ci->type, ", TOAST-able) together with other columns; an update that leaves a large ",
+                           relation.columns[s].name,
+                           " unchanged does not carry its value. Set REPLICA "
+                           "IDENTITY FULL on ",
+                           relation.QualifiedName(), " so the old value is sent, or split the expression"));
         }
       }
     }
@@ -244,8 +245,8 @@ class BoundColumns : public BoundMapping {
       // Conditional statements cast each value to its column's type.
       for (const ValueSpec& v : values_) {
         if (!target_types.count(v.target_column)) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              where, ": target column ", v.target_column, " does not exist in ", table));
+          return absl::FailedPreconditionError(
+              absl::StrCat(where, ": target column ", v.target_column, " does not exist in ", table));
         }
       }
     }
@@ -320,10 +321,11 @@ class BoundColumns : public BoundMapping {
     // A key change: UPDATE ... SET every value WHERE key = the old key. Only for keys copied
     // from source columns (an expression key would need its inputs from two tuples).
     can_move_ = !key_values.empty() && std::all_of(key_values.begin(), key_values.end(),
-                            [&](int k) { return values_[k].kind == ValueSpec::kColumn; });
+                                                   [&](int k) { return values_[k].kind == ValueSpec::kColumn; });
     if (can_move_) {
       init_shape(&move_, OpKind::kUpdateOnly);
       add_values(&move_, &move_slots_, all);
+      move_.key = key_values;  // the new key (`all` keeps the values' order)
       for (int k : key_values) {
         TargetValue m;
         m.column = values_[k].target_column;
@@ -370,20 +372,18 @@ class BoundColumns : public BoundMapping {
         clear_all_.values.push_back(std::move(tv));
       }
     }
-    params_.resize(std::max({upsert_.num_params, delete_.num_params, filtered_delete_.num_params, move_.num_params,
-                             leave_.num_params}));
+    params_.resize(std::max(
+        {upsert_.num_params, delete_.num_params, filtered_delete_.num_params, move_.num_params, leave_.num_params}));
     return absl::OkStatus();
   }
 
  private:
-  absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const Tuple& tuple,
-                    Lsn lsn, const EmitFn& emit, bool new_row = false,
-                    const Tuple* old_tuple = nullptr) const {
+  absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const Tuple& tuple, Lsn lsn,
+                    const EmitFn& emit, bool new_row = false, const Tuple* old_tuple = nullptr) const {
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& s = slots[i];
       if (s.constant != nullptr) {
-        params_[i] = Datum{DatumKind::kText, static_cast<uint32_t>(s.constant->size()),
-                           s.constant->c_str()};
+        params_[i] = Datum{DatumKind::kText, static_cast<uint32_t>(s.constant->size()), s.constant->c_str()};
       } else if (s.source_column < 0) {
         params_[i] = Datum{};  // NULL
       } else {
@@ -411,11 +411,11 @@ class BoundColumns : public BoundMapping {
   absl::Status CheckKeyPresent(const Tuple& tuple, const RowChange& change) const {
     for (int s : key_source_columns_) {
       if (tuple[s].is_unchanged_toast()) {
-        return absl::DataLossError(absl::StrCat(
-            "update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn),
-            ": key column ", change.relation->columns[s].name,
-            " arrived as an unchanged TOAST value without its old value; set REPLICA IDENTITY "
-            "FULL on the source table"));
+        return absl::DataLossError(
+            absl::StrCat("update of ", upsert_.source_table, " at LSN ", FormatLsn(change.lsn), ": key column ",
+                         change.relation->columns[s].name,
+                         " arrived as an unchanged TOAST value without its old value; set REPLICA IDENTITY "
+                         "FULL on the source table"));
       }
     }
     return absl::OkStatus();
@@ -440,8 +440,7 @@ class BoundColumns : public BoundMapping {
 
 }  // namespace
 
-std::vector<std::string> ExpressionInputs(absl::string_view sql,
-                                          const std::vector<std::string>& candidates) {
+std::vector<std::string> ExpressionInputs(absl::string_view sql, const std::vector<std::string>& candidates) {
   std::vector<std::string> out;
   auto add = [&](absl::string_view name, bool quoted) {
     for (const auto& c : candidates) {
@@ -466,17 +465,25 @@ std::vector<std::string> ExpressionInputs(absl::string_view sql,
     if (c == '\'') {  // string literal, '' escapes
       ++i;
       while (i < n) {
-        if (sql[i] == '\'' && i + 1 < n && sql[i + 1] == '\'') i += 2;
-        else if (sql[i] == '\'') { ++i; break; }
-        else ++i;
+        if (sql[i] == '\'' && i + 1 < n && sql[i + 1] == '\'')
+          i += 2;
+        else if (sql[i] == '\'') {
+          ++i;
+          break;
+        } else
+          ++i;
       }
     } else if (c == '"') {
       size_t start = ++i;
       std::string name;
       while (i < n) {
-        if (sql[i] == '"' && i + 1 < n && sql[i + 1] == '"') { name += '"'; i += 2; }
-        else if (sql[i] == '"') break;
-        else name += sql[i++];
+        if (sql[i] == '"' && i + 1 < n && sql[i + 1] == '"') {
+          name += '"';
+          i += 2;
+        } else if (sql[i] == '"')
+          break;
+        else
+          name += sql[i++];
       }
       bool skip = !prev_significant(start - 1).empty();
       ++i;
@@ -487,8 +494,7 @@ std::vector<std::string> ExpressionInputs(absl::string_view sql,
       size_t start = i;
       while (i < n && IsIdentChar(sql[i])) ++i;
       if (i < n && sql[i] == '\'' && i - start == 1 && (c == 'E' || c == 'e')) continue;
-      if (prev_significant(start).empty() && !next_is_paren(i))
-        add(sql.substr(start, i - start), false);
+      if (prev_significant(start).empty() && !next_is_paren(i)) add(sql.substr(start, i - start), false);
     } else if (absl::ascii_isdigit(c)) {
       while (i < n && (IsIdentChar(sql[i]) || sql[i] == '.')) ++i;
     } else {
@@ -508,16 +514,13 @@ std::string TargetTable(const v1::Mapping& common, const ColumnsConfig& config) 
 }
 
 absl::StatusOr<std::unique_ptr<BoundMapping>> ColumnsModule::Bind(const SourceRelation& relation,
-                                                                   SchemaInspector& inspector) const {
+                                                                  SchemaInspector& inspector) const {
   return BindColumns(path_, common_, config_, relation, inspector);
 }
 
-absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path,
-                                                          const v1::Mapping& common,
-                                                          const ColumnsConfig& config,
-                                                          const SourceRelation& relation,
-                                                          SchemaInspector& inspector,
-                                                          const BindOptions& options) {
+absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path, const v1::Mapping& common,
+                                                          const ColumnsConfig& config, const SourceRelation& relation,
+                                                          SchemaInspector& inspector, const BindOptions& options) {
   const std::string table = TargetTable(common, config);
   std::string where = absl::StrCat(path, " (", common.source(), " -> ", table, ")");
   ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common.target()));
@@ -528,8 +531,8 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   std::vector<ValueSpec> values;
   if (config.columns().empty()) {
     for (size_t i = 0; i < relation.columns.size(); ++i) {
-      values.push_back({ValueSpec::kColumn, relation.columns[i].name, static_cast<int>(i), "", {},
-                        relation.columns[i].name});
+      values.push_back(
+          {ValueSpec::kColumn, relation.columns[i].name, static_cast<int>(i), "", {}, relation.columns[i].name});
     }
   } else {
     std::vector<std::string> targets;
@@ -543,9 +546,9 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
         case ColumnSource::kColumn: {
           int idx = relation.ColumnIndex(src.column());
           if (idx < 0) {
-            return absl::FailedPreconditionError(absl::StrCat(
-                where, ".columns.", name, ": source column '", src.column(), "' does not exist in ",
-                relation.QualifiedName(), " (it has: ", absl::StrJoin(source_names, ", "), ")"));
+            return absl::FailedPreconditionError(
+                absl::StrCat(where, ".columns.", name, ": source column '", src.column(), "' does not exist in ",
+                             relation.QualifiedName(), " (it has: ", absl::StrJoin(source_names, ", "), ")"));
           }
           v.kind = ValueSpec::kColumn;
           v.source_column = idx;
@@ -575,16 +578,18 @@ absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& pat
   std::vector<std::string> key(config.key().begin(), config.key().end());
   std::map<std::string, std::string> target_types;
   if (!common.filter().empty()) {
-    ASSIGN_OR_RETURN(target_types, inspector.TargetColumnTypes(common.target(), table));
+    auto types = inspector.TargetColumnTypes(common.target(), table);
+    if (!types.ok()) {
+      return absl::Status(types.status().code(), absl::StrCat(where, ".filter: ", types.status().message()));
+    }
+    target_types = *std::move(types);
     if (target_types.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(where, ": target table ", table, " does not exist"));
+      return absl::FailedPreconditionError(absl::StrCat(where, ": target table ", table, " does not exist"));
     }
   }
   auto bound = std::make_unique<BoundColumns>();
-  RETURN_IF_ERROR(bound->Init(where, common.target(), table, relation, info, std::move(values),
-                              std::move(key), common.truncate() == v1::TRUNCATE_APPLY,
-                              common.filter(), target_types, options));
+  RETURN_IF_ERROR(bound->Init(where, common.target(), table, relation, info, std::move(values), std::move(key),
+                              common.truncate() == v1::TRUNCATE_APPLY, common.filter(), target_types, options));
   return bound;
 }
 
@@ -603,8 +608,8 @@ absl::StatusOr<std::unique_ptr<MappingModule>> Create(const ColumnsConfig& confi
   }
   for (int i = 0; i < cfg.key_size(); ++i) {
     if (!cfg.columns().empty() && !cfg.columns().contains(cfg.key(i))) {
-      problems.push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
-                                       "' is not one of the mapped target columns"));
+      problems.push_back(
+          absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i), "' is not one of the mapped target columns"));
     }
   }
   if (!problems.empty()) return ConfigProblems(problems);

@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "transforms/module_context.h"
 #include "daemon/core/interfaces.h"
 #include "transforms/columns/columns.pb.h"
+#include "transforms/module_context.h"
 
 namespace walshift::transforms::columns {
 
@@ -29,8 +29,7 @@ absl::StatusOr<std::unique_ptr<MappingModule>> Create(const ColumnsConfig& confi
 // The source column names an SQL expression refers to (identifiers outside string literals,
 // not followed by '(' and not after '.' or '::'), matched against `candidates` (unquoted names
 // case-insensitively, quoted names exactly). Exposed for tests.
-std::vector<std::string> ExpressionInputs(absl::string_view sql,
-                                          const std::vector<std::string>& candidates);
+std::vector<std::string> ExpressionInputs(absl::string_view sql, const std::vector<std::string>& candidates);
 
 // What a module built on `columns` adds to its rules.
 struct BindOptions {
@@ -47,12 +46,9 @@ struct BindOptions {
 
 // Binds a `columns` mapping to a relation: the plan other modules build on (soft_delete wraps
 // it). `path` names the mapping in messages.
-absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path,
-                                                          const v1::Mapping& common,
-                                                          const ColumnsConfig& config,
-                                                          const SourceRelation& relation,
-                                                          SchemaInspector& inspector,
-                                                          const BindOptions& options = {});
+absl::StatusOr<std::unique_ptr<BoundMapping>> BindColumns(const std::string& path, const v1::Mapping& common,
+                                                          const ColumnsConfig& config, const SourceRelation& relation,
+                                                          SchemaInspector& inspector, const BindOptions& options = {});
 
 // The target table a columns config writes: `table`, or the source table's name.
 std::string TargetTable(const v1::Mapping& common, const ColumnsConfig& config);
@@ -64,7 +60,7 @@ class ColumnsModule : public MappingModule {
   const std::string& source_table() const override { return common_.source(); }
   const std::string& target() const override { return common_.target(); }
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                      SchemaInspector& inspector) const override;
+                                                     SchemaInspector& inspector) const override;
   std::vector<std::string> target_tables() const override { return {TargetTable(common_, config_)}; }
 
  private:

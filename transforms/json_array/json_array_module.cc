@@ -2,8 +2,9 @@
 
 #include <algorithm>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "daemon/core/status_macros.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/json_array/json_array.pb.h"
@@ -24,8 +25,11 @@ class BoundJsonArray : public BoundMapping {
  public:
   BoundJsonArray(OpShape upsert, OpShape moving, std::vector<Slot> upsert_slots, OpShape remove,
                  std::vector<Slot> remove_slots)
-      : upsert_(std::move(upsert)), moving_(std::move(moving)), upsert_slots_(std::move(upsert_slots)),
-        remove_(std::move(remove)), remove_slots_(std::move(remove_slots)) {
+      : upsert_(std::move(upsert)),
+        moving_(std::move(moving)),
+        upsert_slots_(std::move(upsert_slots)),
+        remove_(std::move(remove)),
+        remove_slots_(std::move(remove_slots)) {
     params_.resize(std::max(upsert_slots_.size(), remove_slots_.size()));
   }
 
@@ -65,8 +69,8 @@ class BoundJsonArray : public BoundMapping {
     return false;
   }
 
-  absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const RowChange& change,
-                    const Tuple& row, const EmitFn& emit) const {
+  absl::Status Emit(const OpShape& shape, const std::vector<Slot>& slots, const RowChange& change, const Tuple& row,
+                    const EmitFn& emit) const {
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& s = slots[i];
       if (s.constant != nullptr) {
@@ -77,11 +81,11 @@ class BoundJsonArray : public BoundMapping {
       if (d->is_unchanged_toast() && change.old_tuple != nullptr && change.old_tuple_kind == 'O')
         d = &(*change.old_tuple)[s.source_column];
       if (d->is_unchanged_toast()) {
-        return absl::DataLossError(absl::StrCat(
-            "update of ", change.relation->QualifiedName(), " at LSN ", FormatLsn(change.lsn), ": ",
-            change.relation->columns[s.source_column].name,
-            " arrived as an unchanged TOAST value, which a JSON element must carry; set REPLICA "
-            "IDENTITY FULL on the source table"));
+        return absl::DataLossError(
+            absl::StrCat("update of ", change.relation->QualifiedName(), " at LSN ", FormatLsn(change.lsn), ": ",
+                         change.relation->columns[s.source_column].name,
+                         " arrived as an unchanged TOAST value, which a JSON element must carry; set REPLICA "
+                         "IDENTITY FULL on the source table"));
       }
       params_[i] = *d;
     }
@@ -116,9 +120,7 @@ class JsonArrayModule : public MappingModule {
   absl::Status CanOwn(const std::string&) const override {
     return absl::FailedPreconditionError("a json_array child does not own its parent row");
   }
-  std::string ParentTable() const {
-    return QualifiedTableName(config_.table());
-  }
+  std::string ParentTable() const { return QualifiedTableName(config_.table()); }
 
   std::optional<Owned> owned() const override {
     if (config_.owner().empty()) return std::nullopt;
@@ -130,19 +132,38 @@ class JsonArrayModule : public MappingModule {
   }
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                      SchemaInspector& inspector) const override {
+                                                     SchemaInspector& inspector) const override {
     ASSIGN_OR_RETURN(SourceTableInfo info, inspector.Describe(relation, common_.target()));
     const bool full = relation.replica_identity == 'f';
     // Element keys come from the child's key, so a delete (which carries only the key) finds it.
     for (const std::string& k : config_.element_key()) {
       ASSIGN_OR_RETURN(int s, SourceColumn(relation, config_.element().at(k).column(), absl::StrCat("element.", k)));
       if (!full && !relation.columns[s].part_of_key) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path_, ".element_key: ", k, " comes from ", relation.columns[s].name,
-            ", which is not part of ", relation.QualifiedName(),
-            "'s replica identity; a delete could not find the element. Use the child's primary "
-            "key, or set REPLICA IDENTITY FULL"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(path_, ".element_key: ", k, " comes from ", relation.columns[s].name,
+                         ", which is not part of ", relation.QualifiedName(),
+                         "'s replica identity; a delete could not find the element. Use the child's primary "
+                         "key, or set REPLICA IDENTITY FULL"));
       }
+    }
+    // And they identify a child across every parent: the whole key, or one child's delete (or
+    // move) would take the elements of its siblings elsewhere with it.
+    std::vector<std::string> uncovered;
+    for (size_t c = 0; c < relation.columns.size(); ++c) {
+      const std::string& name = relation.columns[c].name;
+      bool key = full ? std::find(info.primary_key.begin(), info.primary_key.end(), name) != info.primary_key.end()
+                      : relation.columns[c].part_of_key;
+      if (!key) continue;
+      bool covered = false;
+      for (const std::string& k : config_.element_key()) covered |= config_.element().at(k).column() == name;
+      if (!covered) uncovered.push_back(name);
+    }
+    if (!uncovered.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path_, ".element_key: it must identify a child of ", relation.QualifiedName(),
+          " across all parents, but leaves out its key column(s) ", absl::StrJoin(uncovered, ", "),
+          ": a delete of one child would remove its siblings' elements from other parents. Add element fields "
+          "copied from them to element_key"));
     }
     std::string table = ParentTable();
     auto type_of = [&](int s) {
@@ -250,8 +271,8 @@ class JsonArrayModule : public MappingModule {
                                    const std::string& where) const {
     int idx = relation.ColumnIndex(name);
     if (idx < 0) {
-      return absl::FailedPreconditionError(absl::StrCat(path_, ".", where, ": source column '", name,
-                                                        "' does not exist in ", relation.QualifiedName()));
+      return absl::FailedPreconditionError(
+          absl::StrCat(path_, ".", where, ": source column '", name, "' does not exist in ", relation.QualifiedName()));
     }
     return idx;
   }
@@ -271,7 +292,7 @@ absl::StatusOr<std::unique_ptr<MappingModule>> Create(const JsonArrayConfig& con
     auto it = cfg.element().find(cfg.element_key(i));
     if (it == cfg.element().end() || it->second.value_case() != ColumnSource::kColumn) {
       problems.push_back(absl::StrCat(mapping.path, ".element_key[", i, "]: '", cfg.element_key(i),
-                                       "' must be an element field copied from a source column"));
+                                      "' must be an element field copied from a source column"));
     }
   }
   if (!cfg.sort_by().empty() && !cfg.element().contains(cfg.sort_by())) {

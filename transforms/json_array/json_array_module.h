@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "transforms/module_context.h"
-#include "transforms/json_array/json_array.pb.h"
 #include "daemon/core/interfaces.h"
+#include "transforms/json_array/json_array.pb.h"
+#include "transforms/module_context.h"
 
 namespace walshift::transforms::json_array {
 

@@ -13,16 +13,17 @@ namespace {
 
 using EmitFn = std::function<absl::Status(const TargetOp&)>;
 
-std::string Qualified(const std::string& table) {
-  return QualifiedTableName(table);
-}
+std::string Qualified(const std::string& table) { return QualifiedTableName(table); }
 
 class BoundMerge : public BoundMapping {
  public:
-  BoundMerge(std::unique_ptr<BoundMapping> rows, MergeConfig::OnDelete on_delete, OpShape clear,
-             OpShape drop, std::vector<int> key_sources)
-      : rows_(std::move(rows)), on_delete_(on_delete), clear_(std::move(clear)),
-        drop_(std::move(drop)), key_sources_(std::move(key_sources)) {
+  BoundMerge(std::unique_ptr<BoundMapping> rows, MergeConfig::OnDelete on_delete, OpShape clear, OpShape drop,
+             std::vector<int> key_sources)
+      : rows_(std::move(rows)),
+        on_delete_(on_delete),
+        clear_(std::move(clear)),
+        drop_(std::move(drop)),
+        key_sources_(std::move(key_sources)) {
     params_.resize(std::max(clear_.num_params, drop_.num_params));
   }
 
@@ -44,9 +45,7 @@ class BoundMerge : public BoundMapping {
     return emit(op);
   }
 
-  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
-    return rows_->MapTruncate(lsn, emit);
-  }
+  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override { return rows_->MapTruncate(lsn, emit); }
   bool writes_whole_rows() const override { return rows_->writes_whole_rows(); }
   std::vector<std::pair<std::string, int>> RowKey(const std::string& table) const override {
     return rows_->RowKey(table);
@@ -70,9 +69,10 @@ class BoundMerge : public BoundMapping {
 
 class MergeModule : public MappingModule {
  public:
-  MergeModule(std::string path, v1::Mapping common, MergeConfig config,
-              std::vector<std::string> merged_columns)
-      : path_(std::move(path)), common_(std::move(common)), config_(std::move(config)),
+  MergeModule(std::string path, v1::Mapping common, MergeConfig config, std::vector<std::string> merged_columns)
+      : path_(std::move(path)),
+        common_(std::move(common)),
+        config_(std::move(config)),
         merged_columns_(std::move(merged_columns)) {
     columns_.set_table(config_.table());
     *columns_.mutable_key() = config_.key();
@@ -93,7 +93,8 @@ class MergeModule : public MappingModule {
   }
 
   absl::Status CanOwn(const std::string& table) const override {
-    if (Qualified(config_.table()) != table) return absl::FailedPreconditionError(absl::StrCat("it does not write ", table));
+    if (Qualified(config_.table()) != table)
+      return absl::FailedPreconditionError(absl::StrCat("it does not write ", table));
     if (config_.on_delete() != MergeConfig::ON_DELETE_DELETE_ROW) {
       return absl::FailedPreconditionError(
           "a row it deletes would stay behind with the other sources' columns; give it on_delete: delete_row");
@@ -102,7 +103,7 @@ class MergeModule : public MappingModule {
   }
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                      SchemaInspector& inspector) const override {
+                                                     SchemaInspector& inspector) const override {
     // Every source of a merged row may be the first to write it: always upserts.
     columns::BindOptions options;
     options.shared_rows = true;
@@ -123,15 +124,20 @@ class MergeModule : public MappingModule {
     for (const std::string& k : config_.key()) {
       int src = relation.ColumnIndex(config_.columns().at(k).column());
       if (src < 0) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path_, ".columns.", k, ": source column '", config_.columns().at(k).column(),
-            "' does not exist in ", relation.QualifiedName()));
+        return absl::FailedPreconditionError(absl::StrCat(path_, ".columns.", k, ": source column '",
+                                                          config_.columns().at(k).column(), "' does not exist in ",
+                                                          relation.QualifiedName()));
       }
       int slot = static_cast<int>(key_sources.size());
       key_sources.push_back(src);
-      clear.values.push_back({k, slot, "", {}, config_.columns().at(k).column()});
+      // Typed as the row's own key value (a document keeps a number a number).
+      std::string type;
+      for (const OpShape* shape : rows->shapes())
+        for (const TargetValue& v : shape->values)
+          if (v.column == k && v.param >= 0 && type.empty()) type = v.type;
+      clear.values.push_back({k, slot, "", {}, config_.columns().at(k).column(), type});
       clear.key.push_back(slot);
-      drop.values.push_back({k, slot, "", {}, config_.columns().at(k).column()});
+      drop.values.push_back({k, slot, "", {}, config_.columns().at(k).column(), type});
       drop.key.push_back(slot);
     }
     int slot = static_cast<int>(key_sources.size());
@@ -143,8 +149,8 @@ class MergeModule : public MappingModule {
     drop.num_params = static_cast<int>(key_sources.size());
     // The row is removed unless some merged column still holds a value.
     drop.keep_if_any = merged_columns_;
-    return std::make_unique<BoundMerge>(std::move(rows), config_.on_delete(), std::move(clear),
-                                        std::move(drop), std::move(key_sources));
+    return std::make_unique<BoundMerge>(std::move(rows), config_.on_delete(), std::move(clear), std::move(drop),
+                                        std::move(key_sources));
   }
 
  private:
@@ -165,16 +171,18 @@ absl::StatusOr<std::unique_ptr<MappingModule>> Create(const MergeConfig& config,
     auto it = cfg.columns().find(cfg.key(i));
     if (it == cfg.columns().end() || it->second.value_case() != columns::ColumnSource::kColumn) {
       problems.push_back(absl::StrCat(mapping.path, ".key[", i, "]: '", cfg.key(i),
-                                       "' must be one of the columns, copied from a source column"));
+                                      "' must be one of the columns, copied from a source column"));
     }
   }
   if (!cfg.owner().empty() && !mapping.common.filter().empty()) {
-    problems.push_back(absl::StrCat(mapping.path, ".filter: a mapping with owner: fills every row its owner "
-                                     "admits; filter the owner's mapping instead"));
+    problems.push_back(absl::StrCat(mapping.path,
+                                    ".filter: a mapping with owner: fills every row its owner "
+                                    "admits; filter the owner's mapping instead"));
   }
   if (!cfg.owner().empty() && cfg.on_delete() != MergeConfig::ON_DELETE_NULL_COLUMNS) {
-    problems.push_back(absl::StrCat(mapping.path, ".on_delete: a mapping with owner: leaves deleting rows to its "
-                                     "owner; use on_delete: null_columns (the default)"));
+    problems.push_back(absl::StrCat(mapping.path,
+                                    ".on_delete: a mapping with owner: leaves deleting rows to its "
+                                    "owner; use on_delete: null_columns (the default)"));
   }
   if (!problems.empty()) return ConfigProblems(problems);
   // Every non-key column the merge mappings of this table own (for delete_when_last).

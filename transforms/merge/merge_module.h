@@ -21,9 +21,9 @@
 #include <string>
 #include <vector>
 
-#include "transforms/module_context.h"
-#include "transforms/merge/merge.pb.h"
 #include "daemon/core/interfaces.h"
+#include "transforms/merge/merge.pb.h"
+#include "transforms/module_context.h"
 
 namespace walshift::transforms::merge {
 

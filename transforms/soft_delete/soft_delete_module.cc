@@ -31,9 +31,7 @@ class BoundSoftDelete : public BoundMapping {
     return rows_->Map(del, emit);
   }
 
-  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override {
-    return rows_->MapTruncate(lsn, emit);
-  }
+  absl::Status MapTruncate(Lsn lsn, const EmitFn& emit) const override { return rows_->MapTruncate(lsn, emit); }
 
   std::vector<const OpShape*> shapes() const override { return rows_->shapes(); }
   bool writes_whole_rows() const override { return rows_->writes_whole_rows(); }
@@ -47,20 +45,25 @@ class BoundSoftDelete : public BoundMapping {
     if (flag->is_unchanged_toast() && change.old_tuple != nullptr && change.old_tuple_kind == 'O')
       flag = &(*change.old_tuple)[flag_];
     if (flag->is_unchanged_toast()) {
-      return absl::DataLossError(absl::StrCat(
-          "update of ", change.relation->QualifiedName(), " at LSN ", FormatLsn(change.lsn),
-          ": the soft-delete flag ", change.relation->columns[flag_].name,
-          " arrived as an unchanged TOAST value; set REPLICA IDENTITY FULL on the source table"));
+      return absl::DataLossError(
+          absl::StrCat("update of ", change.relation->QualifiedName(), " at LSN ", FormatLsn(change.lsn),
+                       ": the soft-delete flag ", change.relation->columns[flag_].name,
+                       " arrived as an unchanged TOAST value; set REPLICA IDENTITY FULL on the source table"));
     }
     // Booleans arrive in their text form: t / f.
     auto is_true = [&] { return flag->view() == "t" || flag->view() == "true"; };
     auto is_false = [&] { return flag->view() == "f" || flag->view() == "false"; };
     switch (when_) {
-      case SoftDeleteConfig::DELETED_WHEN_FALSE: return !flag->is_null() && is_false();
-      case SoftDeleteConfig::DELETED_WHEN_TRUE: return !flag->is_null() && is_true();
-      case SoftDeleteConfig::DELETED_WHEN_NOT_NULL: return !flag->is_null();
-      case SoftDeleteConfig::DELETED_WHEN_NULL: return flag->is_null();
-      default: return false;
+      case SoftDeleteConfig::DELETED_WHEN_FALSE:
+        return !flag->is_null() && is_false();
+      case SoftDeleteConfig::DELETED_WHEN_TRUE:
+        return !flag->is_null() && is_true();
+      case SoftDeleteConfig::DELETED_WHEN_NOT_NULL:
+        return !flag->is_null();
+      case SoftDeleteConfig::DELETED_WHEN_NULL:
+        return flag->is_null();
+      default:
+        return false;
     }
   }
 
@@ -83,12 +86,11 @@ class SoftDeleteModule : public MappingModule {
   std::vector<std::string> target_tables() const override { return {columns::TargetTable(common_, columns_)}; }
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                      SchemaInspector& inspector) const override {
+                                                     SchemaInspector& inspector) const override {
     int flag = relation.ColumnIndex(config_.flag());
     if (flag < 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          path_, ".flag: source column '", config_.flag(), "' does not exist in ",
-          relation.QualifiedName()));
+      return absl::FailedPreconditionError(absl::StrCat(path_, ".flag: source column '", config_.flag(),
+                                                        "' does not exist in ", relation.QualifiedName()));
     }
     columns::BindOptions options;
     options.rows_reenter = true;  // clearing the flag brings a row back

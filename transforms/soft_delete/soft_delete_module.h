@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "daemon/core/interfaces.h"
 #include "transforms/module_context.h"
 #include "transforms/soft_delete/soft_delete.pb.h"
-#include "daemon/core/interfaces.h"
 
 namespace walshift::transforms::soft_delete {
 

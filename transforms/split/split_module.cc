@@ -63,11 +63,11 @@ class SplitModule : public MappingModule {
   const std::string& target() const override { return common_.target(); }
 
   absl::StatusOr<std::unique_ptr<BoundMapping>> Bind(const SourceRelation& relation,
-                                                      SchemaInspector& inspector) const override {
+                                                     SchemaInspector& inspector) const override {
     std::vector<std::unique_ptr<BoundMapping>> bound;
     for (size_t i = 0; i < parts_.size(); ++i) {
-      ASSIGN_OR_RETURN(auto part, columns::BindColumns(IndexPath(path_ + ".into", i), common_,
-                                                       parts_[i], relation, inspector));
+      ASSIGN_OR_RETURN(auto part,
+                       columns::BindColumns(IndexPath(path_ + ".into", i), common_, parts_[i], relation, inspector));
       bound.push_back(std::move(part));
     }
     return std::make_unique<BoundSplit>(std::move(bound));
@@ -89,8 +89,8 @@ absl::StatusOr<std::unique_ptr<MappingModule>> Create(const SplitConfig& config,
     const Part& p = cfg.into(i);
     for (int k = 0; k < p.key_size(); ++k) {
       if (!p.columns().contains(p.key(k))) {
-        problems.push_back(absl::StrCat(IndexPath(mapping.path + ".into", i), ".key[", k,
-                                         "]: '", p.key(k), "' is not one of the part's columns"));
+        problems.push_back(absl::StrCat(IndexPath(mapping.path + ".into", i), ".key[", k, "]: '", p.key(k),
+                                        "' is not one of the part's columns"));
       }
     }
   }

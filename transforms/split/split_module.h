@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "daemon/core/interfaces.h"
 #include "transforms/module_context.h"
 #include "transforms/split/split.pb.h"
-#include "daemon/core/interfaces.h"
 
 namespace walshift::transforms::split {
 

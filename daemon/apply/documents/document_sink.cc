@@ -5,11 +5,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -24,6 +23,8 @@
 #include "daemon/core/lsn.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
+#include <sys/file.h>
+#include <sys/stat.h>
 
 namespace walshift::documents {
 namespace {
@@ -126,6 +127,23 @@ absl::Status MakeDirs(const std::string& path, bool* created) {
   return absl::OkStatus();
 }
 
+// Removes the temporary files (".<name>.<instance>.tmp") a crash left in the store's
+// directories. Only with the store's lock held, after the interrupted commits are finished:
+// no temporary file is in use then.
+void RemoveTemporaryFiles(const std::string& root, const std::string& target) {
+  std::error_code ec;
+  size_t removed = 0;
+  for (const auto& dir : std::filesystem::directory_iterator(root, ec)) {
+    if (!dir.is_directory(ec)) continue;
+    for (const auto& f : std::filesystem::directory_iterator(dir.path(), ec)) {
+      const std::string name = f.path().filename().string();
+      if (name.size() > 5 && name[0] == '.' && absl::EndsWith(name, ".tmp") && std::filesystem::remove(f.path(), ec))
+        ++removed;
+    }
+  }
+  if (removed > 0) spdlog::info("target {}: removed {} temporary files a crash left behind", target, removed);
+}
+
 // Names in `dir` ending in `suffix` and not starting with '.', sorted; none when `dir` does
 // not exist.
 absl::StatusOr<std::vector<std::string>> ListFiles(const std::string& dir, absl::string_view prefix,
@@ -197,7 +215,8 @@ absl::StatusOr<CopyChunk> ChunkFromJson(const Json& j) {
   const Json* lsn = Field(j, "snapshot_lsn", Json::Type::kString, false);
   const Json* rows = Field(j, "rows", Json::Type::kNumber, false);
   if (!table || !key || !lo || !hi || !lsn || !rows) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk ", j.Serialize(), " lacks a field or has one of the wrong type"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk ", j.Serialize(), " lacks a field or has one of the wrong type"));
   }
   c.source_table = table->string_value();
   if (!key->is_null()) c.key_column = key->string_value();
@@ -348,9 +367,8 @@ absl::StatusOr<std::unique_ptr<DocumentSink>> DocumentSink::Create(const Documen
         int err = errno;
         close(fd);
         if (err == EWOULDBLOCK) {
-          return absl::FailedPreconditionError(absl::StrCat(what, "document store ", sink->root_,
-                                                            " is in use by another walshiftd (lock ", kMetaDir,
-                                                            "/lock)"));
+          return absl::FailedPreconditionError(absl::StrCat(
+              what, "document store ", sink->root_, " is in use by another walshiftd (lock ", kMetaDir, "/lock)"));
         }
         return prefix(FsError("cannot lock", lock_path, err));
       }
@@ -368,6 +386,7 @@ absl::StatusOr<std::unique_ptr<DocumentSink>> DocumentSink::Create(const Documen
         close(fd);
         return prefix(st);
       }
+      RemoveTemporaryFiles(sink->root_, options.name);
       sink->lock_ = new StoreLock;
       sink->lock_->root = sink->root_;
       sink->lock_->fd = fd;
@@ -407,22 +426,23 @@ absl::StatusOr<Lsn> DocumentSink::ReadCheckpoint(const std::string& dir, const s
   if (absl::IsNotFound(content.status())) return kInvalidLsn;
   if (!content.ok()) return content.status();
   auto parsed = Json::Parse(*content);
-  if (!parsed.ok()) return absl::DataLossError(absl::StrCat("malformed checkpoint ", path, ": ", parsed.status().message()));
+  if (!parsed.ok())
+    return absl::DataLossError(absl::StrCat("malformed checkpoint ", path, ": ", parsed.status().message()));
   const Json* lsn = Field(*parsed, "lsn", Json::Type::kString, false);
   std::optional<Lsn> value = lsn ? ParseLsn(lsn->string_value()) : std::nullopt;
   if (!value) return absl::DataLossError(absl::StrCat("malformed checkpoint ", path, ": no \"lsn\" of the form X/X"));
   return *value;
 }
 
-absl::StatusOr<std::vector<CopyChunk>> DocumentSink::ReadCopyChunks(const std::string& dir,
-                                                                    const std::string& pipeline,
+absl::StatusOr<std::vector<CopyChunk>> DocumentSink::ReadCopyChunks(const std::string& dir, const std::string& pipeline,
                                                                     const std::string& source_table) {
   const std::string path = Join(Join(dir, kMetaDir), absl::StrCat("copy_chunks.", pipeline, ".json"));
   ASSIGN_OR_RETURN(Json array, ReadChunkArray(path));
   std::vector<CopyChunk> out;
   for (const Json& j : array.array()) {
     auto c = ChunkFromJson(j);
-    if (!c.ok()) return absl::DataLossError(absl::StrCat("malformed copy-chunk file ", path, ": ", c.status().message()));
+    if (!c.ok())
+      return absl::DataLossError(absl::StrCat("malformed copy-chunk file ", path, ": ", c.status().message()));
     if (source_table.empty() || c->source_table == source_table) out.push_back(*std::move(c));
   }
   return out;
@@ -431,6 +451,9 @@ absl::StatusOr<std::vector<CopyChunk>> DocumentSink::ReadCopyChunks(const std::s
 absl::Status DocumentSink::Apply(const TargetOp& op) {
   ++group_changes_;
   absl::Status st = applier_.Apply(op);
+  // A value the store cannot hold is a rejected value, as a database's constraint would be:
+  // the pipeline isolates the transaction and stops naming it.
+  if (st.code() == absl::StatusCode::kInvalidArgument) st = absl::FailedPreconditionError(st.message());
   if (!st.ok() && first_error_.ok()) first_error_ = st;
   return st;
 }
@@ -464,7 +487,8 @@ absl::Status DocumentSink::CommitChunk(const CopyChunk& chunk) {
   std::lock_guard<std::mutex> guard(lock_->chunks_mu);
   const std::string path = Join(Join(root_, kMetaDir), ChunksName());
   auto array = ReadChunkArray(path);
-  if (!array.ok()) return absl::Status(array.status().code(), absl::StrCat("target ", options_.name, ": ", array.status().message()));
+  if (!array.ok())
+    return absl::Status(array.status().code(), absl::StrCat("target ", options_.name, ": ", array.status().message()));
   array->mutable_array().push_back(ChunkToJson(chunk));
   return Commit({{ChunksName(), array->Serialize() + "\n"}}, false);
 }
@@ -472,7 +496,8 @@ absl::Status DocumentSink::CommitChunk(const CopyChunk& chunk) {
 absl::StatusOr<std::vector<CopyChunk>> DocumentSink::CopyChunks(const std::string& source_table) {
   auto chunks = ReadCopyChunks(root_, options_.pipeline, source_table);
   if (!chunks.ok()) {
-    return absl::Status(chunks.status().code(), absl::StrCat("target ", options_.name, ": ", chunks.status().message()));
+    return absl::Status(chunks.status().code(),
+                        absl::StrCat("target ", options_.name, ": ", chunks.status().message()));
   }
   return chunks;
 }
@@ -486,7 +511,8 @@ void DocumentSink::ResetGroup() {
 
 absl::Status DocumentSink::Commit(const std::vector<std::pair<std::string, std::string>>& meta, bool crash_points) {
   auto fail = [&](const absl::Status& st) {
-    first_error_ = absl::Status(st.code(), absl::StrCat("target ", options_.name, ": committing the group: ", st.message()));
+    first_error_ =
+        absl::Status(st.code(), absl::StrCat("target ", options_.name, ": committing the group: ", st.message()));
     return first_error_;
   };
   Json renames = Json::MakeArray(), unlinks = Json::MakeArray();
@@ -540,7 +566,8 @@ absl::Status DocumentSink::Commit(const std::vector<std::pair<std::string, std::
   }
   if (crash_points) CrashPoint("apply.before_commit");
   Json files = Json::MakeArray();
-  for (const auto& [name, text] : meta) files.mutable_array().push_back(Json::MakeArray({Json::String(name), Json::String(text)}));
+  for (const auto& [name, text] : meta)
+    files.mutable_array().push_back(Json::MakeArray({Json::String(name), Json::String(text)}));
   const std::string meta_dir = Join(root_, kMetaDir);
   absl::Status st;
   if (renames.array().empty() && unlinks.array().empty()) {

@@ -70,7 +70,7 @@ class DocumentSink : public Sink {
   // The copy chunks recorded for the pipeline (every source table when `source_table` is
   // empty).
   static absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const std::string& dir, const std::string& pipeline,
-                                                              const std::string& source_table);
+                                                               const std::string& source_table);
 
   const std::string& name() const override { return options_.name; }
   // kFailedPrecondition naming target, table and column, with the fix, for a shape that needs
@@ -112,7 +112,7 @@ class DocumentSink : public Sink {
     };
     struct Collection {
       std::unordered_map<std::string, Entry> docs;  // node-based: pointers stay valid
-      bool truncated = false;  // the documents on disk are gone unless `docs` has them
+      bool truncated = false;                       // the documents on disk are gone unless `docs` has them
     };
     std::map<std::string, Collection> collections;
 
@@ -131,9 +131,9 @@ class DocumentSink : public Sink {
   std::string ChunksName() const { return absl::StrCat("copy_chunks.", options_.pipeline, ".json"); }
 
   DocumentSinkOptions options_;
-  std::string root_;  // canonical path of the directory
+  std::string root_;           // canonical path of the directory
   StoreLock* lock_ = nullptr;  // shared with the process's other sinks of the store
-  std::string instance_;  // unique per sink in this process: names its temporary files
+  std::string instance_;       // unique per sink in this process: names its temporary files
   Overlay overlay_;
   DocumentApplier applier_;
   absl::Status first_error_;

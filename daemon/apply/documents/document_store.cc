@@ -105,19 +105,19 @@ DocumentApplier::DocumentApplier(std::string target, DocumentStorage* storage)
 
 absl::Status DocumentApplier::ValidateShape(const OpShape& shape) const {
   if (!shape.condition.empty()) {
-    return absl::FailedPreconditionError(SqlRefusal(
-        target_, absl::StrCat("table ", shape.table, " (from ", shape.source_table, ") has a row filter (",
-                            Shorten(shape.condition),
-                            "): remove the row filter from the mapping, or add a generated column to the "
-                            "legacy table")));
+    return absl::FailedPreconditionError(
+        SqlRefusal(target_, absl::StrCat("table ", shape.table, " (from ", shape.source_table, ") has a row filter (",
+                                         Shorten(shape.condition),
+                                         "): remove the row filter from the mapping, or add a generated column to the "
+                                         "legacy table")));
   }
   auto check = [&](const std::vector<TargetValue>& values, bool need_params) -> absl::Status {
     for (const TargetValue& v : values) {
       if (!v.sql.empty()) {
         return absl::FailedPreconditionError(SqlRefusal(
             target_, absl::StrCat("map column ", v.column, " of ", shape.table, " (from ", shape.source_table,
-                                ") from a source column or a constant, or add a generated column to the legacy "
-                                "table")));
+                                  ") from a source column or a constant, or add a generated column to the legacy "
+                                  "table")));
       }
       if (need_params && (v.param < 0 || v.param >= shape.num_params)) {
         return absl::InvalidArgumentError(absl::StrCat("target ", shape.target, ": column ", v.column, " of ",
@@ -167,13 +167,20 @@ absl::Status DocumentApplier::Apply(const TargetOp& op) {
   }
   const std::string collection = CollectionName(shape.table);
   switch (shape.kind) {
-    case OpKind::kUpsert: return ApplyUpsert(op, collection);
-    case OpKind::kDelete: return ApplyDelete(op, collection);
-    case OpKind::kUpdateOnly: return ApplyUpdateOnly(op, collection);
-    case OpKind::kTruncate: return ApplyTruncate(op, collection);
-    case OpKind::kClearColumns: return ApplyClearColumns(op, collection);
-    case OpKind::kArrayUpsert: return ApplyArrayUpsert(op, collection);
-    case OpKind::kArrayRemove: return ApplyArrayRemove(op, collection);
+    case OpKind::kUpsert:
+      return ApplyUpsert(op, collection);
+    case OpKind::kDelete:
+      return ApplyDelete(op, collection);
+    case OpKind::kUpdateOnly:
+      return ApplyUpdateOnly(op, collection);
+    case OpKind::kTruncate:
+      return ApplyTruncate(op, collection);
+    case OpKind::kClearColumns:
+      return ApplyClearColumns(op, collection);
+    case OpKind::kArrayUpsert:
+      return ApplyArrayUpsert(op, collection);
+    case OpKind::kArrayRemove:
+      return ApplyArrayRemove(op, collection);
   }
   return absl::InvalidArgumentError("unknown operation kind");
 }
@@ -196,12 +203,14 @@ absl::StatusOr<std::string> DocumentApplier::FileOf(const TargetOp& op, const st
     const TargetValue& v = values[indices ? (*indices)[i] : i];
     const Datum& d = op.params[v.param];
     if (d.is_unchanged_toast()) {
-      return Context(op, *key_text, absl::DataLossError(absl::StrCat("key column ", v.column,
-                                                                     " arrived as an unchanged TOAST value")));
+      return Context(
+          op, *key_text,
+          absl::DataLossError(absl::StrCat("key column ", v.column, " arrived as an unchanged TOAST value")));
     }
     if (d.is_null()) {
-      return Context(op, *key_text, absl::InvalidArgumentError(absl::StrCat("key column ", v.column,
-                                                                            " is NULL: a document needs a key")));
+      return Context(
+          op, *key_text,
+          absl::InvalidArgumentError(absl::StrCat("key column ", v.column, " is NULL: a document needs a key")));
     }
     raw.emplace_back(d.view());
   }
@@ -211,8 +220,9 @@ absl::StatusOr<std::string> DocumentApplier::FileOf(const TargetOp& op, const st
 absl::StatusOr<Json> DocumentApplier::ValueOf(const TargetOp& op, const TargetValue& v) const {
   auto j = DatumToJson(op.params[v.param], v.type);
   if (!j.ok()) {
-    return absl::Status(j.status().code(), absl::StrCat("column ", v.column, " (from ", v.origin.empty() ? "?" : v.origin,
-                                                        "): ", j.status().message()));
+    return absl::Status(
+        j.status().code(),
+        absl::StrCat("column ", v.column, " (from ", v.origin.empty() ? "?" : v.origin, "): ", j.status().message()));
   }
   return j;
 }
@@ -352,7 +362,7 @@ std::string DocumentApplier::ElementKey(const Json& element, const std::vector<s
 }
 
 absl::StatusOr<DocumentApplier::ArrayIndex*> DocumentApplier::IndexFor(const OpShape& shape,
-                                                                        const std::string& collection) {
+                                                                       const std::string& collection) {
   std::vector<std::string> key_fields = KeyFields(shape.array);
   auto& list = indexes_[collection];
   for (auto& index : list) {
@@ -412,8 +422,8 @@ bool DocumentApplier::RemoveElement(Json* doc, const std::string& column, const 
   Json* array = doc->is_object() ? &doc->mutable_object()[column] : nullptr;
   if (array == nullptr || !array->is_array()) return false;
   auto& elements = array->mutable_array();
-  auto end = std::remove_if(elements.begin(), elements.end(),
-                            [&](const Json& e) { return ElementKey(e, key_fields) == key; });
+  auto end =
+      std::remove_if(elements.begin(), elements.end(), [&](const Json& e) { return ElementKey(e, key_fields) == key; });
   bool removed = end != elements.end();
   elements.erase(end, elements.end());
   return removed;
@@ -423,7 +433,14 @@ absl::Status DocumentApplier::ApplyArrayUpsert(const TargetOp& op, const std::st
   const OpShape& s = *op.shape;
   const ArraySpec& a = s.array;
   std::string key_text;
-  ASSIGN_OR_RETURN(std::string parent, FileOf(op, s.values, nullptr, &key_text));
+  // An owned element whose parent key is NULL has no parent to join (its owner cannot have
+  // written one): it only leaves the parents it was in.
+  bool no_parent = false;
+  for (const TargetValue& v : s.values) no_parent |= a.owned && v.param >= 0 && op.params[v.param].is_null();
+  std::string parent;
+  if (!no_parent) {
+    ASSIGN_OR_RETURN(parent, FileOf(op, s.values, nullptr, &key_text));
+  }
   auto element = Element(op, false);
   if (!element.ok()) return Context(op, key_text, element.status());
   const std::vector<std::string> key_fields = KeyFields(a);
@@ -447,6 +464,7 @@ absl::Status DocumentApplier::ApplyArrayUpsert(const TargetOp& op, const std::st
     }
   }
 
+  if (no_parent) return absl::OkStatus();
   auto doc = storage_->Modify(collection, parent);
   if (!doc.ok()) return Context(op, key_text, doc.status());
   if (*doc == nullptr) {
@@ -463,8 +481,8 @@ absl::Status DocumentApplier::ApplyArrayUpsert(const TargetOp& op, const std::st
   if (array->is_null()) *array = Json::MakeArray();
   if (!array->is_array()) {
     return Context(op, key_text,
-                   absl::FailedPreconditionError(absl::StrCat("field ", a.column, " of document ", collection, "/",
-                                                              parent, " is not an array")));
+                   absl::FailedPreconditionError(
+                       absl::StrCat("field ", a.column, " of document ", collection, "/", parent, " is not an array")));
   }
   Unindex(collection, parent, *doc);
   RemoveElement(*doc, a.column, key_fields, key);

@@ -23,8 +23,8 @@ struct Decimal {
 
 // Splits a number text into its parts; false when it is not one. Accepts JSON numbers and
 // the looser forms PostgreSQL prints or reads for numbers (leading '+', "5.", ".5").
-bool SplitNumber(absl::string_view s, bool* negative, absl::string_view* int_part,
-                 absl::string_view* frac_part, int64_t* exponent) {
+bool SplitNumber(absl::string_view s, bool* negative, absl::string_view* int_part, absl::string_view* frac_part,
+                 int64_t* exponent) {
   size_t i = 0;
   *negative = false;
   if (i < s.size() && (s[i] == '-' || s[i] == '+')) *negative = s[i++] == '-';
@@ -75,7 +75,8 @@ Decimal Normalize(absl::string_view text) {
 int Sign(int v) { return v < 0 ? -1 : v > 0 ? 1 : 0; }
 
 int CompareMagnitude(const Decimal& a, const Decimal& b) {
-  if (a.digits.empty() || b.digits.empty()) return Sign(static_cast<int>(a.digits.size()) - static_cast<int>(b.digits.size()));
+  if (a.digits.empty() || b.digits.empty())
+    return Sign(static_cast<int>(a.digits.size()) - static_cast<int>(b.digits.size()));
   if (a.exponent != b.exponent) return a.exponent < b.exponent ? -1 : 1;
   return Sign(a.digits.compare(b.digits));
 }
@@ -94,9 +95,11 @@ class Parser {
 
  private:
   absl::Status Error(absl::string_view expected) const {
-    if (pos_ >= s_.size()) return absl::InvalidArgumentError(absl::StrCat("invalid JSON: expected ", expected, " at byte ", pos_, " (end of input)"));
-    return absl::InvalidArgumentError(absl::StrCat("invalid JSON: expected ", expected, " at byte ", pos_,
-                                                   " (found '", absl::CHexEscape(s_.substr(pos_, 1)), "')"));
+    if (pos_ >= s_.size())
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid JSON: expected ", expected, " at byte ", pos_, " (end of input)"));
+    return absl::InvalidArgumentError(absl::StrCat("invalid JSON: expected ", expected, " at byte ", pos_, " (found '",
+                                                   absl::CHexEscape(s_.substr(pos_, 1)), "')"));
   }
 
   void SkipSpace() {
@@ -114,8 +117,10 @@ class Parser {
     if (pos_ >= s_.size()) return Error("a value");
     char c = s_[pos_];
     switch (c) {
-      case '{': return ParseObject(depth);
-      case '[': return ParseArray(depth);
+      case '{':
+        return ParseObject(depth);
+      case '[':
+        return ParseArray(depth);
       case '"': {
         ASSIGN_OR_RETURN(std::string str, ParseString());
         return Json::String(std::move(str));
@@ -163,7 +168,10 @@ class Parser {
     uint32_t v = 0;
     for (int i = 0; i < 4; ++i) {
       char c = s_[pos_];
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      int d = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
       if (d < 0) return Error("a hex digit");
       v = v * 16 + d;
       ++pos_;
@@ -214,7 +222,8 @@ class Parser {
       if ((p[i] & 0xC0) != 0x80) return 0;
       cp = (cp << 6) | (p[i] & 0x3F);
     }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF))
+      return 0;
     return n;
   }
 
@@ -234,14 +243,30 @@ class Parser {
         if (pos_ >= s_.size()) return Error("an escape");
         char e = s_[pos_++];
         switch (e) {
-          case '"': out.push_back('"'); break;
-          case '\\': out.push_back('\\'); break;
-          case '/': out.push_back('/'); break;
-          case 'b': out.push_back('\b'); break;
-          case 'f': out.push_back('\f'); break;
-          case 'n': out.push_back('\n'); break;
-          case 'r': out.push_back('\r'); break;
-          case 't': out.push_back('\t'); break;
+          case '"':
+            out.push_back('"');
+            break;
+          case '\\':
+            out.push_back('\\');
+            break;
+          case '/':
+            out.push_back('/');
+            break;
+          case 'b':
+            out.push_back('\b');
+            break;
+          case 'f':
+            out.push_back('\f');
+            break;
+          case 'n':
+            out.push_back('\n');
+            break;
+          case 'r':
+            out.push_back('\r');
+            break;
+          case 't':
+            out.push_back('\t');
+            break;
           case 'u': {
             ASSIGN_OR_RETURN(uint32_t cp, Hex4());
             if (cp >= 0xDC00 && cp <= 0xDFFF) {
@@ -428,8 +453,12 @@ std::string Json::CanonicalText() const {
 
 void Json::Append(std::string* out, bool canonical) const {
   switch (type_) {
-    case Type::kNull: out->append("null"); return;
-    case Type::kBool: out->append(bool_ ? "true" : "false"); return;
+    case Type::kNull:
+      out->append("null");
+      return;
+    case Type::kBool:
+      out->append(bool_ ? "true" : "false");
+      return;
     case Type::kNumber: {
       if (!canonical) {
         out->append(text_);
@@ -443,7 +472,9 @@ void Json::Append(std::string* out, bool canonical) const {
       }
       return;
     }
-    case Type::kString: AppendString(text_, out); return;
+    case Type::kString:
+      AppendString(text_, out);
+      return;
     case Type::kArray: {
       out->push_back('[');
       for (size_t i = 0; i < array_.size(); ++i) {
@@ -480,10 +511,14 @@ int Json::CompareValues(const Json& a, const Json& b, bool top) {
     return a.type_ < b.type_ ? -1 : 1;
   }
   switch (a.type_) {
-    case Type::kNull: return 0;
-    case Type::kBool: return Sign(int{a.bool_} - int{b.bool_});
-    case Type::kNumber: return CompareNumbers(a.text_, b.text_);
-    case Type::kString: return Sign(a.text_.compare(b.text_));
+    case Type::kNull:
+      return 0;
+    case Type::kBool:
+      return Sign(int{a.bool_} - int{b.bool_});
+    case Type::kNumber:
+      return CompareNumbers(a.text_, b.text_);
+    case Type::kString:
+      return Sign(a.text_.compare(b.text_));
     case Type::kArray: {
       if (a.array_.size() != b.array_.size()) return a.array_.size() < b.array_.size() ? -1 : 1;
       for (size_t i = 0; i < a.array_.size(); ++i) {
@@ -525,8 +560,10 @@ absl::StatusOr<std::string> PgNumericText(absl::string_view text) {
   if (!SplitNumber(text, &negative, &int_part, &frac_part, &exp)) {
     return absl::InvalidArgumentError(absl::StrCat("not a number: \"", absl::CHexEscape(text), "\""));
   }
-  if (exp > 1000 || exp < -1000) {
-    return absl::InvalidArgumentError(absl::StrCat("number \"", text, "\" has an exponent beyond ±1000"));
+  if (exp > 131072 || exp < -16383) {
+    // Beyond what PostgreSQL's numeric holds: such a value only comes from json text, and is
+    // kept as written rather than expanded.
+    return std::string(text);
   }
   std::string all = absl::StrCat(int_part, frac_part);
   int64_t point = static_cast<int64_t>(int_part.size()) + exp;  // position of the point in `all`

@@ -5,8 +5,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "daemon/core/status_macros.h"
 
 namespace walshift::documents {
@@ -78,8 +78,8 @@ absl::StatusOr<Json> TimestampToJson(absl::string_view text, absl::string_view t
   absl::string_view offset = absl::string_view(out).substr(sign + 1, end - sign - 1);
   if (offset.size() == 2 && AllDigits(offset)) {
     out.insert(end, ":00");
-  } else if (!(offset.size() == 5 || offset.size() == 8) || !AllDigits(offset.substr(0, 2)) ||
-             offset[2] != ':' || !AllDigits(offset.substr(3, 2)) ||
+  } else if (!(offset.size() == 5 || offset.size() == 8) || !AllDigits(offset.substr(0, 2)) || offset[2] != ':' ||
+             !AllDigits(offset.substr(3, 2)) ||
              (offset.size() == 8 && (offset[5] != ':' || !AllDigits(offset.substr(6, 2))))) {
     return BadValue(text, type, "malformed UTC offset");
   }

@@ -5,7 +5,6 @@
 
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <deque>
@@ -17,6 +16,7 @@
 
 #include "daemon/apply/documents/document_store.h"
 #include "gtest/gtest.h"
+#include <sys/wait.h>
 
 namespace walshift::documents {
 namespace {
@@ -27,10 +27,18 @@ namespace fs = std::filesystem;
 struct P {
   enum Kind { kText, kNull, kToast } kind = kText;
   std::string text;
-  P(const char* t) : text(t) {}  // NOLINT: literals read as text
+  P(const char* t) : text(t) {}             // NOLINT: literals read as text
   P(std::string t) : text(std::move(t)) {}  // NOLINT
-  static P Null() { P p(""); p.kind = kNull; return p; }
-  static P Toast() { P p(""); p.kind = kToast; return p; }
+  static P Null() {
+    P p("");
+    p.kind = kNull;
+    return p;
+  }
+  static P Toast() {
+    P p("");
+    p.kind = kToast;
+    return p;
+  }
 };
 
 TargetValue V(std::string column, int param, std::string type = "text") {
@@ -99,7 +107,9 @@ class DocumentSinkTest : public ::testing::Test {
     for (const P& p : params) {
       auto& text = texts_.emplace_back(p.text);
       Datum d;
-      d.kind = p.kind == P::kText ? DatumKind::kText : p.kind == P::kNull ? DatumKind::kNull : DatumKind::kUnchangedToast;
+      d.kind = p.kind == P::kText   ? DatumKind::kText
+               : p.kind == P::kNull ? DatumKind::kNull
+                                    : DatumKind::kUnchangedToast;
       d.data = text.c_str();
       d.length = static_cast<uint32_t>(text.size());
       datums.push_back(d);
@@ -174,7 +184,8 @@ TEST_F(DocumentSinkTest, UpsertMergesFieldsOfTwoShapesIntoOneDocument) {
   EXPECT_EQ(sink_->applied_changes(), 3u);
   EXPECT_EQ(Doc("users", "1.json"), R"({"email":"ann@example.com","id":1,"name":"ann"})");
   EXPECT_EQ(Doc("users", "2.json"), R"({"id":2,"name":null})");
-  EXPECT_EQ(ReadAll(fs::path(dir_) / "users" / "1.json"), R"({"email":"ann@example.com","id":1,"name":"ann"})" "\n");
+  EXPECT_EQ(ReadAll(fs::path(dir_) / "users" / "1.json"), R"({"email":"ann@example.com","id":1,"name":"ann"})"
+                                                          "\n");
   // An unchanged TOAST value is not written; the other fields are.
   Apply(u.names, {"1", P::Toast()});
   Apply(u.emails, {"1", "a@x"});
@@ -192,8 +203,8 @@ TEST_F(DocumentSinkTest, DeleteAndKeepIfAny) {
   Apply(u.emails, {"1", "a@x"});
   Apply(u.names, {"2", "bob"});
   Commit(0x200);
-  Apply(keep, {"1"});  // email still set: stays
-  Apply(keep, {"2"});  // no email: goes
+  Apply(keep, {"1"});   // email still set: stays
+  Apply(keep, {"2"});   // no email: goes
   Apply(u.del, {"3"});  // absent: nothing
   Commit(0x300);
   EXPECT_EQ(Doc("users", "1.json"), R"({"email":"a@x","id":1,"name":"ann"})");
@@ -226,9 +237,9 @@ TEST_F(DocumentSinkTest, KeyMoveWithMatch) {
   Apply(u.emails, {"1", "a@x"});
   Apply(u.names, {"3", "cy"});
   Commit(0x200);
-  Apply(u.move, {"2", "ann2", "1"});  // 1 → 2: free
-  Apply(u.move, {"3", "bob", "2"});   // 2 → 3: taken, nothing happens
-  Apply(u.move, {"9", "x", "8"});     // 8 absent: nothing
+  Apply(u.move, {"2", "ann2", "1"});      // 1 → 2: free
+  Apply(u.move, {"3", "bob", "2"});       // 2 → 3: taken, nothing happens
+  Apply(u.move, {"9", "x", "8"});         // 8 absent: nothing
   Apply(u.move, {"3", P::Toast(), "3"});  // same key, TOASTed name: unchanged
   Commit(0x300);
   EXPECT_EQ(Doc("users", "1.json"), "<none>");
@@ -302,11 +313,11 @@ TEST_F(DocumentSinkTest, ArrayUpsertSortsReplacesAndMovesElements) {
   OpShape name = Shape(OpKind::kUpsert, "public.customers", {V("customer_id", 0, "integer"), V("name", 1)}, {0});
   Apply(o.upsert, {"1", "10", "5.00"});
   Apply(o.upsert, {"1", "11", "2.50"});
-  Apply(o.upsert, {"1", "12", "2.5"});    // equal amount: by order_id
-  Apply(o.upsert, {"1", "10", "1.00"});   // replaces 10, re-sorted
-  Apply(o.owned, {"2", "20", "1"});       // owned, parent absent: nothing
+  Apply(o.upsert, {"1", "12", "2.5"});   // equal amount: by order_id
+  Apply(o.upsert, {"1", "10", "1.00"});  // replaces 10, re-sorted
+  Apply(o.owned, {"2", "20", "1"});      // owned, parent absent: nothing
   Apply(name, {"3", "cy"});
-  Apply(o.owned, {"3", "30", "1"});       // owned, parent present
+  Apply(o.owned, {"3", "30", "1"});  // owned, parent present
   Commit(0x200);
   EXPECT_EQ(Doc("customers", "1.json"),
             R"({"customer_id":1,"orders":[{"amount":1.00,"order_id":10},{"amount":2.50,"order_id":11},)"
@@ -447,9 +458,17 @@ TEST_F(DocumentSinkTest, ReplayingAGroupConvergesAndMatchesDocumentSet) {
     std::vector<P> params;
   };
   std::vector<Step> group = {
-      {&u.names, {"1", "ann"}},         {&u.emails, {"1", "a@x"}},        {&u.move, {"3", "bob3", "2"}},    {&u.del, {"1"}},                  {&u.names, {"1", "ann again"}},
-      {&u.clear, {}},                   {&u.emails, {"3", "c@x"}},        {&o.upsert, {"1", "10", "5"}},
-      {&o.upsert, {"2", "11", "1"}},    {&o.moving, {"2", "10", "4"}},    {&o.remove, {"11"}},
+      {&u.names, {"1", "ann"}},
+      {&u.emails, {"1", "a@x"}},
+      {&u.move, {"3", "bob3", "2"}},
+      {&u.del, {"1"}},
+      {&u.names, {"1", "ann again"}},
+      {&u.clear, {}},
+      {&u.emails, {"3", "c@x"}},
+      {&o.upsert, {"1", "10", "5"}},
+      {&o.upsert, {"2", "11", "1"}},
+      {&o.moving, {"2", "10", "4"}},
+      {&o.remove, {"11"}},
       {&o.upsert, {"1", "12", "0.5"}},
   };
   // Replayed on the state after it (Flush commits a group atomically, so a replay normally
@@ -545,8 +564,7 @@ TEST_F(DocumentSinkTest, AStoreLockedByAnotherProcessIsRefused) {
   ASSERT_EQ(c, 'y');
   auto refused = DocumentSink::Create({"docs", dir_, "p1"});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(refused.status().message().find("is in use by another walshiftd (lock _walshift/lock)"),
-            std::string::npos)
+  EXPECT_NE(refused.status().message().find("is in use by another walshiftd (lock _walshift/lock)"), std::string::npos)
       << refused.status();
   (void)!write(done[1], "x", 1);
   int wstatus;
@@ -576,8 +594,8 @@ TEST_F(DocumentSinkTest, ValidateShapeRefusesSql) {
   OpShape element_sql = o.upsert;
   element_sql.array.element[1].sql = "$1 * 2";
   EXPECT_EQ(sink_->ValidateShape(element_sql).code(), absl::StatusCode::kFailedPrecondition);
-  for (const OpShape* s : {&u.names, &u.emails, &u.del, &u.update, &u.move, &u.truncate, &u.clear, &o.upsert,
-                           &o.owned, &o.moving, &o.remove}) {
+  for (const OpShape* s : {&u.names, &u.emails, &u.del, &u.update, &u.move, &u.truncate, &u.clear, &o.upsert, &o.owned,
+                           &o.moving, &o.remove}) {
     EXPECT_TRUE(sink_->ValidateShape(*s).ok()) << OpKindName(s->kind);
   }
 }

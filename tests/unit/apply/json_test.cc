@@ -47,10 +47,37 @@ TEST(JsonTest, Escapes) {
 }
 
 TEST(JsonTest, RejectsInvalidInputSayingWhere) {
-  for (const char* bad : {"", " ", "{", "[1,]", "[1 2]", "01", "1.", ".5", "-", "+1", "1e", "\"\x01\"", "\"\\x\"",
-                          "{\"a\" 1}", "{\"a\":1,}", "{a:1}", "[1] x", "\"\\udc00\"", "\"\\ud800\"", "\"\\ud800\\u0041\"",
-                          "\"\xff\"", "\"\xC0\xAF\"", "\"\xED\xA0\x80\"", "tru", "nul", "NaN", "Infinity", "'a'",
-                          "\"abc", "[\"a\"", "\"\\u12g4\""}) {
+  for (const char* bad : {"",
+                          " ",
+                          "{",
+                          "[1,]",
+                          "[1 2]",
+                          "01",
+                          "1.",
+                          ".5",
+                          "-",
+                          "+1",
+                          "1e",
+                          "\"\x01\"",
+                          "\"\\x\"",
+                          "{\"a\" 1}",
+                          "{\"a\":1,}",
+                          "{a:1}",
+                          "[1] x",
+                          "\"\\udc00\"",
+                          "\"\\ud800\"",
+                          "\"\\ud800\\u0041\"",
+                          "\"\xff\"",
+                          "\"\xC0\xAF\"",
+                          "\"\xED\xA0\x80\"",
+                          "tru",
+                          "nul",
+                          "NaN",
+                          "Infinity",
+                          "'a'",
+                          "\"abc",
+                          "[\"a\"",
+                          "\"\\u12g4\""}) {
     auto j = Json::Parse(bad);
     EXPECT_FALSE(j.ok()) << "accepted: " << bad;
     if (!j.ok()) {
@@ -66,10 +93,11 @@ TEST(JsonTest, RejectsInvalidInputSayingWhere) {
 TEST(JsonTest, OrdersLikeJsonb) {
   // Null < String < Number < Boolean < Array < Object, an empty top-level array first
   // (checked with jsonb's < on PostgreSQL 15).
-  std::vector<std::string> ascending = {"[]", "null", "\"\"", "\"B\"", "\"a\"", "\"é\"", "-10", "-1.5", "0", "1e-5",
-                                        "1", "100", "false", "true", "[null]", "[1]", "[[]]", "[1,2]", "[1,3]",
-                                        "[0,0,0]", "{}", "{\"aa\":0}", "{\"b\":1}", "{\"b\":2}",
-                                        "{\"a\":1,\"b\":1}"};
+  std::vector<std::string> ascending = {"[]",    "null",       "\"\"",      "\"B\"",     "\"a\"",
+                                        "\"é\"", "-10",        "-1.5",      "0",         "1e-5",
+                                        "1",     "100",        "false",     "true",      "[null]",
+                                        "[1]",   "[[]]",       "[1,2]",     "[1,3]",     "[0,0,0]",
+                                        "{}",    "{\"aa\":0}", "{\"b\":1}", "{\"b\":2}", "{\"a\":1,\"b\":1}"};
   for (size_t i = 0; i < ascending.size(); ++i) {
     for (size_t j = 0; j < ascending.size(); ++j) {
       int c = Json::Compare(P(ascending[i]), P(ascending[j]));

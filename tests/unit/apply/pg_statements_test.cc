@@ -64,7 +64,8 @@ TEST(PgStatementsTest, SqlExpressionsReadTheirInputsAsTyped) {
   cents.sql_inputs = {0};
   s.values.push_back(cents);
   s.inputs.push_back({"amount", "numeric", 1});
-  EXPECT_THAT(Render(s), HasSubstr("VALUES ($1, (SELECT (amount * 100)::bigint FROM (SELECT $2::numeric AS \"amount\") AS s))"));
+  EXPECT_THAT(Render(s),
+              HasSubstr("VALUES ($1, (SELECT (amount * 100)::bigint FROM (SELECT $2::numeric AS \"amount\") AS s))"));
 }
 
 TEST(PgStatementsTest, KeyMoveOnlyIntoAFreeKeyWithTypedComparisons) {
@@ -134,7 +135,8 @@ TEST(PgStatementsTest, ArrayUpsertReplacesTheElementAndKeepsTheArraySorted) {
 
 TEST(PgStatementsTest, ArrayRemovalFindsParentsByTheElementAndStaysSorted) {
   OpShape s = ArrayShape(OpKind::kArrayRemove);
-  EXPECT_THAT(Render(s), HasSubstr("WHERE t.\"orders\" @> jsonb_build_array(jsonb_build_object('order_id', $1::integer))"));
+  EXPECT_THAT(Render(s),
+              HasSubstr("WHERE t.\"orders\" @> jsonb_build_array(jsonb_build_object('order_id', $1::integer))"));
   std::vector<std::string> run = RenderArrayRun(s);
   ASSERT_EQ(run.size(), 1u);
   EXPECT_THAT(run[0], HasSubstr("hit AS (SELECT DISTINCT h.\"id\" FROM k JOIN \"public\".\"customers\" AS h ON "

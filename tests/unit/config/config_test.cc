@@ -1,7 +1,7 @@
 // Configuration loading: strict keys, every problem reported with its key path, exit code 2
 // from the real walshiftd binary, and no secret in any message.
 
-#include <sys/wait.h>
+#include "daemon/config/config.h"
 
 #include <array>
 #include <cstdio>
@@ -9,10 +9,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "daemon/config/config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "transforms/registry.h"
+#include <sys/wait.h>
 
 namespace walshift::config {
 namespace {
@@ -54,7 +54,8 @@ mappings:
       total_cents: {sql: "round(amount * 100)::bigint"}
       origin: {const: legacy}
     truncate: ignore
-)", "test.yaml");
+)",
+                            "test.yaml");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->slot, "walshift_orders_v2");
   EXPECT_EQ(s->publication, "walshift_orders_v2");
@@ -75,7 +76,8 @@ sorce: {dsn: x}
 targets: [{name: a}]
 mappings: [{source: t, bogus: 1}]
 extra: 1
-)", "multi.yaml");
+)",
+                            "multi.yaml");
   ASSERT_FALSE(s.ok());
   std::string m(s.status().message());
   EXPECT_THAT(m, HasSubstr("sorce: unknown key"));
@@ -88,10 +90,9 @@ TEST(ConfigTest, DsnFromEnvAndFile) {
   setenv("WALSHIFT_TEST_DSN", "host=/tmp dbname=from_env", 1);
   std::string file = testing::TempDir() + "/walshift_dsn";
   std::ofstream(file) << "host=/tmp dbname=from_file\n";
-  auto s = LoadSettingsText(
-      "pipeline: p\nsource: {dsn_env: WALSHIFT_TEST_DSN}\ntargets: [{name: a, dsn_file: " + file +
-          "}]\nmappings: [{source: t}]\n",
-      "env.yaml");
+  auto s = LoadSettingsText("pipeline: p\nsource: {dsn_env: WALSHIFT_TEST_DSN}\ntargets: [{name: a, dsn_file: " + file +
+                                "}]\nmappings: [{source: t}]\n",
+                            "env.yaml");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->source_dsn, "host=/tmp dbname=from_env");
   EXPECT_EQ(s->targets[0].dsn, "host=/tmp dbname=from_file");
@@ -120,6 +121,48 @@ TEST(ConfigTest, MissingFileAndBadArgumentsExitTwo) {
   EXPECT_EQ(RunCommand(BinDir() + "/walshiftd --config /nonexistent.yaml").first, 2);
   EXPECT_EQ(RunCommand(BinDir() + "/walshiftd --frobnicate").first, 2);
   EXPECT_EQ(RunCommand(BinDir() + "/walshiftd").first, 2);
+}
+
+TEST(ConfigTest, DocumentTargetsTakeAPathNotADsn) {
+  auto ok = LoadSettingsText(R"(
+pipeline: p
+source: {dsn: x}
+targets: [{name: docs, kind: documents, path: /var/lib/walshift/docs}]
+mappings: [{source: users}]
+)",
+                             "t.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(ok->targets[0].documents());
+  EXPECT_EQ(ok->targets[0].path, "/var/lib/walshift/docs");
+  setenv("WALSHIFT_TEST_DOCS", "/tmp/docs-from-env", 1);
+  auto env = LoadSettingsText(R"(
+pipeline: p
+source: {dsn: x}
+targets: [{name: docs, kind: documents, path_env: WALSHIFT_TEST_DOCS}]
+mappings: [{source: users}]
+)",
+                              "t.yaml");
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->targets[0].path, "/tmp/docs-from-env");
+  auto bad = LoadSettingsText(R"(
+pipeline: p
+source: {dsn: x}
+targets:
+  - {name: a, kind: documents}
+  - {name: b, kind: documents, path: /x, dsn: "host=y"}
+  - {name: c, path: /x, dsn: "host=y"}
+  - {name: d, kind: documents, path_env: WALSHIFT_TEST_UNSET_VARIABLE}
+  - {name: e, kind: couchdb, path: /x}
+mappings: [{source: users, target: a}]
+)",
+                              "t.yaml");
+  ASSERT_FALSE(bad.ok());
+  std::string msg(bad.status().message());
+  EXPECT_THAT(msg, HasSubstr("targets[0]: a documents target needs exactly one of path or path_env"));
+  EXPECT_THAT(msg, HasSubstr("targets[1]: a documents target has a path, not a dsn"));
+  EXPECT_THAT(msg, HasSubstr("targets[2].path: only for kind documents"));
+  EXPECT_THAT(msg, HasSubstr("WALSHIFT_TEST_UNSET_VARIABLE is not set"));
+  EXPECT_THAT(msg, HasSubstr("targets[4].kind"));
 }
 
 }  // namespace

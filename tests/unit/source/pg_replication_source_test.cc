@@ -63,8 +63,7 @@ class CollectingHandler : public ChangeHandler {
     return absl::OkStatus();
   }
   absl::Status OnMessage(const LogicalMessage& message) override {
-    messages.push_back(absl::StrCat(message.transactional ? "tx:" : "nontx:", message.prefix, ":",
-                                    message.content));
+    messages.push_back(absl::StrCat(message.transactional ? "tx:" : "nontx:", message.prefix, ":", message.content));
     return absl::OkStatus();
   }
 
@@ -129,13 +128,10 @@ class PgReplicationSourceTest : public ::testing::Test {
     return o;
   }
 
-  absl::StatusOr<std::string> Value(const std::string& sql) const {
-    return cluster_->QueryValue(db_, sql);
-  }
+  absl::StatusOr<std::string> Value(const std::string& sql) const { return cluster_->QueryValue(db_, sql); }
 
   // Polls until `done` holds; fails the test after 30 s.
-  static void PollUntil(PgReplicationSource& source, CollectingHandler& handler,
-                        const std::function<bool()>& done) {
+  static void PollUntil(PgReplicationSource& source, CollectingHandler& handler, const std::function<bool()>& done) {
     absl::Time deadline = absl::Now() + absl::Seconds(30);
     while (!done()) {
       ASSERT_LT(absl::Now(), deadline) << "timed out waiting for the replication stream";
@@ -152,9 +148,8 @@ class PgReplicationSourceTest : public ::testing::Test {
     std::string want = FormatLsn(lsn);
     std::string got;
     while (absl::Now() < deadline) {
-      absl::StatusOr<std::string> v = Value(absl::StrCat(
-          "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'slot_", db_,
-          "'"));
+      absl::StatusOr<std::string> v = Value(
+          absl::StrCat("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'slot_", db_, "'"));
       ASSERT_TRUE(v.ok()) << v.status();
       got = *v;
       if (got == want) return;
@@ -170,19 +165,18 @@ class PgReplicationSourceTest : public ::testing::Test {
 PgCluster* PgReplicationSourceTest::cluster_ = nullptr;
 
 TEST_F(PgReplicationSourceTest, CreatesPublicationAndSlotOnceOnly) {
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(Options());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(Options());
   ASSERT_TRUE(source.ok()) << source.status();
-  absl::StatusOr<walshift::testing::PgRows> tables = cluster_->Query(
-      db_, absl::StrCat("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
-                        "WHERE pubname = 'pub ",
-                        db_, "'"));
+  absl::StatusOr<walshift::testing::PgRows> tables =
+      cluster_->Query(db_, absl::StrCat("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
+                                        "WHERE pubname = 'pub ",
+                                        db_, "'"));
   ASSERT_TRUE(tables.ok()) << tables.status();
   std::vector<std::string> names;
   for (const auto& row : *tables) names.push_back(*row[0]);
   EXPECT_THAT(names, UnorderedElementsAre("public.users", "legacy.orders"));
-  absl::StatusOr<std::string> plugin = Value(
-      absl::StrCat("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'slot_", db_, "'"));
+  absl::StatusOr<std::string> plugin =
+      Value(absl::StrCat("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'slot_", db_, "'"));
   ASSERT_TRUE(plugin.ok()) << plugin.status();
   EXPECT_EQ(*plugin, "pgoutput");
   source->reset();
@@ -197,11 +191,8 @@ TEST_F(PgReplicationSourceTest, CreatesPublicationAndSlotOnceOnly) {
 }
 
 TEST_F(PgReplicationSourceTest, AddsMissingTablesToExistingPublication) {
-  ASSERT_TRUE(
-      cluster_->Exec(db_, absl::StrCat("CREATE PUBLICATION \"pub ", db_, "\" FOR TABLE users"))
-          .ok());
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(Options());
+  ASSERT_TRUE(cluster_->Exec(db_, absl::StrCat("CREATE PUBLICATION \"pub ", db_, "\" FOR TABLE users")).ok());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(Options());
   ASSERT_TRUE(source.ok()) << source.status();
   EXPECT_EQ(*Value(absl::StrCat("SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY "
                                 "schemaname, tablename) FROM pg_publication_tables "
@@ -215,8 +206,7 @@ TEST_F(PgReplicationSourceTest, PublicationWithoutDeletesIsRejected) {
                   ->Exec(db_, absl::StrCat("CREATE PUBLICATION \"pub ", db_,
                                            "\" FOR TABLE users WITH (publish = 'insert, update')"))
                   .ok());
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(Options());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(Options());
   EXPECT_EQ(source.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(source.status().message(), HasSubstr("does not publish deletes"));
 }
@@ -224,8 +214,7 @@ TEST_F(PgReplicationSourceTest, PublicationWithoutDeletesIsRejected) {
 TEST_F(PgReplicationSourceTest, MissingTableIsFailedPrecondition) {
   PgReplicationSourceOptions options = Options();
   options.tables.push_back("legacy.nope");
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(options);
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(options);
   EXPECT_EQ(source.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(source.status().message(), HasSubstr("legacy.nope"));
 }
@@ -233,25 +222,22 @@ TEST_F(PgReplicationSourceTest, MissingTableIsFailedPrecondition) {
 TEST_F(PgReplicationSourceTest, UnreachableServerIsUnavailable) {
   PgReplicationSourceOptions options = Options();
   options.dsn = "host=127.0.0.1 port=1 dbname=x user=walshift password=s3cret connect_timeout=5";
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(options);
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(options);
   EXPECT_EQ(source.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(source.status().message()), ::testing::Not(HasSubstr("s3cret")));
 }
 
 TEST_F(PgReplicationSourceTest, StreamsChangesAndConfirmsOnlyWhatWasFlushed) {
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> created =
-      PgReplicationSource::Create(Options());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> created = PgReplicationSource::Create(Options());
   ASSERT_TRUE(created.ok()) << created.status();
   PgReplicationSource& source = **created;
-  absl::StatusOr<std::string> slot_start = Value(absl::StrCat(
-      "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'slot_", db_, "'"));
+  absl::StatusOr<std::string> slot_start =
+      Value(absl::StrCat("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'slot_", db_, "'"));
   ASSERT_TRUE(slot_start.ok());
   ASSERT_TRUE(source.Start(kInvalidLsn).ok());
 
   // A bio large enough to be stored out of line (TOAST), and hard to compress.
-  const std::string big_bio =
-      "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i)";
+  const std::string big_bio = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i)";
   // One Exec per transaction (a multi-statement string would be one implicit transaction).
   const std::vector<std::string> transactions = {
       absl::StrCat("INSERT INTO users VALUES (1, 'ann', ", big_bio, ")"),
@@ -272,15 +258,13 @@ TEST_F(PgReplicationSourceTest, StreamsChangesAndConfirmsOnlyWhatWasFlushed) {
 
   CollectingHandler handler;
   // 7 transactions touch mapped tables; the non-transactional message comes last.
-  PollUntil(source, handler,
-            [&] { return handler.commits.size() >= 7 && handler.messages.size() >= 2; });
+  PollUntil(source, handler, [&] { return handler.commits.size() >= 7 && handler.messages.size() >= 2; });
   ASSERT_EQ(handler.commits.size(), 7u);
   EXPECT_EQ(handler.begins.size(), 7u);
   EXPECT_THAT(handler.messages, ElementsAre("tx:walshift:tx", "nontx:walshift:hb"));
 
   ASSERT_EQ(handler.rows.size(), 7u);
-  const std::string bio =
-      *Value("SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i");
+  const std::string bio = *Value("SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i");
   const Row& insert = handler.rows[0];
   EXPECT_EQ(insert.kind, ChangeKind::kInsert);
   EXPECT_EQ(insert.table, "public.users");
@@ -329,8 +313,7 @@ TEST_F(PgReplicationSourceTest, StreamsChangesAndConfirmsOnlyWhatWasFlushed) {
   // A new connection resumes after the confirmed position. The old walsender may still hold
   // the slot for a moment: that is kUnavailable, and retrying works.
   created->reset();
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> resumed =
-      PgReplicationSource::Create(Options());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> resumed = PgReplicationSource::Create(Options());
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   for (;;) {
@@ -349,8 +332,7 @@ TEST_F(PgReplicationSourceTest, StreamsChangesAndConfirmsOnlyWhatWasFlushed) {
 }
 
 TEST_F(PgReplicationSourceTest, TerminatedWalsenderIsUnavailable) {
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(Options());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(Options());
   ASSERT_TRUE(source.ok()) << source.status();
   ASSERT_TRUE((*source)->Start(kInvalidLsn).ok());
   CollectingHandler handler;
@@ -370,11 +352,8 @@ TEST_F(PgReplicationSourceTest, AnswersKeepalivesThatRequestAReply) {
   // The walsender asks for a reply after wal_sender_timeout / 2 of silence and gives up after
   // wal_sender_timeout. Periodic feedback is far off (10 s), so only the replies to keepalive
   // requests keep this stream alive.
-  ASSERT_TRUE(
-      cluster_->Exec(db_, absl::StrCat("ALTER DATABASE ", db_, " SET wal_sender_timeout = '1s'"))
-          .ok());
-  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source =
-      PgReplicationSource::Create(Options());
+  ASSERT_TRUE(cluster_->Exec(db_, absl::StrCat("ALTER DATABASE ", db_, " SET wal_sender_timeout = '1s'")).ok());
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(Options());
   ASSERT_TRUE(source.ok()) << source.status();
   ASSERT_TRUE((*source)->Start(kInvalidLsn).ok());
   CollectingHandler handler;

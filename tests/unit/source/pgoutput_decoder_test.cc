@@ -85,16 +85,14 @@ std::string Relation(uint32_t oid, std::string schema, std::string name, char id
 }
 // The relation most tests use: public.users (id int4 key, name text, bio text).
 std::string UsersRelation(uint32_t oid = 16384) {
-  return Relation(oid, "public", "users", 'd',
-                  {{1, "id", 23, -1}, {0, "name", 25, -1}, {0, "bio", 25, -1}});
+  return Relation(oid, "public", "users", 'd', {{1, "id", 23, -1}, {0, "name", 25, -1}, {0, "bio", 25, -1}});
 }
 std::string Insert(uint32_t oid, const std::vector<Col>& cols) {
   Writer w('I');
   w.I32(oid).U8('N');
   return AppendTuple(w, cols).bytes();
 }
-std::string Update(uint32_t oid, char old_kind, const std::vector<Col>& old_cols,
-                   const std::vector<Col>& new_cols) {
+std::string Update(uint32_t oid, char old_kind, const std::vector<Col>& old_cols, const std::vector<Col>& new_cols) {
   Writer w('U');
   w.I32(oid);
   if (old_kind != 0) AppendTuple(w.U8(old_kind), old_cols);
@@ -162,13 +160,11 @@ class RecordingHandler : public ChangeHandler {
     return next_status;
   }
   absl::Status OnMessage(const LogicalMessage& message) override {
-    messages.push_back({message.transactional, message.lsn, std::string(message.prefix),
-                        std::string(message.content)});
+    messages.push_back({message.transactional, message.lsn, std::string(message.prefix), std::string(message.content)});
     return next_status;
   }
   size_t total() const {
-    return begins.size() + relations.size() + changes.size() + truncates.size() + commits.size() +
-           messages.size();
+    return begins.size() + relations.size() + changes.size() + truncates.size() + commits.size() + messages.size();
   }
 
   struct Message {
@@ -235,8 +231,7 @@ TEST_F(DecoderTest, BeginAndCommitFields) {
 }
 
 TEST_F(DecoderTest, RelationIsCachedAndPublished) {
-  ASSERT_TRUE(
-      Decode(Relation(99, "", "pg_thing", 'f', {{1, "a", 23, -1}, {0, "b", 1043, 36}})).ok());
+  ASSERT_TRUE(Decode(Relation(99, "", "pg_thing", 'f', {{1, "a", 23, -1}, {0, "b", 1043, 36}})).ok());
   ASSERT_EQ(handler_.relations.size(), 1u);
   const SourceRelation& r = *handler_.relations[0];
   EXPECT_EQ(r.oid, 99u);
@@ -275,9 +270,7 @@ TEST_F(DecoderTest, InsertWithTextNullAndUnchangedToast) {
 
 TEST_F(DecoderTest, UpdateWithKeyOldTuple) {
   Prepare();
-  ASSERT_TRUE(
-      Decode(Update(16384, 'K', {Text("1"), Null(), Null()}, {Text("2"), Text("bob"), Toast()}))
-          .ok());
+  ASSERT_TRUE(Decode(Update(16384, 'K', {Text("1"), Null(), Null()}, {Text("2"), Text("bob"), Toast()})).ok());
   ASSERT_EQ(handler_.changes.size(), 1u);
   const RecordedChange& c = handler_.changes[0];
   EXPECT_EQ(c.kind, ChangeKind::kUpdate);
@@ -288,9 +281,9 @@ TEST_F(DecoderTest, UpdateWithKeyOldTuple) {
 
 TEST_F(DecoderTest, UpdateWithFullOldTuple) {
   Prepare();
-  ASSERT_TRUE(Decode(Update(16384, 'O', {Text("1"), Text("al"), Text("old bio")},
-                            {Text("1"), Text("alice"), Text("new bio")}))
-                  .ok());
+  ASSERT_TRUE(
+      Decode(Update(16384, 'O', {Text("1"), Text("al"), Text("old bio")}, {Text("1"), Text("alice"), Text("new bio")}))
+          .ok());
   ASSERT_EQ(handler_.changes.size(), 1u);
   const RecordedChange& c = handler_.changes[0];
   EXPECT_EQ(c.old_kind, 'O');
@@ -350,14 +343,9 @@ TEST_F(DecoderTest, TruncateOfUnknownRelationIsError) {
 }
 
 TEST_F(DecoderTest, LogicalMessageTransactionalAndNot) {
-  ASSERT_TRUE(Decode(Writer('M')
-                         .U8(0)
-                         .I64(0x77)
-                         .Str("walshift.heartbeat")
-                         .I32(3)
-                         .Raw(std::string_view("a\0b", 3))
-                         .bytes())
-                  .ok());
+  ASSERT_TRUE(
+      Decode(Writer('M').U8(0).I64(0x77).Str("walshift.heartbeat").I32(3).Raw(std::string_view("a\0b", 3)).bytes())
+          .ok());
   Prepare();
   ASSERT_TRUE(Decode(Writer('M').U8(1).I64(0x88).Str("p").I32(5).Raw("hello").bytes()).ok());
   ASSERT_EQ(handler_.messages.size(), 2u);
@@ -372,8 +360,7 @@ TEST_F(DecoderTest, LogicalMessageTransactionalAndNot) {
 }
 
 TEST_F(DecoderTest, TransactionalMessageOutsideTransactionIsError) {
-  EXPECT_EQ(Decode(Writer('M').U8(1).I64(1).Str("p").I32(0).bytes()).code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Decode(Writer('M').U8(1).I64(1).Str("p").I32(0).bytes()).code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(DecoderTest, OriginAndTypeAreAccepted) {
@@ -394,8 +381,7 @@ TEST_F(DecoderTest, ChangeBeforeRelationIsError) {
 TEST_F(DecoderTest, ChangeOutsideTransactionIsError) {
   ASSERT_TRUE(Decode(UsersRelation()).ok());
   EXPECT_EQ(Decode(Insert(16384, {Text("1"), Null(), Null()})).code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(Decode(Writer('T').I32(1).U8(0).I32(16384).bytes()).code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Decode(Writer('T').I32(1).U8(0).I32(16384).bytes()).code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(Decode(Commit(1, 2, 3)).code(), absl::StatusCode::kDataLoss);
   ASSERT_TRUE(Decode(Begin(1, 1, 1)).ok());
   EXPECT_EQ(Decode(Begin(1, 1, 1)).code(), absl::StatusCode::kDataLoss);
@@ -404,9 +390,7 @@ TEST_F(DecoderTest, ChangeOutsideTransactionIsError) {
 
 TEST_F(DecoderTest, SecondRelationForSameOidHasNewVersion) {
   ASSERT_TRUE(Decode(UsersRelation()).ok());
-  ASSERT_TRUE(
-      Decode(Relation(16384, "public", "users", 'f', {{1, "id", 23, -1}, {0, "name", 25, -1}}))
-          .ok());
+  ASSERT_TRUE(Decode(Relation(16384, "public", "users", 'f', {{1, "id", 23, -1}, {0, "name", 25, -1}})).ok());
   ASSERT_EQ(handler_.relations.size(), 2u);
   EXPECT_GT(handler_.relations[1]->version, handler_.relations[0]->version);
   EXPECT_NE(handler_.relations[0].get(), handler_.relations[1].get());
@@ -433,8 +417,7 @@ TEST_F(DecoderTest, VersionsIncreaseAcrossDecoders) {
 
 TEST_F(DecoderTest, TruncatedUpdateAtEveryLengthIsError) {
   Prepare();
-  const std::string full =
-      Update(16384, 'O', {Text("1"), Text("al"), Null()}, {Text("1"), Text("alice"), Toast()});
+  const std::string full = Update(16384, 'O', {Text("1"), Text("al"), Null()}, {Text("1"), Text("alice"), Toast()});
   ASSERT_TRUE(Decode(full).ok());  // the whole message is valid
   ASSERT_EQ(handler_.changes.size(), 1u);
   for (size_t len = 0; len < full.size(); ++len) {
@@ -469,16 +452,14 @@ TEST_F(DecoderTest, EveryMessageTypeTruncatedIsError) {
   };
   for (const std::string& m : messages) {
     for (size_t len = 0; len < m.size(); ++len) {
-      EXPECT_EQ(Decode(m.substr(0, len)).code(), absl::StatusCode::kDataLoss)
-          << "type " << m[0] << " length " << len;
+      EXPECT_EQ(Decode(m.substr(0, len)).code(), absl::StatusCode::kDataLoss) << "type " << m[0] << " length " << len;
     }
   }
 }
 
 TEST_F(DecoderTest, TrailingBytesAreError) {
   Prepare();
-  EXPECT_EQ(Decode(Insert(16384, {Text("1"), Null(), Null()}) + "x").code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Decode(Insert(16384, {Text("1"), Null(), Null()}) + "x").code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(Decode(Commit(1, 2, 3) + std::string(1, '\0')).code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(handler_.changes.empty());
 }
@@ -539,10 +520,8 @@ TEST_F(DecoderTest, ColumnCountMismatchIsError) {
   absl::Status st = Decode(Insert(16384, {Text("1"), Null()}));
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(st.message(), HasSubstr("public.users has 2 columns"));
-  EXPECT_EQ(Decode(Update(16384, 'K', {Text("1")}, {Text("1"), Null(), Null()})).code(),
-            absl::StatusCode::kDataLoss);
-  EXPECT_EQ(Decode(Delete(16384, 'K', {Text("1"), Null(), Null(), Null()})).code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Decode(Update(16384, 'K', {Text("1")}, {Text("1"), Null(), Null()})).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Decode(Delete(16384, 'K', {Text("1"), Null(), Null(), Null()})).code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(handler_.changes.empty());
 }
 
@@ -564,8 +543,7 @@ TEST_F(DecoderTest, BinaryColumnIsError) {
 
 TEST_F(DecoderTest, UnknownValueKindIsError) {
   Prepare();
-  EXPECT_EQ(Decode(Insert(16384, {Text("1"), {'q', ""}, Null()})).code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Decode(Insert(16384, {Text("1"), {'q', ""}, Null()})).code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(DecoderTest, HandlerErrorIsReturnedAsIs) {

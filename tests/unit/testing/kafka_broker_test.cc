@@ -37,8 +37,7 @@ KafkaPtr NewClient(rd_kafka_type_t type, const std::string& bootstrap,
   extra.emplace_back("bootstrap.servers", bootstrap);
   extra.emplace_back("log_level", "3");
   for (const auto& [k, v] : extra) {
-    EXPECT_EQ(rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof(err)), RD_KAFKA_CONF_OK)
-        << k << ": " << err;
+    EXPECT_EQ(rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof(err)), RD_KAFKA_CONF_OK) << k << ": " << err;
   }
   if (type == RD_KAFKA_PRODUCER) rd_kafka_conf_set_dr_msg_cb(conf, CountDelivery);
   rd_kafka_conf_set_opaque(conf, opaque);
@@ -48,25 +47,22 @@ KafkaPtr NewClient(rd_kafka_type_t type, const std::string& bootstrap,
   return KafkaPtr(rk);
 }
 
-absl::Status Produce(rd_kafka_t* rk, const std::string& topic, const std::string& key,
-                     const std::string& value) {
-  rd_kafka_resp_err_t e =
-      rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key.data(), key.size()),
-                        RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
-                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+absl::Status Produce(rd_kafka_t* rk, const std::string& topic, const std::string& key, const std::string& value) {
+  rd_kafka_resp_err_t e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key.data(), key.size()),
+                                            RD_KAFKA_V_VALUE(const_cast<char*>(value.data()), value.size()),
+                                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR) return absl::InternalError(rd_kafka_err2str(e));
   return absl::OkStatus();
 }
 
 // Reads `want` messages of `topic` from the beginning with a group consumer; returns their
 // values (in arrival order) once `want` arrived or after `timeout`.
-std::vector<std::string> Consume(const std::string& bootstrap, const std::string& topic,
-                                 size_t want, absl::Duration timeout) {
-  KafkaPtr consumer = NewClient(RD_KAFKA_CONSUMER, bootstrap,
-                                {{"group.id", absl::StrCat("g-", topic)},
-                                 {"auto.offset.reset", "earliest"},
-                                 {"enable.auto.commit", "false"}},
-                                nullptr);
+std::vector<std::string> Consume(const std::string& bootstrap, const std::string& topic, size_t want,
+                                 absl::Duration timeout) {
+  KafkaPtr consumer = NewClient(
+      RD_KAFKA_CONSUMER, bootstrap,
+      {{"group.id", absl::StrCat("g-", topic)}, {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"}},
+      nullptr);
   std::vector<std::string> values;
   if (consumer == nullptr) return values;
   rd_kafka_poll_set_consumer(consumer.get());
@@ -116,8 +112,7 @@ TEST(EmbeddedKafkaTest, BrokerDownThenUpDeliversQueuedMessages) {
   ASSERT_TRUE(kafka.ok()) << kafka.status();
   ASSERT_TRUE((*kafka)->CreateTopic("lag", 1).ok());
   int counts[2] = {0, 0};
-  KafkaPtr producer = NewClient(RD_KAFKA_PRODUCER, (*kafka)->bootstrap(),
-                                {{"message.timeout.ms", "120000"}}, counts);
+  KafkaPtr producer = NewClient(RD_KAFKA_PRODUCER, (*kafka)->bootstrap(), {{"message.timeout.ms", "120000"}}, counts);
   ASSERT_NE(producer, nullptr);
   ASSERT_TRUE(Produce(producer.get(), "lag", "k", "before").ok());
   ASSERT_EQ(rd_kafka_flush(producer.get(), 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
@@ -147,8 +142,7 @@ TEST(EmbeddedKafkaTest, SeveralBrokersAndArgumentChecks) {
   EXPECT_THAT(std::vector<std::string>(absl::StrSplit((*kafka)->bootstrap(), ',')), SizeIs(3));
   EXPECT_TRUE((*kafka)->CreateTopic("replicated", 6, 3).ok());
   EXPECT_EQ((*kafka)->CreateTopic("replicated", 6, 3).code(), absl::StatusCode::kAlreadyExists);
-  EXPECT_EQ((*kafka)->CreateTopic("too-many-replicas", 1, 4).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*kafka)->CreateTopic("too-many-replicas", 1, 4).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*kafka)->CreateTopic("", 1).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*kafka)->SetBrokerDown(4).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE((*kafka)->SetBrokerDown(2).ok());
@@ -176,8 +170,7 @@ TEST(DevKafkaTest, KcatProducesAndConsumes) {
   std::optional<std::string> kcat = FindProgram("kcat");
   if (!kcat.has_value()) GTEST_SKIP() << "kcat is not in PATH";
   std::string bootstrap;
-  std::unique_ptr<Subprocess> broker =
-      StartDevKafka({"--partitions", "1", "walshift.test", "other"}, &bootstrap);
+  std::unique_ptr<Subprocess> broker = StartDevKafka({"--partitions", "1", "walshift.test", "other"}, &bootstrap);
   ASSERT_NE(broker, nullptr);
   EXPECT_THAT(bootstrap, HasSubstr("127.0.0.1:"));
 
@@ -189,8 +182,7 @@ TEST(DevKafkaTest, KcatProducesAndConsumes) {
   ASSERT_TRUE(p->status.success()) << p->status.ToString() << ": " << p->stderr_text;
 
   SubprocessOptions consume;
-  consume.argv = {*kcat, "-b",        bootstrap, "-C", "-t", "walshift.test",
-                  "-o",  "beginning", "-c",      "3",  "-e"};
+  consume.argv = {*kcat, "-b", bootstrap, "-C", "-t", "walshift.test", "-o", "beginning", "-c", "3", "-e"};
   absl::StatusOr<RunResult> c = Subprocess::Run(consume, absl::Seconds(60));
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_TRUE(c->status.success()) << c->status.ToString() << ": " << c->stderr_text;

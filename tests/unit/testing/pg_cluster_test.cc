@@ -1,8 +1,6 @@
 #include "tests/testing/pg_cluster.h"
 
 #include <signal.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <set>
@@ -15,6 +13,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/test_paths.h"
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 namespace walshift::testing {
 namespace {
@@ -82,10 +82,8 @@ TEST(PgClusterTest, TwoClustersCreateInsertQuery) {
   absl::StatusOr<std::string> count = source->QueryValue("app", "SELECT count(*) FROM t");
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(*count, "2");
-  EXPECT_EQ(source->QueryValue("app", "SELECT NULL").status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(source->QueryValue("app", "SELECT 1, 2").status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(source->QueryValue("app", "SELECT NULL").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(source->QueryValue("app", "SELECT 1, 2").status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(PgClusterTest, ServerSettingsForLogicalDecoding) {
@@ -115,8 +113,7 @@ TEST(PgClusterTest, ServerSettingsForLogicalDecoding) {
   EXPECT_THAT(c->Dsn("app"), HasSubstr("dbname=app"));
   EXPECT_THAT(c->Dsn("app"), HasSubstr("user=walshift"));
   // A logical slot with pgoutput can be created (wal_level=logical really took effect).
-  EXPECT_TRUE(
-      c->Exec("postgres", "SELECT pg_create_logical_replication_slot('s1', 'pgoutput')").ok());
+  EXPECT_TRUE(c->Exec("postgres", "SELECT pg_create_logical_replication_slot('s1', 'pgoutput')").ok());
 }
 
 TEST(PgClusterTest, ExtraConfigLinesApply) {
@@ -203,8 +200,7 @@ TEST(PgClusterTest, WatchdogCleansUpAfterTestProcessIsKilled) {
     PgClusterOptions options;
     options.name = "orphan";
     absl::StatusOr<std::unique_ptr<PgCluster>> c = PgCluster::Start(options);
-    std::string msg = c.ok() ? absl::StrCat((*c)->temp_dir(), " ", PostmasterPid(**c), "\n")
-                             : std::string("error\n");
+    std::string msg = c.ok() ? absl::StrCat((*c)->temp_dir(), " ", PostmasterPid(**c), "\n") : std::string("error\n");
     ssize_t unused = write(fds[1], msg.data(), msg.size());
     (void)unused;
     pause();

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "absl/strings/ascii.h"
@@ -12,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/pg_cluster.h"
 #include "tests/testing/test_paths.h"
+#include <sys/wait.h>
 
 namespace walshift::testing {
 namespace {
@@ -162,8 +162,7 @@ TEST(SubprocessTest, WaitForStdoutLine) {
   absl::StatusOr<std::string> line = (*p)->WaitForStdoutLine(absl::Seconds(30));
   ASSERT_TRUE(line.ok()) << line.status();
   EXPECT_EQ(*line, "first line");
-  absl::StatusOr<std::string> all =
-      (*p)->WaitForOutput(Subprocess::Stream::kStdout, "second", absl::Seconds(30));
+  absl::StatusOr<std::string> all = (*p)->WaitForOutput(Subprocess::Stream::kStdout, "second", absl::Seconds(30));
   ASSERT_TRUE(all.ok()) << all.status();
   EXPECT_EQ(*all, "first line\nsecond\n");
 }
@@ -233,8 +232,7 @@ TEST(SubprocessTest, ChildDiesWithParentProcess) {
   int status = 0;
   waitpid(middle, &status, 0);
   int child = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(std::string(buf, n)), &child))
-      << std::string(buf, n);
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(std::string(buf, n)), &child)) << std::string(buf, n);
   bool gone = false;
   for (int i = 0; i < 3000 && !gone; ++i) {
     absl::StatusOr<std::string> stat = ReadFile(absl::StrCat("/proc/", child, "/stat"));

@@ -1,10 +1,10 @@
 // The columns module without a database: expression inputs, binding checks and the operations
 // a change produces.
 
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
 #include "daemon/config/config.h"
 #include "daemon/core/lsn.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/registry.h"
 
@@ -55,8 +55,11 @@ SourceRelation Orders(char identity = 'd') {
   r.schema = "public";
   r.name = "orders";
   r.replica_identity = identity;
-  r.columns = {{"id", 23, -1, true}, {"customer_id", 25, -1, false}, {"amount", 1700, -1, false},
-               {"status", 25, -1, false}, {"note", 25, -1, false}};
+  r.columns = {{"id", 23, -1, true},
+               {"customer_id", 25, -1, false},
+               {"amount", 1700, -1, false},
+               {"status", 25, -1, false},
+               {"note", 25, -1, false}};
   r.version = 1;
   return r;
 }
@@ -183,8 +186,7 @@ TEST(ColumnsModuleTest, RejectsKeyOutsideReplicaIdentity) {
 }
 
 TEST(ColumnsModuleTest, RejectsMixedToastableExpressionWithoutFullIdentity) {
-  auto m = Build(
-      "  - source: public.orders\n    key: [id]\n    columns: {id: id, label: {sql: \"note || status\"}}\n");
+  auto m = Build("  - source: public.orders\n    key: [id]\n    columns: {id: id, label: {sql: \"note || status\"}}\n");
   FakeInspector insp;
   SourceRelation rel = Orders();
   auto bound = m->Bind(rel, insp);
@@ -195,8 +197,7 @@ TEST(ColumnsModuleTest, RejectsMixedToastableExpressionWithoutFullIdentity) {
 }
 
 TEST(ColumnsModuleTest, SourceTypeMissingInTargetArrivesAsText) {
-  auto m = Build(
-      "  - source: public.orders\n    key: [id]\n    columns: {id: id, s: {sql: \"upper(status)\"}}\n");
+  auto m = Build("  - source: public.orders\n    key: [id]\n    columns: {id: id, s: {sql: \"upper(status)\"}}\n");
   FakeInspector insp;
   SourceRelation rel = Orders();
   auto bound = m->Bind(rel, insp);
@@ -204,7 +205,13 @@ TEST(ColumnsModuleTest, SourceTypeMissingInTargetArrivesAsText) {
   const OpShape* shape = nullptr;
   Tuple row = {Text("1"), Null(), Null(), Text("x"), Null()};
   RowChange ins{ChangeKind::kInsert, &rel, nullptr, 0, &row, 1};
-  ASSERT_TRUE((*bound)->Map(ins, [&](const TargetOp& op) { shape = op.shape; return absl::OkStatus(); }).ok());
+  ASSERT_TRUE((*bound)
+                  ->Map(ins,
+                        [&](const TargetOp& op) {
+                          shape = op.shape;
+                          return absl::OkStatus();
+                        })
+                  .ok());
   ASSERT_NE(shape, nullptr);
   ASSERT_EQ(shape->inputs.size(), 1u);
   EXPECT_EQ(shape->inputs[0].name, "status");
