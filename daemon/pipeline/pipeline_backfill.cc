@@ -120,7 +120,7 @@ absl::Status Pipeline::EmitBackfillProgress(const std::string& table, const char
           {"rows", 4, "", {}, "rows", "bigint"},       {"updated_at", 5, "", {}, "now", "timestamp with time zone"}};
       // A database stamps the row with its own clock (walshiftctl compares it with that
       // clock); a document store gets walshiftd's.
-      if (!t.documents()) shape->values.back() = {"updated_at", -1, "now()", {}, "now"};
+      if (!t.documents()) shape->values.back() = {"updated_at", -1, "now()", {}, "now", ""};
       shape->key = {0, 1};
       shape->num_params = 6;
       shape->id = NextOpShapeId();

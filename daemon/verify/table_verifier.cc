@@ -172,7 +172,7 @@ absl::StatusOr<std::vector<std::vector<v1::DriftEvent>>> TableVerifier::CompareR
         continue;
       }
       if ((shape.kind == OpKind::kUpdateOnly && !shape.match.empty()) ||
-          shape.kind != OpKind::kUpsert && shape.kind != OpKind::kUpdateOnly && shape.kind != OpKind::kDelete ||
+          (shape.kind != OpKind::kUpsert && shape.kind != OpKind::kUpdateOnly && shape.kind != OpKind::kDelete) ||
           shape.key.empty()) {
         ++report_.skipped;
         if (report_.note.empty()) {

@@ -200,4 +200,13 @@ PgRows DaemonTest::TargetRows(const std::string& sql) {
   return r.ok() ? *r : PgRows{};
 }
 
+RunResult DaemonTest::Walshiftctl(const std::vector<std::string>& args) {
+  SubprocessOptions o;
+  o.argv = {BinaryPath("walshiftctl")};
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  auto r = Subprocess::Run(o, absl::Minutes(5));
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *r : RunResult{};
+}
+
 }  // namespace walshift::testing

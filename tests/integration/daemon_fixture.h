@@ -51,6 +51,8 @@ class DaemonTest : public ::testing::Test {
   // background, its output in PgbenchLog(); nullptr (with a test failure) when it cannot start.
   std::unique_ptr<Subprocess> StartPgbench(const std::vector<std::string>& args);
   std::string PgbenchLog() const;
+  // Runs walshiftctl with `args` (up to 5 minutes) and returns what it printed.
+  RunResult Walshiftctl(const std::vector<std::string>& args);
   void Source(const std::string& sql);
   void Target(const std::string& sql);
   PgRows SourceRows(const std::string& sql);

@@ -43,14 +43,6 @@ mappings:
     }
     return out;
   }
-  RunResult Ctl(std::vector<std::string> args) {
-    SubprocessOptions o;
-    o.argv = {BinaryPath("walshiftctl")};
-    o.argv.insert(o.argv.end(), args.begin(), args.end());
-    auto r = Subprocess::Run(o, absl::Minutes(3));
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : RunResult{};
-  }
 };
 
 // A key change moves the document; a value the update did not carry (unchanged TOAST) stays.
@@ -76,7 +68,7 @@ TEST_F(DocumentsTest, KeyChangeMovesTheDocumentAndKeepsItsLargeValue) {
     ASSERT_NE(d.Find("bio"), nullptr) << *row[0] << ": " << d.Serialize();
     EXPECT_EQ(d.Find("bio")->string_value(), *row[2]) << *row[0];
   }
-  EXPECT_EQ(Ctl({"verify", "--config", config}).status.exit_code(), 0);
+  EXPECT_EQ(Walshiftctl({"verify", "--config", config}).status.exit_code(), 0);
 }
 
 // A merged document a source leaves keeps its key typed; the verifier agrees with the apply.
@@ -97,7 +89,7 @@ TEST_F(DocumentsTest, MergedDocumentASourceLeavesStaysExact) {
   ASSERT_NE(id, nullptr);
   EXPECT_EQ(id->type(), Json::Type::kNumber) << docs["2.json"].Serialize();
   EXPECT_EQ(docs["2.json"].Find("x")->number_text(), "20");
-  RunResult v = Ctl({"verify", "--config", config});
+  RunResult v = Walshiftctl({"verify", "--config", config});
   EXPECT_EQ(v.status.exit_code(), 0) << v.stdout_text << v.stderr_text;
 }
 
@@ -173,7 +165,7 @@ TEST_F(DocumentsTest, PartialElementKeyIsRefused) {
   EXPECT_EQ(r->status.exit_code(), 2) << r->stdout_text << r->stderr_text;
   EXPECT_THAT(r->stdout_text + r->stderr_text, HasSubstr("element_key"));
   EXPECT_THAT(r->stdout_text + r->stderr_text, HasSubstr("sku"));
-  RunResult v = Ctl({"verify", "--config", config, "--table", "public.nosuch"});
+  RunResult v = Walshiftctl({"verify", "--config", config, "--table", "public.nosuch"});
   EXPECT_EQ(v.status.exit_code(), 2);
   EXPECT_THAT(v.stderr_text, HasSubstr("no mapping"));
 }

@@ -45,14 +45,7 @@ class VerifyTest : public DaemonTest {
 )"));
   }
 
-  RunResult Ctl(std::vector<std::string> args) {
-    SubprocessOptions o;
-    o.argv = {BinaryPath("walshiftctl")};
-    o.argv.insert(o.argv.end(), args.begin(), args.end());
-    auto r = Subprocess::Run(o, absl::Minutes(5));
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : RunResult{};
-  }
+  RunResult Ctl(const std::vector<std::string>& args) { return Walshiftctl(args); }
 
   std::vector<v1::DriftEvent> DriftEvents() {
     std::vector<v1::DriftEvent> out;

@@ -80,10 +80,10 @@ class ChangeLogModule : public MappingModule {
     shape.table = config_.table();
     shape.source_table = relation.QualifiedName();
     shape.id = NextOpShapeId();
-    shape.values.push_back({"lsn", 0, "", {}, "computed: the change's LSN"});
-    shape.values.push_back({"operation", 1, "", {}, "computed: insert, update or delete"});
+    shape.values.push_back({"lsn", 0, "", {}, "computed: the change's LSN", "text"});
+    shape.values.push_back({"operation", 1, "", {}, "computed: insert, update or delete", "text"});
     for (size_t i = 0; i < copied.size(); ++i) {
-      shape.values.push_back({config_.copy(i), static_cast<int>(2 + i), "", {}, config_.copy(i)});
+      shape.values.push_back({config_.copy(i), static_cast<int>(2 + i), "", {}, config_.copy(i), ""});
     }
     shape.key = {0};
     shape.num_params = static_cast<int>(shape.values.size());

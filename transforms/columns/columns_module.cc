@@ -356,7 +356,7 @@ class BoundColumns : public BoundMapping {
       for (size_t i = 0; i < key_values.size(); ++i) leave_.key.push_back(static_cast<int>(i));
       for (size_t i = 0; i < values_.size(); ++i) {
         if (std::find(key_values.begin(), key_values.end(), static_cast<int>(i)) != key_values.end()) continue;
-        leave_.values.push_back({values_[i].target_column, static_cast<int>(leave_slots_.size()), "", {}, "NULL"});
+        leave_.values.push_back({values_[i].target_column, static_cast<int>(leave_slots_.size()), "", {}, "NULL", ""});
         leave_slots_.push_back({-1, nullptr});  // NULL
       }
       leave_.num_params = static_cast<int>(leave_slots_.size());

@@ -143,7 +143,7 @@ class MergeModule : public MappingModule {
     int slot = static_cast<int>(key_sources.size());
     for (const auto& [name, _] : config_.columns()) {
       if (std::find(config_.key().begin(), config_.key().end(), name) != config_.key().end()) continue;
-      clear.values.push_back({name, slot++, "", {}, "NULL"});
+      clear.values.push_back({name, slot++, "", {}, "NULL", ""});
     }
     clear.num_params = slot;
     drop.num_params = static_cast<int>(key_sources.size());
