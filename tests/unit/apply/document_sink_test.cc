@@ -394,9 +394,10 @@ TEST_F(DocumentSinkTest, FileAndCollectionNames) {
   EXPECT_EQ(Doc("app.things", "a%2Fb,%2Ehidden%2C.json"), R"({"k1":"a/b","k2":".hidden,","v":"1"})");
   EXPECT_EQ(Doc("app.things", DocumentSink::DocumentFileName({long_a, "\xE2\x82\xAC"})),
             absl::StrCat(R"({"k1":")", long_a, R"(","k2":"€","v":"2"})"));
-  // A NULL key is refused, naming target, table, key and LSN.
+  // A NULL key is refused as a rejected value (the pipeline isolates its transaction), naming
+  // target, table, key and LSN.
   absl::Status st = sink_->Apply(Op(s, {P::Null(), "x", "3"}, 0x1234));
-  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(st.message().find("target docs"), std::string::npos) << st;
   EXPECT_NE(st.message().find("app.things"), std::string::npos) << st;
   EXPECT_NE(st.message().find("k1=NULL"), std::string::npos) << st;
