@@ -55,6 +55,42 @@ absl::StatusOr<T> Postgres(const config::TargetSettings& t,
 
 }  // namespace
 
+TargetStateReader::TargetStateReader(const config::TargetSettings& target, std::string pipeline)
+    : target_(target), pipeline_(std::move(pipeline)) {}
+TargetStateReader::~TargetStateReader() = default;
+
+absl::StatusOr<PGconn*> TargetStateReader::Conn() {
+  if (!conn_) {
+    ASSIGN_OR_RETURN(conn_, pg::Connect(target_.dsn, absl::StrCat("target ", target_.name),
+                                        "application_name=walshift connect_timeout=10"));
+  }
+  return conn_.get();
+}
+
+template <typename T>
+absl::StatusOr<T> TargetStateReader::Keep(absl::StatusOr<T> result) {
+  if (!result.ok()) conn_.reset();  // a lost connection is opened again by the next read
+  return result;
+}
+
+absl::StatusOr<std::optional<CheckpointRow>> TargetStateReader::Checkpoint() {
+  if (target_.documents()) return ReadCheckpointRow(target_, pipeline_);
+  ASSIGN_OR_RETURN(PGconn * c, Conn());
+  return Keep(ReadCheckpointRow(c, pipeline_, absl::StrCat("target ", target_.name)));
+}
+
+absl::StatusOr<std::vector<BackfillRow>> TargetStateReader::Backfills() {
+  if (target_.documents()) return ReadBackfills(target_, pipeline_);
+  ASSIGN_OR_RETURN(PGconn * c, Conn());
+  return Keep(ReadBackfills(c, pipeline_, absl::StrCat("target ", target_.name)));
+}
+
+absl::StatusOr<double> TargetStateReader::Clock() {
+  if (target_.documents()) return ReadClock(target_);
+  ASSIGN_OR_RETURN(PGconn * c, Conn());
+  return Keep(ReadClock(c, absl::StrCat("target ", target_.name)));
+}
+
 absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(const config::TargetSettings& target,
                                                                const std::string& pipeline) {
   if (!target.documents()) {
@@ -127,10 +163,9 @@ absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSetti
   return out;
 }
 
-absl::StatusOr<std::optional<BackfillRow>> BackfillSince(const config::TargetSettings& target,
-                                                         const std::string& pipeline, const std::string& source_table,
+absl::StatusOr<std::optional<BackfillRow>> BackfillSince(TargetStateReader& reader, const std::string& source_table,
                                                          double since) {
-  ASSIGN_OR_RETURN(std::vector<BackfillRow> rows, ReadBackfills(target, pipeline));
+  ASSIGN_OR_RETURN(std::vector<BackfillRow> rows, reader.Backfills());
   for (BackfillRow& row : rows)
     if (row.source_table == source_table && row.updated_at >= since) return std::optional<BackfillRow>(std::move(row));
   return std::optional<BackfillRow>();

@@ -5,6 +5,7 @@
 // `_walshift` directory and the `walshift.backfill` collection (daemon/apply/documents).
 
 #include <optional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,26 @@
 #include "daemon/state/pg_state.h"
 
 namespace walshift::state {
+
+// Reads one target's state again and again (polling), over one connection for a PostgreSQL
+// target, opened on first use and reopened after an error.
+class TargetStateReader {
+ public:
+  TargetStateReader(const config::TargetSettings& target, std::string pipeline);
+  ~TargetStateReader();
+  absl::StatusOr<std::optional<CheckpointRow>> Checkpoint();
+  absl::StatusOr<std::vector<BackfillRow>> Backfills();
+  absl::StatusOr<double> Clock();
+  const config::TargetSettings& target() const { return target_; }
+
+ private:
+  absl::StatusOr<PGconn*> Conn();
+  template <typename T>
+  absl::StatusOr<T> Keep(absl::StatusOr<T> result);
+  const config::TargetSettings& target_;
+  std::string pipeline_;
+  pg::ConnPtr conn_;
+};
 
 // The pipeline's checkpoint in `target` (std::nullopt: none yet). kUnavailable when the target
 // cannot be reached; other errors when its state cannot be read.
@@ -25,8 +46,7 @@ absl::StatusOr<std::vector<CopyChunk>> ReadCopyChunks(const config::TargetSettin
 absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSettings& target,
                                                        const std::string& pipeline);
 // The progress of the backfill of `source_table` written at or after `since` (ReadClock), if any.
-absl::StatusOr<std::optional<BackfillRow>> BackfillSince(const config::TargetSettings& target,
-                                                         const std::string& pipeline, const std::string& source_table,
+absl::StatusOr<std::optional<BackfillRow>> BackfillSince(TargetStateReader& reader, const std::string& source_table,
                                                          double since);
 // The target's clock (seconds since the epoch), to compare with BackfillRow::updated_at.
 absl::StatusOr<double> ReadClock(const config::TargetSettings& target);

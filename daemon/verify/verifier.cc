@@ -119,8 +119,9 @@ absl::Status WaitCaughtUp(const config::Settings& settings, absl::Duration timeo
   std::vector<std::string> behind;
   absl::Time deadline = absl::Now() + timeout;
   for (const auto& t : settings.targets) {
+    state::TargetStateReader reader(t, settings.proto.pipeline());
     for (;;) {
-      ASSIGN_OR_RETURN(std::optional<state::CheckpointRow> row, state::ReadCheckpointRow(t, settings.proto.pipeline()));
+      ASSIGN_OR_RETURN(std::optional<state::CheckpointRow> row, reader.Checkpoint());
       Lsn at = row ? row->lsn : kInvalidLsn;
       if (at != kInvalidLsn && at >= goal) break;
       if (absl::Now() >= deadline) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <set>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -47,10 +48,11 @@ void Print(const std::vector<VerifyTableReport>& reports) {
 
 // Asks walshiftd to backfill `table` (walshiftctl backfill) and waits until every target says done.
 absl::Status Backfill(const config::Settings& s, const std::string& table, absl::Duration timeout) {
-  std::vector<std::pair<const config::TargetSettings*, double>> targets;
+  std::vector<std::pair<std::unique_ptr<state::TargetStateReader>, double>> targets;
   for (const auto& t : s.targets) {
-    ASSIGN_OR_RETURN(double now, state::ReadClock(t));
-    targets.emplace_back(&t, now);
+    auto reader = std::make_unique<state::TargetStateReader>(t, s.proto.pipeline());
+    ASSIGN_OR_RETURN(double now, reader->Clock());
+    targets.emplace_back(std::move(reader), now);
   }
   ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(s.source_dsn, "source", "application_name=walshiftctl"));
   std::string content = absl::StrCat(s.proto.pipeline(), "\t", table);
@@ -60,8 +62,8 @@ absl::Status Backfill(const config::Settings& s, const std::string& table, absl:
   absl::Time deadline = absl::Now() + timeout;
   for (;;) {
     bool done = false;
-    for (const auto& [target, since] : targets) {
-      auto r = state::BackfillSince(*target, s.proto.pipeline(), table, since);
+    for (auto& [reader, since] : targets) {
+      auto r = state::BackfillSince(*reader, table, since);
       if (r.ok() && *r && (*r)->state == "done") done = true;
     }
     if (done) return absl::OkStatus();
@@ -109,8 +111,8 @@ int VerifyCommand(int argc, char** argv) {
   }
   if (!table.empty() && std::none_of(settings->mappings.begin(), settings->mappings.end(),
                                      [&](const auto& m) { return m.common.source() == table; })) {
-    std::fprintf(stderr, "walshiftctl verify: no mapping of pipeline %s reads %s\n",
-                 settings->proto.pipeline().c_str(), table.c_str());
+    std::fprintf(stderr, "walshiftctl verify: no mapping of pipeline %s reads %s\n", settings->proto.pipeline().c_str(),
+                 table.c_str());
     return 2;
   }
   auto modules = transforms::BuildModules(*settings, config_path);

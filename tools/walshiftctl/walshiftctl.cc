@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -291,15 +292,16 @@ int BackfillCommand(int argc, char** argv) {
     return 2;
   }
   // The targets' clocks mark the request, so progress rows written after it can be told apart.
-  std::vector<std::pair<const config::TargetSettings*, double>> since;
+  std::vector<std::pair<std::unique_ptr<state::TargetStateReader>, double>> since;
   for (const auto& t : settings->targets) {
     if (std::find(targets.begin(), targets.end(), t.name) == targets.end()) continue;
-    auto now = state::ReadClock(t);
+    auto reader = std::make_unique<state::TargetStateReader>(t, settings->proto.pipeline());
+    auto now = reader->Clock();
     if (!now.ok()) {
       std::fprintf(stderr, "walshiftctl: %s\n", std::string(now.status().message()).c_str());
       return 2;
     }
-    since.emplace_back(&t, *now);
+    since.emplace_back(std::move(reader), *now);
   }
   auto src = pg::Connect(settings->source_dsn, "source", "application_name=walshiftctl connect_timeout=5");
   if (!src.ok()) {
@@ -322,8 +324,9 @@ int BackfillCommand(int argc, char** argv) {
   for (;;) {
     bool all_done = true;
     std::string line;
-    for (const auto& [target, at] : since) {
-      auto progress = state::BackfillSince(*target, settings->proto.pipeline(), table, at);
+    for (auto& [reader, at] : since) {
+      const config::TargetSettings* target = &reader->target();
+      auto progress = state::BackfillSince(*reader, table, at);
       std::string state = "requested";
       uint64_t rows = 0;
       if (progress.ok() && *progress) {
