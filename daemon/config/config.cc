@@ -3,7 +3,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -15,14 +14,19 @@
 namespace walshift::config {
 namespace {
 
-bool ReadFile(const std::string& path, std::string* out) {
+// Reads at most `max_bytes` + 1 bytes, so that a file that never ends (a device, a pipe left
+// open) cannot hang or exhaust the loader.
+bool ReadFile(const std::string& path, std::string* out, size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return false;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  *out = ss.str();
-  return true;
+  out->clear();
+  char buf[1 << 16];
+  while (out->size() <= max_bytes && in.read(buf, sizeof buf).gcount() > 0) out->append(buf, in.gcount());
+  return !in.bad();
 }
+
+constexpr size_t kMaxConfigBytes = 64 << 20;
+constexpr size_t kMaxDsnFileBytes = 64 << 10;
 
 // Resolves exactly one of dsn / dsn_env / dsn_file.
 std::string ResolveDsn(const std::string& dsn, const std::string& env, const std::string& file, const std::string& path,
@@ -46,8 +50,12 @@ std::string ResolveDsn(const std::string& dsn, const std::string& env, const std
     return v;
   }
   std::string text;
-  if (!ReadFile(file, &text)) {
+  if (!ReadFile(file, &text, kMaxDsnFileBytes)) {
     problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", file));
+    return "";
+  }
+  if (text.size() > kMaxDsnFileBytes) {
+    problems->push_back(absl::StrCat(path, ".dsn_file: ", file, " holds more than 64 KiB: not a DSN"));
     return "";
   }
   std::string trimmed(absl::StripAsciiWhitespace(text));
@@ -77,8 +85,11 @@ absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std:
 
 absl::StatusOr<Settings> LoadSettingsFile(const std::string& path) {
   std::string text;
-  if (!ReadFile(path, &text)) {
+  if (!ReadFile(path, &text, kMaxConfigBytes)) {
     return absl::InvalidArgumentError(absl::StrCat("cannot read config file ", path));
+  }
+  if (text.size() > kMaxConfigBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("config file ", path, " is larger than 64 MiB"));
   }
   return LoadSettingsText(text, path);
 }
