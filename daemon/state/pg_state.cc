@@ -1,5 +1,7 @@
 #include "daemon/state/pg_state.h"
 
+#include <iterator>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/core/status_macros.h"
@@ -7,8 +9,19 @@
 namespace walshift::state {
 namespace {
 
-constexpr const char* kSchemaDdl =
-    "CREATE SCHEMA IF NOT EXISTS walshift; "
+// The state schema's versions, oldest first: each target records the last one applied in
+// walshift.schema_version, and EnsureSchema applies the rest in order, in one transaction per
+// target. A change of shape is a new entry at the end (never an edit of a shipped one), so
+// every release continues the state any earlier release left. Version 1 is the shape walshift
+// had before the state was versioned: written with IF NOT EXISTS, it also adopts a schema an
+// earlier release created.
+struct Migration {
+  int version;
+  const char* what;
+  const char* sql;
+};
+
+constexpr const char* kBaselineDdl =
     "CREATE TABLE IF NOT EXISTS walshift.checkpoint ("
     "  pipeline text PRIMARY KEY,"
     "  commit_lsn pg_lsn NOT NULL,"
@@ -54,6 +67,11 @@ constexpr const char* kSchemaDdl =
     "  recorded_at timestamptz NOT NULL DEFAULT now(),"
     "  PRIMARY KEY (pipeline, name))";
 
+constexpr Migration kMigrations[] = {
+    {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
+};
+constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
+
 }  // namespace
 
 const char* const kCheckpointUpsertSql =
@@ -75,8 +93,46 @@ absl::StatusOr<bool> TableExists(PGconn* conn, const char* table, absl::string_v
 
 }  // namespace
 
+int StateSchemaVersion() { return kSchemaVersion; }
+
 absl::Status EnsureSchema(PGconn* conn, absl::string_view what) {
-  return pg::Exec(conn, kSchemaDdl, absl::StrCat(what, ": creating the walshift schema")).status();
+  std::string context = absl::StrCat(what, ": the walshift state schema");
+  // Serialized per database: walshiftd's sinks, the verifier and walshiftctl may all start at
+  // once, and each would otherwise try the same migration.
+  RETURN_IF_ERROR(pg::Exec(conn,
+                           "BEGIN; SELECT pg_advisory_xact_lock(hashtext('walshift.schema_version')); "
+                           "CREATE SCHEMA IF NOT EXISTS walshift; "
+                           "CREATE TABLE IF NOT EXISTS walshift.schema_version ("
+                           "  version int PRIMARY KEY,"
+                           "  description text NOT NULL,"
+                           "  migrated_at timestamptz NOT NULL DEFAULT now())",
+                           context)
+                      .status());
+  auto rollback = [&](absl::Status st) {
+    (void)pg::Exec(conn, "ROLLBACK", context);
+    return st;
+  };
+  auto r = pg::Exec(conn, "SELECT coalesce(max(version), 0)::text FROM walshift.schema_version", context);
+  if (!r.ok()) return rollback(r.status());
+  int found = 0;
+  (void)absl::SimpleAtoi(PQgetvalue(r->get(), 0, 0), &found);
+  if (found > kSchemaVersion) {
+    return rollback(absl::FailedPreconditionError(absl::StrCat(
+        context, " is at version ", found, ", newer than this walshiftd knows (", kSchemaVersion,
+        "): a newer walshiftd ran this pipeline; run that release (or a newer one), never an older one")));
+  }
+  for (const Migration& m : kMigrations) {
+    if (m.version <= found) continue;
+    std::string step = absl::StrCat(context, ": migrating to version ", m.version, " (", m.what, ")");
+    if (auto st = pg::Exec(conn, m.sql, step); !st.ok()) return rollback(st.status());
+    std::string version = absl::StrCat(m.version);
+    if (auto st = pg::ExecParams(conn, "INSERT INTO walshift.schema_version (version, description) VALUES ($1, $2)",
+                                 {version.c_str(), m.what}, step);
+        !st.ok()) {
+      return rollback(st.status());
+    }
+  }
+  return pg::Exec(conn, "COMMIT", context).status();
 }
 
 absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(PGconn* conn, const std::string& pipeline,

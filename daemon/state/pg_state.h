@@ -17,8 +17,13 @@
 
 namespace walshift::state {
 
-// Creates the schema and every table when absent. `what` names the target in messages.
+// Creates the schema and every table when absent, and migrates a state schema an earlier
+// release left (walshift.schema_version records the versions applied), in one transaction.
+// kFailedPrecondition when a newer release already migrated it further. `what` names the
+// target in messages.
 absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
+// The state schema version this walshiftd writes.
+int StateSchemaVersion();
 
 // The checkpoint row of `pipeline`.
 struct CheckpointRow {

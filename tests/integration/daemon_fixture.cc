@@ -72,10 +72,11 @@ std::string DaemonTest::WriteConfig(const std::string& yaml) {
   return path;
 }
 
-absl::Status DaemonTest::StartDaemon(const std::string& config_path, const std::map<std::string, std::string>& env) {
+absl::Status DaemonTest::StartDaemon(const std::string& config_path, const std::map<std::string, std::string>& env,
+                                     const std::string& binary) {
   SubprocessOptions o;
   o.env = env;
-  o.argv = {BinaryPath("walshiftd"), "--config", config_path};
+  o.argv = {binary.empty() ? BinaryPath("walshiftd") : binary, "--config", config_path};
   o.stdout_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
   o.stderr_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
   auto p = Subprocess::Start(o);

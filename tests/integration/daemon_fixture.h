@@ -36,7 +36,9 @@ class DaemonTest : public ::testing::Test {
   // {PIPELINE} by its pipeline name) and returns the file path.
   std::string WriteConfig(const std::string& yaml);
   // Starts walshiftd with the config; stderr goes to a log file kept for failure messages.
-  absl::Status StartDaemon(const std::string& config_path, const std::map<std::string, std::string>& env = {});
+  // `binary`: another walshiftd (an earlier release) instead of this build's.
+  absl::Status StartDaemon(const std::string& config_path, const std::map<std::string, std::string>& env = {},
+                           const std::string& binary = "");
   // SIGTERM and wait; returns the exit status.
   ExitStatus StopDaemon(absl::Duration timeout = absl::Seconds(10));
   // Waits until the target checkpoint covers everything committed in the source before this
