@@ -28,6 +28,7 @@ namespace {
 
 enum class Peer { kSource = 0, kTarget = 1 };
 const char* PeerName(Peer p) { return p == Peer::kSource ? "source" : "target"; }
+void PrintTo(Peer p, std::ostream* os) { *os << PeerName(p); }
 
 // A network namespace with one veth pair per database, removed by the destructor (also when
 // the test failed). Namespaces left by a test process that was killed are removed by the next
@@ -115,6 +116,33 @@ class NetNamespace {
     if (!netem_) return absl::FailedPreconditionError("tc netem is not available (no sch_netem in this kernel)");
     return Netem(p, {"delay", absl::StrCat(absl::ToInt64Milliseconds(d), "ms")});
   }
+  // Packets the fault dropped so far (both directions), from tc's or nftables' counters; -1
+  // when they cannot be read.
+  int64_t Dropped(Peer p) const {
+    int i = static_cast<int>(p);
+    int64_t total = 0;
+    auto add = [&](const std::string& text, const std::string& word) {
+      for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) {
+        int64_t n = 0;
+        absl::string_view rest = absl::string_view(text).substr(at + word.size());
+        if (absl::SimpleAtoi(rest.substr(0, rest.find_first_of(" ,)\n")), &n)) total += n;
+      }
+    };
+    std::string out;
+    if (netem_) {
+      if (!Run({"tc", "-s", "qdisc", "show", "dev", host_if_[i]}, &out).ok()) return -1;
+      add(out, "dropped ");
+      if (!Inside({"tc", "-s", "qdisc", "show", "dev", ns_if_[i]}, &out).ok()) return -1;
+      add(out, "dropped ");
+      return total;
+    }
+    for (const char* hook : {"input", "output"}) {
+      if (!Inside({"nft", "list", "chain", "inet", "walshift_fault", absl::StrCat(hook, i)}, &out).ok()) return -1;
+      add(out, "packets ");
+    }
+    return total;
+  }
+
   absl::Status Clear(Peer p) {
     int i = static_cast<int>(p);
     if (netem_) {
@@ -131,7 +159,8 @@ class NetNamespace {
  private:
   NetNamespace() = default;
 
-  static absl::Status Run(std::vector<std::string> argv) {
+  // Runs a command; its stdout into `out` when given.
+  static absl::Status Run(std::vector<std::string> argv, std::string* out = nullptr) {
     SubprocessOptions o;
     o.argv = std::move(argv);
     std::string what = absl::StrJoin(o.argv, " ");
@@ -140,15 +169,16 @@ class NetNamespace {
     if (!r->status.success()) {
       return absl::InternalError(absl::StrCat(what, ": ", r->status.ToString(), ": ", r->stderr_text));
     }
+    if (out != nullptr) *out = r->stdout_text;
     return absl::OkStatus();
   }
   absl::Status Host(std::vector<std::string> args) const {
     args.insert(args.begin(), ip_);
     return Run(std::move(args));
   }
-  absl::Status Inside(std::vector<std::string> argv) const {
+  absl::Status Inside(std::vector<std::string> argv, std::string* out = nullptr) const {
     argv.insert(argv.begin(), {ip_, "netns", "exec", name_});
-    return Run(std::move(argv));
+    return Run(std::move(argv), out);
   }
 
   // Namespaces of test processes that no longer exist.
@@ -188,6 +218,7 @@ class NetNamespace {
                                        absl::string_view(hook) == "input" ? "iifname" : "oifname",
                                        ns_if_[i]};
       rule.insert(rule.end(), match.begin(), match.end());
+      rule.push_back("counter");
       rule.push_back("drop");
       RETURN_IF_ERROR(Inside(rule));
     }
@@ -299,6 +330,8 @@ TEST_P(NetworkFaultTest, BlackholeIsNoticedAndSurvivedEndsExact) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   int attempts = CountInLog("retrying in", from);
+  int64_t dropped = net_->Dropped(peer);
+  EXPECT_NE(dropped, 0) << "the blackhole dropped nothing";
   ASSERT_TRUE(net_->Clear(peer).ok());
   auto done = workload->Wait(absl::Seconds(120));
   ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
@@ -327,10 +360,13 @@ TEST_P(NetworkFaultTest, FivePercentLossEndsExact) {
   absl::Time start = absl::Now();
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(240)).ok()) << DaemonLog();
   absl::Duration catch_up = absl::Now() - start;
+  int64_t dropped = net_->Dropped(peer);
+  EXPECT_NE(dropped, 0) << "the loss dropped nothing";
   ASSERT_TRUE(net_->Clear(peer).ok());
   ExpectExact();
-  std::cout << PeerName(peer) << " with 5% loss: caught up " << absl::ToDoubleSeconds(catch_up)
-            << " s after the load, reconnects: " << CountInLog("retrying in", from) << "\n";
+  std::cout << PeerName(peer) << " with 5% loss: " << dropped << " packets dropped, caught up "
+            << absl::ToDoubleSeconds(catch_up) << " s after the load, reconnects: " << CountInLog("retrying in", from)
+            << "\n";
   EXPECT_TRUE(StopDaemon().success());
 }
 
