@@ -18,6 +18,7 @@
 #include "daemon/observe/http.h"
 #include "daemon/observe/monitor.h"
 #include "daemon/observe/status.h"
+#include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/live_check.h"
 #include "daemon/pipeline/pipeline.h"
@@ -131,6 +132,11 @@ int main(int argc, char** argv) {
   auto settings = walshift::config::LoadSettingsFile(config_path);
   if (!settings.ok()) {
     std::fprintf(stderr, "walshiftd: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  // Keepalives and timeouts for every connection opened from here on (network:).
+  if (absl::Status st = walshift::pg::SetConnectionDefaults(settings->connection_defaults); !st.ok()) {
+    std::fprintf(stderr, "walshiftd: invalid configuration: network: %s\n", std::string(st.message()).c_str());
     return 2;
   }
   auto modules = walshift::transforms::BuildModules(*settings, config_path);

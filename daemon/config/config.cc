@@ -76,6 +76,31 @@ std::string DefaultObjectName(const std::string& pipeline) {
   return out.substr(0, 63);
 }
 
+// The libpq parameters of `network:` with their defaults, as a key=value connection string.
+std::string ConnectionDefaults(const v1::NetworkConfig& n, std::vector<std::string>* problems) {
+  auto checked = [&](const char* key, bool has, uint32_t value, uint32_t fallback, uint32_t lo, uint32_t hi) {
+    uint32_t v = has ? value : fallback;
+    if (v < lo || v > hi) {
+      problems->push_back(absl::StrCat("network.", key, ": ", v, " is out of range (", lo, "..", hi, ")"));
+    }
+    return v;
+  };
+  uint32_t connect = checked("connect_timeout_s", n.has_connect_timeout_s(), n.connect_timeout_s(), 10, 0, 3600);
+  uint32_t idle = checked("keepalives_idle_s", n.has_keepalives_idle_s(), n.keepalives_idle_s(), 30, 1, 86400);
+  uint32_t interval =
+      checked("keepalives_interval_s", n.has_keepalives_interval_s(), n.keepalives_interval_s(), 10, 1, 3600);
+  uint32_t count = checked("keepalives_count", n.has_keepalives_count(), n.keepalives_count(), 3, 1, 100);
+  uint32_t user =
+      checked("tcp_user_timeout_ms", n.has_tcp_user_timeout_ms(), n.tcp_user_timeout_ms(), 60000, 0, 3600000);
+  if (connect == 1) {
+    // libpq rounds a connect_timeout of 1 up to 2 seconds; say so rather than surprise.
+    problems->push_back("network.connect_timeout_s: 1 is out of range (0 for no limit, or 2..3600)");
+  }
+  bool on = n.has_keepalives() ? n.keepalives() : true;
+  return absl::StrCat("connect_timeout=", connect, " keepalives=", on ? 1 : 0, " keepalives_idle=", idle,
+                      " keepalives_interval=", interval, " keepalives_count=", count, " tcp_user_timeout=", user);
+}
+
 }  // namespace
 
 absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std::string>& problems) {
@@ -132,7 +157,15 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     if (src.feedback_interval_s() > 10) {
       problems.push_back("source.feedback_interval_s: at most 10 seconds");
     }
+    if (src.has_receive_timeout_s()) {
+      s.receive_timeout_s = src.receive_timeout_s();
+      if (s.receive_timeout_s == 1 || s.receive_timeout_s > 3600) {
+        problems.push_back(absl::StrCat("source.receive_timeout_s: ", s.receive_timeout_s,
+                                        " is out of range: 0 (off) or 2..3600 seconds"));
+      }
+    }
   }
+  s.connection_defaults = ConnectionDefaults(s.proto.network(), &problems);
 
   std::set<std::string> target_names;
   for (int i = 0; i < s.proto.targets_size(); ++i) {

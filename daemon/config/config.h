@@ -32,6 +32,11 @@ struct Settings {
   std::string publication;
   std::vector<TargetSettings> targets;
   std::vector<MappingSettings> mappings;
+  // libpq parameters for every connection ("connect_timeout=10 keepalives=1 ..."): `network:`
+  // with its defaults filled in. Passed to pg::SetConnectionDefaults(); a DSN's own values win.
+  std::string connection_defaults;
+  // source.receive_timeout_s with its default (60); 0: off.
+  uint32_t receive_timeout_s = 60;
 };
 
 // Reads, parses and validates the file. On any problem returns kInvalidArgument whose message

@@ -61,7 +61,37 @@ std::string& PinnedZone() {
   static std::string* zone = new std::string();
   return *zone;
 }
+
+// Parsed key=value pairs of SetConnectionDefaults().
+using ConninfoPairs = std::vector<std::pair<std::string, std::string>>;
+ConninfoPairs& ConnectionDefaultPairs() {
+  static ConninfoPairs* pairs = new ConninfoPairs();
+  return *pairs;
+}
+
+absl::StatusOr<ConninfoPairs> ParseConninfo(const std::string& conninfo) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+  if (opts == nullptr) {
+    std::string msg = err ? err : "unparsable";
+    if (err) PQfreemem(err);
+    return absl::InvalidArgumentError(std::string(absl::StripTrailingAsciiWhitespace(msg)));
+  }
+  ConninfoPairs out;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (o->val != nullptr) out.emplace_back(o->keyword, o->val);
+  }
+  PQconninfoFree(opts);
+  return out;
+}
 }  // namespace
+
+absl::Status SetConnectionDefaults(const std::string& conninfo) {
+  absl::StatusOr<ConninfoPairs> pairs = ParseConninfo(conninfo);
+  if (!pairs.ok()) return absl::InvalidArgumentError(absl::StrCat("connection defaults: ", pairs.status().message()));
+  ConnectionDefaultPairs() = *std::move(pairs);
+  return absl::OkStatus();
+}
 
 void SetSessionTimeZone(const std::string& zone) {
   unsetenv("PGTZ");
@@ -72,9 +102,14 @@ void SetSessionTimeZone(const std::string& zone) {
 const std::string& SessionTimeZone() { return PinnedZone(); }
 
 absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what, const std::string& extra) {
-  // The DSN is expanded as the dbname (key=value or postgresql:// URI); the session settings
-  // and `extra` (key=value pairs) are added as separate parameters, which win over the DSN.
-  std::vector<std::string> keys = {"dbname", "client_encoding", "options"};
+  // The connection defaults come first: the DSN, expanded as the dbname (key=value or
+  // postgresql:// URI), overrides them. The session settings and `extra` (key=value pairs)
+  // follow as separate parameters, which win over the DSN.
+  std::vector<std::string> keys, vals;
+  for (const auto& [key, value] : ConnectionDefaultPairs()) {
+    keys.push_back(key);
+    vals.push_back(value);
+  }
   std::string options =
       "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex "
       "-c standard_conforming_strings=on -c lc_monetary=C -c xmloption=content";
@@ -87,21 +122,16 @@ absl::StatusOr<ConnPtr> Connect(const std::string& dsn, absl::string_view what, 
     }
     absl::StrAppend(&options, " -c TimeZone=", zone);
   }
-  std::vector<std::string> vals = {dsn, "UTF8", options};
+  for (const char* key : {"dbname", "client_encoding", "options"}) keys.emplace_back(key);
+  for (const std::string& value : {dsn, std::string("UTF8"), options}) vals.push_back(value);
   if (!extra.empty()) {
-    char* err = nullptr;
-    PQconninfoOption* opts = PQconninfoParse(extra.c_str(), &err);
-    if (opts == nullptr) {
-      std::string msg = err ? err : "unparsable";
-      if (err) PQfreemem(err);
-      return absl::InvalidArgumentError(absl::StrCat(what, ": bad connection options: ", msg));
+    absl::StatusOr<ConninfoPairs> pairs = ParseConninfo(extra);
+    if (!pairs.ok())
+      return absl::InvalidArgumentError(absl::StrCat(what, ": bad connection options: ", pairs.status().message()));
+    for (const auto& [key, value] : *pairs) {
+      keys.push_back(key);
+      vals.push_back(value);
     }
-    for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-      if (o->val == nullptr) continue;
-      keys.emplace_back(o->keyword);
-      vals.emplace_back(o->val);
-    }
-    PQconninfoFree(opts);
   }
   std::vector<const char*> k, v;
   for (size_t i = 0; i < keys.size(); ++i) {

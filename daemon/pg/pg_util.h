@@ -45,6 +45,13 @@ absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_vie
 void SetSessionTimeZone(const std::string& zone);
 const std::string& SessionTimeZone();
 
+// libpq parameters every later Connect() uses unless its DSN sets them itself (the DSN and
+// Connect's `extra` win): config::Settings::connection_defaults, i.e. connect_timeout,
+// keepalives, keepalives_idle, keepalives_interval, keepalives_count and tcp_user_timeout, so
+// that every connection notices a peer that went silent. Call once at start-up, before any
+// other thread connects. kInvalidArgument when `conninfo` does not parse.
+absl::Status SetConnectionDefaults(const std::string& conninfo);
+
 // SQL over pg_attribute `a` naming a column's type without its modifier, as a cast target that
 // never cuts a value: format_type(atttypid, NULL), except that char(n) and bit(n) become bpchar
 // and bit varying (without a modifier they would mean char(1) and bit(1)).

@@ -134,6 +134,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   }
   if (settings_.proto.source().feedback_interval_s())
     so.feedback_interval = absl::Seconds(settings_.proto.source().feedback_interval_s());
+  so.receive_timeout = absl::Seconds(settings_.receive_timeout_s);
   // Targets without a checkpoint get the rows the source already has first.
   std::vector<size_t> to_copy;
   if (settings_.proto.snapshot().mode() == v1::SNAPSHOT_INITIAL) {
@@ -218,6 +219,11 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
     ASSIGN_OR_RETURN(temporary, PgReplicationSource::ExportTemporarySnapshot(settings_.source_dsn,
                                                                              absl::StrCat(settings_.slot, "_copy")));
     o.snapshot = temporary->snapshot();
+    spdlog::info(
+        "pipeline {}: the slot {} exists but the copy is not complete (interrupted, or a target added): "
+        "resuming it; ranges already committed (walshift.copy_chunk) are kept, the others are copied under a new "
+        "snapshot",
+        settings_.proto.pipeline(), settings_.slot);
   }
   std::vector<std::string> names;
   for (size_t t : targets) names.push_back(settings_.targets[t].name);
@@ -236,7 +242,20 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
     *stopped = true;
     return absl::OkStatus();
   }
-  RETURN_IF_ERROR(st);
+  if (!st.ok()) {
+    uint64_t done = 0, total = 0;
+    for (const CopyUnitReport& r : final_report) {
+      done += r.chunks_done;
+      total += r.chunks_total;
+    }
+    if (st.code() == absl::StatusCode::kUnavailable || st.code() == absl::StatusCode::kAborted) {
+      spdlog::warn(
+          "pipeline {}: initial copy interrupted with {} of {} ranges committed; they are kept and the copy resumes "
+          "with the others after reconnecting",
+          settings_.proto.pipeline(), done, total);
+    }
+    return st;
+  }
   temporary.reset();
   // The copy is complete: the checkpoint marks where streaming takes over.
   TransactionCommit at;

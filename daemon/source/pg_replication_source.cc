@@ -438,6 +438,11 @@ void PgReplicationSource::FinishReader(absl::Status status) {
 void PgReplicationSource::ReaderLoop() {
   absl::Time last_feedback = absl::Now();
   bool reply_requested = false;
+  // The receive timeout: when the last message arrived, and whether the walsender was already
+  // asked for a reply since.
+  absl::Time last_received = absl::Now();
+  bool solicited = false;
+  const absl::Duration timeout = options_.receive_timeout;
   for (;;) {
     bool full;
     uint64_t requested;
@@ -466,6 +471,8 @@ void PgReplicationSource::ReaderLoop() {
         return;
       }
       size_t len = static_cast<size_t>(n);
+      last_received = absl::Now();
+      solicited = false;
       if (raw[0] == 'k' && len >= kKeepaliveSize) {
         Lsn end = GetU64(raw + 1);
         if (end > received_lsn_.load()) received_lsn_.store(end);
@@ -489,8 +496,33 @@ void PgReplicationSource::ReaderLoop() {
       full = queued_bytes_ >= kMaxQueuedBytes;
       data_ready_.notify_one();
     }
-    // Standby status updates: when asked by the server or the pipeline, and periodically.
     absl::Time now = absl::Now();
+    // While the queue is full walshiftd does not read, so the walsender's silence is ours.
+    if (full) last_received = now;
+    if (timeout > absl::ZeroDuration()) {
+      absl::Duration quiet = now - last_received;
+      if (quiet >= timeout) {
+        std::string why = absl::StrCat("source: nothing received from the walsender for ", absl::ToInt64Seconds(quiet),
+                                       " s (source.receive_timeout_s ", absl::ToInt64Seconds(timeout),
+                                       "): the replication connection is considered dead");
+        spdlog::warn("{}; closing it", why);
+        FinishReader(absl::UnavailableError(why));
+        return;
+      }
+      if (!solicited && quiet >= timeout / 2) {
+        // Like PostgreSQL's walreceiver: ask for a keepalive before giving up on the peer.
+        spdlog::debug("source: nothing received for {} ms; asking the walsender for a reply",
+                      absl::ToInt64Milliseconds(quiet));
+        absl::Status st = SendStatusUpdate(/*reply_requested=*/true);
+        if (!st.ok()) {
+          FinishReader(st);
+          return;
+        }
+        solicited = true;
+        last_feedback = now;
+      }
+    }
+    // Standby status updates: when asked by the server or the pipeline, and periodically.
     bool forced = requested != 0 && requested != feedback_done_;
     if (reply_requested || forced || now - last_feedback >= options_.feedback_interval) {
       absl::Status st = SendStatusUpdate();
@@ -547,7 +579,7 @@ absl::Status PgReplicationSource::SendFeedback(Lsn flushed, bool force) {
   return absl::OkStatus();
 }
 
-absl::Status PgReplicationSource::SendStatusUpdate() {
+absl::Status PgReplicationSource::SendStatusUpdate(bool reply_requested) {
   Lsn flush = last_flushed_.load();
   Lsn write = std::max(received_lsn_.load(), flush);
   char msg[kStatusUpdateSize];
@@ -556,7 +588,7 @@ absl::Status PgReplicationSource::SendStatusUpdate() {
   PutU64(msg + 9, flush);
   PutU64(msg + 17, flush);  // apply: nothing counts as applied before it is durable
   PutU64(msg + 25, static_cast<uint64_t>(PgNow()));
-  msg[33] = 0;  // no reply requested
+  msg[33] = reply_requested ? 1 : 0;
   if (PQputCopyData(conn_, msg, sizeof(msg)) != 1) {
     return absl::UnavailableError(absl::StrCat("source: sending standby status update: ", ConnectionMessage(conn_)));
   }

@@ -30,6 +30,10 @@ struct PgReplicationSourceOptions {
   // schema.table of published tables no mapping names that the config says to leave alone.
   std::vector<std::string> ignore_tables;
   absl::Duration feedback_interval = absl::Seconds(10);
+  // Nothing received from the walsender (data or keepalive) for this long while walshiftd is
+  // reading: the connection is dead, Poll() returns kUnavailable. After half of it a status
+  // update asks the walsender for a reply. ZeroDuration: never.
+  absl::Duration receive_timeout = absl::Seconds(60);
   std::string application_name = "walshiftd";
   // When the slot is created now: export its snapshot (valid until Start()).
   bool export_snapshot = false;
@@ -89,7 +93,7 @@ class PgReplicationSource : public ChangeSource {
   // bounded queue (so the walsender keeps streaming while the pipeline waits on a target),
   // answers keepalives and sends every standby status update.
   void ReaderLoop();
-  absl::Status SendStatusUpdate();  // reader thread only
+  absl::Status SendStatusUpdate(bool reply_requested = false);  // reader thread only
   void FinishReader(absl::Status status);
   void WakeReader();
 

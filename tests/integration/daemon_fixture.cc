@@ -21,11 +21,15 @@ PgCluster* DaemonTest::target_cluster_ = nullptr;
 void DaemonTest::SetUpTestSuite() {
   PgClusterOptions so;
   so.name = "source";
-  auto s = PgCluster::Start(so);
-  ASSERT_TRUE(s.ok()) << s.status();
   PgClusterOptions to;
   to.name = "target";
-  auto t = PgCluster::Start(to);
+  StartClusters(so, to);
+}
+
+void DaemonTest::StartClusters(PgClusterOptions source, PgClusterOptions target) {
+  auto s = PgCluster::Start(std::move(source));
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto t = PgCluster::Start(std::move(target));
   ASSERT_TRUE(t.ok()) << t.status();
   source_cluster_ = s->release();
   target_cluster_ = t->release();
@@ -76,7 +80,9 @@ absl::Status DaemonTest::StartDaemon(const std::string& config_path, const std::
                                      const std::string& binary) {
   SubprocessOptions o;
   o.env = env;
-  o.argv = {binary.empty() ? BinaryPath("walshiftd") : binary, "--config", config_path};
+  o.argv = daemon_prefix_;
+  for (const std::string& a : {binary.empty() ? BinaryPath("walshiftd") : binary, std::string("--config"), config_path})
+    o.argv.push_back(a);
   o.stdout_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
   o.stderr_to = Output::File(absl::StrCat(dir_, "/walshiftd.log"), /*append=*/true);
   auto p = Subprocess::Start(o);

@@ -29,6 +29,10 @@ class DaemonTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite();
   static void TearDownTestSuite();
+  // Starts the suite's source and target clusters with these options (SetUpTestSuite's
+  // defaults: names "source" and "target"). For suites that need more, e.g. extra listen
+  // addresses.
+  static void StartClusters(PgClusterOptions source, PgClusterOptions target);
   void SetUp() override;
   void TearDown() override;
 
@@ -68,6 +72,8 @@ class DaemonTest : public ::testing::Test {
   std::string documents_dir_;
   std::string slot_;  // walshift_<pipeline_> unless the config names another
   std::unique_ptr<Subprocess> daemon_;
+  // Prepended to walshiftd's command line by StartDaemon (e.g. {"ip", "netns", "exec", NS}).
+  std::vector<std::string> daemon_prefix_;
 };
 
 }  // namespace walshift::testing

@@ -210,14 +210,22 @@ absl::Status PgCluster::Init() {
                                             Tail(initdb.stderr_text, 3000)));
   }
   ASSIGN_OR_RETURN(base_conf_, ReadFile(absl::StrCat(data_dir_, "/postgresql.conf")));
+  ASSIGN_OR_RETURN(base_hba_, ReadFile(absl::StrCat(data_dir_, "/pg_hba.conf")));
   return absl::OkStatus();
 }
 
 absl::Status PgCluster::WriteConfig() {
+  std::vector<std::string> listen = {"127.0.0.1"};
+  listen.insert(listen.end(), options_.extra_listen_addresses.begin(), options_.extra_listen_addresses.end());
+  if (!options_.extra_hba.empty()) {
+    RETURN_IF_ERROR(WriteFile(
+        absl::StrCat(data_dir_, "/pg_hba.conf"),
+        absl::StrCat(base_hba_, "\n# PgClusterOptions.extra_hba\n", absl::StrJoin(options_.extra_hba, "\n"), "\n")));
+  }
   std::vector<std::string> lines = {
       "",
       "# walshift test cluster (tests/testing/pg_cluster.cc)",
-      "listen_addresses = '127.0.0.1'",
+      absl::StrCat("listen_addresses = '", absl::StrJoin(listen, ","), "'"),
       absl::StrCat("port = ", port_),
       absl::StrCat("unix_socket_directories = ", QuoteConf(temp_dir_)),
       "wal_level = logical",

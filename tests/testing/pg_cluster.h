@@ -35,6 +35,12 @@ namespace walshift::testing {
 struct PgClusterOptions {
   // Extra postgresql.conf lines, appended after the standard settings (later lines win).
   std::vector<std::string> extra_conf;
+  // Addresses the server listens on besides 127.0.0.1 (e.g. the host side of a veth pair in a
+  // network test). Each must exist when the server starts.
+  std::vector<std::string> extra_listen_addresses;
+  // Lines appended to pg_hba.conf (e.g. "host all all 10.0.0.0/8 trust" and the same for
+  // "replication").
+  std::vector<std::string> extra_hba;
   // Used in the temp dir name ("walshift-<name>-XXXXXX") and in messages.
   std::string name = "pg";
   // How long pg_ctl waits for startup / shutdown.
@@ -125,6 +131,7 @@ class PgCluster {
   std::string log_path_;
   std::string host_ = "127.0.0.1";
   std::string base_conf_;  // postgresql.conf as initdb wrote it.
+  std::string base_hba_;   // pg_hba.conf as initdb wrote it.
   int port_ = 0;
   bool running_ = false;
   int watchdog_fd_ = -1;  // Write end of the watchdog's pipe.

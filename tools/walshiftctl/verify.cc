@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -109,6 +109,7 @@ int VerifyCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
     return 2;
   }
+  (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
   if (!table.empty() && std::none_of(settings->mappings.begin(), settings->mappings.end(),
                                      [&](const auto& m) { return m.common.source() == table; })) {
     std::fprintf(stderr, "walshiftctl verify: no mapping of pipeline %s reads %s\n", settings->proto.pipeline().c_str(),

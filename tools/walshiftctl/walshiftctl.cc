@@ -237,6 +237,7 @@ int StatusCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
     return 2;
   }
+  (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
   // walshiftd's own view when it runs; the databases' otherwise.
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
   if (listen != "off" && !absl::EndsWith(listen, ":0")) {  // an ephemeral port cannot be found
@@ -280,6 +281,7 @@ int BackfillCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
     return 2;
   }
+  (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
   std::vector<std::string> targets;
   for (const auto& m : settings->mappings) {
     if (m.common.source() != table) continue;

@@ -86,6 +86,50 @@ extra: 1
   EXPECT_THAT(m, HasSubstr("targets[0]: one of dsn, dsn_env or dsn_file is required"));
 }
 
+TEST(ConfigTest, NetworkTimeoutsHaveDefaultsAndBadValuesAreRefusedByKeyPath) {
+  const std::string base =
+      "pipeline: p\nsource: {dsn: \"host=/tmp\"}\ntargets: [{name: a, dsn: \"host=/tmp\"}]\n"
+      "mappings: [{source: t}]\n";
+  auto defaults = LoadSettingsText(base, "defaults.yaml");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->connection_defaults,
+            "connect_timeout=10 keepalives=1 keepalives_idle=30 keepalives_interval=10 keepalives_count=3 "
+            "tcp_user_timeout=60000");
+  EXPECT_EQ(defaults->receive_timeout_s, 60u);
+
+  auto set = LoadSettingsText(base +
+                                  "network: {connect_timeout_s: 0, keepalives: false, keepalives_idle_s: 5, "
+                                  "keepalives_interval_s: 2, keepalives_count: 4, tcp_user_timeout_ms: 0}\n",
+                              "set.yaml");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->connection_defaults,
+            "connect_timeout=0 keepalives=0 keepalives_idle=5 keepalives_interval=2 keepalives_count=4 "
+            "tcp_user_timeout=0");
+  auto off = LoadSettingsText(
+      "pipeline: p\nsource: {dsn: \"host=/tmp\", receive_timeout_s: 0}\ntargets: [{name: a, dsn: x}]\n"
+      "mappings: [{source: t}]\n",
+      "off.yaml");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->receive_timeout_s, 0u);
+
+  auto bad = LoadSettingsText(
+      "pipeline: p\nsource: {dsn: \"host=/tmp\", receive_timeout_s: 1}\ntargets: [{name: a, dsn: x}]\n"
+      "network: {connect_timeout_s: 1, keepalives_idle_s: 0, keepalives_interval_s: soon, keepalives_count: 101,\n"
+      "          tcp_user_timeout_ms: 3600001, keepalives: maybe, keepalive_idle_s: 3}\n"
+      "mappings: [{source: t}]\n",
+      "bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  std::string m(bad.status().message());
+  EXPECT_THAT(m, HasSubstr("source.receive_timeout_s: 1 is out of range: 0 (off) or 2..3600 seconds"));
+  EXPECT_THAT(m, HasSubstr("network.connect_timeout_s: 1 is out of range"));
+  EXPECT_THAT(m, HasSubstr("network.keepalives_idle_s: 0 is out of range (1..86400)"));
+  EXPECT_THAT(m, HasSubstr("network.keepalives_interval_s: 'soon' is not a non-negative whole number"));
+  EXPECT_THAT(m, HasSubstr("network.keepalives_count: 101 is out of range (1..100)"));
+  EXPECT_THAT(m, HasSubstr("network.tcp_user_timeout_ms: 3600001 is out of range (0..3600000)"));
+  EXPECT_THAT(m, HasSubstr("network.keepalives: 'maybe' is not true or false"));
+  EXPECT_THAT(m, HasSubstr("network.keepalive_idle_s: unknown key"));
+}
+
 TEST(ConfigTest, DsnFromEnvAndFile) {
   setenv("WALSHIFT_TEST_DSN", "host=/tmp dbname=from_env", 1);
   std::string file = testing::TempDir() + "/walshift_dsn";

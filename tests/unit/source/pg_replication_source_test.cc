@@ -2,7 +2,10 @@
 
 #include "daemon/source/pg_replication_source.h"
 
+#include <signal.h>
+
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -12,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/core/lsn.h"
+#include "daemon/pg/pg_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/pg_cluster.h"
@@ -366,6 +370,71 @@ TEST_F(PgReplicationSourceTest, AnswersKeepalivesThatRequestAReply) {
   ASSERT_TRUE(cluster_->Exec(db_, "INSERT INTO users VALUES (1, 'x', 'y')").ok());
   PollUntil(**source, handler, [&] { return !handler.commits.empty(); });
   EXPECT_EQ(handler.rows.size(), 1u);
+}
+
+TEST_F(PgReplicationSourceTest, IdleSourceIsAskedForAReplyBeforeTheReceiveTimeout) {
+  // Nothing is written and the walsender has no reason to send anything for 30 s; the reader
+  // asks it for a reply after half the receive timeout, so the stream stays up.
+  PgReplicationSourceOptions o = Options();
+  o.receive_timeout = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(o);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE((*source)->Start(kInvalidLsn).ok());
+  CollectingHandler handler;
+  absl::Time until = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < until) {
+    absl::StatusOr<int> n = (*source)->Poll(handler, absl::Milliseconds(100));
+    ASSERT_TRUE(n.ok()) << n.status();
+  }
+}
+
+TEST_F(PgReplicationSourceTest, HungWalsenderIsNoticedByTheReceiveTimeout) {
+  // A stopped walsender: its kernel still acknowledges every packet, so no TCP timeout fires;
+  // only the receive timeout notices that nothing comes.
+  PgReplicationSourceOptions o = Options();
+  o.receive_timeout = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<PgReplicationSource>> source = PgReplicationSource::Create(o);
+  ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE((*source)->Start(kInvalidLsn).ok());
+  CollectingHandler handler;
+  ASSERT_TRUE((*source)->Poll(handler, absl::Milliseconds(10)).ok());
+  absl::StatusOr<std::string> pid;
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  do {
+    pid = Value(absl::StrCat("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'slot_", db_, "'"));
+  } while (!pid.ok() && absl::Now() < deadline);
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  ASSERT_EQ(kill(std::stoi(*pid), SIGSTOP), 0);
+  absl::Time stopped = absl::Now();
+  absl::StatusOr<int> n = 0;
+  while (n.ok() && absl::Now() < stopped + absl::Seconds(20)) n = (*source)->Poll(handler, absl::Milliseconds(200));
+  absl::Duration took = absl::Now() - stopped;
+  kill(std::stoi(*pid), SIGCONT);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kUnavailable) << n.status();
+  EXPECT_THAT(std::string(n.status().message()), HasSubstr("considered dead")) << n.status();
+  std::cout << "a stopped walsender noticed after " << absl::ToDoubleSeconds(took) << " s\n";
+}
+
+TEST_F(PgReplicationSourceTest, ConnectionDefaultsApplyUnlessTheDsnSetsThem) {
+  ASSERT_TRUE(pg::SetConnectionDefaults("keepalives_idle=7 tcp_user_timeout=1234").ok());
+  auto setting = [](PGconn* conn, const std::string& key) {
+    std::string out;
+    PQconninfoOption* opts = PQconninfo(conn);
+    for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o)
+      if (key == o->keyword && o->val != nullptr) out = o->val;
+    PQconninfoFree(opts);
+    return out;
+  };
+  absl::StatusOr<pg::ConnPtr> plain = pg::Connect(cluster_->Dsn(db_), "source");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(setting(plain->get(), "keepalives_idle"), "7");
+  EXPECT_EQ(setting(plain->get(), "tcp_user_timeout"), "1234");
+  absl::StatusOr<pg::ConnPtr> own = pg::Connect(cluster_->Dsn(db_) + " keepalives_idle=9", "source");
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(setting(own->get(), "keepalives_idle"), "9");
+  EXPECT_EQ(setting(own->get(), "tcp_user_timeout"), "1234");
+  EXPECT_FALSE(pg::SetConnectionDefaults("keepalives_idle").ok());
+  ASSERT_TRUE(pg::SetConnectionDefaults("").ok());
 }
 
 TEST(PgReplicationSourceWalLevelTest, ReplicaWalLevelIsFailedPrecondition) {

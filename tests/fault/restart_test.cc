@@ -1,0 +1,178 @@
+// Server restarts under load: the target PostgreSQL restarted in immediate mode (a crash of
+// the server) while a group is open, the target stopped for a minute, the source restarted
+// mid-stream and in the middle of the initial copy. walshiftd must never exit, reconnect with
+// backoff, and end with the target equal to the mapped source, both directions.
+
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "tests/fault/fault_fixture.h"
+
+namespace walshift::testing {
+namespace {
+
+// Retries come quickly in these tests; the backoff itself is the default code path.
+constexpr char kFastRetries[] = R"(
+apply: {group_max_changes: 500, group_max_ms: 100, reconnect_initial_ms: 100, reconnect_max_ms: 2000}
+monitor: {heartbeat_interval_s: 1}
+)";
+
+class RestartTest : public FaultTest {
+ protected:
+  // Waits (up to 10 s) until walshiftd has a target transaction open: a group sent and not yet
+  // committed. False when none was seen.
+  bool WaitForOpenGroup() {
+    std::string sql =
+        absl::StrCat("SELECT count(*)::text FROM pg_stat_activity WHERE datname = '", target_db_,
+                     "' AND application_name = 'walshiftd' AND xact_start IS NOT NULL AND state <> 'idle'");
+    absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      auto v = target_cluster_->QueryValue("postgres", sql);
+      if (v.ok() && *v != "0") return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return false;
+  }
+};
+
+TEST_F(RestartTest, TargetRestartedImmediateMidGroupEndsExact) {
+  CreateTables();
+  std::string config = EventsConfig(kFastRetries);
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  auto workload = StartPgbench(Workload(4, absl::Seconds(12)));
+  ASSERT_NE(workload, nullptr);
+  int mid_group = 0;
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    if (WaitForOpenGroup()) ++mid_group;
+    ASSERT_TRUE(target_cluster_->Stop(PgCluster::StopMode::kImmediate).ok());
+    ASSERT_TRUE(target_cluster_->Restart().ok()) << target_cluster_->LogTail();
+    ASSERT_TRUE(daemon_->Running()) << DaemonLog();
+  }
+  EXPECT_GE(mid_group, 1) << "no restart landed while a group was open";
+  auto done = workload->Wait(absl::Seconds(120));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ExpectExact();
+  EXPECT_GE(CountInLog("retrying in"), 3) << DaemonLog();
+  std::cout << "target restarts: 3 (" << mid_group << " with a group open), reconnects: " << CountInLog("retrying in")
+            << "\n";
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+TEST_F(RestartTest, TargetStoppedForAMinuteEndsExact) {
+  CreateTables();
+  // The default backoff ceiling (30 s) would leave up to 30 s idle after the target is back;
+  // 5 s keeps the test short.
+  std::string config = EventsConfig(R"(
+apply: {reconnect_max_ms: 5000}
+monitor: {heartbeat_interval_s: 1}
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  // The legacy database keeps changing all the time the target is away.
+  auto workload = StartPgbench(Workload(2, absl::Seconds(70), /*rate=*/100));
+  ASSERT_NE(workload, nullptr);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  size_t from = LogSize();
+  ASSERT_TRUE(target_cluster_->Stop(PgCluster::StopMode::kFast).ok());
+  absl::Time stopped = absl::Now();
+  while (absl::Now() - stopped < absl::Seconds(60)) {
+    ASSERT_TRUE(daemon_->Running()) << "walshiftd exited while the target was down:\n" << DaemonLog();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  int retries = CountInLog("retrying in", from);
+  EXPECT_GE(retries, 5) << DaemonLog();
+  EXPECT_GE(CountInLog("cannot connect to target main", from), 1) << DaemonLog();
+  ASSERT_TRUE(target_cluster_->Restart().ok()) << target_cluster_->LogTail();
+  absl::Time back = absl::Now();
+  auto done = workload->Wait(absl::Seconds(120));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ExpectExact();
+  std::cout << "target down 60 s: " << retries << " reconnect attempts, caught up "
+            << absl::ToInt64Seconds(absl::Now() - back) << " s after it was back (pgbench still running)\n";
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+TEST_F(RestartTest, SourceRestartedMidStreamEndsExact) {
+  CreateTables();
+  std::string config = EventsConfig(kFastRetries);
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  for (auto mode : {PgCluster::StopMode::kImmediate, PgCluster::StopMode::kFast}) {
+    // The restart aborts pgbench's clients too: their outcome does not matter, only that what
+    // the source committed reaches the target.
+    auto workload = StartPgbench(Workload(4, absl::Seconds(4)));
+    ASSERT_NE(workload, nullptr);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    size_t from = LogSize();
+    ASSERT_TRUE(source_cluster_->Stop(mode).ok());
+    ASSERT_TRUE(source_cluster_->Restart().ok()) << source_cluster_->LogTail();
+    (void)workload->Wait(absl::Seconds(60));
+    ASSERT_TRUE(daemon_->Running()) << DaemonLog();
+    EXPECT_TRUE(WaitForLog("retrying in", from, absl::Seconds(30))) << DaemonLog();
+  }
+  auto after = StartPgbench(Workload(4, absl::Seconds(3)));
+  ASSERT_NE(after, nullptr);
+  auto done = after->Wait(absl::Seconds(60));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ExpectExact();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+// The initial copy of 300,000 rows in ranges of 5,000, two workers, with the source restarted
+// (immediate mode) once a few ranges are in and pgbench writing all over the key space. The
+// copy resumes: the committed ranges are kept, the rest is copied under a new snapshot.
+TEST_F(RestartTest, SourceRestartedMidCopyResumesAndEndsExact) {
+  CreateTables();
+  Source(
+      "INSERT INTO events SELECT g, g % 100, md5(g::text) FROM generate_series(1, 300000) g;"
+      "ANALYZE events");
+  std::string config = EventsConfig(absl::StrCat(kFastRetries, "snapshot: {workers: 2, chunk_rows: 5000}\n"));
+  ASSERT_TRUE(StartDaemon(config).ok());
+  auto workload = StartPgbench(Workload(2, absl::Seconds(5), /*rate=*/0, /*max_id=*/300000));
+  ASSERT_NE(workload, nullptr);
+  std::string chunks =
+      absl::StrCat("SELECT count(*)::text FROM walshift.copy_chunk WHERE pipeline = '", pipeline_, "'");
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  int copied = 0;
+  while (absl::Now() < deadline) {
+    auto v = target_cluster_->QueryValue(target_db_, chunks);
+    if (v.ok() && std::stoi(*v) >= 3) {
+      copied = std::stoi(*v);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_GE(copied, 3) << "the copy never committed 3 ranges:\n" << DaemonLog();
+  size_t from = LogSize();
+  ASSERT_TRUE(source_cluster_->Stop(PgCluster::StopMode::kImmediate).ok());
+  ASSERT_TRUE(source_cluster_->Restart().ok()) << source_cluster_->LogTail();
+  auto stopped_at = target_cluster_->QueryValue(target_db_, chunks);
+  (void)workload->Wait(absl::Seconds(60));
+  auto after = StartPgbench(Workload(2, absl::Seconds(3), /*rate=*/0, /*max_id=*/300000));
+  ASSERT_NE(after, nullptr);
+  auto done = after->Wait(absl::Seconds(60));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
+  ASSERT_TRUE(WaitCaughtUp(absl::Seconds(300)).ok()) << DaemonLog();
+  ExpectExact();
+  // It resumed: the ranges of the first run were not copied again.
+  EXPECT_TRUE(WaitForLog("initial copy interrupted with", from, absl::Seconds(1))) << DaemonLog();
+  EXPECT_TRUE(WaitForLog("resuming it; ranges already committed", from, absl::Seconds(1))) << DaemonLog();
+  EXPECT_TRUE(WaitForLog("done by an earlier run", from, absl::Seconds(1))) << DaemonLog();
+  // No key range was copied twice: the recorded ranges do not overlap.
+  EXPECT_EQ(TargetRows(absl::StrCat("SELECT count(*)::text FROM walshift.copy_chunk a JOIN walshift.copy_chunk b ON "
+                                    "a.ctid < b.ctid AND a.pipeline = b.pipeline AND int8range(a.lo, a.hi) && "
+                                    "int8range(b.lo, b.hi) WHERE a.pipeline = '",
+                                    pipeline_, "'")),
+            (PgRows{{"0"}}));
+  std::cout << "source restarted with " << stopped_at.value_or("?") << " of 60 ranges committed; copy resumed\n";
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+}  // namespace
+}  // namespace walshift::testing
