@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
