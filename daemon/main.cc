@@ -1,8 +1,10 @@
 // walshiftd: streams a legacy PostgreSQL database's changes through the configured mapping
 // modules into the new schema.
 //
-// Exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or --validate passed; 1 runtime error (a
-// value the target rejects, a lost slot, ...); 2 configuration error.
+// Exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or --validate passed; 1 runtime error that
+// needs a person (a value the target rejects, a mapping that does not fit the schema); 2
+// configuration error; 3 the replication slot lost changes (invalidated, or dropped while the
+// targets hold checkpoints): the pipeline must be rebuilt (see the message and the README).
 
 #include <unistd.h>
 
@@ -12,8 +14,10 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/config/config.h"
+#include "daemon/core/slot_loss.h"
 #include "daemon/observe/events.h"
 #include "daemon/observe/http.h"
 #include "daemon/observe/monitor.h"
@@ -44,7 +48,10 @@ void Usage(FILE* out) {
                "  --dry-run         read every mapped table under one snapshot through its mappings\n"
                "                    and report per table what would be written and the first\n"
                "                    mapping failures; writes nothing (0 clean, 1 failures)\n"
-               "  --log-level L     trace, debug, info, warn, error (overrides log.level)\n");
+               "  --log-level L     trace, debug, info, warn, error (overrides log.level)\n"
+               "exit codes: 0 stopped by a signal, 1 an error that needs a person (a rejected value, a\n"
+               "  mapping that does not fit the schema), 2 bad configuration, 3 the replication slot lost\n"
+               "  changes (invalidated or dropped): the pipeline must be rebuilt, as the message says\n");
 }
 
 // --dry-run: the initial copy with counting instead of writing.
@@ -285,9 +292,16 @@ int main(int argc, char** argv) {
     absl::Status st = pipeline.Run(g_stop);
     verifier.reset();  // before the pipeline's connections go: a pass may wait on its checkpoint
     if (!st.ok()) {
+      if (walshift::IsSlotLost(st)) {
+        // The slot as the source sees it, in a last lag event, with the alarm raised.
+        status.RaiseAlarm(
+            absl::StrContains(st.message(), "does not exist") ? walshift::v1::SLOT_MISSING : walshift::v1::SLOT_LOST,
+            std::string(st.message()));
+        monitor.StopWithFinalReport();
+      }
       status.SetState(walshift::v1::ERROR, std::string(st.message()));
       spdlog::critical("stopped: {}", std::string(st.message()));
-      code = 1;
+      code = walshift::IsSlotLost(st) ? walshift::kExitSlotLost : 1;
     } else {
       status.SetState(walshift::v1::STOPPING);
       spdlog::info("walshiftd stopped");

@@ -146,8 +146,14 @@ void EventPublisher::Publish(const v1::LagEvent& event) {
 }
 
 void EventPublisher::Publish(const v1::StateEvent& event) {
-  if (!event.warning().empty()) {
-    spdlog::warn("pipeline {}: {}", event.pipeline(), event.warning());
+  if (event.cleared()) {
+    spdlog::info("pipeline {}: alarm {} cleared: {}", event.pipeline(), v1::AlarmKind_Name(event.alarm()),
+                 event.message());
+  } else if (!event.warning().empty()) {
+    if (event.alarm() != v1::ALARM_UNSPECIFIED)
+      spdlog::warn("pipeline {}: alarm {}: {}", event.pipeline(), v1::AlarmKind_Name(event.alarm()), event.warning());
+    else
+      spdlog::warn("pipeline {}: {}", event.pipeline(), event.warning());
   } else {
     spdlog::info("pipeline {}: {} -> {}{}", event.pipeline(), v1::PipelineState_Name(event.previous()),
                  v1::PipelineState_Name(event.state()),

@@ -3,6 +3,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/core/slot_loss.h"
 #include "daemon/observe/format.h"
 #include "spdlog/spdlog.h"
 
@@ -21,13 +22,21 @@ Monitor::Monitor(const config::Settings& settings, PipelineStatus* status, Event
   thread_ = std::thread([this] { Loop(); });
 }
 
-Monitor::~Monitor() {
+Monitor::~Monitor() { Stop(); }
+
+void Monitor::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Monitor::StopWithFinalReport() {
+  if (!thread_.joinable()) return;
+  Stop();
+  Report();
 }
 
 void Monitor::ReadSource(SourceView* view) {
@@ -89,47 +98,57 @@ void Monitor::Loop() {
     }
     if (now < next_lag) continue;
     next_lag = now + lag_interval_;
-    SourceView view;
-    ReadSource(&view);
-    status_->SetSource(view);
-    status_->SetKafka(events_->view());
-    events_->Publish(status_->Lag(/*advance_rates=*/true));
-    // Slot health.
-    std::string problem;
-    if (view.reachable && !view.slot_exists && status_->state() == v1::STREAMING) {
-      problem = absl::StrCat("replication slot ", slot_, " no longer exists");
-    } else if (view.wal_status == "lost") {
-      problem = absl::StrCat("replication slot ", slot_,
-                             " was invalidated (wal_status lost): the source removed WAL it still needed");
-    } else if (view.wal_status == "unreserved") {
-      problem = absl::StrCat("replication slot ", slot_, " retains more WAL than max_slot_wal_keep_size allows; ",
-                             "it will be invalidated at the next checkpoint unless the pipeline catches up");
-    }
-    if (!problem.empty() && problem != slot_problem_) {
-      v1::StateEvent e;
-      e.set_pipeline(pipeline_);
-      e.set_state(status_->state());
-      e.set_previous(status_->state());
-      e.set_warning(problem);
-      events_->Publish(e);
-    }
-    slot_problem_ = problem;
-    if (max_retained_ > 0 && view.retained_bytes > max_retained_ && !retained_warned_) {
-      v1::StateEvent e;
-      e.set_pipeline(pipeline_);
-      e.set_state(status_->state());
-      e.set_previous(status_->state());
-      e.set_warning(absl::StrCat(
-          "replication slot ", slot_, " retains ", HumanBytes(view.retained_bytes), " of WAL on the source (threshold ",
-          HumanBytes(max_retained_), "); the source's disk fills while walshift is behind",
-          view.safe_wal_size >= 0
-              ? absl::StrCat(", ", HumanBytes(view.safe_wal_size), " left before the slot is invalidated")
-              : ""));
-      events_->Publish(e);
-      retained_warned_ = true;
-    } else if (view.retained_bytes <= max_retained_ / 2) {
-      retained_warned_ = false;
-    }
+    Report();
+  }
+}
+
+void Monitor::Report() {
+  SourceView view;
+  ReadSource(&view);
+  status_->SetSource(view);
+  status_->SetKafka(events_->view());
+  CheckSlot(view);
+  events_->Publish(status_->Lag(/*advance_rates=*/true));
+}
+
+void Monitor::CheckSlot(const SourceView& view) {
+  if (!view.reachable) return;  // nothing known: alarms stay as they are
+  const std::string slot = absl::StrCat("replication slot ", slot_);
+  if (!view.slot_exists && status_->state() == v1::STREAMING) {
+    status_->RaiseAlarm(v1::SLOT_MISSING,
+                        absl::StrCat(slot, " no longer exists: the changes after the targets' checkpoints are lost"));
+  } else if (view.slot_exists) {
+    status_->ClearAlarm(v1::SLOT_MISSING, absl::StrCat(slot, " exists again"));
+  }
+  if (view.wal_status == "lost") {
+    status_->RaiseAlarm(v1::SLOT_LOST,
+                        absl::StrCat(slot,
+                                     " was invalidated (wal_status lost): the source removed WAL it still needed "
+                                     "(max_slot_wal_keep_size), so changes after the targets' checkpoints are gone. ",
+                                     SlotRebuildProcedure(slot_, pipeline_)));
+  }
+  if (view.wal_status == "unreserved") {
+    status_->RaiseAlarm(
+        v1::SLOT_UNRESERVED,
+        absl::StrCat(slot, " retains more WAL than max_slot_wal_keep_size allows; it will be invalidated at the ",
+                     "source's next checkpoint unless the pipeline catches up"));
+  } else if (view.slot_exists && view.wal_status != "lost") {
+    status_->ClearAlarm(v1::SLOT_UNRESERVED, absl::StrCat(slot, " is within max_slot_wal_keep_size again (wal_status ",
+                                                          view.wal_status, ")"));
+  }
+  if (max_retained_ == 0 || !view.slot_exists) return;
+  if (view.retained_bytes > max_retained_) {
+    status_->RaiseAlarm(
+        v1::RETAINED_WAL,
+        absl::StrCat(slot, " retains ", HumanBytes(view.retained_bytes), " of WAL on the source (threshold ",
+                     HumanBytes(max_retained_), "); the source's disk fills while walshift is behind",
+                     view.safe_wal_size >= 0
+                         ? absl::StrCat(", ", HumanBytes(view.safe_wal_size), " left before the slot is invalidated")
+                         : ""));
+  } else if (view.retained_bytes <= max_retained_ / 2) {
+    status_->ClearAlarm(v1::RETAINED_WAL,
+                        absl::StrCat(slot, " retains ", HumanBytes(view.retained_bytes),
+                                     " of WAL, at most half of the threshold ", HumanBytes(max_retained_)));
   }
 }
 

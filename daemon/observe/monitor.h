@@ -3,8 +3,10 @@
 // position, the slot's confirmed position, retained WAL, wal_status, safe_wal_size) and
 // publishes a LagEvent; every monitor.heartbeat_interval_s, while streaming, it writes a
 // heartbeat into the source's WAL (a transactional logical message the pipeline consumes like
-// any transaction), so an idle source still advances the slot and the checkpoints; it warns
-// when the slot retains more WAL than monitor.max_retained_wal_bytes or is lost.
+// any transaction), so an idle source still advances the slot and the checkpoints. It raises
+// and clears the slot's alarms (v1::AlarmKind) in the status: retained WAL past
+// monitor.max_retained_wal_bytes (cleared at half of it), wal_status unreserved or lost, a
+// slot gone while streaming.
 
 #include <condition_variable>
 #include <mutex>
@@ -24,8 +26,16 @@ class Monitor {
   Monitor(const config::Settings& settings, PipelineStatus* status, EventPublisher* events);
   ~Monitor();  // stops the thread
 
+  // Stops the thread, then reads the source once more and publishes a last LagEvent (so a
+  // stop on a lost slot reports the slot as the source sees it). Idempotent.
+  void StopWithFinalReport();
+
  private:
   void Loop();
+  void Stop();
+  // One round: reads the source, updates the status and its alarms, publishes a LagEvent.
+  void Report();
+  void CheckSlot(const SourceView& view);
   void ReadSource(SourceView* view);
   void Heartbeat();
 
@@ -35,8 +45,6 @@ class Monitor {
   PipelineStatus* status_;
   EventPublisher* events_;
   pg::ConnPtr conn_;
-  bool retained_warned_ = false;
-  std::string slot_problem_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;

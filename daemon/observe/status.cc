@@ -141,6 +141,56 @@ void PipelineStatus::CountError(const std::string& kind) {
   ++errors_[kind];
 }
 
+void PipelineStatus::RaiseAlarm(v1::AlarmKind kind, const std::string& message) {
+  v1::StateEvent event;
+  std::function<void(const v1::StateEvent&)> listener;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto [it, added] = alarms_.try_emplace(kind);
+    it->second.set_message(message);
+    if (!added) return;
+    it->second.set_kind(kind);
+    *it->second.mutable_since() = ToProto(absl::Now());
+    event.set_pipeline(pipeline_);
+    *event.mutable_time() = ToProto(absl::Now());
+    event.set_state(state_);
+    event.set_previous(state_);
+    event.set_warning(message);
+    event.set_alarm(kind);
+    listener = listener_;
+  }
+  if (listener) listener(event);
+}
+
+void PipelineStatus::ClearAlarm(v1::AlarmKind kind, const std::string& why) {
+  v1::StateEvent event;
+  std::function<void(const v1::StateEvent&)> listener;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (alarms_.erase(kind) == 0) return;
+    event.set_pipeline(pipeline_);
+    *event.mutable_time() = ToProto(absl::Now());
+    event.set_state(state_);
+    event.set_previous(state_);
+    event.set_message(why);
+    event.set_alarm(kind);
+    event.set_cleared(true);
+    listener = listener_;
+  }
+  if (listener) listener(event);
+}
+
+bool PipelineStatus::alarm_active(v1::AlarmKind kind) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return alarms_.count(kind) > 0;
+}
+
+void PipelineStatus::SetRetry(int attempt, absl::Time failing_since) {
+  std::lock_guard<std::mutex> lock(mu_);
+  retry_attempt_ = attempt;
+  failing_since_ = failing_since;
+}
+
 void PipelineStatus::SetSource(const SourceView& source) {
   std::lock_guard<std::mutex> lock(mu_);
   source_ = source;
@@ -182,6 +232,7 @@ v1::LagEvent PipelineStatus::LagLocked(bool advance_rates) {
   e.set_retained_wal_bytes(source_.retained_bytes);
   e.set_wal_status(source_.wal_status);
   e.set_safe_wal_size(source_.safe_wal_size);
+  for (const auto& [_, alarm] : alarms_) *e.add_alarms() = alarm;
   double elapsed = absl::ToDoubleSeconds(now - rates_at_);
   for (Target& t : targets_) {
     v1::TargetLag* l = e.add_targets();
@@ -228,6 +279,9 @@ std::string PipelineStatus::StatusJson() {
       "{\"pipeline\":", JsonString(pipeline_), ",\"state\":", JsonString(v1::PipelineState_Name(state_)),
       ",\"state_message\":", JsonString(state_message_),
       ",\"state_since\":", JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", state_since_, absl::UTCTimeZone())),
+      ",\"retry_attempt\":", retry_attempt_, ",\"failing_since\":",
+      retry_attempt_ == 0 ? "null"
+                          : JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", failing_since_, absl::UTCTimeZone())),
       ",\"lag\":", lag, ",\"copy\":[");
   absl::Time now = absl::Now();
   bool first = true;
@@ -314,7 +368,8 @@ std::string PipelineStatus::PrometheusText() {
   };
   histogram("walshift_batch_changes", "Changes per target transaction", batch_size_);
   histogram("walshift_apply_seconds", "Time to send and commit one target transaction", apply_seconds_);
-  head("walshift_errors_total", "counter", "Errors by kind (reconnect, replay, data, kafka)");
+  head("walshift_errors_total", "counter",
+       "Errors by kind (reconnect, resources: a target or source out of disk, memory or connections, replay, data)");
   for (const auto& [kind, n] : errors_)
     absl::StrAppend(&out, "walshift_errors_total{", p, ",kind=\"", Label(kind), "\"} ", n, "\n");
   auto single = [&](const char* name, const char* type, const char* help, auto value) {
@@ -326,6 +381,14 @@ std::string PipelineStatus::PrometheusText() {
   single("walshift_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the source", source_.retained_bytes);
   single("walshift_slot_safe_wal_size_bytes", "gauge",
          "WAL that may still be written before the slot is lost (-1: unlimited)", source_.safe_wal_size);
+  head("walshift_alarm", "gauge", "1 while the alarm is raised (see AlarmKind in events.proto)");
+  for (int k = v1::RETAINED_WAL; k <= v1::SLOT_MISSING; ++k) {
+    auto kind = static_cast<v1::AlarmKind>(k);
+    absl::StrAppend(&out, "walshift_alarm{", p, ",alarm=\"", v1::AlarmKind_Name(kind), "\"} ", alarms_.count(kind),
+                    "\n");
+  }
+  single("walshift_retry_attempt", "gauge", "Consecutive failed attempts of the pipeline (0 while it makes progress)",
+         retry_attempt_);
   single("walshift_kafka_queued_events", "gauge", "Events waiting for delivery", kafka_.queued);
   single("walshift_kafka_delivered_total", "counter", "Events delivered to Kafka", kafka_.delivered);
   single("walshift_kafka_dropped_total", "counter", "Events dropped because the queue was full", kafka_.dropped);

@@ -95,6 +95,17 @@ class PipelineStatus {
   void AddTableChanges(const std::string& table, uint64_t changes);
   void CountError(const std::string& kind);
 
+  // Alarms (v1::AlarmKind): raising one that is not active, or clearing one that is, calls the
+  // state listener with a StateEvent saying so (the state unchanged); raising an active one
+  // only updates its message. `why` says what cleared it.
+  void RaiseAlarm(v1::AlarmKind kind, const std::string& message);
+  void ClearAlarm(v1::AlarmKind kind, const std::string& why);
+  bool alarm_active(v1::AlarmKind kind) const;
+
+  // Retrying after a retryable error: the attempt (1 for the first retry) and since when the
+  // pipeline has failed; attempt 0 once an attempt made durable progress again.
+  void SetRetry(int attempt, absl::Time failing_since);
+
   void SetSource(const SourceView& source);
   void SetKafka(const KafkaView& kafka);
   // While copying: how to read the copy's progress; afterwards its final report.
@@ -142,6 +153,9 @@ class PipelineStatus {
   std::function<std::vector<CopyUnitReport>()> copy_progress_;
   std::map<std::string, VerifyView> verify_;
   absl::Time rates_at_ = absl::Now();
+  std::map<v1::AlarmKind, v1::Alarm> alarms_;
+  int retry_attempt_ = 0;
+  absl::Time failing_since_ = absl::InfinitePast();
 };
 
 }  // namespace walshift

@@ -6,10 +6,12 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/core/crash_point.h"
+#include "daemon/core/slot_loss.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/pipeline.h"
@@ -28,6 +30,8 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   absl::Duration ceiling = absl::Milliseconds(apply.reconnect_max_ms() ? apply.reconnect_max_ms() : 30000);
   absl::Duration backoff = initial;
   std::mt19937_64 rng(std::random_device{}());
+  int attempt = 0;  // consecutive retries without durable progress
+  absl::Time failing_since = absl::InfinitePast();
   for (;;) {
     bool progress = false;
     absl::Status st = RunOnce(stop, &progress);
@@ -73,7 +77,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     }
     if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kAborted) {
       status_->CountError("data");
-      if (!replayed_for_.ok() && isolate_until_ != kInvalidLsn && !streamed_) {
+      if (!replayed_for_.ok() && isolate_until_ != kInvalidLsn && !streamed_ && !IsSlotLost(st)) {
         // The replay stopped before it streamed anything (a check at reconnect): the stop names
         // the error that started it first.
         return absl::Status(
@@ -82,14 +86,29 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
       }
       return st;
     }
-    status_->CountError("reconnect");
-    status_->SetState(v1::RECONNECTING, std::string(st.message()));
+    // A retry. Only an attempt that made a checkpoint durable resets the backoff: an error
+    // that comes back at every attempt (a full disk) waits longer each time.
+    if (progress) {
+      backoff = initial;
+      attempt = 0;
+    }
+    if (attempt++ == 0) failing_since = absl::Now();
+    const bool resources = absl::StrContains(st.message(), "(SQLSTATE 53");
+    status_->CountError(resources ? "resources" : "reconnect");
+    status_->SetRetry(attempt, failing_since);
+    std::string hint;
+    if (absl::StrContains(st.message(), "(SQLSTATE 53100)")) {
+      hint = " (a disk is full: nothing was committed past the checkpoint; free space there and walshiftd goes on)";
+    } else if (resources) {
+      hint = " (the server ran out of a resource: nothing was committed past the checkpoint)";
+    }
+    status_->SetState(v1::RECONNECTING, absl::StrCat(st.message(), hint));
     if (stop.load()) return absl::OkStatus();
-    if (progress) backoff = initial;
     std::uniform_real_distribution<double> jitter(0.5, 1.0);
     absl::Duration wait = backoff * jitter(rng);
-    spdlog::warn("{}; retrying in {} ms from the last checkpoint", std::string(st.message()),
-                 absl::ToInt64Milliseconds(wait));
+    spdlog::warn("{}{}; retrying in {} ms from the last checkpoint (attempt {}, failing since {})",
+                 std::string(st.message()), hint, absl::ToInt64Milliseconds(wait), attempt,
+                 absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", failing_since, absl::UTCTimeZone()));
     absl::Time until = absl::Now() + wait;
     while (absl::Now() < until && !stop.load()) {
       status_->Tick();
@@ -126,6 +145,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   so.dsn = settings_.source_dsn;
   so.slot = settings_.slot;
   so.publication = settings_.publication;
+  so.pipeline = settings_.proto.pipeline();
   for (const std::string& t : settings_.proto.source().ignore_tables())
     so.ignore_tables.push_back(QualifiedTableName(t));
   for (const auto& m : modules_) {
@@ -162,6 +182,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
                start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
   RETURN_IF_ERROR(source_->Start(start));
+  const Lsn attempt_start = start;
   status_->SetState(v1::STREAMING);
 
   while (!stop.load()) {
@@ -171,8 +192,11 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // wait for data.
     bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
     ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? kIdleFlush : absl::Seconds(1)));
-    if (n > 0) *made_progress = true;
     if (n == 0 && !in_transaction_) RETURN_IF_ERROR(FlushAll());
+    if (!*made_progress && MinDurable() != attempt_start) {
+      *made_progress = true;  // a checkpoint moved: this attempt is no longer failing
+      status_->SetRetry(0, absl::InfinitePast());
+    }
     RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
     status_->SetReceivedLsn(source_->received_lsn());
     status_->Tick();

@@ -12,9 +12,11 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "daemon/core/slot_loss.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "libpq-fe.h"
@@ -275,23 +277,21 @@ absl::Status PgReplicationSource::EnsureSlot() {
                                          "WHERE slot_name = ",
                                          pg::QuoteLiteral(options_.slot)),
                             "source: reading replication slots"));
-  const std::string rebuild = absl::StrCat(
-      " To start over: in every target DELETE FROM walshift.checkpoint and walshift.copy_chunk WHERE "
-      "pipeline = '<pipeline>', then restart walshiftd; it creates the slot and copies the tables again.");
+  const std::string rebuild = SlotRebuildProcedure(options_.slot, options_.pipeline);
   if (PQntuples(slot.get()) > 0 && std::string(PQgetvalue(slot.get(), 0, 3)) == "lost") {
-    return absl::FailedPreconditionError(
+    return SlotLost(absl::DataLossError(
         absl::StrCat("source: replication slot ", options_.slot,
-                     " was invalidated (wal_status lost): the source removed WAL it still needed, so changes "
-                     "after the targets' checkpoints are gone (raise max_slot_wal_keep_size to keep this from "
-                     "happening again). Drop the slot with SELECT pg_drop_replication_slot('",
-                     options_.slot, "').", rebuild));
+                     " was invalidated (wal_status lost): the source removed WAL it still needed "
+                     "(max_slot_wal_keep_size), so the changes after the targets' checkpoints are gone and the "
+                     "pipeline cannot resume. ",
+                     rebuild)));
   }
   if (PQntuples(slot.get()) == 0 && options_.slot_must_exist) {
-    return absl::FailedPreconditionError(
+    return SlotLost(absl::DataLossError(
         absl::StrCat("source: replication slot ", options_.slot,
                      " does not exist, but the targets hold checkpoints of this pipeline: it was dropped, and "
-                     "the changes since the checkpoints are lost. walshiftd does not recreate it silently.",
-                     rebuild));
+                     "the changes since the checkpoints are lost. walshiftd does not recreate it silently. ",
+                     rebuild)));
   }
   if (PQntuples(slot.get()) > 0) {
     const std::string type = PQgetvalue(slot.get(), 0, 0);
@@ -379,6 +379,13 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
     // "replication slot is active for PID n": usually the walsender of our previous,
     // dead connection that has not noticed yet. Retryable, unlike the rest of class 55.
     return absl::UnavailableError(status.message());
+  }
+  if (state != nullptr &&
+      (absl::string_view(state) == "58P01" ||
+       (absl::string_view(state) == "55000" && absl::StrContains(status.message(), "invalidated")))) {
+    // The slot was invalidated after it was read, or the WAL it needs is gone already.
+    return SlotLost(absl::DataLossError(
+        absl::StrCat(status.message(), ". ", SlotRebuildProcedure(options_.slot, options_.pipeline))));
   }
   if (status.ok()) {
     return absl::InternalError(absl::StrCat("source: START_REPLICATION returned ",

@@ -26,6 +26,7 @@ struct PgReplicationSourceOptions {
   std::string dsn;                  // libpq connection string of the source database
   std::string slot;                 // logical slot name (pgoutput)
   std::string publication;          // publication name
+  std::string pipeline;             // the pipeline's name, for the rebuild procedure of a lost slot
   std::vector<std::string> tables;  // schema.table of every mapped source table
   // schema.table of published tables no mapping names that the config says to leave alone.
   std::vector<std::string> ignore_tables;
@@ -46,7 +47,9 @@ class PgReplicationSource : public ChangeSource {
  public:
   // Connects, creates the publication (the mapped tables only) and the slot when absent, and
   // adds mapped tables missing from an existing publication. kUnavailable when the server is
-  // unreachable; kFailedPrecondition for configuration problems (wal_level, missing table).
+  // unreachable; kFailedPrecondition for configuration problems (wal_level, missing table);
+  // kDataLoss marked IsSlotLost() when the slot was invalidated, or is missing while
+  // `slot_must_exist`.
   static absl::StatusOr<std::unique_ptr<PgReplicationSource>> Create(const PgReplicationSourceOptions& options);
   ~PgReplicationSource() override;
 

@@ -1,10 +1,12 @@
 #include "tests/integration/daemon_fixture.h"
 
+#include <httplib.h>
 #include <signal.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -18,15 +20,11 @@ namespace walshift::testing {
 PgCluster* DaemonTest::source_cluster_ = nullptr;
 PgCluster* DaemonTest::target_cluster_ = nullptr;
 
-void DaemonTest::SetUpTestSuite() {
-  PgClusterOptions so;
-  so.name = "source";
-  PgClusterOptions to;
-  to.name = "target";
-  StartClusters(so, to);
-}
+void DaemonTest::SetUpTestSuite() { StartClusters({}, {}); }
 
 void DaemonTest::StartClusters(PgClusterOptions source, PgClusterOptions target) {
+  source.name = "source";
+  target.name = "target";
   auto s = PgCluster::Start(std::move(source));
   ASSERT_TRUE(s.ok()) << s.status();
   auto t = PgCluster::Start(std::move(target));
@@ -205,6 +203,27 @@ PgRows DaemonTest::TargetRows(const std::string& sql) {
   auto r = target_cluster_->Query(target_db_, sql);
   EXPECT_TRUE(r.ok()) << r.status() << "\n" << sql;
   return r.ok() ? *r : PgRows{};
+}
+
+int DaemonTest::StatusPort() {
+  for (int i = 0; i < 100; ++i) {
+    std::smatch m;
+    std::string log = DaemonLog();
+    if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) {
+      return std::stoi(m[1]);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return -1;
+}
+
+std::string DaemonTest::Get(int port, const std::string& path, int* code) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_connection_timeout(2);
+  auto r = c.Get(path.c_str());
+  if (!r) return "";
+  if (code != nullptr) *code = r->status;
+  return r->body;
 }
 
 RunResult DaemonTest::Walshiftctl(const std::vector<std::string>& args) {

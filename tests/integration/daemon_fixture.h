@@ -29,9 +29,8 @@ class DaemonTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite();
   static void TearDownTestSuite();
-  // Starts the suite's source and target clusters with these options (SetUpTestSuite's
-  // defaults: names "source" and "target"). For suites that need more, e.g. extra listen
-  // addresses.
+  // What SetUpTestSuite does, with the clusters' options (a suite that needs other server
+  // settings calls it from its own SetUpTestSuite).
   static void StartClusters(PgClusterOptions source, PgClusterOptions target);
   void SetUp() override;
   void TearDown() override;
@@ -57,6 +56,12 @@ class DaemonTest : public ::testing::Test {
   // background, its output in PgbenchLog(); nullptr (with a test failure) when it cannot start.
   std::unique_ptr<Subprocess> StartPgbench(const std::vector<std::string>& args);
   std::string PgbenchLog() const;
+  // The port of walshiftd's status endpoint, from its log (status.listen port 0); -1 when it
+  // does not say within 10 s.
+  int StatusPort();
+  // GET `path` from walshiftd's status endpoint on `port`: the body ("" when nothing answers),
+  // and the HTTP status in *code.
+  std::string Get(int port, const std::string& path, int* code = nullptr);
   // Runs walshiftctl with `args` (up to 5 minutes) and returns what it printed.
   RunResult Walshiftctl(const std::vector<std::string>& args);
   void Source(const std::string& sql);

@@ -2,8 +2,6 @@
 // that must not slow the apply, heartbeats that advance the slot on an idle source, /status and
 // /metrics under a known backlog, and walshiftctl status --url exit codes.
 
-#include <httplib.h>
-
 #include <regex>
 #include <thread>
 
@@ -37,28 +35,6 @@ class ObserveTest : public DaemonTest {
     return WriteConfig(absl::StrCat(kOneTarget, "kafka: {brokers: \"", kafka_->bootstrap(), "\"}\n",
                                     "monitor: {lag_interval_s: 1, heartbeat_interval_s: 1}\n", extra,
                                     "mappings: [{source: items}]\n"));
-  }
-
-  // The status port walshiftd logged.
-  int StatusPort() {
-    for (int i = 0; i < 100; ++i) {
-      std::smatch m;
-      std::string log = DaemonLog();
-      if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) {
-        return std::stoi(m[1]);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return -1;
-  }
-
-  std::string Get(int port, const std::string& path, int* code = nullptr) {
-    httplib::Client c("127.0.0.1", port);
-    c.set_connection_timeout(2);
-    auto r = c.Get(path.c_str());
-    if (!r) return "";
-    if (code != nullptr) *code = r->status;
-    return r->body;
   }
 
   std::unique_ptr<EmbeddedKafka> kafka_;

@@ -45,8 +45,9 @@ absl::StatusOr<std::string> FetchStatus(const std::string& url);
 // Parses a /status body. kInvalidArgument when it is not a JSON object.
 absl::StatusOr<google::protobuf::Struct> ParseStatus(absl::string_view body);
 
-// 0 healthy; 1 when the state is ERROR or a target lags past `limits`. Missing fields count
-// as zero (proto3 JSON leaves out zero values).
+// 0 healthy; 1 when the state is ERROR, an alarm is raised or a target lags past `limits`;
+// kExitSlotLost (3) when the slot lost changes (alarm SLOT_LOST or SLOT_MISSING). Missing
+// fields count as zero (proto3 JSON leaves out zero values).
 int StatusExitCode(const google::protobuf::Struct& status, const LagLimits& limits);
 
 // The /status document for a person: header, source and slot, a table of targets, progress
@@ -54,7 +55,7 @@ int StatusExitCode(const google::protobuf::Struct& status, const LagLimits& limi
 std::string RenderStatus(const google::protobuf::Struct& status, const LagLimits& limits);
 
 // `walshiftctl status` over HTTP: prints (or with options.watch, redraws) the status of the
-// walshiftd serving `url` and returns the exit code (0/1 as StatusExitCode, 2 when `url` is
+// walshiftd serving `url` and returns the exit code (0/1/3 as StatusExitCode, 2 when `url` is
 // unreachable or does not answer with a status document; while watching, that is shown and
 // the loop goes on). `first_body`, when given, is used instead of the first fetch.
 int HttpStatusCommand(const std::string& url, const HttpStatusOptions& options,

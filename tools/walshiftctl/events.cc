@@ -141,6 +141,8 @@ std::string Describe(const v1::StateEvent& e) {
   if (e.previous() != v1::STATE_UNSPECIFIED && e.previous() != e.state())
     absl::StrAppend(&out, StateName(e.previous()), " -> ");
   absl::StrAppend(&out, StateName(e.state()));
+  if (e.alarm() != v1::ALARM_UNSPECIFIED)
+    absl::StrAppend(&out, "  ALARM ", v1::AlarmKind_Name(e.alarm()), e.cleared() ? " CLEARED" : "");
   if (!e.message().empty()) absl::StrAppend(&out, "  ", e.message());
   if (!e.warning().empty()) absl::StrAppend(&out, "  WARNING: ", e.warning());
   return out;

@@ -16,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "daemon/core/slot_loss.h"
 #include "google/protobuf/util/json_util.h"
 #include "httplib.h"
 #include "tools/walshiftctl/commands.h"
@@ -197,8 +199,10 @@ absl::StatusOr<Struct> ParseStatus(absl::string_view body) {
 }
 
 int StatusExitCode(const Struct& status, const LagLimits& limits) {
-  if (Text(status, "state") == "ERROR") return 1;
   v1::LagEvent lag = LagOf(status);
+  for (const v1::Alarm& a : lag.alarms())
+    if (a.kind() == v1::SLOT_LOST || a.kind() == v1::SLOT_MISSING) return kExitSlotLost;
+  if (Text(status, "state") == "ERROR" || !lag.alarms().empty()) return 1;
   if (Lagging(static_cast<double>(lag.lag_bytes()), lag.lag_seconds(), limits)) return 1;
   for (const v1::TargetLag& t : lag.targets())
     if (Lagging(static_cast<double>(t.lag_bytes()), t.lag_seconds(), limits)) return 1;
@@ -226,6 +230,16 @@ std::string RenderStatus(const Struct& status, const LagLimits& limits) {
     absl::StrAppend(&out, "\n");
   }
 
+  for (const v1::Alarm& a : lag.alarms()) {
+    absl::StrAppend(
+        &out, "  !! ", v1::AlarmKind_Name(a.kind()), " since ",
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(a.since().seconds()), absl::UTCTimeZone()), ": ",
+        a.message(), "\n");
+  }
+  if (Number(status, "retry_attempt") > 0) {
+    absl::StrAppend(&out, "  retrying (attempt ", Grouped(Number(status, "retry_attempt")), ", failing since ",
+                    Text(status, "failing_since"), ")\n");
+  }
   absl::StrAppend(
       &out, absl::StrFormat("\n  %-12s %-8s %-22s %-14s %s\n", "TARGET", "STATE", "LAG", "APPLIED LSN", "THROUGHPUT"));
   if (lag.targets().empty()) absl::StrAppend(&out, "  (no lag report yet)\n");

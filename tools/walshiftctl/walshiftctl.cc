@@ -8,8 +8,10 @@
 // status asks walshiftd's HTTP endpoint (--url, or the config's status.listen); with only
 // --config and no walshiftd answering, it reads the slot on the legacy database and the
 // checkpoint in every target straight from the databases. Exit codes: 0 healthy, 1 ERROR state,
-// lagging past --max-lag-bytes / --max-lag-seconds, slot missing/inactive/lost, or no checkpoint
-// yet; 2 walshiftd or a database is unreachable or the config is invalid.
+// an alarm, lagging past --max-lag-bytes / --max-lag-seconds, slot missing before the first
+// checkpoint, or no checkpoint yet; 2 walshiftd or a database is unreachable or the config is
+// invalid; 3 the slot lost changes (invalidated, or dropped while the targets hold checkpoints):
+// the pipeline must be rebuilt, as printed.
 
 #include <unistd.h>
 
@@ -28,6 +30,7 @@
 #include "daemon/config/config.h"
 #include "daemon/core/change.h"
 #include "daemon/core/lsn.h"
+#include "daemon/core/slot_loss.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/target_state.h"
 #include "tools/walshiftctl/commands.h"
@@ -109,7 +112,10 @@ int ExitCode(const Status& st, double max_lag) {
   if (!st.source_reachable) return 2;
   for (const auto& t : st.targets)
     if (!t.reachable) return 2;
-  if (!st.slot_exists || st.wal_status == "lost") return 1;
+  bool checkpoints = false;
+  for (const auto& t : st.targets) checkpoints |= t.applied != kInvalidLsn;
+  if (st.wal_status == "lost" || (!st.slot_exists && checkpoints)) return kExitSlotLost;
+  if (!st.slot_exists) return 1;
   for (const auto& t : st.targets) {
     if (t.applied == kInvalidLsn) return 1;
     if (st.current > t.applied && static_cast<double>(st.current - t.applied) > max_lag) return 1;
@@ -122,16 +128,27 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
   if (!st.source_reachable) {
     std::printf("  source   UNREACHABLE: %s\n", st.source_error.c_str());
   } else if (!st.slot_exists) {
-    std::printf("  source   current WAL %s; slot %s does not exist (walshiftd creates it on start)\n",
-                FormatLsn(st.current).c_str(), s.slot.c_str());
+    bool checkpoints = false;
+    for (const auto& t : st.targets) checkpoints |= t.applied != kInvalidLsn;
+    if (checkpoints) {
+      std::printf(
+          "  source   current WAL %s; slot %s does not exist, but the targets hold checkpoints\n"
+          "  !! SLOT_MISSING: the slot was dropped and the changes since the checkpoints are lost.\n"
+          "     %s\n",
+          FormatLsn(st.current).c_str(), s.slot.c_str(), SlotRebuildProcedure(s.slot, s.proto.pipeline()).c_str());
+    } else {
+      std::printf("  source   current WAL %s; slot %s does not exist (walshiftd creates it on start)\n",
+                  FormatLsn(st.current).c_str(), s.slot.c_str());
+    }
   } else {
     std::printf("  source   current WAL %s; slot %s %s, wal_status %s, retains %s of WAL\n",
                 FormatLsn(st.current).c_str(), s.slot.c_str(), st.slot_active ? "active" : "INACTIVE",
                 st.wal_status.c_str(), HumanBytes(st.retained_bytes).c_str());
     if (st.wal_status == "lost") {
       std::printf(
-          "  !! the slot was invalidated (max_slot_wal_keep_size): changes are lost; the\n"
-          "     pipeline must be rebuilt with a new slot and an initial copy\n");
+          "  !! SLOT_LOST: the slot was invalidated (max_slot_wal_keep_size): the source removed WAL\n"
+          "     it still needed, so changes after the checkpoints are lost.\n     %s\n",
+          SlotRebuildProcedure(s.slot, s.proto.pipeline()).c_str());
     }
   }
   std::printf("\n  %-12s %-10s %-14s %-12s %s\n", "TARGET", "STATE", "APPLIED LSN", "BEHIND", "LAST APPLIED COMMIT");
@@ -185,8 +202,8 @@ int Usage(FILE* f, int code) {
                "  Shows where replication stands. With --url (http://HOST:PORT or HOST:PORT), asks\n"
                "  walshiftd's status endpoint; with --config, asks the endpoint at its status.listen and,\n"
                "  when walshiftd does not answer, reads the slot on the legacy database and the\n"
-               "  checkpoint of every target directly. Exit 0 healthy, 1 ERROR state, lagging (default\n"
-               "  64 MiB / 300 s) or slot problem, 2 unreachable.\n"
+               "  checkpoint of every target directly. Exit 0 healthy, 1 ERROR state, an alarm, lagging\n"
+               "  (default 64 MiB / 300 s), 2 unreachable, 3 the slot lost changes: rebuild the pipeline.\n"
                "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S]\n"
                "  One full pass of the drift verifier now: per mapping rows checked, missing, extra and\n"
                "  mismatched, and the first differences. --repair re-applies drifted tables through\n"
