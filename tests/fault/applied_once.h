@@ -2,11 +2,14 @@
 // Counting what walshiftd applied, to prove that no change was applied twice. On the legacy
 // side every row change gets a unique stamp (one sequence, set by a BEFORE trigger); the mappings
 // carry the stamps into the target rows; on the target a counting trigger logs, per row write,
-// each stamp the write set, and all of the row's stamps for a write that changed none (a row
-// rewritten as it was). The legacy side never reuses a stamp, so a stamp logged twice for one
+// each stamp the write set, and all of the row's stamps for a write that changed nothing (a row
+// rewritten as it was). A write that changed other columns only (a JSON array of the row) logs
+// none. The legacy side never reuses a stamp, so a stamp logged twice for one
 // key means a change that was committed once was committed again. (Mappings that read legacy
 // rows back, such as owner fills or unchanged TOAST values, can legitimately write a stamp
-// twice: the tests using this avoid them.)
+// twice: the tests using this avoid them. So can a table that receives JSON array writes: a run
+// of array changes may leave a row as it was, e.g. an element added and removed in one group.
+// Such tables are checked for effect, not counted.)
 
 #include <string>
 #include <vector>
@@ -42,11 +45,7 @@ DECLARE
   changed boolean := false;
 BEGIN
   IF TG_OP = 'UPDATE' THEN
-    FOR i IN 1 .. TG_NARGS - 1 LOOP
-      p := TG_ARGV[i];
-      EXECUTE format('SELECT ($1).%I, ($2).%I', p, p) INTO new_stamp, old_stamp USING NEW, OLD;
-      changed := changed OR new_stamp IS DISTINCT FROM old_stamp;
-    END LOOP;
+    changed := NEW IS DISTINCT FROM OLD;
   END IF;
   FOR i IN 1 .. TG_NARGS - 1 LOOP
     p := TG_ARGV[i];

@@ -121,7 +121,7 @@ mappings:
     key: [event_id]
     columns:
       event_id: id
-      count: {source: n, cast: bigint}
+      count: {sql: "n::bigint"}
       digest: payload
       at_utc: at
       doubled: {sql: "n::bigint * 2"}
@@ -268,10 +268,13 @@ mappings:
   EXPECT_TRUE(twice.empty()) << "changes applied twice, e.g. " << *twice[0][0] << " key " << *twice[0][1] << " "
                              << *twice[0][2] << " " << *twice[0][3] << " written " << *twice[0][4] << " times";
   EXPECT_TRUE(StopDaemon().success());
+  // The detector itself: a row rewritten as it was (what a replayed change does) is seen.
+  Target("UPDATE events_v2 SET count = count WHERE event_id = (SELECT min(event_id) FROM events_v2)");
+  EXPECT_FALSE(TargetRows(kAppliedTwiceSql).empty()) << "the counting trigger missed a rewritten row";
 
   std::string source_changes =
       *SourceRows("SELECT sum(n_tup_ins + n_tup_upd + n_tup_del)::text FROM pg_stat_user_tables")[0][0];
-  std::string writes = *TargetRows("SELECT count(*)::text FROM applied_log")[0][0];
+  std::string writes = *TargetRows("SELECT (count(*) - 1)::text FROM applied_log")[0][0];
   std::string kill_list;
   for (const auto& [k, n] : kills) absl::StrAppend(&kill_list, kill_list.empty() ? "" : ", ", n, " ", k);
   std::cout << "soak: " << cycles << " kills (" << kill_list << "), " << source_changes
