@@ -4,9 +4,10 @@
 // (`ip netns`), joined to the host by one veth pair per database; the clusters listen also on
 // the host side of their pair. Faults are `tc netem` on both ends of a pair; where the kernel
 // has no sch_netem, the blackhole and the loss are nftables rules in the namespace (a silent
-// drop too) and the latency tests skip. The whole suite skips, saying why, where namespaces
-// cannot be made (not root, no CAP_NET_ADMIN). Each case ends with the target equal to the
-// mapped source, both directions.
+// drop too), and the latency is a DelayRelay (tests/testing/delay_relay.h) that listens on the
+// host side of the pair and that walshiftd connects through (nftables cannot delay packets).
+// The whole suite skips, saying why, where namespaces cannot be made (not root, no
+// CAP_NET_ADMIN). Each case ends with the target equal to the mapped source, both directions.
 
 #include <signal.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "daemon/core/status_macros.h"
 #include "tests/fault/fault_fixture.h"
+#include "tests/testing/delay_relay.h"
 
 namespace walshift::testing {
 namespace {
@@ -111,7 +113,7 @@ class NetNamespace {
     return netem_ ? Netem(p, {"loss", absl::StrCat(percent, "%")})
                   : Drop(p, {"numgen", "random", "mod", "100", "<", absl::StrCat(percent)});
   }
-  // Each way; kFailedPrecondition without netem.
+  // Each way; kFailedPrecondition without netem (the test then relays, see DelayRelay).
   absl::Status Delay(Peer p, absl::Duration d) {
     if (!netem_) return absl::FailedPreconditionError("tc netem is not available (no sch_netem in this kernel)");
     return Netem(p, {"delay", absl::StrCat(absl::ToInt64Milliseconds(d), "ms")});
@@ -277,15 +279,45 @@ class NetworkFaultTest : public FaultTest, public ::testing::WithParamInterface<
     if (skip_ != nullptr) return;
     for (Peer p : {Peer::kSource, Peer::kTarget}) (void)net_->Clear(p);
     FaultTest::TearDown();
+    for (auto& r : relay_) r.reset();
   }
 
-  // The events mapping with both DSNs through the namespace's veth pairs.
+  // How walshiftd inside the namespace reaches `p`: through its relay when there is one, else
+  // the database's own port on the host side of the veth pair. A libpq DSN.
+  std::string Dsn(Peer p) const {
+    const std::unique_ptr<DelayRelay>& relay = relay_[static_cast<int>(p)];
+    PgCluster* c = p == Peer::kSource ? source_cluster_ : target_cluster_;
+    return absl::StrCat("host=", net_->host_address(p), " port=", relay ? relay->port() : c->port(),
+                        " dbname=", p == Peer::kSource ? source_db_ : target_db_, " user=walshift");
+  }
+
+  // The events mapping with both DSNs through the namespace's veth pairs (and relays).
   std::string Config(const std::string& extra, const std::string& source_keys = "") {
-    auto dsn = [&](PgCluster* c, absl::string_view db, Peer p) {
-      return absl::StrCat("host=", net_->host_address(p), " port=", c->port(), " dbname=", db, " user=walshift");
-    };
-    return EventsConfig(extra, dsn(source_cluster_, source_db_, Peer::kSource),
-                        dsn(target_cluster_, target_db_, Peer::kTarget), source_keys);
+    return EventsConfig(extra, Dsn(Peer::kSource), Dsn(Peer::kTarget), source_keys);
+  }
+
+  // The shortest of 5 `SELECT 1` round trips (psql's \timing) from inside the namespace to `p`,
+  // along walshiftd's path.
+  absl::StatusOr<absl::Duration> RoundTripFromNamespace(Peer p) {
+    ASSIGN_OR_RETURN(std::string psql, PgCluster::Binary("psql"));
+    SubprocessOptions o;
+    o.argv = {net_->ip(), "netns", "exec", net_->name(), psql, "-X", "-q", "-d", Dsn(p), "-v", "ON_ERROR_STOP=1"};
+    o.env_unset = {"PGHOST", "PGPORT", "PGSERVICE", "PGOPTIONS"};
+    o.stdin_data = "\\timing on\n";
+    for (int i = 0; i < 5; ++i) *o.stdin_data += "SELECT 1;\n";
+    ASSIGN_OR_RETURN(RunResult r, Subprocess::Run(std::move(o), absl::Seconds(60)));
+    if (!r.status.success()) {
+      return absl::InternalError(absl::StrCat("psql: ", r.status.ToString(), ": ", r.stderr_text));
+    }
+    std::optional<absl::Duration> best;
+    for (absl::string_view line : absl::StrSplit(r.stdout_text, '\n')) {
+      double ms = 0;
+      if (!absl::ConsumePrefix(&line, "Time: ") || !absl::SimpleAtod(line.substr(0, line.find(' ')), &ms)) continue;
+      absl::Duration d = absl::Microseconds(static_cast<int64_t>(ms * 1000));
+      if (!best || d < *best) best = d;
+    }
+    if (!best) return absl::InternalError(absl::StrCat("no timings in psql's output: ", r.stdout_text));
+    return *best;
   }
 
   // The first log line after `from` that holds `needle`.
@@ -300,6 +332,8 @@ class NetworkFaultTest : public FaultTest, public ::testing::WithParamInterface<
 
   static std::string* skip_;
   static NetNamespace* net_;
+  // The latency's relay per database (index: Peer), where the kernel has no netem.
+  std::unique_ptr<DelayRelay> relay_[2];
 };
 
 std::string* NetworkFaultTest::skip_ = nullptr;
@@ -370,17 +404,41 @@ TEST_P(NetworkFaultTest, FivePercentLossEndsExact) {
   EXPECT_TRUE(StopDaemon().success());
 }
 
-// 50 ms each way (100 ms round trips) under load.
+// 50 ms each way (100 ms round trips) under load: tc netem on both ends of the veth pair, or,
+// without sch_netem, a DelayRelay on the host side of the pair that walshiftd connects through
+// from the start (no delay until the load begins). The round trip walshiftd's path has is
+// measured from inside the namespace; a relay also counts what it held back, and for how long.
 TEST_P(NetworkFaultTest, FiftyMillisecondLatencyEndsExact) {
   Peer peer = GetParam();
-  if (!net_->netem()) GTEST_SKIP() << "tc netem is not available (no sch_netem in this kernel): no latency to add";
+  constexpr absl::Duration kDelay = absl::Milliseconds(50);
+  DelayRelay* relay = nullptr;
+  if (!net_->netem()) {
+    PgCluster* c = peer == Peer::kSource ? source_cluster_ : target_cluster_;
+    auto r = DelayRelay::Start(net_->host_address(peer), c->host(), c->port(), absl::ZeroDuration());
+    ASSERT_TRUE(r.ok()) << r.status();
+    relay_[static_cast<int>(peer)] = *std::move(r);
+    relay = relay_[static_cast<int>(peer)].get();
+  }
+  std::string mechanism = relay == nullptr ? "tc netem on both ends of the veth pair"
+                                           : "a delaying TCP relay on the host side of the veth pair (this "
+                                             "kernel has no sch_netem)";
+  std::cout << "50 ms latency to the " << PeerName(peer) << " by " << mechanism << "\n";
   CreateTables();
   std::string config =
       Config("apply: {group_max_changes: 500, group_max_ms: 100}\nmonitor: {heartbeat_interval_s: 1}\n");
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   size_t from = LogSize();
-  ASSERT_TRUE(net_->Delay(peer, absl::Milliseconds(50)).ok());
+  DelayRelay::Stats before;
+  if (relay != nullptr) {
+    before = relay->stats();
+    relay->SetDelay(kDelay);
+  } else {
+    ASSERT_TRUE(net_->Delay(peer, kDelay).ok());
+  }
+  absl::StatusOr<absl::Duration> round_trip = RoundTripFromNamespace(peer);
+  ASSERT_TRUE(round_trip.ok()) << round_trip.status();
+  EXPECT_GE(*round_trip, 2 * kDelay) << "the latency is not on walshiftd's path";
   auto workload = StartPgbench(Workload(4, absl::Seconds(10)));
   ASSERT_NE(workload, nullptr);
   auto done = workload->Wait(absl::Seconds(120));
@@ -388,10 +446,31 @@ TEST_P(NetworkFaultTest, FiftyMillisecondLatencyEndsExact) {
   absl::Time start = absl::Now();
   ASSERT_TRUE(WaitCaughtUp(absl::Seconds(240)).ok()) << DaemonLog();
   absl::Duration catch_up = absl::Now() - start;
-  ASSERT_TRUE(net_->Clear(peer).ok());
+  std::string held;
+  if (relay != nullptr) {
+    relay->SetDelay(absl::ZeroDuration());
+    DelayRelay::Stats after = relay->stats();
+    for (auto d : {DelayRelay::kToTarget, DelayRelay::kToClient}) {
+      // walshiftd's own traffic went through the relay, each chunk held at least the delay.
+      EXPECT_GT(after.chunks[d], before.chunks[d]) << "direction " << d;
+      EXPECT_GE(after.min_held[d], kDelay) << "direction " << d;
+    }
+    held = absl::StrCat("; the relay held ", after.chunks[DelayRelay::kToTarget] - before.chunks[DelayRelay::kToTarget],
+                        " chunks (", after.bytes[DelayRelay::kToTarget] - before.bytes[DelayRelay::kToTarget],
+                        " bytes) towards the ", PeerName(peer), " for at least ",
+                        absl::FormatDuration(after.min_held[DelayRelay::kToTarget]), " and ",
+                        after.chunks[DelayRelay::kToClient] - before.chunks[DelayRelay::kToClient], " chunks (",
+                        after.bytes[DelayRelay::kToClient] - before.bytes[DelayRelay::kToClient],
+                        " bytes) back for at least ", absl::FormatDuration(after.min_held[DelayRelay::kToClient]),
+                        ", over ", after.connections, " connections (1 of them psql's)");
+  } else {
+    ASSERT_TRUE(net_->Clear(peer).ok());
+  }
   ExpectExact();
-  std::cout << PeerName(peer) << " with 50 ms latency: caught up " << absl::ToDoubleSeconds(catch_up)
-            << " s after the load, reconnects: " << CountInLog("retrying in", from) << "\n";
+  std::cout << PeerName(peer) << " with 50 ms latency (" << (relay == nullptr ? "netem" : "relay")
+            << "): SELECT 1 from the namespace takes " << absl::FormatDuration(*round_trip) << "; caught up "
+            << absl::ToDoubleSeconds(catch_up) << " s after the load, reconnects: " << CountInLog("retrying in", from)
+            << held << "\n";
   EXPECT_TRUE(StopDaemon().success());
 }
 
