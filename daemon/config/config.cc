@@ -1,7 +1,11 @@
 #include "daemon/config/config.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
-#include <fstream>
+#include <cstring>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -10,19 +14,38 @@
 #include "absl/strings/strip.h"
 #include "daemon/config/yaml_proto.h"
 #include "daemon/core/change.h"
+#include <sys/stat.h>
 
 namespace walshift::config {
 namespace {
 
-// Reads at most `max_bytes` + 1 bytes, so that a file that never ends (a device, a pipe left
-// open) cannot hang or exhaust the loader.
-bool ReadFile(const std::string& path, std::string* out, size_t max_bytes) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
+// Reads a regular file (a symlink to one, as Kubernetes secrets are, included), at most
+// `max_bytes` + 1 bytes: a device, a FIFO or a directory is refused rather than read, so that
+// nothing named here can hang or exhaust the loader. Empty `*error` on success.
+bool ReadFile(const std::string& path, std::string* out, size_t max_bytes, std::string* error) {
+  error->clear();
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    *error = std::strerror(errno);
+    return false;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    *error = S_ISDIR(st.st_mode) ? "it is a directory" : "not a regular file";
+    ::close(fd);
+    return false;
+  }
   out->clear();
   char buf[1 << 16];
-  while (out->size() <= max_bytes && in.read(buf, sizeof buf).gcount() > 0) out->append(buf, in.gcount());
-  return !in.bad();
+  while (out->size() <= max_bytes) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) *error = std::strerror(errno);
+    if (n <= 0) break;
+    out->append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return error->empty();
 }
 
 constexpr size_t kMaxConfigBytes = 64 << 20;
@@ -50,8 +73,9 @@ std::string ResolveDsn(const std::string& dsn, const std::string& env, const std
     return v;
   }
   std::string text;
-  if (!ReadFile(file, &text, kMaxDsnFileBytes)) {
-    problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", file));
+  std::string error;
+  if (!ReadFile(file, &text, kMaxDsnFileBytes, &error)) {
+    problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", file, ": ", error));
     return "";
   }
   if (text.size() > kMaxDsnFileBytes) {
@@ -110,8 +134,9 @@ absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std:
 
 absl::StatusOr<Settings> LoadSettingsFile(const std::string& path) {
   std::string text;
-  if (!ReadFile(path, &text, kMaxConfigBytes)) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read config file ", path));
+  std::string error;
+  if (!ReadFile(path, &text, kMaxConfigBytes, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read config file ", path, ": ", error));
   }
   if (text.size() > kMaxConfigBytes) {
     return absl::InvalidArgumentError(absl::StrCat("config file ", path, " is larger than 64 MiB"));

@@ -42,7 +42,7 @@ void Monitor::StopWithFinalReport() {
 void Monitor::ReadSource(SourceView* view) {
   view->read_at = absl::Now();
   if (!conn_ || PQstatus(conn_.get()) != CONNECTION_OK) {
-    auto c = pg::Connect(source_dsn_, "source", "application_name=walshiftd-monitor connect_timeout=5");
+    auto c = pg::Connect(source_dsn_, "source", "application_name=walshiftd-monitor");
     if (!c.ok()) {
       view->error = std::string(c.status().message());
       return;

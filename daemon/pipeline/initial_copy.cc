@@ -161,6 +161,7 @@ void InitialCopy::WorkerLoop(int index, const std::atomic<bool>& stop) {
     std::lock_guard<std::mutex> lock(mu_);
     if (--task->unit->remaining == 0) task->unit->report.finished = absl::Now();
     ++task->unit->report.chunks_done;
+    ++committed_;
   }
 }
 

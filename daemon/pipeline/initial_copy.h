@@ -87,6 +87,11 @@ class InitialCopy {
   absl::Status Run(const std::atomic<bool>& stop);
 
   std::vector<CopyUnitReport> Report() const;
+  // Ranges this run committed (not those an earlier run left).
+  size_t committed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return committed_;
+  }
 
  private:
   struct Unit;
@@ -107,6 +112,7 @@ class InitialCopy {
   std::string snapshot_name_;
   absl::Status error_;
   bool cycle_warned_ = false;
+  size_t committed_ = 0;
   absl::Time started_ = absl::InfinitePast();
 };
 

@@ -64,7 +64,10 @@ class Pipeline : public ChangeHandler {
   absl::Status FlushAll();
   // Copies the rows the source has into `targets` (no checkpoint yet) and writes their
   // checkpoints at the position streaming starts from. *stopped when `stop` interrupted it.
-  absl::Status CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop, bool* stopped);
+  // `made_progress` is set when a range was committed (a retry after it starts its backoff
+  // afresh).
+  absl::Status CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop, bool* stopped,
+                                bool* made_progress);
   // Maps one change for one binding, leaving out what a copy's snapshot already shows.
   absl::Status MapChange(const Binding& b, const RowChange& change);
   // Re-backfill (see backfill.h): a request, a low watermark, a high watermark.

@@ -172,7 +172,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   ignored_tables_ = std::set<std::string>(so.ignore_tables.begin(), so.ignore_tables.end());
   if (!to_copy.empty()) {
     bool stopped = false;
-    RETURN_IF_ERROR(CopyExistingRows(to_copy, stop, &stopped));
+    RETURN_IF_ERROR(CopyExistingRows(to_copy, stop, &stopped, made_progress));
     if (stopped) return absl::OkStatus();
   }
   copy_skip_ = CopySkipPlan();
@@ -211,7 +211,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
 }
 
 absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop,
-                                        bool* stopped) {
+                                        bool* stopped, bool* made_progress) {
   InitialCopyOptions o;
   o.settings = &settings_;
   o.modules = &modules_;
@@ -259,6 +259,7 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
   status_->SetState(v1::SNAPSHOTTING);
   status_->SetCopyProgress([&copy] { return copy.Report(); });
   absl::Status st = copy.Run(stop);
+  if (copy.committed() > 0) *made_progress = true;
   std::vector<CopyUnitReport> final_report = copy.Report();
   status_->SetCopyProgress([final_report] { return final_report; });
   if (st.code() == absl::StatusCode::kCancelled) {

@@ -25,7 +25,7 @@ absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings,
   for (const auto& t : settings.targets) {
     if (t.documents()) continue;  // (documents hold instants as the source's text says them)
     std::string what = absl::StrCat("target ", t.name);
-    ASSIGN_OR_RETURN(targets[t.name], pg::Connect(t.dsn, what, "application_name=walshiftd connect_timeout=10"));
+    ASSIGN_OR_RETURN(targets[t.name], pg::Connect(t.dsn, what, "application_name=walshiftd"));
     ASSIGN_OR_RETURN(recorded[t.name], state::ReadSetting(targets[t.name].get(), pipeline, kZoneSetting, what));
   }
   SessionZone out;
@@ -54,7 +54,7 @@ absl::StatusOr<SessionZone> PinSessionTimeZone(const config::Settings& settings,
     out.origin = "recorded in the targets";
   } else {
     ASSIGN_OR_RETURN(pg::ConnPtr src,
-                     pg::Connect(settings.source_dsn, "source", "application_name=walshiftd connect_timeout=10"));
+                     pg::Connect(settings.source_dsn, "source", "application_name=walshiftd"));
     ASSIGN_OR_RETURN(pg::ResultPtr r,
                      pg::Exec(src.get(), "SELECT current_setting('TimeZone')", "source: reading the default TimeZone"));
     out.zone = PQgetvalue(r.get(), 0, 0);

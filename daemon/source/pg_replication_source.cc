@@ -383,9 +383,19 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   if (state != nullptr &&
       (absl::string_view(state) == "58P01" ||
        (absl::string_view(state) == "55000" && absl::StrContains(status.message(), "invalidated")))) {
-    // The slot was invalidated after it was read, or the WAL it needs is gone already.
-    return SlotLost(absl::DataLossError(
-        absl::StrCat(status.message(), ". ", SlotRebuildProcedure(options_.slot, options_.pipeline))));
+    // The slot may have been invalidated after it was read. But 58P01 is any missing file (the
+    // output plugin during a package upgrade, say), so the slot itself decides: only one the
+    // server reports lost is lost; anything else is retried, never a rebuild of a healthy slot.
+    auto slot = pg::Exec(conn_,
+                         absl::StrCat("SELECT coalesce(wal_status, '') = 'lost' OR restart_lsn IS NULL "
+                                      "FROM pg_catalog.pg_replication_slots WHERE slot_name = ",
+                                      pg::QuoteLiteral(options_.slot)),
+                         "source: reading the replication slot after START_REPLICATION failed");
+    if (slot.ok() && PQntuples(slot->get()) == 1 && PQgetvalue(slot->get(), 0, 0)[0] == 't') {
+      return SlotLost(absl::DataLossError(
+          absl::StrCat(status.message(), ". ", SlotRebuildProcedure(options_.slot, options_.pipeline))));
+    }
+    return absl::UnavailableError(absl::StrCat(status.message(), " (the slot itself is not lost: retrying)"));
   }
   if (status.ok()) {
     return absl::InternalError(absl::StrCat("source: START_REPLICATION returned ",

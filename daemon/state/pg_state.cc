@@ -2,6 +2,7 @@
 
 #include <iterator>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/core/status_macros.h"
@@ -95,42 +96,83 @@ absl::StatusOr<bool> TableExists(PGconn* conn, const char* table, absl::string_v
 
 int StateSchemaVersion() { return kSchemaVersion; }
 
+namespace {
+
+// The version recorded in walshift.schema_version: 0 when the table is absent (a target walshift
+// never ran on, or one an earlier release set up before the state was versioned).
+absl::StatusOr<int> RecordedVersion(PGconn* conn, const std::string& context) {
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(conn,
+                                             "SELECT CASE WHEN to_regclass('walshift.schema_version') IS NULL "
+                                             "THEN 0 ELSE (SELECT coalesce(max(version), 0) FROM "
+                                             "walshift.schema_version) END::text",
+                                             context));
+  int version = 0;
+  if (!absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &version)) {
+    return absl::DataLossError(absl::StrCat(context, ": unreadable version ", PQgetvalue(r.get(), 0, 0)));
+  }
+  return version;
+}
+
+absl::Status NewerThanKnown(const std::string& context, int found) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(context, " is at version ", found, ", newer than this walshiftd knows (", kSchemaVersion,
+                   "): a newer walshiftd ran this pipeline; run that release (or a newer one), never an older one"));
+}
+
+// Adds what a permission error means here to its message.
+absl::Status ExplainPrivilege(absl::Status st, absl::string_view what) {
+  if (!absl::StrContains(st.message(), "SQLSTATE 42501")) return st;
+  return absl::Status(st.code(),
+                      absl::StrCat(st.message(), "; walshift keeps its state in the schema walshift of ", what,
+                                   ": let its role create it once (GRANT CREATE ON DATABASE … TO the "
+                                   "role), or create the schema and tables in advance as their owner"));
+}
+
+}  // namespace
+
 absl::Status EnsureSchema(PGconn* conn, absl::string_view what) {
   std::string context = absl::StrCat(what, ": the walshift state schema");
-  // Serialized per database: walshiftd's sinks, the verifier and walshiftctl may all start at
-  // once, and each would otherwise try the same migration.
-  RETURN_IF_ERROR(pg::Exec(conn,
-                           "BEGIN; SELECT pg_advisory_xact_lock(hashtext('walshift.schema_version')); "
-                           "CREATE SCHEMA IF NOT EXISTS walshift; "
-                           "CREATE TABLE IF NOT EXISTS walshift.schema_version ("
-                           "  version int PRIMARY KEY,"
-                           "  description text NOT NULL,"
-                           "  migrated_at timestamptz NOT NULL DEFAULT now())",
-                           context)
-                      .status());
-  auto rollback = [&](absl::Status st) {
-    (void)pg::Exec(conn, "ROLLBACK", context);
-    return st;
-  };
-  auto r = pg::Exec(conn, "SELECT coalesce(max(version), 0)::text FROM walshift.schema_version", context);
-  if (!r.ok()) return rollback(r.status());
-  int found = 0;
-  (void)absl::SimpleAtoi(PQgetvalue(r->get(), 0, 0), &found);
-  if (found > kSchemaVersion) {
-    return rollback(absl::FailedPreconditionError(absl::StrCat(
-        context, " is at version ", found, ", newer than this walshiftd knows (", kSchemaVersion,
-        "): a newer walshiftd ran this pipeline; run that release (or a newer one), never an older one")));
+  if (PQtransactionStatus(conn) != PQTRANS_IDLE || PQpipelineStatus(conn) != PQ_PIPELINE_OFF) {
+    return absl::InternalError(absl::StrCat(context, ": needs an idle connection outside a transaction and pipeline"));
   }
+  // Current already (every start after the first): nothing to create, no lock, no DDL, so a role
+  // without CREATE works once the state exists.
+  ASSIGN_OR_RETURN(int found, RecordedVersion(conn, context));
+  if (found == kSchemaVersion) return absl::OkStatus();
+  if (found > kSchemaVersion) return NewerThanKnown(context, found);
+
+  // Serialized per database: walshiftd's sinks, the verifier and walshiftctl may all start at
+  // once, and each would otherwise try the same migration. Read committed, so that the version
+  // read after the lock sees what the process before us committed; a bounded wait for the lock.
+  // The two-key advisory lock (a class id for walshift, then the purpose) stays out of the
+  // single-key space applications use.
+  struct Rollback {
+    PGconn* conn;
+    ~Rollback() {
+      if (PQtransactionStatus(conn) != PQTRANS_IDLE) pg::ResultPtr(PQexec(conn, "ROLLBACK"));
+    }
+  } rollback{conn};
+  RETURN_IF_ERROR(ExplainPrivilege(pg::Exec(conn,
+                                            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; "
+                                            "SELECT pg_advisory_xact_lock(2008730454, 1); "
+                                            "CREATE SCHEMA IF NOT EXISTS walshift; "
+                                            "CREATE TABLE IF NOT EXISTS walshift.schema_version ("
+                                            "  version int PRIMARY KEY,"
+                                            "  description text NOT NULL,"
+                                            "  migrated_at timestamptz NOT NULL DEFAULT now())",
+                                            context)
+                                       .status(),
+                                   what));
+  ASSIGN_OR_RETURN(found, RecordedVersion(conn, context));
+  if (found > kSchemaVersion) return NewerThanKnown(context, found);
   for (const Migration& m : kMigrations) {
     if (m.version <= found) continue;
     std::string step = absl::StrCat(context, ": migrating to version ", m.version, " (", m.what, ")");
-    if (auto st = pg::Exec(conn, m.sql, step); !st.ok()) return rollback(st.status());
+    RETURN_IF_ERROR(ExplainPrivilege(pg::Exec(conn, m.sql, step).status(), what));
     std::string version = absl::StrCat(m.version);
-    if (auto st = pg::ExecParams(conn, "INSERT INTO walshift.schema_version (version, description) VALUES ($1, $2)",
-                                 {version.c_str(), m.what}, step);
-        !st.ok()) {
-      return rollback(st.status());
-    }
+    RETURN_IF_ERROR(pg::ExecParams(conn, "INSERT INTO walshift.schema_version (version, description) VALUES ($1, $2)",
+                                   {version.c_str(), m.what}, step)
+                        .status());
   }
   return pg::Exec(conn, "COMMIT", context).status();
 }

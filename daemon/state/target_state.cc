@@ -49,7 +49,7 @@ template <typename T>
 absl::StatusOr<T> Postgres(const config::TargetSettings& t,
                            const std::function<absl::StatusOr<T>(PGconn*, const std::string&)>& read) {
   std::string what = absl::StrCat("target ", t.name);
-  ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(t.dsn, what, "application_name=walshift connect_timeout=10"));
+  ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(t.dsn, what, "application_name=walshift"));
   return read(conn.get(), what);
 }
 
@@ -62,7 +62,7 @@ TargetStateReader::~TargetStateReader() = default;
 absl::StatusOr<PGconn*> TargetStateReader::Conn() {
   if (!conn_) {
     ASSIGN_OR_RETURN(conn_, pg::Connect(target_.dsn, absl::StrCat("target ", target_.name),
-                                        "application_name=walshift connect_timeout=10"));
+                                        "application_name=walshift"));
   }
   return conn_.get();
 }

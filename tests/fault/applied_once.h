@@ -75,4 +75,12 @@ inline const std::string kAppliedTwiceSql =
     "SELECT tbl, key, part, stamp::text, count(*)::text FROM applied_log GROUP BY 1, 2, 3, 4 HAVING count(*) > 1 "
     "ORDER BY 1, 2 LIMIT 10";
 
+// Target side: how many of `table`'s current stamps in `stamp` the log lacks (must be 0: the
+// counting trigger saw walshiftd's writes at all).
+inline std::string UnloggedStampsSql(const std::string& table, const std::string& key, const std::string& stamp) {
+  return absl::StrCat("SELECT count(*)::text FROM ", table, " t WHERE t.", stamp,
+                      " IS NOT NULL AND NOT EXISTS (SELECT 1 FROM applied_log l WHERE l.tbl = '", table,
+                      "' AND l.key = t.", key, "::text AND l.part = '", stamp, "' AND l.stamp = t.", stamp, ")");
+}
+
 }  // namespace walshift::testing

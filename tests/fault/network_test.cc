@@ -51,14 +51,16 @@ class NetNamespace {
     RemoveStale(ns->ip_);
     pid_t pid = getpid();
     ns->name_ = absl::StrCat("wsnet", pid);
-    int b = 100 + pid % 100, c = (pid / 100) % 256;
+    // 198.18.0.0/15, the range set aside for benchmarking networks (RFC 2544): never a real
+    // route of the machine the tests run on.
+    int b = 18 + pid % 2, c = (pid / 2) % 256;
     for (int i = 0; i < 2; ++i) {
       ns->host_if_[i] = absl::StrCat("wsv", pid, "h", i);
       ns->ns_if_[i] = absl::StrCat("wsv", pid, "n", i);
-      ns->host_addr_[i] = absl::StrCat("10.", b, ".", c, ".", 4 * i + 1);
-      ns->ns_addr_[i] = absl::StrCat("10.", b, ".", c, ".", 4 * i + 2);
+      ns->host_addr_[i] = absl::StrCat("198.", b, ".", c, ".", 4 * i + 1);
+      ns->ns_addr_[i] = absl::StrCat("198.", b, ".", c, ".", 4 * i + 2);
     }
-    ns->subnet_ = absl::StrCat("10.", b, ".", c, ".0/29");
+    ns->subnet_ = absl::StrCat("198.", b, ".", c, ".0/29");
     if (absl::Status st = ns->Host({"netns", "add", ns->name_}); !st.ok()) {
       return absl::FailedPreconditionError(absl::StrCat("cannot create a network namespace: ", st.message()));
     }

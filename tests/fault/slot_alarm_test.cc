@@ -132,7 +132,9 @@ TEST_F(SlotAlarmTest, RetainedWalPastTheThresholdRaisesTheAlarmWhileBehindAndCle
   for (const v1::StateEvent& e : StateEvents()) {
     if (e.alarm() != v1::RETAINED_WAL) continue;
     alarms.push_back(e.cleared() ? "cleared" : "raised");
-    if (!e.cleared()) EXPECT_THAT(e.warning(), HasSubstr("retains"));
+    if (!e.cleared()) {
+      EXPECT_THAT(e.warning(), HasSubstr("retains"));
+    }
   }
   EXPECT_EQ(alarms, (std::vector<std::string>{"raised", "cleared"}));
 }

@@ -22,6 +22,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -264,6 +265,14 @@ mappings:
             (PgRows{{"0"}}))
       << "a line is in two carts or twice in one";
 
+  for (const auto& [table, key, stamp] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{{"events_v2", "event_id", "stamp"},
+                                                                      {"profiles", "id", "a_stamp"},
+                                                                      {"profiles", "id", "b_stamp"},
+                                                                      {"orders_v2", "order_id", "stamp"}}) {
+    EXPECT_EQ(TargetRows(UnloggedStampsSql(table, key, stamp)), (PgRows{{"0"}}))
+        << table << "." << stamp << ": walshiftd's writes were not counted";
+  }
   PgRows twice = TargetRows(kAppliedTwiceSql);
   EXPECT_TRUE(twice.empty()) << "changes applied twice, e.g. " << *twice[0][0] << " key " << *twice[0][1] << " "
                              << *twice[0][2] << " " << *twice[0][3] << " written " << *twice[0][4] << " times";

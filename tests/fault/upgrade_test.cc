@@ -79,6 +79,8 @@ mappings:
     EXPECT_GT(expected.size(), 1000u);
     EXPECT_EQ(actual.size(), expected.size());
     EXPECT_TRUE(actual == expected) << "item_notes_v2 differs from the mapped source";
+    EXPECT_EQ(TargetRows(UnloggedStampsSql("items_v2", "item_id", "stamp")), (PgRows{{"0"}}))
+        << "walshiftd's writes were not counted";
     PgRows twice = TargetRows(kAppliedTwiceSql);
     EXPECT_TRUE(twice.empty()) << "applied twice: " << *twice[0][0] << " key " << *twice[0][1] << " stamp "
                                << *twice[0][3] << ", " << *twice[0][4] << " times";

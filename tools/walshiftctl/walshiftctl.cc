@@ -65,7 +65,7 @@ struct Status {
 
 Status Collect(const config::Settings& s) {
   Status st;
-  auto src = pg::Connect(s.source_dsn, "source", "application_name=walshiftctl connect_timeout=5");
+  auto src = pg::Connect(s.source_dsn, "source", "application_name=walshiftctl");
   if (!src.ok()) {
     st.source_error = std::string(src.status().message());
   } else {
@@ -322,7 +322,7 @@ int BackfillCommand(int argc, char** argv) {
     }
     since.emplace_back(std::move(reader), *now);
   }
-  auto src = pg::Connect(settings->source_dsn, "source", "application_name=walshiftctl connect_timeout=5");
+  auto src = pg::Connect(settings->source_dsn, "source", "application_name=walshiftctl");
   if (!src.ok()) {
     std::fprintf(stderr, "walshiftctl: %s\n", std::string(src.status().message()).c_str());
     return 2;
