@@ -101,11 +101,11 @@ namespace {
 // The version recorded in walshift.schema_version: 0 when the table is absent (a target walshift
 // never ran on, or one an earlier release set up before the state was versioned).
 absl::StatusOr<int> RecordedVersion(PGconn* conn, const std::string& context) {
-  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(conn,
-                                             "SELECT CASE WHEN to_regclass('walshift.schema_version') IS NULL "
-                                             "THEN 0 ELSE (SELECT coalesce(max(version), 0) FROM "
-                                             "walshift.schema_version) END::text",
-                                             context));
+  // Two statements: a query naming a table that does not exist fails when it is parsed.
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.schema_version", context));
+  if (!exists) return 0;
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::Exec(conn, "SELECT coalesce(max(version), 0)::text FROM walshift.schema_version", context));
   int version = 0;
   if (!absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &version)) {
     return absl::DataLossError(absl::StrCat(context, ": unreadable version ", PQgetvalue(r.get(), 0, 0)));
