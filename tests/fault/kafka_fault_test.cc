@@ -25,10 +25,7 @@ class KafkaFaultTest : public DaemonTest {
  protected:
   void SetUp() override {
     DaemonTest::SetUp();
-    auto k = EmbeddedKafka::Start(1);
-    ASSERT_TRUE(k.ok()) << k.status();
-    kafka_ = *std::move(k);
-    for (const char* t : {"walshift.lag", "walshift.state", "walshift.drift"}) ASSERT_TRUE(kafka_->CreateTopic(t).ok());
+    ASSERT_NO_FATAL_FAILURE(StartKafka());
   }
 
   // The first number after `key` in `text` ("key":N or key N), -1 when absent.
@@ -47,8 +44,6 @@ class KafkaFaultTest : public DaemonTest {
         TargetRows(absl::StrCat("SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '", pipeline_, "'"));
     return r.size() == 1 && r[0][0] ? *r[0][0] : "";
   }
-
-  std::unique_ptr<EmbeddedKafka> kafka_;
 };
 
 TEST_F(KafkaFaultTest, BrokerDownForMinutesQueueOverflowsDropsAreCountedApplyGoesOn) {

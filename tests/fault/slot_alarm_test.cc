@@ -34,10 +34,7 @@ class SlotAlarmTest : public DaemonTest {
 
   void SetUp() override {
     DaemonTest::SetUp();
-    auto k = EmbeddedKafka::Start(1);
-    ASSERT_TRUE(k.ok()) << k.status();
-    kafka_ = *std::move(k);
-    for (const char* t : {"walshift.lag", "walshift.state", "walshift.drift"}) ASSERT_TRUE(kafka_->CreateTopic(t).ok());
+    ASSERT_NO_FATAL_FAILURE(StartKafka());
     Source("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL, v text)");
     Target("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL, v text)");
     Source("CREATE TABLE noise (x text)");  // not mapped, not published: WAL only
@@ -81,8 +78,6 @@ class SlotAlarmTest : public DaemonTest {
     EXPECT_EQ(actual.size(), expected.size());
     EXPECT_TRUE(actual == expected) << "target differs from the source";
   }
-
-  std::unique_ptr<EmbeddedKafka> kafka_;
 };
 
 TEST_F(SlotAlarmTest, RetainedWalPastTheThresholdRaisesTheAlarmWhileBehindAndClearsOnCatchUp) {

@@ -65,6 +65,13 @@ void DaemonTest::TearDown() {
                                            slot_, "' AND NOT active"));
 }
 
+void DaemonTest::StartKafka(const std::vector<std::string>& topics) {
+  auto k = EmbeddedKafka::Start(1);
+  ASSERT_TRUE(k.ok()) << k.status();
+  kafka_ = *std::move(k);
+  for (const std::string& t : topics) ASSERT_TRUE(kafka_->CreateTopic(t).ok()) << t;
+}
+
 std::string DaemonTest::WriteConfig(const std::string& yaml) {
   std::string text = absl::StrReplaceAll(yaml, {{"{SOURCE}", source_cluster_->Dsn(source_db_)},
                                                 {"{TARGET}", target_cluster_->Dsn(target_db_)},

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "tests/testing/kafka_broker.h"
 #include "tests/testing/pg_cluster.h"
 #include "tests/testing/subprocess.h"
 
@@ -62,6 +63,9 @@ class DaemonTest : public ::testing::Test {
   // GET `path` from walshiftd's status endpoint on `port`: the body ("" when nothing answers),
   // and the HTTP status in *code.
   std::string Get(int port, const std::string& path, int* code = nullptr);
+  // Starts this test's embedded Kafka broker in `kafka_` with `topics` (default: the lag, state
+  // and drift topics).
+  void StartKafka(const std::vector<std::string>& topics = {"walshift.lag", "walshift.state", "walshift.drift"});
   // Runs walshiftctl with `args` (up to 5 minutes) and returns what it printed.
   RunResult Walshiftctl(const std::vector<std::string>& args);
   void Source(const std::string& sql);
@@ -77,6 +81,7 @@ class DaemonTest : public ::testing::Test {
   std::string documents_dir_;
   std::string slot_;  // walshift_<pipeline_> unless the config names another
   std::unique_ptr<Subprocess> daemon_;
+  std::unique_ptr<EmbeddedKafka> kafka_;
   // Prepended to walshiftd's command line by StartDaemon (e.g. {"ip", "netns", "exec", NS}).
   std::vector<std::string> daemon_prefix_;
 };

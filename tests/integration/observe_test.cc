@@ -25,10 +25,7 @@ class ObserveTest : public DaemonTest {
  protected:
   void SetUp() override {
     DaemonTest::SetUp();
-    auto k = EmbeddedKafka::Start(1);
-    ASSERT_TRUE(k.ok()) << k.status();
-    kafka_ = *std::move(k);
-    for (const char* t : {"walshift.lag", "walshift.state", "walshift.drift"}) ASSERT_TRUE(kafka_->CreateTopic(t).ok());
+    ASSERT_NO_FATAL_FAILURE(StartKafka());
   }
 
   std::string Config(const std::string& extra = "") {
@@ -36,8 +33,6 @@ class ObserveTest : public DaemonTest {
                                     "monitor: {lag_interval_s: 1, heartbeat_interval_s: 1}\n", extra,
                                     "mappings: [{source: items}]\n"));
   }
-
-  std::unique_ptr<EmbeddedKafka> kafka_;
 };
 
 TEST_F(ObserveTest, LagAndStateEventsArriveInOrderWithTheirFields) {

@@ -26,10 +26,7 @@ class VerifyTest : public DaemonTest {
  protected:
   void SetUp() override {
     DaemonTest::SetUp();
-    auto k = EmbeddedKafka::Start(1);
-    ASSERT_TRUE(k.ok()) << k.status();
-    kafka_ = *std::move(k);
-    ASSERT_TRUE(kafka_->CreateTopic("walshift.drift").ok());
+    ASSERT_NO_FATAL_FAILURE(StartKafka({"walshift.drift"}));
     Source(
         "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2), note text, doc json, at timestamptz);"
         "INSERT INTO orders SELECT g, g / 4.0, 'note ' || g, json_build_object('a', g, 'b', 'x'), "
@@ -56,7 +53,6 @@ class VerifyTest : public DaemonTest {
     return out;
   }
 
-  std::unique_ptr<EmbeddedKafka> kafka_;
   std::string config_;
 };
 
