@@ -151,15 +151,21 @@ void PipelineStatus::RaiseAlarm(v1::AlarmKind kind, const std::string& message) 
     if (!added) return;
     it->second.set_kind(kind);
     *it->second.mutable_since() = ToProto(absl::Now());
-    event.set_pipeline(pipeline_);
-    *event.mutable_time() = ToProto(absl::Now());
-    event.set_state(state_);
-    event.set_previous(state_);
+    event = AlarmEventLocked(kind);
     event.set_warning(message);
-    event.set_alarm(kind);
     listener = listener_;
   }
   if (listener) listener(event);
+}
+
+v1::StateEvent PipelineStatus::AlarmEventLocked(v1::AlarmKind kind) const {
+  v1::StateEvent event;
+  event.set_pipeline(pipeline_);
+  *event.mutable_time() = ToProto(absl::Now());
+  event.set_state(state_);  // an alarm changes no state
+  event.set_previous(state_);
+  event.set_alarm(kind);
+  return event;
 }
 
 void PipelineStatus::ClearAlarm(v1::AlarmKind kind, const std::string& why) {
@@ -168,12 +174,8 @@ void PipelineStatus::ClearAlarm(v1::AlarmKind kind, const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (alarms_.erase(kind) == 0) return;
-    event.set_pipeline(pipeline_);
-    *event.mutable_time() = ToProto(absl::Now());
-    event.set_state(state_);
-    event.set_previous(state_);
+    event = AlarmEventLocked(kind);
     event.set_message(why);
-    event.set_alarm(kind);
     event.set_cleared(true);
     listener = listener_;
   }

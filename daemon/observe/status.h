@@ -122,6 +122,8 @@ class PipelineStatus {
   std::string PrometheusText();
 
  private:
+  // A StateEvent for alarm `kind` in the current state; mu_ held.
+  v1::StateEvent AlarmEventLocked(v1::AlarmKind kind) const;
   struct Target {
     std::string name;
     Lsn applied = kInvalidLsn;
