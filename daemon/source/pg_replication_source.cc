@@ -470,6 +470,7 @@ void PgReplicationSource::ReaderLoop() {
       requested = feedback_requested_;
     }
     // Everything libpq has buffered goes to the queue, keepalives are answered here.
+    bool received = false;  // the clock is read once per batch below, not per message
     while (!full) {
       char* raw = nullptr;
       int n = PQgetCopyData(conn_, &raw, /*async=*/1);
@@ -488,8 +489,7 @@ void PgReplicationSource::ReaderLoop() {
         return;
       }
       size_t len = static_cast<size_t>(n);
-      last_received = absl::Now();
-      solicited = false;
+      received = true;
       if (raw[0] == 'k' && len >= kKeepaliveSize) {
         Lsn end = GetU64(raw + 1);
         if (end > received_lsn_.load()) received_lsn_.store(end);
@@ -515,7 +515,8 @@ void PgReplicationSource::ReaderLoop() {
     }
     absl::Time now = absl::Now();
     // While the queue is full walshiftd does not read, so the walsender's silence is ours.
-    if (full) last_received = now;
+    if (received || full) last_received = now;
+    if (received) solicited = false;
     if (timeout > absl::ZeroDuration()) {
       absl::Duration quiet = now - last_received;
       if (quiet >= timeout) {
