@@ -17,7 +17,9 @@ namespace walshift {
 
 class PgCopyWriter {
  public:
-  static absl::StatusOr<std::unique_ptr<PgCopyWriter>> Connect(const std::string& target_name, const std::string& dsn);
+  // The session holds `pipeline`'s writer lock (state::HoldWriterLock).
+  static absl::StatusOr<std::unique_ptr<PgCopyWriter>> Connect(const std::string& target_name, const std::string& dsn,
+                                                               const std::string& pipeline);
 
   // Whether rows of `shape` can go through COPY: an upsert whose every value is a parameter
   // (no sql: expression, no filter).

@@ -56,6 +56,13 @@ class ChangeSource {
   // (durable on every target). Sent when `force`, when the server asked, or when the last
   // report is older than the feedback interval.
   virtual absl::Status SendFeedback(Lsn flushed, bool force) = 0;
+  // The caller applied every message Poll() gave it, made it durable on every target and holds
+  // no open source transaction. The server's position of a keepalive received after those
+  // messages is then confirmed too (the WAL in between held nothing for this slot), as
+  // PostgreSQL's own apply worker does: the slot moves over WAL that holds no change for the
+  // pipeline, and a source shutting down, which waits until its walsenders' clients confirm
+  // everything sent, does not wait for wal_sender_timeout.
+  virtual void ConfirmIdle() = 0;
   // Highest WAL position received so far (XLogData end or keepalive).
   virtual Lsn received_lsn() const = 0;
   // The snapshot exported when the slot was created just now (valid until Start()), if any.

@@ -68,14 +68,23 @@ const CopySkipPlan::Table* CopySkipPlan::Find(const std::string& source_table, s
 }
 
 Lsn CopySkipPlan::SnapshotFor(const Table& table, const Datum* key) {
-  if (table.key_column.empty()) return table.ranges.empty() ? kInvalidLsn : table.ranges.front().snapshot_lsn;
   int64_t k = 0;
-  if (key == nullptr || key->is_null() || key->is_unchanged_toast() || !absl::SimpleAtoi(key->view(), &k)) {
+  if (!table.key_column.empty() &&
+      (key == nullptr || key->is_null() || key->is_unchanged_toast() || !absl::SimpleAtoi(key->view(), &k))) {
     return kInvalidLsn;
   }
-  for (const CopyRange& r : table.ranges)
-    if (r.Contains(k)) return r.snapshot_lsn;
-  return kInvalidLsn;
+  // A range can be recorded twice: a walshiftd killed while its range's commit was still on the
+  // way leaves it to be copied again by the next run, under a later snapshot. The earlier
+  // snapshot decides: replaying every change after it ends on the source's rows whatever the
+  // later copy wrote (each change rewrites or deletes its whole row or element), whereas
+  // skipping up to the later one would keep what the later copy cannot undo (a row deleted, an
+  // element moved to another parent, in between).
+  Lsn earliest = kInvalidLsn;
+  for (const CopyRange& r : table.ranges) {
+    if (!table.key_column.empty() && !r.Contains(k)) continue;
+    if (earliest == kInvalidLsn || r.snapshot_lsn < earliest) earliest = r.snapshot_lsn;
+  }
+  return earliest;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,7 +219,8 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
     if (copy_shape != nullptr && plain) {
       auto& owned = w.copiers[u.target];
       if (!owned) {
-        ASSIGN_OR_RETURN(owned, PgCopyWriter::Connect(target_name, settings.targets[u.target].dsn));
+        ASSIGN_OR_RETURN(owned, PgCopyWriter::Connect(target_name, settings.targets[u.target].dsn,
+                                                            settings.proto.pipeline()));
       }
       copier = owned.get();
       RETURN_IF_ERROR(copier->Begin(*copy_shape));

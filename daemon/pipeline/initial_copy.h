@@ -52,8 +52,8 @@ class CopySkipPlan {
   absl::Status Load(Sink& sink, size_t target_index, Lsn after);
   bool empty() const { return tables_.empty(); }
   const Table* Find(const std::string& source_table, size_t target_index) const;
-  // The snapshot LSN covering `key` (the text of the key column; null: the whole-table range),
-  // or kInvalidLsn when no range holds it.
+  // The earliest snapshot LSN of the ranges covering `key` (the text of the key column; null:
+  // the whole-table range), or kInvalidLsn when no range holds it.
   static Lsn SnapshotFor(const Table& table, const Datum* key);
 
  private:

@@ -16,6 +16,7 @@
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/pipeline.h"
 #include "daemon/source/pg_replication_source.h"
+#include "daemon/state/pg_state.h"
 #include "spdlog/spdlog.h"
 
 namespace walshift {
@@ -122,6 +123,15 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
 absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
   const auto& apply = settings_.proto.apply();
   streamed_ = false;
+  // What an earlier run (a walshiftd that was killed, this process before it reconnected) still
+  // has on its way to a target is committed or rolled back before this run reads the target's
+  // checkpoint and copied ranges: otherwise a range whose commit lands late is copied again.
+  for (const auto& t : settings_.targets) {
+    if (t.documents()) continue;
+    std::string what = absl::StrCat("target ", t.name);
+    ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(t.dsn, what, "application_name=walshiftd-catalog"));
+    RETURN_IF_ERROR(state::SettleEarlierWriters(conn.get(), settings_.proto.pipeline(), what, absl::Seconds(30)));
+  }
   for (const auto& t : settings_.targets) {
     SinkOptions o;
     o.pipeline = settings_.proto.pipeline();
@@ -192,7 +202,10 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // wait for data.
     bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
     ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? kIdleFlush : absl::Seconds(1)));
-    if (n == 0 && !in_transaction_) RETURN_IF_ERROR(FlushAll());
+    if (n == 0 && !in_transaction_) {
+      RETURN_IF_ERROR(FlushAll());
+      source_->ConfirmIdle();
+    }
     if (!*made_progress && MinDurable() != attempt_start) {
       *made_progress = true;  // a checkpoint moved: this attempt is no longer failing
       status_->SetRetry(0, absl::InfinitePast());

@@ -416,6 +416,7 @@ absl::StatusOr<int> PgReplicationSource::Poll(ChangeHandler& handler, absl::Dura
       return reader_status_.ok() ? absl::UnavailableError("source: replication stream closed") : reader_status_;
     }
     bool was_full = queued_bytes_ >= kMaxQueuedBytes;
+    taken_total_ += queue_.size();
     taken.swap(queue_);
     queued_bytes_ = 0;
     if (was_full) WakeReader();
@@ -495,6 +496,11 @@ void PgReplicationSource::ReaderLoop() {
         if (end > received_lsn_.load()) received_lsn_.store(end);
         reply_requested |= raw[17] != 0;
         PQfreemem(raw);
+        std::lock_guard<std::mutex> lock(mu_);
+        if (end >= keepalive_lsn_) {
+          keepalive_lsn_ = end;
+          keepalive_after_ = queued_total_;
+        }
         continue;
       }
       if (raw[0] != 'w' || len < kXLogDataHeader) {
@@ -509,6 +515,7 @@ void PgReplicationSource::ReaderLoop() {
       if (seen > received_lsn_.load()) received_lsn_.store(seen);
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back({raw, len});
+      ++queued_total_;
       queued_bytes_ += len;
       full = queued_bytes_ >= kMaxQueuedBytes;
       data_ready_.notify_one();
@@ -595,6 +602,27 @@ absl::Status PgReplicationSource::SendFeedback(Lsn flushed, bool force) {
   feedback_sent_.wait_for(lock, std::chrono::seconds(5), [&] { return feedback_done_ >= ticket || reader_done_; });
   if (reader_done_ && !reader_status_.ok() && !absl::IsCancelled(reader_status_)) return reader_status_;
   return absl::OkStatus();
+}
+
+void PgReplicationSource::ConfirmIdle() {
+  Lsn idle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // A message queued before the keepalive and not yet taken may hold a change: not idle.
+    if (keepalive_lsn_ == kInvalidLsn || keepalive_after_ > taken_total_) return;
+    idle = keepalive_lsn_;
+  }
+  Lsn prev = last_flushed_.load();
+  bool advanced = false;
+  while (idle > prev && !(advanced = last_flushed_.compare_exchange_weak(prev, idle))) {
+  }
+  if (!advanced) return;
+  // Said at once: a walsender waiting for it at shutdown asked only once.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++feedback_requested_;
+  }
+  WakeReader();
 }
 
 absl::Status PgReplicationSource::SendStatusUpdate(bool reply_requested) {

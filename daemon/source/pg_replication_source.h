@@ -56,6 +56,7 @@ class PgReplicationSource : public ChangeSource {
   absl::Status Start(Lsn start_lsn) override;
   absl::StatusOr<int> Poll(ChangeHandler& handler, absl::Duration wait) override;
   absl::Status SendFeedback(Lsn flushed, bool force) override;
+  void ConfirmIdle() override;
   Lsn received_lsn() const override { return received_lsn_.load(); }
 
   // The snapshot exported when Create() created the slot (options.export_snapshot), else
@@ -133,6 +134,12 @@ class PgReplicationSource : public ChangeSource {
   absl::Status reader_status_;             // guarded by mu_: why the reader stopped
   uint64_t feedback_requested_ = 0;        // guarded by mu_
   uint64_t feedback_done_ = 0;             // guarded by mu_
+  // For ConfirmIdle(): messages queued and taken by Poll() so far, and the latest keepalive's
+  // position with how many messages were queued before it.
+  uint64_t queued_total_ = 0;        // guarded by mu_
+  uint64_t taken_total_ = 0;         // guarded by mu_
+  Lsn keepalive_lsn_ = kInvalidLsn;  // guarded by mu_
+  uint64_t keepalive_after_ = 0;     // guarded by mu_
 };
 
 }  // namespace walshift

@@ -1,11 +1,15 @@
 #include "daemon/state/pg_state.h"
 
+#include <chrono>
+#include <cstdint>
 #include <iterator>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/core/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace walshift::state {
 namespace {
@@ -196,6 +200,85 @@ absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(PGconn* conn, con
   (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 2), &row.seconds_since_commit);
   (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 3), &row.seconds_since_update);
   return std::optional<CheckpointRow>(std::move(row));
+}
+
+namespace {
+
+// The writer lock's keys: a class id for walshift's pipelines (next to 2008730454, the schema
+// migrations' class), then a 31-bit FNV-1a hash of the pipeline's name, stable across releases.
+constexpr const char* kWriterLockClass = "2008730455";
+
+std::string WriterLockKey(const std::string& pipeline) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : pipeline) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return absl::StrCat(h & 0x7fffffffu);
+}
+
+// Other sessions holding the writer lock of `key` with a transaction open: pid, state, since,
+// client, one row each.
+absl::StatusOr<pg::ResultPtr> OpenWriters(PGconn* conn, const std::string& key, absl::string_view what) {
+  return pg::ExecParams(
+      conn,
+      "SELECT a.pid::text, coalesce(a.state, ''), to_char(a.xact_start AT TIME ZONE 'UTC', "
+      "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(nullif(a.application_name, ''), 'a session') || ' from ' || "
+      "coalesce(host(a.client_addr), 'a local socket') "
+      "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+      "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
+      "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+      "AND a.pid <> pg_catalog.pg_backend_pid() AND a.xact_start IS NOT NULL",
+      {kWriterLockClass, key.c_str()}, absl::StrCat(what, ": looking for sessions of an earlier walshiftd run"));
+}
+
+std::string Describe(const PGresult* r, int i) {
+  return absl::StrCat("pid ", PQgetvalue(r, i, 0), " (", PQgetvalue(r, i, 1), " since ", PQgetvalue(r, i, 2), ", ",
+                      PQgetvalue(r, i, 3), ")");
+}
+
+}  // namespace
+
+absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+  std::string key = WriterLockKey(pipeline);
+  return pg::ExecParams(conn, "SELECT pg_catalog.pg_advisory_lock_shared($1::int, $2::int)",
+                        {kWriterLockClass, key.c_str()}, absl::StrCat(what, ": taking the pipeline's writer lock"))
+      .status();
+}
+
+absl::Status SettleEarlierWriters(PGconn* conn, const std::string& pipeline, absl::string_view what,
+                                  absl::Duration patience) {
+  const std::string key = WriterLockKey(pipeline);
+  const absl::Time give_up = absl::Now() + patience;
+  bool terminated = false;
+  for (;;) {
+    ASSIGN_OR_RETURN(pg::ResultPtr r, OpenWriters(conn, key, what));
+    const int n = PQntuples(r.get());
+    if (n == 0) return absl::OkStatus();
+    absl::Time now = absl::Now();
+    if (now >= give_up + absl::Seconds(10)) {
+      std::string who;
+      for (int i = 0; i < n; ++i) absl::StrAppend(&who, i ? "; " : "", Describe(r.get(), i));
+      return absl::UnavailableError(absl::StrCat(
+          what, ": ", n, " session(s) of another walshiftd run of pipeline ", pipeline,
+          " still have a transaction open: ", who,
+          ". They could not be terminated (pg_terminate_backend needs the same role or pg_signal_backend); end them, "
+          "and make sure only one walshiftd runs this pipeline"));
+    }
+    if (now >= give_up && !terminated) {
+      terminated = true;
+      for (int i = 0; i < n; ++i) {
+        spdlog::warn(
+            "{}: {} of an earlier walshiftd run of pipeline {} still has a transaction open after {}; terminating it "
+            "so that what it holds is settled before this run reads the checkpoint (if a second walshiftd runs this "
+            "pipeline, stop it: one pipeline has one walshiftd)",
+            std::string(what), Describe(r.get(), i), pipeline, absl::FormatDuration(patience));
+        (void)pg::ExecParams(conn, "SELECT pg_catalog.pg_terminate_backend($1::int)", {PQgetvalue(r.get(), i, 0)},
+                             what);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what) {

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "daemon/core/interfaces.h"
 #include "daemon/core/lsn.h"
 #include "daemon/pg/pg_util.h"
@@ -24,6 +25,19 @@ namespace walshift::state {
 absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
 // The state schema version this walshiftd writes.
 int StateSchemaVersion();
+
+// Writers of a pipeline. Every walshiftd session that writes `pipeline`'s rows into a target
+// holds a session-level advisory lock on (walshift, pipeline) in shared mode while it is
+// connected. A walshiftd killed, or cut off, leaves its sessions to the server until it notices:
+// one of them may still be executing, or committing, what the dead process sent.
+absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, absl::string_view what);
+// Before a run reads what a target holds (checkpoint, copied ranges): waits until no other
+// session holding `pipeline`'s writer lock has a transaction open, so that everything an earlier
+// run sent is committed or rolled back, and visible. A session still in a transaction after
+// `patience` is terminated (with a warning naming it) and waited for. kUnavailable, naming the
+// sessions, when they cannot be settled.
+absl::Status SettleEarlierWriters(PGconn* conn, const std::string& pipeline, absl::string_view what,
+                                  absl::Duration patience);
 
 // The checkpoint row of `pipeline`.
 struct CheckpointRow {

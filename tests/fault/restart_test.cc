@@ -109,13 +109,62 @@ TEST_F(RestartTest, SourceRestartedMidStreamEndsExact) {
     ASSERT_NE(workload, nullptr);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     size_t from = LogSize();
-    ASSERT_TRUE(source_cluster_->Stop(mode).ok());
+    absl::Status stopped = source_cluster_->Stop(mode);
+    ASSERT_TRUE(stopped.ok()) << stopped << "\n" << source_cluster_->LogTail();
     ASSERT_TRUE(source_cluster_->Restart().ok()) << source_cluster_->LogTail();
     (void)workload->Wait(absl::Seconds(60));
     ASSERT_TRUE(daemon_->Running()) << DaemonLog();
     EXPECT_TRUE(WaitForLog("retrying in", from, absl::Seconds(30))) << DaemonLog();
   }
   auto after = StartPgbench(Workload(4, absl::Seconds(3)));
+  ASSERT_NE(after, nullptr);
+  auto done = after->Wait(absl::Seconds(60));
+  ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ExpectExact();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+// A source shutting down (fast mode) waits until every walsender's client has confirmed all the
+// WAL it was sent, the shutdown checkpoint included. With wal_sender_timeout off it waits for
+// ever, so walshiftd, idle, must confirm WAL that held nothing for it (as PostgreSQL's own
+// apply worker does); heartbeats are off so that no failed heartbeat write ends the
+// replication connection first. The same confirmation moves the slot over WAL of tables that
+// are not mapped, so the source does not keep it.
+TEST_F(RestartTest, SourceStoppedFastWhileIdleDoesNotWaitForWalshiftd) {
+  CreateTables();
+  ASSERT_TRUE(source_cluster_->Exec("postgres", "ALTER SYSTEM SET wal_sender_timeout = 0").ok());
+  ASSERT_TRUE(source_cluster_->Exec("postgres", "SELECT pg_reload_conf()").ok());
+  std::string config = EventsConfig(R"(
+apply: {reconnect_initial_ms: 100, reconnect_max_ms: 2000}
+monitor: {heartbeat_interval_s: 0}
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  auto workload = StartPgbench(Workload(2, absl::Seconds(2)));
+  ASSERT_NE(workload, nullptr);
+  ASSERT_TRUE(workload->Wait(absl::Seconds(60)).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+
+  Source("CREATE TABLE not_mapped (id int PRIMARY KEY, v text); "
+         "INSERT INTO not_mapped SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+  auto wal = source_cluster_->QueryValue("postgres", "SELECT pg_current_wal_lsn()::text");
+  ASSERT_TRUE(wal.ok()) << wal.status();
+  std::string moved_sql = absl::StrCat(
+      "SELECT (confirmed_flush_lsn >= '", *wal, "')::text FROM pg_replication_slots WHERE slot_name = '", slot_, "'");
+  bool moved = false;
+  for (absl::Time deadline = absl::Now() + absl::Seconds(60); !moved && absl::Now() < deadline;) {
+    auto v = source_cluster_->QueryValue("postgres", moved_sql);
+    moved = v.ok() && *v == "true";
+    if (!moved) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(moved) << "the slot did not move past " << *wal << " (WAL of a table no mapping names)";
+
+  absl::Status stopped = source_cluster_->Stop(PgCluster::StopMode::kFast);
+  ASSERT_TRUE(stopped.ok()) << stopped << "\n" << source_cluster_->LogTail();
+  ASSERT_TRUE(source_cluster_->Restart().ok()) << source_cluster_->LogTail();
+  ASSERT_TRUE(daemon_->Running()) << DaemonLog();
+  auto after = StartPgbench(Workload(2, absl::Seconds(2)));
   ASSERT_NE(after, nullptr);
   auto done = after->Wait(absl::Seconds(60));
   ASSERT_TRUE(done.ok() && done->success()) << "pgbench failed:\n" << PgbenchLog();

@@ -258,6 +258,11 @@ mappings:
                  "profile_a + profile_b → profiles");
   ExpectSameRows(SourceRows("SELECT id::text, total::text, stamp::text FROM orders WHERE NOT deleted"),
                  TargetRows("SELECT order_id::text, total::text, stamp::text FROM orders_v2"), "orders → orders_v2");
+  // Element by element first (names the line that is wrong), then whole arrays (their order).
+  ExpectSameRows(SourceRows("SELECT cart::text, id::text, sku, qty::text, stamp::text FROM lines"),
+                 TargetRows("SELECT cart::text, e->>'id', e->>'sku', e->>'qty', e->>'stamp' FROM carts, "
+                            "jsonb_array_elements(lines) e"),
+                 "lines → carts.lines elements");
   ExpectSameRows(SourceRows("SELECT cart::text, jsonb_agg(jsonb_build_object('id', id, 'sku', sku, 'qty', qty, "
                             "'stamp', stamp) ORDER BY id)::text FROM lines GROUP BY cart"),
                  TargetRows("SELECT cart::text, lines::text FROM carts WHERE lines <> '[]'"), "lines → carts.lines");
