@@ -72,9 +72,12 @@ TEST_F(PgStateTest, SettleWaitsForAnEarlierWritersTransactionOnly) {
   });
   pg::ConnPtr next = Connect();
   absl::Status st = state::SettleEarlierWriters(next.get(), "p", "target main", absl::Seconds(120));
+  // Read before the committing thread is joined: only a settle that waited for the commit sees
+  // the row here.
+  std::string seen = Count();
   commit.join();
   ASSERT_TRUE(st.ok()) << st;
-  EXPECT_EQ(Count(), "1");  // the earlier writer's row, not the other pipeline's (still open)
+  EXPECT_EQ(seen, "1");  // the earlier writer's row, not the other pipeline's (still open)
   EXPECT_TRUE(Alive(idle.get()));
   EXPECT_TRUE(Alive(other.get()));
   EXPECT_TRUE(Alive(earlier.get()));
