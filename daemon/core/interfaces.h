@@ -61,8 +61,9 @@ class ChangeSource {
   // messages is then confirmed too (the WAL in between held nothing for this slot), as
   // PostgreSQL's own apply worker does: the slot moves over WAL that holds no change for the
   // pipeline, and a source shutting down, which waits until its walsenders' clients confirm
-  // everything sent, does not wait for wal_sender_timeout.
-  virtual void ConfirmIdle() = 0;
+  // everything sent, does not wait for wal_sender_timeout. Returns that position (everything
+  // up to it is applied), or kInvalidLsn when no keepalive came after the last message taken.
+  virtual Lsn ConfirmIdle() = 0;
   // Highest WAL position received so far (XLogData end or keepalive).
   virtual Lsn received_lsn() const = 0;
   // The snapshot exported when the slot was created just now (valid until Start()), if any.

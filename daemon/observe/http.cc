@@ -20,9 +20,11 @@ absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(const std::str
   s->server_ = std::make_unique<httplib::Server>();
   httplib::Server& svr = *s->server_;
   svr.Get("/status", [status](const httplib::Request&, httplib::Response& res) {
+    status->RefreshSource(absl::Seconds(1));
     res.set_content(status->StatusJson(), "application/json");
   });
   svr.Get("/metrics", [status](const httplib::Request&, httplib::Response& res) {
+    status->RefreshSource(absl::Seconds(1));
     res.set_content(status->PrometheusText(), "text/plain; version=0.0.4");
   });
   svr.Get("/healthz", [status](const httplib::Request&, httplib::Response& res) {

@@ -19,10 +19,18 @@ Monitor::Monitor(const config::Settings& settings, PipelineStatus* status, Event
   lag_interval_ = absl::Seconds(m.lag_interval_s() ? m.lag_interval_s() : 5);
   heartbeat_interval_ = absl::Seconds(m.has_heartbeat_interval_s() ? m.heartbeat_interval_s() : 10);  // 0: off
   max_retained_ = m.max_retained_wal_bytes() ? m.max_retained_wal_bytes() : (1ull << 30);
+  status_->SetSourceReader([this] {
+    SourceView view;
+    ReadSource(&view);
+    return view;
+  });
   thread_ = std::thread([this] { Loop(); });
 }
 
-Monitor::~Monitor() { Stop(); }
+Monitor::~Monitor() {
+  status_->SetSourceReader(nullptr);
+  Stop();
+}
 
 void Monitor::Stop() {
   {
@@ -40,6 +48,7 @@ void Monitor::StopWithFinalReport() {
 }
 
 void Monitor::ReadSource(SourceView* view) {
+  std::lock_guard<std::mutex> lock(conn_mu_);
   view->read_at = absl::Now();
   if (!conn_ || PQstatus(conn_.get()) != CONNECTION_OK) {
     auto c = pg::Connect(source_dsn_, "source", "application_name=walshiftd-monitor");
@@ -72,6 +81,7 @@ void Monitor::ReadSource(SourceView* view) {
 }
 
 void Monitor::Heartbeat() {
+  std::lock_guard<std::mutex> lock(conn_mu_);
   if (!conn_) return;
   auto r = pg::ExecParams(conn_.get(), "SELECT pg_logical_emit_message(true, $1, $2)",
                           {kHeartbeatPrefix, pipeline_.c_str()}, "source: writing a heartbeat");

@@ -6,7 +6,8 @@
 // any transaction), so an idle source still advances the slot and the checkpoints. It raises
 // and clears the slot's alarms (v1::AlarmKind) in the status: retained WAL past
 // monitor.max_retained_wal_bytes (cleared at half of it), wal_status unreserved or lost, a
-// slot gone while streaming.
+// slot gone while streaming. /status and /metrics read the source through it too when its
+// view is older than a second (PipelineStatus::RefreshSource).
 
 #include <condition_variable>
 #include <mutex>
@@ -45,6 +46,7 @@ class Monitor {
   PipelineStatus* status_;
   EventPublisher* events_;
   pg::ConnPtr conn_;
+  std::mutex conn_mu_;  // conn_: the monitor thread and readers of /status (RefreshSource)
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;

@@ -108,6 +108,11 @@ void PipelineStatus::SetReceivedLsn(Lsn lsn) {
   if (lsn > received_) received_ = lsn;
 }
 
+void PipelineStatus::SetCaughtUp(Lsn lsn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (lsn > caught_up_) caught_up_ = lsn;
+}
+
 void PipelineStatus::OnApplied(size_t target, Lsn durable, size_t changes, size_t transactions, absl::Duration took) {
   std::lock_guard<std::mutex> lock(mu_);
   if (target >= targets_.size()) return;
@@ -198,6 +203,25 @@ void PipelineStatus::SetSource(const SourceView& source) {
   source_ = source;
 }
 
+void PipelineStatus::SetSourceReader(std::function<SourceView()> reader) {
+  std::lock_guard<std::mutex> refresh(refresh_mu_);  // a read in flight ends first
+  std::lock_guard<std::mutex> lock(mu_);
+  source_reader_ = std::move(reader);
+}
+
+void PipelineStatus::RefreshSource(absl::Duration max_age) {
+  std::lock_guard<std::mutex> refresh(refresh_mu_);
+  std::function<SourceView()> reader;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!source_reader_ || absl::Now() - source_.read_at < max_age) return;
+    reader = source_reader_;
+  }
+  SourceView view = reader();  // a query on the source: the pipeline's calls must not wait for it
+  std::lock_guard<std::mutex> lock(mu_);
+  if (view.read_at > source_.read_at) source_ = view;
+}
+
 void PipelineStatus::SetKafka(const KafkaView& kafka) {
   std::lock_guard<std::mutex> lock(mu_);
   kafka_ = kafka;
@@ -241,9 +265,12 @@ v1::LagEvent PipelineStatus::LagLocked(bool advance_rates) {
     l->set_target(t.name);
     l->set_applied_lsn(FormatLsn(t.applied));
     if (t.applied_commit_time != 0) *l->mutable_applied_commit_time() = ToProto(FromPg(t.applied_commit_time));
-    // The source position is read once per lag interval; what arrived since is newer.
+    // The source position is read once per lag interval (and when /status or /metrics is read);
+    // what arrived since is newer. A target is behind by what the source wrote after the later
+    // of its checkpoint and the position up to which the idle stream was confirmed applied.
     Lsn source = std::max(source_.current, received_);
-    uint64_t bytes = source > t.applied && t.applied != kInvalidLsn ? source - t.applied : 0;
+    Lsn done = t.applied != kInvalidLsn ? std::max(t.applied, caught_up_) : kInvalidLsn;
+    uint64_t bytes = source > done && done != kInvalidLsn ? source - done : 0;
     l->set_lag_bytes(bytes);
     // The oldest received commit this target has not applied.
     double seconds = 0;

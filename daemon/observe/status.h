@@ -89,6 +89,10 @@ class PipelineStatus {
   // A source transaction arrived (commit order); `end_lsn` is what a checkpoint stores.
   void OnReceived(Lsn end_lsn, PgTimestamp commit_time);
   void SetReceivedLsn(Lsn lsn);
+  // Every target has applied everything the source sent up to `lsn` (an idle stream's
+  // keepalive position, see ChangeSource::ConfirmIdle): lag is counted from there when it is
+  // past a target's checkpoint.
+  void SetCaughtUp(Lsn lsn);
   // A group committed on `target`: its checkpoint and what it held.
   void OnApplied(size_t target, Lsn durable, size_t changes, size_t transactions, absl::Duration took);
   // Changes applied per source table (added at group commit).
@@ -107,6 +111,10 @@ class PipelineStatus {
   void SetRetry(int attempt, absl::Time failing_since);
 
   void SetSource(const SourceView& source);
+  // How to read the source's view now (the monitor's); RefreshSource() calls it when the view
+  // is older than `max_age`, so /status and /metrics compare with a position read now.
+  void SetSourceReader(std::function<SourceView()> reader);
+  void RefreshSource(absl::Duration max_age);
   void SetKafka(const KafkaView& kafka);
   // While copying: how to read the copy's progress; afterwards its final report.
   void SetCopyProgress(std::function<std::vector<CopyUnitReport>()> progress);
@@ -146,6 +154,9 @@ class PipelineStatus {
   // Received commits not yet applied everywhere: (end_lsn, commit_time), in commit order.
   std::deque<std::pair<Lsn, PgTimestamp>> unapplied_;
   Lsn received_ = kInvalidLsn;
+  Lsn caught_up_ = kInvalidLsn;
+  std::function<SourceView()> source_reader_;
+  std::mutex refresh_mu_;  // one source read at a time, outside mu_
   std::map<std::string, uint64_t> table_changes_;
   std::map<std::string, uint64_t> errors_;
   Histogram batch_size_{{1, 10, 100, 1000, 5000, 10000, 50000}};

@@ -20,11 +20,6 @@
 #include "spdlog/spdlog.h"
 
 namespace walshift {
-namespace {
-// How long the stream must be quiet before a group with complete transactions commits.
-constexpr absl::Duration kIdleFlush = absl::Milliseconds(10);
-}  // namespace
-
 absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   const auto& apply = settings_.proto.apply();
   absl::Duration initial = absl::Milliseconds(apply.reconnect_initial_ms() ? apply.reconnect_initial_ms() : 250);
@@ -196,15 +191,17 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   status_->SetState(v1::STREAMING);
 
   while (!stop.load()) {
-    // With complete transactions waiting to be committed, wait only briefly for more: a quiet
-    // stream for kIdleFlush commits the group, so latency stays low. Under load, groups close
-    // in OnCommit by size or age instead. Otherwise (nothing open, or inside a transaction)
-    // wait for data.
+    // A group of complete transactions commits as soon as nothing more is waiting to be read:
+    // the stream is drained at a transaction boundary. Under load, what arrived while the
+    // previous group committed is already waiting, so groups grow by themselves (up to
+    // group_max_changes / group_max_ms, see OnCommit) and a change waits for at most one commit
+    // before its own. Otherwise (nothing open, or inside a transaction) wait for data.
     bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
-    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? kIdleFlush : absl::Seconds(1)));
+    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? absl::ZeroDuration() : absl::Seconds(1)));
     if (n == 0 && !in_transaction_) {
       RETURN_IF_ERROR(FlushAll());
-      source_->ConfirmIdle();
+      Lsn idle = source_->ConfirmIdle();
+      if (idle != kInvalidLsn) status_->SetCaughtUp(idle);
     }
     if (!*made_progress && MinDurable() != attempt_start) {
       *made_progress = true;  // a checkpoint moved: this attempt is no longer failing

@@ -364,11 +364,6 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
     if (PQsetnonblocking(conn_, 1) != 0) {
       return absl::UnavailableError(absl::StrCat("source: ", ConnectionMessage(conn_)));
     }
-    // Catching up, wake only for a worthwhile amount of data: the walsender then sends in
-    // large writes instead of one small write per message. The reader's short poll timeout
-    // picks up a trickle (an idle source, a keepalive) within a few milliseconds.
-    int lowat = 64 * 1024;
-    (void)setsockopt(PQsocket(conn_), SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
     reader_ = std::thread([this] { ReaderLoop(); });
     spdlog::info("source: streaming slot {} from {}", options_.slot, FormatLsn(start_lsn));
     return absl::OkStatus();
@@ -461,6 +456,16 @@ void PgReplicationSource::ReaderLoop() {
   absl::Time last_received = absl::Now();
   bool solicited = false;
   const absl::Duration timeout = options_.receive_timeout;
+  // Catching up, the reader wakes only for a worthwhile amount of data; in a trickle (a steady
+  // load the pipeline keeps up with), for every message, so that none waits for the poll
+  // timeout before the pipeline sees it. See kBacklogLowat.
+  int lowat = 1;
+  auto set_lowat = [&](int bytes) {
+    if (bytes == lowat) return;
+    lowat = bytes;
+    (void)setsockopt(PQsocket(conn_), SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
+  };
+  set_lowat(kBacklogLowat);
   for (;;) {
     bool full;
     uint64_t requested;
@@ -472,6 +477,7 @@ void PgReplicationSource::ReaderLoop() {
     }
     // Everything libpq has buffered goes to the queue, keepalives are answered here.
     bool received = false;  // the clock is read once per batch below, not per message
+    size_t batch_bytes = 0;
     while (!full) {
       char* raw = nullptr;
       int n = PQgetCopyData(conn_, &raw, /*async=*/1);
@@ -491,6 +497,7 @@ void PgReplicationSource::ReaderLoop() {
       }
       size_t len = static_cast<size_t>(n);
       received = true;
+      batch_bytes += len;
       if (raw[0] == 'k' && len >= kKeepaliveSize) {
         Lsn end = GetU64(raw + 1);
         if (end > received_lsn_.load()) received_lsn_.store(end);
@@ -519,6 +526,13 @@ void PgReplicationSource::ReaderLoop() {
       queued_bytes_ += len;
       full = queued_bytes_ >= kMaxQueuedBytes;
       data_ready_.notify_one();
+    }
+    if (!full) {
+      if (batch_bytes >= kBacklogBytes) {
+        set_lowat(kBacklogLowat);
+      } else if (batch_bytes < kTrickleBytes) {
+        set_lowat(1);
+      }
     }
     absl::Time now = absl::Now();
     // While the queue is full walshiftd does not read, so the walsender's silence is ours.
@@ -604,25 +618,26 @@ absl::Status PgReplicationSource::SendFeedback(Lsn flushed, bool force) {
   return absl::OkStatus();
 }
 
-void PgReplicationSource::ConfirmIdle() {
+Lsn PgReplicationSource::ConfirmIdle() {
   Lsn idle;
   {
     std::lock_guard<std::mutex> lock(mu_);
     // A message queued before the keepalive and not yet taken may hold a change: not idle.
-    if (keepalive_lsn_ == kInvalidLsn || keepalive_after_ > taken_total_) return;
+    if (keepalive_lsn_ == kInvalidLsn || keepalive_after_ > taken_total_) return kInvalidLsn;
     idle = keepalive_lsn_;
   }
   Lsn prev = last_flushed_.load();
   bool advanced = false;
   while (idle > prev && !(advanced = last_flushed_.compare_exchange_weak(prev, idle))) {
   }
-  if (!advanced) return;
+  if (!advanced) return idle;
   // Said at once: a walsender waiting for it at shutdown asked only once.
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++feedback_requested_;
   }
   WakeReader();
+  return idle;
 }
 
 absl::Status PgReplicationSource::SendStatusUpdate(bool reply_requested) {

@@ -56,7 +56,7 @@ class PgReplicationSource : public ChangeSource {
   absl::Status Start(Lsn start_lsn) override;
   absl::StatusOr<int> Poll(ChangeHandler& handler, absl::Duration wait) override;
   absl::Status SendFeedback(Lsn flushed, bool force) override;
-  void ConfirmIdle() override;
+  Lsn ConfirmIdle() override;
   Lsn received_lsn() const override { return received_lsn_.load(); }
 
   // The snapshot exported when Create() created the slot (options.export_snapshot), else
@@ -112,6 +112,12 @@ class PgReplicationSource : public ChangeSource {
   static constexpr size_t kMaxQueuedBytes = 4 << 20;
   // Longest wait for less than SO_RCVLOWAT bytes (and the feedback timer's granularity).
   static constexpr int kReaderPollMs = 5;
+  // SO_RCVLOWAT while catching up: a wake then reads a worthwhile amount. A trickle (a wake that
+  // found less than kTrickleBytes) switches to waking for every byte, so a change reaches the
+  // pipeline at once; a wake that finds kBacklogBytes or more switches back.
+  static constexpr int kBacklogLowat = 64 * 1024;
+  static constexpr size_t kTrickleBytes = 8 * 1024;
+  static constexpr size_t kBacklogBytes = 32 * 1024;
 
   PgReplicationSourceOptions options_;
   PGconn* conn_ = nullptr;

@@ -209,5 +209,71 @@ TEST_F(ObserveTest, StatusAndMetricsReflectAKnownBacklog) {
   EXPECT_TRUE(StopDaemon().success());
 }
 
+// Lag as a reader sees it: /status compares with a source position read now (not the monitor's
+// reading of a minute ago), and an idle pipeline whose database is quiet while the rest of the
+// cluster writes WAL is not behind: everything the walsender sent is applied.
+TEST_F(ObserveTest, LagComparesWithAFreshSourcePositionAndIsZeroOnlyWhenCaughtUp) {
+  Source("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  std::string config = WriteConfig(absl::StrCat(kOneTarget, "monitor: {lag_interval_s: 60, heartbeat_interval_s: 0}\n",
+                                                "mappings: [{source: items}]\n"));
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  int port = StatusPort();
+  ASSERT_GT(port, 0);
+  std::smatch m;
+  auto field = [&](const std::string& status, const std::string& name) -> std::string {
+    if (!std::regex_search(status, m, std::regex(absl::StrCat("\"", name, "\":\"?([0-9A-F/.]+)")))) return "";
+    return m[1];
+  };
+  auto lsn_at_least = [&](const std::string& a, const std::string& b) {
+    PgRows r = SourceRows(absl::StrCat("SELECT ('", a, "'::pg_lsn >= '", b, "'::pg_lsn)::text"));
+    return r.size() == 1 && *r[0][0] == "true";
+  };
+
+  // A change the target cannot apply yet (a lock holds it back): lag, against a position read
+  // now, although the monitor last read the source at start.
+  auto blocker = pg::Connect(target_cluster_->Dsn(target_db_), "target", "");
+  ASSERT_TRUE(blocker.ok()) << blocker.status();
+  ASSERT_TRUE(pg::Exec(blocker->get(), "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE", "lock").ok());
+  Source("INSERT INTO items SELECT g, 'v' FROM generate_series(1, 100) g");
+  std::string after_insert = *SourceRows("SELECT pg_current_wal_lsn()::text")[0][0];
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // /status rereads a view older than 1 s
+  std::string status = Get(port, "/status");
+  EXPECT_TRUE(lsn_at_least(field(status, "source_lsn"), after_insert)) << status;
+  std::string bytes = field(status, "lag_bytes");
+  ASSERT_FALSE(bytes.empty()) << status;
+  EXPECT_GT(std::stoll(bytes), 0) << status;
+  ASSERT_TRUE(pg::Exec(blocker->get(), "COMMIT", "unlock").ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+
+  // WAL written in another database of the cluster only: once the walsender's keepalive past it
+  // is confirmed, nothing is behind, in /status and in walshiftctl status --config alike.
+  auto other = source_cluster_->Query(
+      "postgres",
+      "CREATE TABLE IF NOT EXISTS observe_noise (x int); INSERT INTO observe_noise SELECT generate_series(1, 5000);"
+      "SELECT pg_current_wal_lsn()::text");
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::string after_noise = *(*other).back()[0];
+  bool zero = false;
+  for (int i = 0; i < 100 && !zero; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    status = Get(port, "/status");
+    zero = field(status, "lag_bytes") == "0" && lsn_at_least(field(status, "source_lsn"), after_noise);
+  }
+  EXPECT_TRUE(zero) << "an idle pipeline is still counted behind for WAL it has no change in: " << status;
+  // The server writes some WAL of its own now and then (running transactions records): asked
+  // again until a reading falls between two of them.
+  RunResult ctl;
+  for (int i = 0; i < 20; ++i) {
+    ctl = Walshiftctl({"status", "--config", config, "--max-lag-bytes", "0"});
+    if (ctl.status.exit_code() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  EXPECT_EQ(ctl.status.exit_code(), 0) << ctl.stdout_text << ctl.stderr_text;
+  EXPECT_THAT(ctl.stdout_text, ::testing::ContainsRegex("main +ok +[0-9A-F]+/[0-9A-F]+ +0 B")) << ctl.stdout_text;
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 }  // namespace
 }  // namespace walshift::testing

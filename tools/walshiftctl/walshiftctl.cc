@@ -108,6 +108,16 @@ Status Collect(const config::Settings& s) {
   return st;
 }
 
+// WAL bytes the source wrote after what target `t` has applied. Everything up to the slot's
+// confirmed position is applied on every target too (walshiftd confirms only what every target
+// made durable, or an idle stream's position once all of it is applied), so an idle pipeline
+// whose checkpoint stays at its last commit is not counted behind for WAL of other databases.
+double Behind(const Status& st, const TargetStatus& t) {
+  if (t.applied == kInvalidLsn) return 0;
+  Lsn done = std::max(t.applied, st.confirmed);
+  return st.current > done ? static_cast<double>(st.current - done) : 0;
+}
+
 int ExitCode(const Status& st, double max_lag) {
   if (!st.source_reachable) return 2;
   for (const auto& t : st.targets)
@@ -118,7 +128,7 @@ int ExitCode(const Status& st, double max_lag) {
   if (!st.slot_exists) return 1;
   for (const auto& t : st.targets) {
     if (t.applied == kInvalidLsn) return 1;
-    if (st.current > t.applied && static_cast<double>(st.current - t.applied) > max_lag) return 1;
+    if (Behind(st, t) > max_lag) return 1;
   }
   return 0;
 }
@@ -162,14 +172,14 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
                   t.error.empty() ? "nothing applied yet" : t.error.c_str());
       continue;
     }
-    double behind = st.current > t.applied ? static_cast<double>(st.current - t.applied) : 0;
+    double behind = Behind(st, t);
     const char* state = behind > max_lag ? "LAGGING" : "ok";
     std::printf("  %-12s %-10s %-14s %-12s %s (%.1f s ago)\n", t.name.c_str(), state, FormatLsn(t.applied).c_str(),
                 HumanBytes(behind).c_str(), t.commit_time.c_str(), t.seconds_since_commit);
   }
   std::printf(
-      "\n  BEHIND counts WAL bytes written on the source after the last applied commit (any\n"
-      "  database of the cluster); on an idle source it stays until the next commit.\n");
+      "\n  BEHIND counts WAL bytes written on the source (any database of the cluster) after the\n"
+      "  later of the last applied commit and the slot's confirmed position.\n");
 }
 
 void PrintJson(const config::Settings& s, const Status& st) {
@@ -183,7 +193,7 @@ void PrintJson(const config::Settings& s, const Status& st) {
                   ",\"retained_bytes\":", absl::StrFormat("%.0f", st.retained_bytes), "}},\"targets\":[");
   for (size_t i = 0; i < st.targets.size(); ++i) {
     const auto& t = st.targets[i];
-    double behind = st.current > t.applied && t.applied ? static_cast<double>(st.current - t.applied) : 0;
+    double behind = Behind(st, t);
     absl::StrAppend(&out, i ? "," : "", "{\"name\":", JsonString(t.name),
                     ",\"reachable\":", t.reachable ? "true" : "false",
                     ",\"applied_lsn\":", t.applied ? JsonString(FormatLsn(t.applied)) : "null",
