@@ -18,7 +18,8 @@ struct SinkOptions {
   // PostgreSQL: pipeline backlog bounds (0: defaults).
   size_t max_pending_statements = 0;
   size_t max_pending_bytes = 0;
-  // Off for the initial copy's chunks: the checkpoint written after them is synchronous.
+  // Off: commits do not wait for the target's disk; the sink tracks what is flushed
+  // (Sink::flushed_lsn). Streaming and the initial copy's chunks commit this way.
   bool synchronous_commit = true;
 };
 

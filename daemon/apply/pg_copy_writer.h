@@ -2,8 +2,9 @@
 // Writes rows that are plain inserts of one shape with COPY ... FROM STDIN: the initial copy's
 // fast path (about twice the speed of multi-row INSERTs on the target). Each chunk is one
 // target transaction: Begin, Add per row, Commit with the chunk's marker statement.
-// Commits are asynchronous (synchronous_commit off): the checkpoint written after the copy is
-// synchronous and, the WAL being sequential, makes every earlier chunk durable with it.
+// Commits are asynchronous (synchronous_commit off): the WAL being sequential, the chunks are on
+// disk once the target's flush passes the checkpoint written after the copy, which is when the
+// slot is first confirmed (Sink::flushed_lsn).
 
 #include <memory>
 #include <string>

@@ -21,6 +21,9 @@ bool IsArray(const OpShape& shape) { return IsArrayOp(shape.kind); }
 
 }  // namespace
 
+// The target's WAL insert position (past every commit of this session) and how far it is flushed.
+constexpr char kWalPositionSql[] = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
+
 PgSink::PgSink(PgSinkOptions options) : options_(std::move(options)) {}
 PgSink::~PgSink() = default;
 
@@ -40,6 +43,14 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
                            what)
                       .status());
   ASSIGN_OR_RETURN(sink->durable_lsn_, state::ReadCheckpoint(c, options.pipeline, what));
+  if (!options.synchronous_commit && sink->durable_lsn_ != kInvalidLsn) {
+    // The checkpoint read may be a commit of an earlier session that is not flushed yet: on disk
+    // once the flush passes where the WAL stands now.
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(c, kWalPositionSql, what));
+    sink->wal_insert_ = ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
+    sink->unflushed_.emplace_back(sink->wal_insert_, sink->durable_lsn_);
+    sink->NoteFlushed(ParseLsn(PQgetvalue(r.get(), 0, 1)).value_or(kInvalidLsn));
+  }
   pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", state::kCheckpointUpsertSql, 3, nullptr));
   RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
   if (PQsetnonblocking(c, 1) != 0 || PQenterPipelineMode(c) != 1) {
@@ -288,16 +299,48 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   pending_.push_back(Pending{Pending::kControl});
   CrashPoint("apply.before_commit");  // the group is sent but not committed
   RETURN_IF_ERROR(SendControl("COMMIT"));
+  if (!options_.synchronous_commit) RETURN_IF_ERROR(SendWalPosition());
   if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
   pending_.push_back(Pending{Pending::kSync});
   RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
   CrashPoint("apply.after_commit");  // committed on the target, not yet confirmed to the source
   durable_lsn_ = last_commit_.end_lsn;
+  if (!options_.synchronous_commit) {
+    unflushed_.emplace_back(wal_insert_, durable_lsn_);
+    NoteFlushed(wal_flush_);
+  }
   applied_changes_ += group_changes_;
   group_changes_ = 0;
   group_open_ = false;
   have_commit_ = false;
   return durable_lsn_;
+}
+
+absl::Status PgSink::SendWalPosition() {
+  if (PQsendQueryParams(conn_.get(), kWalPositionSql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
+    return BrokenConnection("reading the WAL position");
+  }
+  pending_.push_back(Pending{Pending::kWalPosition});
+  return absl::OkStatus();
+}
+
+void PgSink::NoteFlushed(Lsn flushed) {
+  flush_read_at_ = absl::Now();
+  while (!unflushed_.empty() && flushed != kInvalidLsn && unflushed_.front().first <= flushed) {
+    flushed_lsn_ = std::max(flushed_lsn_, unflushed_.front().second);
+    unflushed_.pop_front();
+  }
+}
+
+absl::Status PgSink::PollFlushed(absl::Duration max_age) {
+  if (!first_error_.ok()) return first_error_;
+  if (unflushed_.empty() || group_open_ || absl::Now() - flush_read_at_ < max_age) return absl::OkStatus();
+  RETURN_IF_ERROR(SendWalPosition());
+  if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
+  pending_.push_back(Pending{Pending::kSync});
+  RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
+  NoteFlushed(wal_flush_);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<CopyChunk>> PgSink::CopyChunks(const std::string& source_table) {
@@ -409,6 +452,10 @@ absl::Status PgSink::HandleResult(PGresult* result) {
   }
   if (st == PGRES_FATAL_ERROR && first_error_.ok()) {
     first_error_ = ErrorFor(front, result);
+  }
+  if (st == PGRES_TUPLES_OK && front.kind == Pending::kWalPosition && PQntuples(result) == 1) {
+    wal_insert_ = ParseLsn(PQgetvalue(result, 0, 0)).value_or(kInvalidLsn);
+    wal_flush_ = ParseLsn(PQgetvalue(result, 0, 1)).value_or(kInvalidLsn);
   }
   PQclear(result);
   return absl::OkStatus();

@@ -29,8 +29,10 @@ struct PgSinkOptions {
   // Consecutive upserts of one shape are sent as one multi-row statement of up to this many
   // rows (1: one statement per row, as when isolating a failing transaction).
   size_t batch_rows = 256;
-  // Off for the initial copy's chunks: the checkpoint written after them is synchronous and
-  // makes them durable too.
+  // Off: commits do not wait for the target's WAL flush, which is read after each commit
+  // instead (flushed_lsn()). Streaming and the initial copy's chunks commit this way; a group is
+  // confirmed to the source only once the flush passed its commit, so a target that crashes
+  // loses nothing the source does not still have.
   bool synchronous_commit = true;
 };
 
@@ -46,6 +48,8 @@ class PgSink : public Sink {
   void EndTransaction(const TransactionCommit& commit) override;
   absl::StatusOr<Lsn> Flush() override;
   Lsn durable_lsn() const override { return durable_lsn_; }
+  Lsn flushed_lsn() const override { return options_.synchronous_commit ? durable_lsn_ : flushed_lsn_; }
+  absl::Status PollFlushed(absl::Duration max_age) override;
   size_t pending_changes() const override { return group_changes_; }
   absl::Status CommitChunk(const CopyChunk& chunk) override;
   absl::StatusOr<std::vector<CopyChunk>> CopyChunks(const std::string& source_table) override;
@@ -108,7 +112,7 @@ class PgSink : public Sink {
   };
   // What an outstanding command was, to attribute its result.
   struct Pending {
-    enum Kind : uint8_t { kControl, kPrepare, kStatement, kTruncate, kSync } kind = kControl;
+    enum Kind : uint8_t { kControl, kPrepare, kStatement, kTruncate, kSync, kWalPosition } kind = kControl;
     const OpShape* shape = nullptr;
     Lsn lsn = kInvalidLsn;
     Lsn last_lsn = kInvalidLsn;
@@ -178,6 +182,17 @@ class PgSink : public Sink {
   TransactionCommit last_commit_;
   size_t group_changes_ = 0;
   Lsn durable_lsn_ = kInvalidLsn;
+  // Asynchronous commits: (the target's WAL insert position after the commit, the checkpoint
+  // it committed) for commits not known to be flushed, oldest first; the newest checkpoint
+  // known flushed; the last reading of the target's WAL positions and when it was taken.
+  std::deque<std::pair<Lsn, Lsn>> unflushed_;
+  Lsn flushed_lsn_ = kInvalidLsn;
+  Lsn wal_insert_ = kInvalidLsn, wal_flush_ = kInvalidLsn;
+  absl::Time flush_read_at_ = absl::InfinitePast();
+  // Sends the query of the target's WAL insert and flush positions (a kWalPosition result).
+  absl::Status SendWalPosition();
+  // The target's WAL is flushed up to `flushed`: moves flushed_lsn_ over the commits below it.
+  void NoteFlushed(Lsn flushed);
   uint64_t applied_changes_ = 0;
   uint32_t statement_counter_ = 0;
   std::string checkpoint_lsn_text_, checkpoint_time_text_;

@@ -103,8 +103,16 @@ class Sink {
   virtual absl::Status CommitChunk(const CopyChunk& chunk) = 0;
   // The copy ranges recorded for `pipeline` (every source table when `source_table` is empty).
   virtual absl::StatusOr<std::vector<CopyChunk>> CopyChunks(const std::string& source_table) = 0;
-  // The durable checkpoint (kInvalidLsn when none).
+  // The committed checkpoint (kInvalidLsn when none): what a reader of the target sees applied.
   virtual Lsn durable_lsn() const = 0;
+  // The checkpoint that is also on the target's disk. A sink that commits asynchronously (as
+  // PostgreSQL's own apply worker does: synchronous_commit off) has its groups visible at once
+  // and on disk once the target's WAL flush passes their commit; only this position may be
+  // confirmed to the source. Equal to durable_lsn() for a sink that commits synchronously.
+  virtual Lsn flushed_lsn() const { return durable_lsn(); }
+  // Between groups: reads how far the target's WAL is flushed when a committed group is not
+  // known to be on disk and the last reading is older than `max_age`.
+  virtual absl::Status PollFlushed(absl::Duration max_age) { return absl::OkStatus(); }
   // Operations queued in the open group.
   virtual size_t pending_changes() const = 0;
   // Total operations applied (committed) since start.

@@ -41,14 +41,19 @@ Pipeline::Pipeline(config::Settings settings, std::vector<std::shared_ptr<const 
 
 Pipeline::~Pipeline() = default;
 
-Lsn Pipeline::MinDurable() const {
+namespace {
+Lsn Lowest(const std::vector<std::unique_ptr<Sink>>& sinks, Lsn (Sink::*position)() const) {
   Lsn min = kInvalidLsn;
-  for (size_t i = 0; i < sinks_.size(); ++i) {
-    Lsn d = sinks_[i]->durable_lsn();
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    Lsn d = (sinks[i].get()->*position)();
     if (i == 0 || d < min) min = d;
   }
   return min;
 }
+}  // namespace
+
+Lsn Pipeline::MinDurable() const { return Lowest(sinks_, &Sink::durable_lsn); }
+Lsn Pipeline::MinFlushed() const { return Lowest(sinks_, &Sink::flushed_lsn); }
 
 absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
   const CopySkipPlan::Table* plan = copy_skip_.empty() ? nullptr : copy_skip_.Find(b.module->source_table(), b.sink);
@@ -333,7 +338,7 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   bool isolate = commit.end_lsn <= isolate_until_;
   if (isolate || group_changes_ >= max_changes || absl::Now() - group_started_ >= max_age) {
     RETURN_IF_ERROR(FlushAll());
-    RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
+    RETURN_IF_ERROR(source_->SendFeedback(MinFlushed(), /*force=*/false));
   }
   if (isolate_until_ != kInvalidLsn && commit.end_lsn >= isolate_until_) {
     // Past the replayed range: back to grouped, batched apply.

@@ -79,7 +79,8 @@ class Pipeline : public ChangeHandler {
   // Continues backfills that were running when walshiftd stopped.
   absl::Status ResumeBackfills();
   Backfiller& backfiller();
-  Lsn MinDurable() const;
+  Lsn MinDurable() const;  // the lowest committed checkpoint of the targets
+  Lsn MinFlushed() const;  // the lowest checkpoint on the targets' disks: what the slot confirms
 
   config::Settings settings_;
   PipelineStatus* status_;

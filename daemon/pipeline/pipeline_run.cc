@@ -20,6 +20,10 @@
 #include "spdlog/spdlog.h"
 
 namespace walshift {
+namespace {
+// How often a quiet pipeline reads the targets' WAL flush position (asynchronous commits).
+constexpr absl::Duration kFlushPollInterval = absl::Milliseconds(100);
+}  // namespace
 absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   const auto& apply = settings_.proto.apply();
   absl::Duration initial = absl::Milliseconds(apply.reconnect_initial_ms() ? apply.reconnect_initial_ms() : 250);
@@ -132,6 +136,9 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     o.pipeline = settings_.proto.pipeline();
     o.max_pending_statements = apply.pipeline_max_statements();
     o.max_pending_bytes = apply.pipeline_max_bytes();
+    // As PostgreSQL's apply worker: a commit is visible at once and confirmed to the source only
+    // once the target flushed it (MinFlushed).
+    o.synchronous_commit = false;
     ASSIGN_OR_RETURN(auto sink, OpenSink(t, o));
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
@@ -200,14 +207,18 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? absl::ZeroDuration() : absl::Seconds(1)));
     if (n == 0 && !in_transaction_) {
       RETURN_IF_ERROR(FlushAll());
-      Lsn idle = source_->ConfirmIdle();
-      if (idle != kInvalidLsn) status_->SetCaughtUp(idle);
+      // Where the targets' WAL flush stands, so the slot follows while the stream is quiet.
+      for (auto& sink : sinks_) RETURN_IF_ERROR(sink->PollFlushed(kFlushPollInterval));
+      if (MinFlushed() == MinDurable()) {
+        Lsn idle = source_->ConfirmIdle();
+        if (idle != kInvalidLsn) status_->SetCaughtUp(idle);
+      }
     }
     if (!*made_progress && MinDurable() != attempt_start) {
       *made_progress = true;  // a checkpoint moved: this attempt is no longer failing
       status_->SetRetry(0, absl::InfinitePast());
     }
-    RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/false));
+    RETURN_IF_ERROR(source_->SendFeedback(MinFlushed(), /*force=*/false));
     status_->SetReceivedLsn(source_->received_lsn());
     status_->Tick();
   }
@@ -215,7 +226,13 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   // Stopping: a transaction still open is dropped (its group rolls back with the connection)
   // and will be streamed again from the checkpoint.
   if (!in_transaction_) RETURN_IF_ERROR(FlushAll());
-  RETURN_IF_ERROR(source_->SendFeedback(MinDurable(), /*force=*/true));
+  // The last groups reach the targets' disks within a few wal_writer_delay: confirmed too, so a
+  // restart does not stream them again.
+  for (absl::Time until = absl::Now() + absl::Seconds(5); MinFlushed() != MinDurable() && absl::Now() < until;) {
+    for (auto& sink : sinks_) RETURN_IF_ERROR(sink->PollFlushed(absl::ZeroDuration()));
+    if (MinFlushed() != MinDurable()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  RETURN_IF_ERROR(source_->SendFeedback(MinFlushed(), /*force=*/true));
   spdlog::info("pipeline {}: stopped at checkpoint {}", settings_.proto.pipeline(), FormatLsn(MinDurable()));
   return absl::OkStatus();
 }

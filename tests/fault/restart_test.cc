@@ -62,6 +62,61 @@ TEST_F(RestartTest, TargetRestartedImmediateMidGroupEndsExact) {
   EXPECT_TRUE(StopDaemon().success());
 }
 
+// Target commits are asynchronous, as PostgreSQL's apply worker's: a crash of the target loses
+// the groups its WAL had not flushed yet. The slot is confirmed only up to what is flushed, so
+// walshiftd streams those groups again and the target ends exact, every change applied once.
+TEST_F(RestartTest, TargetCrashLosesUnflushedCommitsAndTheyAreStreamedAgain) {
+  CreateTables();
+  Source("INSERT INTO events SELECT g, 1, md5(g::text) FROM generate_series(1, 200) g");
+  std::string config = EventsConfig(R"(
+apply: {reconnect_initial_ms: 100, reconnect_max_ms: 2000}
+monitor: {heartbeat_interval_s: 0}
+)",
+                                    "{SOURCE}", "{TARGET}", "feedback_interval_s: 1");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  // The WAL writer flushes a partly filled page only every wal_writer_delay: 10 s here, so the
+  // next commits stay in the target's memory for a while.
+  auto set_delay = [&](const char* value) {
+    for (std::string sql : {absl::StrCat("ALTER SYSTEM SET wal_writer_delay = '", value, "'"),
+                            std::string("SELECT pg_reload_conf()"), std::string("CHECKPOINT")}) {
+      auto r = target_cluster_->Query("postgres", sql);
+      ASSERT_TRUE(r.ok()) << sql << ": " << r.status();
+    }
+  };
+  set_delay("10s");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  for (int i = 1; i <= 10; ++i) Source(absl::StrCat("UPDATE events SET n = n + 1 WHERE id = ", i));
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // several feedback intervals
+  auto unflushed = target_cluster_->QueryValue(
+      "postgres", "SELECT (pg_current_wal_flush_lsn() < pg_current_wal_insert_lsn())::text");
+  std::string committed = *TargetRows(absl::StrCat("SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '",
+                                                   pipeline_, "'"))[0][0];
+  PgRows confirmed = SourceRows(absl::StrCat("SELECT confirmed_flush_lsn::text, (confirmed_flush_lsn < '", committed,
+                                             "')::text FROM pg_replication_slots WHERE slot_name = '", slot_, "'"));
+  ASSERT_EQ(confirmed.size(), 1u);
+  ASSERT_TRUE(unflushed.ok()) << unflushed.status();
+  if (*unflushed == "true") {
+    EXPECT_EQ(*confirmed[0][1], "true") << "the slot is confirmed at " << *confirmed[0][0]
+                                        << ", past commits the target has not flushed (checkpoint " << committed << ")";
+  } else {
+    std::cout << "the target flushed its WAL before the crash (nothing to lose this time)\n";
+  }
+
+  ASSERT_TRUE(target_cluster_->Stop(PgCluster::StopMode::kImmediate).ok());
+  ASSERT_TRUE(target_cluster_->Restart().ok()) << target_cluster_->LogTail();
+  set_delay("200ms");
+  std::string after = *TargetRows(absl::StrCat("SELECT commit_lsn::text FROM walshift.checkpoint WHERE pipeline = '",
+                                               pipeline_, "'"))[0][0];
+  std::cout << "target checkpoint before the crash " << committed << ", after it " << after << "; slot confirmed "
+            << *confirmed[0][0] << "\n";
+  ASSERT_TRUE(daemon_->Running()) << DaemonLog();
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  ExpectExact();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(RestartTest, TargetStoppedForAMinuteEndsExact) {
   CreateTables();
   // The default backoff ceiling (30 s) would leave up to 30 s idle after the target is back;
