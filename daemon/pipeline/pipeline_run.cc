@@ -167,6 +167,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   if (settings_.proto.source().feedback_interval_s())
     so.feedback_interval = absl::Seconds(settings_.proto.source().feedback_interval_s());
   so.receive_timeout = absl::Seconds(settings_.receive_timeout_s);
+  const auto& src = settings_.proto.source();
+  so.stream_large_transactions = !src.has_stream_large_transactions() || src.stream_large_transactions();
   // Targets without a checkpoint get the rows the source already has first.
   std::vector<size_t> to_copy;
   if (settings_.proto.snapshot().mode() == v1::SNAPSHOT_INITIAL) {

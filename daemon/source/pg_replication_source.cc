@@ -352,9 +352,15 @@ absl::StatusOr<std::unique_ptr<PgReplicationSource::TemporarySnapshot>> PgReplic
 
 absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   if (streaming_) return absl::FailedPreconditionError("source: replication already started");
+  // PostgreSQL 14 and later stream a transaction larger than logical_decoding_work_mem while
+  // it runs (protocol 2) instead of decoding all of it to the walsender's disk before sending
+  // any: its changes wait in walshiftd's spool until it commits (see StreamSpool).
+  const bool stream = server_version_ >= 140000 && options_.stream_large_transactions;
+  decoder_.set_protocol_version(stream ? 2 : 1);
   std::string sql = absl::StrCat("START_REPLICATION SLOT ", pg::QuoteIdent(options_.slot), " LOGICAL ",
-                                 FormatLsn(start_lsn), " (proto_version '1', publication_names ",
-                                 pg::QuoteLiteral(pg::QuoteIdent(options_.publication)), ", messages 'true')");
+                                 FormatLsn(start_lsn), " (proto_version '", stream ? "2" : "1",
+                                 "', publication_names ", pg::QuoteLiteral(pg::QuoteIdent(options_.publication)),
+                                 ", messages 'true'", stream ? ", streaming 'on'" : "", ")");
   pg::ResultPtr result(PQexec(conn_, sql.c_str()));
   if (result != nullptr && PQresultStatus(result.get()) == PGRES_COPY_BOTH) {
     streaming_ = true;

@@ -41,6 +41,8 @@ struct PgReplicationSourceOptions {
   // The targets hold checkpoints: a missing slot is an error (the changes since are lost), not
   // something to create.
   bool slot_must_exist = false;
+  // PostgreSQL 14+: protocol 2 with streaming of large in-progress transactions.
+  bool stream_large_transactions = true;
 };
 
 class PgReplicationSource : public ChangeSource {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -41,6 +42,14 @@ const char* MessageName(uint8_t type) {
       return "Truncate";
     case 'M':
       return "Message";
+    case 'S':
+      return "Stream Start";
+    case 'E':
+      return "Stream Stop";
+    case 'c':
+      return "Stream Commit";
+    case 'A':
+      return "Stream Abort";
     default:
       return "unknown";
   }
@@ -182,13 +191,65 @@ absl::Status PgOutputDecoder::Decode(char* data, size_t len, Lsn lsn, ChangeHand
   uint8_t type = 0;
   r.U8(&type);  // cannot fail: len > 0
   r.set_type(type);
+  const bool streams = protocol_version_ >= 2;
+  if (in_stream_) {
+    // Inside a stream block: a message of the streamed transaction (its xid first), kept until
+    // the transaction's Stream Commit or Abort; or the block's end.
+    switch (type) {
+      case 'E':
+        RETURN_IF_ERROR(r.ExpectEnd());
+        in_stream_ = false;
+        return absl::OkStatus();
+      case 'R':
+      case 'Y':
+      case 'I':
+      case 'U':
+      case 'D':
+      case 'T':
+      case 'M': {
+        uint32_t subxid;
+        if (!r.U32(&subxid)) return r.status();
+        RETURN_IF_ERROR(spool_.Append(stream_xid_, subxid, lsn, data, len));
+        CrashPoint("source.stream_spooled");
+        return absl::OkStatus();
+      }
+      default:
+        return r.Error("message that does not belong inside a stream block");
+    }
+  }
   switch (type) {
+    case 'S':
+      if (streams) return DecodeStreamStart(r);
+      break;
+    case 'E':
+      if (streams) return r.Error("Stream Stop outside a stream block");
+      break;
+    case 'c':
+      if (streams) return DecodeStreamCommit(r, handler);
+      break;
+    case 'A':
+      if (streams) return DecodeStreamAbort(r);
+      break;
     case 'B':
       return DecodeBegin(r, handler);
     case 'C':
       return DecodeCommit(r, handler);
     case 'O':
       return DecodeOrigin(r);
+    default:
+      return DecodeChange(r, handler);
+  }
+  return absl::DataLossError(absl::StrCat("pgoutput: ", MessageName(type), " message ", DescribeByte(type),
+                                          " in protocol version 1 (length ", len, ", LSN ", FormatLsn(lsn), ")"));
+}
+
+absl::Status PgOutputDecoder::DecodeChange(Reader& r, ChangeHandler& handler) {
+  uint8_t type = r.type();
+  if (replaying_) {
+    uint32_t xid;  // the (sub)transaction's, already accounted for by the spool
+    if (!r.U32(&xid)) return r.status();
+  }
+  switch (type) {
     case 'R':
       return DecodeRelation(r, handler);
     case 'Y':
@@ -204,9 +265,64 @@ absl::Status PgOutputDecoder::Decode(char* data, size_t len, Lsn lsn, ChangeHand
     case 'M':
       return DecodeMessage(r, handler);
     default:
-      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ", DescribeByte(type), " (length ", len,
-                                              ", LSN ", FormatLsn(lsn), ")"));
+      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ", DescribeByte(type), " (length ",
+                                              r.remaining() + 1, ", LSN ", FormatLsn(r.lsn()), ")"));
   }
+}
+
+// Stream Start: Int32 xid, Int8 first segment (1) or a continuation (0).
+absl::Status PgOutputDecoder::DecodeStreamStart(Reader& r) {
+  uint32_t xid;
+  uint8_t first;
+  if (!r.U32(&xid) || !r.U8(&first)) return r.status();
+  RETURN_IF_ERROR(r.ExpectEnd());
+  if (in_transaction_) return r.Error("Stream Start inside a transaction that has not committed");
+  RETURN_IF_ERROR(spool_.Start(xid, first == 1));
+  in_stream_ = true;
+  stream_xid_ = xid;
+  return absl::OkStatus();
+}
+
+// Stream Commit: Int32 xid, Int8 flags (unused), Int64 commit_lsn, Int64 end_lsn, Int64
+// commit_time. The transaction's messages are dispatched now, between a Begin and a Commit.
+absl::Status PgOutputDecoder::DecodeStreamCommit(Reader& r, ChangeHandler& handler) {
+  uint32_t xid;
+  uint8_t flags;
+  TransactionCommit commit;
+  if (!r.U32(&xid) || !r.U8(&flags) || !r.U64(&commit.commit_lsn) || !r.U64(&commit.end_lsn) ||
+      !r.I64(&commit.commit_time)) {
+    return r.status();
+  }
+  RETURN_IF_ERROR(r.ExpectEnd());
+  if (in_transaction_) return r.Error("Stream Commit inside a transaction that has not committed");
+  TransactionBegin begin;
+  begin.final_lsn = commit.commit_lsn;
+  begin.commit_time = commit.commit_time;
+  begin.xid = xid;
+  in_transaction_ = true;
+  RETURN_IF_ERROR(handler.OnBegin(begin));
+  replaying_ = true;
+  absl::Status st = spool_.Replay(xid, [&](Lsn lsn, char* data, size_t len) {
+    Reader m(data, len, lsn);
+    uint8_t type = 0;
+    if (!m.U8(&type)) return m.status();
+    m.set_type(type);
+    CrashPoint("source.stream_replayed");
+    return DecodeChange(m, handler);
+  });
+  replaying_ = false;
+  RETURN_IF_ERROR(st);
+  in_transaction_ = false;
+  return handler.OnCommit(commit);
+}
+
+// Stream Abort: Int32 xid, Int32 subxid (== xid: the whole transaction).
+absl::Status PgOutputDecoder::DecodeStreamAbort(Reader& r) {
+  uint32_t xid, subxid;
+  if (!r.U32(&xid) || !r.U32(&subxid)) return r.status();
+  RETURN_IF_ERROR(r.ExpectEnd());
+  if (in_transaction_) return r.Error("Stream Abort inside a transaction that has not committed");
+  return spool_.Abort(xid, subxid);
 }
 
 const SourceRelation* PgOutputDecoder::FindRelation(Oid oid) const {

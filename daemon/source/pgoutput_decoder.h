@@ -1,8 +1,14 @@
 #pragma once
-// Decoder of the pgoutput logical replication protocol, version 1 (PostgreSQL docs,
+// Decoder of the pgoutput logical replication protocol, versions 1 and 2 (PostgreSQL docs,
 // "Logical Replication Message Formats"). One `switch` on the message byte, one handler per
 // message type. Every read is bounds-checked: truncated or malformed input is a kDataLoss
 // status naming the message type and byte offset, never a crash.
+//
+// Protocol 2 streams large transactions before they commit: between Stream Start and Stream
+// Stop, every message carries its (sub)transaction's xid and goes to a StreamSpool unread; at
+// Stream Commit the transaction's messages are decoded and dispatched as one ordinary
+// transaction (Begin .. Commit, with the commit's LSN as its final LSN), at Stream Abort they
+// are dropped (a subtransaction's only). Blocks of several transactions may interleave.
 
 #include <cstddef>
 #include <memory>
@@ -12,6 +18,7 @@
 #include "absl/status/status.h"
 #include "daemon/core/change.h"
 #include "daemon/core/interfaces.h"
+#include "daemon/source/stream_spool.h"
 
 namespace walshift {
 
@@ -30,6 +37,12 @@ class PgOutputDecoder {
   // The cached relation for `oid`, or null.
   const SourceRelation* FindRelation(Oid oid) const;
 
+  // 1 (the default) or 2: which messages are accepted (Stream Start/Stop/Commit/Abort, the xid
+  // of messages inside a stream).
+  void set_protocol_version(int version) { protocol_version_ = version; }
+  // Streamed transactions waiting for their commit or abort.
+  const StreamSpool& spool() const { return spool_; }
+
  private:
   class Reader;  // bounds-checked cursor over one message, defined in the .cc
 
@@ -43,6 +56,11 @@ class PgOutputDecoder {
   absl::Status DecodeDelete(Reader& r, ChangeHandler& handler);
   absl::Status DecodeTruncate(Reader& r, ChangeHandler& handler);
   absl::Status DecodeMessage(Reader& r, ChangeHandler& handler);
+  // Dispatches a message of a transaction's own (not a stream's control message) by its type.
+  absl::Status DecodeChange(Reader& r, ChangeHandler& handler);
+  absl::Status DecodeStreamStart(Reader& r);
+  absl::Status DecodeStreamCommit(Reader& r, ChangeHandler& handler);
+  absl::Status DecodeStreamAbort(Reader& r);
   // Reads the relation oid of a change and returns the cached relation; kDataLoss when the
   // oid is unknown or the message is outside a transaction.
   absl::Status ReadChangeRelation(Reader& r, const SourceRelation** relation);
@@ -57,6 +75,13 @@ class PgOutputDecoder {
   Tuple old_tuple_;
   Tuple new_tuple_;
   bool in_transaction_ = false;
+  int protocol_version_ = 1;
+  // Inside a Stream Start .. Stream Stop block, of transaction stream_xid_.
+  bool in_stream_ = false;
+  uint32_t stream_xid_ = 0;
+  // Replaying a streamed transaction at its commit: its messages carry an xid.
+  bool replaying_ = false;
+  StreamSpool spool_;
 };
 
 }  // namespace walshift

@@ -3,7 +3,8 @@
 // it, as on a real stream. Every datum the decoder hands out is read whole. A malformed message
 // must come back as a status, never as a crash, a leak or undefined behaviour.
 //
-// Seeds (corpus/pgoutput) are real streams recorded from PostgreSQL by make_pgoutput_seeds.
+// Seeds (corpus/pgoutput) are real streams recorded from PostgreSQL by make_pgoutput_seeds:
+// txn-* in protocol 1, stream-* in protocol 2 with streamed transactions.
 
 #include <cstddef>
 #include <cstdint>
@@ -62,15 +63,20 @@ class ReadingHandler : public ChangeHandler {
 }  // namespace walshift
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  walshift::PgOutputDecoder decoder;
-  walshift::ReadingHandler handler;
-  walshift::fuzz::Messages messages(data, size);
-  std::vector<char> message;
-  walshift::Lsn lsn = 0x1000000;
-  while (messages.Next(&message)) {
-    // Errors are expected for most inputs; what is checked is that they are statuses.
-    (void)decoder.Decode(message.data(), message.size() - 1, lsn, handler);
-    lsn += message.size();
+  // Every input through both protocol versions: 1, and 2 with its stream blocks (messages
+  // spooled to disk and replayed at Stream Commit, dropped at Stream Abort).
+  for (int version : {1, 2}) {
+    walshift::PgOutputDecoder decoder;
+    decoder.set_protocol_version(version);
+    walshift::ReadingHandler handler;
+    walshift::fuzz::Messages messages(data, size);
+    std::vector<char> message;
+    walshift::Lsn lsn = 0x1000000;
+    while (messages.Next(&message)) {
+      // Errors are expected for most inputs; what is checked is that they are statuses.
+      (void)decoder.Decode(message.data(), message.size() - 1, lsn, handler);
+      lsn += message.size();
+    }
   }
   return 0;
 }

@@ -554,4 +554,122 @@ TEST_F(DecoderTest, HandlerErrorIsReturnedAsIs) {
 }
 
 }  // namespace
+// Protocol 2: a message inside a stream block carries its (sub)transaction's xid after the type.
+std::string InStream(const std::string& message, uint32_t xid) {
+  Writer w(message[0]);
+  w.I32(static_cast<int32_t>(xid)).Raw(message.substr(1));
+  return w.bytes();
+}
+std::string StreamStart(uint32_t xid, bool first) { return Writer('S').I32(xid).U8(first ? 1 : 0).bytes(); }
+std::string StreamStop() { return Writer('E').bytes(); }
+std::string StreamCommit(uint32_t xid, Lsn commit_lsn, Lsn end_lsn, int64_t time) {
+  return Writer('c').I32(xid).U8(0).I64(commit_lsn).I64(end_lsn).I64(time).bytes();
+}
+std::string StreamAbort(uint32_t xid, uint32_t subxid) { return Writer('A').I32(xid).I32(subxid).bytes(); }
+
+class StreamDecoderTest : public DecoderTest {
+ protected:
+  void SetUp() override { decoder_.set_protocol_version(2); }
+  std::vector<std::string> Names() const {
+    std::vector<std::string> out;
+    for (const RecordedChange& c : handler_.changes) out.push_back(c.new_values ? (*c.new_values)[1].text : "-");
+    return out;
+  }
+};
+
+TEST_F(StreamDecoderTest, InterleavedStreamsAreDispatchedWholeAtTheirCommitInCommitOrder) {
+  ASSERT_TRUE(Decode(StreamStart(100, true)).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 100)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("1"), Text("a1"), Null()}), 100), 0x5000).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamStart(200, true)).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 200)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("2"), Text("b1"), Null()}), 200)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamStart(100, false)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("3"), Text("a2"), Toast()}), 100)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  EXPECT_EQ(handler_.total(), 0u) << "nothing is dispatched before a commit";
+  EXPECT_EQ(decoder_.spool().transactions(), 2u);
+
+  ASSERT_TRUE(Decode(StreamCommit(200, 0x9000, 0x9030, 11)).ok());
+  ASSERT_TRUE(Decode(StreamCommit(100, 0x9100, 0x9130, 12)).ok());
+  ASSERT_EQ(handler_.begins.size(), 2u);
+  EXPECT_EQ(handler_.begins[0].xid, 200u);
+  EXPECT_EQ(handler_.begins[0].final_lsn, 0x9000u);
+  EXPECT_EQ(handler_.begins[1].final_lsn, 0x9100u);
+  ASSERT_EQ(handler_.commits.size(), 2u);
+  EXPECT_EQ(handler_.commits[1].end_lsn, 0x9130u);
+  EXPECT_EQ(Names(), (std::vector<std::string>{"b1", "a1", "a2"}));
+  EXPECT_EQ(handler_.changes[1].lsn, 0x5000u) << "a change keeps the LSN it was received at";
+  EXPECT_EQ((*handler_.changes[2].new_values)[2], VToast());
+  EXPECT_EQ(decoder_.spool().transactions(), 0u);
+}
+
+TEST_F(StreamDecoderTest, AbortOfASubtransactionDropsItAndTheSubtransactionsNestedInIt) {
+  ASSERT_TRUE(Decode(StreamStart(100, true)).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 100)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("1"), Text("top"), Null()}), 100)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("2"), Text("sub101"), Null()}), 101)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("3"), Text("sub102"), Null()}), 102)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamAbort(100, 101)).ok());  // 102 began inside 101
+  ASSERT_TRUE(Decode(StreamAbort(100, 102)).ok());
+  ASSERT_TRUE(Decode(StreamStart(100, false)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("4"), Text("sub103"), Null()}), 103)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("5"), Text("top again"), Null()}), 100)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamCommit(100, 0x9000, 0x9030, 1)).ok());
+  EXPECT_EQ(Names(), (std::vector<std::string>{"top", "sub103", "top again"}));
+}
+
+TEST_F(StreamDecoderTest, AbortedTransactionLeavesNothing) {
+  ASSERT_TRUE(Decode(StreamStart(100, true)).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 100)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("1"), Text("x"), Null()}), 100)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamAbort(100, 100)).ok());
+  EXPECT_EQ(decoder_.spool().transactions(), 0u);
+  ASSERT_TRUE(Decode(StreamCommit(100, 0x9000, 0x9030, 1)).ok());  // nothing of it left
+  EXPECT_TRUE(handler_.changes.empty());
+  EXPECT_TRUE(handler_.relations.empty()) << "a Relation inside an aborted stream is not applied";
+  // Ordinary transactions go on between and after streams.
+  ASSERT_TRUE(Decode(UsersRelation()).ok());
+  ASSERT_TRUE(Decode(Begin(0x9100, 1, 300)).ok());
+  ASSERT_TRUE(Decode(Insert(16384, {Text("9"), Text("plain"), Null()})).ok());
+  ASSERT_TRUE(Decode(Commit(0x9100, 0x9130, 1)).ok());
+  EXPECT_EQ(Names(), (std::vector<std::string>{"plain"}));
+}
+
+TEST_F(StreamDecoderTest, StreamMessagesOutOfPlaceAreErrors) {
+  EXPECT_EQ(Decode(StreamStart(100, false)).code(), absl::StatusCode::kDataLoss) << "a continuation without its start";
+  EXPECT_EQ(Decode(StreamStop()).code(), absl::StatusCode::kDataLoss);
+  ASSERT_TRUE(Decode(StreamStart(100, true)).ok());
+  EXPECT_EQ(Decode(Begin(0x2000, 1, 7)).code(), absl::StatusCode::kDataLoss) << "a Begin inside a stream block";
+  EXPECT_EQ(Decode(Writer('I').bytes()).code(), absl::StatusCode::kDataLoss) << "no xid";
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  EXPECT_EQ(Decode(StreamStart(100, true)).code(), absl::StatusCode::kDataLoss) << "a first segment twice";
+  Prepare();
+  EXPECT_EQ(Decode(StreamCommit(100, 0x9000, 0x9030, 1)).code(), absl::StatusCode::kDataLoss)
+      << "inside an ordinary transaction";
+  // Protocol 1 knows none of them.
+  PgOutputDecoder v1;
+  std::string m = StreamStart(5, true);
+  std::vector<char> buf(m.begin(), m.end());
+  buf.push_back('\0');
+  absl::Status st = v1.Decode(buf.data(), m.size(), 0x10, handler_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("Stream Start"));
+}
+
+TEST_F(StreamDecoderTest, MalformedMessageInsideAStreamIsAnErrorAtItsCommit) {
+  ASSERT_TRUE(Decode(StreamStart(100, true)).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 100)).ok());
+  ASSERT_TRUE(Decode(InStream(Writer('I').I32(16384).U8('N').I16(3).bytes(), 100)).ok());  // kept unread
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  absl::Status st = Decode(StreamCommit(100, 0x9000, 0x9030, 1));
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("Insert"));
+}
+
 }  // namespace walshift
