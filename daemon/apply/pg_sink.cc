@@ -47,11 +47,17 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
     // The checkpoint read may be a commit of an earlier session that is not flushed yet: on disk
     // once the flush passes where the WAL stands now.
     ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(c, kWalPositionSql, what));
-    sink->wal_insert_ = ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn);
-    sink->unflushed_.emplace_back(sink->wal_insert_, sink->durable_lsn_);
-    sink->NoteFlushed(ParseLsn(PQgetvalue(r.get(), 0, 1)).value_or(kInvalidLsn));
+    sink->committed_.push_back(sink->durable_lsn_);
+    sink->NoteWalPosition(ParseLsn(PQgetvalue(r.get(), 0, 0)).value_or(kInvalidLsn),
+                          ParseLsn(PQgetvalue(r.get(), 0, 1)).value_or(kInvalidLsn));
   }
-  pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", state::kCheckpointUpsertSql, 3, nullptr));
+  // Asynchronous commits: the checkpoint also reads where the target's WAL stands, which bounds
+  // every group committed before it (see NoteWalPosition).
+  std::string checkpoint = state::kCheckpointUpsertSql;
+  if (!options.synchronous_commit) {
+    checkpoint += " RETURNING pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
+  }
+  pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", checkpoint.c_str(), 3, nullptr));
   RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
   if (PQsetnonblocking(c, 1) != 0 || PQenterPipelineMode(c) != 1) {
     return sink->BrokenConnection("entering pipeline mode");
@@ -296,18 +302,19 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   if (PQsendQueryPrepared(conn_.get(), "walshift_checkpoint", 3, values, nullptr, nullptr, 0) != 1) {
     return BrokenConnection("sending the checkpoint");
   }
-  pending_.push_back(Pending{Pending::kControl});
+  pending_.push_back(Pending{options_.synchronous_commit ? Pending::kControl : Pending::kWalPosition});
+  wal_read_ = false;
   CrashPoint("apply.before_commit");  // the group is sent but not committed
   RETURN_IF_ERROR(SendControl("COMMIT"));
-  if (!options_.synchronous_commit) RETURN_IF_ERROR(SendWalPosition());
   if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
   pending_.push_back(Pending{Pending::kSync});
   RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
   CrashPoint("apply.after_commit");  // committed on the target, not yet confirmed to the source
   durable_lsn_ = last_commit_.end_lsn;
   if (!options_.synchronous_commit) {
-    unflushed_.emplace_back(wal_insert_, durable_lsn_);
-    NoteFlushed(wal_flush_);
+    // Read before this commit: it bounds the groups committed earlier, not this one.
+    if (wal_read_) NoteWalPosition(wal_insert_, wal_flush_);
+    committed_.push_back(durable_lsn_);
   }
   applied_changes_ += group_changes_;
   group_changes_ = 0;
@@ -316,17 +323,13 @@ absl::StatusOr<Lsn> PgSink::Flush() {
   return durable_lsn_;
 }
 
-absl::Status PgSink::SendWalPosition() {
-  if (PQsendQueryParams(conn_.get(), kWalPositionSql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
-    return BrokenConnection("reading the WAL position");
-  }
-  pending_.push_back(Pending{Pending::kWalPosition});
-  return absl::OkStatus();
-}
-
-void PgSink::NoteFlushed(Lsn flushed) {
+void PgSink::NoteWalPosition(Lsn insert, Lsn flushed) {
   flush_read_at_ = absl::Now();
-  while (!unflushed_.empty() && flushed != kInvalidLsn && unflushed_.front().first <= flushed) {
+  if (insert == kInvalidLsn || flushed == kInvalidLsn) return;
+  // Every commit noted before this reading ends at or below `insert`.
+  for (Lsn checkpoint : committed_) unflushed_.emplace_back(insert, checkpoint);
+  committed_.clear();
+  while (!unflushed_.empty() && unflushed_.front().first <= flushed) {
     flushed_lsn_ = std::max(flushed_lsn_, unflushed_.front().second);
     unflushed_.pop_front();
   }
@@ -334,12 +337,18 @@ void PgSink::NoteFlushed(Lsn flushed) {
 
 absl::Status PgSink::PollFlushed(absl::Duration max_age) {
   if (!first_error_.ok()) return first_error_;
-  if (unflushed_.empty() || group_open_ || absl::Now() - flush_read_at_ < max_age) return absl::OkStatus();
-  RETURN_IF_ERROR(SendWalPosition());
+  if ((unflushed_.empty() && committed_.empty()) || group_open_ || absl::Now() - flush_read_at_ < max_age) {
+    return absl::OkStatus();
+  }
+  wal_read_ = false;
+  if (PQsendQueryParams(conn_.get(), kWalPositionSql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
+    return BrokenConnection("reading the WAL position");
+  }
+  pending_.push_back(Pending{Pending::kWalPosition});
   if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
   pending_.push_back(Pending{Pending::kSync});
   RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
-  NoteFlushed(wal_flush_);
+  if (wal_read_) NoteWalPosition(wal_insert_, wal_flush_);
   return absl::OkStatus();
 }
 
@@ -453,9 +462,11 @@ absl::Status PgSink::HandleResult(PGresult* result) {
   if (st == PGRES_FATAL_ERROR && first_error_.ok()) {
     first_error_ = ErrorFor(front, result);
   }
-  if (st == PGRES_TUPLES_OK && front.kind == Pending::kWalPosition && PQntuples(result) == 1) {
+  if (st == PGRES_TUPLES_OK && front.kind == Pending::kWalPosition && PQntuples(result) == 1 &&
+      PQnfields(result) == 2) {
     wal_insert_ = ParseLsn(PQgetvalue(result, 0, 0)).value_or(kInvalidLsn);
     wal_flush_ = ParseLsn(PQgetvalue(result, 0, 1)).value_or(kInvalidLsn);
+    wal_read_ = true;
   }
   PQclear(result);
   return absl::OkStatus();

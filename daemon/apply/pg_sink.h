@@ -182,17 +182,18 @@ class PgSink : public Sink {
   TransactionCommit last_commit_;
   size_t group_changes_ = 0;
   Lsn durable_lsn_ = kInvalidLsn;
-  // Asynchronous commits: (the target's WAL insert position after the commit, the checkpoint
-  // it committed) for commits not known to be flushed, oldest first; the newest checkpoint
-  // known flushed; the last reading of the target's WAL positions and when it was taken.
+  // Asynchronous commits. A reading of the target's WAL insert and flush positions (with each
+  // group's checkpoint, before its commit; alone when the stream is quiet) bounds every commit
+  // before it. committed_: checkpoints committed since the last reading; unflushed_: (insert
+  // position of a reading after the commit, the checkpoint) not yet known flushed, oldest
+  // first; flushed_lsn_: the newest checkpoint known flushed.
+  std::vector<Lsn> committed_;
   std::deque<std::pair<Lsn, Lsn>> unflushed_;
   Lsn flushed_lsn_ = kInvalidLsn;
   Lsn wal_insert_ = kInvalidLsn, wal_flush_ = kInvalidLsn;
+  bool wal_read_ = false;  // a reading arrived since it was last reset
   absl::Time flush_read_at_ = absl::InfinitePast();
-  // Sends the query of the target's WAL insert and flush positions (a kWalPosition result).
-  absl::Status SendWalPosition();
-  // The target's WAL is flushed up to `flushed`: moves flushed_lsn_ over the commits below it.
-  void NoteFlushed(Lsn flushed);
+  void NoteWalPosition(Lsn insert, Lsn flushed);
   uint64_t applied_changes_ = 0;
   uint32_t statement_counter_ = 0;
   std::string checkpoint_lsn_text_, checkpoint_time_text_;

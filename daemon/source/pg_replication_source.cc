@@ -411,7 +411,12 @@ absl::StatusOr<int> PgReplicationSource::Poll(ChangeHandler& handler, absl::Dura
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (queue_.empty() && !reader_done_ && wait > absl::ZeroDuration()) {
+      // What arrived while the pipeline was busy may still be in the socket, below the reader's
+      // SO_RCVLOWAT: the reader reads it now, and from now on wakes for every byte.
+      consumer_waiting_ = true;
+      if (!coalescing_.load(std::memory_order_relaxed)) WakeReader();
       data_ready_.wait_for(lock, absl::ToChronoMilliseconds(wait), [&] { return !queue_.empty() || reader_done_; });
+      consumer_waiting_ = false;
     }
     if (queue_.empty() && reader_done_) {
       return reader_status_.ok() ? absl::UnavailableError("source: replication stream closed") : reader_status_;
@@ -462,9 +467,10 @@ void PgReplicationSource::ReaderLoop() {
   absl::Time last_received = absl::Now();
   bool solicited = false;
   const absl::Duration timeout = options_.receive_timeout;
-  // Catching up, the reader wakes only for a worthwhile amount of data; in a trickle (a steady
-  // load the pipeline keeps up with), for every message, so that none waits for the poll
-  // timeout before the pipeline sees it. See kBacklogLowat.
+  // While the pipeline works (applies, commits), the reader wakes only for a worthwhile amount
+  // of data: what arrives meanwhile is taken in one batch when the pipeline asks for more.
+  // While the pipeline waits for data, it wakes for every byte, so that a change reaches it at
+  // once. See kBacklogLowat.
   int lowat = 1;
   auto set_lowat = [&](int bytes) {
     if (bytes == lowat) return;
@@ -472,18 +478,24 @@ void PgReplicationSource::ReaderLoop() {
     (void)setsockopt(PQsocket(conn_), SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
   };
   set_lowat(kBacklogLowat);
+  // Data messages since window_start, for the coalescing decision (see kCoalesceRate).
+  uint64_t window_messages = 0;
+  absl::Time window_start = absl::Now();
+  bool coalesce = false;
   for (;;) {
     bool full;
+    bool waited_for;  // the pipeline waits for data
     uint64_t requested;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) break;
       full = queued_bytes_ >= kMaxQueuedBytes;
       requested = feedback_requested_;
+      waited_for = consumer_waiting_ && queue_.empty();
     }
     // Everything libpq has buffered goes to the queue, keepalives are answered here.
     bool received = false;  // the clock is read once per batch below, not per message
-    size_t batch_bytes = 0;
+    bool queued = false;    // a data message went to the queue
     while (!full) {
       char* raw = nullptr;
       int n = PQgetCopyData(conn_, &raw, /*async=*/1);
@@ -503,7 +515,6 @@ void PgReplicationSource::ReaderLoop() {
       }
       size_t len = static_cast<size_t>(n);
       received = true;
-      batch_bytes += len;
       if (raw[0] == 'k' && len >= kKeepaliveSize) {
         Lsn end = GetU64(raw + 1);
         if (end > received_lsn_.load()) received_lsn_.store(end);
@@ -528,19 +539,24 @@ void PgReplicationSource::ReaderLoop() {
       if (seen > received_lsn_.load()) received_lsn_.store(seen);
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back({raw, len});
+      queued = true;
+      ++window_messages;
       ++queued_total_;
       queued_bytes_ += len;
       full = queued_bytes_ >= kMaxQueuedBytes;
       data_ready_.notify_one();
     }
-    if (!full) {
-      if (batch_bytes >= kBacklogBytes) {
-        set_lowat(kBacklogLowat);
-      } else if (batch_bytes < kTrickleBytes) {
-        set_lowat(1);
-      }
-    }
     absl::Time now = absl::Now();
+    if (now - window_start >= absl::Milliseconds(100)) {
+      coalesce = window_messages * 10 > kCoalesceRate;
+      coalescing_.store(coalesce, std::memory_order_relaxed);
+      window_messages = 0;
+      window_start = now;
+    }
+    // Data handed to a waiting pipeline keeps it busy: what follows can wait in the socket until
+    // it asks again (Poll wakes the reader). A keepalive alone leaves it waiting. Under a dense
+    // stream the reader wakes once per kCoalesceMs at most.
+    set_lowat(waited_for && !queued && !coalesce ? 1 : kBacklogLowat);
     // While the queue is full walshiftd does not read, so the walsender's silence is ours.
     if (received || full) last_received = now;
     if (received) solicited = false;
@@ -586,7 +602,7 @@ void PgReplicationSource::ReaderLoop() {
     fds[0].events = full ? 0 : POLLIN;
     fds[1].fd = wake_fds_[0];
     fds[1].events = POLLIN;
-    int rc = ::poll(fds, 2, kReaderPollMs);
+    int rc = ::poll(fds, 2, coalesce ? kCoalesceMs : kReaderPollMs);
     if (rc < 0 && errno != EINTR) {
       FinishReader(absl::UnavailableError(absl::StrCat("source: poll: ", std::strerror(errno))));
       return;

@@ -114,12 +114,14 @@ class PgReplicationSource : public ChangeSource {
   static constexpr size_t kMaxQueuedBytes = 4 << 20;
   // Longest wait for less than SO_RCVLOWAT bytes (and the feedback timer's granularity).
   static constexpr int kReaderPollMs = 5;
-  // SO_RCVLOWAT while catching up: a wake then reads a worthwhile amount. A trickle (a wake that
-  // found less than kTrickleBytes) switches to waking for every byte, so a change reaches the
-  // pipeline at once; a wake that finds kBacklogBytes or more switches back.
+  // SO_RCVLOWAT while the pipeline is busy: a wake then reads a worthwhile amount (one wake per
+  // message would cost more CPU than the message). While the pipeline waits for data: 1.
   static constexpr int kBacklogLowat = 64 * 1024;
-  static constexpr size_t kTrickleBytes = 8 * 1024;
-  static constexpr size_t kBacklogBytes = 32 * 1024;
+  // A stream denser than this many messages per second (measured over 100 ms) is coalesced:
+  // the reader wakes every kCoalesceMs at most and hands everything over in one batch, instead
+  // of one wake of two threads per message, which would cost more CPU than the apply.
+  static constexpr uint64_t kCoalesceRate = 2000;
+  static constexpr int kCoalesceMs = 1;
 
   PgReplicationSourceOptions options_;
   PGconn* conn_ = nullptr;
@@ -136,6 +138,8 @@ class PgReplicationSource : public ChangeSource {
   std::condition_variable data_ready_;     // queue_ non-empty or reader finished
   std::condition_variable feedback_sent_;  // feedback_done_ advanced or reader finished
   std::deque<Chunk> queue_;                // guarded by mu_
+  bool consumer_waiting_ = false;          // guarded by mu_: Poll() waits for data
+  std::atomic<bool> coalescing_{false};    // the reader coalesces a dense stream
   size_t queued_bytes_ = 0;                // guarded by mu_
   bool stop_ = false;                      // guarded by mu_
   bool reader_done_ = false;               // guarded by mu_
