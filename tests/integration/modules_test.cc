@@ -259,7 +259,8 @@ TEST_F(ModulesTest, JsonArrayChangeTheTargetRejectsNamesTheChildRow) {
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->exit_code(), 1) << DaemonLog();
   std::string log = DaemonLog();
-  EXPECT_THAT(log, ::testing::HasSubstr("of 5 rows to public.parents"));  // the group's run, first
+  // The group's run first (how many rows it held depends on how the group closed).
+  EXPECT_THAT(log, ::testing::ContainsRegex("array element upsert of [0-9]+ rows to public.parents"));
   EXPECT_THAT(log, ::testing::HasSubstr("key (id=4)"));
   EXPECT_THAT(log, ::testing::HasSubstr("division by zero"));
   EXPECT_THAT(log, ::testing::HasSubstr("values (parent=1, d=0)"));
