@@ -332,6 +332,7 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
     }
   }
   status_->OnReceived(commit.end_lsn, commit.commit_time);
+  last_commit_time_ = commit.commit_time;
   const auto& apply = settings_.proto.apply();
   size_t max_changes = apply.group_max_changes() ? apply.group_max_changes() : 5000;
   absl::Duration max_age = absl::Milliseconds(apply.group_max_ms() ? apply.group_max_ms() : 200);

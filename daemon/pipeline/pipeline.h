@@ -138,6 +138,7 @@ class Pipeline : public ChangeHandler {
   TransactionBegin begin_;
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();
+  PgTimestamp last_commit_time_ = 0;  // the source commit time of the last transaction received
 };
 
 }  // namespace walshift

@@ -23,6 +23,12 @@ namespace walshift {
 namespace {
 // How often a quiet pipeline reads the targets' WAL flush position (asynchronous commits).
 constexpr absl::Duration kFlushPollInterval = absl::Milliseconds(100);
+// Catching up (the last transaction received committed on the source longer ago than
+// kCatchingUp): a group closes after the stream was quiet for kIdleFlush, or at its size or age
+// bound, so that a backlog goes out in large groups; the target's commits would otherwise slow
+// the walsender it competes with. Caught up, a group closes as soon as the stream is drained.
+constexpr int64_t kCatchingUpMicros = 100 * 1000;
+constexpr absl::Duration kIdleFlush = absl::Milliseconds(10);
 }  // namespace
 absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   const auto& apply = settings_.proto.apply();
@@ -204,9 +210,12 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // the stream is drained at a transaction boundary. Under load, what arrived while the
     // previous group committed is already waiting, so groups grow by themselves (up to
     // group_max_changes / group_max_ms, see OnCommit) and a change waits for at most one commit
-    // before its own. Otherwise (nothing open, or inside a transaction) wait for data.
+    // before its own. Catching up on a backlog, see kCatchingUpMicros. Otherwise (nothing open,
+    // or inside a transaction) wait for data.
     bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
-    ASSIGN_OR_RETURN(int n, source_->Poll(*this, commit_waiting ? absl::ZeroDuration() : absl::Seconds(1)));
+    absl::Duration wait = absl::Seconds(1);
+    if (commit_waiting) wait = PgNow() - last_commit_time_ > kCatchingUpMicros ? kIdleFlush : absl::ZeroDuration();
+    ASSIGN_OR_RETURN(int n, source_->Poll(*this, wait));
     if (n == 0 && !in_transaction_) {
       RETURN_IF_ERROR(FlushAll());
       // Where the targets' WAL flush stands, so the slot follows while the stream is quiet.
