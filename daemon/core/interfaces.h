@@ -64,6 +64,9 @@ class ChangeSource {
   // everything sent, does not wait for wal_sender_timeout. Returns that position (everything
   // up to it is applied), or kInvalidLsn when no keepalive came after the last message taken.
   virtual Lsn ConfirmIdle() = 0;
+  // The pipeline is catching up on a backlog (its last transaction committed on the source well
+  // before now): the source may then favour throughput over latency when it reads.
+  virtual void set_catching_up(bool catching_up) {}
   // Highest WAL position received so far (XLogData end or keepalive).
   virtual Lsn received_lsn() const = 0;
   // The snapshot exported when the slot was created just now (valid until Start()), if any.

@@ -205,6 +205,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   const Lsn attempt_start = start;
   status_->SetState(v1::STREAMING);
 
+  bool catching_up = false;
   while (!stop.load()) {
     // A group of complete transactions commits as soon as nothing more is waiting to be read:
     // the stream is drained at a transaction boundary. Under load, what arrived while the
@@ -214,8 +215,15 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // or inside a transaction) wait for data.
     bool commit_waiting = group_started_ != absl::InfinitePast() && !in_transaction_;
     absl::Duration wait = absl::Seconds(1);
-    if (commit_waiting) wait = PgNow() - last_commit_time_ > kCatchingUpMicros ? kIdleFlush : absl::ZeroDuration();
+    if (commit_waiting) wait = catching_up ? kIdleFlush : absl::ZeroDuration();
     ASSIGN_OR_RETURN(int n, source_->Poll(*this, wait));
+    // Catching up while data keeps coming and it is old; a stream that ran dry is caught up, so
+    // the next change after a quiet spell is handed over at once.
+    bool now_catching_up = n > 0 && PgNow() - last_commit_time_ > kCatchingUpMicros;
+    if (now_catching_up != catching_up) {
+      catching_up = now_catching_up;
+      source_->set_catching_up(catching_up);
+    }
     if (n == 0 && !in_transaction_) {
       RETURN_IF_ERROR(FlushAll());
       // Where the targets' WAL flush stands, so the slot follows while the stream is quiet.

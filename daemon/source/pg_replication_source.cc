@@ -414,7 +414,7 @@ absl::StatusOr<int> PgReplicationSource::Poll(ChangeHandler& handler, absl::Dura
       // What arrived while the pipeline was busy may still be in the socket, below the reader's
       // SO_RCVLOWAT: the reader reads it now, and from now on wakes for every byte.
       consumer_waiting_ = true;
-      if (!coalescing_.load(std::memory_order_relaxed)) WakeReader();
+      if (!coalescing_.load(std::memory_order_relaxed) && !catching_up_.load(std::memory_order_relaxed)) WakeReader();
       data_ready_.wait_for(lock, absl::ToChronoMilliseconds(wait), [&] { return !queue_.empty() || reader_done_; });
       consumer_waiting_ = false;
     }
@@ -556,7 +556,8 @@ void PgReplicationSource::ReaderLoop() {
     // Data handed to a waiting pipeline keeps it busy: what follows can wait in the socket until
     // it asks again (Poll wakes the reader). A keepalive alone leaves it waiting. Under a dense
     // stream the reader wakes once per kCoalesceMs at most.
-    set_lowat(waited_for && !queued && !coalesce ? 1 : kBacklogLowat);
+    const bool backlog = catching_up_.load(std::memory_order_relaxed);
+    set_lowat(waited_for && !queued && !coalesce && !backlog ? 1 : kBacklogLowat);
     // While the queue is full walshiftd does not read, so the walsender's silence is ours.
     if (received || full) last_received = now;
     if (received) solicited = false;
@@ -602,7 +603,7 @@ void PgReplicationSource::ReaderLoop() {
     fds[0].events = full ? 0 : POLLIN;
     fds[1].fd = wake_fds_[0];
     fds[1].events = POLLIN;
-    int rc = ::poll(fds, 2, coalesce ? kCoalesceMs : kReaderPollMs);
+    int rc = ::poll(fds, 2, coalesce && !backlog ? kCoalesceMs : kReaderPollMs);
     if (rc < 0 && errno != EINTR) {
       FinishReader(absl::UnavailableError(absl::StrCat("source: poll: ", std::strerror(errno))));
       return;

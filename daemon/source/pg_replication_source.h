@@ -60,6 +60,7 @@ class PgReplicationSource : public ChangeSource {
   absl::Status SendFeedback(Lsn flushed, bool force) override;
   Lsn ConfirmIdle() override;
   Lsn received_lsn() const override { return received_lsn_.load(); }
+  void set_catching_up(bool catching_up) override { catching_up_.store(catching_up, std::memory_order_relaxed); }
 
   // The snapshot exported when Create() created the slot (options.export_snapshot), else
   // nullopt. Valid until Start().
@@ -140,6 +141,10 @@ class PgReplicationSource : public ChangeSource {
   std::deque<Chunk> queue_;                // guarded by mu_
   bool consumer_waiting_ = false;          // guarded by mu_: Poll() waits for data
   std::atomic<bool> coalescing_{false};    // the reader coalesces a dense stream
+  // Catching up on a backlog, the reader leaves data in the socket until kBacklogLowat or
+  // kReaderPollMs: the walsender, which bounds a catch-up, then writes in large batches instead
+  // of one send() per message.
+  std::atomic<bool> catching_up_{false};
   size_t queued_bytes_ = 0;                // guarded by mu_
   bool stop_ = false;                      // guarded by mu_
   bool reader_done_ = false;               // guarded by mu_
