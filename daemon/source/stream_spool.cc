@@ -1,5 +1,7 @@
 #include "daemon/source/stream_spool.h"
 
+#include <dirent.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -34,6 +36,32 @@ absl::Status Errno(const std::string& what) {
   return absl::InternalError(absl::StrCat("stream spool: ", what, ": ", std::strerror(errno)));
 }
 
+constexpr char kDirPrefix[] = "walshift-stream-";
+
+// Removes the spool directories under `parent` of walshiftd processes that no longer run (killed
+// before they could remove them): walshift-stream-<pid>-XXXXXX whose pid does not exist.
+void RemoveDeadSpools(const std::string& parent) {
+  DIR* d = opendir(parent.c_str());
+  if (d == nullptr) return;
+  const size_t prefix = std::strlen(kDirPrefix);
+  while (dirent* e = readdir(d)) {
+    if (std::strncmp(e->d_name, kDirPrefix, prefix) != 0) continue;
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name + prefix, &end, 10);
+    if (pid <= 0 || end == nullptr || *end != '-' || pid == getpid()) continue;
+    if (kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+    std::string dir = absl::StrCat(parent, "/", e->d_name);
+    if (DIR* files = opendir(dir.c_str())) {
+      while (dirent* f = readdir(files)) {
+        if (f->d_name[0] != '.') unlink(absl::StrCat(dir, "/", f->d_name).c_str());
+      }
+      closedir(files);
+    }
+    rmdir(dir.c_str());
+  }
+  closedir(d);
+}
+
 }  // namespace
 
 StreamSpool::~StreamSpool() {
@@ -46,7 +74,9 @@ StreamSpool::~StreamSpool() {
 absl::Status StreamSpool::EnsureDir() {
   if (!dir_.empty()) return absl::OkStatus();
   const char* tmp = getenv("TMPDIR");
-  std::string pattern = absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp", "/walshift-stream-XXXXXX");
+  std::string parent = tmp != nullptr && *tmp ? tmp : "/tmp";
+  RemoveDeadSpools(parent);
+  std::string pattern = absl::StrCat(parent, "/", kDirPrefix, getpid(), "-XXXXXX");
   std::vector<char> buf(pattern.begin(), pattern.end());
   buf.push_back('\0');
   if (mkdtemp(buf.data()) == nullptr) {

@@ -6,8 +6,10 @@
 // transaction (as PostgreSQL's own apply worker does with its stream files); at Stream Abort of
 // the transaction its file goes, and at the abort of a subtransaction the file is cut back to
 // where that subtransaction's first message began (later subtransactions nested in it go with
-// it). Nothing in here survives the process: after a crash or reconnect the walsender streams
-// every transaction that had not committed again from its first segment.
+// it). Nothing in here is needed after the process: after a crash or reconnect the walsender
+// streams every transaction that had not committed again from its first segment. A process
+// killed before it removed its directory leaves it behind; the next spool made on the machine
+// removes the directories of walshiftd processes that no longer run.
 
 #include <cstdint>
 #include <cstdio>
@@ -22,7 +24,7 @@ namespace walshift {
 
 class StreamSpool {
  public:
-  // The directory is made on first use under $TMPDIR (else /tmp): walshift-stream-XXXXXX.
+  // The directory is made on first use under $TMPDIR (else /tmp): walshift-stream-<pid>-XXXXXX.
   StreamSpool() = default;
   ~StreamSpool();  // removes every file and the directory
   StreamSpool(const StreamSpool&) = delete;

@@ -1,6 +1,12 @@
 #include "daemon/source/pgoutput_decoder.h"
 
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <string>
@@ -670,6 +676,39 @@ TEST_F(StreamDecoderTest, MalformedMessageInsideAStreamIsAnErrorAtItsCommit) {
   absl::Status st = Decode(StreamCommit(100, 0x9000, 0x9030, 1));
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("Insert"));
+}
+
+// A walshiftd killed mid-stream leaves its spool directory; the next spool on the machine
+// removes those of processes that no longer run, and only those.
+TEST(StreamSpoolTest, RemovesTheDirectoriesOfProcessesThatNoLongerRun) {
+  char parent_buf[] = "/tmp/walshift-spool-test-XXXXXX";
+  ASSERT_NE(mkdtemp(parent_buf), nullptr);
+  std::string parent = parent_buf;
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  ASSERT_GT(child, 0);
+  waitpid(child, nullptr, 0);  // its pid now names no process
+  std::string dead = absl::StrCat(parent, "/walshift-stream-", child, "-abcdef");
+  std::string alive = absl::StrCat(parent, "/walshift-stream-", getppid(), "-abcdef");
+  for (const std::string& d : {dead, alive}) {
+    ASSERT_EQ(mkdir(d.c_str(), 0700), 0);
+    std::ofstream(d + "/123") << "spooled";
+  }
+  const char* old = getenv("TMPDIR");
+  std::string saved = old ? old : "";
+  setenv("TMPDIR", parent.c_str(), 1);
+  {
+    StreamSpool spool;
+    ASSERT_TRUE(spool.Start(7, true).ok());
+    EXPECT_NE(access(dead.c_str(), F_OK), 0) << "the dead process's spool is still there";
+    EXPECT_EQ(access((alive + "/123").c_str(), F_OK), 0) << "a running process's spool was removed";
+  }
+  if (old) {
+    setenv("TMPDIR", saved.c_str(), 1);
+  } else {
+    unsetenv("TMPDIR");
+  }
+  std::filesystem::remove_all(parent);
 }
 
 }  // namespace walshift
