@@ -265,8 +265,7 @@ absl::Status PgOutputDecoder::DecodeChange(Reader& r, ChangeHandler& handler) {
     case 'M':
       return DecodeMessage(r, handler);
     default:
-      return absl::DataLossError(absl::StrCat("pgoutput: unknown message type ", DescribeByte(type), " (length ",
-                                              r.remaining() + 1, ", LSN ", FormatLsn(r.lsn()), ")"));
+      return r.Error(absl::StrCat("unknown message type ", DescribeByte(type)));
   }
 }
 
