@@ -109,9 +109,15 @@ TEST_F(DiskFullTest, TargetDiskFullRetriesWithBackoffAndResumesExactOnceSpaceIsB
   std::ofstream(script) << "\\set id random(1, 1000000)\n"
                            "INSERT INTO items VALUES (:id, 1, repeat(md5(:id::text), 8)) ON CONFLICT (id) DO "
                            "UPDATE SET n = items.n + 1;\n";
-  auto workload = StartPgbench({"-c", "2", "-j", "2", "-t", "6000", "-f", script});
+  // Throttled, so that the load still runs when the disk fills however fast the machine is; the
+  // disk fills once the target has applied part of it (mid-stream, the table growing).
+  auto workload = StartPgbench({"-c", "2", "-j", "2", "-t", "6000", "-R", "1000", "-f", script});
   ASSERT_NE(workload, nullptr);
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+  for (int i = 0; i < 600; ++i) {
+    PgRows applied = TargetRows("SELECT count(*)::text FROM items");
+    if (!applied.empty() && applied[0][0] && std::stoi(*applied[0][0]) >= 1000) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   size_t filled = FillDisk();
   ASSERT_GT(filled, 0u);
 
