@@ -20,6 +20,7 @@
 #include "daemon/core/slot_loss.h"
 #include "daemon/observe/events.h"
 #include "daemon/observe/http.h"
+#include "daemon/observe/log_format.h"
 #include "daemon/observe/monitor.h"
 #include "daemon/observe/status.h"
 #include "daemon/pg/pg_util.h"
@@ -134,7 +135,7 @@ int main(int argc, char** argv) {
 
   auto logger = spdlog::stderr_color_mt("walshiftd");
   spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  walshift::UseOneLineLogFormat();
 
   auto settings = walshift::config::LoadSettingsFile(config_path);
   if (!settings.ok()) {

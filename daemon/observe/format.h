@@ -24,6 +24,27 @@ inline std::string JsonString(absl::string_view s) {
   return out + "\"";
 }
 
+// `s` on one line: a line break and the indentation after it become "; ", trailing white space
+// goes. A server error arrives as several lines (ERROR, DETAIL, HINT, CONTEXT); one event or log
+// record stays one line, so that grep and line-based log collectors keep it whole.
+inline std::string OneLine(absl::string_view s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c != '\n' && c != '\r') {
+      out += c;
+      continue;
+    }
+    while (i + 1 < s.size() && (s[i + 1] == '\n' || s[i + 1] == '\r' || s[i + 1] == ' ' || s[i + 1] == '\t')) ++i;
+    while (!out.empty() && (out.back() == ' ' || out.back() == '\t')) out.pop_back();
+    out += "; ";
+  }
+  return out;
+}
+
 // Bytes in binary units: "512 B", "1.5 MiB".
 inline std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

@@ -217,7 +217,7 @@ void PrintMessage(const rd_kafka_message_t* msg, const Options& options) {
   std::visit(
       [&](const auto& e) {
         std::string pipeline = e.pipeline().empty() ? absl::CHexEscape(key) : e.pipeline();
-        std::printf("%s  %s  %s\n", When(e.time(), kafka_ms).c_str(), pipeline.c_str(), Describe(e).c_str());
+        std::printf("%s  %s  %s\n", When(e.time(), kafka_ms).c_str(), pipeline.c_str(), OneLine(Describe(e)).c_str());
       },
       *event);
 }

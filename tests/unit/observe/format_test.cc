@@ -1,0 +1,36 @@
+#include "daemon/observe/format.h"
+
+#include <sstream>
+
+#include "daemon/observe/log_format.h"
+#include "gmock/gmock.h"
+#include "spdlog/sinks/ostream_sink.h"
+
+namespace walshift {
+namespace {
+
+TEST(OneLineTest, JoinsAServerErrorsLinesWithSemicolons) {
+  EXPECT_EQ(OneLine("ERROR:  duplicate key value violates unique constraint \"items_pkey\"\n"
+                    "DETAIL:  Key (id)=(7) already exists.\n"),
+            "ERROR:  duplicate key value violates unique constraint \"items_pkey\"; DETAIL:  Key (id)=(7) already "
+            "exists.");
+  EXPECT_EQ(OneLine("a  \r\n\n   b\tc\n"), "a; b\tc");
+  EXPECT_EQ(OneLine("one line"), "one line");
+  EXPECT_EQ(OneLine("\n\n"), "");
+}
+
+TEST(OneLineTest, TheLogFormatKeepsEveryRecordOnOneLine) {
+  std::ostringstream out;
+  auto logger = std::make_shared<spdlog::logger>("format_test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out));
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(logger);
+  UseOneLineLogFormat();
+  spdlog::warn("target main: ERROR:  value too long\nCONTEXT:  COPY items, line 1\n");
+  spdlog::set_default_logger(previous);
+  std::string text = out.str();
+  EXPECT_THAT(text, ::testing::EndsWith(" warning target main: ERROR:  value too long; CONTEXT:  COPY items, line 1\n"));
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1);
+}
+
+}  // namespace
+}  // namespace walshift
