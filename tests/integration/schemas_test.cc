@@ -41,6 +41,52 @@ std::string BigText(int kb, const std::string& seed) {
   return absl::StrCat("(SELECT string_agg(md5('", seed, "' || g), '') FROM generate_series(1, ", kb * 32, ") g)");
 }
 
+// The same JSON element changes as above, all in one source transaction, so that they reach
+// the target in one group: an element's key change next to edits of other elements of the same
+// parent row, with TOASTed values the updates do not carry.
+TEST_F(SchemasTest, JsonElementKeyChangeInOneGroupWithOtherEditsKeepsEveryElement) {
+  Source(
+      "CREATE TABLE notes (id int PRIMARY KEY, doc_id int, label text, body text);"
+      "ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL");
+  Target("CREATE TABLE doc_notes (doc_id int PRIMARY KEY, notes jsonb NOT NULL DEFAULT '[]')");
+  std::string config = WriteConfig(kOneTarget + R"(mappings:
+  - source: notes
+    module: json_array
+    table: doc_notes
+    parent_key: {doc_id: doc_id}
+    column: notes
+    element: {id: id, label: label, body: body}
+    element_key: [id]
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  std::string sql = "BEGIN;";
+  for (int id = 1; id <= 6; ++id) {
+    absl::StrAppend(&sql, "INSERT INTO notes VALUES (", id, ", ", 1 + id % 2, ", 'n", id, "', ",
+                    BigText(8, absl::StrCat("n", id)), ");");
+  }
+  absl::StrAppend(&sql, "COMMIT;");
+  Source(sql);
+  Source("BEGIN; UPDATE notes SET label = 'edited' WHERE id IN (1, 2); UPDATE notes SET doc_id = 7 WHERE id = 3;"
+         "UPDATE notes SET id = 40, label = 'renumbered' WHERE id = 4; COMMIT");
+  // Rows inserted and changed in the same transaction, key change included.
+  sql = "BEGIN;";
+  for (int id = 11; id <= 14; ++id) {
+    absl::StrAppend(&sql, "INSERT INTO notes VALUES (", id, ", ", 1 + id % 2, ", 'n", id, "', ",
+                    BigText(8, absl::StrCat("n", id)), ");");
+  }
+  absl::StrAppend(&sql,
+                  "UPDATE notes SET label = 'edited' WHERE id IN (11, 12); UPDATE notes SET doc_id = 7 WHERE id = 13;"
+                  "UPDATE notes SET id = 140, label = 'renumbered' WHERE id = 14; COMMIT");
+  Source(sql);
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT doc_id::text, e->>'id', e->>'label', md5(e->>'body') FROM doc_notes, "
+                       "jsonb_array_elements(notes) e ORDER BY 1, 2"),
+            SourceRows("SELECT doc_id::text, id::text, label, md5(body) FROM notes ORDER BY 1, 2"))
+      << DaemonLog();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 // Rows that leave the target and come back (soft delete undone, filter true again), JSON
 // elements edited elsewhere, and key changes, all with TOASTed values the updates do not
 // carry: the target ends with every value.
