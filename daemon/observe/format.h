@@ -2,8 +2,12 @@
 // Small text formats shared by walshiftd and walshiftctl.
 
 #include <string>
+#include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
 namespace walshift {
@@ -28,21 +32,9 @@ inline std::string JsonString(absl::string_view s) {
 // goes. A server error arrives as several lines (ERROR, DETAIL, HINT, CONTEXT); one event or log
 // record stays one line, so that grep and line-based log collectors keep it whole.
 inline std::string OneLine(absl::string_view s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (c != '\n' && c != '\r') {
-      out += c;
-      continue;
-    }
-    while (i + 1 < s.size() && (s[i + 1] == '\n' || s[i + 1] == '\r' || s[i + 1] == ' ' || s[i + 1] == '\t')) ++i;
-    while (!out.empty() && (out.back() == ' ' || out.back() == '\t')) out.pop_back();
-    out += "; ";
-  }
-  return out;
+  std::vector<absl::string_view> lines = absl::StrSplit(s, absl::ByAnyChar("\r\n"), absl::SkipWhitespace());
+  for (absl::string_view& line : lines) line = absl::StripAsciiWhitespace(line);
+  return absl::StrJoin(lines, "; ");
 }
 
 // Bytes in binary units: "512 B", "1.5 MiB".

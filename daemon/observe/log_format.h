@@ -14,7 +14,12 @@ namespace walshift {
 class OneLineMessageFlag : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
-    std::string line = OneLine(absl::string_view(msg.payload.data(), msg.payload.size()));
+    absl::string_view text(msg.payload.data(), msg.payload.size());
+    if (text.find_first_of("\r\n") == absl::string_view::npos) {  // the usual record: as it is
+      dest.append(text.data(), text.data() + text.size());
+      return;
+    }
+    std::string line = OneLine(text);
     dest.append(line.data(), line.data() + line.size());
   }
   std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<OneLineMessageFlag>(); }

@@ -41,6 +41,16 @@ std::string BigText(int kb, const std::string& seed) {
   return absl::StrCat("(SELECT string_agg(md5('", seed, "' || g), '') FROM generate_series(1, ", kb * 32, ") g)");
 }
 
+// notes(id, doc_id, label, body) as a JSON array of elements per doc_notes row.
+constexpr char kNotesAsJsonArray[] = R"(  - source: notes
+    module: json_array
+    table: doc_notes
+    parent_key: {doc_id: doc_id}
+    column: notes
+    element: {id: id, label: label, body: body}
+    element_key: [id]
+)";
+
 // The same JSON element changes as above, all in one source transaction, so that they reach
 // the target in one group: an element's key change next to edits of other elements of the same
 // parent row, with TOASTed values the updates do not carry.
@@ -49,15 +59,7 @@ TEST_F(SchemasTest, JsonElementKeyChangeInOneGroupWithOtherEditsKeepsEveryElemen
       "CREATE TABLE notes (id int PRIMARY KEY, doc_id int, label text, body text);"
       "ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL");
   Target("CREATE TABLE doc_notes (doc_id int PRIMARY KEY, notes jsonb NOT NULL DEFAULT '[]')");
-  std::string config = WriteConfig(kOneTarget + R"(mappings:
-  - source: notes
-    module: json_array
-    table: doc_notes
-    parent_key: {doc_id: doc_id}
-    column: notes
-    element: {id: id, label: label, body: body}
-    element_key: [id]
-)");
+  std::string config = WriteConfig(kOneTarget + "mappings:\n" + kNotesAsJsonArray);
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   std::string sql = "BEGIN;";
@@ -114,14 +116,7 @@ TEST_F(SchemasTest, RowsReenteringOrChangingKeyKeepTheirToastedValues) {
     filter: "title NOT LIKE 'draft%'"
   - source: docs
     table: docs_all
-  - source: notes
-    module: json_array
-    table: doc_notes
-    parent_key: {doc_id: doc_id}
-    column: notes
-    element: {id: id, label: label, body: body}
-    element_key: [id]
-)");
+)" + kNotesAsJsonArray);
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   for (int id = 1; id <= 6; ++id) {

@@ -21,6 +21,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
@@ -117,6 +118,8 @@ std::string Rate(double r) { return r < 10 ? absl::StrFormat("%.1f", r) : absl::
 
 std::string Lag(double bytes, double seconds) { return absl::StrFormat("%s / %.1f s", HumanBytes(bytes), seconds); }
 
+std::string EscapeLineBreaks(absl::string_view v) { return absl::StrReplaceAll(v, {{"\n", "\\n"}, {"\r", "\\r"}}); }
+
 // The part of a line after time and pipeline.
 std::string Describe(const v1::LagEvent& e) {
   std::string out =
@@ -143,8 +146,9 @@ std::string Describe(const v1::StateEvent& e) {
   absl::StrAppend(&out, StateName(e.state()));
   if (e.alarm() != v1::ALARM_UNSPECIFIED)
     absl::StrAppend(&out, "  ALARM ", v1::AlarmKind_Name(e.alarm()), e.cleared() ? " CLEARED" : "");
-  if (!e.message().empty()) absl::StrAppend(&out, "  ", e.message());
-  if (!e.warning().empty()) absl::StrAppend(&out, "  WARNING: ", e.warning());
+  // A server error's DETAIL and HINT lines stay on the event's line.
+  if (!e.message().empty()) absl::StrAppend(&out, "  ", OneLine(e.message()));
+  if (!e.warning().empty()) absl::StrAppend(&out, "  WARNING: ", OneLine(e.warning()));
   return out;
 }
 
@@ -157,7 +161,9 @@ std::string Describe(const v1::DriftEvent& e) {
   absl::StrAppend(&out, " key (", e.key(), ")");
   const char* sep = "  ";
   for (const v1::ColumnDiff& c : e.columns()) {
-    absl::StrAppend(&out, sep, c.column(), ": expected ", c.expected(), " actual ", c.actual());
+    // A value's line breaks are shown escaped: joined, two values could not be told apart.
+    absl::StrAppend(&out, sep, c.column(), ": expected ", EscapeLineBreaks(c.expected()), " actual ",
+                    EscapeLineBreaks(c.actual()));
     sep = "; ";
   }
   return out;
@@ -217,7 +223,7 @@ void PrintMessage(const rd_kafka_message_t* msg, const Options& options) {
   std::visit(
       [&](const auto& e) {
         std::string pipeline = e.pipeline().empty() ? absl::CHexEscape(key) : e.pipeline();
-        std::printf("%s  %s  %s\n", When(e.time(), kafka_ms).c_str(), pipeline.c_str(), OneLine(Describe(e)).c_str());
+        std::printf("%s  %s  %s\n", When(e.time(), kafka_ms).c_str(), pipeline.c_str(), Describe(e).c_str());
       },
       *event);
 }
