@@ -1,11 +1,14 @@
 #include "daemon/pipeline/pg_schema_inspector.h"
 
 #include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "daemon/apply/pg_sink.h"
+#include "daemon/core/lsn.h"
 #include "daemon/core/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace walshift {
 
@@ -234,6 +237,39 @@ absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& rel
                                      PQgetvalue(current_row_.get(), 0, f)};
   }
   return true;
+}
+
+absl::Status PgSchemaInspector::WaitVisible(uint32_t xid, Lsn commit_lsn, const std::atomic<bool>* stop) {
+  if (xid == 0 || xid == visible_xid_) return absl::OkStatus();
+  ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
+  // The 32-bit xid of the stream made a full one against the snapshot's xmax (the transaction
+  // began before it, less than 2^32 transactions ago).
+  constexpr char kVisible[] =
+      "SELECT txid_visible_in_snapshot(x - ((x - $1::bigint) % 4294967296 + 4294967296) % 4294967296, s)::text "
+      "FROM (SELECT s, txid_snapshot_xmax(s) AS x FROM txid_current_snapshot() s) q";
+  const std::string id = std::to_string(xid);
+  const absl::Time start = absl::Now();
+  absl::Time next_warning = start + absl::Seconds(2);
+  absl::Duration pause = absl::Milliseconds(1);
+  for (;;) {
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(src, kVisible, {id.c_str()},
+                                                     "checking that a received transaction is visible on the source"));
+    if (PQntuples(r.get()) == 1 && std::string_view(PQgetvalue(r.get(), 0, 0)) == "true") break;
+    if (stop != nullptr && stop->load()) {
+      return absl::AbortedError(absl::StrCat("stopping while waiting for source transaction ", xid, " to be visible"));
+    }
+    if (absl::Now() >= next_warning) {
+      spdlog::warn(
+          "source transaction {} (commit at LSN {}) was received but is not yet visible on the source after {} s "
+          "(a synchronous standby that does not confirm holds commits back); its row values are read once it is",
+          xid, FormatLsn(commit_lsn), absl::ToInt64Seconds(absl::Now() - start));
+      next_warning = absl::Now() + absl::Seconds(60);
+    }
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(pause));
+    pause = std::min(pause * 2, absl::Milliseconds(100));
+  }
+  visible_xid_ = xid;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<const SourceRelation>> PgSchemaInspector::DescribeSource(const std::string& table) {

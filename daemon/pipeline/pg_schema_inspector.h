@@ -1,6 +1,7 @@
 #pragma once
 // SchemaInspector over ordinary (non-replication) connections to the source and the targets.
 
+#include <atomic>
 #include <map>
 #include <optional>
 #include <set>
@@ -47,6 +48,13 @@ class PgSchemaInspector : public SchemaInspector {
   // `row` is missing.
   absl::StatusOr<bool> ReadCurrentRow(const SourceRelation& relation, const Tuple& row, const std::vector<int>& columns,
                                       Tuple* out);
+  // Waits until source transaction `xid` (its commit record at `commit_lsn`) is visible to new
+  // snapshots on the source. The walsender may send a commit before the committing session has
+  // made it visible (PostgreSQL makes a commit visible after its record is flushed, and after a
+  // synchronous standby confirmed it): a row read in between is the row before the change, or
+  // none under a key the change gave it. Checked once per transaction; kAborted once `stop` is
+  // set (when given).
+  absl::Status WaitVisible(uint32_t xid, Lsn commit_lsn, const std::atomic<bool>* stop);
   // The source table `table` as the catalog describes it now (columns in pgoutput's order).
   absl::StatusOr<std::shared_ptr<const SourceRelation>> DescribeSource(const std::string& table);
   // The source's current rows of `relation` whose `columns` equal `values` (text), every column
@@ -75,6 +83,7 @@ class PgSchemaInspector : public SchemaInspector {
     std::vector<int> key;
   };
   std::map<std::string, RowQuery> row_queries_;
+  uint32_t visible_xid_ = 0;  // the last transaction WaitVisible saw visible
   pg::ResultPtr current_row_;
 };
 

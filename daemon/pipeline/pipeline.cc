@@ -208,6 +208,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
       if ((*change.new_tuple)[c].is_unchanged_toast()) missing_.push_back(static_cast<int>(c));
     complete &= !missing_.empty();
     if (complete) {
+      RETURN_IF_ERROR(inspector_->WaitVisible(begin_.xid, begin_.final_lsn, stop_));
       auto found = inspector_->ReadCurrentRow(*change.relation, *change.new_tuple, missing_, &completed_row_);
       if (!found.ok()) {
         return absl::Status(found.status().code(),
@@ -282,6 +283,7 @@ absl::Status Pipeline::FillOwned(const Binding& owner, const RowChange& change) 
       ASSIGN_OR_RETURN(fb.relation, inspector_->DescribeSource(modules_[m]->source_table()));
       ASSIGN_OR_RETURN(fb.bound, modules_[m]->Bind(*fb.relation, *inspector_));
     }
+    if (!change.snapshot) RETURN_IF_ERROR(inspector_->WaitVisible(begin_.xid, begin_.final_lsn, stop_));
     ASSIGN_OR_RETURN(pg::ResultPtr rows, inspector_->ReadRowsWhere(*fb.relation, columns, values));
     Tuple tuple(fb.relation->columns.size());
     RowChange fill;

@@ -136,6 +136,7 @@ class Pipeline : public ChangeHandler {
   std::set<std::string> upsert_tables_;  // target tables whose new rows are always upserted
   bool streamed_ = false;                // this attempt reached a transaction of the stream
   TransactionBegin begin_;
+  const std::atomic<bool>* stop_ = nullptr;  // RunOnce's
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();
   PgTimestamp last_commit_time_ = 0;  // the source commit time of the last transaction received

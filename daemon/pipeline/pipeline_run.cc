@@ -128,6 +128,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
 absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
   const auto& apply = settings_.proto.apply();
   streamed_ = false;
+  stop_ = &stop;
   // What an earlier run (a walshiftd that was killed, this process before it reconnected) still
   // has on its way to a target is committed or rolled back before this run reads the target's
   // checkpoint and copied ranges: otherwise a range whose commit lands late is copied again.

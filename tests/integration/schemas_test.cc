@@ -5,6 +5,8 @@
 
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "tests/integration/daemon_fixture.h"
@@ -81,6 +83,68 @@ TEST_F(SchemasTest, JsonElementKeyChangeInOneGroupWithOtherEditsKeepsEveryElemen
                   "UPDATE notes SET label = 'edited' WHERE id IN (11, 12); UPDATE notes SET doc_id = 7 WHERE id = 13;"
                   "UPDATE notes SET id = 140, label = 'renumbered' WHERE id = 14; COMMIT");
   Source(sql);
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT doc_id::text, e->>'id', e->>'label', md5(e->>'body') FROM doc_notes, "
+                       "jsonb_array_elements(notes) e ORDER BY 1, 2"),
+            SourceRows("SELECT doc_id::text, id::text, label, md5(body) FROM notes ORDER BY 1, 2"))
+      << DaemonLog();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+// The walsender sends a commit once its record is flushed; the committing session makes it
+// visible afterwards (here: once a synchronous standby confirmed it, which never happens until
+// the setting is gone). Source rows read for such a change (TOASTed values its updates leave
+// out) are read once it is visible: a key change is not taken for a row that is gone.
+TEST_F(SchemasTest, RowsReadForACommitNotYetVisibleOnTheSourceWaitForIt) {
+  Source(
+      "CREATE TABLE notes (id int PRIMARY KEY, doc_id int, label text, body text);"
+      "ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL");
+  Target("CREATE TABLE doc_notes (doc_id int PRIMARY KEY, notes jsonb NOT NULL DEFAULT '[]')");
+  for (int id = 1; id <= 4; ++id) {
+    Source(absl::StrCat("INSERT INTO notes VALUES (", id, ", ", 1 + id % 2, ", 'n", id, "', ",
+                        BigText(8, absl::StrCat("n", id)), ")"));
+  }
+  // Every other session of this database (walshiftd's, the test's) commits without waiting.
+  Source(absl::StrCat("ALTER DATABASE ", source_db_, " SET synchronous_commit = local"));
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings:\n" + kNotesAsJsonArray)).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("ALTER SYSTEM SET synchronous_standby_names = 'walshift_absent_standby'");
+  Source("SELECT pg_reload_conf()");
+  // The setting holds commits back once the server processes have reloaded it: a probe
+  // commit that writes WAL shows when (its wait is cancelled; it then commits locally).
+  for (bool holding = false; !holding;) {
+    std::thread probe([&] {
+      (void)source_cluster_->Exec(source_db_, "SET synchronous_commit = on; CREATE TEMP TABLE probe ()");
+    });
+    for (int i = 0; i < 50 && !holding; ++i) {
+      holding = SourceRows("SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event = 'SyncRep'") == PgRows{{"t"}};
+      if (!holding) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    Source("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+    probe.join();
+  }
+  auto release = absl::MakeCleanup([&] {
+    EXPECT_TRUE(source_cluster_->Exec("postgres", "ALTER SYSTEM RESET synchronous_standby_names").ok());
+    EXPECT_TRUE(source_cluster_->Exec("postgres", "SELECT pg_reload_conf()").ok());
+  });
+  absl::Status held;
+  std::thread writer([&] {
+    held = source_cluster_->Exec(source_db_,
+                                 "SET synchronous_commit = on;"
+                                 "UPDATE notes SET id = 40, label = 'renumbered' WHERE id = 4;"
+                                 "UPDATE notes SET label = 'edited' WHERE id = 1");
+  });
+  bool waiting = false;
+  for (int i = 0; i < 600 && !waiting; ++i) {
+    waiting = absl::StrContains(DaemonLog(), "is not yet visible on the source");
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(waiting) << DaemonLog();
+  EXPECT_EQ(SourceRows("SELECT count(*)::text FROM notes WHERE id = 40"), (PgRows{{"0"}}));  // not visible yet
+  std::move(release).Invoke();
+  writer.join();
+  ASSERT_TRUE(held.ok()) << held;
+  Source(absl::StrCat("ALTER DATABASE ", source_db_, " RESET synchronous_commit"));
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
   EXPECT_EQ(TargetRows("SELECT doc_id::text, e->>'id', e->>'label', md5(e->>'body') FROM doc_notes, "
                        "jsonb_array_elements(notes) e ORDER BY 1, 2"),
