@@ -94,8 +94,25 @@ absl::Status PgSink::ValidateStatement(PGconn* conn, const OpShape& shape, const
     pg::ResultPtr d(PQexec(conn, "DEALLOCATE walshift_check"));
     if (st.ok()) return absl::OkStatus();
   }
+  std::string grant;
+  if (absl::StrContains(st.message(), "SQLSTATE 42501")) {
+    // EXPLAIN checks the privileges the statement needs: name the grant that covers a run.
+    auto [schema, table] = pg::SplitQualified(shape.table);
+    std::string role = "the role", schema_sql = pg::QuoteIdent(schema), table_sql = pg::QuoteQualified(shape.table);
+    auto names = pg::ExecParams(conn, "SELECT quote_ident(current_user), quote_ident($1), quote_ident($2)",
+                                {schema.c_str(), table.c_str()}, "naming the grant");
+    if (names.ok()) {  // quoted only where they must be
+      role = PQgetvalue(names->get(), 0, 0);
+      schema_sql = PQgetvalue(names->get(), 0, 1);
+      table_sql = absl::StrCat(schema_sql, ".", PQgetvalue(names->get(), 0, 2));
+    }
+    const char* privileges = shape.kind == OpKind::kTruncate ? "TRUNCATE" : "SELECT, INSERT, UPDATE, DELETE";
+    grant = absl::StrCat("; walshiftd's role needs USAGE on the schema and ", privileges,
+                         " on the table: GRANT USAGE ON SCHEMA ", schema_sql, " TO ", role, "; GRANT ", privileges,
+                         " ON ", table_sql, " TO ", role);
+  }
   return absl::Status(st.code(), absl::StrCat(OpKindName(shape.kind), " into ", shape.table, ": ",
-                                              absl::StripPrefix(st.message(), "server: "), "; statement: ", sql));
+                                              absl::StripPrefix(st.message(), "server: "), grant, "; statement: ", sql));
 }
 
 }  // namespace walshift

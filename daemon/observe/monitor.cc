@@ -86,7 +86,10 @@ void Monitor::Heartbeat() {
   auto r = pg::ExecParams(conn_.get(), "SELECT pg_logical_emit_message(true, $1, $2)",
                           {kHeartbeatPrefix, pipeline_.c_str()}, "source: writing a heartbeat");
   if (!r.ok()) {
-    spdlog::warn("{} (needs a superuser or EXECUTE on pg_logical_emit_message)", std::string(r.status().message()));
+    spdlog::warn(
+        "{} (heartbeats need EXECUTE on pg_logical_emit_message: GRANT EXECUTE ON FUNCTION "
+        "pg_catalog.pg_logical_emit_message(boolean, text, text) TO the source role)",
+        std::string(r.status().message()));
     conn_.reset();
   }
 }

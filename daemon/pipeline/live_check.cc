@@ -12,6 +12,8 @@
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
+#include "daemon/pipeline/privilege_check.h"
+#include "daemon/state/pg_state.h"
 
 namespace walshift {
 namespace {
@@ -105,6 +107,15 @@ absl::Status CheckLiveSchemas(const config::Settings& settings,
   std::map<std::string, std::unique_ptr<ShapeChecker>> targets;
   for (const auto& t : settings.targets) {
     ASSIGN_OR_RETURN(targets[t.name], OpenShapeChecker(t, "walshiftd-check"));
+  }
+  // What a run needs besides the schemas: privileges, the publication, slots, the state schema.
+  std::vector<std::string> tables;
+  for (const auto& m : modules)
+    if (std::find(tables.begin(), tables.end(), m->source_table()) == tables.end()) tables.push_back(m->source_table());
+  RETURN_IF_ERROR(CheckSourcePrivileges(source.get(), settings, tables, &problems));
+  for (const auto& t : settings.targets) {
+    PGconn* conn = targets[t.name]->connection();
+    if (conn != nullptr) RETURN_IF_ERROR(state::CheckStatePrivileges(conn, absl::StrCat("target ", t.name), &problems));
   }
   PgSchemaInspector inspector(settings.source_dsn, settings.targets);
   std::vector<char> whole_rows(modules.size(), 0);  // the mapping can remove rows and bring them back

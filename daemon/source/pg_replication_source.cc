@@ -133,6 +133,35 @@ absl::Status PgReplicationSource::CheckTables() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::set<std::pair<std::string, std::string>>> PublicationMembers(PGconn* conn,
+                                                                                 const std::string& publication) {
+  const std::string pub_literal = pg::QuoteLiteral(publication);
+  // Membership by relation (pg_publication_tables lists partitions, not their root, when the
+  // publication does not publish through the root).
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr members,
+      pg::Exec(conn,
+               absl::StrCat("SELECT n.nspname, c.relname FROM pg_catalog.pg_publication p "
+                            "JOIN pg_catalog.pg_publication_rel r ON r.prpubid = p.oid "
+                            "JOIN pg_catalog.pg_class c ON c.oid = r.prrelid "
+                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE p.pubname = ",
+                            pub_literal,
+                            " UNION SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, "
+                            "pg_catalog.pg_publication p WHERE p.pubname = ",
+                            pub_literal, " AND c.relkind IN ('r', 'p') AND (p.puballtables",
+                            PQserverVersion(conn) >= 150000 ? " OR c.relnamespace IN (SELECT pnnspid FROM "
+                                                              "pg_catalog.pg_publication_namespace WHERE pnpubid = p.oid)"
+                                                            : "",
+                            ")"),
+               "source: reading publication tables"));
+  std::set<std::pair<std::string, std::string>> out;
+  for (int row = 0; row < PQntuples(members.get()); ++row)
+    out.insert({PQgetvalue(members.get(), row, 0), PQgetvalue(members.get(), row, 1)});
+  return out;
+}
+
 absl::Status PgReplicationSource::EnsurePublication() {
   const std::string pub_literal = pg::QuoteLiteral(options_.publication);
   const std::string pub_ident = pg::QuoteIdent(options_.publication);
@@ -209,30 +238,9 @@ absl::Status PgReplicationSource::EnsurePublication() {
     }
   }
 
-  // Membership by relation (pg_publication_tables lists partitions, not their root, when the
-  // publication does not publish through the root).
-  ASSIGN_OR_RETURN(
-      pg::ResultPtr members,
-      pg::Exec(conn_,
-               absl::StrCat("SELECT n.nspname, c.relname FROM pg_catalog.pg_publication p "
-                            "JOIN pg_catalog.pg_publication_rel r ON r.prpubid = p.oid "
-                            "JOIN pg_catalog.pg_class c ON c.oid = r.prrelid "
-                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                            "WHERE p.pubname = ",
-                            pub_literal,
-                            " UNION SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
-                            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace, "
-                            "pg_catalog.pg_publication p WHERE p.pubname = ",
-                            pub_literal, " AND c.relkind IN ('r', 'p') AND (p.puballtables",
-                            server_version_ >= 150000 ? " OR c.relnamespace IN (SELECT pnnspid FROM "
-                                                        "pg_catalog.pg_publication_namespace WHERE pnpubid = p.oid)"
-                                                      : "",
-                            ")"),
-               "source: reading publication tables"));
+  ASSIGN_OR_RETURN(auto members, PublicationMembers(conn_, options_.publication));
   std::set<std::pair<std::string, std::string>> missing = wanted;
-  for (int row = 0; row < PQntuples(members.get()); ++row) {
-    missing.erase({PQgetvalue(members.get(), row, 0), PQgetvalue(members.get(), row, 1)});
-  }
+  for (const auto& member : members) missing.erase(member);
   // Tables the publication sends that no mapping names would stop walshiftd at their first
   // change: say so now.
   std::set<std::pair<std::string, std::string>> ignored;

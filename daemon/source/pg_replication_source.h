@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +22,11 @@
 typedef struct pg_conn PGconn;
 
 namespace walshift {
+
+// The tables (schema, table) `publication` publishes: listed, all tables, or (PostgreSQL 15+)
+// every table of a listed schema. Empty when it does not exist.
+absl::StatusOr<std::set<std::pair<std::string, std::string>>> PublicationMembers(PGconn* conn,
+                                                                                 const std::string& publication);
 
 struct PgReplicationSourceOptions {
   std::string dsn;                  // libpq connection string of the source database

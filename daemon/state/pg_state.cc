@@ -128,11 +128,64 @@ absl::Status ExplainPrivilege(absl::Status st, absl::string_view what) {
   if (!absl::StrContains(st.message(), "SQLSTATE 42501")) return st;
   return absl::Status(st.code(),
                       absl::StrCat(st.message(), "; walshift keeps its state in the schema walshift of ", what,
-                                   ": let its role create it once (GRANT CREATE ON DATABASE … TO the "
-                                   "role), or create the schema and tables in advance as their owner"));
+                                   ": let its role create it once (GRANT CREATE ON DATABASE … TO the role), or "
+                                   "create the schema for it (CREATE SCHEMA walshift AUTHORIZATION the role)"));
 }
 
 }  // namespace
+
+absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vector<std::string>* problems) {
+  std::string context = absl::StrCat(what, ": privileges on the walshift state schema");
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::Exec(conn,
+                            "SELECT quote_ident(current_user), quote_ident(current_database()), "
+                            "  has_database_privilege(current_database(), 'CREATE'), n.oid IS NOT NULL, "
+                            "  coalesce(has_schema_privilege(n.oid, 'USAGE'), false), "
+                            "  coalesce(has_schema_privilege(n.oid, 'CREATE'), false) "
+                            "FROM (SELECT 1) one LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = 'walshift'",
+                            context));
+  const std::string role = PQgetvalue(r.get(), 0, 0);  // quoted where it must be
+  const std::string db = PQgetvalue(r.get(), 0, 1);
+  auto yes = [&](int c) { return std::string_view(PQgetvalue(r.get(), 0, c)) == "t"; };
+  const std::string purpose = "walshift keeps its checkpoints and state there";
+  if (!yes(3)) {
+    if (!yes(2)) {
+      problems->push_back(absl::StrCat(what, ": the schema walshift does not exist and role ", role,
+                                       " cannot create it (", purpose, "): GRANT CREATE ON DATABASE ", db, " TO ",
+                                       role, "; or create it for the role: CREATE SCHEMA walshift AUTHORIZATION ",
+                                       role));
+    }
+    return absl::OkStatus();
+  }
+  if (!yes(4)) {
+    problems->push_back(absl::StrCat(what, ": role ", role, " has no USAGE on the schema walshift (", purpose,
+                                     "): GRANT USAGE, CREATE ON SCHEMA walshift TO ", role,
+                                     "; or ALTER SCHEMA walshift OWNER TO ", role));
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(int version, RecordedVersion(conn, context));
+  if (version < kSchemaVersion && !yes(5)) {
+    problems->push_back(absl::StrCat(what, ": role ", role, " cannot create walshift's state tables (",
+                                     version == 0 ? "none exist yet" : "an earlier release's need migrating",
+                                     ") in the schema walshift: GRANT CREATE ON SCHEMA walshift TO ", role,
+                                     "; or ALTER SCHEMA walshift OWNER TO ", role));
+  }
+  ASSIGN_OR_RETURN(pg::ResultPtr tables,
+                   pg::Exec(conn,
+                            "SELECT string_agg(format('walshift.%I', c.relname), ', ' ORDER BY c.relname) "
+                            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = 'walshift' AND c.relkind IN ('r', 'p') "
+                            "  AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE')",
+                            context));
+  if (!PQgetisnull(tables.get(), 0, 0)) {
+    problems->push_back(absl::StrCat(what, ": role ", role, " cannot read and write walshift's state tables ",
+                                     PQgetvalue(tables.get(), 0, 0),
+                                     " (another role created them): GRANT SELECT, INSERT, UPDATE, DELETE ON ALL "
+                                     "TABLES IN SCHEMA walshift TO ",
+                                     role, "; or make the role their owner (ALTER TABLE … OWNER TO ", role, ")"));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status EnsureSchema(PGconn* conn, absl::string_view what) {
   std::string context = absl::StrCat(what, ": the walshift state schema");
@@ -156,10 +209,19 @@ absl::Status EnsureSchema(PGconn* conn, absl::string_view what) {
       if (PQtransactionStatus(conn) != PQTRANS_IDLE) pg::ResultPtr(PQexec(conn, "ROLLBACK"));
     }
   } rollback{conn};
+  // CREATE SCHEMA needs CREATE on the database even when the schema exists: a schema made in
+  // advance for walshiftd's role (CREATE SCHEMA walshift AUTHORIZATION role) is left alone.
+  RETURN_IF_ERROR(pg::Exec(conn,
+                           "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; "
+                           "SELECT pg_advisory_xact_lock(2008730454, 1)",
+                           context)
+                      .status());
+  ASSIGN_OR_RETURN(pg::ResultPtr schema,
+                   pg::Exec(conn, "SELECT to_regnamespace('walshift') IS NOT NULL", context));
+  if (std::string_view(PQgetvalue(schema.get(), 0, 0)) != "t") {
+    RETURN_IF_ERROR(ExplainPrivilege(pg::Exec(conn, "CREATE SCHEMA IF NOT EXISTS walshift", context).status(), what));
+  }
   RETURN_IF_ERROR(ExplainPrivilege(pg::Exec(conn,
-                                            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'; "
-                                            "SELECT pg_advisory_xact_lock(2008730454, 1); "
-                                            "CREATE SCHEMA IF NOT EXISTS walshift; "
                                             "CREATE TABLE IF NOT EXISTS walshift.schema_version ("
                                             "  version int PRIMARY KEY,"
                                             "  description text NOT NULL,"

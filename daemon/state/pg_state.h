@@ -23,6 +23,10 @@ namespace walshift::state {
 // kFailedPrecondition when a newer release already migrated it further. `what` names the
 // target in messages.
 absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
+// Adds to `problems` each privilege on the walshift schema that the connection's role lacks
+// for EnsureSchema and a run (creating the schema or its tables, reading and writing them),
+// with the statement that grants it.
+absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vector<std::string>* problems);
 // The state schema version this walshiftd writes.
 int StateSchemaVersion();
 
