@@ -28,6 +28,7 @@
 #include "daemon/pipeline/live_check.h"
 #include "daemon/pipeline/pipeline.h"
 #include "daemon/pipeline/session_zone.h"
+#include "daemon/state/target_state.h"
 #include "daemon/verify/verifier.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -89,6 +90,21 @@ int DryRun(const walshift::config::Settings& settings,
     failures += r.failure_count;
   }
   return failures == 0 ? 0 : 1;
+}
+
+// Records the error walshiftd stops on in every PostgreSQL target, where `walshiftctl status`
+// finds it; a target that cannot be reached (often the error itself) is said in the log.
+void RecordStop(const walshift::config::Settings& settings, int code, const std::string& message) {
+  walshift::Lsn lsn = walshift::kInvalidLsn;  // the first source position the error names
+  if (size_t at = message.find("LSN "); at != std::string::npos) {
+    size_t end = message.find_first_not_of("0123456789ABCDEFabcdef/", at + 4);
+    lsn = walshift::ParseLsn(message.substr(at + 4, end == std::string::npos ? end : end - at - 4))
+              .value_or(walshift::kInvalidLsn);
+  }
+  for (const auto& t : settings.targets) {
+    absl::Status st = walshift::state::RecordStopError(t, settings.proto.pipeline(), code, message, lsn);
+    if (!st.ok()) spdlog::warn("could not record this stop in target {}: {}", t.name, std::string(st.message()));
+  }
 }
 
 }  // namespace
@@ -212,8 +228,9 @@ int main(int argc, char** argv) {
     return DryRun(*settings, *modules);
   }
   if (check.code() == absl::StatusCode::kInvalidArgument) {
-    std::fprintf(stderr, "walshiftd: the mappings do not match the live schemas: %s\n",
-                 std::string(check.message()).c_str());
+    std::string message = absl::StrCat("the mappings do not match the live schemas: ", check.message());
+    std::fprintf(stderr, "walshiftd: %s\n", message.c_str());
+    RecordStop(*settings, 2, message);
     return 2;
   }
   if (!check.ok()) spdlog::warn("{}; connecting with retries", std::string(check.message()));
@@ -303,6 +320,7 @@ int main(int argc, char** argv) {
       status.SetState(walshift::v1::ERROR, std::string(st.message()));
       spdlog::critical("stopped: {}", std::string(st.message()));
       code = walshift::IsSlotLost(st) ? walshift::kExitSlotLost : 1;
+      RecordStop(*verify_settings, code, std::string(st.message()));
     } else {
       status.SetState(walshift::v1::STOPPING);
       spdlog::info("walshiftd stopped");

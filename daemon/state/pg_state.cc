@@ -72,8 +72,20 @@ constexpr const char* kBaselineDdl =
     "  recorded_at timestamptz NOT NULL DEFAULT now(),"
     "  PRIMARY KEY (pipeline, name))";
 
+// The error walshiftd last stopped on, per pipeline, and the target's checkpoint at that
+// moment: while the checkpoint has not moved past it, the pipeline stands still on it.
+constexpr const char* kErrorDdl =
+    "CREATE TABLE IF NOT EXISTS walshift.error ("
+    "  pipeline text PRIMARY KEY,"
+    "  occurred_at timestamptz NOT NULL DEFAULT now(),"
+    "  exit_code int NOT NULL,"
+    "  lsn pg_lsn,"  // the source position the error names, if any
+    "  checkpoint_lsn pg_lsn,"
+    "  message text NOT NULL)";
+
 constexpr Migration kMigrations[] = {
     {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
+    {2, "error: what walshiftd stopped on", kErrorDdl},
 };
 constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 
@@ -463,6 +475,49 @@ absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::
                         "ON CONFLICT (pipeline, name) DO UPDATE SET value = EXCLUDED.value, recorded_at = now()",
                         {pipeline.c_str(), name.c_str(), value.c_str()}, absl::StrCat(what, ": recording ", name))
       .status();
+}
+
+absl::Status RecordStopError(PGconn* conn, const std::string& pipeline, int exit_code, const std::string& message,
+                             Lsn lsn, absl::string_view what) {
+  std::string context = absl::StrCat(what, ": recording the error walshiftd stopped on");
+  RETURN_IF_ERROR(EnsureSchema(conn, what));
+  std::string code = absl::StrCat(exit_code);
+  std::string at = lsn == kInvalidLsn ? std::string() : FormatLsn(lsn);
+  return pg::ExecParams(conn,
+                        "INSERT INTO walshift.error AS e (pipeline, occurred_at, exit_code, lsn, checkpoint_lsn, message) "
+                        "SELECT $1, now(), $2::int, nullif($3, '')::pg_lsn, "
+                        "  (SELECT commit_lsn FROM walshift.checkpoint WHERE pipeline = $1), $4 "
+                        "ON CONFLICT (pipeline) DO UPDATE SET occurred_at = EXCLUDED.occurred_at, "
+                        "  exit_code = EXCLUDED.exit_code, lsn = EXCLUDED.lsn, checkpoint_lsn = EXCLUDED.checkpoint_lsn, "
+                        "  message = EXCLUDED.message",
+                        {pipeline.c_str(), code.c_str(), at.c_str(), message.c_str()}, context)
+      .status();
+}
+
+absl::StatusOr<std::optional<StopError>> ReadStopError(PGconn* conn, const std::string& pipeline,
+                                                       absl::string_view what) {
+  std::string context = absl::StrCat(what, ": reading the error walshiftd stopped on");
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.error", context));
+  if (!exists) return std::optional<StopError>();
+  // Current while the checkpoint has not moved since: a walshiftd that runs again and applies
+  // something has left it behind.
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr r,
+      pg::ExecParams(conn,
+                     "SELECT to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+                     "  e.exit_code::text, coalesce(e.lsn::text, ''), e.message, "
+                     "  ((e.checkpoint_lsn IS NULL AND c.commit_lsn IS NULL) OR c.commit_lsn <= e.checkpoint_lsn) "
+                     "FROM walshift.error e LEFT JOIN walshift.checkpoint c ON c.pipeline = e.pipeline "
+                     "WHERE e.pipeline = $1",
+                     {pipeline.c_str()}, context));
+  if (PQntuples(r.get()) == 0) return std::optional<StopError>();
+  StopError e;
+  e.occurred_at = PQgetvalue(r.get(), 0, 0);
+  (void)absl::SimpleAtoi(PQgetvalue(r.get(), 0, 1), &e.exit_code);
+  e.lsn = PQgetvalue(r.get(), 0, 2);
+  e.message = PQgetvalue(r.get(), 0, 3);
+  e.current = PQgetvalue(r.get(), 0, 4)[0] == 't';
+  return std::optional<StopError>(std::move(e));
 }
 
 }  // namespace walshift::state

@@ -27,6 +27,21 @@ absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
 // for EnsureSchema and a run (creating the schema or its tables, reading and writing them),
 // with the statement that grants it.
 absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vector<std::string>* problems);
+// The error walshiftd last stopped on (walshift.error), kept for `walshiftctl status`.
+struct StopError {
+  std::string occurred_at;  // UTC, ISO 8601
+  int exit_code = 0;
+  std::string lsn;  // the source position the error names; empty when it names none
+  std::string message;
+  bool current = false;  // the checkpoint has not moved since: the pipeline stands on it
+};
+// Records `message` (and the target's checkpoint now) as what `pipeline`'s walshiftd stopped on,
+// replacing an earlier one.
+absl::Status RecordStopError(PGconn* conn, const std::string& pipeline, int exit_code, const std::string& message,
+                             Lsn lsn, absl::string_view what);
+// std::nullopt when none is recorded.
+absl::StatusOr<std::optional<StopError>> ReadStopError(PGconn* conn, const std::string& pipeline,
+                                                       absl::string_view what);
 // The state schema version this walshiftd writes.
 int StateSchemaVersion();
 

@@ -176,4 +176,21 @@ absl::StatusOr<double> ReadClock(const config::TargetSettings& target) {
   return Postgres<double>(target, [](PGconn* c, const std::string& what) { return ReadClock(c, what); });
 }
 
+absl::Status RecordStopError(const config::TargetSettings& target, const std::string& pipeline, int exit_code,
+                             const std::string& message, Lsn lsn) {
+  if (target.documents()) return absl::OkStatus();
+  return Postgres<bool>(target, [&](PGconn* c, const std::string& what) -> absl::StatusOr<bool> {
+           RETURN_IF_ERROR(RecordStopError(c, pipeline, exit_code, message, lsn, what));
+           return true;
+         })
+      .status();
+}
+
+absl::StatusOr<std::optional<StopError>> ReadStopError(const config::TargetSettings& target,
+                                                       const std::string& pipeline) {
+  if (target.documents()) return std::optional<StopError>();
+  return Postgres<std::optional<StopError>>(
+      target, [&](PGconn* c, const std::string& what) { return ReadStopError(c, pipeline, what); });
+}
+
 }  // namespace walshift::state

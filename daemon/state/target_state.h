@@ -48,6 +48,12 @@ absl::StatusOr<std::vector<BackfillRow>> ReadBackfills(const config::TargetSetti
 // The progress of the backfill of `source_table` written at or after `since` (ReadClock), if any.
 absl::StatusOr<std::optional<BackfillRow>> BackfillSince(TargetStateReader& reader, const std::string& source_table,
                                                          double since);
+// The error walshiftd stopped on, recorded in / read from a PostgreSQL target (a document
+// store keeps none: OK and std::nullopt).
+absl::Status RecordStopError(const config::TargetSettings& target, const std::string& pipeline, int exit_code,
+                             const std::string& message, Lsn lsn);
+absl::StatusOr<std::optional<StopError>> ReadStopError(const config::TargetSettings& target,
+                                                       const std::string& pipeline);
 // The target's clock (seconds since the epoch), to compare with BackfillRow::updated_at.
 absl::StatusOr<double> ReadClock(const config::TargetSettings& target);
 

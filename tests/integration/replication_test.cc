@@ -13,6 +13,7 @@ namespace walshift::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class ReplicationTest : public DaemonTest {};
 
@@ -375,6 +376,50 @@ TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   EXPECT_THAT(log, HasSubstr("key (id=43)"));
   EXPECT_THAT(log, HasSubstr("constraint accounts_balance_check"));
   EXPECT_EQ(TargetRows("SELECT id::text FROM accounts ORDER BY id"), (PgRows{{"1"}, {"42"}}));
+}
+
+// A walshiftd that stopped on an error leaves it in the target: `walshiftctl status` reports the
+// pipeline as stopped (exit 1) with the error, until walshiftd runs again and applies past it.
+TEST_F(ReplicationTest, StatusReportsAPipelineStoppedOnAnErrorUntilItMovesAgain) {
+  Source("CREATE TABLE accounts (id int PRIMARY KEY, code text, balance int)");
+  Target("CREATE TABLE accounts (id int PRIMARY KEY, code varchar(3), balance int)");
+  std::string config = WriteConfig(kOneTarget + "mappings: [{source: accounts}]\n");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  Source("INSERT INTO accounts VALUES (1, 'abc', 5)");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  RunResult status = Walshiftctl({"status", "--config", config});
+  EXPECT_EQ(status.status.exit_code(), 0) << status.stdout_text << status.stderr_text;
+  Source("INSERT INTO accounts VALUES (42, 'toolong', 5)");
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->exit_code(), 1) << st->ToString();
+
+  status = Walshiftctl({"status", "--config", config});
+  EXPECT_EQ(status.status.exit_code(), 1) << status.stdout_text;
+  EXPECT_THAT(status.stdout_text, HasSubstr("!! STOPPED: walshiftd stopped on an error at "));
+  EXPECT_THAT(status.stdout_text, HasSubstr("(exit 1) at LSN "));
+  EXPECT_THAT(status.stdout_text, HasSubstr("public.accounts"));
+  EXPECT_THAT(status.stdout_text, HasSubstr("key (id=42)"));
+  EXPECT_THAT(status.stdout_text, HasSubstr("value too long"));
+  EXPECT_THAT(status.stdout_text, HasSubstr("STOPPED "));  // the target's row
+  RunResult json = Walshiftctl({"status", "--config", config, "--json"});
+  EXPECT_EQ(json.status.exit_code(), 1);
+  EXPECT_THAT(json.stdout_text, HasSubstr("\"stopped_on_error\":{\"at\":"));
+  EXPECT_THAT(json.stdout_text, HasSubstr("\"exit_code\":1"));
+  // Kept across runs: a walshiftd that fails again still reports it.
+  ASSERT_TRUE(StartDaemon(config).ok());
+  st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(Walshiftctl({"status", "--config", config}).status.exit_code(), 1);
+
+  // Fixed, walshiftd applies past it, and the status is healthy again.
+  Target("ALTER TABLE accounts ALTER COLUMN code TYPE text");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  status = Walshiftctl({"status", "--config", config});
+  EXPECT_EQ(status.status.exit_code(), 0) << status.stdout_text;
+  EXPECT_THAT(status.stdout_text, Not(HasSubstr("STOPPED")));
+  EXPECT_TRUE(StopDaemon().success());
 }
 
 // The legacy schema changes under a running pipeline: a column appears that the target cannot

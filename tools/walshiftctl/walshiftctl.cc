@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,6 +51,8 @@ struct TargetStatus {
   std::string commit_time;
   double seconds_since_commit = -1;
   double seconds_since_update = -1;
+  // The error walshiftd last stopped on, while the checkpoint has not moved since.
+  std::optional<state::StopError> stopped;
 };
 
 struct Status {
@@ -103,6 +107,10 @@ Status Collect(const config::Settings& s) {
         ts.seconds_since_update = (*row)->seconds_since_update;
       }
     }
+    if (ts.reachable) {
+      auto stop = state::ReadStopError(t, s.proto.pipeline());
+      if (stop.ok() && *stop && (*stop)->current) ts.stopped = **stop;
+    }
     st.targets.push_back(ts);
   }
   return st;
@@ -126,6 +134,8 @@ int ExitCode(const Status& st, double max_lag) {
   for (const auto& t : st.targets) checkpoints |= t.applied != kInvalidLsn;
   if (st.wal_status == "lost" || (!st.slot_exists && checkpoints)) return kExitSlotLost;
   if (!st.slot_exists) return 1;
+  for (const auto& t : st.targets)
+    if (t.stopped) return 1;
   for (const auto& t : st.targets) {
     if (t.applied == kInvalidLsn) return 1;
     if (Behind(st, t) > max_lag) return 1;
@@ -161,6 +171,15 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
           SlotRebuildProcedure(s.slot, s.proto.pipeline()).c_str());
     }
   }
+  // Once per error: every target holds the same record.
+  std::set<std::string> shown;
+  for (const auto& t : st.targets) {
+    if (!t.stopped || !shown.insert(t.stopped->occurred_at + t.stopped->message).second) continue;
+    std::printf("  !! STOPPED: walshiftd stopped on an error at %s (exit %d)%s%s, and the pipeline has not moved since:\n"
+                "     %s\n",
+                t.stopped->occurred_at.c_str(), t.stopped->exit_code, t.stopped->lsn.empty() ? "" : " at LSN ",
+                t.stopped->lsn.c_str(), t.stopped->message.c_str());
+  }
   std::printf("\n  %-12s %-10s %-14s %-12s %s\n", "TARGET", "STATE", "APPLIED LSN", "BEHIND", "LAST APPLIED COMMIT");
   for (const auto& t : st.targets) {
     if (!t.reachable) {
@@ -173,7 +192,7 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
       continue;
     }
     double behind = Behind(st, t);
-    const char* state = behind > max_lag ? "LAGGING" : "ok";
+    const char* state = t.stopped ? "STOPPED" : behind > max_lag ? "LAGGING" : "ok";
     std::printf("  %-12s %-10s %-14s %-12s %s (%.1f s ago)\n", t.name.c_str(), state, FormatLsn(t.applied).c_str(),
                 HumanBytes(behind).c_str(), t.commit_time.c_str(), t.seconds_since_commit);
   }
@@ -199,7 +218,13 @@ void PrintJson(const config::Settings& s, const Status& st) {
                     ",\"applied_lsn\":", t.applied ? JsonString(FormatLsn(t.applied)) : "null",
                     ",\"lag_bytes\":", absl::StrFormat("%.0f", behind),
                     ",\"last_commit_time\":", t.commit_time.empty() ? "null" : JsonString(t.commit_time),
-                    t.error.empty() ? "" : absl::StrCat(",\"error\":", JsonString(t.error)), "}");
+                    t.error.empty() ? "" : absl::StrCat(",\"error\":", JsonString(t.error)),
+                    !t.stopped ? ""
+                               : absl::StrCat(",\"stopped_on_error\":{\"at\":", JsonString(t.stopped->occurred_at),
+                                              ",\"exit_code\":", t.stopped->exit_code,
+                                              ",\"lsn\":", t.stopped->lsn.empty() ? "null" : JsonString(t.stopped->lsn),
+                                              ",\"message\":", JsonString(t.stopped->message), "}"),
+                    "}");
   }
   absl::StrAppend(&out, "]}");
   std::printf("%s\n", out.c_str());
