@@ -163,7 +163,8 @@ void EventPublisher::Publish(const v1::StateEvent& event) {
 }
 
 void EventPublisher::Publish(const v1::DriftEvent& event) {
-  spdlog::warn("pipeline {}: drift {} in {} (target {} {}) key ({})", event.pipeline(),
+  if (log_drift_)
+    spdlog::warn("pipeline {}: drift {} in {} (target {} {}) key ({})", event.pipeline(),
                v1::DriftKind_Name(event.kind()), event.source_table(), event.target(), event.target_table(),
                event.key());
   Produce(drift_topic_, absl::StrCat(event.pipeline(), "/", event.source_table()), event);

@@ -30,6 +30,9 @@ class EventPublisher {
   void Publish(const v1::LagEvent& event);
   void Publish(const v1::StateEvent& event);
   void Publish(const v1::DriftEvent& event);
+  // Drift events are also logged, one warning each, unless turned off (walshiftctl verify
+  // prints its own report).
+  void set_log_drift(bool log) { log_drift_ = log; }
 
   KafkaView view() const;
 
@@ -43,6 +46,7 @@ class EventPublisher {
   rd_kafka_t* kafka_ = nullptr;
   std::atomic<uint64_t> delivered_{0}, failed_{0}, dropped_{0};
   std::atomic<bool> stopping_{false};
+  bool log_drift_ = true;
   std::thread poller_;
 
   friend void DeliveryReport(rd_kafka_t*, const rd_kafka_message_t*, void*);

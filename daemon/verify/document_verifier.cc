@@ -259,7 +259,7 @@ class DocumentVerifier {
       std::string path = absl::StrCat(target_.path, "/", documents::CollectionName(table), "/", file);
       if (std::remove(path.c_str()) == 0) ++r->deleted;
     }
-    if (r->shown.size() < o_.max_shown) r->shown.push_back(std::move(e));
+    r->Show(std::move(e), o_.max_shown);
     return absl::OkStatus();
   }
 

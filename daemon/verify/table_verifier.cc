@@ -331,7 +331,7 @@ absl::Status TableVerifier::Report(v1::DriftEvent event) {
     RETURN_IF_ERROR(state::RecordDrift(tgt_.get(), event.pipeline(), event.source_table(), event.target_table(),
                                        v1::DriftKind_Name(event.kind()), event.key(), columns, event.checked_at_lsn()));
   }
-  if (report_.shown.size() < o_.max_shown) report_.shown.push_back(std::move(event));
+  report_.Show(std::move(event), o_.max_shown);
   return absl::OkStatus();
 }
 

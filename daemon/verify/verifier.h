@@ -42,7 +42,7 @@ struct VerifyOptions {
   std::vector<size_t> module_target;
   std::string table;  // only this source table (schema.table); empty: all
   int chunk_rows = 500;
-  size_t max_shown = 10;  // differences kept per table for the report
+  size_t max_shown = 10;  // differences kept per table and kind (missing, extra, mismatch) for the report
   // How long to wait for the target's checkpoint to pass a read position.
   absl::Duration settle = absl::Seconds(120);
   EventPublisher* events = nullptr;   // DriftEvents (optional)
@@ -67,6 +67,12 @@ struct VerifyTableReport {
   double seconds = 0;
   std::vector<v1::DriftEvent> shown;
   uint64_t drift() const { return missing + extra + mismatched; }
+  // Keeps `event` among the samples unless `max_per_kind` of its kind are kept already.
+  void Show(v1::DriftEvent event, size_t max_per_kind) {
+    size_t kept = 0;
+    for (const auto& e : shown) kept += e.kind() == event.kind();
+    if (kept < max_per_kind) shown.push_back(std::move(event));
+  }
 };
 
 // One full pass. kUnavailable when a database cannot be reached.

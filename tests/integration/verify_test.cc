@@ -77,11 +77,15 @@ TEST_F(VerifyTest, FindsInjectedDriftWithItsKeyAndColumnAndRepairsIt) {
   RunResult r = Ctl({"verify", "--config", config_});
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
   EXPECT_THAT(r.stdout_text, HasSubstr("2000 checked, 1 missing, 3 extra, 1 mismatched"));
-  EXPECT_THAT(r.stdout_text,
-              HasSubstr("MISMATCH public.orders_v2 (order_id=7)  note: expected note 7, actual tampered"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.orders_v2 (order_id=8)"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("EXTRA    public.orders_v2 (order_id=99999)"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("0 still changing"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("    MISMATCH: 1 (1 shown)\n"
+                                       "      public.orders_v2 (order_id=7)  note: expected note 7, actual tampered\n"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("    MISSING: 1 (1 shown)\n      public.orders_v2 (order_id=8)\n"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("    EXTRA: 3 (3 shown)\n"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("      public.orders_v2 (order_id=99999)\n"));
   EXPECT_THAT(r.stdout_text, ::testing::Not(HasSubstr("order_id=10)")));
+  // The report is the output: no warning per row besides it.
+  EXPECT_THAT(r.stderr_text, ::testing::Not(HasSubstr(": drift ")));
 
   EXPECT_EQ(TargetRows("SELECT kind, key, coalesce(columns->0->>'column', '') FROM walshift.drift ORDER BY kind, id"),
             (PgRows{{"EXTRA", "order_id=0", ""},
@@ -96,6 +100,11 @@ TEST_F(VerifyTest, FindsInjectedDriftWithItsKeyAndColumnAndRepairsIt) {
     EXPECT_EQ(e.source_table(), "public.orders");
     EXPECT_EQ(e.target_table(), "public.orders_v2");
   }
+  // --samples N: N per kind shown, every one counted.
+  RunResult few = Ctl({"verify", "--config", config_, "--samples", "1"});
+  EXPECT_EQ(few.status.exit_code(), 1);
+  EXPECT_THAT(few.stdout_text, HasSubstr("2000 checked, 1 missing, 3 extra, 1 mismatched"));
+  EXPECT_THAT(few.stdout_text, HasSubstr("    EXTRA: 3 (1 shown)\n"));
 
   // --repair heals through walshiftd (a backfill) and deletes the extra row; then no drift.
   RunResult repaired = Ctl({"verify", "--config", config_, "--repair"});
@@ -204,10 +213,10 @@ TEST_F(VerifyTest, JsonArrayElementsAreComparedByElementKey) {
       "WHERE e->>'legacy_id' <> '13') WHERE article = 3");
   RunResult r = Ctl({"verify", "--config", config});
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
-  EXPECT_THAT(r.stdout_text, HasSubstr("300 checked, 1 missing, 0 extra (not looked for), 1 mismatched"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("MISMATCH public.articles ({\"legacy_id\": 7})  element: expected"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("300 checked, 1 missing, extra rows not looked for, 1 mismatched"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("    MISMATCH: 1 (1 shown)\n      public.articles ({\"legacy_id\": 7})  element: expected"));
   EXPECT_THAT(r.stdout_text, HasSubstr("\"text\": \"edited\""));
-  EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.articles ({\"legacy_id\": 13})"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("    MISSING: 1 (1 shown)\n      public.articles ({\"legacy_id\": 13})"));
   EXPECT_TRUE(StopDaemon().success());
 }
 
@@ -250,10 +259,10 @@ TEST_F(VerifyTest, MergeSplitAndSoftDeleteAreVerifiedThroughTheirModules) {
   EXPECT_EQ(r.status.exit_code(), 1) << r.stdout_text << r.stderr_text;
   EXPECT_THAT(
       r.stdout_text,
-      HasSubstr("mappings[0] public.meta -> main: 100 checked, 0 missing, 0 extra (not looked for), 0 mismatched"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("MISMATCH public.queue (id=60)  body: expected b60, actual wrong"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("MISSING  public.profiles (id=5)"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("EXTRA    public.live_items (id=4)"));
+      HasSubstr("mappings[0] public.meta -> main: 100 checked, 0 missing, extra rows not looked for, 0 mismatched"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("      public.queue (id=60)  body: expected b60, actual wrong"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("      public.profiles (id=5)"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("      public.live_items (id=4)"));
   EXPECT_TRUE(StopDaemon().success());
 }
 

@@ -1,8 +1,8 @@
-// walshiftctl verify --config FILE [--table T] [--repair] [--gate [SECONDS]]
+// walshiftctl verify --config FILE [--table T] [--repair] [--gate [SECONDS]] [--samples N]
 //
 // One full pass of the drift verifier now (see daemon/verify/verifier.h), printed per mapping:
-// rows checked, missing, extra, mismatched, time, and the keys of the first differences. Exit 0
-// no drift, 1 drift (or the gate not met), 2 an error.
+// rows checked, missing, extra, mismatched, still changing, time, what was not verified, and
+// the first differences of each kind. Exit 0 no drift, 1 drift (or the gate not met), 2 an error.
 
 #include <algorithm>
 #include <cstdio>
@@ -28,20 +28,30 @@
 namespace walshift::ctl {
 namespace {
 
+// One summary line per mapping, each count its own word (a count is never qualified by what
+// follows it), what was not verified and why, then the samples grouped by kind.
 void Print(const std::vector<VerifyTableReport>& reports) {
   for (const auto& r : reports) {
-    std::printf("%s %s -> %s: %llu checked, %llu missing, %llu extra%s, %llu mismatched%s, %.1f s\n", r.mapping.c_str(),
-                r.source_table.c_str(), r.target.c_str(), static_cast<unsigned long long>(r.checked),
-                static_cast<unsigned long long>(r.missing), static_cast<unsigned long long>(r.extra),
-                r.extras_checked ? "" : " (not looked for)", static_cast<unsigned long long>(r.mismatched),
-                r.unsettled ? absl::StrCat(", ", r.unsettled, " still changing").c_str() : "", r.seconds);
-    if (!r.note.empty()) std::printf("    note: %s\n", r.note.c_str());
-    for (const auto& d : r.shown) {
-      std::vector<std::string> cols;
-      for (const auto& c : d.columns())
-        cols.push_back(absl::StrCat(c.column(), ": expected ", c.expected(), ", actual ", c.actual()));
-      std::printf("    %-8s %s (%s)%s%s\n", v1::DriftKind_Name(d.kind()).c_str(), d.target_table().c_str(),
-                  d.key().c_str(), cols.empty() ? "" : "  ", absl::StrJoin(cols, "; ").c_str());
+    auto n = [](uint64_t v) { return static_cast<unsigned long long>(v); };
+    std::string extra = r.extras_checked ? absl::StrCat(r.extra, " extra") : "extra rows not looked for";
+    std::printf("%s %s -> %s: %llu checked, %llu missing, %s, %llu mismatched, %llu still changing, %.1f s\n",
+                r.mapping.c_str(), r.source_table.c_str(), r.target.c_str(), n(r.checked), n(r.missing),
+                extra.c_str(), n(r.mismatched), n(r.unsettled), r.seconds);
+    if (!r.note.empty()) std::printf("    not verified: %s\n", r.note.c_str());
+    for (v1::DriftKind kind : {v1::MISSING, v1::EXTRA, v1::MISMATCH}) {
+      const uint64_t total = kind == v1::MISSING ? r.missing : kind == v1::EXTRA ? r.extra : r.mismatched;
+      std::vector<const v1::DriftEvent*> samples;
+      for (const auto& d : r.shown)
+        if (d.kind() == kind) samples.push_back(&d);
+      if (samples.empty()) continue;
+      std::printf("    %s: %llu (%zu shown)\n", v1::DriftKind_Name(kind).c_str(), n(total), samples.size());
+      for (const v1::DriftEvent* d : samples) {
+        std::vector<std::string> cols;
+        for (const auto& c : d->columns())
+          cols.push_back(absl::StrCat(c.column(), ": expected ", c.expected(), ", actual ", c.actual()));
+        std::printf("      %s (%s)%s%s\n", d->target_table().c_str(), d->key().c_str(), cols.empty() ? "" : "  ",
+                    absl::StrJoin(cols, "; ").c_str());
+      }
     }
   }
 }
@@ -81,6 +91,7 @@ int VerifyCommand(int argc, char** argv) {
   std::string config_path, table;
   bool repair = false, gate = false;
   double settle = 120;
+  int samples = 10;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
     if ((a == "--config" || a == "-c") && i + 1 < argc)
@@ -93,9 +104,14 @@ int VerifyCommand(int argc, char** argv) {
       gate = true;
     else if (a == "--settle" && i + 1 < argc && absl::SimpleAtod(argv[i + 1], &settle))
       ++i;
+    else if (a == "--samples" && i + 1 < argc && absl::SimpleAtoi(argv[i + 1], &samples) && samples >= 0)
+      ++i;
     else {
       std::fprintf(stderr,
-                   "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S]\n");
+                   "usage: walshiftctl verify --config FILE [--table SCHEMA.TABLE] [--repair] [--gate] [--settle S] "
+                   "[--samples N]\n"
+                   "  --samples N   differences shown per mapping and kind (default 10; every one is counted,\n"
+                   "                recorded in walshift.drift and published as a DriftEvent)\n");
       return 2;
     }
   }
@@ -144,6 +160,9 @@ int VerifyCommand(int argc, char** argv) {
   o.table = table;
   o.settle = absl::Seconds(settle);
   o.events = events->get();
+  o.max_shown = static_cast<size_t>(samples);
+  // The report below shows the differences; the log does not repeat them row by row.
+  (*events)->set_log_drift(false);
   std::atomic<bool> stop{false};
   if (gate) {
     absl::Status st = WaitCaughtUp(*settings, absl::Seconds(settle));
