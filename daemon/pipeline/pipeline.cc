@@ -165,6 +165,23 @@ absl::Status Pipeline::OnBegin(const TransactionBegin& begin) {
   // A transaction is applied on a target when its commit record lies below the checkpoint
   // (which stores the end of the last applied commit record).
   for (size_t i = 0; i < sinks_.size(); ++i) skip_[i] = begin.final_lsn < sinks_[i]->durable_lsn();
+  any_skipping_ = false;
+  skipped_changes_ = 0;
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    skipping_[i] = 0;
+    if (skip_[i] || skip_lsn_[i] == kInvalidLsn || begin.final_lsn < skip_lsn_[i]) continue;
+    if (begin.final_lsn == skip_lsn_[i]) {
+      skipping_[i] = 1;
+      any_skipping_ = true;
+      continue;
+    }
+    // Past it without meeting it: the LSN named no transaction of the stream.
+    spdlog::warn(
+        "target {}: walshiftctl skip --lsn {} named no source transaction walshiftd met (the next one commits at {}); "
+        "nothing was skipped, and the request is cleared",
+        sinks_[i]->name(), FormatLsn(skip_lsn_[i]), FormatLsn(begin.final_lsn));
+    RETURN_IF_ERROR(ClearSkip(i));
+  }
   if (group_started_ == absl::InfinitePast()) group_started_ = absl::Now();
   return absl::OkStatus();
 }
@@ -201,8 +218,18 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   // superseded and those mappings leave it out.
   bool complete = false, gone = false;
   RowChange completed;
+  if (any_skipping_) {
+    for (size_t s = 0; s < sinks_.size(); ++s) {
+      if (!skipping_[s] || std::none_of(rb->bindings.begin(), rb->bindings.end(),
+                                        [&](const Binding& b) { return b.sink == s; }))
+        continue;
+      static constexpr const char* kNames[] = {"insert", "update", "delete"};
+      RETURN_IF_ERROR(RecordSkipped(s, &change, *change.relation, kNames[static_cast<int>(change.kind)]));
+    }
+  }
   if (rb->whole_rows && change.kind == ChangeKind::kUpdate && change.old_tuple_kind != 'O') {
-    for (const Binding& b : rb->bindings) complete |= !skip_[b.sink] && b.bound->writes_whole_rows();
+    for (const Binding& b : rb->bindings)
+      complete |= !skip_[b.sink] && !skipping_[b.sink] && b.bound->writes_whole_rows();
     missing_.clear();
     for (size_t c = 0; complete && c < change.new_tuple->size(); ++c)
       if ((*change.new_tuple)[c].is_unchanged_toast()) missing_.push_back(static_cast<int>(c));
@@ -225,7 +252,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   }
   const bool owner = rb->owner && change.kind != ChangeKind::kDelete;
   for (const Binding& b : rb->bindings) {
-    if (skip_[b.sink]) continue;
+    if (skip_[b.sink] || skipping_[b.sink]) continue;
     const bool whole = complete && b.bound->writes_whole_rows();
     if (whole && gone) {
       // Superseded: the later change names only the new key, so a row under the old key (the
@@ -311,8 +338,12 @@ absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
   // statement (tables with foreign keys between them can only be truncated together).
   for (const SourceRelation* rel : truncate.relations) {
     ASSIGN_OR_RETURN(RelationBindings * rb, BindingsFor(*rel));
+    std::set<size_t> recorded;
     for (const Binding& b : rb->bindings) {
-      if (skip_[b.sink]) continue;
+      if (skipping_[b.sink] && recorded.insert(b.sink).second) {
+        RETURN_IF_ERROR(RecordSkipped(b.sink, nullptr, *rel, "truncate"));
+      }
+      if (skip_[b.sink] || skipping_[b.sink]) continue;
       auto emit = [&](const TargetOp& op) {
         TargetOp t = op;
         t.restart_identity = truncate.restart_identity;
@@ -327,6 +358,17 @@ absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
 
 absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
   in_transaction_ = false;
+  for (size_t i = 0; any_skipping_ && i < sinks_.size(); ++i) {
+    if (!skipping_[i]) continue;
+    spdlog::warn(
+        "target {}: skipped source transaction {} committed at LSN {} ({} change{}), as walshiftctl skip asked; its "
+        "changes are listed in walshift.skipped, and a backfill of their tables heals them once the target takes them",
+        sinks_[i]->name(), begin_.xid, FormatLsn(commit.commit_lsn), skipped_changes_,
+        skipped_changes_ == 1 ? "" : "s");
+    RETURN_IF_ERROR(ClearSkip(i));
+    skipping_[i] = 0;
+  }
+  any_skipping_ = false;
   for (size_t i = 0; i < sinks_.size(); ++i) {
     if (!skip_[i]) {
       sinks_[i]->EndTransaction(commit);
@@ -368,6 +410,97 @@ absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
   }
   if (message.prefix == kBackfillHigh) return OnBackfillHigh(parts[1]);
   return absl::OkStatus();
+}
+
+}  // namespace walshift
+
+namespace walshift {
+
+absl::Status Pipeline::ReadSkipRequests() {
+  skip_lsn_.assign(sinks_.size(), kInvalidLsn);
+  skipping_.assign(sinks_.size(), 0);
+  any_skipping_ = false;
+  skip_shapes_.clear();
+  for (size_t i = 0; i < settings_.targets.size(); ++i) {
+    const auto& t = settings_.targets[i];
+    auto shape = [&](OpKind kind, const char* table, std::vector<TargetValue> values) {
+      auto s = std::make_unique<OpShape>();
+      s->kind = kind;
+      s->target = t.name;
+      s->table = table;
+      s->source_table = table;
+      s->key = kind == OpKind::kDelete ? std::vector<int>{0, 1} : std::vector<int>{0, 1, 2};
+      s->num_params = static_cast<int>(values.size());
+      s->values = std::move(values);
+      s->id = NextOpShapeId();
+      return s;
+    };
+    skip_shapes_.push_back(
+        {shape(OpKind::kUpsert, "walshift.skipped",
+               {{"pipeline", 0, "", {}, "pipeline", "text"},
+                {"commit_lsn", 1, "", {}, "commit LSN", "pg_lsn"},
+                {"seq", 2, "", {}, "change number", "integer"},
+                {"source_table", 3, "", {}, "source table", "text"},
+                {"change_lsn", 4, "", {}, "change LSN", "pg_lsn"},
+                {"operation", 5, "", {}, "operation", "text"},
+                {"key", 6, "", {}, "key", "text"}}),
+         shape(OpKind::kDelete, "walshift.settings",
+               {{"pipeline", 0, "", {}, "pipeline", "text"}, {"name", 1, "", {}, "setting", "text"}})});
+    if (t.documents()) continue;  // walshiftctl skip refuses document targets
+    std::string what = absl::StrCat("target ", t.name);
+    ASSIGN_OR_RETURN(pg::ConnPtr conn, pg::Connect(t.dsn, what, "application_name=walshiftd-catalog"));
+    ASSIGN_OR_RETURN(std::optional<std::string> lsn,
+                     state::ReadSetting(conn.get(), settings_.proto.pipeline(), state::kSkipTransactionSetting, what));
+    if (!lsn) continue;
+    std::optional<Lsn> parsed = ParseLsn(*lsn);
+    if (!parsed) return absl::DataLossError(absl::StrCat(what, ": unreadable skip request '", *lsn, "'"));
+    skip_lsn_[i] = *parsed;
+    spdlog::info("target {}: the source transaction committed at {} is to be skipped (walshiftctl skip)", t.name,
+                 *lsn);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::RecordSkipped(size_t sink, const RowChange* change, const SourceRelation& relation,
+                                     const char* operation) {
+  std::string key;
+  if (change != nullptr) {
+    const Tuple* row = change->kind == ChangeKind::kDelete || change->new_tuple == nullptr ? change->old_tuple
+                                                                                            : change->new_tuple;
+    for (size_t c = 0; row != nullptr && c < relation.columns.size(); ++c) {
+      if (!relation.columns[c].part_of_key || c >= row->size()) continue;
+      const Datum& d = (*row)[c];
+      absl::StrAppend(&key, key.empty() ? "" : ", ", relation.columns[c].name, "=",
+                      d.kind == DatumKind::kText ? std::string(d.view()) : std::string("NULL"));
+    }
+  }
+  auto text = [](const std::string& s) { return Datum{DatumKind::kText, static_cast<uint32_t>(s.size()), s.c_str()}; };
+  std::string commit = FormatLsn(begin_.final_lsn);
+  std::string seq = absl::StrCat(++skipped_changes_);
+  std::string table = relation.QualifiedName();
+  std::string at = FormatLsn(change != nullptr ? change->lsn : begin_.final_lsn);
+  std::string op = operation;
+  Datum params[7] = {text(settings_.proto.pipeline()), text(commit), text(seq), text(table), text(at), text(op),
+                     key.empty() ? Datum{DatumKind::kNull, 0, nullptr} : text(key)};
+  TargetOp record;
+  record.shape = skip_shapes_[sink].record.get();
+  record.params = params;
+  record.lsn = change != nullptr ? change->lsn : begin_.final_lsn;
+  return emit_[sink](record);
+}
+
+absl::Status Pipeline::ClearSkip(size_t sink) {
+  const std::string name = state::kSkipTransactionSetting;
+  Datum params[2] = {
+      Datum{DatumKind::kText, static_cast<uint32_t>(settings_.proto.pipeline().size()),
+            settings_.proto.pipeline().c_str()},
+      Datum{DatumKind::kText, static_cast<uint32_t>(name.size()), name.c_str()}};
+  TargetOp clear;
+  clear.shape = skip_shapes_[sink].clear.get();
+  clear.params = params;
+  clear.lsn = begin_.final_lsn;
+  skip_lsn_[sink] = kInvalidLsn;
+  return emit_[sink](clear);
 }
 
 }  // namespace walshift

@@ -137,6 +137,21 @@ class Pipeline : public ChangeHandler {
   bool streamed_ = false;                // this attempt reached a transaction of the stream
   TransactionBegin begin_;
   const std::atomic<bool>* stop_ = nullptr;  // RunOnce's
+  // walshiftctl skip: per sink, the commit LSN of the source transaction to leave out (read from
+  // the target's walshift.settings at each attempt), and whether the open transaction is it.
+  // Its changes are recorded in walshift.skipped instead, and the request is cleared with it.
+  std::vector<Lsn> skip_lsn_;
+  std::vector<char> skipping_;
+  bool any_skipping_ = false;
+  struct SkipShapes {
+    std::unique_ptr<OpShape> record, clear;
+  };
+  std::vector<SkipShapes> skip_shapes_;
+  uint32_t skipped_changes_ = 0;  // of the open skipped transaction
+  absl::Status ReadSkipRequests();
+  absl::Status RecordSkipped(size_t sink, const RowChange* change, const SourceRelation& relation,
+                             const char* operation);
+  absl::Status ClearSkip(size_t sink);
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();
   PgTimestamp last_commit_time_ = 0;  // the source commit time of the last transaction received

@@ -90,6 +90,16 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
             replayed_for_.code(),
             absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
       }
+      // A value the target rejects: the operator may leave that one source transaction out.
+      if ((absl::StrContains(st.message(), "(SQLSTATE 22") || absl::StrContains(st.message(), "(SQLSTATE 23")) &&
+          begin_.final_lsn != kInvalidLsn) {
+        return absl::Status(
+            st.code(), absl::StrCat(st.message(), "; to go on without source transaction ", begin_.xid,
+                                    " (committed at LSN ", FormatLsn(begin_.final_lsn),
+                                    "): walshiftctl skip --config <config> --lsn ", FormatLsn(begin_.final_lsn),
+                                    ", then start walshiftd (its changes are listed in walshift.skipped; a backfill "
+                                    "of their tables heals them once the target takes them)"));
+      }
       return st;
     }
     // A retry. Only an attempt that made a checkpoint durable resets the backoff: an error
@@ -155,6 +165,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
   }
   skip_.assign(sinks_.size(), 0);
+  RETURN_IF_ERROR(ReadSkipRequests());
   group_transactions_.assign(sinks_.size(), 0);
   for (size_t i = 0; i < sinks_.size(); ++i)
     status_->OnApplied(i, sinks_[i]->durable_lsn(), 0, 0, absl::ZeroDuration());

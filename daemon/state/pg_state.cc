@@ -81,11 +81,23 @@ constexpr const char* kErrorDdl =
     "  exit_code int NOT NULL,"
     "  lsn pg_lsn,"  // the source position the error names, if any
     "  checkpoint_lsn pg_lsn,"
-    "  message text NOT NULL)";
+    "  message text NOT NULL); "
+    // Source transactions walshiftctl skip left out, change by change (their rows' keys), so
+    // the verifier and a backfill can heal them.
+    "CREATE TABLE IF NOT EXISTS walshift.skipped ("
+    "  pipeline text NOT NULL,"
+    "  commit_lsn pg_lsn NOT NULL,"
+    "  seq int NOT NULL,"
+    "  source_table text NOT NULL,"
+    "  change_lsn pg_lsn NOT NULL,"
+    "  operation text NOT NULL,"  // insert, update, delete, truncate
+    "  key text,"                 // the source row's key, e.g. id=42
+    "  skipped_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (pipeline, commit_lsn, seq))";
 
 constexpr Migration kMigrations[] = {
     {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
-    {2, "error: what walshiftd stopped on", kErrorDdl},
+    {2, "error (what walshiftd stopped on) and skipped (transactions walshiftctl skip left out)", kErrorDdl},
 };
 constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 

@@ -27,6 +27,10 @@ absl::Status EnsureSchema(PGconn* conn, absl::string_view what);
 // for EnsureSchema and a run (creating the schema or its tables, reading and writing them),
 // with the statement that grants it.
 absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vector<std::string>* problems);
+// The walshift.settings name of a walshiftctl skip request: the commit LSN of the source
+// transaction walshiftd leaves out when it meets it.
+inline constexpr char kSkipTransactionSetting[] = "skip_transaction";
+
 // The error walshiftd last stopped on (walshift.error), kept for `walshiftctl status`.
 struct StopError {
   std::string occurred_at;  // UTC, ISO 8601

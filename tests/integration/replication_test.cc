@@ -422,6 +422,61 @@ TEST_F(ReplicationTest, StatusReportsAPipelineStoppedOnAnErrorUntilItMovesAgain)
   EXPECT_TRUE(StopDaemon().success());
 }
 
+// A value the target rejects stops walshiftd naming the way on: walshiftctl skip leaves out
+// exactly that one source transaction (recorded change by change in walshift.skipped), the
+// transactions after it apply, the verifier sees what is missing, and once the target takes the
+// value a backfill heals it.
+TEST_F(ReplicationTest, SkipLeavesOutExactlyTheRejectedTransactionAndABackfillHealsIt) {
+  Source("CREATE TABLE accounts (id int PRIMARY KEY, code text, balance int)");
+  Target("CREATE TABLE accounts (id int PRIMARY KEY, code varchar(3), balance int)");
+  std::string config = WriteConfig(kOneTarget + "mappings: [{source: accounts}]\n");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  Source("INSERT INTO accounts VALUES (1, 'abc', 5)");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source(
+      "BEGIN; INSERT INTO accounts VALUES (2, 'ok', 1); INSERT INTO accounts VALUES (42, 'toolong', 5);"
+      "UPDATE accounts SET balance = 6 WHERE id = 1; COMMIT");
+  Source("INSERT INTO accounts VALUES (3, 'xyz', 7)");
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(st->exit_code(), 1) << DaemonLog();
+  std::string log = DaemonLog();
+  const std::string hint = "walshiftctl skip --config <config> --lsn ";
+  size_t at = log.find(hint);
+  ASSERT_NE(at, std::string::npos) << log;
+  std::string lsn = log.substr(at + hint.size(), log.find_first_of(", \n", at + hint.size()) - at - hint.size());
+
+  RunResult skip = Walshiftctl({"skip", "--config", config, "--lsn", lsn});
+  EXPECT_EQ(skip.status.exit_code(), 0) << skip.stdout_text << skip.stderr_text;
+  EXPECT_THAT(skip.stdout_text, HasSubstr(absl::StrCat("committed at ", lsn, " is skipped on main")));
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_THAT(DaemonLog(), HasSubstr(absl::StrCat("committed at LSN ", lsn, " (3 changes), as walshiftctl skip asked")));
+  // Exactly that transaction is left out; the one after it is applied.
+  EXPECT_EQ(TargetRows("SELECT id::text, code, balance::text FROM accounts ORDER BY id"),
+            (PgRows{{"1", "abc", "5"}, {"3", "xyz", "7"}}));
+  EXPECT_EQ(TargetRows("SELECT commit_lsn::text, source_table, operation, key FROM walshift.skipped ORDER BY seq"),
+            (PgRows{{lsn, "public.accounts", "insert", "id=2"},
+                    {lsn, "public.accounts", "insert", "id=42"},
+                    {lsn, "public.accounts", "update", "id=1"}}));
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM walshift.settings WHERE name = 'skip_transaction'"),
+            (PgRows{{"0"}}));
+  // Applied past it: a second request has nothing to skip.
+  EXPECT_EQ(Walshiftctl({"skip", "--config", config, "--lsn", lsn}).status.exit_code(), 1);
+
+  RunResult verify = Walshiftctl({"verify", "--config", config});
+  EXPECT_EQ(verify.status.exit_code(), 1);
+  EXPECT_THAT(verify.stdout_text, HasSubstr("2 missing, 0 extra, 1 mismatched"));
+  Target("ALTER TABLE accounts ALTER COLUMN code TYPE text");
+  RunResult backfill = Walshiftctl({"backfill", "--config", config, "--table", "public.accounts", "--wait", "120"});
+  EXPECT_EQ(backfill.status.exit_code(), 0) << backfill.stdout_text << backfill.stderr_text << DaemonLog();
+  verify = Walshiftctl({"verify", "--config", config});
+  EXPECT_EQ(verify.status.exit_code(), 0) << verify.stdout_text;
+  const char* q = "SELECT id::text, code, balance::text FROM accounts ORDER BY id";
+  EXPECT_EQ(TargetRows(q), SourceRows(q));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 // The legacy schema changes under a running pipeline: a column appears that the target cannot
 // take, or a column the mapping reads is dropped. walshiftd stops at the first change that
 // needs it, naming the table, the column and the LSN, after applying everything before it; once

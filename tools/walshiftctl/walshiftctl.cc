@@ -4,6 +4,7 @@
 //                      [--max-lag-seconds S]
 //   walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]
 //   walshiftctl events --brokers B --topic T [--from-beginning] [--follow] [--json]
+//   walshiftctl skip --config FILE --lsn LSN
 //
 // status asks walshiftd's HTTP endpoint (--url, or the config's status.listen); with only
 // --config and no walshiftd answering, it reads the slot on the legacy database and the
@@ -248,6 +249,11 @@ int Usage(FILE* f, int code) {
                "  Asks the running walshiftd to copy one table again through its mappings while it\n"
                "  keeps streaming (a mapping was added, or the table drifted). With --wait, follows\n"
                "  its progress until done (exit 0) or SECONDS pass (default 3600; exit 1).\n"
+               "usage: walshiftctl skip --config FILE --lsn LSN\n"
+               "  With walshiftd stopped on a value a target rejects: leave out exactly the one source\n"
+               "  transaction committed at LSN (the stop message names it). walshiftd records its changes\n"
+               "  in walshift.skipped when it meets it; a backfill of their tables heals them. Exit 0, 1\n"
+               "  nothing to skip (applied already), 2 error.\n"
                "usage: walshiftctl events --brokers HOST:PORT[,...] --topic TOPIC [--from-beginning] [--follow]\n"
                "                          [--json]\n"
                "  Prints walshiftd's events (lag, state changes, drift) from a Kafka topic, one per line.\n"
@@ -405,6 +411,74 @@ int BackfillCommand(int argc, char** argv) {
   }
 }
 
+// Records a skip request (the commit LSN of one source transaction) in every PostgreSQL target
+// that has not applied it; walshiftd reads it when it connects.
+int SkipCommand(int argc, char** argv) {
+  std::string config_path, lsn_text;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if ((a == "--config" || a == "-c") && i + 1 < argc)
+      config_path = argv[++i];
+    else if (a == "--lsn" && i + 1 < argc)
+      lsn_text = argv[++i];
+    else if (a == "--help" || a == "-h")
+      return Usage(stdout, 0);
+    else
+      return Usage(stderr, 2);
+  }
+  std::optional<Lsn> lsn = ParseLsn(lsn_text);
+  if (config_path.empty() || !lsn || *lsn == kInvalidLsn) {
+    std::fprintf(stderr, "walshiftctl skip: --config FILE and --lsn LSN (e.g. 0/1A2B3C8, the commit LSN the stop "
+                         "message names) are required\n");
+    return 2;
+  }
+  auto settings = config::LoadSettingsFile(config_path);
+  if (!settings.ok()) {
+    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
+    return 2;
+  }
+  (void)pg::SetConnectionDefaults(settings->connection_defaults);
+  const std::string& pipeline = settings->proto.pipeline();
+  std::vector<std::string> requested;
+  for (const auto& t : settings->targets) {
+    if (t.documents()) {
+      std::fprintf(stderr, "walshiftctl skip: target %s is a document store, where walshift cannot skip a transaction\n",
+                   t.name.c_str());
+      return 2;
+    }
+  }
+  for (const auto& t : settings->targets) {
+    std::string what = absl::StrCat("target ", t.name);
+    auto conn = pg::Connect(t.dsn, what, "application_name=walshiftctl");
+    absl::Status st = conn.status();
+    if (st.ok()) st = state::EnsureSchema(conn->get(), what);
+    absl::StatusOr<Lsn> checkpoint = st.ok() ? state::ReadCheckpoint(conn->get(), pipeline, what) : st;
+    if (!checkpoint.ok()) {
+      std::fprintf(stderr, "walshiftctl skip: %s\n", std::string(checkpoint.status().message()).c_str());
+      return 2;
+    }
+    // The checkpoint is the end of the last applied commit record: past it, applied already.
+    if (*checkpoint != kInvalidLsn && *lsn < *checkpoint) {
+      std::printf("%s: applied past %s already (checkpoint %s): nothing to skip there\n", t.name.c_str(),
+                  FormatLsn(*lsn).c_str(), FormatLsn(*checkpoint).c_str());
+      continue;
+    }
+    st = state::WriteSetting(conn->get(), pipeline, state::kSkipTransactionSetting, FormatLsn(*lsn), what);
+    if (!st.ok()) {
+      std::fprintf(stderr, "walshiftctl skip: %s\n", std::string(st.message()).c_str());
+      return 2;
+    }
+    requested.push_back(t.name);
+  }
+  if (requested.empty()) return 1;
+  std::printf(
+      "the source transaction committed at %s is skipped on %s when walshiftd next meets it; start (or restart) "
+      "walshiftd. Its changes are then listed in walshift.skipped; a backfill of their tables heals them once the "
+      "target takes them (walshiftctl backfill --config %s --table ...)\n",
+      FormatLsn(*lsn).c_str(), absl::StrJoin(requested, ", ").c_str(), config_path.c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace walshift
 
@@ -415,6 +489,7 @@ int main(int argc, char** argv) {
   if (cmd == "backfill") return walshift::BackfillCommand(argc - 2, argv + 2);
   if (cmd == "events") return walshift::ctl::EventsCommand(argc - 2, argv + 2);
   if (cmd == "verify") return walshift::ctl::VerifyCommand(argc - 2, argv + 2);
+  if (cmd == "skip") return walshift::SkipCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
   return walshift::Usage(stderr, 2);
