@@ -532,4 +532,24 @@ absl::StatusOr<std::optional<StopError>> ReadStopError(PGconn* conn, const std::
   return std::optional<StopError>(std::move(e));
 }
 
+absl::StatusOr<std::map<std::string, SkippedChanges>> ReadSkipped(PGconn* conn, const std::string& pipeline,
+                                                                  absl::string_view what) {
+  std::string context = absl::StrCat(what, ": reading walshift.skipped");
+  std::map<std::string, SkippedChanges> out;
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.skipped", context));
+  if (!exists) return out;
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT source_table, count(*)::text, "
+                                  "  string_agg(DISTINCT commit_lsn::text, ', ') FROM walshift.skipped "
+                                  "WHERE pipeline = $1 GROUP BY source_table",
+                                  {pipeline.c_str()}, context));
+  for (int i = 0; i < PQntuples(r.get()); ++i) {
+    SkippedChanges& c = out[PQgetvalue(r.get(), i, 0)];
+    (void)absl::SimpleAtoi(PQgetvalue(r.get(), i, 1), &c.changes);
+    c.commit_lsns = PQgetvalue(r.get(), i, 2);
+  }
+  return out;
+}
+
 }  // namespace walshift::state

@@ -5,6 +5,7 @@
 // (re-backfill progress), drift (differences the verifier confirmed) and settings (facts a
 // pipeline keeps across restarts). walshiftd, the verifier and walshiftctl all go through here.
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,14 @@ absl::Status RecordStopError(PGconn* conn, const std::string& pipeline, int exit
 // std::nullopt when none is recorded.
 absl::StatusOr<std::optional<StopError>> ReadStopError(PGconn* conn, const std::string& pipeline,
                                                        absl::string_view what);
+// Per source table, the changes walshiftctl skip left out (walshift.skipped): how many, and the
+// commit LSNs of their transactions.
+struct SkippedChanges {
+  uint64_t changes = 0;
+  std::string commit_lsns;  // comma-separated
+};
+absl::StatusOr<std::map<std::string, SkippedChanges>> ReadSkipped(PGconn* conn, const std::string& pipeline,
+                                                                  absl::string_view what);
 // The state schema version this walshiftd writes.
 int StateSchemaVersion();
 

@@ -467,6 +467,10 @@ TEST_F(ReplicationTest, SkipLeavesOutExactlyTheRejectedTransactionAndABackfillHe
   RunResult verify = Walshiftctl({"verify", "--config", config});
   EXPECT_EQ(verify.status.exit_code(), 1);
   EXPECT_THAT(verify.stdout_text, HasSubstr("2 missing, 0 extra, 1 mismatched"));
+  EXPECT_THAT(verify.stdout_text,
+              HasSubstr(absl::StrCat("skipped: 3 changes of public.accounts left out by walshiftctl skip "
+                                     "(transactions committed at ",
+                                     lsn, ", listed in walshift.skipped)")));
   Target("ALTER TABLE accounts ALTER COLUMN code TYPE text");
   RunResult backfill = Walshiftctl({"backfill", "--config", config, "--table", "public.accounts", "--wait", "120"});
   EXPECT_EQ(backfill.status.exit_code(), 0) << backfill.stdout_text << backfill.stderr_text << DaemonLog();

@@ -5,6 +5,7 @@
 // the first differences of each kind. Exit 0 no drift, 1 drift (or the gate not met), 2 an error.
 
 #include <algorithm>
+#include <map>
 #include <cstdio>
 #include <memory>
 #include <set>
@@ -30,7 +31,24 @@ namespace {
 
 // One summary line per mapping, each count its own word (a count is never qualified by what
 // follows it), what was not verified and why, then the samples grouped by kind.
-void Print(const std::vector<VerifyTableReport>& reports) {
+// Changes walshiftctl skip left out, per (target, source table).
+using Skipped = std::map<std::pair<std::string, std::string>, state::SkippedChanges>;
+
+Skipped ReadSkipped(const config::Settings& s) {
+  Skipped out;
+  for (const auto& t : s.targets) {
+    if (t.documents()) continue;
+    std::string what = absl::StrCat("target ", t.name);
+    auto conn = pg::Connect(t.dsn, what, "application_name=walshiftctl");
+    if (!conn.ok()) continue;  // the pass itself reports an unreachable target
+    auto rows = state::ReadSkipped(conn->get(), s.proto.pipeline(), what);
+    if (!rows.ok()) continue;
+    for (auto& [table, c] : *rows) out[{t.name, table}] = std::move(c);
+  }
+  return out;
+}
+
+void Print(const std::vector<VerifyTableReport>& reports, const Skipped& skipped) {
   for (const auto& r : reports) {
     auto n = [](uint64_t v) { return static_cast<unsigned long long>(v); };
     std::string extra = r.extras_checked ? absl::StrCat(r.extra, " extra") : "extra rows not looked for";
@@ -38,6 +56,12 @@ void Print(const std::vector<VerifyTableReport>& reports) {
                 r.mapping.c_str(), r.source_table.c_str(), r.target.c_str(), n(r.checked), n(r.missing),
                 extra.c_str(), n(r.mismatched), n(r.unsettled), r.seconds);
     if (!r.note.empty()) std::printf("    not verified: %s\n", r.note.c_str());
+    if (auto it = skipped.find({r.target, r.source_table}); it != skipped.end() && r.drift() > 0) {
+      std::printf("    skipped: %llu changes of %s left out by walshiftctl skip (transactions committed at %s, listed "
+                  "in walshift.skipped); a backfill of %s heals them\n",
+                  n(it->second.changes), r.source_table.c_str(), it->second.commit_lsns.c_str(),
+                  r.source_table.c_str());
+    }
     for (v1::DriftKind kind : {v1::MISSING, v1::EXTRA, v1::MISMATCH}) {
       const uint64_t total = kind == v1::MISSING ? r.missing : kind == v1::EXTRA ? r.extra : r.mismatched;
       std::vector<const v1::DriftEvent*> samples;
@@ -177,7 +201,8 @@ int VerifyCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(reports.status().message()).c_str());
     return 2;
   }
-  Print(*reports);
+  Skipped skipped = ReadSkipped(*settings);
+  Print(*reports, skipped);
   uint64_t drift = 0;
   for (const auto& r : *reports) drift += r.drift();
   if (drift > 0 && repair) {
@@ -214,7 +239,7 @@ int VerifyCommand(int argc, char** argv) {
       std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(reports.status().message()).c_str());
       return 2;
     }
-    Print(*reports);
+    Print(*reports, skipped);
     drift = 0;
     for (const auto& r : *reports) drift += r.drift();
   }
