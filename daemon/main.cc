@@ -180,6 +180,7 @@ int main(int argc, char** argv) {
     }
     spdlog::set_level(l);
   }
+  walshift::pg::SetShowValues(settings->proto.log().values() == "show");
   if (validate_only) {
     std::printf("%s: ok (%zu mappings, %zu targets)\n", config_path.c_str(), modules->size(), settings->targets.size());
     return 0;

@@ -135,7 +135,10 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
   const char* constraint = PQresultErrorField(result, PG_DIAG_CONSTRAINT_NAME);
   const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
   std::string extra;
-  if (detail) absl::StrAppend(&extra, "; detail: ", detail);
+  if (detail) {
+    absl::StrAppend(&extra, "; detail: ", pg::ShowValues() || !sqlstate ? std::string(detail)
+                                                                         : pg::RedactValues(detail, sqlstate));
+  }
   switch (pending.kind) {
     case Pending::kStatement: {
       const OpShape& shape = *pending.shape;
@@ -169,7 +172,9 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
               shape.source_table, " at LSN ", FormatLsn(pending.lsn),
               pending.last_lsn > pending.lsn ? absl::StrCat("..", FormatLsn(pending.last_lsn)) : "", ", key (",
               DescribeParams(pending, true), ")", col, ": ", server_msg, extra,
-              shape.kind == OpKind::kDelete ? "" : absl::StrCat("; values (", DescribeParams(pending, false), ")")));
+              shape.kind == OpKind::kDelete ? ""
+              : pg::ShowValues()            ? absl::StrCat("; values (", DescribeParams(pending, false), ")")
+                                            : "; values redacted (log.values: redact)"));
     }
     case Pending::kTruncate:
       return absl::Status(server.code(),

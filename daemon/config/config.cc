@@ -191,6 +191,9 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     }
   }
   s.connection_defaults = ConnectionDefaults(s.proto.network(), &problems);
+  if (const std::string& v = s.proto.log().values(); !v.empty() && v != "redact" && v != "show") {
+    problems.push_back(absl::StrCat("log.values: '", v, "' is not one of redact (the default), show"));
+  }
 
   std::set<std::string> target_names;
   for (int i = 0; i < s.proto.targets_size(); ++i) {

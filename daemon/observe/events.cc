@@ -43,6 +43,7 @@ void DeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque
 
 absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(const v1::Config& config) {
   std::unique_ptr<EventPublisher> p(new EventPublisher());
+  p->show_values_ = config.log().values() == "show";
   if (!config.has_kafka()) return p;
   const v1::KafkaConfig& k = config.kafka();
   p->json_ = k.format() == v1::EVENT_FORMAT_JSON;
@@ -167,6 +168,16 @@ void EventPublisher::Publish(const v1::DriftEvent& event) {
     spdlog::warn("pipeline {}: drift {} in {} (target {} {}) key ({})", event.pipeline(),
                v1::DriftKind_Name(event.kind()), event.source_table(), event.target(), event.target_table(),
                event.key());
+  if (!show_values_ && event.columns_size() > 0) {
+    // Only the key leaves for Kafka: the columns' names, not their values (log.values).
+    v1::DriftEvent redacted = event;
+    for (auto& c : *redacted.mutable_columns()) {
+      c.set_expected("(redacted)");
+      c.set_actual("(redacted)");
+    }
+    Produce(drift_topic_, absl::StrCat(event.pipeline(), "/", event.source_table()), redacted);
+    return;
+  }
   Produce(drift_topic_, absl::StrCat(event.pipeline(), "/", event.source_table()), event);
 }
 

@@ -47,6 +47,7 @@ class EventPublisher {
   std::atomic<uint64_t> delivered_{0}, failed_{0}, dropped_{0};
   std::atomic<bool> stopping_{false};
   bool log_drift_ = true;
+  bool show_values_ = false;  // log.values: show
   std::thread poller_;
 
   friend void DeliveryReport(rd_kafka_t*, const rd_kafka_message_t*, void*);

@@ -1,11 +1,15 @@
 #include "daemon/pg/pg_util.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "spdlog/spdlog.h"
 
@@ -23,6 +27,38 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
       cls == "44" || cls == "P0" || cls == "55" || cls == "25" || cls == "28" || cls == "3F")
     return absl::StatusCode::kFailedPrecondition;
   return absl::StatusCode::kInternal;
+}
+
+namespace {
+std::atomic<bool> g_show_values{false};
+}  // namespace
+
+void SetShowValues(bool show) { g_show_values.store(show); }
+bool ShowValues() { return g_show_values.load(); }
+
+std::string RedactValues(absl::string_view message, absl::string_view sqlstate) {
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(message, '\n')) {
+    std::string out(line);
+    // Every column of the row, for check and not-null violations.
+    if (size_t at = out.find("Failing row contains ("); at != std::string::npos) {
+      out = absl::StrCat(out.substr(0, at), "Failing row contains (redacted).");
+    } else if (absl::StartsWith(sqlstate, "22")) {
+      // Data exceptions quote the value they could not take (invalid input syntax for type
+      // integer: "abc"; COPY's CONTEXT line ... column code: "toolong").
+      std::string redacted;
+      size_t pos = 0;
+      for (size_t open; (open = out.find('"', pos)) != std::string::npos;) {
+        size_t close = out.find('"', open + 1);
+        if (close == std::string::npos) break;
+        absl::StrAppend(&redacted, out.substr(pos, open - pos), "(redacted)");
+        pos = close + 1;
+      }
+      out = absl::StrCat(redacted, out.substr(pos));
+    }
+    lines.push_back(std::move(out));
+  }
+  return absl::StrJoin(lines, "\n");
 }
 
 absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context) {
@@ -51,6 +87,7 @@ absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_vie
   } else if (conn != nullptr && PQstatus(conn) == CONNECTION_OK) {
     code = absl::StatusCode::kInternal;
   }
+  if (state != nullptr && !ShowValues()) msg = RedactValues(msg, state);
   std::string text = absl::StrCat(context, ": ", absl::StripTrailingAsciiWhitespace(msg));
   if (state != nullptr) absl::StrAppend(&text, " (SQLSTATE ", state, ")");
   return absl::Status(code, text);

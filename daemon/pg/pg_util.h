@@ -45,6 +45,15 @@ absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_vie
 void SetSessionTimeZone(const std::string& zone);
 const std::string& SessionTimeZone();
 
+// Row values in the messages of server errors (log.values). Off (the default, `redact`): a
+// data exception's (SQLSTATE class 22) quoted values and a constraint violation's failing row
+// ("Failing row contains (...)") are replaced with "(redacted)" by ResultStatus; the key a
+// unique violation names stays (it identifies the row). Call once at start-up.
+void SetShowValues(bool show);
+bool ShowValues();
+// `message` of a server error of `sqlstate` with its row values replaced as above.
+std::string RedactValues(absl::string_view message, absl::string_view sqlstate);
+
 // libpq parameters every later Connect() uses unless its DSN sets them itself (the DSN and
 // Connect's `extra` win): config::Settings::connection_defaults, i.e. connect_timeout,
 // keepalives, keepalives_idle, keepalives_interval, keepalives_count and tcp_user_timeout, so

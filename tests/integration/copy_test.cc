@@ -242,7 +242,9 @@ TEST_F(CopyTest, RejectedValueNamesTableAndKey) {
   EXPECT_THAT(log, HasSubstr("initial copy of public.items into target main"));
   EXPECT_THAT(log, HasSubstr("key (id=4242)"));
   EXPECT_THAT(log, HasSubstr("column code"));
-  EXPECT_THAT(log, HasSubstr("not a number"));
+  // The value the server quotes is personal data until log.values says show.
+  EXPECT_THAT(log, HasSubstr("invalid input syntax for type integer: (redacted)"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("not a number")));
 }
 
 TEST_F(CopyTest, DryRunCountsEqualRowsWrittenAfterwards) {

@@ -242,7 +242,8 @@ TEST_F(ModulesTest, JsonArrayFoldsChildRowsIntoTheirParent) {
 TEST_F(ModulesTest, JsonArrayChangeTheTargetRejectsNamesTheChildRow) {
   Source("CREATE TABLE children (id int PRIMARY KEY, parent int, d int)");
   Target("CREATE TABLE parents (parent_id int PRIMARY KEY, items jsonb)");
-  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(mappings:
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + R"(log: {values: show}
+mappings:
   - source: children
     module: json_array
     table: parents

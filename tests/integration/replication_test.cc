@@ -351,6 +351,11 @@ TEST_F(ReplicationTest, RejectedValueStopsNamingTableKeyLsnAndColumn) {
   EXPECT_THAT(log, HasSubstr("at LSN "));
   EXPECT_THAT(log, HasSubstr("column code"));
   EXPECT_THAT(log, HasSubstr("too long"));
+  // Row values stay out of the log by default (log.values: redact); the key names the row.
+  EXPECT_THAT(log, HasSubstr("values redacted (log.values: redact)"));
+  EXPECT_THAT(log, Not(HasSubstr("toolong")));
+  // Shown where the config says so.
+  config = WriteConfig(kOneTarget + "log: {values: show}\nmappings: [{source: accounts}]\n");
   // The good row before it is applied; nothing after the failing transaction is.
   EXPECT_EQ(TargetRows("SELECT id::text FROM accounts"), (PgRows{{"1"}}));
 

@@ -99,6 +99,12 @@ TEST_F(VerifyTest, FindsInjectedDriftWithItsKeyAndColumnAndRepairsIt) {
     EXPECT_EQ(e.pipeline(), pipeline_);
     EXPECT_EQ(e.source_table(), "public.orders");
     EXPECT_EQ(e.target_table(), "public.orders_v2");
+    // Values stay out of Kafka by default (log.values: redact): the column is named.
+    for (const auto& c : e.columns()) {
+      EXPECT_EQ(c.column(), "note");
+      EXPECT_EQ(c.expected(), "(redacted)");
+      EXPECT_EQ(c.actual(), "(redacted)");
+    }
   }
   // --samples N: N per kind shown, every one counted.
   RunResult few = Ctl({"verify", "--config", config_, "--samples", "1"});

@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "daemon/observe/log_format.h"
+#include "daemon/pg/pg_util.h"
 #include "gmock/gmock.h"
 #include "spdlog/sinks/ostream_sink.h"
 
@@ -30,6 +31,25 @@ TEST(OneLineTest, TheLogFormatKeepsEveryRecordOnOneLine) {
   std::string text = out.str();
   EXPECT_THAT(text, ::testing::EndsWith(" warning target main: ERROR:  value too long; CONTEXT:  COPY items, line 1\n"));
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1);
+}
+
+// log.values: redact keeps a rejected row's values out of server messages, and its key in.
+TEST(RedactValuesTest, HidesQuotedValuesOfDataExceptionsAndTheFailingRowButNotKeys) {
+  EXPECT_EQ(pg::RedactValues("ERROR:  invalid input syntax for type integer: \"not a number\"\n"
+                             "CONTEXT:  COPY items, line 1, column code: \"not a number\"",
+                             "22P02"),
+            "ERROR:  invalid input syntax for type integer: (redacted)\n"
+            "CONTEXT:  COPY items, line 1, column code: (redacted)");
+  EXPECT_EQ(pg::RedactValues("ERROR:  new row for relation \"accounts\" violates check constraint \"c\"\n"
+                             "DETAIL:  Failing row contains (43, neg, -1).",
+                             "23514"),
+            "ERROR:  new row for relation \"accounts\" violates check constraint \"c\"\n"
+            "DETAIL:  Failing row contains (redacted).");
+  const char* duplicate =
+      "ERROR:  duplicate key value violates unique constraint \"items_pkey\"\nDETAIL:  Key (id)=(7) already exists.";
+  EXPECT_EQ(pg::RedactValues(duplicate, "23505"), duplicate);
+  EXPECT_EQ(pg::RedactValues("ERROR:  value too long for type character varying(3)", "22001"),
+            "ERROR:  value too long for type character varying(3)");
 }
 
 }  // namespace
