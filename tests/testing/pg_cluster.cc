@@ -199,19 +199,65 @@ absl::Status PgCluster::Init() {
   watchdog_ = *std::move(watchdog);
   watchdog_fd_ = fds[1];
 
+  // A copy of one initdb result, made once for every cluster of every test process.
+  ASSIGN_OR_RETURN(std::string initialized, InitializedTemplate());
+  ASSIGN_OR_RETURN(RunResult copy, RunPg({"cp", "-a", initialized, data_dir_}));
+  if (!copy.status.success()) {
+    return absl::InternalError(absl::StrCat("copying ", initialized, " to ", data_dir_, " for cluster ", options_.name,
+                                            " failed (", copy.status.ToString(), "): ", Tail(copy.stderr_text, 2000)));
+  }
+  ASSIGN_OR_RETURN(base_conf_, ReadFile(absl::StrCat(data_dir_, "/postgresql.conf")));
+  ASSIGN_OR_RETURN(base_hba_, ReadFile(absl::StrCat(data_dir_, "/pg_hba.conf")));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> PgCluster::InitializedTemplate() {
+  // Keyed by the binaries (their path and the server's modification time) and the OS user
+  // that owns the files; beside this cluster's temp dir. Never removed: the next run uses it.
+  struct stat server;
+  if (stat(absl::StrCat(bindir_, "/postgres").c_str(), &server) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("no postgres in ", bindir_));
+  }
+  std::string parent = temp_dir_.substr(0, temp_dir_.rfind('/'));
+  std::string key = absl::StrCat(bindir_, "-", os_user_.empty() ? UserName(geteuid()) : os_user_, "-",
+                                 static_cast<long long>(server.st_mtime));
+  for (char& c : key)
+    if (!absl::ascii_isalnum(c) && c != '-') c = '_';
+  std::string dir = absl::StrCat(parent, "/walshift-initdb-", key);
+  std::string data = absl::StrCat(dir, "/data");
+  struct stat done;
+  if (stat(absl::StrCat(data, "/PG_VERSION").c_str(), &done) == 0) return data;
+  // initdb into a directory of this process, then renamed into place: concurrent test
+  // processes each make one, the first rename wins, and a half-made one is never used.
+  std::string mine = absl::StrCat(dir, ".tmp", getpid());
+  if (mkdir(mine.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::InternalError(absl::StrCat("mkdir ", mine, ": ", strerror(errno)));
+  }
+  if (!os_user_.empty()) {
+    uid_t uid;
+    gid_t gid;
+    if (!LookupUser(os_user_, &uid, &gid) || chown(mine.c_str(), uid, gid) != 0) {
+      return absl::InternalError(absl::StrCat("chown ", mine, " to ", os_user_, ": ", strerror(errno)));
+    }
+  }
   ASSIGN_OR_RETURN(RunResult initdb,
-                   RunPg({absl::StrCat(bindir_, "/initdb"), "-D", data_dir_, "-U", kSuperuser, "--auth=trust",
-                          "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"}));
+                   RunPg({absl::StrCat(bindir_, "/initdb"), "-D", absl::StrCat(mine, "/data"), "-U", kSuperuser,
+                          "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"}));
   if (!initdb.status.success()) {
-    return absl::InternalError(absl::StrCat("initdb for cluster ", options_.name, " in ", data_dir_, " failed (",
+    (void)RunPg({"rm", "-rf", mine});
+    return absl::InternalError(absl::StrCat("initdb for cluster ", options_.name, " in ", mine, " failed (",
                                             initdb.status.ToString(), "; running as ", ServerOsUser(),
                                             "; the temp dir and its parents must be accessible "
                                             "to that user, see WALSHIFT_TEST_TMP): ",
                                             Tail(initdb.stderr_text, 3000)));
   }
-  ASSIGN_OR_RETURN(base_conf_, ReadFile(absl::StrCat(data_dir_, "/postgresql.conf")));
-  ASSIGN_OR_RETURN(base_hba_, ReadFile(absl::StrCat(data_dir_, "/pg_hba.conf")));
-  return absl::OkStatus();
+  if (rename(mine.c_str(), dir.c_str()) != 0) {
+    if (errno != EEXIST && errno != ENOTEMPTY) {
+      return absl::InternalError(absl::StrCat("rename ", mine, " to ", dir, ": ", strerror(errno)));
+    }
+    (void)RunPg({"rm", "-rf", mine});  // another process was first
+  }
+  return data;
 }
 
 absl::Status PgCluster::WriteConfig() {

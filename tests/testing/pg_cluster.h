@@ -117,6 +117,8 @@ class PgCluster {
  private:
   PgCluster() = default;
   absl::Status Init();
+  // The data directory of an initdb made once for these binaries and OS user (see Init).
+  absl::StatusOr<std::string> InitializedTemplate();
   absl::Status WriteConfig();
   absl::Status StartServer();
   // Runs a PostgreSQL program as the server OS user with a clean PG* environment.
