@@ -13,13 +13,7 @@ using ::testing::HasSubstr;
 
 class CheckTest : public DaemonTest {
  protected:
-  RunResult Check(const std::string& config) {
-    SubprocessOptions o;
-    o.argv = {BinaryPath("walshiftd"), "--config", config, "--check"};
-    auto r = Subprocess::Run(o, absl::Minutes(1));
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : RunResult{};
-  }
+  RunResult Check(const std::string& config) { return RunWalshiftd({"--config", config, "--check"}); }
 };
 
 TEST_F(CheckTest, ReportsEveryProblemAtOnce) {

@@ -233,13 +233,27 @@ std::string DaemonTest::Get(int port, const std::string& path, int* code) {
   return r->body;
 }
 
-RunResult DaemonTest::Walshiftctl(const std::vector<std::string>& args) {
+namespace {
+// One of this build's binaries with `args`, to its end.
+RunResult RunBinary(const std::string& name, const std::vector<std::string>& args,
+                    const std::map<std::string, std::string>& env, absl::Duration timeout) {
   SubprocessOptions o;
-  o.argv = {BinaryPath("walshiftctl")};
+  o.argv = {BinaryPath(name)};
   o.argv.insert(o.argv.end(), args.begin(), args.end());
-  auto r = Subprocess::Run(o, absl::Minutes(5));
+  o.env = env;
+  auto r = Subprocess::Run(o, timeout);
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? *r : RunResult{};
+}
+}  // namespace
+
+RunResult DaemonTest::RunWalshiftd(const std::vector<std::string>& args,
+                                   const std::map<std::string, std::string>& env) {
+  return RunBinary("walshiftd", args, env, absl::Minutes(1));
+}
+
+RunResult DaemonTest::Walshiftctl(const std::vector<std::string>& args) {
+  return RunBinary("walshiftctl", args, {}, absl::Minutes(5));
 }
 
 }  // namespace walshift::testing

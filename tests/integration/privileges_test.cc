@@ -63,13 +63,7 @@ mappings:
     owner: accounts
 )"));
   }
-  RunResult Check(const std::string& config) {
-    SubprocessOptions o;
-    o.argv = {BinaryPath("walshiftd"), "--config", config, "--check"};
-    auto r = Subprocess::Run(o, absl::Minutes(1));
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : RunResult{};
-  }
+  RunResult Check(const std::string& config) { return RunWalshiftd({"--config", config, "--check"}); }
   std::string source_role_, target_role_;
 };
 

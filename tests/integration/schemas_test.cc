@@ -25,15 +25,9 @@ class SchemasTest : public DaemonTest {
     std::string output;  // stdout and stderr
   };
   // walshiftd with `args` (e.g. --check), to its end.
-  Run RunWalshiftd(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
-    SubprocessOptions o;
-    o.argv = {BinaryPath("walshiftd")};
-    o.argv.insert(o.argv.end(), args.begin(), args.end());
-    o.env = env;
-    auto r = Subprocess::Run(o, absl::Minutes(1));
-    EXPECT_TRUE(r.ok()) << r.status();
-    if (!r.ok()) return {};
-    return {r->status.exited() ? r->status.exit_code() : -1, r->stdout_text + r->stderr_text};
+  Run RunToEnd(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
+    RunResult r = RunWalshiftd(args, env);
+    return {r.status.exited() ? r.status.exit_code() : -1, r.stdout_text + r.stderr_text};
   }
 };
 
@@ -252,7 +246,7 @@ TEST_F(SchemasTest, NaiveTimestampsUseThePipelinesZoneWhateverTheEnvironment) {
   Source("INSERT INTO events VALUES (1, '2026-07-01 12:00:00', '2026-07-01', '1 day 2 hours')");
   std::string config = WriteConfig(kOneTarget + "mappings: [{source: events}]\n");
 
-  auto check = RunWalshiftd({"--config", config, "--check"}, {{"PGTZ", "Asia/Tokyo"}});
+  auto check = RunToEnd({"--config", config, "--check"}, {{"PGTZ", "Asia/Tokyo"}});
   EXPECT_EQ(check.code, 0) << check.output;
   EXPECT_THAT(check.output, HasSubstr("public.events.at (timestamp without time zone)"));
   EXPECT_THAT(check.output, HasSubstr("Europe/Berlin"));
@@ -393,7 +387,7 @@ TEST_F(SchemasTest, CompositeTypedKey) {
   Source(ddl);
   Target(ddl);
   std::string config = WriteConfig(kOneTarget + "mappings: [{source: cells}]\n");
-  auto check = RunWalshiftd({"--config", config, "--check"});
+  auto check = RunToEnd({"--config", config, "--check"});
   EXPECT_EQ(check.code, 0) << check.output;
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -429,7 +423,7 @@ TEST_F(SchemasTest, PrimaryKeyWithIncludeColumns) {
   Source(ddl);
   Target(ddl);
   std::string config = WriteConfig(kOneTarget + "mappings: [{source: wide}]\n");
-  auto check = RunWalshiftd({"--config", config, "--check"});
+  auto check = RunToEnd({"--config", config, "--check"});
   EXPECT_EQ(check.code, 0) << check.output;
   ASSERT_TRUE(StartDaemon(config).ok());
   ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
@@ -456,7 +450,7 @@ TEST_F(SchemasTest, TablesWithoutAPrimaryKey) {
       "CREATE TABLE audit_log (at timestamptz, who text, what text);"
       "CREATE TABLE tags (name text PRIMARY KEY, label text)");
   std::string config = WriteConfig(kOneTarget + "mappings: [{source: audit_log}, {source: tags, key: [name]}]\n");
-  auto check = RunWalshiftd({"--config", config, "--check"});
+  auto check = RunToEnd({"--config", config, "--check"});
   EXPECT_EQ(check.code, 0) << check.output;
   EXPECT_THAT(check.output, HasSubstr("public.audit_log has no primary key and no replica identity: walshift "
                                       "replicates its inserts and truncates only"));
@@ -476,7 +470,7 @@ TEST_F(SchemasTest, TablesWithoutAPrimaryKey) {
   ASSERT_TRUE(StopDaemon().success());
 
   std::string refused = WriteConfig(kOneTarget + "mappings: [{source: audit_log, filter: \"who <> 'x'\"}]\n");
-  check = RunWalshiftd({"--config", refused, "--check"});
+  check = RunToEnd({"--config", refused, "--check"});
   EXPECT_EQ(check.code, 2) << check.output;
   EXPECT_THAT(check.output, HasSubstr("public.audit_log has no primary key and no replica identity, so only its "
                                       "inserts are replicated; this mapping needs its updates and deletes"));
