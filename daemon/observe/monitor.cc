@@ -87,8 +87,7 @@ void Monitor::Heartbeat() {
                           {kHeartbeatPrefix, pipeline_.c_str()}, "source: writing a heartbeat");
   if (!r.ok()) {
     spdlog::warn(
-        "{} (heartbeats need EXECUTE on pg_logical_emit_message: GRANT EXECUTE ON FUNCTION "
-        "pg_catalog.pg_logical_emit_message(boolean, text, text) TO the source role)",
+        "{} (heartbeats need EXECUTE on pg_logical_emit_message: walshiftd --check names the grant)",
         std::string(r.status().message()));
     conn_.reset();
   }

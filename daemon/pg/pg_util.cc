@@ -43,18 +43,12 @@ std::string RedactValues(absl::string_view message, absl::string_view sqlstate) 
     // Every column of the row, for check and not-null violations.
     if (size_t at = out.find("Failing row contains ("); at != std::string::npos) {
       out = absl::StrCat(out.substr(0, at), "Failing row contains (redacted).");
-    } else if (absl::StartsWith(sqlstate, "22")) {
+    } else if (absl::StartsWith(sqlstate, "22") || absl::StartsWith(out, "CONTEXT:  COPY ")) {
       // Data exceptions quote the value they could not take (invalid input syntax for type
-      // integer: "abc"; COPY's CONTEXT line ... column code: "toolong").
-      std::string redacted;
-      size_t pos = 0;
-      for (size_t open; (open = out.find('"', pos)) != std::string::npos;) {
-        size_t close = out.find('"', open + 1);
-        if (close == std::string::npos) break;
-        absl::StrAppend(&redacted, out.substr(pos, open - pos), "(redacted)");
-        pos = close + 1;
-      }
-      out = absl::StrCat(redacted, out.substr(pos));
+      // integer: "abc"), and COPY's CONTEXT line the value or the whole input line: from the
+      // first quote to the last, so a value holding quotes goes whole.
+      size_t open = out.find('"'), close = out.rfind('"');
+      if (open != std::string::npos && close > open) out.replace(open, close - open + 1, "(redacted)");
     }
     lines.push_back(std::move(out));
   }

@@ -242,11 +242,18 @@ absl::StatusOr<bool> PgSchemaInspector::ReadCurrentRow(const SourceRelation& rel
 absl::Status PgSchemaInspector::WaitVisible(uint32_t xid, Lsn commit_lsn, const std::atomic<bool>* stop) {
   if (xid == 0 || xid == visible_xid_) return absl::OkStatus();
   ASSIGN_OR_RETURN(PGconn * src, Conn("source", source_dsn_));
-  // The 32-bit xid of the stream made a full one against the snapshot's xmax (the transaction
-  // began before it, less than 2^32 transactions ago).
+  // The 32-bit xid of the stream made a full one: the one nearest the snapshot's xmax (a
+  // transaction not yet visible is often at or above xmax, an older one below it; both are
+  // within 2^31 of it).
   constexpr char kVisible[] =
-      "SELECT txid_visible_in_snapshot(x - ((x - $1::bigint) % 4294967296 + 4294967296) % 4294967296, s)::text "
+      "SELECT txid_visible_in_snapshot(x + (($1::bigint - x) % 4294967296 + 4294967296 + 2147483648) % 4294967296 "
+      "  - 2147483648, s)::text "
       "FROM (SELECT s, txid_snapshot_xmax(s) AS x FROM txid_current_snapshot() s) q";
+  // Waiting on a commit that waits on walshiftd: its own replication connection is a
+  // synchronous standby, so the commit becomes visible only once walshiftd confirmed it.
+  constexpr char kSelfSync[] =
+      "SELECT count(*)::text FROM pg_catalog.pg_stat_replication "
+      "WHERE application_name = 'walshiftd' AND sync_state IN ('sync', 'quorum')";
   const std::string id = std::to_string(xid);
   const absl::Time start = absl::Now();
   absl::Time next_warning = start + absl::Seconds(2);
@@ -259,6 +266,14 @@ absl::Status PgSchemaInspector::WaitVisible(uint32_t xid, Lsn commit_lsn, const 
       return absl::AbortedError(absl::StrCat("stopping while waiting for source transaction ", xid, " to be visible"));
     }
     if (absl::Now() >= next_warning) {
+      ASSIGN_OR_RETURN(pg::ResultPtr self, pg::Exec(src, kSelfSync, "reading the source's synchronous standbys"));
+      if (std::string_view(PQgetvalue(self.get(), 0, 0)) != "0") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "source transaction ", xid, " (commit at LSN ", FormatLsn(commit_lsn),
+            ") is not visible on the source because it waits for walshiftd itself: walshiftd's replication "
+            "connection (application_name walshiftd) is a synchronous standby of the source, and walshiftd must "
+            "read the row before it can confirm the commit. Take walshiftd out of synchronous_standby_names"));
+      }
       spdlog::warn(
           "source transaction {} (commit at LSN {}) was received but is not yet visible on the source after {} s "
           "(a synchronous standby that does not confirm holds commits back); its row values are read once it is",

@@ -166,9 +166,9 @@ absl::Status Pipeline::OnBegin(const TransactionBegin& begin) {
   // (which stores the end of the last applied commit record).
   for (size_t i = 0; i < sinks_.size(); ++i) skip_[i] = begin.final_lsn < sinks_[i]->durable_lsn();
   any_skipping_ = false;
-  skipped_changes_ = 0;
   for (size_t i = 0; i < sinks_.size(); ++i) {
     skipping_[i] = 0;
+    skipped_changes_[i] = 0;
     if (skip_[i] || skip_lsn_[i] == kInvalidLsn || begin.final_lsn < skip_lsn_[i]) continue;
     if (begin.final_lsn == skip_lsn_[i]) {
       skipping_[i] = 1;
@@ -224,7 +224,7 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
                                         [&](const Binding& b) { return b.sink == s; }))
         continue;
       static constexpr const char* kNames[] = {"insert", "update", "delete"};
-      RETURN_IF_ERROR(RecordSkipped(s, &change, *change.relation, kNames[static_cast<int>(change.kind)]));
+      RETURN_IF_ERROR(RecordSkipped(s, &change, *change.relation, rb->table, kNames[static_cast<int>(change.kind)]));
     }
   }
   if (rb->whole_rows && change.kind == ChangeKind::kUpdate && change.old_tuple_kind != 'O') {
@@ -341,7 +341,7 @@ absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
     std::set<size_t> recorded;
     for (const Binding& b : rb->bindings) {
       if (skipping_[b.sink] && recorded.insert(b.sink).second) {
-        RETURN_IF_ERROR(RecordSkipped(b.sink, nullptr, *rel, "truncate"));
+        RETURN_IF_ERROR(RecordSkipped(b.sink, nullptr, *rel, rb->table, "truncate"));
       }
       if (skip_[b.sink] || skipping_[b.sink]) continue;
       auto emit = [&](const TargetOp& op) {
@@ -363,8 +363,8 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
     spdlog::warn(
         "target {}: skipped source transaction {} committed at LSN {} ({} change{}), as walshiftctl skip asked; its "
         "changes are listed in walshift.skipped, and a backfill of their tables heals them once the target takes them",
-        sinks_[i]->name(), begin_.xid, FormatLsn(commit.commit_lsn), skipped_changes_,
-        skipped_changes_ == 1 ? "" : "s");
+        sinks_[i]->name(), begin_.xid, FormatLsn(commit.commit_lsn), skipped_changes_[i],
+        skipped_changes_[i] == 1 ? "" : "s");
     RETURN_IF_ERROR(ClearSkip(i));
     skipping_[i] = 0;
   }
@@ -419,6 +419,7 @@ namespace walshift {
 absl::Status Pipeline::ReadSkipRequests() {
   skip_lsn_.assign(sinks_.size(), kInvalidLsn);
   skipping_.assign(sinks_.size(), 0);
+  skipped_changes_.assign(sinks_.size(), 0);
   any_skipping_ = false;
   skip_shapes_.clear();
   for (size_t i = 0; i < settings_.targets.size(); ++i) {
@@ -462,22 +463,30 @@ absl::Status Pipeline::ReadSkipRequests() {
 }
 
 absl::Status Pipeline::RecordSkipped(size_t sink, const RowChange* change, const SourceRelation& relation,
-                                     const char* operation) {
-  std::string key;
-  if (change != nullptr) {
-    const Tuple* row = change->kind == ChangeKind::kDelete || change->new_tuple == nullptr ? change->old_tuple
-                                                                                            : change->new_tuple;
+                                     const std::string& table, const char* operation) {
+  auto key_of = [&](const Tuple* row) {
+    std::string key;
     for (size_t c = 0; row != nullptr && c < relation.columns.size(); ++c) {
       if (!relation.columns[c].part_of_key || c >= row->size()) continue;
       const Datum& d = (*row)[c];
       absl::StrAppend(&key, key.empty() ? "" : ", ", relation.columns[c].name, "=",
                       d.kind == DatumKind::kText ? std::string(d.view()) : std::string("NULL"));
     }
+    return key;
+  };
+  std::string key;
+  if (change != nullptr) {
+    key = key_of(change->kind == ChangeKind::kDelete || change->new_tuple == nullptr ? change->old_tuple
+                                                                                      : change->new_tuple);
+    // A key change: both rows are left as they were.
+    if (change->kind == ChangeKind::kUpdate && change->old_tuple != nullptr) {
+      std::string old_key = key_of(change->old_tuple);
+      if (!old_key.empty() && old_key != key) key = absl::StrCat(old_key, " -> ", key);
+    }
   }
   auto text = [](const std::string& s) { return Datum{DatumKind::kText, static_cast<uint32_t>(s.size()), s.c_str()}; };
   std::string commit = FormatLsn(begin_.final_lsn);
-  std::string seq = absl::StrCat(++skipped_changes_);
-  std::string table = relation.QualifiedName();
+  std::string seq = absl::StrCat(++skipped_changes_[sink]);
   std::string at = FormatLsn(change != nullptr ? change->lsn : begin_.final_lsn);
   std::string op = operation;
   Datum params[7] = {text(settings_.proto.pipeline()), text(commit), text(seq), text(table), text(at), text(op),

@@ -147,10 +147,11 @@ class Pipeline : public ChangeHandler {
     std::unique_ptr<OpShape> record, clear;
   };
   std::vector<SkipShapes> skip_shapes_;
-  uint32_t skipped_changes_ = 0;  // of the open skipped transaction
+  std::vector<uint32_t> skipped_changes_;  // per sink, of the open skipped transaction
   absl::Status ReadSkipRequests();
+  // `table`: the source table by its mapped name.
   absl::Status RecordSkipped(size_t sink, const RowChange* change, const SourceRelation& relation,
-                             const char* operation);
+                             const std::string& table, const char* operation);
   absl::Status ClearSkip(size_t sink);
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();

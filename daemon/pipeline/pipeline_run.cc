@@ -91,14 +91,24 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
             absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
       }
       // A value the target rejects: the operator may leave that one source transaction out.
+      // (A target's rejection names it; one of this attempt's transactions.)
+      std::string rejected_by;
+      for (const auto& t : settings_.targets) {
+        if (!t.documents() && absl::StrContains(st.message(), absl::StrCat("(target ", t.name, ")"))) {
+          rejected_by = t.name;
+          break;
+        }
+      }
       if ((absl::StrContains(st.message(), "(SQLSTATE 22") || absl::StrContains(st.message(), "(SQLSTATE 23")) &&
-          begin_.final_lsn != kInvalidLsn) {
+          streamed_ && begin_.final_lsn != kInvalidLsn && !rejected_by.empty()) {
         return absl::Status(
-            st.code(), absl::StrCat(st.message(), "; to go on without source transaction ", begin_.xid,
-                                    " (committed at LSN ", FormatLsn(begin_.final_lsn),
-                                    "): walshiftctl skip --config <config> --lsn ", FormatLsn(begin_.final_lsn),
-                                    ", then start walshiftd (its changes are listed in walshift.skipped; a backfill "
-                                    "of their tables heals them once the target takes them)"));
+            st.code(),
+            absl::StrCat(st.message(), "; to go on without source transaction ", begin_.xid, " (committed at LSN ",
+                         FormatLsn(begin_.final_lsn), ") in target ", rejected_by,
+                         ": walshiftctl skip --config <config> --lsn ", FormatLsn(begin_.final_lsn),
+                         settings_.targets.size() > 1 ? absl::StrCat(" --target ", rejected_by) : "",
+                         ", then start walshiftd (its changes are listed in walshift.skipped; a backfill "
+                         "of their tables heals them once the target takes them)"));
       }
       return st;
     }

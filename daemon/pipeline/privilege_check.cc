@@ -27,8 +27,14 @@ absl::Status CheckSourcePrivileges(PGconn* source, const config::Settings& setti
           "  (SELECT count(*) FROM pg_catalog.pg_replication_slots)::text, current_setting('max_wal_senders'), "
           "  (SELECT count(*) FROM pg_catalog.pg_stat_replication)::text, "
           "  has_database_privilege(current_database(), 'CREATE'), "
-          "  has_function_privilege('pg_catalog.pg_logical_emit_message(boolean, text, text)', 'EXECUTE'), "
-          "  (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)::text, quote_ident($2) "
+          // (PostgreSQL 17 added a fourth argument with a default: found by name and the text payload.)
+          "  coalesce((SELECT bool_or(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_catalog.pg_proc p "
+          "    WHERE p.proname = 'pg_logical_emit_message' AND p.pronamespace = 'pg_catalog'::regnamespace "
+          "      AND p.proargtypes[2] = 'text'::regtype), false), "
+          "  (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)::text, quote_ident($2), "
+          "  coalesce((SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_catalog.pg_proc p "
+          "    WHERE p.proname = 'pg_logical_emit_message' AND p.pronamespace = 'pg_catalog'::regnamespace "
+          "      AND p.proargtypes[2] = 'text'::regtype), 'pg_logical_emit_message(boolean, text, text)') "
           "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
           {settings.slot.c_str(), settings.publication.c_str()}, what));
   if (PQntuples(role.get()) != 1) return absl::InternalError(absl::StrCat(what, ": the current role is not in pg_roles"));
@@ -37,6 +43,7 @@ absl::Status CheckSourcePrivileges(PGconn* source, const config::Settings& setti
   const std::string user = PQgetvalue(r, 0, 0);
   const std::string db = PQgetvalue(r, 0, 1);
   const std::string pub = PQgetvalue(r, 0, 11);
+  const std::string emit = PQgetvalue(r, 0, 12);
   if (std::string_view(PQgetvalue(r, 0, 3)) != "logical") {
     problems->push_back(absl::StrCat("source: wal_level is '", PQgetvalue(r, 0, 3),
                                      "', and logical decoding needs 'logical': ALTER SYSTEM SET wal_level = logical, "
@@ -65,9 +72,8 @@ absl::Status CheckSourcePrivileges(PGconn* source, const config::Settings& setti
   if (!Yes(r, 0, 9)) {
     problems->push_back(absl::StrCat("source: role ", user,
                                      " cannot run pg_logical_emit_message, which heartbeats and backfill watermarks "
-                                     "use: GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, "
-                                     "text, text) TO ",
-                                     user));
+                                     "use: GRANT EXECUTE ON FUNCTION pg_catalog.",
+                                     emit, " TO ", user));
   }
 
   // Each mapped table: readable, and who owns it (creating a publication of it, or adding it to

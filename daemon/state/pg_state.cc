@@ -187,6 +187,19 @@ absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vec
                                      "; or ALTER SCHEMA walshift OWNER TO ", role));
     return absl::OkStatus();
   }
+  // (Without SELECT on it, the recorded version cannot be read: say so rather than fail.)
+  ASSIGN_OR_RETURN(pg::ResultPtr readable,
+                   pg::Exec(conn,
+                            "SELECT to_regclass('walshift.schema_version') IS NULL "
+                            "  OR has_table_privilege('walshift.schema_version', 'SELECT')",
+                            context));
+  if (std::string_view(PQgetvalue(readable.get(), 0, 0)) != "t") {
+    problems->push_back(absl::StrCat(what, ": role ", role,
+                                     " cannot read walshift.schema_version: GRANT SELECT, INSERT, UPDATE, DELETE ON "
+                                     "ALL TABLES IN SCHEMA walshift TO ",
+                                     role));
+    return absl::OkStatus();
+  }
   ASSIGN_OR_RETURN(int version, RecordedVersion(conn, context));
   if (version < kSchemaVersion && !yes(5)) {
     problems->push_back(absl::StrCat(what, ": role ", role, " cannot create walshift's state tables (",
@@ -198,8 +211,10 @@ absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vec
                    pg::Exec(conn,
                             "SELECT string_agg(format('walshift.%I', c.relname), ', ' ORDER BY c.relname) "
                             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                            "WHERE n.nspname = 'walshift' AND c.relkind IN ('r', 'p') "
-                            "  AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE')",
+                            "WHERE n.nspname = 'walshift' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_version' "
+                            // (A list of privileges is true when any one is held: each on its own.)
+                            "  AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') "
+                            "    AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))",
                             context));
   if (!PQgetisnull(tables.get(), 0, 0)) {
     problems->push_back(absl::StrCat(what, ": role ", role, " cannot read and write walshift's state tables ",

@@ -91,6 +91,18 @@ TEST_F(PrivilegesTest, CheckNamesEachMissingPrivilegeWithTheStatementThatGrantsI
   EXPECT_EQ(r.status.exit_code(), 2);
   EXPECT_THAT(r.stdout_text + r.stderr_text, HasSubstr(absl::StrCat("ALTER ROLE ", source_role_, " REPLICATION")));
 
+  // State tables another role made, granted in part: each missing privilege counts.
+  Target(absl::StrCat("CREATE SCHEMA walshift; CREATE TABLE walshift.checkpoint (pipeline text PRIMARY KEY);"
+                      "GRANT USAGE ON SCHEMA walshift TO ", target_role_, ";"
+                      "GRANT SELECT ON walshift.checkpoint TO ", target_role_));
+  r = Check(config);
+  EXPECT_THAT(r.stdout_text + r.stderr_text,
+              HasSubstr("cannot read and write walshift's state tables walshift.checkpoint (another role created them)"));
+  EXPECT_THAT(r.stdout_text + r.stderr_text,
+              HasSubstr(absl::StrCat("cannot create walshift's state tables (none exist yet) in the schema walshift: "
+                                     "GRANT CREATE ON SCHEMA walshift TO ",
+                                     target_role_)));
+
   // A publication that lacks a mapped table, owned by another role: adding it takes its owner.
   Source(absl::StrCat("CREATE PUBLICATION walshift_", pipeline_, " FOR TABLE accounts"));
   r = Check(config);

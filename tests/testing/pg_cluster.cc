@@ -219,7 +219,8 @@ absl::StatusOr<std::string> PgCluster::InitializedTemplate() {
     return absl::FailedPreconditionError(absl::StrCat("no postgres in ", bindir_));
   }
   std::string parent = temp_dir_.substr(0, temp_dir_.rfind('/'));
-  std::string key = absl::StrCat(bindir_, "-", os_user_.empty() ? UserName(geteuid()) : os_user_, "-",
+  // (v1: the initdb arguments below; another set takes another number.)
+  std::string key = absl::StrCat("v1-", bindir_, "-", os_user_.empty() ? UserName(geteuid()) : os_user_, "-",
                                  static_cast<long long>(server.st_mtime));
   for (char& c : key)
     if (!absl::ascii_isalnum(c) && c != '-') c = '_';
@@ -230,7 +231,8 @@ absl::StatusOr<std::string> PgCluster::InitializedTemplate() {
   // initdb into a directory of this process, then renamed into place: concurrent test
   // processes each make one, the first rename wins, and a half-made one is never used.
   std::string mine = absl::StrCat(dir, ".tmp", getpid());
-  if (mkdir(mine.c_str(), 0755) != 0 && errno != EEXIST) {
+  (void)RunPg({"rm", "-rf", mine});  // left by a killed run whose pid this one has
+  if (mkdir(mine.c_str(), 0755) != 0) {
     return absl::InternalError(absl::StrCat("mkdir ", mine, ": ", strerror(errno)));
   }
   if (!os_user_.empty()) {
@@ -251,11 +253,17 @@ absl::StatusOr<std::string> PgCluster::InitializedTemplate() {
                                             "to that user, see WALSHIFT_TEST_TMP): ",
                                             Tail(initdb.stderr_text, 3000)));
   }
+  if (stat(dir.c_str(), &done) == 0 && stat(absl::StrCat(data, "/PG_VERSION").c_str(), &done) != 0) {
+    (void)RunPg({"rm", "-rf", dir});  // half removed (a temp cleaner): replaced
+  }
   if (rename(mine.c_str(), dir.c_str()) != 0) {
     if (errno != EEXIST && errno != ENOTEMPTY) {
       return absl::InternalError(absl::StrCat("rename ", mine, " to ", dir, ": ", strerror(errno)));
     }
     (void)RunPg({"rm", "-rf", mine});  // another process was first
+    if (stat(absl::StrCat(data, "/PG_VERSION").c_str(), &done) != 0) {
+      return absl::InternalError(absl::StrCat(dir, " exists without a whole data directory: remove it"));
+    }
   }
   return data;
 }

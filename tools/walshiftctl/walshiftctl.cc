@@ -110,7 +110,8 @@ Status Collect(const config::Settings& s) {
     }
     if (ts.reachable) {
       auto stop = state::ReadStopError(t, s.proto.pipeline());
-      if (stop.ok() && *stop && (*stop)->current) ts.stopped = **stop;
+      // (A walshiftd holding the slot runs again, whatever the checkpoint says yet.)
+      if (stop.ok() && *stop && (*stop)->current && !st.slot_active) ts.stopped = **stop;
     }
     st.targets.push_back(ts);
   }
@@ -249,9 +250,10 @@ int Usage(FILE* f, int code) {
                "  Asks the running walshiftd to copy one table again through its mappings while it\n"
                "  keeps streaming (a mapping was added, or the table drifted). With --wait, follows\n"
                "  its progress until done (exit 0) or SECONDS pass (default 3600; exit 1).\n"
-               "usage: walshiftctl skip --config FILE --lsn LSN\n"
+               "usage: walshiftctl skip --config FILE --lsn LSN [--target NAME]\n"
                "  With walshiftd stopped on a value a target rejects: leave out exactly the one source\n"
-               "  transaction committed at LSN (the stop message names it). walshiftd records its changes\n"
+               "  transaction committed at LSN on the target that rejected it (--target, needed when\n"
+               "  there are several; the stop message names both). walshiftd records its changes\n"
                "  in walshift.skipped when it meets it; a backfill of their tables heals them. Exit 0, 1\n"
                "  nothing to skip (applied already), 2 error.\n"
                "usage: walshiftctl events --brokers HOST:PORT[,...] --topic TOPIC [--from-beginning] [--follow]\n"
@@ -414,13 +416,15 @@ int BackfillCommand(int argc, char** argv) {
 // Records a skip request (the commit LSN of one source transaction) in every PostgreSQL target
 // that has not applied it; walshiftd reads it when it connects.
 int SkipCommand(int argc, char** argv) {
-  std::string config_path, lsn_text;
+  std::string config_path, lsn_text, target_name;
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
     if ((a == "--config" || a == "-c") && i + 1 < argc)
       config_path = argv[++i];
     else if (a == "--lsn" && i + 1 < argc)
       lsn_text = argv[++i];
+    else if (a == "--target" && i + 1 < argc)
+      target_name = argv[++i];
     else if (a == "--help" || a == "-h")
       return Usage(stdout, 0);
     else
@@ -440,14 +444,27 @@ int SkipCommand(int argc, char** argv) {
   (void)pg::SetConnectionDefaults(settings->connection_defaults);
   const std::string& pipeline = settings->proto.pipeline();
   std::vector<std::string> requested;
+  // Only on the target that rejected it: another target may take the transaction (the stop
+  // message names the target when there are several).
+  if (target_name.empty() && settings->targets.size() == 1) target_name = settings->targets[0].name;
+  const config::TargetSettings* chosen = nullptr;
+  std::vector<std::string> names;
   for (const auto& t : settings->targets) {
-    if (t.documents()) {
-      std::fprintf(stderr, "walshiftctl skip: target %s is a document store, where walshift cannot skip a transaction\n",
-                   t.name.c_str());
-      return 2;
-    }
+    names.push_back(t.name);
+    if (t.name == target_name) chosen = &t;
   }
-  for (const auto& t : settings->targets) {
+  if (chosen == nullptr) {
+    std::fprintf(stderr, "walshiftctl skip: --target names the target that rejected the transaction (one of %s)\n",
+                 absl::StrJoin(names, ", ").c_str());
+    return 2;
+  }
+  if (chosen->documents()) {
+    std::fprintf(stderr, "walshiftctl skip: target %s is a document store, where walshift cannot skip a transaction\n",
+                 chosen->name.c_str());
+    return 2;
+  }
+  for (const config::TargetSettings* target : {chosen}) {
+    const config::TargetSettings& t = *target;
     std::string what = absl::StrCat("target ", t.name);
     auto conn = pg::Connect(t.dsn, what, "application_name=walshiftctl");
     absl::Status st = conn.status();

@@ -45,6 +45,11 @@ TEST(RedactValuesTest, HidesQuotedValuesOfDataExceptionsAndTheFailingRowButNotKe
                              "23514"),
             "ERROR:  new row for relation \"accounts\" violates check constraint \"c\"\n"
             "DETAIL:  Failing row contains (redacted).");
+  EXPECT_EQ(pg::RedactValues("ERROR:  null value in column \"code\" of relation \"t\" violates not-null constraint\n"
+                             "CONTEXT:  COPY t, line 3: \"3\t\"quoted\"\tx\"",
+                             "23502"),
+            "ERROR:  null value in column \"code\" of relation \"t\" violates not-null constraint\n"
+            "CONTEXT:  COPY t, line 3: (redacted)");
   const char* duplicate =
       "ERROR:  duplicate key value violates unique constraint \"items_pkey\"\nDETAIL:  Key (id)=(7) already exists.";
   EXPECT_EQ(pg::RedactValues(duplicate, "23505"), duplicate);
