@@ -1,11 +1,13 @@
 // End to end on real PostgreSQL: walshiftd streams a legacy database through the `columns`
 // module into a target database.
 
+#include <fstream>
 #include <signal.h>
 
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "tests/integration/daemon_fixture.h"
 
@@ -424,6 +426,29 @@ TEST_F(ReplicationTest, StatusReportsAPipelineStoppedOnAnErrorUntilItMovesAgain)
   status = Walshiftctl({"status", "--config", config});
   EXPECT_EQ(status.status.exit_code(), 0) << status.stdout_text;
   EXPECT_THAT(status.stdout_text, Not(HasSubstr("STOPPED")));
+  EXPECT_TRUE(StopDaemon().success());
+}
+
+// Another pipeline's walshiftd on the address a config names: walshiftctl status does not show its
+// status as this pipeline's.
+TEST_F(ReplicationTest, StatusDoesNotTakeAnotherPipelinesEndpointForItsOwn) {
+  Source("CREATE TABLE accounts (id int PRIMARY KEY)");
+  Target("CREATE TABLE accounts (id int PRIMARY KEY)");
+  ASSERT_TRUE(StartDaemon(WriteConfig(kOneTarget + "mappings: [{source: accounts}]\n")).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  int port = StatusPort();
+  ASSERT_GT(port, 0);
+  std::string other = absl::StrReplaceAll(kOneTarget, {{"{PIPELINE}", "another_pipeline"},
+                                                       {"127.0.0.1:0", absl::StrCat("127.0.0.1:", port)},
+                                                       {"{SOURCE}", source_cluster_->Dsn(source_db_)},
+                                                       {"{TARGET}", target_cluster_->Dsn(target_db_)}});
+  std::string path = dir_ + "/another.yaml";
+  std::ofstream(path) << other << "mappings: [{source: accounts}]\n";
+  RunResult status = Walshiftctl({"status", "--config", path});
+  EXPECT_THAT(status.stdout_text, HasSubstr(absl::StrCat("the status endpoint at 127.0.0.1:", port, " serves pipeline ",
+                                                         pipeline_, ", not another_pipeline; reading the databases "
+                                                         "directly")));
+  EXPECT_THAT(status.stdout_text, HasSubstr("pipeline another_pipeline"));
   EXPECT_TRUE(StopDaemon().success());
 }
 

@@ -302,6 +302,18 @@ int StatusCommand(int argc, char** argv) {
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
   if (listen != "off" && !absl::EndsWith(listen, ":0")) {  // an ephemeral port cannot be found
     absl::StatusOr<std::string> body = ctl::FetchStatus(listen);
+    // Only this pipeline's walshiftd: another one on the host may hold the address.
+    if (body.ok()) {
+      auto parsed = ctl::ParseStatus(*body);
+      if (parsed.ok()) {
+        auto field = parsed->fields().find("pipeline");
+        if (field != parsed->fields().end() && field->second.string_value() != settings->proto.pipeline()) {
+          body = absl::FailedPreconditionError(absl::StrCat("the status endpoint at ", listen, " serves pipeline ",
+                                                            field->second.string_value(), ", not ",
+                                                            settings->proto.pipeline()));
+        }
+      }
+    }
     if (body.ok()) return ctl::HttpStatusCommand(listen, http, *std::move(body));
     if (!json) {
       std::printf("(%s; reading the databases directly)\n", std::string(body.status().message()).c_str());
