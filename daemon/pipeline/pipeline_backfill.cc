@@ -81,8 +81,15 @@ absl::Status Pipeline::OnBackfillHigh(const std::string& id) {
       tuple[c] = row[c] ? Datum{DatumKind::kText, static_cast<uint32_t>(row[c]->size()), row[c]->c_str()}
                         : Datum{DatumKind::kNull, 0, nullptr};
     }
+    // A chunk in the transaction walshiftctl skip names (its high watermark's) is left out too.
+    for (size_t s = 0; any_skipping_ && s < sinks_.size(); ++s) {
+      if (skipping_[s] &&
+          std::any_of(bindings.begin(), bindings.end(), [&](const Binding& b) { return b.sink == s; })) {
+        RETURN_IF_ERROR(RecordSkipped(s, &change, *chunk->relation, chunk->table, "backfill"));
+      }
+    }
     for (const Binding& b : bindings) {
-      if (skip_[b.sink]) continue;
+      if (skip_[b.sink] || skipping_[b.sink]) continue;
       RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));
       // A row the backfill (re)writes for an owner brings the rows it owns with it.
       if (owned_by_.count(chunk->table)) RETURN_IF_ERROR(FillOwned(b, change));

@@ -90,7 +90,7 @@ constexpr const char* kErrorDdl =
     "  seq int NOT NULL,"
     "  source_table text NOT NULL,"
     "  change_lsn pg_lsn NOT NULL,"
-    "  operation text NOT NULL,"  // insert, update, delete, truncate
+    "  operation text NOT NULL,"  // insert, update, delete, truncate, backfill (a row of a backfill chunk)
     "  key text,"                 // the source row's key, e.g. id=42
     "  skipped_at timestamptz NOT NULL DEFAULT now(),"
     "  PRIMARY KEY (pipeline, commit_lsn, seq))";
