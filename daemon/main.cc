@@ -94,18 +94,14 @@ int DryRun(const walshift::config::Settings& settings,
 
 // Records the error walshiftd stops on in every PostgreSQL target, where `walshiftctl status`
 // finds it; a target that cannot be reached (often the error itself) is said in the log.
-void RecordStop(const walshift::config::Settings& settings, int code, const std::string& message) {
-  // The source position the error names: the transaction walshiftctl skip would take, else the
-  // first LSN it mentions.
-  walshift::Lsn lsn = walshift::kInvalidLsn;
-  for (const char* label : {"--lsn ", "LSN "}) {
-    size_t at = message.find(label);
-    if (at == std::string::npos) continue;
-    size_t from = at + std::strlen(label);
-    size_t end = message.find_first_not_of("0123456789ABCDEFabcdef/", from);
-    lsn = walshift::ParseLsn(message.substr(from, end == std::string::npos ? end : end - from))
+// `lsn`: the source transaction a rejected value stopped at (Pipeline::stopped_at), else the
+// first LSN the message names.
+void RecordStop(const walshift::config::Settings& settings, int code, const std::string& message,
+                walshift::Lsn lsn = walshift::kInvalidLsn) {
+  if (size_t at = message.find("LSN "); lsn == walshift::kInvalidLsn && at != std::string::npos) {
+    size_t end = message.find_first_not_of("0123456789ABCDEFabcdef/", at + 4);
+    lsn = walshift::ParseLsn(message.substr(at + 4, end == std::string::npos ? end : end - at - 4))
               .value_or(walshift::kInvalidLsn);
-    break;
   }
   for (const auto& t : settings.targets) {
     absl::Status st = walshift::state::RecordStopError(t, settings.proto.pipeline(), code, message, lsn);
@@ -327,7 +323,7 @@ int main(int argc, char** argv) {
       status.SetState(walshift::v1::ERROR, std::string(st.message()));
       spdlog::critical("stopped: {}", std::string(st.message()));
       code = walshift::IsSlotLost(st) ? walshift::kExitSlotLost : 1;
-      RecordStop(*verify_settings, code, std::string(st.message()));
+      RecordStop(*verify_settings, code, std::string(st.message()), pipeline.stopped_at());
     } else {
       status.SetState(walshift::v1::STOPPING);
       spdlog::info("walshiftd stopped");

@@ -97,7 +97,11 @@ absl::Status Pipeline::FlushAll() {
   for (size_t i = 0; i < sinks_.size(); ++i) {
     size_t changes = sinks_[i]->pending_changes();
     absl::Time started = absl::Now();
-    RETURN_IF_ERROR(sinks_[i]->Flush().status());
+    absl::Status flushed = sinks_[i]->Flush().status();
+    if (!flushed.ok()) {
+      if (rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
+      return flushed;
+    }
     status_->OnApplied(i, sinks_[i]->durable_lsn(), changes, group_transactions_[i], absl::Now() - started);
     group_transactions_[i] = 0;
   }
@@ -411,10 +415,6 @@ absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
   if (message.prefix == kBackfillHigh) return OnBackfillHigh(parts[1]);
   return absl::OkStatus();
 }
-
-}  // namespace walshift
-
-namespace walshift {
 
 absl::Status Pipeline::ReadSkipRequests() {
   skip_lsn_.assign(sinks_.size(), kInvalidLsn);

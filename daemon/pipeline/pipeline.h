@@ -36,6 +36,9 @@ class Pipeline : public ChangeHandler {
   // feedback and returns OK) or a non-retryable error occurs. Lost connections, serialization
   // failures and deadlocks reconnect with backoff and resume from the checkpoints.
   absl::Status Run(const std::atomic<bool>& stop);
+  // After Run stopped on a value a target rejected: the commit LSN of the source transaction
+  // (what walshiftctl skip takes); kInvalidLsn otherwise.
+  Lsn stopped_at() const { return stopped_at_; }
 
   absl::Status OnBegin(const TransactionBegin& begin) override;
   absl::Status OnRelation(std::shared_ptr<const SourceRelation> relation) override;
@@ -148,6 +151,8 @@ class Pipeline : public ChangeHandler {
   };
   std::vector<SkipShapes> skip_shapes_;
   std::vector<uint32_t> skipped_changes_;  // per sink, of the open skipped transaction
+  int rejected_by_ = -1;                    // the sink whose Apply or Flush failed first in this attempt
+  Lsn stopped_at_ = kInvalidLsn;            // see stopped_at()
   absl::Status ReadSkipRequests();
   // `table`: the source table by its mapped name.
   absl::Status RecordSkipped(size_t sink, const RowChange* change, const SourceRelation& relation,

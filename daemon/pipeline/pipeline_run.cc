@@ -90,17 +90,13 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
             replayed_for_.code(),
             absl::StrCat(replayed_for_.message(), " (replaying up to it then failed: ", st.message(), ")"));
       }
-      // A value the target rejects: the operator may leave that one source transaction out.
-      // (A target's rejection names it; one of this attempt's transactions.)
-      std::string rejected_by;
-      for (const auto& t : settings_.targets) {
-        if (!t.documents() && absl::StrContains(st.message(), absl::StrCat("(target ", t.name, ")"))) {
-          rejected_by = t.name;
-          break;
-        }
-      }
+      // A value a target rejects in one of this attempt's transactions: the operator may leave
+      // that one source transaction out there.
       if ((absl::StrContains(st.message(), "(SQLSTATE 22") || absl::StrContains(st.message(), "(SQLSTATE 23")) &&
-          streamed_ && begin_.final_lsn != kInvalidLsn && !rejected_by.empty()) {
+          streamed_ && begin_.final_lsn != kInvalidLsn && rejected_by_ >= 0 &&
+          !settings_.targets[rejected_by_].documents()) {
+        const std::string& rejected_by = settings_.targets[rejected_by_].name;
+        stopped_at_ = begin_.final_lsn;
         return absl::Status(
             st.code(),
             absl::StrCat(st.message(), "; to go on without source transaction ", begin_.xid, " (committed at LSN ",
@@ -149,6 +145,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   const auto& apply = settings_.proto.apply();
   streamed_ = false;
   stop_ = &stop;
+  rejected_by_ = -1;
+  stopped_at_ = kInvalidLsn;
   // What an earlier run (a walshiftd that was killed, this process before it reconnected) still
   // has on its way to a target is committed or rolled back before this run reads the target's
   // checkpoint and copied ranges: otherwise a range whose commit lands late is copied again.
@@ -172,7 +170,11 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     sink->set_upsert_tables(upsert_tables_);
     Sink* raw = sink.get();
     sinks_.push_back(std::move(sink));
-    emit_.push_back([raw](const TargetOp& op) { return raw->Apply(op); });
+    emit_.push_back([this, raw, i = sinks_.size() - 1](const TargetOp& op) {
+      absl::Status st = raw->Apply(op);
+      if (!st.ok() && rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
+      return st;
+    });
   }
   skip_.assign(sinks_.size(), 0);
   RETURN_IF_ERROR(ReadSkipRequests());

@@ -476,6 +476,9 @@ TEST_F(ReplicationTest, SkipLeavesOutExactlyTheRejectedTransactionAndABackfillHe
   ASSERT_NE(at, std::string::npos) << log;
   std::string lsn = log.substr(at + hint.size(), log.find_first_of(", \n", at + hint.size()) - at - hint.size());
 
+  // The stop recorded in the target names the same transaction.
+  RunResult stopped = Walshiftctl({"status", "--config", config, "--json"});
+  EXPECT_THAT(stopped.stdout_text, HasSubstr(absl::StrCat("\"lsn\":\"", lsn, "\"")));
   RunResult skip = Walshiftctl({"skip", "--config", config, "--lsn", lsn});
   EXPECT_EQ(skip.status.exit_code(), 0) << skip.stdout_text << skip.stderr_text;
   EXPECT_THAT(skip.stdout_text, HasSubstr(absl::StrCat("committed at ", lsn, " is skipped on main")));
