@@ -254,6 +254,7 @@ int main(int argc, char** argv) {
     publisher->Publish(e);
     publisher->Publish(status.Lag(/*advance_rates=*/false));
   });
+  status.SetDeadLetterListener([publisher](const walshift::v1::DeadLetterEvent& e) { publisher->Publish(e); });
   std::unique_ptr<walshift::StatusServer> server;
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
   if (listen != "off") {

@@ -177,6 +177,7 @@ absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values,
     return BrokenConnection("sending a statement");
   }
   Pending p{Pending::kStatement};
+  p.isolated = isolating_;
   p.shape = v.shape;
   p.lsn = first_lsn;
   p.last_lsn = last_lsn;
@@ -274,6 +275,49 @@ absl::Status PgSink::Apply(const TargetOp& op) {
     values_[i] = d.is_null() ? nullptr : d.data;
   }
   return Send(*v, 1, values_.data(), op.lsn, op.lsn, &op);
+}
+
+absl::Status PgSink::ApplyIsolated(const TargetOp& op, std::optional<Rejection>* rejected) {
+  rejected->reset();
+  if (!first_error_.ok()) return first_error_;
+  if (op.shape->kind == OpKind::kTruncate) return Apply(op);
+  RETURN_IF_ERROR(FlushBatch());
+  RETURN_IF_ERROR(SendTruncates());
+  if (!group_open_) {
+    RETURN_IF_ERROR(SendControl("BEGIN"));
+    group_open_ = true;
+  }
+  RETURN_IF_ERROR(SendControl("SAVEPOINT walshift_op"));
+  const bool batching = batching_;
+  batching_ = false;
+  isolating_ = true;
+  absl::Status sent = Apply(op);
+  batching_ = batching;
+  isolating_ = false;
+  RETURN_IF_ERROR(sent);
+  if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
+  pending_.push_back(Pending{Pending::kSync});
+  absl::Status st = Pump(/*block=*/true, /*drain_all=*/true, /*through_errors=*/true);
+  if (first_error_.ok()) {
+    RETURN_IF_ERROR(st);
+    return SendControl("RELEASE SAVEPOINT walshift_op");
+  }
+  absl::string_view cls = absl::string_view(first_error_sqlstate_).substr(0, 2);
+  if (!first_error_isolated_ || (cls != "22" && cls != "23") || !st.ok()) {
+    return first_error_.ok() ? st : first_error_;
+  }
+  // The server's transaction is aborted up to the savepoint: undo the statement alone.
+  Rejection r{first_error_sqlstate_, first_error_constraint_, first_error_};
+  first_error_ = absl::OkStatus();
+  first_error_isolated_ = false;
+  RETURN_IF_ERROR(SendControl("ROLLBACK TO SAVEPOINT walshift_op"));
+  RETURN_IF_ERROR(SendControl("RELEASE SAVEPOINT walshift_op"));
+  if (PQpipelineSync(conn_.get()) != 1) return BrokenConnection("sync");
+  pending_.push_back(Pending{Pending::kSync});
+  RETURN_IF_ERROR(Pump(/*block=*/true, /*drain_all=*/true));
+  --group_changes_;
+  *rejected = std::move(r);
+  return absl::OkStatus();
 }
 
 void PgSink::EndTransaction(const TransactionCommit& commit) {
@@ -391,7 +435,7 @@ absl::Status PgSink::CommitChunk(const CopyChunk& chunk) {
   return absl::OkStatus();
 }
 
-absl::Status PgSink::Pump(bool block, bool drain_all) {
+absl::Status PgSink::Pump(bool block, bool drain_all, bool through_errors) {
   PGconn* c = conn_.get();
   // The server holds small results in its output buffer until a Sync or Flush: ask for them
   // before waiting, or a short backlog of large statements would wait forever.
@@ -403,7 +447,7 @@ absl::Status PgSink::Pump(bool block, bool drain_all) {
     while (!pending_.empty() && !PQisBusy(c)) {
       RETURN_IF_ERROR(HandleResult(PQgetResult(c)));
     }
-    if (!first_error_.ok()) return first_error_;
+    if (!first_error_.ok() && !through_errors) return first_error_;
     if (PQstatus(c) != CONNECTION_OK) return BrokenConnection("connection lost");
     bool done;
     if (drain_all) {
@@ -461,6 +505,11 @@ absl::Status PgSink::HandleResult(PGresult* result) {
   }
   if (st == PGRES_FATAL_ERROR && first_error_.ok()) {
     first_error_ = ErrorFor(front, result);
+    const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+    const char* constraint = PQresultErrorField(result, PG_DIAG_CONSTRAINT_NAME);
+    first_error_sqlstate_ = sqlstate ? sqlstate : "";
+    first_error_constraint_ = constraint ? constraint : "";
+    first_error_isolated_ = front.kind == Pending::kStatement && front.isolated;
   }
   if (st == PGRES_TUPLES_OK && front.kind == Pending::kWalPosition && PQntuples(result) == 1 &&
       PQnfields(result) == 2) {

@@ -45,6 +45,8 @@ class PgSink : public Sink {
 
   const std::string& name() const override { return options_.name; }
   absl::Status Apply(const TargetOp& op) override;
+  // In a savepoint of its own, synchronously (see Sink::ApplyIsolated).
+  absl::Status ApplyIsolated(const TargetOp& op, std::optional<Rejection>* rejected) override;
   void EndTransaction(const TransactionCommit& commit) override;
   absl::StatusOr<Lsn> Flush() override;
   Lsn durable_lsn() const override { return durable_lsn_; }
@@ -118,6 +120,7 @@ class PgSink : public Sink {
     Lsn last_lsn = kInvalidLsn;
     int rows = 1;
     bool plain_insert = false;
+    bool isolated = false;    // the statement of ApplyIsolated
     size_t arena_offset = 0;  // single-row statements: a copy of the op's parameters
     size_t bytes = 0;
   };
@@ -143,8 +146,9 @@ class PgSink : public Sink {
   bool CoalesceSafe(const OpShape& shape);
   // Reads whatever results are available without blocking (block=false), or waits until the
   // backlog is within bounds (block=true), or until everything through the last sync has
-  // been answered (drain_all=true).
-  absl::Status Pump(bool block, bool drain_all);
+  // been answered (drain_all=true). `through_errors`: an error does not end the wait (the
+  // results up to the sync are read all the same).
+  absl::Status Pump(bool block, bool drain_all, bool through_errors = false);
   absl::Status HandleResult(PGresult* result);
   absl::Status ErrorFor(const Pending& pending, const PGresult* result);
   std::string DescribeParams(const Pending& pending, bool key_only) const;
@@ -177,6 +181,10 @@ class PgSink : public Sink {
   std::vector<const char*> values_;
   std::string omit_key_;
   absl::Status first_error_;
+  // Of first_error_: its SQLSTATE and constraint, and whether ApplyIsolated's statement failed.
+  std::string first_error_sqlstate_, first_error_constraint_;
+  bool first_error_isolated_ = false;
+  bool isolating_ = false;  // inside ApplyIsolated
   bool group_open_ = false;
   bool have_commit_ = false;
   TransactionCommit last_commit_;

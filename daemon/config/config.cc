@@ -265,7 +265,25 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
         problems.push_back(absl::StrCat(m.path, ".target: no target named '", m.common.target(),
                                         "' (targets: ", absl::StrJoin(target_names, ", "), ")"));
       }
+      if (m.common.on_error() == v1::ON_ERROR_DEAD_LETTER) {
+        for (const auto& t : s.proto.targets()) {
+          if (t.name() == m.common.target() && t.kind() == v1::TARGET_DOCUMENTS) {
+            problems.push_back(absl::StrCat(m.path, ".on_error: dead_letter parks rejected changes in a PostgreSQL "
+                                            "target's walshift.dead_letter table; target ", t.name(),
+                                            " is a documents target: remove on_error or set it to stop"));
+          }
+        }
+      }
       s.mappings.push_back(std::move(m));
+    }
+  }
+  {
+    const auto& dl = s.proto.apply().dead_letter();
+    if (dl.has_max_percent() && (dl.max_percent() == 0 || dl.max_percent() > 100)) {
+      problems.push_back(absl::StrCat("apply.dead_letter.max_percent: ", dl.max_percent(), " is out of range (1..100)"));
+    }
+    if (dl.has_window_s() && (dl.window_s() == 0 || dl.window_s() > 86400)) {
+      problems.push_back(absl::StrCat("apply.dead_letter.window_s: ", dl.window_s(), " is out of range (1..86400)"));
     }
   }
 

@@ -54,13 +54,19 @@ const EnumValueDescriptor* FindEnumValue(const google::protobuf::EnumDescriptor*
 }
 
 std::string EnumChoices(const google::protobuf::EnumDescriptor* e) {
+  // The values' common prefix up to an underscore (ON_ERROR_ of ON_ERROR_DEAD_LETTER) is left
+  // out, as FindEnumValue accepts the names without it.
+  std::string prefix = e->value_count() > 0 ? e->value(0)->name() : "";
+  for (int i = 1; i < e->value_count(); ++i) {
+    const std::string& name = e->value(i)->name();
+    size_t n = 0;
+    while (n < prefix.size() && n < name.size() && prefix[n] == name[n]) ++n;
+    prefix.resize(n);
+  }
+  prefix.resize(prefix.rfind('_') == std::string::npos ? 0 : prefix.rfind('_') + 1);
   std::string out;
-  std::string prefix;
   for (int i = 0; i < e->value_count(); ++i) {
-    std::string name = absl::AsciiStrToLower(e->value(i)->name());
-    size_t us = name.rfind('_');
-    if (us != std::string::npos) name = name.substr(us + 1);
-    absl::StrAppend(&out, i ? ", " : "", name);
+    absl::StrAppend(&out, i ? ", " : "", absl::AsciiStrToLower(e->value(i)->name().substr(prefix.size())));
   }
   return out;
 }

@@ -83,6 +83,14 @@ struct CopyChunk {
   uint64_t rows = 0;
 };
 
+// A change the target rejected with a data error (see Sink::ApplyIsolated).
+struct Rejection {
+  std::string sqlstate;
+  std::string constraint;  // the constraint it violated, if the server named one
+  // What Apply would have failed with: table, key, column, LSN and the server's message.
+  absl::Status error;
+};
+
 // Applies target operations to one target (a database, a document store), grouping source
 // transactions into one target transaction whose checkpoint (the end LSN of its last source
 // transaction) becomes durable with it. Not thread-safe. Every sink applies every OpKind of
@@ -96,6 +104,14 @@ class Sink {
   virtual absl::Status ValidateShape(const OpShape& shape) = 0;
   // Queues one operation in the open group. Errors of earlier operations may surface here.
   virtual absl::Status Apply(const TargetOp& op) = 0;
+  // Applies `op` on its own in the open group and waits for its result. A value the target
+  // rejects with a data error (SQLSTATE class 22 or 23) is undone alone (the group goes on) and
+  // returned in *rejected; any other error is returned as from Apply. A sink that cannot undo
+  // one operation applies it as Apply does.
+  virtual absl::Status ApplyIsolated(const TargetOp& op, std::optional<Rejection>* rejected) {
+    rejected->reset();
+    return Apply(op);
+  }
   // Marks the end of a source transaction inside the open group.
   virtual void EndTransaction(const TransactionCommit& commit) = 0;
   // Commits the open group together with the checkpoint of its last transaction and waits

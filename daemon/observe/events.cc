@@ -51,6 +51,7 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(const v1:
   p->lag_topic_ = k.lag_topic().empty() ? "walshift.lag" : k.lag_topic();
   p->state_topic_ = k.state_topic().empty() ? "walshift.state" : k.state_topic();
   p->drift_topic_ = k.drift_topic().empty() ? "walshift.drift" : k.drift_topic();
+  p->dead_letter_topic_ = k.dead_letter_topic().empty() ? "walshift.dead_letter" : k.dead_letter_topic();
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   char err[512];
   auto set = [&](const std::string& name, const std::string& value) -> absl::Status {
@@ -86,8 +87,8 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(const v1:
   p->kafka_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
   if (p->kafka_ == nullptr) return absl::InvalidArgumentError(absl::StrCat("kafka: ", err));
   p->poller_ = std::thread([raw = p.get()] { raw->PollLoop(); });
-  spdlog::info("kafka: events to {} (topics {}, {}, {}; {})", p->brokers_, p->lag_topic_, p->state_topic_,
-               p->drift_topic_, p->json_ ? "json" : "protobuf");
+  spdlog::info("kafka: events to {} (topics {}, {}, {}, {}; {})", p->brokers_, p->lag_topic_, p->state_topic_,
+               p->drift_topic_, p->dead_letter_topic_, p->json_ ? "json" : "protobuf");
   return p;
 }
 
@@ -179,6 +180,11 @@ void EventPublisher::Publish(const v1::DriftEvent& event) {
     return;
   }
   Produce(drift_topic_, absl::StrCat(event.pipeline(), "/", event.source_table()), event);
+}
+
+void EventPublisher::Publish(const v1::DeadLetterEvent& event) {
+  // The pipeline logs each parked change itself.
+  Produce(dead_letter_topic_, event.pipeline(), event);
 }
 
 }  // namespace walshift

@@ -30,6 +30,7 @@ class EventPublisher {
   void Publish(const v1::LagEvent& event);
   void Publish(const v1::StateEvent& event);
   void Publish(const v1::DriftEvent& event);
+  void Publish(const v1::DeadLetterEvent& event);
   // Drift events are also logged, one warning each, unless turned off (walshiftctl verify
   // prints its own report).
   void set_log_drift(bool log) { log_drift_ = log; }
@@ -42,7 +43,7 @@ class EventPublisher {
   void PollLoop();
 
   bool json_ = false;
-  std::string brokers_, lag_topic_, state_topic_, drift_topic_;
+  std::string brokers_, lag_topic_, state_topic_, drift_topic_, dead_letter_topic_;
   rd_kafka_t* kafka_ = nullptr;
   std::atomic<uint64_t> delivered_{0}, failed_{0}, dropped_{0};
   std::atomic<bool> stopping_{false};

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "daemon/observe/format.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
@@ -297,6 +299,35 @@ v1::LagEvent PipelineStatus::LagLocked(bool advance_rates) {
   return e;
 }
 
+void PipelineStatus::SetParked(size_t target, uint64_t parked) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (target < targets_.size()) targets_[target].parked = parked;
+}
+
+void PipelineStatus::OnDeadLetters(size_t target, uint64_t parked, const std::vector<v1::DeadLetterEvent>& events) {
+  std::function<void(const v1::DeadLetterEvent&)> listener;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (target >= targets_.size()) return;
+    targets_[target].parked = parked;
+    for (const auto& e : events) {
+      std::string action = v1::DeadLetterAction_Name(e.action());
+      ++targets_[target].dead_letter[absl::AsciiStrToLower(absl::StripPrefix(action, "DEAD_LETTER_"))];
+    }
+    listener = dead_letter_listener_;
+  }
+  if (!listener) return;
+  for (v1::DeadLetterEvent e : events) {
+    e.set_parked(parked);
+    listener(e);
+  }
+}
+
+void PipelineStatus::SetDeadLetterListener(std::function<void(const v1::DeadLetterEvent&)> listener) {
+  std::lock_guard<std::mutex> lock(mu_);
+  dead_letter_listener_ = std::move(listener);
+}
+
 std::string PipelineStatus::StatusJson() {
   std::lock_guard<std::mutex> lock(mu_);
   std::string lag;
@@ -340,6 +371,18 @@ std::string PipelineStatus::StatusJson() {
                         ? "null"
                         : JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", v.last_full_pass, absl::UTCTimeZone())),
                     "}");
+    first = false;
+  }
+  absl::StrAppend(&out, "],\"dead_letter\":[");
+  first = true;
+  for (const Target& t : targets_) {
+    auto n = [&](const char* action) {
+      auto it = t.dead_letter.find(action);
+      return it == t.dead_letter.end() ? uint64_t{0} : it->second;
+    };
+    absl::StrAppend(&out, first ? "" : ",", "{\"target\":", JsonString(t.name), ",\"parked\":", t.parked,
+                    ",\"parked_since_start\":", n("parked"), ",\"retried\":", n("retried"),
+                    ",\"retry_failed\":", n("retry_failed"), ",\"discarded\":", n("discarded"), "}");
     first = false;
   }
   uint64_t errors = 0;
@@ -401,6 +444,16 @@ std::string PipelineStatus::PrometheusText() {
        "Errors by kind (reconnect, resources: a target or source out of disk, memory or connections, replay, data)");
   for (const auto& [kind, n] : errors_)
     absl::StrAppend(&out, "walshift_errors_total{", p, ",kind=\"", Label(kind), "\"} ", n, "\n");
+  head("walshift_dead_letter_parked", "gauge",
+       "Changes parked in the target's walshift.dead_letter (on_error: dead_letter), not yet retried or discarded");
+  for (const Target& t : targets_)
+    absl::StrAppend(&out, "walshift_dead_letter_parked{", p, ",target=\"", Label(t.name), "\"} ", t.parked, "\n");
+  head("walshift_dead_letter_total", "counter",
+       "Dead-letter events by action (parked, retried, retry_failed, discarded) since start");
+  for (const Target& t : targets_)
+    for (const auto& [action, n] : t.dead_letter)
+      absl::StrAppend(&out, "walshift_dead_letter_total{", p, ",target=\"", Label(t.name), "\",action=\"", action,
+                      "\"} ", n, "\n");
   auto single = [&](const char* name, const char* type, const char* help, auto value) {
     head(name, type, help);
     absl::StrAppend(&out, name, "{", p, "} ", value, "\n");

@@ -98,6 +98,12 @@ class PipelineStatus {
   // Changes applied per source table (added at group commit).
   void AddTableChanges(const std::string& table, uint64_t changes);
   void CountError(const std::string& kind);
+  // on_error: dead_letter. The changes parked in `target` now (read at each attempt), and the
+  // events of a group that committed (counted, then handed to the dead-letter listener, which
+  // publishes them).
+  void SetParked(size_t target, uint64_t parked);
+  void OnDeadLetters(size_t target, uint64_t parked, const std::vector<v1::DeadLetterEvent>& events);
+  void SetDeadLetterListener(std::function<void(const v1::DeadLetterEvent&)> listener);
 
   // Alarms (v1::AlarmKind): raising one that is not active, or clearing one that is, calls the
   // state listener with a StateEvent saying so (the state unchanged); raising an active one
@@ -139,6 +145,8 @@ class PipelineStatus {
     uint64_t changes = 0, transactions = 0;
     uint64_t rate_changes = 0, rate_transactions = 0;  // at the last rate reading
     double changes_per_second = 0, transactions_per_second = 0;
+    uint64_t parked = 0;
+    std::map<std::string, uint64_t> dead_letter;  // events by action (parked, retried, ...)
   };
   v1::LagEvent LagLocked(bool advance_rates);
   std::vector<CopyUnitReport> CopyLocked();
@@ -150,6 +158,7 @@ class PipelineStatus {
   std::string state_message_;
   absl::Time state_since_ = absl::Now();
   std::function<void(const v1::StateEvent&)> listener_;
+  std::function<void(const v1::DeadLetterEvent&)> dead_letter_listener_;
   absl::Time last_tick_ = absl::Now();
   // Received commits not yet applied everywhere: (end_lsn, commit_time), in commit order.
   std::deque<std::pair<Lsn, PgTimestamp>> unapplied_;

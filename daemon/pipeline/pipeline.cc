@@ -37,11 +37,28 @@ Pipeline::Pipeline(config::Settings settings, std::vector<std::shared_ptr<const 
     for (const std::string& t : m->target_tables()) ++writers[{m->target(), t}];
   for (const auto& [table, n] : writers)
     if (n > 1) upsert_tables_.insert(table.second);
+  const auto& apply = settings_.proto.apply();
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    v1::OnError on = i < settings_.mappings.size() ? settings_.mappings[i].common.on_error() : v1::ON_ERROR_UNSET;
+    if (on == v1::ON_ERROR_UNSET) on = apply.on_error();
+    dead_letter_on_.push_back(on == v1::ON_ERROR_DEAD_LETTER && !settings_.targets[module_sink_[i]].documents());
+    int ordinal = 0;
+    for (size_t k = 0; k < i; ++k)
+      ordinal += modules_[k]->source_table() == modules_[i]->source_table() && module_sink_[k] == module_sink_[i];
+    mapping_ordinal_.push_back(ordinal);
+  }
+  const auto& dl = apply.dead_letter();
+  for (size_t t = 0; t < settings_.targets.size(); ++t) {
+    dead_letter_limits_.emplace_back(dl.has_max_parked() ? dl.max_parked() : 1000,
+                                     dl.has_max_percent() ? dl.max_percent() : 10,
+                                     absl::Seconds(dl.has_window_s() ? dl.window_s() : 60));
+  }
 }
 
 Pipeline::~Pipeline() = default;
 
 namespace {
+constexpr const char* kChangeNames[] = {"insert", "update", "delete"};
 Lsn Lowest(const std::vector<std::unique_ptr<Sink>>& sinks, Lsn (Sink::*position)() const) {
   Lsn min = kInvalidLsn;
   for (size_t i = 0; i < sinks.size(); ++i) {
@@ -56,6 +73,7 @@ Lsn Pipeline::MinDurable() const { return Lowest(sinks_, &Sink::durable_lsn); }
 Lsn Pipeline::MinFlushed() const { return Lowest(sinks_, &Sink::flushed_lsn); }
 
 absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
+  MapScope scope(this, b.module, &change, kChangeNames[static_cast<int>(change.kind)], b.module->source_table());
   const CopySkipPlan::Table* plan = copy_skip_.empty() ? nullptr : copy_skip_.Find(b.module->source_table(), b.sink);
   if (plan == nullptr) return b.bound->Map(change, emit_[b.sink]);
   // The copy's snapshot of the key's range already shows transactions committed before it.
@@ -90,6 +108,8 @@ absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
     part.old_tuple = nullptr;
     part.old_tuple_kind = 0;
   }
+  map_context_.change = &part;
+  map_context_.operation = kChangeNames[static_cast<int>(part.kind)];
   return b.bound->Map(part, emit_[b.sink]);
 }
 
@@ -104,6 +124,10 @@ absl::Status Pipeline::FlushAll() {
     }
     status_->OnApplied(i, sinks_[i]->durable_lsn(), changes, group_transactions_[i], absl::Now() - started);
     group_transactions_[i] = 0;
+    if (!dead_letter_events_[i].empty()) {
+      status_->OnDeadLetters(i, parked_[i].size(), dead_letter_events_[i]);
+      dead_letter_events_[i].clear();
+    }
   }
   for (auto& [oid, rb] : bindings_) {
     if (rb.unreported == 0) continue;
@@ -169,6 +193,7 @@ absl::Status Pipeline::OnBegin(const TransactionBegin& begin) {
   // A transaction is applied on a target when its commit record lies below the checkpoint
   // (which stores the end of the last applied commit record).
   for (size_t i = 0; i < sinks_.size(); ++i) skip_[i] = begin.final_lsn < sinks_[i]->durable_lsn();
+  std::fill(parked_seq_.begin(), parked_seq_.end(), 0);
   any_skipping_ = false;
   for (size_t i = 0; i < sinks_.size(); ++i) {
     skipping_[i] = 0;
@@ -283,6 +308,8 @@ absl::Status Pipeline::OnChange(const RowChange& change) {
   }
   ++group_changes_;
   ++rb->unreported;
+  if (any_dead_letter_)
+    for (auto& limit : dead_letter_limits_) limit.OnChange();
   return absl::OkStatus();
 }
 
@@ -322,6 +349,7 @@ absl::Status Pipeline::FillOwned(const Binding& owner, const RowChange& change) 
     fill.relation = fb.relation.get();
     fill.new_tuple = &tuple;
     fill.lsn = change.lsn;
+    MapScope scope(this, modules_[m].get(), &fill, "fill", modules_[m]->source_table());
     for (int r = 0; r < PQntuples(rows.get()); ++r) {
       for (size_t c = 0; c < tuple.size(); ++c) {
         tuple[c] = PQgetisnull(rows.get(), r, c)
@@ -402,6 +430,7 @@ absl::Status Pipeline::OnCommit(const TransactionCommit& commit) {
 absl::Status Pipeline::OnMessage(const LogicalMessage& message) {
   spdlog::debug("logical message prefix={} ({} bytes) at {}", std::string(message.prefix), message.content.size(),
                 FormatLsn(message.lsn));
+  if (message.prefix == kDeadLetterRequest) return OnDeadLetterRequest(message);
   if (!absl::StartsWith(message.prefix, kBackfillRequest)) return absl::OkStatus();
   // "<pipeline>\t..." : only this pipeline's.
   std::vector<std::string> parts = absl::StrSplit(message.content, '\t');

@@ -20,6 +20,7 @@
 #include "daemon/core/interfaces.h"
 #include "daemon/observe/status.h"
 #include "daemon/pipeline/backfill.h"
+#include "daemon/pipeline/dead_letter.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
 
@@ -158,6 +159,58 @@ class Pipeline : public ChangeHandler {
   absl::Status RecordSkipped(size_t sink, const RowChange* change, const SourceRelation& relation,
                              const std::string& table, const char* operation);
   absl::Status ClearSkip(size_t sink);
+  // on_error: dead_letter (see dead_letter.h). Per module: whether its rejected changes are
+  // parked, and its position among the mappings of its source table and target; per sink: the
+  // parked changes, the shapes that write them, the changes parked in the open source
+  // transaction, the flood limit, and events to publish once their group committed.
+  std::vector<char> dead_letter_on_;
+  std::vector<int> mapping_ordinal_;
+  bool any_dead_letter_ = false;  // a module parks, or a target holds parked changes
+  std::vector<DeadLetterBook> parked_;
+  std::vector<DeadLetterShapes> dead_letter_shapes_;
+  std::vector<int> parked_seq_;
+  std::vector<DeadLetterLimit> dead_letter_limits_;
+  std::vector<std::vector<v1::DeadLetterEvent>> dead_letter_events_;
+  // What the operations being emitted come from (set around each BoundMapping::Map).
+  struct MapContext {
+    const MappingModule* module = nullptr;
+    const RowChange* change = nullptr;
+    const char* operation = "";  // insert, update, delete, backfill, fill
+    std::string table;           // the source table by its mapped name
+  };
+  MapContext map_context_;
+  // Sets map_context_ for the operations emitted inside it, and clears it after.
+  class MapScope {
+   public:
+    MapScope(Pipeline* p, const MappingModule* module, const RowChange* change, const char* operation,
+             const std::string& table)
+        : p_(p) {
+      p_->map_context_ = MapContext{module, change, operation, table};
+    }
+    ~MapScope() { p_->map_context_ = MapContext(); }
+    MapScope(const MapScope&) = delete;
+    MapScope& operator=(const MapScope&) = delete;
+
+   private:
+    Pipeline* p_;
+  };
+  // Retry: relations and bindings made from the catalog (per attempt).
+  std::map<std::string, std::shared_ptr<const SourceRelation>> retry_relations_;
+  std::map<size_t, std::unique_ptr<BoundMapping>> retry_bindings_;
+  absl::Status LoadParked();
+  // emit_[sink]: parks an operation behind a parked change of its rows; while isolating a
+  // failing transaction, applies a dead_letter mapping's operation on its own and parks it
+  // when the target rejects it.
+  absl::Status EmitOp(size_t sink, const TargetOp& op);
+  absl::Status Park(size_t sink, const TargetOp& op, std::vector<std::string> keys, const Rejection* rejection,
+                    const ParkedChange* behind);
+  absl::Status OnDeadLetterRequest(const LogicalMessage& message);
+  // Re-maps `parked` through the current mapping and applies what it writes to its rows;
+  // *rejection is set when the target rejects it again.
+  absl::Status RetryParked(size_t sink, const ParkedChange& parked, std::optional<Rejection>* rejection,
+                           bool* wrote);
+  void DeadLetterEvent(size_t sink, const ParkedChange& parked, v1::DeadLetterAction action, const std::string& by,
+                       const std::string& reason);
   size_t group_changes_ = 0;
   absl::Time group_started_ = absl::InfinitePast();
   PgTimestamp last_commit_time_ = 0;  // the source commit time of the last transaction received

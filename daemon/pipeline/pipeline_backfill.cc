@@ -90,7 +90,10 @@ absl::Status Pipeline::OnBackfillHigh(const std::string& id) {
     }
     for (const Binding& b : bindings) {
       if (skip_[b.sink] || skipping_[b.sink]) continue;
-      RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));
+      {
+        MapScope scope(this, b.module, &change, "backfill", chunk->table);
+        RETURN_IF_ERROR(b.bound->Map(change, emit_[b.sink]));
+      }
       // A row the backfill (re)writes for an owner brings the rows it owns with it.
       if (owned_by_.count(chunk->table)) RETURN_IF_ERROR(FillOwned(b, change));
     }

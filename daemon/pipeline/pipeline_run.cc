@@ -93,7 +93,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
       // A value a target rejects in one of this attempt's transactions: the operator may leave
       // that one source transaction out there.
       if ((absl::StrContains(st.message(), "(SQLSTATE 22") || absl::StrContains(st.message(), "(SQLSTATE 23")) &&
-          streamed_ && begin_.final_lsn != kInvalidLsn && rejected_by_ >= 0 &&
+          st.code() != absl::StatusCode::kResourceExhausted && streamed_ && begin_.final_lsn != kInvalidLsn && rejected_by_ >= 0 &&
           !settings_.targets[rejected_by_].documents()) {
         const std::string& rejected_by = settings_.targets[rejected_by_].name;
         stopped_at_ = begin_.final_lsn;
@@ -168,14 +168,10 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
     sink->set_upsert_tables(upsert_tables_);
-    Sink* raw = sink.get();
     sinks_.push_back(std::move(sink));
-    emit_.push_back([this, raw, i = sinks_.size() - 1](const TargetOp& op) {
-      absl::Status st = raw->Apply(op);
-      if (!st.ok() && rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
-      return st;
-    });
+    emit_.push_back([this, i = sinks_.size() - 1](const TargetOp& op) { return EmitOp(i, op); });
   }
+  RETURN_IF_ERROR(LoadParked());
   skip_.assign(sinks_.size(), 0);
   RETURN_IF_ERROR(ReadSkipRequests());
   group_transactions_.assign(sinks_.size(), 0);
@@ -264,6 +260,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     RETURN_IF_ERROR(source_->SendFeedback(MinFlushed(), /*force=*/false));
     status_->SetReceivedLsn(source_->received_lsn());
     status_->Tick();
+    if (any_dead_letter_)
+      for (auto& limit : dead_letter_limits_) limit.Tick(absl::Now());
   }
   status_->SetState(v1::STOPPING);
   // Stopping: a transaction still open is dropped (its group rolls back with the connection)

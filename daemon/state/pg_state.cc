@@ -95,9 +95,45 @@ constexpr const char* kErrorDdl =
     "  skipped_at timestamptz NOT NULL DEFAULT now(),"
     "  PRIMARY KEY (pipeline, commit_lsn, seq))";
 
+// Changes a target rejected with a data error under on_error: dead_letter, and the later changes
+// of the same target rows parked behind them (see daemon/pipeline/dead_letter.h). Keyed by the
+// source transaction and the order of the parked changes in it, so that a group applied again
+// after a crash writes the same rows.
+constexpr const char* kDeadLetterDdl =
+    "CREATE TABLE IF NOT EXISTS walshift.dead_letter ("
+    "  id bigserial UNIQUE,"
+    "  pipeline text NOT NULL,"
+    "  commit_lsn pg_lsn NOT NULL,"  // the source transaction
+    "  seq int NOT NULL,"            // the parked change's number in it
+    "  commit_time timestamptz,"
+    "  change_lsn pg_lsn NOT NULL,"
+    "  source_table text NOT NULL,"
+    "  operation text NOT NULL,"  // the source change: insert, update, delete, backfill
+    "  mapping int NOT NULL,"     // the mapping's position among those of source_table and target
+    "  target_table text NOT NULL,"
+    "  target_operation text NOT NULL,"  // upsert, delete, update, array upsert, array remove
+    "  target_key text NOT NULL,"        // the target row, e.g. id=42
+    "  row_keys text[] NOT NULL,"        // every target row and JSON element the change writes
+    "  source_change jsonb NOT NULL,"    // {"old": {column: text}, "new": {...}, "unchanged": [...]}
+    "  mapped_values jsonb,"             // the values written, by target column
+    "  sqlstate text,"                   // NULL: parked behind an earlier change of its rows
+    "  message text NOT NULL,"
+    "  constraint_name text,"
+    "  behind_commit_lsn pg_lsn,"         // the parked change it waits behind
+    "  behind_seq int,"
+    "  state text NOT NULL DEFAULT 'parked',"  // parked, retried, discarded
+    "  attempts int NOT NULL DEFAULT 1,"
+    "  parked_at timestamptz NOT NULL DEFAULT now(),"
+    "  resolved_at timestamptz,"
+    "  resolved_by text,"
+    "  resolution text,"
+    "  PRIMARY KEY (pipeline, commit_lsn, seq)); "
+    "CREATE INDEX IF NOT EXISTS dead_letter_parked ON walshift.dead_letter (pipeline, id) WHERE state = 'parked'";
+
 constexpr Migration kMigrations[] = {
     {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
     {2, "error (what walshiftd stopped on) and skipped (transactions walshiftctl skip left out)", kErrorDdl},
+    {3, "dead_letter (changes parked under on_error: dead_letter)", kDeadLetterDdl},
 };
 constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 
@@ -563,6 +599,22 @@ absl::StatusOr<std::map<std::string, SkippedChanges>> ReadSkipped(PGconn* conn, 
     SkippedChanges& c = out[PQgetvalue(r.get(), i, 0)];
     (void)absl::SimpleAtoi(PQgetvalue(r.get(), i, 1), &c.changes);
     c.commit_lsns = PQgetvalue(r.get(), i, 2);
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, uint64_t>> ReadParked(PGconn* conn, const std::string& pipeline,
+                                                           absl::string_view what) {
+  std::string context = absl::StrCat(what, ": reading walshift.dead_letter");
+  std::map<std::string, uint64_t> out;
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.dead_letter", context));
+  if (!exists) return out;
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn,
+                                                   "SELECT source_table, count(*)::text FROM walshift.dead_letter "
+                                                   "WHERE pipeline = $1 AND state = 'parked' GROUP BY source_table",
+                                                   {pipeline.c_str()}, context));
+  for (int i = 0; i < PQntuples(r.get()); ++i) {
+    (void)absl::SimpleAtoi(PQgetvalue(r.get(), i, 1), &out[PQgetvalue(r.get(), i, 0)]);
   }
   return out;
 }

@@ -55,6 +55,10 @@ struct SkippedChanges {
 };
 absl::StatusOr<std::map<std::string, SkippedChanges>> ReadSkipped(PGconn* conn, const std::string& pipeline,
                                                                   absl::string_view what);
+// Per source table, the changes parked in walshift.dead_letter (on_error: dead_letter) and not
+// yet retried or discarded; empty when there are none (or no such table yet).
+absl::StatusOr<std::map<std::string, uint64_t>> ReadParked(PGconn* conn, const std::string& pipeline,
+                                                           absl::string_view what);
 // The state schema version this walshiftd writes.
 int StateSchemaVersion();
 

@@ -25,6 +25,9 @@ int EventsCommand(int argc, char** argv);
 // walshiftctl verify --config FILE [--table T] [--repair] [--gate] [--settle S] (verify.cc)
 int VerifyCommand(int argc, char** argv);
 
+// walshiftctl dead-letter list|show|retry|discard --config FILE ... (dead_letter.cc)
+int DeadLetterCommand(int argc, char** argv);
+
 // When a pipeline counts as unhealthy (exit code 1 of `status`).
 struct LagLimits {
   double max_lag_bytes = 64.0 * 1024 * 1024;

@@ -34,21 +34,25 @@ namespace {
 // Changes walshiftctl skip left out, per (target, source table).
 using Skipped = std::map<std::pair<std::string, std::string>, state::SkippedChanges>;
 
-Skipped ReadSkipped(const config::Settings& s) {
-  Skipped out;
+// Changes parked in walshift.dead_letter, per (target, source table).
+using Parked = std::map<std::pair<std::string, std::string>, uint64_t>;
+
+void ReadLeftOut(const config::Settings& s, Skipped* skipped, Parked* parked) {
   for (const auto& t : s.targets) {
     if (t.documents()) continue;
     std::string what = absl::StrCat("target ", t.name);
     auto conn = pg::Connect(t.dsn, what, "application_name=walshiftctl");
     if (!conn.ok()) continue;  // the pass itself reports an unreachable target
     auto rows = state::ReadSkipped(conn->get(), s.proto.pipeline(), what);
-    if (!rows.ok()) continue;
-    for (auto& [table, c] : *rows) out[{t.name, table}] = std::move(c);
+    if (rows.ok())
+      for (auto& [table, c] : *rows) (*skipped)[{t.name, table}] = std::move(c);
+    auto waiting = state::ReadParked(conn->get(), s.proto.pipeline(), what);
+    if (waiting.ok())
+      for (auto& [table, n] : *waiting) (*parked)[{t.name, table}] = n;
   }
-  return out;
 }
 
-void Print(const std::vector<VerifyTableReport>& reports, const Skipped& skipped) {
+void Print(const std::vector<VerifyTableReport>& reports, const Skipped& skipped, const Parked& parked) {
   for (const auto& r : reports) {
     auto n = [](uint64_t v) { return static_cast<unsigned long long>(v); };
     std::string extra = r.extras_checked ? absl::StrCat(r.extra, " extra") : "extra rows not looked for";
@@ -61,6 +65,11 @@ void Print(const std::vector<VerifyTableReport>& reports, const Skipped& skipped
                   "in walshift.skipped); a backfill of %s heals them\n",
                   n(it->second.changes), r.source_table.c_str(), it->second.commit_lsns.c_str(),
                   r.source_table.c_str());
+    }
+    if (auto it = parked.find({r.target, r.source_table}); it != parked.end()) {
+      std::printf("    parked: %llu changes of %s wait in walshift.dead_letter (walshiftctl dead-letter list); their rows "
+                  "differ until they are retried or discarded\n",
+                  n(it->second), r.source_table.c_str());
     }
     for (v1::DriftKind kind : {v1::MISSING, v1::EXTRA, v1::MISMATCH}) {
       const uint64_t total = kind == v1::MISSING ? r.missing : kind == v1::EXTRA ? r.extra : r.mismatched;
@@ -201,8 +210,10 @@ int VerifyCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(reports.status().message()).c_str());
     return 2;
   }
-  Skipped skipped = ReadSkipped(*settings);
-  Print(*reports, skipped);
+  Skipped skipped;
+  Parked parked;
+  ReadLeftOut(*settings, &skipped, &parked);
+  Print(*reports, skipped, parked);
   uint64_t drift = 0;
   for (const auto& r : *reports) drift += r.drift();
   if (drift > 0 && repair) {
@@ -239,13 +250,22 @@ int VerifyCommand(int argc, char** argv) {
       std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(reports.status().message()).c_str());
       return 2;
     }
-    Print(*reports, skipped);
+    Print(*reports, skipped, parked);
     drift = 0;
     for (const auto& r : *reports) drift += r.drift();
   }
   uint64_t unsettled = 0;
   for (const auto& r : *reports) unsettled += r.unsettled;
   std::printf("%s\n", drift == 0 ? "no drift" : absl::StrCat(drift, " differences").c_str());
+  uint64_t waiting = 0;
+  for (const auto& [where, n] : parked) waiting += n;
+  if (gate && waiting > 0) {
+    // A parked change is a row the new schema does not have as the source does.
+    std::printf("gate: %llu changes are parked in walshift.dead_letter (walshiftctl dead-letter list): retry or "
+                "discard them first\n",
+                static_cast<unsigned long long>(waiting));
+    return 1;
+  }
   if (gate && unsettled > 0) {
     // At cutover the writes have stopped: a row that could not be confirmed either way fails it.
     std::printf("gate: %llu rows could not be confirmed (is walshiftd running and caught up?)\n",

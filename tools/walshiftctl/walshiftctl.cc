@@ -5,6 +5,7 @@
 //   walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]
 //   walshiftctl events --brokers B --topic T [--from-beginning] [--follow] [--json]
 //   walshiftctl skip --config FILE --lsn LSN
+//   walshiftctl dead-letter list|show|retry|discard --config FILE ...
 //
 // status asks walshiftd's HTTP endpoint (--url, or the config's status.listen); with only
 // --config and no walshiftd answering, it reads the slot on the legacy database and the
@@ -256,6 +257,9 @@ int Usage(FILE* f, int code) {
                "  there are several; the stop message names both). walshiftd records its changes\n"
                "  in walshift.skipped when it meets it; a backfill of their tables heals them. Exit 0, 1\n"
                "  nothing to skip (applied already), 2 error.\n"
+               "usage: walshiftctl dead-letter list|show|retry|discard --config FILE ...\n"
+               "  The changes a target rejected under on_error: dead_letter: list them, show one, retry\n"
+               "  them after a fix, or discard them with a reason (walshiftctl dead-letter --help).\n"
                "usage: walshiftctl events --brokers HOST:PORT[,...] --topic TOPIC [--from-beginning] [--follow]\n"
                "                          [--json]\n"
                "  Prints walshiftd's events (lag, state changes, drift) from a Kafka topic, one per line.\n"
@@ -519,6 +523,7 @@ int main(int argc, char** argv) {
   if (cmd == "events") return walshift::ctl::EventsCommand(argc - 2, argv + 2);
   if (cmd == "verify") return walshift::ctl::VerifyCommand(argc - 2, argv + 2);
   if (cmd == "skip") return walshift::SkipCommand(argc - 2, argv + 2);
+  if (cmd == "dead-letter") return walshift::ctl::DeadLetterCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
   return walshift::Usage(stderr, 2);
