@@ -31,7 +31,7 @@ absl::Status Pipeline::LoadParked() {
     RETURN_IF_ERROR(parked_[i].Load(conn.get(), settings_.proto.pipeline(), what));
     if (!parked_[i].empty()) {
       any_dead_letter_ = true;
-      spdlog::warn("target {}: {} change{} parked in walshift.dead_letter; later changes of their rows are parked "
+      spdlog::warn("target {}: {} change{} parked in walshift.dead_letter; later changes of the same rows are parked "
                    "behind them until walshiftctl dead-letter retry or discard resolves them",
                    t.name, parked_[i].size(), parked_[i].size() == 1 ? " is" : "s are");
     }
@@ -189,6 +189,10 @@ absl::Status Pipeline::OnDeadLetterRequest(const LogicalMessage& message) {
       bool behind_failed = false;
       for (const std::string& k : p->row_keys) behind_failed |= blocked.count(k) > 0;
       if (behind_failed) {
+        // Still behind a change that was rejected again: counted as tried, so that walshiftctl
+        // sees the request was acted on.
+        ++p->attempts;
+        RETURN_IF_ERROR(EmitRefail(dead_letter_shapes_[i], pipeline, *p, apply));
         blocked.insert(p->row_keys.begin(), p->row_keys.end());
         continue;
       }

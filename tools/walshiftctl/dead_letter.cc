@@ -285,7 +285,7 @@ int Resolve(const config::Settings& s, const Options& o) {
           ++open;
         } else if (state == "parked") {
           ++failed;
-          lines.push_back(absl::StrCat("  ", p.target->name, " #", n.id, ": rejected again, still parked: ",
+          lines.push_back(absl::StrCat("  ", p.target->name, " #", n.id, ": not applied, still parked: ",
                                        PQgetvalue(r->get(), 0, 2)));
         } else {
           lines.push_back(absl::StrCat("  ", p.target->name, " #", n.id, ": ", state));
