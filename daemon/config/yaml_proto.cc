@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/reflection.h"
@@ -66,7 +67,9 @@ std::string EnumChoices(const google::protobuf::EnumDescriptor* e) {
   prefix.resize(prefix.rfind('_') == std::string::npos ? 0 : prefix.rfind('_') + 1);
   std::string out;
   for (int i = 0; i < e->value_count(); ++i) {
-    absl::StrAppend(&out, i ? ", " : "", absl::AsciiStrToLower(e->value(i)->name().substr(prefix.size())));
+    const std::string& name = e->value(i)->name();
+    if (absl::EndsWith(name, "_UNSET") || absl::EndsWith(name, "_UNSPECIFIED")) continue;  // the field's absence
+    absl::StrAppend(&out, out.empty() ? "" : ", ", absl::AsciiStrToLower(name.substr(prefix.size())));
   }
   return out;
 }

@@ -86,6 +86,31 @@ extra: 1
   EXPECT_THAT(m, HasSubstr("targets[0]: one of dsn, dsn_env or dsn_file is required"));
 }
 
+TEST(ConfigTest, OnErrorIsStopOrDeadLetterAndDeadLetterOnlyForPostgresTargets) {
+  const std::string base = R"(
+pipeline: p
+source: {dsn: x}
+targets: [{name: db, dsn: y}, {name: docs, kind: documents, path: /tmp/d}]
+)";
+  auto ok = LoadSettingsText(base + R"(apply: {on_error: dead_letter, dead_letter: {max_parked: 50}}
+mappings: [{source: a, target: db, on_error: stop}, {source: b, target: docs}]
+)",
+                             "ok.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->proto.apply().on_error(), v1::ON_ERROR_DEAD_LETTER);
+  EXPECT_EQ(ok->mappings[0].common.on_error(), v1::ON_ERROR_STOP);
+  auto bad = LoadSettingsText(base + R"(apply: {on_error: park, dead_letter: {max_percent: 0}}
+mappings: [{source: b, target: docs, on_error: dead_letter}]
+)",
+                              "bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  std::string m(bad.status().message());
+  EXPECT_THAT(m, HasSubstr("apply.on_error: 'park' is not one of stop, dead_letter"));
+  EXPECT_THAT(m, HasSubstr("mappings[0].on_error: dead_letter parks rejected changes in a PostgreSQL target's "
+                           "walshift.dead_letter table; target docs is a documents target"));
+  EXPECT_THAT(m, HasSubstr("apply.dead_letter.max_percent: 0 is out of range (1..100)"));
+}
+
 TEST(ConfigTest, NetworkTimeoutsHaveDefaultsAndBadValuesAreRefusedByKeyPath) {
   const std::string base =
       "pipeline: p\nsource: {dsn: \"host=/tmp\"}\ntargets: [{name: a, dsn: \"host=/tmp\"}]\n"
