@@ -193,4 +193,14 @@ absl::StatusOr<std::optional<StopError>> ReadStopError(const config::TargetSetti
       target, [&](PGconn* c, const std::string& what) { return ReadStopError(c, pipeline, what); });
 }
 
+absl::StatusOr<uint64_t> CountParked(const config::TargetSettings& target, const std::string& pipeline) {
+  if (target.documents()) return uint64_t{0};
+  return Postgres<uint64_t>(target, [&](PGconn* c, const std::string& what) -> absl::StatusOr<uint64_t> {
+    ASSIGN_OR_RETURN(auto parked, ReadParked(c, pipeline, what));
+    uint64_t n = 0;
+    for (const auto& [table, count] : parked) n += count;
+    return n;
+  });
+}
+
 }  // namespace walshift::state

@@ -52,6 +52,8 @@ absl::StatusOr<std::optional<BackfillRow>> BackfillSince(TargetStateReader& read
 // store keeps none: OK and std::nullopt).
 absl::Status RecordStopError(const config::TargetSettings& target, const std::string& pipeline, int exit_code,
                              const std::string& message, Lsn lsn);
+// The changes parked in the target's walshift.dead_letter (0 for a document store).
+absl::StatusOr<uint64_t> CountParked(const config::TargetSettings& target, const std::string& pipeline);
 absl::StatusOr<std::optional<StopError>> ReadStopError(const config::TargetSettings& target,
                                                        const std::string& pipeline);
 // The target's clock (seconds since the epoch), to compare with BackfillRow::updated_at.

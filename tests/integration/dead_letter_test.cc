@@ -110,6 +110,7 @@ TEST_F(DeadLetterTest, RejectedChangesAreParkedInOrderAndARetryAfterTheFixConver
   EXPECT_THAT(list.stdout_text, HasSubstr("target main: 7 parked changes"));
   EXPECT_THAT(list.stdout_text, HasSubstr("SQLSTATE 23514"));
   EXPECT_THAT(list.stdout_text, HasSubstr("behind #"));
+  EXPECT_THAT(Walshiftctl({"status", "--config", config}).stdout_text, HasSubstr("!! PARKED: 7 changes"));
   RunResult gate = Walshiftctl({"verify", "--config", config, "--gate"});
   EXPECT_EQ(gate.status.exit_code(), 1) << gate.stdout_text;
   EXPECT_THAT(gate.stdout_text, HasSubstr("gate: 7 changes are parked in walshift.dead_letter"));

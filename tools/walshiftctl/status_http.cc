@@ -236,6 +236,16 @@ std::string RenderStatus(const Struct& status, const LagLimits& limits) {
         absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(a.since().seconds()), absl::UTCTimeZone()), ": ",
         a.message(), "\n");
   }
+  const Value* dead_letter = Field(status, "dead_letter");
+  if (dead_letter != nullptr && dead_letter->kind_case() == Value::kListValue) {
+    for (const Value& d : dead_letter->list_value().values()) {
+      if (d.kind_case() != Value::kStructValue || Number(d.struct_value(), "parked") <= 0) continue;
+      absl::StrAppend(&out, "  !! PARKED: ", Grouped(Number(d.struct_value(), "parked")), " changes in ",
+                      Text(d.struct_value(), "target"),
+                      "'s walshift.dead_letter (walshiftctl dead-letter list); the gate fails until they are "
+                      "retried or discarded\n");
+    }
+  }
   if (Number(status, "retry_attempt") > 0) {
     absl::StrAppend(&out, "  retrying (attempt ", Grouped(Number(status, "retry_attempt")), ", failing since ",
                     Text(status, "failing_since"), ")\n");

@@ -55,6 +55,7 @@ struct TargetStatus {
   double seconds_since_update = -1;
   // The error walshiftd last stopped on, while the checkpoint has not moved since.
   std::optional<state::StopError> stopped;
+  uint64_t parked = 0;  // changes in walshift.dead_letter (on_error: dead_letter)
 };
 
 struct Status {
@@ -113,6 +114,8 @@ Status Collect(const config::Settings& s) {
       auto stop = state::ReadStopError(t, s.proto.pipeline());
       // (A walshiftd holding the slot runs again, whatever the checkpoint says yet.)
       if (stop.ok() && *stop && (*stop)->current && !st.slot_active) ts.stopped = **stop;
+      auto parked = state::CountParked(t, s.proto.pipeline());
+      if (parked.ok()) ts.parked = *parked;
     }
     st.targets.push_back(ts);
   }
@@ -183,6 +186,12 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
                 t.stopped->occurred_at.c_str(), t.stopped->exit_code, t.stopped->lsn.empty() ? "" : " at LSN ",
                 t.stopped->lsn.c_str(), t.stopped->message.c_str());
   }
+  for (const auto& t : st.targets) {
+    if (t.parked == 0) continue;
+    std::printf("  !! PARKED: %llu change%s parked in %s's walshift.dead_letter (walshiftctl dead-letter list); the gate "
+                "fails until they are retried or discarded\n",
+                static_cast<unsigned long long>(t.parked), t.parked == 1 ? " is" : "s are", t.name.c_str());
+  }
   std::printf("\n  %-12s %-10s %-14s %-12s %s\n", "TARGET", "STATE", "APPLIED LSN", "BEHIND", "LAST APPLIED COMMIT");
   for (const auto& t : st.targets) {
     if (!t.reachable) {
@@ -222,6 +231,7 @@ void PrintJson(const config::Settings& s, const Status& st) {
                     ",\"lag_bytes\":", absl::StrFormat("%.0f", behind),
                     ",\"last_commit_time\":", t.commit_time.empty() ? "null" : JsonString(t.commit_time),
                     t.error.empty() ? "" : absl::StrCat(",\"error\":", JsonString(t.error)),
+                    ",\"dead_letter_parked\":", t.parked,
                     !t.stopped ? ""
                                : absl::StrCat(",\"stopped_on_error\":{\"at\":", JsonString(t.stopped->occurred_at),
                                               ",\"exit_code\":", t.stopped->exit_code,
