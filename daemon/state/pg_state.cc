@@ -259,6 +259,20 @@ absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vec
                                      "TABLES IN SCHEMA walshift TO ",
                                      role, "; or make the role their owner (ALTER TABLE … OWNER TO ", role, ")"));
   }
+  // walshift.drift and walshift.dead_letter number their rows from a sequence.
+  ASSIGN_OR_RETURN(pg::ResultPtr sequences,
+                   pg::Exec(conn,
+                            "SELECT string_agg(format('walshift.%I', c.relname), ', ' ORDER BY c.relname) "
+                            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = 'walshift' AND c.relkind = 'S' "
+                            "  AND NOT has_sequence_privilege(c.oid, 'USAGE')",
+                            context));
+  if (!PQgetisnull(sequences.get(), 0, 0)) {
+    problems->push_back(absl::StrCat(what, ": role ", role, " cannot number rows of walshift's state tables with ",
+                                     PQgetvalue(sequences.get(), 0, 0),
+                                     " (another role created them): GRANT USAGE ON ALL SEQUENCES IN SCHEMA walshift TO ",
+                                     role));
+  }
   return absl::OkStatus();
 }
 
