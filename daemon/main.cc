@@ -231,7 +231,8 @@ int main(int argc, char** argv) {
     return DryRun(*settings, *modules);
   }
   if (check.code() == absl::StatusCode::kInvalidArgument) {
-    std::string message = absl::StrCat("the mappings do not match the live schemas: ", check.message());
+    // (Schemas that do not fit the mappings, or privileges the roles lack.)
+    std::string message = absl::StrCat("the live databases cannot run this configuration: ", check.message());
     std::fprintf(stderr, "walshiftd: %s\n", message.c_str());
     RecordStop(*settings, 2, message);
     return 2;

@@ -139,6 +139,15 @@ absl::Status PgSink::ErrorFor(const Pending& pending, const PGresult* result) {
     absl::StrAppend(&extra, "; detail: ", pg::ShowValues() || !sqlstate ? std::string(detail)
                                                                          : pg::RedactValues(detail, sqlstate));
   }
+  if (!pg::ShowValues() && sqlstate && pending.shape != nullptr &&
+      (absl::string_view(sqlstate) == "23505" || absl::string_view(sqlstate) == "23P01")) {
+    // Keys of the row itself stay; another unique index's values go.
+    std::vector<std::string> key;
+    for (int k : pending.shape->key) key.push_back(pending.shape->values[k].column);
+    std::string row_key = absl::StrJoin(key, ", ");
+    server_msg = pg::RedactOtherKeys(server_msg, row_key);
+    extra = pg::RedactOtherKeys(extra, row_key);
+  }
   switch (pending.kind) {
     case Pending::kStatement: {
       const OpShape& shape = *pending.shape;

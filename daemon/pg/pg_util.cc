@@ -55,6 +55,20 @@ std::string RedactValues(absl::string_view message, absl::string_view sqlstate) 
   return absl::StrJoin(lines, "\n");
 }
 
+std::string RedactOtherKeys(absl::string_view message, absl::string_view row_key) {
+  std::string out(message);
+  for (size_t at = out.find("Key ("); at != std::string::npos; at = out.find("Key (", at + 1)) {
+    size_t eq = out.find(")=(", at);
+    if (eq == std::string::npos) break;
+    if (absl::string_view(out).substr(at + 5, eq - at - 5) == row_key) continue;
+    size_t end = out.find(") already exists", eq);
+    if (end == std::string::npos) end = out.find(") conflicts with", eq);
+    if (end == std::string::npos) continue;
+    out.replace(eq + 3, end - eq - 3, "redacted");
+  }
+  return out;
+}
+
 absl::Status ResultStatus(PGconn* conn, const PGresult* result, absl::string_view context) {
   if (result == nullptr) {
     std::string msg = conn ? PQerrorMessage(conn) : "no connection";

@@ -53,6 +53,10 @@ void SetShowValues(bool show);
 bool ShowValues();
 // `message` of a server error of `sqlstate` with its row values replaced as above.
 std::string RedactValues(absl::string_view message, absl::string_view sqlstate);
+// The values of "Key (columns)=(values)" in a unique or exclusion violation's message replaced
+// with "(redacted)" unless `columns` are exactly `row_key` ("id" or "a, b"): another unique
+// index (an email, say) is not the row's key, and its values may be personal data.
+std::string RedactOtherKeys(absl::string_view message, absl::string_view row_key);
 
 // libpq parameters every later Connect() uses unless its DSN sets them itself (the DSN and
 // Connect's `extra` win): config::Settings::connection_defaults, i.e. connect_timeout,

@@ -74,7 +74,7 @@ TEST_F(CheckTest, ReportsEveryProblemAtOnce) {
   auto st = daemon_->Wait(absl::Seconds(60));
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->exit_code(), 2);
-  EXPECT_THAT(DaemonLog(), HasSubstr("do not match the live schemas"));
+  EXPECT_THAT(DaemonLog(), HasSubstr("the live databases cannot run this configuration"));
 }
 
 TEST_F(CheckTest, GoodConfigPasses) {

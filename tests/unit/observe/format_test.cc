@@ -53,6 +53,12 @@ TEST(RedactValuesTest, HidesQuotedValuesOfDataExceptionsAndTheFailingRowButNotKe
   const char* duplicate =
       "ERROR:  duplicate key value violates unique constraint \"items_pkey\"\nDETAIL:  Key (id)=(7) already exists.";
   EXPECT_EQ(pg::RedactValues(duplicate, "23505"), duplicate);
+  EXPECT_EQ(pg::RedactOtherKeys(duplicate, "id"), duplicate);
+  EXPECT_EQ(pg::RedactOtherKeys("ERROR:  duplicate key value violates unique constraint \"u\"; DETAIL:  Key (email, "
+                                "region)=(a@b.c, eu) already exists.",
+                                "id"),
+            "ERROR:  duplicate key value violates unique constraint \"u\"; DETAIL:  Key (email, region)=(redacted) "
+            "already exists.");
   EXPECT_EQ(pg::RedactValues("ERROR:  value too long for type character varying(3)", "22001"),
             "ERROR:  value too long for type character varying(3)");
 }
