@@ -213,6 +213,8 @@ absl::Status PgSink::Send(const Variant& v, int rows, const char* const* values,
   }
   pending_.push_back(p);
   pending_bytes_ += bytes;
+  // (ApplyIsolated syncs and reads everything right after its statement.)
+  if (isolating_) return absl::OkStatus();
   if (pending_.size() > options_.max_pending_statements || pending_bytes_ > options_.max_pending_bytes) {
     return Pump(/*block=*/true, /*drain_all=*/false);
   }
@@ -302,10 +304,9 @@ absl::Status PgSink::ApplyIsolated(const TargetOp& op, std::optional<Rejection>*
     RETURN_IF_ERROR(st);
     return SendControl("RELEASE SAVEPOINT walshift_op");
   }
+  if (st.code() == absl::StatusCode::kUnavailable) return st;  // the connection, not the value
   absl::string_view cls = absl::string_view(first_error_sqlstate_).substr(0, 2);
-  if (!first_error_isolated_ || (cls != "22" && cls != "23") || !st.ok()) {
-    return first_error_.ok() ? st : first_error_;
-  }
+  if (!first_error_isolated_ || (cls != "22" && cls != "23")) return first_error_;
   // The server's transaction is aborted up to the savepoint: undo the statement alone.
   Rejection r{first_error_sqlstate_, first_error_constraint_, first_error_};
   first_error_ = absl::OkStatus();

@@ -129,18 +129,16 @@ absl::Status ParseDeadLetterRequest(absl::string_view content, DeadLetterRequest
 std::vector<std::string> OpRowKeys(const TargetOp& op) {
   const OpShape& s = *op.shape;
   std::vector<std::string> keys;
-  auto row = [&](const std::vector<TargetValue>& values, const std::vector<int>& which) {
-    std::string k = s.table;
-    for (int i : which) absl::StrAppend(&k, std::string(1, kSep), values[i].column, "=", ValueText(op, values[i]));
+  // Columns by name: two mappings may list a composite key in different orders.
+  auto key = [&](std::string k, const std::vector<TargetValue>& values, const std::vector<int>& which) {
+    std::vector<std::string> parts;
+    for (int i : which) parts.push_back(absl::StrCat(values[i].column, "=", ValueText(op, values[i])));
+    std::sort(parts.begin(), parts.end());
+    for (const std::string& part : parts) absl::StrAppend(&k, std::string(1, kSep), part);
     keys.push_back(std::move(k));
   };
-  auto element = [&]() {
-    std::string k = absl::StrCat(s.table, ".", s.array.column, "[]");
-    for (int i : s.array.element_key) {
-      absl::StrAppend(&k, std::string(1, kSep), s.array.element[i].column, "=", ValueText(op, s.array.element[i]));
-    }
-    keys.push_back(std::move(k));
-  };
+  auto row = [&](const std::vector<TargetValue>& values, const std::vector<int>& which) { key(s.table, values, which); };
+  auto element = [&]() { key(absl::StrCat(s.table, ".", s.array.column, "[]"), s.array.element, s.array.element_key); };
   switch (s.kind) {
     case OpKind::kUpsert:
     case OpKind::kDelete:
@@ -286,7 +284,7 @@ absl::Status DeadLetterBook::Load(PGconn* conn, const std::string& pipeline, abs
                      "  - 946684800000000, 0), change_lsn::text, source_table, operation, mapping, target_table, "
                      "  target_operation, target_key, array_to_json(row_keys)::text, source_change::text, "
                      "  COALESCE(mapped_values::text, ''), COALESCE(sqlstate, ''), message, COALESCE(constraint_name, ''), "
-                     "  COALESCE(behind_commit_lsn::text, ''), COALESCE(behind_seq, 0), attempts "
+                     "  COALESCE(behind_commit_lsn::text, ''), COALESCE(behind_seq, 0), attempts, op_index "
                      "FROM walshift.dead_letter WHERE pipeline = $1 AND state = 'parked' ORDER BY commit_lsn, seq",
                      {pipeline.c_str()}, absl::StrCat(what, ": reading walshift.dead_letter")));
   for (int i = 0; i < PQntuples(r.get()); ++i) {
@@ -294,7 +292,8 @@ absl::Status DeadLetterBook::Load(PGconn* conn, const std::string& pipeline, abs
     ParkedChange p;
     bool ok = absl::SimpleAtoi(v(0), &p.id) && absl::SimpleAtoi(v(2), &p.seq) &&
               absl::SimpleAtoi(v(3), &p.commit_time) && absl::SimpleAtoi(v(7), &p.mapping) &&
-              absl::SimpleAtoi(v(18), &p.behind_seq) && absl::SimpleAtoi(v(19), &p.attempts);
+              absl::SimpleAtoi(v(18), &p.behind_seq) && absl::SimpleAtoi(v(19), &p.attempts) &&
+              absl::SimpleAtoi(v(20), &p.op_index);
     p.commit_lsn = ParseLsn(v(1)).value_or(kInvalidLsn);
     p.change_lsn = ParseLsn(v(4)).value_or(kInvalidLsn);
     p.source_table = v(5);
@@ -348,6 +347,12 @@ void DeadLetterBook::Add(ParkedChange change) {
 ParkedChange* DeadLetterBook::Find(const std::pair<Lsn, int>& position) {
   auto it = parked_.find(position);
   return it == parked_.end() ? nullptr : &it->second;
+}
+
+std::vector<ParkedChange*> DeadLetterBook::All() {
+  std::vector<ParkedChange*> out;
+  for (auto& [pos, p] : parked_) out.push_back(&p);
+  return out;
 }
 
 void DeadLetterBook::Remove(const std::pair<Lsn, int>& position) {
@@ -408,6 +413,7 @@ DeadLetterShapes MakeDeadLetterShapes(const std::string& target) {
                   Param("behind_seq", 18, "integer"),
                   Param("attempts", 19, "integer"),
                   Param("state", 20, "text"),
+                  Param("op_index", 21, "integer"),
                   {"parked_at", -1, "now()", {}, "now", ""}});
   s.resolve = Shape(OpKind::kUpdateOnly, target,
                     {Param("pipeline", 0, "text"),
@@ -432,14 +438,16 @@ absl::Status EmitPark(const DeadLetterShapes& shapes, const std::string& pipelin
   std::string keys = pg::TextArrayLiteral(p.row_keys);
   std::string behind = p.behind_commit_lsn != kInvalidLsn ? FormatLsn(p.behind_commit_lsn) : "";
   std::string behind_seq = absl::StrCat(p.behind_seq), attempts = absl::StrCat(p.attempts), state = "parked";
+  std::string op_index = absl::StrCat(p.op_index);
   auto opt = [](const std::string& s) { return s.empty() ? Null() : Text(s); };
-  Datum params[21] = {Text(pipeline),      Text(commit),         Text(seq),
+  Datum params[22] = {Text(pipeline),      Text(commit),         Text(seq),
                       opt(time),           Text(change),         Text(p.source_table),
                       Text(p.operation),   Text(mapping),        Text(p.target_table),
                       Text(p.target_operation), Text(p.target_key), Text(keys),
                       Text(p.source_change), opt(p.mapped_values), opt(p.sqlstate),
                       Text(p.message),     opt(p.constraint),    opt(behind),
-                      behind.empty() ? Null() : Text(behind_seq), Text(attempts), Text(state)};
+                      behind.empty() ? Null() : Text(behind_seq), Text(attempts), Text(state),
+                      Text(op_index)};
   TargetOp op;
   op.shape = shapes.park.get();
   op.params = params;
@@ -477,6 +485,13 @@ void DeadLetterLimit::Tick(absl::Time now) {
   if (samples_.empty() || now - samples_.back().first >= absl::Seconds(1)) samples_.emplace_back(now, changes_);
   while (samples_.size() > 1 && now - samples_[1].first >= window_) samples_.pop_front();
   while (!rejections_.empty() && now - rejections_.front() >= window_) rejections_.pop_front();
+}
+
+absl::Status DeadLetterLimit::AdmitBehind(size_t parked, const std::string& target) const {
+  if (parked + 1 <= max_parked_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("target ", target, ": ", parked, " changes are parked in walshift.dead_letter already, the most ",
+                   "apply.dead_letter.max_parked allows: stopping instead of parking more behind them"));
 }
 
 absl::Status DeadLetterLimit::Admit(size_t parked, const std::string& target, absl::Time now) {

@@ -74,6 +74,7 @@ struct ParkedChange {
   Lsn change_lsn = kInvalidLsn;
   std::string source_table, operation;  // operation: insert, update, delete, backfill
   int mapping = 0;                      // among the mappings of source_table and this target
+  int op_index = 0;                     // among the operations the mapping emits for the change
   std::string target_table, target_operation, target_key;
   std::vector<std::string> row_keys;
   std::string source_change, mapped_values;  // JSON
@@ -99,6 +100,7 @@ class DeadLetterBook {
   std::vector<ParkedChange*> Connected(const std::vector<std::pair<Lsn, int>>& positions);
   void Remove(const std::pair<Lsn, int>& position);
   ParkedChange* Find(const std::pair<Lsn, int>& position);
+  std::vector<ParkedChange*> All();
 
  private:
   void Index(const ParkedChange& change);
@@ -133,6 +135,8 @@ class DeadLetterLimit {
   // Before parking a rejected change when `parked` are parked in the target already: an error
   // naming the limit it would pass, or OK (and it is counted).
   absl::Status Admit(size_t parked, const std::string& target, absl::Time now);
+  // Before parking a change behind another: only the total counts.
+  absl::Status AdmitBehind(size_t parked, const std::string& target) const;
 
  private:
   uint32_t max_parked_, max_percent_;

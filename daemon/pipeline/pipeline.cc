@@ -110,6 +110,7 @@ absl::Status Pipeline::MapChange(const Binding& b, const RowChange& change) {
   }
   map_context_.change = &part;
   map_context_.operation = kChangeNames[static_cast<int>(part.kind)];
+  map_context_.ops = 0;
   return b.bound->Map(part, emit_[b.sink]);
 }
 
@@ -349,8 +350,8 @@ absl::Status Pipeline::FillOwned(const Binding& owner, const RowChange& change) 
     fill.relation = fb.relation.get();
     fill.new_tuple = &tuple;
     fill.lsn = change.lsn;
-    MapScope scope(this, modules_[m].get(), &fill, "fill", modules_[m]->source_table());
     for (int r = 0; r < PQntuples(rows.get()); ++r) {
+      MapScope scope(this, modules_[m].get(), &fill, "fill", modules_[m]->source_table());
       for (size_t c = 0; c < tuple.size(); ++c) {
         tuple[c] = PQgetisnull(rows.get(), r, c)
                        ? Datum{DatumKind::kNull, 0, nullptr}
@@ -381,6 +382,7 @@ absl::Status Pipeline::OnTruncate(const TruncateChange& truncate) {
         t.restart_identity = truncate.restart_identity;
         return emit_[b.sink](t);
       };
+      MapScope scope(this, b.module, nullptr, "truncate", b.module->source_table());
       RETURN_IF_ERROR(b.bound->MapTruncate(truncate.lsn, emit));
     }
   }

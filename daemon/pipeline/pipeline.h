@@ -175,8 +175,9 @@ class Pipeline : public ChangeHandler {
   struct MapContext {
     const MappingModule* module = nullptr;
     const RowChange* change = nullptr;
-    const char* operation = "";  // insert, update, delete, backfill, fill
-    std::string table;           // the source table by its mapped name
+    const char* operation = "";         // insert, update, delete, backfill, fill
+    const std::string* table = nullptr;  // the source table by its mapped name
+    int ops = 0;                         // operations emitted for the change so far
   };
   MapContext map_context_;
   // Sets map_context_ for the operations emitted inside it, and clears it after.
@@ -185,7 +186,7 @@ class Pipeline : public ChangeHandler {
     MapScope(Pipeline* p, const MappingModule* module, const RowChange* change, const char* operation,
              const std::string& table)
         : p_(p) {
-      p_->map_context_ = MapContext{module, change, operation, table};
+      p_->map_context_ = MapContext{module, change, operation, &table, 0};
     }
     ~MapScope() { p_->map_context_ = MapContext(); }
     MapScope(const MapScope&) = delete;
@@ -194,6 +195,9 @@ class Pipeline : public ChangeHandler {
    private:
     Pipeline* p_;
   };
+  // Resolves the changes parked in `table` of `sink` that a TRUNCATE (or a clear of a merged
+  // source's columns, `source` set) makes moot: discarded, as the rows they would write are gone.
+  absl::Status ResolveTruncated(size_t sink, const TargetOp& op);
   // Retry: relations and bindings made from the catalog (per attempt).
   std::map<std::string, std::shared_ptr<const SourceRelation>> retry_relations_;
   std::map<size_t, std::unique_ptr<BoundMapping>> retry_bindings_;
@@ -202,8 +206,8 @@ class Pipeline : public ChangeHandler {
   // failing transaction, applies a dead_letter mapping's operation on its own and parks it
   // when the target rejects it.
   absl::Status EmitOp(size_t sink, const TargetOp& op);
-  absl::Status Park(size_t sink, const TargetOp& op, std::vector<std::string> keys, const Rejection* rejection,
-                    const ParkedChange* behind);
+  absl::Status Park(size_t sink, const TargetOp& op, int op_index, std::vector<std::string> keys,
+                    const Rejection* rejection, const ParkedChange* behind);
   absl::Status OnDeadLetterRequest(const LogicalMessage& message);
   // Re-maps `parked` through the current mapping and applies what it writes to its rows;
   // *rejection is set when the target rejects it again.

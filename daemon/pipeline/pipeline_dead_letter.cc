@@ -42,26 +42,34 @@ absl::Status Pipeline::LoadParked() {
 
 absl::Status Pipeline::EmitOp(size_t i, const TargetOp& op) {
   Sink* sink = sinks_[i].get();
-  const MapContext& c = map_context_;
-  if (any_dead_letter_ && c.module != nullptr && op.shape->kind != OpKind::kTruncate &&
-      op.shape->kind != OpKind::kClearColumns) {
-    std::vector<std::string> keys;
-    if (!parked_[i].empty()) {
-      keys = OpRowKeys(op);
-      if (const ParkedChange* first = parked_[i].Blocking(keys)) return Park(i, op, std::move(keys), nullptr, first);
-    }
-    size_t m = std::find_if(modules_.begin(), modules_.end(), [&](const auto& p) { return p.get() == c.module; }) -
-               modules_.begin();
-    if (isolate_until_ != kInvalidLsn && m < modules_.size() && dead_letter_on_[m]) {
-      std::optional<Rejection> rejected;
-      absl::Status st = sink->ApplyIsolated(op, &rejected);
-      if (!st.ok()) {
-        if (rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
-        return st;
+  MapContext& c = map_context_;
+  if (any_dead_letter_ && c.module != nullptr) {
+    const int op_index = c.ops++;
+    if (op.shape->kind == OpKind::kTruncate || op.shape->kind == OpKind::kClearColumns) {
+      if (!parked_[i].empty()) RETURN_IF_ERROR(ResolveTruncated(i, op));
+    } else {
+      std::vector<std::string> keys;
+      if (!parked_[i].empty()) {
+        keys = OpRowKeys(op);
+        if (const ParkedChange* first = parked_[i].Blocking(keys)) {
+          return Park(i, op, op_index, std::move(keys), nullptr, first);
+        }
       }
-      if (!rejected) return absl::OkStatus();
-      if (keys.empty()) keys = OpRowKeys(op);
-      return Park(i, op, std::move(keys), &*rejected, nullptr);
+      if (isolate_until_ != kInvalidLsn) {
+        size_t m = std::find_if(modules_.begin(), modules_.end(), [&](const auto& p) { return p.get() == c.module; }) -
+                   modules_.begin();
+        if (m < modules_.size() && dead_letter_on_[m]) {
+          std::optional<Rejection> rejected;
+          absl::Status st = sink->ApplyIsolated(op, &rejected);
+          if (!st.ok()) {
+            if (rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
+            return st;
+          }
+          if (!rejected) return absl::OkStatus();
+          if (keys.empty()) keys = OpRowKeys(op);
+          return Park(i, op, op_index, std::move(keys), &*rejected, nullptr);
+        }
+      }
     }
   }
   absl::Status st = sink->Apply(op);
@@ -69,11 +77,44 @@ absl::Status Pipeline::EmitOp(size_t i, const TargetOp& op) {
   return st;
 }
 
-absl::Status Pipeline::Park(size_t i, const TargetOp& op, std::vector<std::string> keys, const Rejection* rejection,
-                            const ParkedChange* behind) {
+absl::Status Pipeline::ResolveTruncated(size_t i, const TargetOp& op) {
+  // Only a truncate of the whole table, or a clear of the columns this source fills, reaches
+  // every row: the parked changes of those rows (from that source, for a clear) are moot.
+  std::vector<std::pair<Lsn, int>> moot;
+  for (ParkedChange* p : parked_[i].All()) {
+    if (p->target_table != op.shape->table) continue;
+    if (op.shape->kind == OpKind::kClearColumns && map_context_.table != nullptr &&
+        p->source_table != *map_context_.table)
+      continue;
+    moot.push_back(p->position());
+  }
+  const std::string reason = absl::StrCat("the source's TRUNCATE at LSN ", FormatLsn(op.lsn), " emptied ",
+                                          op.shape->kind == OpKind::kTruncate ? "the table" : "these columns");
+  for (const auto& pos : moot) {
+    ParkedChange* p = parked_[i].Find(pos);
+    RETURN_IF_ERROR(EmitResolve(dead_letter_shapes_[i], settings_.proto.pipeline(), *p, "discarded", "walshiftd",
+                                reason, [&](const TargetOp& record) { return sinks_[i]->Apply(record); }));
+    spdlog::warn("target {}: discarded the parked change {}/{} ({} of {} {}): {}", sinks_[i]->name(),
+                 FormatLsn(p->commit_lsn), p->seq, p->target_operation, p->target_table, p->target_key, reason);
+    DeadLetterEvent(i, *p, v1::DEAD_LETTER_DISCARDED, "walshiftd", reason);
+    parked_[i].Remove(pos);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Pipeline::Park(size_t i, const TargetOp& op, int op_index, std::vector<std::string> keys,
+                            const Rejection* rejection, const ParkedChange* behind) {
   const MapContext& c = map_context_;
   const std::string& target = sinks_[i]->name();
-  if (rejection != nullptr) {
+  if (rejection == nullptr) {
+    absl::Status admitted = dead_letter_limits_[i].AdmitBehind(parked_[i].size(), target);
+    if (!admitted.ok()) {
+      if (rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
+      return absl::Status(admitted.code(), absl::StrCat(admitted.message(), "; the change it would park: ",
+                                                        OpKindName(op.shape->kind), " of ", op.shape->table, " (",
+                                                        OpKeyText(op), ") at LSN ", FormatLsn(op.lsn)));
+    }
+  } else {
     absl::Status admitted = dead_letter_limits_[i].Admit(parked_[i].size(), target, absl::Now());
     if (!admitted.ok()) {
       if (rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
@@ -88,8 +129,9 @@ absl::Status Pipeline::Park(size_t i, const TargetOp& op, std::vector<std::strin
   p.seq = ++parked_seq_[i];
   p.commit_time = begin_.commit_time;
   p.change_lsn = c.change != nullptr && c.change->lsn != kInvalidLsn ? c.change->lsn : op.lsn;
-  p.source_table = c.table;
+  p.source_table = c.table != nullptr ? *c.table : op.shape->source_table;
   p.operation = c.operation;
+  p.op_index = op_index;
   size_t m = std::find_if(modules_.begin(), modules_.end(), [&](const auto& x) { return x.get() == c.module; }) -
              modules_.begin();
   p.mapping = m < mapping_ordinal_.size() ? mapping_ordinal_[m] : 0;
@@ -144,6 +186,8 @@ void Pipeline::DeadLetterEvent(size_t i, const ParkedChange& p, v1::DeadLetterAc
 }
 
 absl::Status Pipeline::OnDeadLetterRequest(const LogicalMessage& message) {
+  // walshiftctl writes them in a transaction of their own: acted on at its place in commit order.
+  if (!message.transactional) return absl::OkStatus();
   DeadLetterRequest req;
   absl::Status parsed = ParseDeadLetterRequest(message.content, &req);
   if (!parsed.ok()) {
@@ -198,10 +242,25 @@ absl::Status Pipeline::OnDeadLetterRequest(const LogicalMessage& message) {
       }
       std::optional<Rejection> rejection;
       bool wrote = false;
-      RETURN_IF_ERROR(RetryParked(i, *p, &rejection, &wrote));
+      absl::Status retried = RetryParked(i, *p, &rejection, &wrote);
+      if (!retried.ok()) {
+        if (retried.code() == absl::StatusCode::kUnavailable || retried.code() == absl::StatusCode::kAborted) {
+          return retried;
+        }
+        // The target refused the retry otherwise than with a value (a column the fix renamed):
+        // this attempt's group cannot go on, and the request comes back with every restart.
+        if (rejected_by_ < 0) rejected_by_ = static_cast<int>(i);
+        return absl::Status(
+            retried.code(),
+            absl::StrCat("retrying the parked change ", FormatLsn(p->commit_lsn), "/", p->seq, " (", p->target_operation,
+                         " of ", p->target_table, " ", p->target_key, ") as walshiftctl dead-letter retry asked: ",
+                         retried.message(), "; fix that and start walshiftd again, or leave the request out with "
+                         "walshiftctl skip --config <config> --lsn ", FormatLsn(begin_.final_lsn),
+                         " (the source transaction that holds it; the changes stay parked)"));
+      }
       if (rejection) {
         ++p->attempts;
-        p->sqlstate = rejection->sqlstate;
+        if (!rejection->sqlstate.empty()) p->sqlstate = rejection->sqlstate;
         p->constraint = rejection->constraint;
         p->message = std::string(rejection->error.message());
         RETURN_IF_ERROR(EmitRefail(dead_letter_shapes_[i], pipeline, *p, apply));
@@ -255,19 +314,42 @@ absl::Status Pipeline::RetryParked(size_t i, const ParkedChange& p, std::optiona
   }
   auto& bound = retry_bindings_[m];
   if (bound == nullptr) {
-    ASSIGN_OR_RETURN(bound, modules_[m]->Bind(*relation, *inspector_));
+    auto made = modules_[m]->Bind(*relation, *inspector_);
+    if (!made.ok()) {
+      retry_bindings_.erase(m);
+      return again(absl::StrCat("the mapping of ", p.source_table, " does not fit the source now: ",
+                                made.status().message()));
+    }
+    bound = *std::move(made);
   }
   ChangeKind kind = p.operation == "insert" || p.operation == "fill" ? ChangeKind::kInsert
                     : p.operation == "delete"                        ? ChangeKind::kDelete
                                                                      : ChangeKind::kUpdate;
   RebuiltChange rebuilt;
-  RETURN_IF_ERROR(RebuildChange(p.source_change, kind, *relation, &rebuilt));
+  absl::Status st = RebuildChange(p.source_change, kind, *relation, &rebuilt);
+  if (!st.ok()) return again(std::string(st.message()));
   rebuilt.change.lsn = p.change_lsn;
-  return bound->Map(rebuilt.change, [&](const TargetOp& op) -> absl::Status {
-    if (*rejection || op.shape->table != p.target_table || OpRowKeys(op) != p.row_keys) return absl::OkStatus();
+  // The one operation it parked: the same position among those the mapping emits for the
+  // change, writing the same rows (another one of the change, if any, was applied then).
+  int index = 0;
+  bool other = false;
+  absl::Status mapped = bound->Map(rebuilt.change, [&](const TargetOp& op) -> absl::Status {
+    if (index++ != p.op_index || *rejection) return absl::OkStatus();
+    if (op.shape->table != p.target_table || OpRowKeys(op) != p.row_keys) {
+      other = true;
+      return absl::OkStatus();
+    }
     *wrote = true;
     return sinks_[i]->ApplyIsolated(op, rejection);
   });
+  if (!mapped.ok() && *wrote) return mapped;  // from the target
+  if (!mapped.ok()) return again(absl::StrCat("mapping it again: ", mapped.message()));
+  if (other) {
+    return again(absl::StrCat("the current mapping of ", p.source_table, " writes other rows for it than ",
+                              p.target_table, " ", p.target_key, ": discard it (and backfill ", p.source_table,
+                              " if its rows differ)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace walshift

@@ -172,6 +172,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     emit_.push_back([this, i = sinks_.size() - 1](const TargetOp& op) { return EmitOp(i, op); });
   }
   RETURN_IF_ERROR(LoadParked());
+  for (auto& limit : dead_letter_limits_) limit.Tick(absl::Now());  // the window counts from here
   skip_.assign(sinks_.size(), 0);
   RETURN_IF_ERROR(ReadSkipRequests());
   group_transactions_.assign(sinks_.size(), 0);

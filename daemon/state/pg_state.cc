@@ -110,6 +110,7 @@ constexpr const char* kDeadLetterDdl =
     "  source_table text NOT NULL,"
     "  operation text NOT NULL,"  // the source change: insert, update, delete, backfill
     "  mapping int NOT NULL,"     // the mapping's position among those of source_table and target
+    "  op_index int NOT NULL,"    // the operation's position among those the mapping emits for it
     "  target_table text NOT NULL,"
     "  target_operation text NOT NULL,"  // upsert, delete, update, array upsert, array remove
     "  target_key text NOT NULL,"        // the target row, e.g. id=42
@@ -267,7 +268,8 @@ absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vec
                             // (CASE: has_sequence_privilege fails on any other relation, and the
                             // planner may test it first.)
                             "WHERE n.nspname = 'walshift' "
-                            "  AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END",
+                            "  AND CASE WHEN c.relkind = 'S' THEN NOT (has_sequence_privilege(c.oid, 'USAGE') OR "
+                            "    has_sequence_privilege(c.oid, 'UPDATE')) END",
                             context));
   if (!PQgetisnull(sequences.get(), 0, 0)) {
     problems->push_back(absl::StrCat(what, ": role ", role, " cannot number rows of walshift's state tables with ",

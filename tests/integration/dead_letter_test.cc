@@ -176,6 +176,30 @@ TEST_F(DeadLetterTest, RejectedChangesAreParkedInOrderAndARetryAfterTheFixConver
   EXPECT_TRUE(StopDaemon().success());
 }
 
+// A TRUNCATE empties the rows parked changes would write: they are discarded with it, and the
+// table's next rows are applied, never held behind changes of rows that are gone.
+TEST_F(DeadLetterTest, ATruncateDiscardsTheParkedChangesOfItsTable) {
+  Source("CREATE TABLE readings (id int PRIMARY KEY, v int)");
+  Target("CREATE TABLE readings (id int PRIMARY KEY, v int CHECK (v >= 0))");
+  std::string config = WriteConfig(kOneTarget + R"(apply: {on_error: dead_letter}
+mappings: [{source: readings}]
+)");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  Source("INSERT INTO readings VALUES (1, -1), (2, 2)");
+  Source("UPDATE readings SET v = -2 WHERE id = 1");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT count(*)::text FROM walshift.dead_letter WHERE state = 'parked'"), (PgRows{{"2"}}));
+  Source("TRUNCATE readings");
+  Source("INSERT INTO readings VALUES (1, 5)");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  EXPECT_EQ(TargetRows("SELECT id::text, v::text FROM readings"), (PgRows{{"1", "5"}}));
+  EXPECT_EQ(TargetRows("SELECT state, resolved_by, count(*)::text FROM walshift.dead_letter GROUP BY 1, 2"),
+            (PgRows{{"discarded", "walshiftd", "2"}}));
+  EXPECT_EQ(Walshiftctl({"verify", "--config", config, "--gate"}).status.exit_code(), 0) << DaemonLog();
+  EXPECT_TRUE(StopDaemon().success());
+}
+
 TEST_F(DeadLetterTest, AFloodOfRejectionsStopsAtTheLimitInsteadOfBeingParked) {
   Source("CREATE TABLE readings (id int PRIMARY KEY, v int)");
   Target("CREATE TABLE readings (id int PRIMARY KEY, v int CHECK (v >= 0))");
