@@ -89,6 +89,15 @@ std::unique_ptr<OpShape> Shape(OpKind kind, const std::string& target, std::vect
 
 TargetValue Param(const char* column, int param, const char* type) { return {column, param, "", {}, column, type}; }
 
+absl::Status EmitRow(const OpShape* shape, const Datum* params, const ParkedChange& p,
+                     const std::function<absl::Status(const TargetOp&)>& emit) {
+  TargetOp op;
+  op.shape = shape;
+  op.params = params;
+  op.lsn = p.change_lsn;
+  return emit(op);
+}
+
 }  // namespace
 
 std::string FormatDeadLetterRequest(const DeadLetterRequest& r) {
@@ -448,11 +457,7 @@ absl::Status EmitPark(const DeadLetterShapes& shapes, const std::string& pipelin
                       Text(p.message),     opt(p.constraint),    opt(behind),
                       behind.empty() ? Null() : Text(behind_seq), Text(attempts), Text(state),
                       Text(op_index)};
-  TargetOp op;
-  op.shape = shapes.park.get();
-  op.params = params;
-  op.lsn = p.change_lsn;
-  return emit(op);
+  return EmitRow(shapes.park.get(), params, p, emit);
 }
 
 absl::Status EmitResolve(const DeadLetterShapes& shapes, const std::string& pipeline, const ParkedChange& p,
@@ -461,11 +466,7 @@ absl::Status EmitResolve(const DeadLetterShapes& shapes, const std::string& pipe
   std::string commit = FormatLsn(p.commit_lsn), seq = absl::StrCat(p.seq);
   Datum params[6] = {Text(pipeline), Text(commit), Text(seq), Text(state), by.empty() ? Null() : Text(by),
                      reason.empty() ? Null() : Text(reason)};
-  TargetOp op;
-  op.shape = shapes.resolve.get();
-  op.params = params;
-  op.lsn = p.change_lsn;
-  return emit(op);
+  return EmitRow(shapes.resolve.get(), params, p, emit);
 }
 
 absl::Status EmitRefail(const DeadLetterShapes& shapes, const std::string& pipeline, const ParkedChange& p,
@@ -474,11 +475,7 @@ absl::Status EmitRefail(const DeadLetterShapes& shapes, const std::string& pipel
   auto opt = [](const std::string& s) { return s.empty() ? Null() : Text(s); };
   Datum params[8] = {Text(pipeline), Text(commit),    Text(seq),           Text(attempts),
                      opt(p.sqlstate), Text(p.message), opt(p.constraint), opt(p.mapped_values)};
-  TargetOp op;
-  op.shape = shapes.refail.get();
-  op.params = params;
-  op.lsn = p.change_lsn;
-  return emit(op);
+  return EmitRow(shapes.refail.get(), params, p, emit);
 }
 
 void DeadLetterLimit::Tick(absl::Time now) {

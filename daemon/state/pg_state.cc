@@ -244,15 +244,20 @@ absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vec
                                      ") in the schema walshift: GRANT CREATE ON SCHEMA walshift TO ", role,
                                      "; or ALTER SCHEMA walshift OWNER TO ", role));
   }
+  // The relations of the schema walshift for which `lacking` (over pg_class c) holds, listed.
+  auto lacking = [&](const char* condition) {
+    return pg::Exec(conn,
+                    absl::StrCat("SELECT string_agg(format('walshift.%I', c.relname), ', ' ORDER BY c.relname) "
+                                 "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                                 "WHERE n.nspname = 'walshift' AND ",
+                                 condition),
+                    context);
+  };
+  // (A list of privileges is true when any one is held: each on its own.)
   ASSIGN_OR_RETURN(pg::ResultPtr tables,
-                   pg::Exec(conn,
-                            "SELECT string_agg(format('walshift.%I', c.relname), ', ' ORDER BY c.relname) "
-                            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                            "WHERE n.nspname = 'walshift' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_version' "
-                            // (A list of privileges is true when any one is held: each on its own.)
-                            "  AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') "
-                            "    AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))",
-                            context));
+                   lacking("c.relkind IN ('r', 'p') AND c.relname <> 'schema_version' "
+                           "  AND NOT (has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT') "
+                           "    AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE'))"));
   if (!PQgetisnull(tables.get(), 0, 0)) {
     problems->push_back(absl::StrCat(what, ": role ", role, " cannot read and write walshift's state tables ",
                                      PQgetvalue(tables.get(), 0, 0),
@@ -261,16 +266,10 @@ absl::Status CheckStatePrivileges(PGconn* conn, absl::string_view what, std::vec
                                      role, "; or make the role their owner (ALTER TABLE … OWNER TO ", role, ")"));
   }
   // walshift.drift and walshift.dead_letter number their rows from a sequence.
+  // (CASE: has_sequence_privilege fails on any other relation, and the planner may test it first.)
   ASSIGN_OR_RETURN(pg::ResultPtr sequences,
-                   pg::Exec(conn,
-                            "SELECT string_agg(format('walshift.%I', c.relname), ', ' ORDER BY c.relname) "
-                            "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                            // (CASE: has_sequence_privilege fails on any other relation, and the
-                            // planner may test it first.)
-                            "WHERE n.nspname = 'walshift' "
-                            "  AND CASE WHEN c.relkind = 'S' THEN NOT (has_sequence_privilege(c.oid, 'USAGE') OR "
-                            "    has_sequence_privilege(c.oid, 'UPDATE')) END",
-                            context));
+                   lacking("CASE WHEN c.relkind = 'S' THEN NOT (has_sequence_privilege(c.oid, 'USAGE') OR "
+                           "  has_sequence_privilege(c.oid, 'UPDATE')) END"));
   if (!PQgetisnull(sequences.get(), 0, 0)) {
     problems->push_back(absl::StrCat(what, ": role ", role, " cannot number rows of walshift's state tables with ",
                                      PQgetvalue(sequences.get(), 0, 0),
