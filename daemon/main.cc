@@ -22,6 +22,7 @@
 #include "daemon/observe/http.h"
 #include "daemon/observe/log_format.h"
 #include "daemon/observe/monitor.h"
+#include "daemon/observe/service_notify.h"
 #include "daemon/observe/status.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/initial_copy.h"
@@ -33,12 +34,16 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "transforms/registry.h"
+#include "yaml-cpp/yaml.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};
 
 void OnSignal(int) { g_stop.store(true); }
+// SIGHUP: reload what can change safely (see Reload).
+std::atomic<bool> g_reload{false};
+void OnHangup(int) { g_reload.store(true); }
 
 void Usage(FILE* out) {
   std::fprintf(out,
@@ -109,6 +114,40 @@ void RecordStop(const walshift::config::Settings& settings, int code, const std:
   }
 }
 
+}  // namespace
+
+namespace {
+// What a SIGHUP reloads: log.level (unless --log-level set it) from the configuration file as
+// it is now. Everything else (databases, mappings, log.values, ...) is read at start only: a
+// change of it is said to take effect at the next start.
+std::string Fingerprint(const walshift::config::Settings& s) {
+  walshift::v1::Config c = s.proto;
+  c.mutable_log()->clear_level();
+  std::string out = c.SerializeAsString();
+  for (const auto& m : s.mappings) absl::StrAppend(&out, m.common.SerializeAsString(), YAML::Dump(m.module_node));
+  return out;
+}
+
+void Reload(const std::string& config_path, const std::string& cli_level, const std::string& running) {
+  auto fresh = walshift::config::LoadSettingsFile(config_path);
+  if (!fresh.ok()) {
+    spdlog::error("SIGHUP: {} is not valid now, nothing reloaded: {}", config_path, std::string(fresh.status().message()));
+    return;
+  }
+  std::string level = !cli_level.empty() ? cli_level : fresh->proto.log().level();
+  if (level.empty()) level = "info";
+  auto l = spdlog::level::from_str(level);
+  if (l == spdlog::level::off && level != "off") {
+    spdlog::error("SIGHUP: log.level '{}' is not one of trace, debug, info, warn, error: the level stays", level);
+  } else {
+    spdlog::set_level(l);
+    spdlog::info("SIGHUP: log level {}{}", level, cli_level.empty() ? "" : " (from --log-level)");
+  }
+  if (Fingerprint(*fresh) != running) {
+    spdlog::warn("SIGHUP: {} changed in more than log.level; those changes take effect when walshiftd restarts",
+                 config_path);
+  }
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,6 +233,11 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  struct sigaction hup;
+  std::memset(&hup, 0, sizeof(hup));
+  hup.sa_handler = OnHangup;
+  hup.sa_flags = SA_RESTART;
+  sigaction(SIGHUP, &hup, nullptr);
 
   // One time zone for every session, decided before any value is read or written. A database
   // that cannot be reached yet is waited for below, with the status endpoint up.
@@ -256,6 +300,10 @@ int main(int argc, char** argv) {
     publisher->Publish(status.Lag(/*advance_rates=*/false));
   });
   status.SetDeadLetterListener([publisher](const walshift::v1::DeadLetterEvent& e) { publisher->Publish(e); });
+  // systemd (Type=notify): readiness, status, watchdog, stopping; and SIGHUP reloads.
+  const std::string running = Fingerprint(*settings);
+  walshift::ServiceNotifier notifier(&status, &g_stop, &g_reload,
+                                     [&] { Reload(config_path, log_level, running); });
   std::unique_ptr<walshift::StatusServer> server;
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
   if (listen != "off") {

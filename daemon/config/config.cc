@@ -74,8 +74,12 @@ std::string ResolveDsn(const std::string& dsn, const std::string& env, const std
   }
   std::string text;
   std::string error;
-  if (!ReadFile(file, &text, kMaxDsnFileBytes, &error)) {
-    problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", file, ": ", error));
+  // Under systemd, a relative name is a credential (LoadCredential=): in $CREDENTIALS_DIRECTORY.
+  std::string name = file;
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  if (name[0] != '/' && credentials != nullptr && *credentials != '\0') name = absl::StrCat(credentials, "/", file);
+  if (!ReadFile(name, &text, kMaxDsnFileBytes, &error)) {
+    problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", name, ": ", error));
     return "";
   }
   if (text.size() > kMaxDsnFileBytes) {

@@ -36,6 +36,13 @@ bool Reached(Target* target, const char* name) {
 }  // namespace
 
 void CrashPoint(const char* name) {
+  static Target* stall = Parse("WALSHIFT_STALL_AT");
+  if (Reached(stall, name)) {
+    // A wedged thread, as a hung apply would be: it never comes back (the watchdog's test).
+    static const char kStall[] = "walshiftd: stall point reached, this thread stops here\n";
+    (void)!write(2, kStall, sizeof(kStall) - 1);
+    for (;;) pause();
+  }
   static Target* target = Parse("WALSHIFT_CRASH_AT");
   if (!Reached(target, name)) return;
   static const char kMsg[] = "walshiftd: crash point reached, killing itself\n";

@@ -1,7 +1,8 @@
 #pragma once
 // Explicit kill points for crash tests. With WALSHIFT_CRASH_AT="name:N" in the environment the
 // process kills itself with SIGKILL the Nth time it passes the point `name`. Without the
-// variable a crash point costs one branch.
+// variable a crash point costs one branch. With WALSHIFT_STALL_AT="name:N" the thread that passes
+// it the Nth time stops there for good instead (a wedged apply, for watchdog tests).
 
 #include "absl/status/status.h"
 

@@ -165,6 +165,17 @@ TEST(ConfigTest, DsnFromEnvAndFile) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->source_dsn, "host=/tmp dbname=from_env");
   EXPECT_EQ(s->targets[0].dsn, "host=/tmp dbname=from_file");
+  // Under systemd a relative dsn_file is a credential (LoadCredential=target-dsn:...).
+  std::string dir = testing::TempDir() + "/walshift_credentials";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/target-dsn") << "host=/tmp dbname=from_credential\n";
+  setenv("CREDENTIALS_DIRECTORY", dir.c_str(), 1);
+  auto c = LoadSettingsText("pipeline: p\nsource: {dsn: x}\ntargets: [{name: a, dsn_file: target-dsn}]\n"
+                            "mappings: [{source: t}]\n",
+                            "credentials.yaml");
+  unsetenv("CREDENTIALS_DIRECTORY");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->targets[0].dsn, "host=/tmp dbname=from_credential");
 }
 
 // Every file in malformed/ starts with "# expect: <text>"; walshiftd must exit 2 and say it.
