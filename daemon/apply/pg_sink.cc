@@ -53,10 +53,7 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
   }
   // Asynchronous commits: the checkpoint also reads where the target's WAL stands, which bounds
   // every group committed before it (see NoteWalPosition).
-  std::string checkpoint = state::kCheckpointUpsertSql;
-  if (!options.synchronous_commit) {
-    checkpoint += " RETURNING pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text";
-  }
+  std::string checkpoint = state::CheckpointUpsertSql(/*wal_positions=*/!options.synchronous_commit);
   pg::ResultPtr p(PQprepare(c, "walshift_checkpoint", checkpoint.c_str(), 3, nullptr));
   RETURN_IF_ERROR(pg::ResultStatus(c, p.get(), absl::StrCat(what, ": preparing the checkpoint")));
   if (PQsetnonblocking(c, 1) != 0 || PQenterPipelineMode(c) != 1) {

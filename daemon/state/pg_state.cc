@@ -129,7 +129,15 @@ constexpr const char* kDeadLetterDdl =
     "  resolved_by text,"
     "  resolution text,"
     "  PRIMARY KEY (pipeline, commit_lsn, seq)); "
-    "CREATE INDEX IF NOT EXISTS dead_letter_parked ON walshift.dead_letter (pipeline, id) WHERE state = 'parked'";
+    "CREATE INDEX IF NOT EXISTS dead_letter_parked ON walshift.dead_letter (pipeline, id) WHERE state = 'parked'; "
+    // The checkpoint's fence: a group whose checkpoint would move back (another walshiftd
+    // committed past it: this one is stale) fails, and with it the whole transaction, data
+    // included. SQLSTATE WS001.
+    "CREATE OR REPLACE FUNCTION walshift.stale_checkpoint(p text, attempted pg_lsn) RETURNS boolean "
+    "LANGUAGE plpgsql AS $f$ BEGIN RAISE EXCEPTION USING ERRCODE = 'WS001', MESSAGE = format("
+    "'pipeline %s: this target''s checkpoint is at %s, past %s that this walshiftd would commit: another "
+    "walshiftd applied it, and this one is stale (nothing of its transaction was committed)', p, "
+    "(SELECT commit_lsn FROM walshift.checkpoint WHERE pipeline = p), attempted); END $f$";
 
 constexpr Migration kMigrations[] = {
     {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
@@ -140,12 +148,19 @@ constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 
 }  // namespace
 
-const char* const kCheckpointUpsertSql =
-    "INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
-    "VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) "
-    "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
-    "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
-    "WHERE c.commit_lsn <= EXCLUDED.commit_lsn";
+std::string CheckpointUpsertSql(bool wal_positions) {
+  const std::string upsert =
+      "WITH up AS (INSERT INTO walshift.checkpoint AS c (pipeline, commit_lsn, commit_time, updated_at) "
+      "VALUES ($1, $2::pg_lsn, $3::timestamptz, now()) "
+      "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
+      "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
+      "WHERE c.commit_lsn <= EXCLUDED.commit_lsn RETURNING 1) ";
+  const std::string moved =
+      "SELECT CASE WHEN EXISTS (SELECT 1 FROM up) THEN true ELSE walshift.stale_checkpoint($1, $2::pg_lsn) END AS moved";
+  if (!wal_positions) return upsert + moved;
+  return absl::StrCat(upsert, "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text FROM (",
+                      moved, ") AS f WHERE f.moved");
+}
 
 namespace {
 

@@ -88,8 +88,11 @@ absl::StatusOr<std::optional<CheckpointRow>> ReadCheckpointRow(PGconn* conn, con
                                                                absl::string_view what);
 // The same, only the LSN (kInvalidLsn: none).
 absl::StatusOr<Lsn> ReadCheckpoint(PGconn* conn, const std::string& pipeline, absl::string_view what);
-// Upserts the checkpoint, never moving it back: $1 pipeline, $2 commit LSN, $3 commit time.
-extern const char* const kCheckpointUpsertSql;
+// Upserts the checkpoint: $1 pipeline, $2 commit LSN, $3 commit time. One that would move it
+// back fails with SQLSTATE WS001 (a stale walshiftd: another one committed past it), so the
+// whole transaction, data included, rolls back. Returns one row: `moved`, or with
+// `wal_positions` the target's WAL insert and flush positions after it.
+std::string CheckpointUpsertSql(bool wal_positions);
 
 // A statement and its parameters (views into `storage`).
 struct Statement {

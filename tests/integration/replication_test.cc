@@ -514,6 +514,28 @@ TEST_F(ReplicationTest, SkipLeavesOutExactlyTheRejectedTransactionAndABackfillHe
   EXPECT_TRUE(StopDaemon().success());
 }
 
+// Fencing: a walshiftd whose checkpoint another walshiftd has moved past (it was paused, or cut
+// off, while the other took over) commits nothing more: its transaction fails with the
+// checkpoint, data included, and it stops saying it is stale.
+TEST_F(ReplicationTest, AStaleWriterCommitsNothingOnceAnotherMovedTheCheckpointPastIt) {
+  Source("CREATE TABLE accounts (id int PRIMARY KEY, balance int)");
+  Target("CREATE TABLE accounts (id int PRIMARY KEY, balance int)");
+  std::string config = WriteConfig(kOneTarget + "mappings: [{source: accounts}]\n");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  Source("INSERT INTO accounts VALUES (1, 5)");
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  // What another walshiftd applying ahead of this one leaves behind.
+  Target("UPDATE walshift.checkpoint SET commit_lsn = 'FF/0'");
+  Source("UPDATE accounts SET balance = 6 WHERE id = 1; INSERT INTO accounts VALUES (2, 7)");
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->exit_code(), 1) << DaemonLog();
+  EXPECT_THAT(DaemonLog(), HasSubstr("this target's checkpoint is at FF/0, past "));
+  EXPECT_THAT(DaemonLog(), HasSubstr("this one is stale (nothing of its transaction was committed)"));
+  EXPECT_THAT(DaemonLog(), HasSubstr("(SQLSTATE WS001)"));
+  EXPECT_EQ(TargetRows("SELECT id::text, balance::text FROM accounts ORDER BY id"), (PgRows{{"1", "5"}}));
+}
+
 // The legacy schema changes under a running pipeline: a column appears that the target cannot
 // take, or a column the mapping reads is dropped. walshiftd stops at the first change that
 // needs it, naming the table, the column and the LSN, after applying everything before it; once
