@@ -307,7 +307,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<walshift::StatusServer> server;
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
   if (listen != "off") {
-    auto s = walshift::StatusServer::Start(listen, &status);
+    auto s = walshift::StatusServer::Start(listen, &status, settings->status_token);
     if (s.ok()) {
       server = *std::move(s);
     } else if (s.status().code() == absl::StatusCode::kInvalidArgument) {

@@ -51,6 +51,31 @@ bool ReadFile(const std::string& path, std::string* out, size_t max_bytes, std::
 constexpr size_t kMaxConfigBytes = 64 << 20;
 constexpr size_t kMaxDsnFileBytes = 64 << 10;
 
+}  // namespace
+
+// A secret held in a file (a DSN, a token), trimmed. Under systemd a relative name is a
+// credential (LoadCredential=): in $CREDENTIALS_DIRECTORY.
+std::string ReadSecretFile(const std::string& file, const std::string& key, std::vector<std::string>* problems) {
+  std::string text;
+  std::string error;
+  std::string name = file;
+  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
+  if (name[0] != '/' && credentials != nullptr && *credentials != '\0') name = absl::StrCat(credentials, "/", file);
+  if (!ReadFile(name, &text, kMaxDsnFileBytes, &error)) {
+    problems->push_back(absl::StrCat(key, ": cannot read ", name, ": ", error));
+    return "";
+  }
+  if (text.size() > kMaxDsnFileBytes) {
+    problems->push_back(absl::StrCat(key, ": ", file, " holds more than 64 KiB: not a secret"));
+    return "";
+  }
+  std::string trimmed(absl::StripAsciiWhitespace(text));
+  if (trimmed.empty()) problems->push_back(absl::StrCat(key, ": ", file, " is empty"));
+  return trimmed;
+}
+
+namespace {
+
 // Resolves exactly one of dsn / dsn_env / dsn_file.
 std::string ResolveDsn(const std::string& dsn, const std::string& env, const std::string& file, const std::string& path,
                        std::vector<std::string>* problems) {
@@ -72,23 +97,7 @@ std::string ResolveDsn(const std::string& dsn, const std::string& env, const std
     }
     return v;
   }
-  std::string text;
-  std::string error;
-  // Under systemd, a relative name is a credential (LoadCredential=): in $CREDENTIALS_DIRECTORY.
-  std::string name = file;
-  const char* credentials = std::getenv("CREDENTIALS_DIRECTORY");
-  if (name[0] != '/' && credentials != nullptr && *credentials != '\0') name = absl::StrCat(credentials, "/", file);
-  if (!ReadFile(name, &text, kMaxDsnFileBytes, &error)) {
-    problems->push_back(absl::StrCat(path, ".dsn_file: cannot read ", name, ": ", error));
-    return "";
-  }
-  if (text.size() > kMaxDsnFileBytes) {
-    problems->push_back(absl::StrCat(path, ".dsn_file: ", file, " holds more than 64 KiB: not a DSN"));
-    return "";
-  }
-  std::string trimmed(absl::StripAsciiWhitespace(text));
-  if (trimmed.empty()) problems->push_back(absl::StrCat(path, ".dsn_file: ", file, " is empty"));
-  return trimmed;
+  return ReadSecretFile(file, absl::StrCat(path, ".dsn_file"), problems);
 }
 
 bool ValidName(absl::string_view s) {
@@ -195,6 +204,9 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     }
   }
   s.connection_defaults = ConnectionDefaults(s.proto.network(), &problems);
+  if (!s.proto.status().token_file().empty()) {
+    s.status_token = ReadSecretFile(s.proto.status().token_file(), "status.token_file", &problems);
+  }
   if (const std::string& v = s.proto.log().values(); !v.empty() && v != "redact" && v != "show") {
     problems.push_back(absl::StrCat("log.values: '", v, "' is not one of redact (the default), show"));
   }

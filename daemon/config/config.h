@@ -37,12 +37,18 @@ struct Settings {
   std::string connection_defaults;
   // source.receive_timeout_s with its default (60); 0: off.
   uint32_t receive_timeout_s = 60;
+  // status.token_file's token (a secret), empty when none.
+  std::string status_token;
 };
 
 // Reads, parses and validates the file. On any problem returns kInvalidArgument whose message
 // lists every problem, one per line, each naming its key path. Never includes DSN contents.
 absl::StatusOr<Settings> LoadSettingsFile(const std::string& path);
 absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::string& file_name);
+
+// A secret held in file `file` (trimmed); a relative name is read from $CREDENTIALS_DIRECTORY
+// when set. Adds a problem naming `key` when it cannot be read or is empty.
+std::string ReadSecretFile(const std::string& file, const std::string& key, std::vector<std::string>* problems);
 
 // Joins problems into one kInvalidArgument status ("N problems in FILE:\n  - ...").
 absl::Status ProblemsStatus(const std::string& file_name, const std::vector<std::string>& problems);

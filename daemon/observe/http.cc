@@ -8,7 +8,17 @@
 
 namespace walshift {
 
-absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(const std::string& listen, PipelineStatus* status) {
+namespace {
+// Compares in time independent of where they differ.
+bool SameSecret(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() != b.size();
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(const std::string& listen, PipelineStatus* status,
+                                                                  const std::string& token) {
   size_t colon = listen.rfind(':');
   int port = -1;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
@@ -19,6 +29,17 @@ absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(const std::str
   std::unique_ptr<StatusServer> s(new StatusServer());
   s->server_ = std::make_unique<httplib::Server>();
   httplib::Server& svr = *s->server_;
+  if (!token.empty()) {
+    const std::string expected = absl::StrCat("Bearer ", token);
+    svr.set_pre_routing_handler([expected](const httplib::Request& req, httplib::Response& res) {
+      if (req.path == "/healthz" || req.path == "/readyz") return httplib::Server::HandlerResponse::Unhandled;
+      if (SameSecret(req.get_header_value("Authorization"), expected)) return httplib::Server::HandlerResponse::Unhandled;
+      res.status = 401;
+      res.set_header("WWW-Authenticate", "Bearer");
+      res.set_content("a bearer token is required (status.token_file)\n", "text/plain");
+      return httplib::Server::HandlerResponse::Handled;
+    });
+  }
   svr.Get("/status", [status](const httplib::Request&, httplib::Response& res) {
     status->RefreshSource(absl::Seconds(1));
     res.set_content(status->StatusJson(), "application/json");

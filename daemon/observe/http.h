@@ -18,8 +18,10 @@ namespace walshift {
 
 class StatusServer {
  public:
-  // `listen`: host:port (port 0: any free port). kUnavailable when it cannot bind.
-  static absl::StatusOr<std::unique_ptr<StatusServer>> Start(const std::string& listen, PipelineStatus* status);
+  // `listen`: host:port (port 0: any free port). kUnavailable when it cannot bind. A non-empty
+  // `token`: /status and /metrics require "Authorization: Bearer <token>".
+  static absl::StatusOr<std::unique_ptr<StatusServer>> Start(const std::string& listen, PipelineStatus* status,
+                                                             const std::string& token = "");
   ~StatusServer();
   int port() const { return port_; }
 

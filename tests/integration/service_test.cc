@@ -28,6 +28,7 @@ namespace walshift::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class ServiceTest : public DaemonTest {
  protected:
@@ -117,6 +118,42 @@ TEST_F(ServiceTest, NotifiesReadyStatusAndWatchdogReloadsOnHangupAndStopsPinging
   EXPECT_FALSE(Any(Read(absl::Seconds(3)), "WATCHDOG=1"));
   ASSERT_TRUE(daemon_->Signal(SIGKILL).ok());
   (void)daemon_->Wait(absl::Seconds(10));
+}
+
+// status.token_file: /status and /metrics want the bearer token, the probes do not; walshiftctl
+// sends it; the token appears nowhere in the log.
+TEST_F(ServiceTest, AStatusTokenGuardsStatusAndMetricsButNotTheProbes) {
+  Source("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  Target("CREATE TABLE items (id int PRIMARY KEY, v text)");
+  const std::string secret = "s3cr3t-token-value";
+  std::string token = absl::StrCat(dir_, "/status.token");
+  std::ofstream(token) << secret << "\n";
+  chmod(token.c_str(), 0644);  // walshiftd may run as another user than the test
+  std::string config = WriteConfig(absl::StrReplaceAll(kOneTarget, {{"status: {listen: \"127.0.0.1:0\"}",
+                                                                       absl::StrCat("status: {listen: \"127.0.0.1:0\", "
+                                                                                    "token_file: \"", token, "\"}")}}) +
+                                   "mappings: [{source: items}]\n");
+  ASSERT_TRUE(StartDaemon(config).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok()) << DaemonLog();
+  int port = StatusPort();
+  int code = 0;
+  Get(port, "/status", &code);
+  EXPECT_EQ(code, 401);
+  Get(port, "/metrics", &code);
+  EXPECT_EQ(code, 401);
+  Get(port, "/healthz", &code);
+  EXPECT_EQ(code, 200);
+  Get(port, "/readyz", &code);
+  EXPECT_EQ(code, 200);
+  std::string url = absl::StrCat("127.0.0.1:", port);
+  RunResult refused = Walshiftctl({"status", "--url", url});
+  EXPECT_EQ(refused.status.exit_code(), 2);
+  EXPECT_THAT(refused.stderr_text, HasSubstr("answered HTTP 401 (it wants a bearer token"));
+  RunResult ok = Walshiftctl({"status", "--url", url, "--token-file", token, "--json"});
+  EXPECT_EQ(ok.status.exit_code(), 0) << ok.stdout_text << ok.stderr_text;
+  EXPECT_THAT(ok.stdout_text, HasSubstr("\"state\":\"STREAMING\""));
+  EXPECT_TRUE(StopDaemon().success());
+  EXPECT_THAT(DaemonLog(), Not(HasSubstr(secret)));
 }
 
 TEST_F(ServiceTest, TheUnitFilePassesSystemdAnalyzeVerify) {

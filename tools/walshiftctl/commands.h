@@ -44,6 +44,8 @@ struct HttpStatusOptions {
 // a 2 s connection timeout. Returns the body. kInvalidArgument for a malformed URL,
 // kUnavailable when nothing answers, kFailedPrecondition for an answer other than 200.
 absl::StatusOr<std::string> FetchStatus(const std::string& url);
+// The bearer token FetchStatus sends (status.token_file, or walshiftctl status --token-file).
+void SetStatusToken(std::string token);
 
 // Parses a /status body. kInvalidArgument when it is not a JSON object.
 absl::StatusOr<google::protobuf::Struct> ParseStatus(absl::string_view body);

@@ -169,13 +169,24 @@ void AppendCopyLine(const Struct& unit, std::string* out) {
 
 }  // namespace
 
+namespace {
+std::string& StatusToken() {
+  static std::string* token = new std::string();
+  return *token;
+}
+}  // namespace
+
+void SetStatusToken(std::string token) { StatusToken() = std::move(token); }
+
 absl::StatusOr<std::string> FetchStatus(const std::string& url) {
   absl::StatusOr<Endpoint> endpoint = ParseUrl(url);
   if (!endpoint.ok()) return endpoint.status();
   httplib::Client client(endpoint->scheme_host_port);
   client.set_connection_timeout(std::chrono::seconds(2));
   client.set_read_timeout(std::chrono::seconds(5));
-  httplib::Result res = client.Get(endpoint->path);
+  httplib::Headers headers;
+  if (!StatusToken().empty()) headers.emplace("Authorization", absl::StrCat("Bearer ", StatusToken()));
+  httplib::Result res = client.Get(endpoint->path, headers);
   std::string where = absl::StrCat(endpoint->scheme_host_port, endpoint->path);
   if (!res) {
     return absl::UnavailableError(absl::StrCat(
@@ -183,7 +194,9 @@ absl::StatusOr<std::string> FetchStatus(const std::string& url) {
         res.error() == httplib::Error::Connection ? "cannot connect" : httplib::to_string(res.error()), ")"));
   }
   if (res->status != 200) {
-    return absl::FailedPreconditionError(absl::StrCat(where, " answered HTTP ", res->status));
+    return absl::FailedPreconditionError(absl::StrCat(
+        where, " answered HTTP ", res->status,
+        res->status == 401 ? " (it wants a bearer token: --config with status.token_file, or --token-file)" : ""));
   }
   return res->body;
 }

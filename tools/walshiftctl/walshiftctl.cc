@@ -1,6 +1,6 @@
 // walshiftctl: the operator's view of a walshift pipeline.
 //
-//   walshiftctl status (--url URL | --config FILE) [--json] [--watch [SECONDS]] [--max-lag-bytes N]
+//   walshiftctl status (--url URL [--token-file F] | --config FILE) [--json] [--watch [SECONDS]] [--max-lag-bytes N]
 //                      [--max-lag-seconds S]
 //   walshiftctl backfill --config FILE --table SCHEMA.TABLE [--wait [SECONDS]]
 //   walshiftctl events --brokers B --topic T [--from-beginning] [--follow] [--json]
@@ -289,6 +289,15 @@ int StatusCommand(int argc, char** argv) {
       config_path = argv[++i];
     else if (a == "--url" && i + 1 < argc)
       url = argv[++i];
+    else if (a == "--token-file" && i + 1 < argc) {
+      std::vector<std::string> problems;
+      std::string token = config::ReadSecretFile(argv[++i], "--token-file", &problems);
+      if (!problems.empty()) {
+        std::fprintf(stderr, "walshiftctl: %s\n", problems[0].c_str());
+        return 2;
+      }
+      ctl::SetStatusToken(token);
+    }
     else if (a == "--json")
       json = true;
     else if (a == "--watch") {
@@ -312,6 +321,7 @@ int StatusCommand(int argc, char** argv) {
     return 2;
   }
   (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
+  if (!settings->status_token.empty()) ctl::SetStatusToken(settings->status_token);
   // walshiftd's own view when it runs; the databases' otherwise.
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
   if (listen != "off" && !absl::EndsWith(listen, ":0")) {  // an ephemeral port cannot be found
