@@ -51,6 +51,7 @@ absl::StatusOr<std::unique_ptr<Sink>> OpenSink(const config::TargetSettings& tar
   if (options.max_pending_statements) o.max_pending_statements = options.max_pending_statements;
   if (options.max_pending_bytes) o.max_pending_bytes = options.max_pending_bytes;
   o.synchronous_commit = options.synchronous_commit;
+  o.epoch = options.epoch;
   ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
   return std::unique_ptr<Sink>(std::move(sink));
 }

@@ -21,6 +21,8 @@ struct SinkOptions {
   // Off: commits do not wait for the target's disk; the sink tracks what is flushed
   // (Sink::flushed_lsn). Streaming and the initial copy's chunks commit this way.
   bool synchronous_commit = true;
+  // ha: the leader's epoch in this target (0: none); see state::HoldWriterLock.
+  int64_t epoch = 0;
 };
 
 // Connects to (or opens) `target` and reads its checkpoint. kUnavailable when it cannot be

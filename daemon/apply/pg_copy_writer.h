@@ -19,8 +19,9 @@ namespace walshift {
 class PgCopyWriter {
  public:
   // The session holds `pipeline`'s writer lock (state::HoldWriterLock).
+  // `epoch`: the leader's epoch in this target under ha (0: none), see HoldWriterLock.
   static absl::StatusOr<std::unique_ptr<PgCopyWriter>> Connect(const std::string& target_name, const std::string& dsn,
-                                                               const std::string& pipeline);
+                                                               const std::string& pipeline, int64_t epoch);
 
   // Whether rows of `shape` can go through COPY: an upsert whose every value is a parameter
   // (no sql: expression, no filter).

@@ -34,7 +34,7 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
   ASSIGN_OR_RETURN(sink->conn_, pg::Connect(options.dsn, what, "application_name=walshiftd"));
   PGconn* c = sink->conn_.get();
   RETURN_IF_ERROR(state::EnsureSchema(c, what));
-  RETURN_IF_ERROR(state::HoldWriterLock(c, options.pipeline, what));
+  RETURN_IF_ERROR(state::HoldWriterLock(c, options.pipeline, options.epoch, what));
   // Durable commits (the checkpoint is what the slot is confirmed to); one generic plan per
   // prepared statement instead of re-planning multi-row statements on their first executions.
   RETURN_IF_ERROR(pg::Exec(c,

@@ -34,6 +34,8 @@ struct PgSinkOptions {
   // confirmed to the source only once the flush passed its commit, so a target that crashes
   // loses nothing the source does not still have.
   bool synchronous_commit = true;
+  // ha: the leader's epoch in this target (0: none); every transaction is fenced with it.
+  int64_t epoch = 0;
 };
 
 class PgSink : public Sink {

@@ -303,6 +303,32 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     }
   }
 
+  if (s.proto.has_ha()) {
+    v1::HaConfig* ha = s.proto.mutable_ha();
+    if (ha->enabled()) {
+      for (const auto& t : s.proto.targets()) {
+        if (t.kind() == v1::TARGET_DOCUMENTS) {
+          problems.push_back(absl::StrCat("ha.enabled: active/standby fences a replaced leader inside each "
+                                          "PostgreSQL target's transactions; target ",
+                                          t.name(), " is a documents target, which cannot: run one walshiftd for "
+                                          "this pipeline (remove ha), or map to PostgreSQL targets only"));
+        }
+      }
+    }
+    if (ha->lease_s() != 0 && (ha->lease_s() < 2 || ha->lease_s() > 3600)) {
+      problems.push_back(absl::StrCat("ha.lease_s: ", ha->lease_s(), " is out of range (2..3600)"));
+    }
+    if (ha->poll_ms() != 0 && (ha->poll_ms() < 10 || ha->poll_ms() > 60000)) {
+      problems.push_back(absl::StrCat("ha.poll_ms: ", ha->poll_ms(), " is out of range (10..60000)"));
+    }
+    if (ha->node().empty()) {
+      char host[256] = {0};
+      if (gethostname(host, sizeof(host) - 1) == 0 && host[0] != '\0') ha->set_node(host);
+      else ha->set_node("walshiftd");
+    }
+    if (ha->node().size() > 200) problems.push_back("ha.node: longer than 200 characters");
+  }
+
   if (!problems.empty()) return ProblemsStatus(file_name, problems);
   return s;
 }

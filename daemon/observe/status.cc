@@ -229,6 +229,16 @@ void PipelineStatus::SetKafka(const KafkaView& kafka) {
   kafka_ = kafka;
 }
 
+void PipelineStatus::SetHa(const HaView& ha) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ha_ = ha;
+}
+
+bool PipelineStatus::leading() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !ha_.enabled || ha_.leader;
+}
+
 void PipelineStatus::SetCopyProgress(std::function<std::vector<CopyUnitReport>()> progress) {
   std::lock_guard<std::mutex> lock(mu_);
   copy_progress_ = std::move(progress);
@@ -342,6 +352,14 @@ std::string PipelineStatus::StatusJson() {
       ",\"retry_attempt\":", retry_attempt_, ",\"failing_since\":",
       retry_attempt_ == 0 ? "null"
                           : JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", failing_since_, absl::UTCTimeZone())),
+      ",\"ha\":",
+      !ha_.enabled
+          ? std::string("null")
+          : absl::StrCat("{\"node\":", JsonString(ha_.node), ",\"role\":", ha_.leader ? "\"leader\"" : "\"standby\"",
+                         ",\"leader\":", JsonString(ha_.leader_node), ",\"epoch\":", ha_.epoch, ",\"leading_since\":",
+                         ha_.leader ? JsonString(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", ha_.since, absl::UTCTimeZone()))
+                                    : "null",
+                         "}"),
       ",\"lag\":", lag, ",\"copy\":[");
   absl::Time now = absl::Now();
   bool first = true;
@@ -404,7 +422,7 @@ std::string PipelineStatus::PrometheusText() {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
   };
   head("walshift_state", "gauge", "1 for the pipeline's current state");
-  for (int s = v1::STARTING; s <= v1::RECONNECTING; ++s) {
+  for (int s = v1::STARTING; s <= v1::STANDBY; ++s) {
     absl::StrAppend(&out, "walshift_state{", p, ",state=\"", v1::PipelineState_Name(static_cast<v1::PipelineState>(s)),
                     "\"} ", s == state_ ? 1 : 0, "\n");
   }
@@ -469,6 +487,9 @@ std::string PipelineStatus::PrometheusText() {
     absl::StrAppend(&out, "walshift_alarm{", p, ",alarm=\"", v1::AlarmKind_Name(kind), "\"} ", alarms_.count(kind),
                     "\n");
   }
+  single("walshift_leader", "gauge",
+         "1 while this walshiftd applies the pipeline's changes (always without ha; the leader with it), 0 standing by",
+         !ha_.enabled || ha_.leader ? 1 : 0);
   single("walshift_retry_attempt", "gauge", "Consecutive failed attempts of the pipeline (0 while it makes progress)",
          retry_attempt_);
   single("walshift_kafka_queued_events", "gauge", "Events waiting for delivery", kafka_.queued);

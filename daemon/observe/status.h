@@ -64,6 +64,16 @@ struct VerifyView {
   absl::Time last_full_pass = absl::InfinitePast();
 };
 
+// Active/standby (ha:): this walshiftd's role.
+struct HaView {
+  bool enabled = false;
+  std::string node;
+  bool leader = false;
+  std::string leader_node;  // the leader the targets name (this node while leading)
+  int64_t epoch = 0;        // the leader's epoch
+  absl::Time since = absl::InfinitePast();  // leading since (leader only)
+};
+
 struct KafkaView {
   bool enabled = false;
   std::string brokers;
@@ -122,6 +132,9 @@ class PipelineStatus {
   void SetSourceReader(std::function<SourceView()> reader);
   void RefreshSource(absl::Duration max_age);
   void SetKafka(const KafkaView& kafka);
+  void SetHa(const HaView& ha);
+  // Whether this walshiftd applies changes: always without ha, only the leader with it.
+  bool leading() const;
   // While copying: how to read the copy's progress; afterwards its final report.
   void SetCopyProgress(std::function<std::vector<CopyUnitReport>()> progress);
   // The verifier's counters of one mapping (keyed by `view.mapping`).
@@ -176,6 +189,7 @@ class PipelineStatus {
   std::map<std::string, VerifyView> verify_;
   absl::Time rates_at_ = absl::Now();
   std::map<v1::AlarmKind, v1::Alarm> alarms_;
+  HaView ha_;
   int retry_attempt_ = 0;
   absl::Time failing_since_ = absl::InfinitePast();
 };

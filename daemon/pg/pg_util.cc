@@ -21,7 +21,8 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
   // 55006: a replication slot still held by a walsender that is exiting.
   if (cls == "08" || s == "57P01" || s == "57P02" || s == "57P03" || cls == "53" || s == "55006")
     return absl::StatusCode::kUnavailable;
-  if (s == "40001" || s == "40P01") return absl::StatusCode::kAborted;
+  // WS002: walshift.fence, this walshiftd was replaced as the pipeline's leader (ha).
+  if (s == "40001" || s == "40P01" || s == "WS002") return absl::StatusCode::kAborted;
   // 21: cardinality, e.g. a run whose rows meet in one target row under the target's equality.
   if (cls == "42" || cls == "0A" || cls == "21" || cls == "23" || cls == "22" || cls == "2B" || cls == "2F" ||
       cls == "44" || cls == "P0" || cls == "55" || cls == "25" || cls == "28" || cls == "3F")

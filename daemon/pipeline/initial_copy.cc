@@ -220,7 +220,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
       auto& owned = w.copiers[u.target];
       if (!owned) {
         ASSIGN_OR_RETURN(owned, PgCopyWriter::Connect(target_name, settings.targets[u.target].dsn,
-                                                            settings.proto.pipeline()));
+                                                            settings.proto.pipeline(), EpochOf(u.target)));
       }
       copier = owned.get();
       RETURN_IF_ERROR(copier->Begin(*copy_shape));
@@ -263,6 +263,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
         SinkOptions o;
         o.pipeline = settings.proto.pipeline();
         o.synchronous_commit = false;
+        o.epoch = EpochOf(u.target);
         ASSIGN_OR_RETURN(owned, OpenSink(settings.targets[u.target], o));
       }
       owned->set_plain_inserts(plain);

@@ -72,6 +72,8 @@ struct InitialCopyOptions {
   int64_t chunk_rows = 100000;
   // Write nothing: map every row, count what would be written, collect mapping failures.
   bool dry_run = false;
+  // ha: the leader's epoch in each target (by target index; empty: none), fencing every range.
+  std::vector<int64_t> epochs;
   // Called about every second while the copy runs (the pipeline's liveness).
   std::function<void()> tick;
 };
@@ -101,6 +103,7 @@ class InitialCopy {
   void WorkerLoop(int index, const std::atomic<bool>& stop);
   absl::Status CopyTask(Worker& w, Task& task, const std::atomic<bool>& stop);
   void LogProgress(bool final);
+  int64_t EpochOf(size_t target) const { return target < options_.epochs.size() ? options_.epochs[target] : 0; }
   // Next task whose unit's foreign-key parents are complete; nullptr when none is ready.
   Task* NextTaskLocked();
 

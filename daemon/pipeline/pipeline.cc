@@ -53,6 +53,18 @@ Pipeline::Pipeline(config::Settings settings, std::vector<std::shared_ptr<const 
                                      dl.has_max_percent() ? dl.max_percent() : 10,
                                      absl::Seconds(dl.has_window_s() ? dl.window_s() : 60));
   }
+  if (settings_.proto.ha().enabled()) {
+    LeadershipOptions lo;
+    lo.pipeline = settings_.proto.pipeline();
+    lo.node = settings_.proto.ha().node();
+    for (const auto& t : settings_.targets) lo.targets.emplace_back(t.name, t.dsn);
+    if (settings_.proto.ha().lease_s()) lo.lease = absl::Seconds(settings_.proto.ha().lease_s());
+    leadership_ = std::make_unique<Leadership>(std::move(lo));
+    HaView ha;
+    ha.enabled = true;
+    ha.node = settings_.proto.ha().node();
+    status_->SetHa(ha);
+  }
 }
 
 Pipeline::~Pipeline() = default;

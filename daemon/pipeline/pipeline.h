@@ -22,6 +22,7 @@
 #include "daemon/pipeline/backfill.h"
 #include "daemon/pipeline/dead_letter.h"
 #include "daemon/pipeline/initial_copy.h"
+#include "daemon/pipeline/leadership.h"
 #include "daemon/pipeline/pg_schema_inspector.h"
 
 namespace walshift {
@@ -64,6 +65,12 @@ class Pipeline : public ChangeHandler {
   };
 
   absl::Status RunOnce(const std::atomic<bool>& stop, bool* made_progress);
+  // ha: stands by until this walshiftd leads (*stopped when `stop` came first).
+  absl::Status AwaitLeadership(const std::atomic<bool>& stop, bool* stopped);
+  // ha: renews the lease when due (`force`: now); kAborted once leadership is lost.
+  absl::Status RenewLeadership(bool force);
+  // ha: the leader's epoch in target `t` (0 without ha).
+  int64_t EpochOf(size_t t) const;
   absl::StatusOr<RelationBindings*> BindingsFor(const SourceRelation& relation);
   absl::Status FlushAll();
   // Copies the rows the source has into `targets` (no checkpoint yet) and writes their
@@ -97,6 +104,7 @@ class Pipeline : public ChangeHandler {
   std::vector<std::function<absl::Status(const TargetOp&)>> emit_;
   std::vector<char> skip_;  // per sink: the open transaction is at or below its checkpoint
   std::unique_ptr<PgSchemaInspector> inspector_;
+  std::unique_ptr<Leadership> leadership_;  // ha only
   std::unique_ptr<ChangeSource> source_;
   absl::flat_hash_map<Oid, RelationBindings> bindings_;
   // Mapped source tables by oid (their configured name), and unmapped ones left alone.

@@ -39,6 +39,13 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   int attempt = 0;  // consecutive retries without durable progress
   absl::Time failing_since = absl::InfinitePast();
   for (;;) {
+    if (leadership_) {
+      // A leader that lost its lock or was replaced stands by; a standby waits to lead.
+      if (leadership_->leading()) (void)RenewLeadership(/*force=*/true);
+      bool stopped = false;
+      RETURN_IF_ERROR(AwaitLeadership(stop, &stopped));
+      if (stopped) return absl::OkStatus();
+    }
     bool progress = false;
     absl::Status st = RunOnce(stop, &progress);
     Lsn received = source_ ? source_->received_lsn() : kInvalidLsn;
@@ -134,11 +141,76 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     absl::Time until = absl::Now() + wait;
     while (absl::Now() < until && !stop.load()) {
       status_->Tick();
+      if (leadership_ && !RenewLeadership(/*force=*/false).ok()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (stop.load()) return absl::OkStatus();
     backoff = std::min(backoff * 2, ceiling);
   }
+}
+
+int64_t Pipeline::EpochOf(size_t t) const {
+  return leadership_ && t < leadership_->epochs().size() ? leadership_->epochs()[t] : 0;
+}
+
+absl::Status Pipeline::RenewLeadership(bool force) {
+  absl::Status st = leadership_->Renew(force);
+  if (!st.ok()) {
+    HaView ha;
+    ha.enabled = true;
+    ha.node = leadership_->node();
+    ha.leader_node = leadership_->leader();
+    ha.epoch = leadership_->leader_epoch();
+    status_->SetHa(ha);
+  }
+  return st;
+}
+
+absl::Status Pipeline::AwaitLeadership(const std::atomic<bool>& stop, bool* stopped) {
+  const auto& cfg = settings_.proto.ha();
+  const absl::Duration poll = absl::Milliseconds(cfg.poll_ms() ? cfg.poll_ms() : 1000);
+  std::string announced;
+  absl::Time next_warning = absl::InfinitePast();
+  while (!stop.load()) {
+    absl::StatusOr<bool> leading = leadership_->TryLead();
+    HaView ha;
+    ha.enabled = true;
+    ha.node = leadership_->node();
+    ha.leader_node = leadership_->leader();
+    ha.epoch = leadership_->leader_epoch();
+    if (leading.ok() && *leading) {
+      ha.leader = true;
+      ha.since = leadership_->since();
+      status_->SetHa(ha);
+      return absl::OkStatus();
+    }
+    status_->SetHa(ha);
+    if (!leading.ok()) {
+      if (leading.status().code() != absl::StatusCode::kUnavailable &&
+          leading.status().code() != absl::StatusCode::kAborted) {
+        return leading.status();  // the state schema is newer, or privileges are missing
+      }
+      status_->SetState(v1::RECONNECTING, std::string(leading.status().message()));
+      if (absl::Now() >= next_warning) {
+        spdlog::warn("{}; standing by, retrying", std::string(leading.status().message()));
+        next_warning = absl::Now() + absl::Seconds(30);
+      }
+    } else {
+      std::string who = absl::StrCat("walshiftd ", ha.leader_node.empty() ? "(unnamed)" : ha.leader_node,
+                                     " leads pipeline ", settings_.proto.pipeline(), " (epoch ", ha.epoch, ")");
+      status_->SetState(v1::STANDBY, who);
+      if (who != announced) {
+        spdlog::info("{}; walshiftd {} stands by, ready to take over", who, leadership_->node());
+        announced = who;
+      }
+    }
+    for (absl::Time until = absl::Now() + poll; absl::Now() < until && !stop.load();) {
+      status_->Tick();
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<int64_t>(50, absl::ToInt64Milliseconds(poll))));
+    }
+  }
+  *stopped = true;
+  return absl::OkStatus();
 }
 
 absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progress) {
@@ -164,6 +236,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // As PostgreSQL's apply worker: a commit is visible at once and confirmed to the source only
     // once the target flushed it (MinFlushed).
     o.synchronous_commit = false;
+    o.epoch = EpochOf(sinks_.size());
     ASSIGN_OR_RETURN(auto sink, OpenSink(t, o));
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
@@ -196,6 +269,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   so.receive_timeout = absl::Seconds(settings_.receive_timeout_s);
   const auto& src = settings_.proto.source();
   so.stream_large_transactions = !src.has_stream_large_transactions() || src.stream_large_transactions();
+  // The leader takes the slot from a replaced leader's walsender, which may not have noticed yet.
+  so.take_over_slot = leadership_ != nullptr;
   // Targets without a checkpoint get the rows the source already has first.
   std::vector<size_t> to_copy;
   if (settings_.proto.snapshot().mode() == v1::SNAPSHOT_INITIAL) {
@@ -261,6 +336,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     RETURN_IF_ERROR(source_->SendFeedback(MinFlushed(), /*force=*/false));
     status_->SetReceivedLsn(source_->received_lsn());
     status_->Tick();
+    if (leadership_) RETURN_IF_ERROR(RenewLeadership(/*force=*/false));
     if (any_dead_letter_)
       for (auto& limit : dead_letter_limits_) limit.Tick(absl::Now());
   }
@@ -323,7 +399,12 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
   spdlog::info("pipeline {}: initial copy into {} under snapshot {} ({}), then streaming from {}",
                settings_.proto.pipeline(), absl::StrJoin(names, ", "), o.snapshot.name, FormatLsn(o.snapshot.lsn),
                FormatLsn(stream_from));
-  o.tick = [this] { status_->Tick(); };
+  o.tick = [this] {
+    status_->Tick();
+    // A leader replaced meanwhile: its copy's next range fails the fence and ends the copy.
+    if (leadership_ && leadership_->leading()) (void)RenewLeadership(/*force=*/false);
+  };
+  for (size_t t = 0; t < settings_.targets.size(); ++t) o.epochs.push_back(EpochOf(t));
   InitialCopy copy(o);
   status_->SetState(v1::SNAPSHOTTING);
   status_->SetCopyProgress([&copy] { return copy.Report(); });

@@ -370,6 +370,30 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
                                  "', publication_names ", pg::QuoteLiteral(pg::QuoteIdent(options_.publication)),
                                  ", messages 'true'", stream ? ", streaming 'on'" : "", ")");
   pg::ResultPtr result(PQexec(conn_, sql.c_str()));
+  const char* busy = result != nullptr ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
+  if (busy != nullptr && absl::string_view(busy) == "55006" && options_.take_over_slot) {
+    // "replication slot is active for PID n": the walsender of the leader this one replaced.
+    auto active = pg::Exec(conn_,
+                           absl::StrCat("SELECT active_pid::text FROM pg_catalog.pg_replication_slots WHERE slot_name = ",
+                                        pg::QuoteLiteral(options_.slot), " AND active_pid IS NOT NULL"),
+                           "source: reading the replication slot's walsender");
+    if (active.ok() && PQntuples(active->get()) == 1) {
+      std::string pid = PQgetvalue(active->get(), 0, 0);
+      spdlog::warn("source: slot {} is streamed by walsender pid {}, which serves the replaced leader: terminating it",
+                   options_.slot, pid);
+      (void)pg::Exec(conn_, absl::StrCat("SELECT pg_catalog.pg_terminate_backend(", pid, ")"),
+                     "source: terminating the replaced leader's walsender");
+      for (absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
+        auto still = pg::Exec(conn_,
+                              absl::StrCat("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = ",
+                                           pg::QuoteLiteral(options_.slot), " AND active_pid IS NOT NULL"),
+                              "source: reading the replication slot's walsender");
+        if (!still.ok() || PQntuples(still->get()) == 0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      result.reset(PQexec(conn_, sql.c_str()));
+    }
+  }
   if (result != nullptr && PQresultStatus(result.get()) == PGRES_COPY_BOTH) {
     streaming_ = true;
     if (pipe2(wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) {

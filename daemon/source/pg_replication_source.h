@@ -49,6 +49,9 @@ struct PgReplicationSourceOptions {
   bool slot_must_exist = false;
   // PostgreSQL 14+: protocol 2 with streaming of large in-progress transactions.
   bool stream_large_transactions = true;
+  // ha: this walshiftd just became the leader, so a walsender still streaming the slot serves a
+  // replaced one: Start() terminates it instead of waiting for it to notice.
+  bool take_over_slot = false;
 };
 
 class PgReplicationSource : public ChangeSource {

@@ -1,5 +1,6 @@
 #include "daemon/state/pg_state.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <iterator>
@@ -139,10 +140,43 @@ constexpr const char* kDeadLetterDdl =
     "walshiftd applied it, and this one is stale (nothing of its transaction was committed)', p, "
     "(SELECT commit_lsn FROM walshift.checkpoint WHERE pipeline = p), attempted); END $f$";
 
+// Active/standby (ha:). walshift.leader holds the epoch of the pipeline's current leader; each
+// leader takes a higher one when it takes over. Every writer session of a leader sets
+// walshift.epoch, and walshift.fence(), called in every transaction that commits data (the
+// checkpoint, a copy range), fails with SQLSTATE WS002 when another leader took over since, so
+// nothing of a replaced leader's transaction commits. It reads the epoch FOR SHARE: a takeover
+// (which updates the row) waits for the transactions that passed the fence before it, and the
+// ones after it see the new epoch. Sessions without walshift.epoch (ha off) are not fenced.
+// walshift.lease is the leader's lease, renewed from its pipeline loop: a standby takes over a
+// leader whose lease ran out (by the target's clock). A separate row, so that renewing it never
+// waits for the fence's lock.
+constexpr const char* kLeaderDdl =
+    "CREATE TABLE IF NOT EXISTS walshift.leader ("
+    "  pipeline text PRIMARY KEY,"
+    "  epoch bigint NOT NULL,"
+    "  node text NOT NULL,"
+    "  since timestamptz NOT NULL DEFAULT now()); "
+    "CREATE TABLE IF NOT EXISTS walshift.lease ("
+    "  pipeline text PRIMARY KEY,"
+    "  epoch bigint NOT NULL,"
+    "  node text NOT NULL,"
+    "  renewed_at timestamptz NOT NULL DEFAULT now()); "
+    "CREATE OR REPLACE FUNCTION walshift.fence(p text) RETURNS boolean LANGUAGE plpgsql AS $f$ "
+    "DECLARE mine text := current_setting('walshift.epoch', true); cur bigint; who text; "
+    "BEGIN "
+    "  IF mine IS NULL OR mine = '' THEN RETURN true; END IF; "
+    "  SELECT epoch, node INTO cur, who FROM walshift.leader WHERE pipeline = p FOR SHARE; "
+    "  IF cur = mine::bigint THEN RETURN true; END IF; "
+    "  RAISE EXCEPTION USING ERRCODE = 'WS002', MESSAGE = format('pipeline %s: walshiftd %s took over as leader "
+    "(epoch %s); this walshiftd (epoch %s) was replaced and nothing of its transaction was committed', p, "
+    "coalesce(who, '(none)'), coalesce(cur::text, 'none'), mine); "
+    "END $f$";
+
 constexpr Migration kMigrations[] = {
     {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
     {2, "error (what walshiftd stopped on) and skipped (transactions walshiftctl skip left out)", kErrorDdl},
     {3, "dead_letter (changes parked under on_error: dead_letter)", kDeadLetterDdl},
+    {4, "leader, lease and fence (active/standby)", kLeaderDdl},
 };
 constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 
@@ -155,8 +189,10 @@ std::string CheckpointUpsertSql(bool wal_positions) {
       "ON CONFLICT (pipeline) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, "
       "commit_time = EXCLUDED.commit_time, updated_at = EXCLUDED.updated_at "
       "WHERE c.commit_lsn <= EXCLUDED.commit_lsn RETURNING 1) ";
+  // (The fence first: a replaced leader's transaction fails on its epoch, not on its position.)
   const std::string moved =
-      "SELECT CASE WHEN EXISTS (SELECT 1 FROM up) THEN true ELSE walshift.stale_checkpoint($1, $2::pg_lsn) END AS moved";
+      "SELECT CASE WHEN NOT walshift.fence($1) THEN NULL WHEN EXISTS (SELECT 1 FROM up) THEN true "
+      "ELSE walshift.stale_checkpoint($1, $2::pg_lsn) END AS moved";
   if (!wal_positions) return upsert + moved;
   return absl::StrCat(upsert, "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text FROM (",
                       moved, ") AS f WHERE f.moved");
@@ -408,11 +444,112 @@ std::string Describe(const PGresult* r, int i) {
 
 }  // namespace
 
-absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, int64_t epoch, absl::string_view what) {
   std::string key = WriterLockKey(pipeline);
-  return pg::ExecParams(conn, "SELECT pg_catalog.pg_advisory_lock_shared($1::int, $2::int)",
-                        {kWriterLockClass, key.c_str()}, absl::StrCat(what, ": taking the pipeline's writer lock"))
+  std::string mine = epoch > 0 ? absl::StrCat(epoch) : "";
+  return pg::ExecParams(conn,
+                        "SELECT pg_catalog.pg_advisory_lock_shared($1::int, $2::int), "
+                        "pg_catalog.set_config('walshift.epoch', $3, false)",
+                        {kWriterLockClass, key.c_str(), mine.c_str()},
+                        absl::StrCat(what, ": taking the pipeline's writer lock"))
       .status();
+}
+
+namespace {
+// The leader lock's class, next to the writer lock's; the key is the same hash of the pipeline.
+constexpr const char* kLeaderLockClass = "2008730456";
+}  // namespace
+
+absl::StatusOr<bool> TryLeaderLock(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+  std::string key = WriterLockKey(pipeline);
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn, "SELECT pg_catalog.pg_try_advisory_lock($1::int, $2::int)",
+                                                   {kLeaderLockClass, key.c_str()},
+                                                   absl::StrCat(what, ": taking the pipeline's leader lock")));
+  return std::string_view(PQgetvalue(r.get(), 0, 0)) == "t";
+}
+
+absl::StatusOr<LeaderRow> ReadLeader(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+  std::string key = WriterLockKey(pipeline);
+  std::string context = absl::StrCat(what, ": reading the pipeline's leader");
+  LeaderRow row;
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.leader", context));
+  if (exists) {
+    ASSIGN_OR_RETURN(
+        pg::ResultPtr r,
+        pg::ExecParams(conn,
+                       "SELECT l.epoch::text, l.node, to_char(l.since AT TIME ZONE 'UTC', "
+                       "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(s.node, ''), "
+                       "coalesce(extract(epoch FROM now() - s.renewed_at)::text, '-1') "
+                       "FROM walshift.leader l LEFT JOIN walshift.lease s ON s.pipeline = l.pipeline "
+                       "WHERE l.pipeline = $1",
+                       {pipeline.c_str()}, context));
+    if (PQntuples(r.get()) == 1) {
+      (void)absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &row.epoch);
+      row.node = PQgetvalue(r.get(), 0, 1);
+      row.since = PQgetvalue(r.get(), 0, 2);
+      row.lease_node = PQgetvalue(r.get(), 0, 3);
+      (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 4), &row.lease_age_s);
+    }
+  }
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr holders,
+      pg::ExecParams(conn,
+                     "SELECT l.pid::text FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+                     "AND l.mode = 'ExclusiveLock' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
+                     "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+                     "AND l.pid <> pg_catalog.pg_backend_pid()",
+                     {kLeaderLockClass, key.c_str()}, context));
+  for (int i = 0; i < PQntuples(holders.get()); ++i) {
+    int pid = 0;
+    if (absl::SimpleAtoi(PQgetvalue(holders.get(), i, 0), &pid)) row.lock_holders.push_back(pid);
+  }
+  return row;
+}
+
+absl::StatusOr<int64_t> TakeEpoch(PGconn* conn, const std::string& pipeline, const std::string& node,
+                                  absl::Duration lock_timeout, absl::string_view what) {
+  std::string context = absl::StrCat(what, ": taking a new leader epoch");
+  struct Rollback {
+    PGconn* conn;
+    ~Rollback() {
+      if (PQtransactionStatus(conn) != PQTRANS_IDLE) pg::ResultPtr(PQexec(conn, "ROLLBACK"));
+    }
+  } rollback{conn};
+  RETURN_IF_ERROR(pg::Exec(conn,
+                           absl::StrCat("BEGIN; SET LOCAL lock_timeout = '",
+                                        std::max<int64_t>(1, absl::ToInt64Milliseconds(lock_timeout)), "ms'"),
+                           context)
+                      .status());
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr r,
+      pg::ExecParams(conn,
+                     "INSERT INTO walshift.leader AS l (pipeline, epoch, node, since) VALUES ($1, 1, $2, now()) "
+                     "ON CONFLICT (pipeline) DO UPDATE SET epoch = l.epoch + 1, node = EXCLUDED.node, since = now() "
+                     "RETURNING epoch::text",
+                     {pipeline.c_str(), node.c_str()}, context));
+  std::string epoch = PQgetvalue(r.get(), 0, 0);
+  RETURN_IF_ERROR(pg::ExecParams(conn,
+                                 "INSERT INTO walshift.lease AS s (pipeline, epoch, node, renewed_at) "
+                                 "VALUES ($1, $2::bigint, $3, now()) ON CONFLICT (pipeline) DO UPDATE SET "
+                                 "epoch = EXCLUDED.epoch, node = EXCLUDED.node, renewed_at = now()",
+                                 {pipeline.c_str(), epoch.c_str(), node.c_str()}, context)
+                      .status());
+  RETURN_IF_ERROR(pg::Exec(conn, "COMMIT", context).status());
+  int64_t out = 0;
+  (void)absl::SimpleAtoi(epoch, &out);
+  return out;
+}
+
+absl::StatusOr<bool> RenewLease(PGconn* conn, const std::string& pipeline, const std::string& node, int64_t epoch,
+                                absl::string_view what) {
+  std::string e = absl::StrCat(epoch);
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "UPDATE walshift.lease SET renewed_at = now() "
+                                  "WHERE pipeline = $1 AND node = $2 AND epoch = $3::bigint",
+                                  {pipeline.c_str(), node.c_str(), e.c_str()},
+                                  absl::StrCat(what, ": renewing the leader's lease")));
+  return std::string_view(PQcmdTuples(r.get())) == "1";
 }
 
 absl::Status SettleEarlierWriters(PGconn* conn, const std::string& pipeline, absl::string_view what,
@@ -459,7 +596,7 @@ Statement CopyChunkInsert(const std::string& pipeline, const CopyChunk& chunk) {
   Statement s;
   s.sql =
       "INSERT INTO walshift.copy_chunk (pipeline, source_table, key_column, lo, hi, snapshot_lsn, rows) "
-      "VALUES ($1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint)";
+      "SELECT $1, $2, $3, $4::bigint, $5::bigint, $6::pg_lsn, $7::bigint WHERE walshift.fence($1)";
   s.storage = {pipeline,
                chunk.source_table,
                chunk.key_column,

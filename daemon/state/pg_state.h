@@ -66,7 +66,9 @@ int StateSchemaVersion();
 // holds a session-level advisory lock on (walshift, pipeline) in shared mode while it is
 // connected. A walshiftd killed, or cut off, leaves its sessions to the server until it notices:
 // one of them may still be executing, or committing, what the dead process sent.
-absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, absl::string_view what);
+// With ha, `epoch` is the leader's epoch in this target (0: none): the session's transactions are
+// fenced with it (walshift.fence, SQLSTATE WS002 once another leader took over).
+absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, int64_t epoch, absl::string_view what);
 // Before a run reads what a target holds (checkpoint, copied ranges): waits until no other
 // session holding `pipeline`'s writer lock has a transaction open, so that everything an earlier
 // run sent is committed or rolled back, and visible. A session still in a transaction after
@@ -74,6 +76,29 @@ absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, absl::str
 // sessions, when they cannot be settled.
 absl::Status SettleEarlierWriters(PGconn* conn, const std::string& pipeline, absl::string_view what,
                                   absl::Duration patience);
+
+// Active/standby (ha:). The leader lock is a session-level advisory lock on (walshift's leader
+// class, pipeline) that the leader holds on every target for as long as it leads; the epoch and
+// the lease are in walshift.leader and walshift.lease (see the state schema).
+// Takes the leader lock without waiting: true when this session holds it now.
+absl::StatusOr<bool> TryLeaderLock(PGconn* conn, const std::string& pipeline, absl::string_view what);
+// The pipeline's leader as a target records it.
+struct LeaderRow {
+  int64_t epoch = 0;  // 0: no leader recorded yet
+  std::string node;
+  std::string since;  // UTC, ISO 8601
+  std::string lease_node;
+  double lease_age_s = -1;  // since the lease was last renewed, by the target's clock; -1: none
+  std::vector<int> lock_holders;  // backend pids holding the leader lock now
+};
+absl::StatusOr<LeaderRow> ReadLeader(PGconn* conn, const std::string& pipeline, absl::string_view what);
+// Takes the next epoch for `node` (and a fresh lease) and returns it. Waits at most
+// `lock_timeout` for transactions that passed the fence of the previous epoch to end.
+absl::StatusOr<int64_t> TakeEpoch(PGconn* conn, const std::string& pipeline, const std::string& node,
+                                  absl::Duration lock_timeout, absl::string_view what);
+// Renews `node`'s lease of `epoch`: false when it is no longer that leader's (another took over).
+absl::StatusOr<bool> RenewLease(PGconn* conn, const std::string& pipeline, const std::string& node, int64_t epoch,
+                                absl::string_view what);
 
 // The checkpoint row of `pipeline`.
 struct CheckpointRow {

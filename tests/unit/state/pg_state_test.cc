@@ -45,7 +45,7 @@ class PgStateTest : public ::testing::Test {
   // A session of a writer of `pipeline` with a transaction open that inserted `id`.
   pg::ConnPtr OpenWriter(const std::string& pipeline, int id) {
     pg::ConnPtr c = Connect();
-    EXPECT_TRUE(state::HoldWriterLock(c.get(), pipeline, "target").ok());
+    EXPECT_TRUE(state::HoldWriterLock(c.get(), pipeline, 0, "target").ok());
     EXPECT_TRUE(pg::Exec(c.get(), absl::StrCat("BEGIN; INSERT INTO rows VALUES (", id, ")"), "target").ok());
     return c;
   }
@@ -63,7 +63,7 @@ PgCluster* PgStateTest::cluster_ = nullptr;
 // hold anything up, and neither does another pipeline's writer.
 TEST_F(PgStateTest, SettleWaitsForAnEarlierWritersTransactionOnly) {
   pg::ConnPtr idle = Connect();
-  ASSERT_TRUE(state::HoldWriterLock(idle.get(), "p", "target").ok());
+  ASSERT_TRUE(state::HoldWriterLock(idle.get(), "p", 0, "target").ok());
   pg::ConnPtr other = OpenWriter("another pipeline", 2);
   pg::ConnPtr earlier = OpenWriter("p", 1);
   std::thread commit([&] {
