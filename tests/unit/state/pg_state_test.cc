@@ -96,5 +96,71 @@ TEST_F(PgStateTest, SettleTerminatesATransactionLeftOpen) {
   EXPECT_TRUE(state::SettleEarlierWriters(next.get(), "p", "target main", absl::Milliseconds(200)).ok());
 }
 
+// ha: the fence. A writer session of epoch 1 cannot commit data once epoch 2 was taken: its
+// checkpoint statement fails with WS002 and the whole transaction rolls back, a copy range too. A
+// transaction that passed the fence before the takeover holds it up until it ends (so that the new
+// leader reads the checkpoint after it), and a session without an epoch (ha off) is not fenced.
+TEST_F(PgStateTest, FenceFailsEveryTransactionOfAReplacedEpoch) {
+  pg::ConnPtr leader = Connect();
+  ASSERT_TRUE(state::EnsureSchema(leader.get(), "target").ok());
+  absl::StatusOr<int64_t> first = state::TakeEpoch(leader.get(), "p", "a", absl::Seconds(5), "target");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, 1);
+  pg::ConnPtr writer = Connect();
+  ASSERT_TRUE(state::HoldWriterLock(writer.get(), "p", *first, "target").ok());
+  const std::string checkpoint = state::CheckpointUpsertSql(/*wal_positions=*/false);
+  auto commit_group = [&](PGconn* c, int id, const char* lsn) {
+    std::string sql = absl::StrCat("BEGIN; INSERT INTO rows VALUES (", id, ")");
+    absl::Status st = pg::Exec(c, sql, "target").status();
+    if (st.ok()) st = pg::ExecParams(c, checkpoint, {"p", lsn, "2026-01-01 00:00:00+00"}, "target").status();
+    if (st.ok()) return pg::Exec(c, "COMMIT", "target").status();
+    (void)pg::Exec(c, "ROLLBACK", "target");
+    return st;
+  };
+  ASSERT_TRUE(commit_group(writer.get(), 1, "0/100").ok());
+
+  // Passed the fence, not committed: the takeover waits for it.
+  ASSERT_TRUE(pg::Exec(writer.get(), "BEGIN; INSERT INTO rows VALUES (2)", "target").ok());
+  ASSERT_TRUE(pg::ExecParams(writer.get(), checkpoint, {"p", "0/200", "2026-01-01 00:00:00+00"}, "target").ok());
+  pg::ConnPtr standby = Connect();
+  absl::StatusOr<int64_t> blocked = state::TakeEpoch(standby.get(), "p", "b", absl::Milliseconds(300), "target");
+  EXPECT_FALSE(blocked.ok());
+  EXPECT_NE(blocked.status().message().find("55P03"), std::string::npos) << blocked.status();
+  ASSERT_TRUE(pg::Exec(writer.get(), "COMMIT", "target").ok());
+  absl::StatusOr<int64_t> second = state::TakeEpoch(standby.get(), "p", "b", absl::Seconds(5), "target");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*second, 2);
+
+  // Replaced: nothing of epoch 1 commits any more.
+  absl::Status st = commit_group(writer.get(), 3, "0/300");
+  EXPECT_NE(st.message().find("WS002"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("walshiftd b took over as leader (epoch 2)"), std::string::npos) << st;
+  state::Statement range = state::CopyChunkInsert("p", CopyChunk{"public.t", "id", 1, 100, 0x100, 99});
+  ASSERT_TRUE(pg::Exec(writer.get(), "BEGIN; INSERT INTO rows VALUES (4)", "target").ok());
+  absl::Status copied = pg::ExecParams(writer.get(), range.sql, range.params, "target").status();
+  (void)pg::Exec(writer.get(), "ROLLBACK", "target");
+  EXPECT_NE(copied.message().find("WS002"), std::string::npos) << copied;
+  EXPECT_EQ(Count(), "2");
+  EXPECT_EQ(cluster_->QueryValue(db_, "SELECT commit_lsn::text FROM walshift.checkpoint").value_or("?"), "0/200");
+
+  // The new leader's sessions commit; so does a session without an epoch.
+  pg::ConnPtr next = Connect();
+  ASSERT_TRUE(state::HoldWriterLock(next.get(), "p", *second, "target").ok());
+  EXPECT_TRUE(commit_group(next.get(), 5, "0/500").ok());
+  pg::ConnPtr plain = Connect();
+  ASSERT_TRUE(state::HoldWriterLock(plain.get(), "p", 0, "target").ok());
+  EXPECT_TRUE(commit_group(plain.get(), 6, "0/600").ok());
+  EXPECT_EQ(Count(), "4");
+
+  // The lease is renewed only by the current epoch's node.
+  EXPECT_EQ(state::RenewLease(standby.get(), "p", "b", 2, "target").value_or(false), true);
+  EXPECT_EQ(state::RenewLease(leader.get(), "p", "a", 1, "target").value_or(true), false);
+  absl::StatusOr<state::LeaderRow> row = state::ReadLeader(leader.get(), "p", "target");
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(row->epoch, 2);
+  EXPECT_EQ(row->node, "b");
+  EXPECT_GE(row->lease_age_s, 0);
+}
+
 }  // namespace
 }  // namespace walshift
