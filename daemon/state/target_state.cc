@@ -203,4 +203,11 @@ absl::StatusOr<uint64_t> CountParked(const config::TargetSettings& target, const
   });
 }
 
+absl::StatusOr<LeaderRow> ReadLeader(const config::TargetSettings& target, const std::string& pipeline) {
+  if (target.documents()) return LeaderRow();
+  return Postgres<LeaderRow>(target, [&](PGconn* c, const std::string& what) -> absl::StatusOr<LeaderRow> {
+    return ReadLeader(c, pipeline, what);
+  });
+}
+
 }  // namespace walshift::state

@@ -54,6 +54,8 @@ absl::Status RecordStopError(const config::TargetSettings& target, const std::st
                              const std::string& message, Lsn lsn);
 // The changes parked in the target's walshift.dead_letter (0 for a document store).
 absl::StatusOr<uint64_t> CountParked(const config::TargetSettings& target, const std::string& pipeline);
+// ha: the pipeline's leader as the target records it (epoch 0: none; always so for documents).
+absl::StatusOr<LeaderRow> ReadLeader(const config::TargetSettings& target, const std::string& pipeline);
 absl::StatusOr<std::optional<StopError>> ReadStopError(const config::TargetSettings& target,
                                                        const std::string& pipeline);
 // The target's clock (seconds since the epoch), to compare with BackfillRow::updated_at.

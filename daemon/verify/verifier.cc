@@ -95,6 +95,11 @@ void ContinuousVerifier::Loop() {
   options_.already_reported = &reported_before;
   options_.reported_now = &reported_now;
   while (!stop_.load()) {
+    // ha: only the leader verifies (a standby's pass would double the load and the reports).
+    if (!status_->leading()) {
+      sleep(absl::Seconds(1));
+      continue;
+    }
     pass_rows.clear();
     reported_now.clear();
     auto reports = VerifyOnce(options_, stop_);

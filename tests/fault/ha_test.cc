@@ -30,6 +30,7 @@ ha: {enabled: true, node: NODE, lease_s: 4, poll_ms: 200}
 // One walshiftd of the pair, with its own log.
 struct Node {
   std::string name;
+  std::string config;
   std::string log_path;
   std::unique_ptr<Subprocess> process;
   std::string Log() const {
@@ -76,6 +77,7 @@ class HaTest : public FaultTest {
     n->name = name;
     n->log_path = absl::StrCat(dir_, "/walshiftd-", name, ".log");
     std::string config = EventsConfig(absl::StrReplaceAll(kHa, {{"NODE", name}}));
+    n->config = config;
     SubprocessOptions o;
     o.argv = daemon_prefix_;
     for (const std::string& a : {BinaryPath("walshiftd"), std::string("--config"), config}) o.argv.push_back(a);
@@ -119,6 +121,15 @@ class HaTest : public FaultTest {
     EXPECT_EQ(LeaderMetric(b_), "0");
     std::string status = Get(b_.Port(), "/status");
     EXPECT_NE(status.find("\"leader\":\"a\""), std::string::npos) << status;
+    // walshiftctl status, from each endpoint and from the databases.
+    RunResult standby = Walshiftctl({"status", "--url", absl::StrCat("http://127.0.0.1:", b_.Port(), "/status")});
+    EXPECT_NE(standby.stdout_text.find("walshiftd b stands by (epoch 1); the leader is a"), std::string::npos)
+        << standby.stdout_text;
+    RunResult leader = Walshiftctl({"status", "--url", absl::StrCat("http://127.0.0.1:", a_.Port(), "/status")});
+    EXPECT_NE(leader.stdout_text.find("walshiftd a LEADS (epoch 1 since "), std::string::npos) << leader.stdout_text;
+    RunResult databases = Walshiftctl({"status", "--config", b_.config});
+    EXPECT_NE(databases.stdout_text.find("leader   walshiftd a in main (epoch 1 since "), std::string::npos)
+        << databases.stdout_text;
   }
   // Hands the fixture's daemon slot to `n` (WaitCaughtUp, StopDaemon, the log on failure).
   void Adopt(Node* n) { daemon_ = std::move(n->process); }

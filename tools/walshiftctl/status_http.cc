@@ -227,6 +227,12 @@ std::string RenderStatus(const Struct& status, const LagLimits& limits) {
   std::string out = absl::StrCat("pipeline ", Text(status, "pipeline"), "  ", state.empty() ? "?" : state);
   if (!Text(status, "state_since").empty()) absl::StrAppend(&out, " since ", Text(status, "state_since"));
   absl::StrAppend(&out, message.empty() ? "" : absl::StrCat(": ", message), "\n");
+  if (const Struct* ha = Object(status, "ha"); ha != nullptr) {
+    const bool leader = Text(*ha, "role") == "leader";
+    absl::StrAppend(&out, "  ha       walshiftd ", Text(*ha, "node"), leader ? " LEADS" : " stands by", " (epoch ",
+                    Grouped(Number(*ha, "epoch")), leader ? absl::StrCat(" since ", Text(*ha, "leading_since")) : "",
+                    ")", leader ? "" : absl::StrCat("; the leader is ", Text(*ha, "leader")), "\n");
+  }
 
   v1::LagEvent lag = LagOf(status);
   const Struct* source = Object(status, "source");

@@ -56,6 +56,7 @@ struct TargetStatus {
   // The error walshiftd last stopped on, while the checkpoint has not moved since.
   std::optional<state::StopError> stopped;
   uint64_t parked = 0;  // changes in walshift.dead_letter (on_error: dead_letter)
+  state::LeaderRow leader;  // ha: the leader the target names (epoch 0: none)
 };
 
 struct Status {
@@ -116,6 +117,8 @@ Status Collect(const config::Settings& s) {
       if (stop.ok() && *stop && (*stop)->current && !st.slot_active) ts.stopped = **stop;
       auto parked = state::CountParked(t, s.proto.pipeline());
       if (parked.ok()) ts.parked = *parked;
+      auto leader = state::ReadLeader(t, s.proto.pipeline());
+      if (leader.ok()) ts.leader = *leader;
     }
     st.targets.push_back(ts);
   }
@@ -177,6 +180,18 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
           SlotRebuildProcedure(s.slot, s.proto.pipeline()).c_str());
     }
   }
+  // ha: the leader each target names (the same one, unless a takeover is under way).
+  for (const auto& t : st.targets) {
+    if (t.leader.epoch == 0) continue;
+    const bool held = !t.leader.lock_holders.empty();
+    const double lease = s.proto.ha().lease_s() ? s.proto.ha().lease_s() : 15;
+    std::printf("  leader   walshiftd %s in %s (epoch %lld since %s), lease renewed %.1f s ago%s\n",
+                t.leader.node.c_str(), t.name.c_str(), static_cast<long long>(t.leader.epoch),
+                t.leader.since.c_str(), t.leader.lease_age_s,
+                !held                           ? "; NO LEADER holds the lock now (a standby takes it within ha.poll_ms)"
+                : t.leader.lease_age_s > lease ? "; LEASE EXPIRED: a standby takes over"
+                                                : "");
+  }
   // Once per error: every target holds the same record.
   std::set<std::string> shown;
   for (const auto& t : st.targets) {
@@ -232,6 +247,12 @@ void PrintJson(const config::Settings& s, const Status& st) {
                     ",\"last_commit_time\":", t.commit_time.empty() ? "null" : JsonString(t.commit_time),
                     t.error.empty() ? "" : absl::StrCat(",\"error\":", JsonString(t.error)),
                     ",\"dead_letter_parked\":", t.parked,
+                    t.leader.epoch == 0
+                        ? ""
+                        : absl::StrCat(",\"leader\":{\"node\":", JsonString(t.leader.node), ",\"epoch\":", t.leader.epoch,
+                                       ",\"since\":", JsonString(t.leader.since),
+                                       ",\"lease_age_s\":", absl::StrFormat("%.1f", t.leader.lease_age_s),
+                                       ",\"lock_held\":", t.leader.lock_holders.empty() ? "false" : "true", "}"),
                     !t.stopped ? ""
                                : absl::StrCat(",\"stopped_on_error\":{\"at\":", JsonString(t.stopped->occurred_at),
                                               ",\"exit_code\":", t.stopped->exit_code,
