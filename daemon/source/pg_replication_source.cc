@@ -323,12 +323,18 @@ absl::Status PgReplicationSource::EnsureSlot() {
 
 absl::StatusOr<ExportedSnapshot> PgReplicationSource::CreateSlot(PGconn* conn, const std::string& slot, bool temporary,
                                                                  bool export_snapshot) {
-  ASSIGN_OR_RETURN(
-      pg::ResultPtr created,
-      pg::Exec(conn,
-               absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(slot), temporary ? " TEMPORARY" : "",
-                            " LOGICAL pgoutput ", export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"),
-               "source: CREATE_REPLICATION_SLOT"));
+  // PostgreSQL 17+: the pipeline's slot is a failover slot, which a physical standby with
+  // sync_replication_slots keeps in step, so that it continues on the standby after a promotion.
+  const bool failover = !temporary && PQserverVersion(conn) >= 170000;
+  std::string options = failover ? absl::StrCat("(SNAPSHOT '", export_snapshot ? "export" : "nothing",
+                                                "', FAILOVER true)")
+                                 : (export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT");
+  ASSIGN_OR_RETURN(pg::ResultPtr created,
+                   pg::Exec(conn,
+                            absl::StrCat("CREATE_REPLICATION_SLOT ", pg::QuoteIdent(slot), temporary ? " TEMPORARY" : "",
+                                         " LOGICAL pgoutput ", options),
+                            "source: CREATE_REPLICATION_SLOT"));
+  if (failover) spdlog::info("source: slot {} created as a failover slot (PostgreSQL 17+)", slot);
   // slot_name, consistent_point, snapshot_name, output_plugin
   if (PQntuples(created.get()) != 1 || PQnfields(created.get()) < 3) {
     return absl::InternalError("source: CREATE_REPLICATION_SLOT returned no consistent point");
