@@ -286,7 +286,7 @@ int main(int argc, char** argv) {
   spdlog::info("walshiftd starting pipeline {} ({} mappings, {} targets)", settings->proto.pipeline(), modules->size(),
                settings->targets.size());
   // Observability: events (Kafka and the log), the status endpoint, the monitor thread.
-  auto events = walshift::EventPublisher::Create(settings->proto);
+  auto events = walshift::EventPublisher::Create(settings->proto, settings->kafka_secrets);
   if (!events.ok()) {
     std::fprintf(stderr, "walshiftd: invalid configuration: %s\n", std::string(events.status().message()).c_str());
     return 2;

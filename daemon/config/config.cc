@@ -9,6 +9,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
@@ -303,6 +304,41 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     }
   }
 
+  if (s.proto.has_kafka()) {
+    // A librdkafka property that is a secret comes from the environment or a file, as DSNs do:
+    // sasl.password_env: VAR, sasl.password_file: kafka-password (relative: a credential).
+    auto* props = s.proto.mutable_kafka()->mutable_properties();
+    std::vector<std::string> resolved;
+    for (const auto& [key, value] : *props) {
+      const bool env = absl::EndsWith(key, "_env"), file = absl::EndsWith(key, "_file");
+      if (!env && !file) continue;
+      const std::string name = key.substr(0, key.size() - (env ? 4 : 5));
+      const std::string path = absl::StrCat("kafka.properties.", key);
+      resolved.push_back(key);
+      if (name.empty()) {
+        problems.push_back(absl::StrCat(path, ": names no property"));
+        continue;
+      }
+      if (props->count(name) || props->count(absl::StrCat(name, env ? "_file" : "_env"))) {
+        problems.push_back(absl::StrCat(path, ": give only one of ", name, ", ", name, "_env and ", name, "_file"));
+        continue;
+      }
+      std::string secret;
+      if (env) {
+        const char* v = std::getenv(value.c_str());
+        if (v == nullptr || *v == '\0') {
+          problems.push_back(absl::StrCat(path, ": environment variable ", value, " is not set or empty"));
+          continue;
+        }
+        secret = v;
+      } else {
+        secret = ReadSecretFile(value, path, &problems);
+        if (secret.empty()) continue;
+      }
+      s.kafka_secrets.emplace_back(name, std::move(secret));
+    }
+    for (const std::string& key : resolved) props->erase(key);
+  }
   if (s.proto.has_ha()) {
     v1::HaConfig* ha = s.proto.mutable_ha();
     if (ha->enabled()) {

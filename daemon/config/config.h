@@ -39,6 +39,9 @@ struct Settings {
   uint32_t receive_timeout_s = 60;
   // status.token_file's token (a secret), empty when none.
   std::string status_token;
+  // kafka.properties given as NAME_env / NAME_file (SASL passwords, key passwords): NAME and the
+  // secret it resolved to. They are removed from proto, which holds no secret.
+  std::vector<std::pair<std::string, std::string>> kafka_secrets;
 };
 
 // Reads, parses and validates the file. On any problem returns kInvalidArgument whose message

@@ -41,7 +41,8 @@ void DeliveryReport(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque
   }
 }
 
-absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(const v1::Config& config) {
+absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(
+    const v1::Config& config, const std::vector<std::pair<std::string, std::string>>& secrets) {
   std::unique_ptr<EventPublisher> p(new EventPublisher());
   p->show_values_ = config.log().values() == "show";
   if (!config.has_kafka()) return p;
@@ -69,6 +70,7 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Create(const v1:
       {"client.id", absl::StrCat("walshiftd-", config.pipeline())},
   };
   for (const auto& [name, value] : k.properties()) settings.emplace_back(name, value);
+  for (const auto& [name, value] : secrets) settings.emplace_back(name, value);
   for (const auto& [name, value] : settings) {
     absl::Status st = set(name, value);
     if (!st.ok()) {

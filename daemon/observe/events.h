@@ -24,7 +24,9 @@ void DeliveryReport(rd_kafka_t*, const rd_kafka_message_t*, void*);
 class EventPublisher {
  public:
   // kInvalidArgument when the Kafka settings are rejected by librdkafka.
-  static absl::StatusOr<std::unique_ptr<EventPublisher>> Create(const v1::Config& config);
+  // `secrets`: further properties (config::Settings::kafka_secrets), never logged.
+  static absl::StatusOr<std::unique_ptr<EventPublisher>> Create(
+      const v1::Config& config, const std::vector<std::pair<std::string, std::string>>& secrets = {});
   ~EventPublisher();  // waits up to 5 s for queued events
 
   void Publish(const v1::LagEvent& event);

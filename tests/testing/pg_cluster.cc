@@ -291,6 +291,16 @@ absl::Status PgCluster::WriteConfig() {
       "log_timezone = 'UTC'",
       "log_line_prefix = '%m [%p] %q%u@%d '",
   };
+  for (const auto& [name, contents] : options_.data_files) {
+    const std::string path = absl::StrCat(data_dir_, "/", name);
+    RETURN_IF_ERROR(WriteFile(path, contents));
+    if (chmod(path.c_str(), 0600) != 0) return absl::InternalError(absl::StrCat("chmod ", path, ": ", strerror(errno)));
+    uid_t uid;
+    gid_t gid;
+    if (!os_user_.empty() && (!LookupUser(os_user_, &uid, &gid) || chown(path.c_str(), uid, gid) != 0)) {
+      return absl::InternalError(absl::StrCat("chown ", path, " to ", os_user_, ": ", strerror(errno)));
+    }
+  }
   if (!options_.extra_conf.empty()) lines.push_back("# PgClusterOptions.extra_conf");
   for (const std::string& l : options_.extra_conf) lines.push_back(l);
   // Truncating the existing file keeps its owner and mode.

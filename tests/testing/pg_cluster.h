@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -41,6 +42,9 @@ struct PgClusterOptions {
   // Lines appended to pg_hba.conf (e.g. "host all all 10.0.0.0/8 trust" and the same for
   // "replication").
   std::vector<std::string> extra_hba;
+  // Files written into the data directory before the server starts, owned by the server's OS
+  // user with mode 0600 (a TLS key: ssl_key_file = 'server.key'): name, contents.
+  std::vector<std::pair<std::string, std::string>> data_files;
   // Used in the temp dir name ("walshift-<name>-XXXXXX") and in messages.
   std::string name = "pg";
   // How long pg_ctl waits for startup / shutdown.

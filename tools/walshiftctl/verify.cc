@@ -183,7 +183,7 @@ int VerifyCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl verify: %s\n", std::string(zone.status().message()).c_str());
     return 2;
   }
-  auto events = EventPublisher::Create(settings->proto);
+  auto events = EventPublisher::Create(settings->proto, settings->kafka_secrets);
   if (!events.ok()) {
     std::fprintf(stderr, "walshiftctl: %s\n", std::string(events.status().message()).c_str());
     return 2;

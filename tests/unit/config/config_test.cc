@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "gmock/gmock.h"
@@ -176,6 +177,40 @@ TEST(ConfigTest, DsnFromEnvAndFile) {
   unsetenv("CREDENTIALS_DIRECTORY");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->targets[0].dsn, "host=/tmp dbname=from_credential");
+}
+
+// Kafka secrets come from the environment or a file, like DSNs, and stay out of the proto (which
+// is what a dump or a fingerprint would show).
+TEST(ConfigTest, KafkaSecretPropertiesFromEnvAndFile) {
+  setenv("WALSHIFT_TEST_KAFKA_PASSWORD", "hunter2-env", 1);
+  std::string file = testing::TempDir() + "/walshift_kafka_key_password";
+  std::ofstream(file) << "hunter2-file\n";
+  auto s = LoadSettingsText(
+      "pipeline: p\nsource: {dsn: x}\ntargets: [{name: a, dsn: y}]\nmappings: [{source: t}]\n"
+      "kafka: {brokers: \"k:9092\", properties: {security.protocol: sasl_ssl, sasl.username: walshift,\n"
+      "        sasl.password_env: WALSHIFT_TEST_KAFKA_PASSWORD, ssl.key.password_file: " +
+          file + "}}\n",
+      "kafka.yaml");
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::map<std::string, std::string> secrets(s->kafka_secrets.begin(), s->kafka_secrets.end());
+  EXPECT_EQ(secrets, (std::map<std::string, std::string>{{"sasl.password", "hunter2-env"},
+                                                         {"ssl.key.password", "hunter2-file"}}));
+  EXPECT_EQ(s->proto.kafka().properties().size(), 2u);
+  EXPECT_EQ(s->proto.kafka().properties().at("sasl.username"), "walshift");
+  EXPECT_THAT(s->proto.DebugString(), Not(HasSubstr("hunter2")));
+  auto bad = LoadSettingsText(
+      "pipeline: p\nsource: {dsn: x}\ntargets: [{name: a, dsn: y}]\nmappings: [{source: t}]\n"
+      "kafka: {brokers: \"k:9092\", properties: {sasl.password: a, sasl.password_env: NOT_SET_ANYWHERE_42,\n"
+      "        ssl.key.password_env: NOT_SET_ANYWHERE_42, _file: x}}\n",
+      "bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  std::string m(bad.status().message());
+  EXPECT_THAT(m, HasSubstr("kafka.properties.sasl.password_env: give only one of sasl.password, "
+                           "sasl.password_env and sasl.password_file"));
+  EXPECT_THAT(m, HasSubstr("kafka.properties.ssl.key.password_env: environment variable NOT_SET_ANYWHERE_42 is "
+                           "not set or empty"));
+  EXPECT_THAT(m, HasSubstr("kafka.properties._file: names no property"));
+  unsetenv("WALSHIFT_TEST_KAFKA_PASSWORD");
 }
 
 // Every file in malformed/ starts with "# expect: <text>"; walshiftd must exit 2 and say it.
