@@ -6,6 +6,8 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <unistd.h>
+
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -211,6 +213,27 @@ TEST(ConfigTest, KafkaSecretPropertiesFromEnvAndFile) {
                            "not set or empty"));
   EXPECT_THAT(m, HasSubstr("kafka.properties._file: names no property"));
   unsetenv("WALSHIFT_TEST_KAFKA_PASSWORD");
+}
+
+// ha: the node defaults to the host name; a documents target and out-of-range timings are refused.
+TEST(ConfigTest, HaNeedsPostgresTargetsAndSaneTimings) {
+  auto s = LoadSettingsText(
+      "pipeline: p\nsource: {dsn: x}\ntargets: [{name: a, dsn: y}]\nmappings: [{source: t}]\nha: {enabled: true}\n",
+      "ha.yaml");
+  ASSERT_TRUE(s.ok()) << s.status();
+  char host[256] = {0};
+  ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
+  EXPECT_EQ(s->proto.ha().node(), host);
+  auto bad = LoadSettingsText(
+      "pipeline: p\nsource: {dsn: x}\ntargets: [{name: a, dsn: y}, {name: docs, kind: documents, path: /tmp/d}]\n"
+      "mappings: [{source: t, target: a}]\nha: {enabled: true, lease_s: 1, poll_ms: 5}\n",
+      "bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  std::string m(bad.status().message());
+  EXPECT_THAT(m, HasSubstr("ha.enabled: active/standby fences a replaced leader inside each PostgreSQL target's "
+                           "transactions; target docs is a documents target"));
+  EXPECT_THAT(m, HasSubstr("ha.lease_s: 1 is out of range (2..3600)"));
+  EXPECT_THAT(m, HasSubstr("ha.poll_ms: 5 is out of range (10..60000)"));
 }
 
 // Every file in malformed/ starts with "# expect: <text>"; walshiftd must exit 2 and say it.
