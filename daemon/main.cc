@@ -27,6 +27,7 @@
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/initial_copy.h"
 #include "daemon/pipeline/live_check.h"
+#include "daemon/state/pg_state.h"
 #include "daemon/pipeline/pipeline.h"
 #include "daemon/pipeline/session_zone.h"
 #include "daemon/state/target_state.h"
@@ -48,6 +49,7 @@ void OnHangup(int) { g_reload.store(true); }
 void Usage(FILE* out) {
   std::fprintf(out,
                "usage: walshiftd --config FILE [--validate | --check | --dry-run] [--log-level LEVEL]\n"
+               "       walshiftd --version\n"
                "  --config FILE     the pipeline configuration (YAML)\n"
                "  --validate        check the configuration file alone, then exit (0 ok, 2 bad)\n"
                "  --check           also check every mapping against the live source and target\n"
@@ -178,6 +180,9 @@ int main(int argc, char** argv) {
       value(&log_level);
     else if (a == "--help" || a == "-h") {
       Usage(stdout);
+      return 0;
+    } else if (a == "--version") {
+      std::printf("walshiftd %s (state schema version %d)\n", WALSHIFT_VERSION, walshift::state::StateSchemaVersion());
       return 0;
     } else {
       std::fprintf(stderr, "walshiftd: unknown argument '%s'\n", a.c_str());

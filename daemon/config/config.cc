@@ -10,6 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
@@ -304,6 +305,14 @@ absl::StatusOr<Settings> LoadSettingsText(const std::string& text, const std::st
     }
   }
 
+  if (const std::string& listen = s.proto.status().listen(); !listen.empty() && listen != "off") {
+    size_t colon = listen.rfind(':');
+    int port = -1;
+    if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
+        port > 65535) {
+      problems.push_back(absl::StrCat("status.listen: '", listen, "' is not host:port (e.g. 127.0.0.1:9187) or off"));
+    }
+  }
   if (s.proto.has_kafka()) {
     // A librdkafka property that is a secret comes from the environment or a file, as DSNs do:
     // sasl.password_env: VAR, sasl.password_file: kafka-password (relative: a credential).

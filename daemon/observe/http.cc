@@ -57,7 +57,8 @@ absl::StatusOr<std::unique_ptr<StatusServer>> StatusServer::Start(const std::str
   });
   svr.Get("/readyz", [status](const httplib::Request&, httplib::Response& res) {
     v1::PipelineState st = status->state();
-    bool ok = st == v1::STREAMING || st == v1::SNAPSHOTTING;
+    // A standby (ha) is ready: it takes over on its own, and a rollout must not wait on it.
+    bool ok = st == v1::STREAMING || st == v1::SNAPSHOTTING || st == v1::STANDBY;
     res.status = ok ? 200 : 503;
     res.set_content(absl::StrCat(v1::PipelineState_Name(st), "\n"), "text/plain");
   });

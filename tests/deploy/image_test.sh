@@ -111,12 +111,10 @@ if [[ "${1:-}" == --inside ]]; then
     fi
     echo "  $b: $(grep -c '=>' <<<"$out") libraries, all found"
   done
-  if out="$(pod /usr/local/bin/walshiftd --version 2>&1)"; then
-    echo "  walshiftd --version: $out"
-  else
-    echo "  NOTE: walshiftd has no --version; running --help instead"
-    pod /usr/local/bin/walshiftd --help >/dev/null
-  fi
+  out="$(pod /usr/local/bin/walshiftd --version 2>&1)" || fail "walshiftd --version failed: $out"
+  echo "  $out"
+  out="$(pod /usr/local/bin/walshiftctl --version 2>&1)" || fail "walshiftctl --version failed: $out"
+  echo "  $out"
   pod /usr/local/bin/walshiftctl --help >/dev/null
   echo "  walshiftctl --help: exit 0"
 

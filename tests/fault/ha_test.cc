@@ -119,6 +119,9 @@ class HaTest : public FaultTest {
     EXPECT_TRUE(WaitForRole(b_, "standby STANDBY", absl::Seconds(10))) << Role(b_);
     EXPECT_EQ(LeaderMetric(a_), "1");
     EXPECT_EQ(LeaderMetric(b_), "0");
+    int ready = 0;
+    EXPECT_EQ(Get(b_.Port(), "/readyz", &ready), "STANDBY\n");
+    EXPECT_EQ(ready, 200);  // a standby is ready: it takes over on its own
     std::string status = Get(b_.Port(), "/status");
     EXPECT_NE(status.find("\"leader\":\"a\""), std::string::npos) << status;
     // walshiftctl status, from each endpoint and from the databases.

@@ -566,6 +566,10 @@ int main(int argc, char** argv) {
   if (cmd == "skip") return walshift::SkipCommand(argc - 2, argv + 2);
   if (cmd == "dead-letter") return walshift::ctl::DeadLetterCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
+  if (cmd == "--version") {
+    std::printf("walshiftctl %s\n", WALSHIFT_VERSION);
+    return 0;
+  }
   std::fprintf(stderr, "walshiftctl: unknown command '%s'\n", cmd.c_str());
   return walshift::Usage(stderr, 2);
 }
