@@ -127,6 +127,9 @@ std::string Fingerprint(const walshift::config::Settings& s) {
   c.mutable_log()->clear_level();
   std::string out = c.SerializeAsString();
   for (const auto& m : s.mappings) absl::StrAppend(&out, m.common.SerializeAsString(), YAML::Dump(m.module_node));
+  // Kafka secrets (kept out of the proto) count too, hashed: a rotated one takes a restart.
+  for (const auto& [name, value] : s.kafka_secrets)
+    absl::StrAppend(&out, name, "=", std::hash<std::string>()(value), ";");
   return out;
 }
 

@@ -119,6 +119,9 @@ void Monitor::Report() {
   ReadSource(&view);
   status_->SetSource(view);
   status_->SetKafka(events_->view());
+  // ha: only the leader raises slot alarms and reports lag (a standby's would repeat them, with
+  // an applied position that no longer moves).
+  if (!status_->leading()) return;
   CheckSlot(view);
   events_->Publish(status_->Lag(/*advance_rates=*/true));
 }

@@ -59,6 +59,7 @@ Pipeline::Pipeline(config::Settings settings, std::vector<std::shared_ptr<const 
     lo.node = settings_.proto.ha().node();
     for (const auto& t : settings_.targets) lo.targets.emplace_back(t.name, t.dsn);
     if (settings_.proto.ha().lease_s()) lo.lease = absl::Seconds(settings_.proto.ha().lease_s());
+    lo.last_tick = [status] { return status->last_tick(); };
     leadership_ = std::make_unique<Leadership>(std::move(lo));
     HaView ha;
     ha.enabled = true;
@@ -234,6 +235,9 @@ absl::Status Pipeline::OnRelation(std::shared_ptr<const SourceRelation> relation
 }
 
 absl::Status Pipeline::OnChange(const RowChange& change) {
+  // A large transaction is handed over in one Poll (a streamed one replayed from the spool):
+  // the loop is alive for /healthz, the watchdog and the ha lease while it goes.
+  if ((++changes_seen_ & 1023) == 0) status_->Tick();
   auto bound = BindingsFor(*change.relation);
   if (!bound.ok()) {
     return absl::Status(bound.status().code(),

@@ -224,6 +224,7 @@ class Pipeline : public ChangeHandler {
   void DeadLetterEvent(size_t sink, const ParkedChange& parked, v1::DeadLetterAction action, const std::string& by,
                        const std::string& reason);
   size_t group_changes_ = 0;
+  uint64_t changes_seen_ = 0;  // every change handed over (liveness ticks)
   absl::Time group_started_ = absl::InfinitePast();
   PgTimestamp last_commit_time_ = 0;  // the source commit time of the last transaction received
 };

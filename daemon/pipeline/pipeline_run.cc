@@ -70,6 +70,13 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
     in_transaction_ = false;
     group_changes_ = 0;
     if (st.ok()) return st;
+    // ha: a leader replaced meanwhile (WS002, a lost lock) stands by at once, without a backoff
+    // or a stop: the error was the replacement's.
+    if (leadership_ && (!leadership_->leading() || !RenewLeadership(/*force=*/true).ok())) {
+      spdlog::info("pipeline {}: the attempt ended as this walshiftd stopped leading ({})", settings_.proto.pipeline(),
+                   std::string(st.message()));
+      continue;
+    }
     if (st.code() == absl::StatusCode::kAlreadyExists && received != kInvalidLsn) {
       status_->CountError("replay");
       // Rows the target already had (drift, rows copied before): replay with upserts.
@@ -171,6 +178,7 @@ absl::Status Pipeline::AwaitLeadership(const std::atomic<bool>& stop, bool* stop
   const absl::Duration poll = absl::Milliseconds(cfg.poll_ms() ? cfg.poll_ms() : 1000);
   std::string announced;
   absl::Time next_warning = absl::InfinitePast();
+  status_->SetRetry(0, absl::InfinitePast());  // a standby is not failing
   while (!stop.load()) {
     absl::StatusOr<bool> leading = leadership_->TryLead();
     HaView ha;
@@ -186,9 +194,10 @@ absl::Status Pipeline::AwaitLeadership(const std::atomic<bool>& stop, bool* stop
     }
     status_->SetHa(ha);
     if (!leading.ok()) {
-      if (leading.status().code() != absl::StatusCode::kUnavailable &&
-          leading.status().code() != absl::StatusCode::kAborted) {
-        return leading.status();  // the state schema is newer, or privileges are missing
+      // Everything is retried but what a person must fix: a newer state schema, privileges.
+      const absl::string_view m = leading.status().message();
+      if (absl::StrContains(m, "newer than this walshiftd knows") || absl::StrContains(m, "SQLSTATE 42501")) {
+        return leading.status();
       }
       status_->SetState(v1::RECONNECTING, std::string(leading.status().message()));
       if (absl::Now() >= next_warning) {
@@ -297,6 +306,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   Lsn start = MinDurable();
   spdlog::info("pipeline {}: streaming slot {} from {}", settings_.proto.pipeline(), settings_.slot,
                start == kInvalidLsn ? "the slot's confirmed position" : FormatLsn(start));
+  // ha: still the leader right before taking the slot (a replaced one must not take it back).
+  if (leadership_) RETURN_IF_ERROR(RenewLeadership(/*force=*/true));
   RETURN_IF_ERROR(source_->Start(start));
   const Lsn attempt_start = start;
   status_->SetState(v1::STREAMING);

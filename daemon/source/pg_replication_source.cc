@@ -325,7 +325,12 @@ absl::StatusOr<ExportedSnapshot> PgReplicationSource::CreateSlot(PGconn* conn, c
                                                                  bool export_snapshot) {
   // PostgreSQL 17+: the pipeline's slot is a failover slot, which a physical standby with
   // sync_replication_slots keeps in step, so that it continues on the standby after a promotion.
-  const bool failover = !temporary && PQserverVersion(conn) >= 170000;
+  // (Not on a source that is itself a standby: a slot made there cannot be a failover slot.)
+  bool failover = !temporary && PQserverVersion(conn) >= 170000;
+  if (failover) {
+    auto recovery = pg::Exec(conn, "SELECT pg_catalog.pg_is_in_recovery()", "source: reading the server's role");
+    failover = recovery.ok() && PQgetvalue(recovery->get(), 0, 0)[0] == 'f';
+  }
   std::string options = failover ? absl::StrCat("(SNAPSHOT '", export_snapshot ? "export" : "nothing",
                                                 "', FAILOVER true)")
                                  : (export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT");

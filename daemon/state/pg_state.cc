@@ -146,7 +146,8 @@ constexpr const char* kDeadLetterDdl =
 // checkpoint, a copy range), fails with SQLSTATE WS002 when another leader took over since, so
 // nothing of a replaced leader's transaction commits. It reads the epoch FOR SHARE: a takeover
 // (which updates the row) waits for the transactions that passed the fence before it, and the
-// ones after it see the new epoch. Sessions without walshift.epoch (ha off) are not fenced.
+// ones after it see the new epoch. A session without walshift.epoch (a walshiftd without ha) is
+// not fenced while the pipeline has no leader, and fails with WS003 once it has one.
 // walshift.lease is the leader's lease, renewed from its pipeline loop: a standby takes over a
 // leader whose lease ran out (by the target's clock). A separate row, so that renewing it never
 // waits for the fence's lock.
@@ -160,12 +161,18 @@ constexpr const char* kLeaderDdl =
     "  pipeline text PRIMARY KEY,"
     "  epoch bigint NOT NULL,"
     "  node text NOT NULL,"
+    "  lease_s int NOT NULL,"  // the leader's ha.lease_s: standbys judge it by this, not their own
     "  renewed_at timestamptz NOT NULL DEFAULT now()); "
     "CREATE OR REPLACE FUNCTION walshift.fence(p text) RETURNS boolean LANGUAGE plpgsql AS $f$ "
     "DECLARE mine text := current_setting('walshift.epoch', true); cur bigint; who text; "
     "BEGIN "
-    "  IF mine IS NULL OR mine = '' THEN RETURN true; END IF; "
     "  SELECT epoch, node INTO cur, who FROM walshift.leader WHERE pipeline = p FOR SHARE; "
+    "  IF mine IS NULL OR mine = '' THEN "
+    "    IF cur IS NULL THEN RETURN true; END IF; "
+    "    RAISE EXCEPTION USING ERRCODE = 'WS003', MESSAGE = format('pipeline %s runs with ha: walshiftd %s leads it "
+    "(epoch %s), and this walshiftd runs without ha; give it the same ha: section, or stop it (to run the pipeline "
+    "without ha again, stop every walshiftd and DELETE FROM walshift.leader WHERE pipeline = %L)', p, who, cur, p); "
+    "  END IF; "
     "  IF cur = mine::bigint THEN RETURN true; END IF; "
     "  RAISE EXCEPTION USING ERRCODE = 'WS002', MESSAGE = format('pipeline %s: walshiftd %s took over as leader "
     "(epoch %s); this walshiftd (epoch %s) was replaced and nothing of its transaction was committed', p, "
@@ -479,7 +486,8 @@ absl::StatusOr<LeaderRow> ReadLeader(PGconn* conn, const std::string& pipeline, 
         pg::ExecParams(conn,
                        "SELECT l.epoch::text, l.node, to_char(l.since AT TIME ZONE 'UTC', "
                        "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(s.node, ''), "
-                       "coalesce(extract(epoch FROM now() - s.renewed_at)::text, '-1') "
+                       "coalesce(extract(epoch FROM now() - s.renewed_at)::text, '-1'), "
+                       "coalesce(s.lease_s::text, '0') "
                        "FROM walshift.leader l LEFT JOIN walshift.lease s ON s.pipeline = l.pipeline "
                        "WHERE l.pipeline = $1",
                        {pipeline.c_str()}, context));
@@ -489,25 +497,61 @@ absl::StatusOr<LeaderRow> ReadLeader(PGconn* conn, const std::string& pipeline, 
       row.since = PQgetvalue(r.get(), 0, 2);
       row.lease_node = PQgetvalue(r.get(), 0, 3);
       (void)absl::SimpleAtod(PQgetvalue(r.get(), 0, 4), &row.lease_age_s);
+      (void)absl::SimpleAtoi(PQgetvalue(r.get(), 0, 5), &row.lease_s);
     }
   }
   ASSIGN_OR_RETURN(
       pg::ResultPtr holders,
       pg::ExecParams(conn,
-                     "SELECT l.pid::text FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+                     "SELECT l.pid::text, coalesce(extract(epoch FROM now() - a.state_change), 0)::text "
+                     "FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+                     "WHERE l.locktype = 'advisory' AND l.granted "
                      "AND l.mode = 'ExclusiveLock' AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
                      "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
                      "AND l.pid <> pg_catalog.pg_backend_pid()",
                      {kLeaderLockClass, key.c_str()}, context));
   for (int i = 0; i < PQntuples(holders.get()); ++i) {
     int pid = 0;
+    double silent = 0;
     if (absl::SimpleAtoi(PQgetvalue(holders.get(), i, 0), &pid)) row.lock_holders.push_back(pid);
+    (void)absl::SimpleAtod(PQgetvalue(holders.get(), i, 1), &silent);
+    row.holder_silent_s = i == 0 ? silent : std::min(row.holder_silent_s, silent);
   }
   return row;
 }
 
+absl::Status ReleaseLeaderLock(PGconn* conn, absl::string_view what) {
+  // (The session holds no other advisory lock; unlocking one it does not hold would warn.)
+  return pg::Exec(conn, "SELECT pg_catalog.pg_advisory_unlock_all()",
+                  absl::StrCat(what, ": letting go of the pipeline's leader lock"))
+      .status();
+}
+
+absl::Status EndOtherWriters(PGconn* conn, const std::string& pipeline, absl::string_view what) {
+  const std::string key = WriterLockKey(pipeline);
+  const std::string sessions =
+      "SELECT l.pid::text FROM pg_catalog.pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+      "AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
+      "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+      "AND l.pid <> pg_catalog.pg_backend_pid()";
+  for (absl::Time until = absl::Now() + absl::Seconds(10);;) {
+    ASSIGN_OR_RETURN(pg::ResultPtr r, pg::ExecParams(conn, sessions, {kWriterLockClass, key.c_str()},
+                                                     absl::StrCat(what, ": looking for a replaced leader's writers")));
+    if (PQntuples(r.get()) == 0) return absl::OkStatus();
+    if (absl::Now() >= until) {
+      return absl::UnavailableError(absl::StrCat(
+          what, ": ", PQntuples(r.get()), " writer session(s) of a replaced leader of pipeline ", pipeline,
+          " could not be terminated (pg_terminate_backend needs the same role or pg_signal_backend)"));
+    }
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+      (void)pg::ExecParams(conn, "SELECT pg_catalog.pg_terminate_backend($1::int)", {PQgetvalue(r.get(), i, 0)}, what);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 absl::StatusOr<int64_t> TakeEpoch(PGconn* conn, const std::string& pipeline, const std::string& node,
-                                  absl::Duration lock_timeout, absl::string_view what) {
+                                  absl::Duration lease, absl::Duration lock_timeout, absl::string_view what) {
   std::string context = absl::StrCat(what, ": taking a new leader epoch");
   struct Rollback {
     PGconn* conn;
@@ -528,11 +572,13 @@ absl::StatusOr<int64_t> TakeEpoch(PGconn* conn, const std::string& pipeline, con
                      "RETURNING epoch::text",
                      {pipeline.c_str(), node.c_str()}, context));
   std::string epoch = PQgetvalue(r.get(), 0, 0);
+  std::string lease_s = absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(lease)));
   RETURN_IF_ERROR(pg::ExecParams(conn,
-                                 "INSERT INTO walshift.lease AS s (pipeline, epoch, node, renewed_at) "
-                                 "VALUES ($1, $2::bigint, $3, now()) ON CONFLICT (pipeline) DO UPDATE SET "
-                                 "epoch = EXCLUDED.epoch, node = EXCLUDED.node, renewed_at = now()",
-                                 {pipeline.c_str(), epoch.c_str(), node.c_str()}, context)
+                                 "INSERT INTO walshift.lease AS s (pipeline, epoch, node, lease_s, renewed_at) "
+                                 "VALUES ($1, $2::bigint, $3, $4::int, now()) ON CONFLICT (pipeline) DO UPDATE SET "
+                                 "epoch = EXCLUDED.epoch, node = EXCLUDED.node, lease_s = EXCLUDED.lease_s, "
+                                 "renewed_at = now()",
+                                 {pipeline.c_str(), epoch.c_str(), node.c_str(), lease_s.c_str()}, context)
                       .status());
   RETURN_IF_ERROR(pg::Exec(conn, "COMMIT", context).status());
   int64_t out = 0;

@@ -89,13 +89,27 @@ struct LeaderRow {
   std::string since;  // UTC, ISO 8601
   std::string lease_node;
   double lease_age_s = -1;  // since the lease was last renewed, by the target's clock; -1: none
+  int lease_s = 0;          // the lease's length, as its leader set it
   std::vector<int> lock_holders;  // backend pids holding the leader lock now
+  double holder_silent_s = 0;     // since the holders' sessions last ran a statement (the least)
+  // The lease ran out, and the lock's holder has been silent as long: it leads no more.
+  // (Without a lease yet, a holder silent for a minute: it stopped between lock and epoch.)
+  bool expired() const {
+    if (lease_s == 0) return holder_silent_s > 60;
+    return lease_age_s > lease_s && holder_silent_s > lease_s;
+  }
 };
 absl::StatusOr<LeaderRow> ReadLeader(PGconn* conn, const std::string& pipeline, absl::string_view what);
-// Takes the next epoch for `node` (and a fresh lease) and returns it. Waits at most
-// `lock_timeout` for transactions that passed the fence of the previous epoch to end.
+// Takes the next epoch for `node` (and a fresh lease of length `lease`) and returns it. Waits at
+// most `lock_timeout` for transactions that passed the fence of the previous epoch to end.
 absl::StatusOr<int64_t> TakeEpoch(PGconn* conn, const std::string& pipeline, const std::string& node,
-                                  absl::Duration lock_timeout, absl::string_view what);
+                                  absl::Duration lease, absl::Duration lock_timeout, absl::string_view what);
+// Lets go of the leader lock a leader session holds (of every advisory lock of the session).
+absl::Status ReleaseLeaderLock(PGconn* conn, absl::string_view what);
+// A new leader ends every other session holding the pipeline's writer lock (idle ones too: a
+// replaced leader's, or an older walshiftd's that is not fenced). kUnavailable when they cannot
+// be terminated within 10 s.
+absl::Status EndOtherWriters(PGconn* conn, const std::string& pipeline, absl::string_view what);
 // Renews `node`'s lease of `epoch`: false when it is no longer that leader's (another took over).
 absl::StatusOr<bool> RenewLease(PGconn* conn, const std::string& pipeline, const std::string& node, int64_t epoch,
                                 absl::string_view what);

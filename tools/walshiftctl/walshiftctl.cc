@@ -184,13 +184,15 @@ void PrintText(const config::Settings& s, const Status& st, double max_lag) {
   for (const auto& t : st.targets) {
     if (t.leader.epoch == 0) continue;
     const bool held = !t.leader.lock_holders.empty();
-    const double lease = s.proto.ha().lease_s() ? s.proto.ha().lease_s() : 15;
-    std::printf("  leader   walshiftd %s in %s (epoch %lld since %s), lease renewed %.1f s ago%s\n",
-                t.leader.node.c_str(), t.name.c_str(), static_cast<long long>(t.leader.epoch),
-                t.leader.since.c_str(), t.leader.lease_age_s,
-                !held                           ? "; NO LEADER holds the lock now (a standby takes it within ha.poll_ms)"
-                : t.leader.lease_age_s > lease ? "; LEASE EXPIRED: a standby takes over"
-                                                : "");
+    std::string renewed = t.leader.lease_age_s < 0
+                              ? "no lease yet"
+                              : absl::StrFormat("lease of %d s renewed %.1f s ago", t.leader.lease_s,
+                                                t.leader.lease_age_s);
+    std::printf("  leader   walshiftd %s in %s (epoch %lld since %s), %s%s\n", t.leader.node.c_str(), t.name.c_str(),
+                static_cast<long long>(t.leader.epoch), t.leader.since.c_str(), renewed.c_str(),
+                !held                 ? "; NO LEADER holds the lock now (a standby takes it within ha.poll_ms)"
+                : t.leader.expired() ? "; LEASE EXPIRED: a standby takes over"
+                                      : "");
   }
   // Once per error: every target holds the same record.
   std::set<std::string> shown;

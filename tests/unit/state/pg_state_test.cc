@@ -99,11 +99,12 @@ TEST_F(PgStateTest, SettleTerminatesATransactionLeftOpen) {
 // ha: the fence. A writer session of epoch 1 cannot commit data once epoch 2 was taken: its
 // checkpoint statement fails with WS002 and the whole transaction rolls back, a copy range too. A
 // transaction that passed the fence before the takeover holds it up until it ends (so that the new
-// leader reads the checkpoint after it), and a session without an epoch (ha off) is not fenced.
+// leader reads the checkpoint after it). A session without an epoch (a walshiftd without ha) is
+// refused once the pipeline has a leader, and not fenced while it has none.
 TEST_F(PgStateTest, FenceFailsEveryTransactionOfAReplacedEpoch) {
   pg::ConnPtr leader = Connect();
   ASSERT_TRUE(state::EnsureSchema(leader.get(), "target").ok());
-  absl::StatusOr<int64_t> first = state::TakeEpoch(leader.get(), "p", "a", absl::Seconds(5), "target");
+  absl::StatusOr<int64_t> first = state::TakeEpoch(leader.get(), "p", "a", absl::Seconds(15), absl::Seconds(5), "target");
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(*first, 1);
   pg::ConnPtr writer = Connect();
@@ -123,11 +124,11 @@ TEST_F(PgStateTest, FenceFailsEveryTransactionOfAReplacedEpoch) {
   ASSERT_TRUE(pg::Exec(writer.get(), "BEGIN; INSERT INTO rows VALUES (2)", "target").ok());
   ASSERT_TRUE(pg::ExecParams(writer.get(), checkpoint, {"p", "0/200", "2026-01-01 00:00:00+00"}, "target").ok());
   pg::ConnPtr standby = Connect();
-  absl::StatusOr<int64_t> blocked = state::TakeEpoch(standby.get(), "p", "b", absl::Milliseconds(300), "target");
+  absl::StatusOr<int64_t> blocked = state::TakeEpoch(standby.get(), "p", "b", absl::Seconds(15), absl::Milliseconds(300), "target");
   EXPECT_FALSE(blocked.ok());
   EXPECT_NE(blocked.status().message().find("55P03"), std::string::npos) << blocked.status();
   ASSERT_TRUE(pg::Exec(writer.get(), "COMMIT", "target").ok());
-  absl::StatusOr<int64_t> second = state::TakeEpoch(standby.get(), "p", "b", absl::Seconds(5), "target");
+  absl::StatusOr<int64_t> second = state::TakeEpoch(standby.get(), "p", "b", absl::Seconds(15), absl::Seconds(5), "target");
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(*second, 2);
 
@@ -143,13 +144,20 @@ TEST_F(PgStateTest, FenceFailsEveryTransactionOfAReplacedEpoch) {
   EXPECT_EQ(Count(), "2");
   EXPECT_EQ(cluster_->QueryValue(db_, "SELECT commit_lsn::text FROM walshift.checkpoint").value_or("?"), "0/200");
 
-  // The new leader's sessions commit; so does a session without an epoch.
+  // The new leader's sessions commit. A session without an epoch does not, as long as the
+  // pipeline has a leader; another pipeline's does.
   pg::ConnPtr next = Connect();
   ASSERT_TRUE(state::HoldWriterLock(next.get(), "p", *second, "target").ok());
   EXPECT_TRUE(commit_group(next.get(), 5, "0/500").ok());
   pg::ConnPtr plain = Connect();
   ASSERT_TRUE(state::HoldWriterLock(plain.get(), "p", 0, "target").ok());
-  EXPECT_TRUE(commit_group(plain.get(), 6, "0/600").ok());
+  absl::Status unfenced = commit_group(plain.get(), 6, "0/600");
+  EXPECT_NE(unfenced.message().find("WS003"), std::string::npos) << unfenced;
+  EXPECT_NE(unfenced.message().find("runs with ha: walshiftd b leads it (epoch 2)"), std::string::npos) << unfenced;
+  std::string other = state::CheckpointUpsertSql(false);
+  ASSERT_TRUE(pg::Exec(plain.get(), "BEGIN; INSERT INTO rows VALUES (7)", "target").ok());
+  EXPECT_TRUE(pg::ExecParams(plain.get(), other, {"q", "0/700", "2026-01-01 00:00:00+00"}, "target").ok());
+  ASSERT_TRUE(pg::Exec(plain.get(), "COMMIT", "target").ok());
   EXPECT_EQ(Count(), "4");
 
   // The lease is renewed only by the current epoch's node.
