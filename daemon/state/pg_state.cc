@@ -27,6 +27,14 @@ struct Migration {
   const char* sql;
 };
 
+// Rolls back the connection's transaction, if one is still open, when it goes out of scope.
+struct RollbackOnExit {
+  PGconn* conn;
+  ~RollbackOnExit() {
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE) pg::ResultPtr(PQexec(conn, "ROLLBACK"));
+  }
+};
+
 constexpr const char* kBaselineDdl =
     "CREATE TABLE IF NOT EXISTS walshift.checkpoint ("
     "  pipeline text PRIMARY KEY,"
@@ -353,12 +361,7 @@ absl::Status EnsureSchema(PGconn* conn, absl::string_view what) {
   // read after the lock sees what the process before us committed; a bounded wait for the lock.
   // The two-key advisory lock (a class id for walshift, then the purpose) stays out of the
   // single-key space applications use.
-  struct Rollback {
-    PGconn* conn;
-    ~Rollback() {
-      if (PQtransactionStatus(conn) != PQTRANS_IDLE) pg::ResultPtr(PQexec(conn, "ROLLBACK"));
-    }
-  } rollback{conn};
+  RollbackOnExit rollback{conn};
   // CREATE SCHEMA needs CREATE on the database even when the schema exists: a schema made in
   // advance for walshiftd's role (CREATE SCHEMA walshift AUTHORIZATION role) is left alone.
   RETURN_IF_ERROR(pg::Exec(conn,
@@ -553,12 +556,7 @@ absl::Status EndOtherWriters(PGconn* conn, const std::string& pipeline, absl::st
 absl::StatusOr<int64_t> TakeEpoch(PGconn* conn, const std::string& pipeline, const std::string& node,
                                   absl::Duration lease, absl::Duration lock_timeout, absl::string_view what) {
   std::string context = absl::StrCat(what, ": taking a new leader epoch");
-  struct Rollback {
-    PGconn* conn;
-    ~Rollback() {
-      if (PQtransactionStatus(conn) != PQTRANS_IDLE) pg::ResultPtr(PQexec(conn, "ROLLBACK"));
-    }
-  } rollback{conn};
+  RollbackOnExit rollback{conn};
   RETURN_IF_ERROR(pg::Exec(conn,
                            absl::StrCat("BEGIN; SET LOCAL lock_timeout = '",
                                         std::max<int64_t>(1, absl::ToInt64Milliseconds(lock_timeout)), "ms'"),
