@@ -40,15 +40,7 @@ struct Node {
     return ss.str();
   }
   int Port() const {
-    for (int i = 0; i < 100; ++i) {
-      std::smatch m;
-      std::string log = Log();
-      if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) {
-        return std::stoi(m[1]);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return -1;
+    return StatusPortFromLog([this] { return Log(); });
   }
   bool WaitForLog(const std::string& needle, size_t from, absl::Duration timeout) const {
     for (absl::Time until = absl::Now() + timeout; absl::Now() < until;) {

@@ -212,16 +212,20 @@ PgRows DaemonTest::TargetRows(const std::string& sql) {
   return r.ok() ? *r : PgRows{};
 }
 
-int DaemonTest::StatusPort() {
+int StatusPortFromLog(const std::function<std::string()>& read_log) {
   for (int i = 0; i < 100; ++i) {
     std::smatch m;
-    std::string log = DaemonLog();
+    std::string log = read_log();
     if (std::regex_search(log, m, std::regex("status: http://127\\.0\\.0\\.1:([0-9]+)/status"))) {
       return std::stoi(m[1]);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return -1;
+}
+
+int DaemonTest::StatusPort() {
+  return StatusPortFromLog([this] { return DaemonLog(); });
 }
 
 std::string DaemonTest::Get(int port, const std::string& path, int* code) {

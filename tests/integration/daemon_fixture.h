@@ -5,6 +5,7 @@
 
 #include <map>
 #include <memory>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,10 @@ source: {dsn: "{SOURCE}"}
 targets: [{name: main, dsn: "{TARGET}"}]
 status: {listen: "127.0.0.1:0"}
 )";
+
+// The port of the status endpoint a walshiftd's log announces (it listens on 127.0.0.1:0), read
+// from `read_log` for up to 10 s; -1 when it never does.
+int StatusPortFromLog(const std::function<std::string()>& read_log);
 
 class DaemonTest : public ::testing::Test {
  protected:
