@@ -61,10 +61,7 @@ Pipeline::Pipeline(config::Settings settings, std::vector<std::shared_ptr<const 
     if (settings_.proto.ha().lease_s()) lo.lease = absl::Seconds(settings_.proto.ha().lease_s());
     lo.last_tick = [status] { return status->last_tick(); };
     leadership_ = std::make_unique<Leadership>(std::move(lo));
-    HaView ha;
-    ha.enabled = true;
-    ha.node = settings_.proto.ha().node();
-    status_->SetHa(ha);
+    ReportLeadership();
   }
 }
 

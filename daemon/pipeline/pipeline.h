@@ -69,6 +69,8 @@ class Pipeline : public ChangeHandler {
   absl::Status AwaitLeadership(const std::atomic<bool>& stop, bool* stopped);
   // ha: renews the lease when due (`force`: now); kAborted once leadership is lost.
   absl::Status RenewLeadership(bool force);
+  // ha: this walshiftd's role and the leader it knows, into the status.
+  void ReportLeadership();
   // ha: the leader's epoch in target `t` (0 without ha).
   int64_t EpochOf(size_t t) const;
   absl::StatusOr<RelationBindings*> BindingsFor(const SourceRelation& relation);

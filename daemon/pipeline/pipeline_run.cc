@@ -40,8 +40,7 @@ absl::Status Pipeline::Run(const std::atomic<bool>& stop) {
   absl::Time failing_since = absl::InfinitePast();
   for (;;) {
     if (leadership_) {
-      // A leader that lost its lock or was replaced stands by; a standby waits to lead.
-      if (leadership_->leading()) (void)RenewLeadership(/*force=*/true);
+      // A standby (or a leader replaced in the attempt before, see below) waits to lead.
       bool stopped = false;
       RETURN_IF_ERROR(AwaitLeadership(stop, &stopped));
       if (stopped) return absl::OkStatus();
@@ -160,16 +159,20 @@ int64_t Pipeline::EpochOf(size_t t) const {
   return leadership_ && t < leadership_->epochs().size() ? leadership_->epochs()[t] : 0;
 }
 
+void Pipeline::ReportLeadership() {
+  HaView ha;
+  ha.enabled = true;
+  ha.node = leadership_->node();
+  ha.leader = leadership_->leading();
+  ha.leader_node = leadership_->leader();
+  ha.epoch = leadership_->leader_epoch();
+  if (ha.leader) ha.since = leadership_->since();
+  status_->SetHa(ha);
+}
+
 absl::Status Pipeline::RenewLeadership(bool force) {
   absl::Status st = leadership_->Renew(force);
-  if (!st.ok()) {
-    HaView ha;
-    ha.enabled = true;
-    ha.node = leadership_->node();
-    ha.leader_node = leadership_->leader();
-    ha.epoch = leadership_->leader_epoch();
-    status_->SetHa(ha);
-  }
+  if (!st.ok()) ReportLeadership();
   return st;
 }
 
@@ -181,18 +184,8 @@ absl::Status Pipeline::AwaitLeadership(const std::atomic<bool>& stop, bool* stop
   status_->SetRetry(0, absl::InfinitePast());  // a standby is not failing
   while (!stop.load()) {
     absl::StatusOr<bool> leading = leadership_->TryLead();
-    HaView ha;
-    ha.enabled = true;
-    ha.node = leadership_->node();
-    ha.leader_node = leadership_->leader();
-    ha.epoch = leadership_->leader_epoch();
-    if (leading.ok() && *leading) {
-      ha.leader = true;
-      ha.since = leadership_->since();
-      status_->SetHa(ha);
-      return absl::OkStatus();
-    }
-    status_->SetHa(ha);
+    ReportLeadership();
+    if (leading.ok() && *leading) return absl::OkStatus();
     if (!leading.ok()) {
       // Everything is retried but what a person must fix: a newer state schema, privileges.
       const absl::string_view m = leading.status().message();
@@ -205,8 +198,9 @@ absl::Status Pipeline::AwaitLeadership(const std::atomic<bool>& stop, bool* stop
         next_warning = absl::Now() + absl::Seconds(30);
       }
     } else {
-      std::string who = absl::StrCat("walshiftd ", ha.leader_node.empty() ? "(unnamed)" : ha.leader_node,
-                                     " leads pipeline ", settings_.proto.pipeline(), " (epoch ", ha.epoch, ")");
+      const std::string& leader = leadership_->leader();
+      std::string who = absl::StrCat("walshiftd ", leader.empty() ? "(unnamed)" : leader, " leads pipeline ",
+                                     settings_.proto.pipeline(), " (epoch ", leadership_->leader_epoch(), ")");
       status_->SetState(v1::STANDBY, who);
       if (who != announced) {
         spdlog::info("{}; walshiftd {} stands by, ready to take over", who, leadership_->node());

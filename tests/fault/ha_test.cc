@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "tests/fault/fault_fixture.h"
@@ -126,6 +127,16 @@ class HaTest : public FaultTest {
     EXPECT_NE(databases.stdout_text.find("leader   walshiftd a in main (epoch 1 since "), std::string::npos)
         << databases.stdout_text;
   }
+  // The leader applied at least `rows` writes of the load (the target's table counts them).
+  bool WaitForApplied(int rows) {
+    for (absl::Time until = absl::Now() + absl::Seconds(30); absl::Now() < until;) {
+      auto v = target_cluster_->QueryValue(target_db_, "SELECT count(*)::text FROM events_v2");
+      int n = 0;
+      if (v.ok() && absl::SimpleAtoi(*v, &n) && n >= rows) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  }
   // Hands the fixture's daemon slot to `n` (WaitCaughtUp, StopDaemon, the log on failure).
   void Adopt(Node* n) { daemon_ = std::move(n->process); }
 
@@ -136,7 +147,7 @@ TEST_F(HaTest, KilledLeaderUnderLoadTheStandbyLeadsWithin30sAndTheTargetEndsExac
   StartPair();
   auto workload = StartPgbench(Workload(4, absl::Seconds(14)));
   ASSERT_NE(workload, nullptr);
-  std::this_thread::sleep_for(std::chrono::seconds(4));
+  ASSERT_TRUE(WaitForApplied(500)) << a_.Log();
   ASSERT_TRUE(WaitForRole(a_, "leader STREAMING", absl::Seconds(5)));
   size_t from = b_.Log().size();
   absl::Time killed = absl::Now();
@@ -179,7 +190,7 @@ END $$;
       "log_write()");
   auto workload = StartPgbench(Workload(4, absl::Seconds(20), 400));
   ASSERT_NE(workload, nullptr);
-  std::this_thread::sleep_for(std::chrono::seconds(3));
+  ASSERT_TRUE(WaitForApplied(300)) << a_.Log();
   // Paused, if it can be caught so, while a group is open on the target.
   const std::string open_group = absl::StrCat(
       "SELECT count(*)::text FROM pg_stat_activity WHERE datname = '", target_db_,

@@ -122,7 +122,7 @@ mappings:
   ASSERT_TRUE(status && status->status == 200);
   ASSERT_TRUE(metrics && metrics->status == 200);
   RunResult ctl_databases = Walshiftctl({"status", "--config", config});
-  RunResult ctl_http = Walshiftctl({"status", "--config", config, "--json"});
+  RunResult ctl_json = Walshiftctl({"status", "--config", config, "--json"});
   std::string cmdline = ReadAll(absl::StrCat("/proc/", daemon_->pid(), "/cmdline"));
   std::string events;
   for (const char* topic : {"walshift.lag", "walshift.state"})
@@ -136,7 +136,7 @@ mappings:
   };
   for (const Place& p : {Place{"the log", log}, Place{"/status", status->body}, Place{"/metrics", metrics->body},
                          Place{"walshiftctl status", ctl_databases.stdout_text + ctl_databases.stderr_text},
-                         Place{"walshiftctl status --json", ctl_http.stdout_text + ctl_http.stderr_text},
+                         Place{"walshiftctl status --json", ctl_json.stdout_text + ctl_json.stderr_text},
                          Place{"the process arguments", cmdline}, Place{"Kafka events", events},
                          Place{"walshiftd --check", check.stdout_text + check.stderr_text}}) {
     for (const char* secret : {kDsnPassword, kToken, kKafkaPassword}) {
