@@ -52,6 +52,7 @@ absl::StatusOr<std::unique_ptr<Sink>> OpenSink(const config::TargetSettings& tar
   if (options.max_pending_bytes) o.max_pending_bytes = options.max_pending_bytes;
   o.synchronous_commit = options.synchronous_commit;
   o.epoch = options.epoch;
+  o.replication_origin = options.replication_origin;
   ASSIGN_OR_RETURN(auto sink, PgSink::Create(o));
   return std::unique_ptr<Sink>(std::move(sink));
 }

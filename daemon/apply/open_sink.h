@@ -23,6 +23,9 @@ struct SinkOptions {
   bool synchronous_commit = true;
   // ha: the leader's epoch in this target (0: none); see state::HoldWriterLock.
   int64_t epoch = 0;
+  // PostgreSQL: the session applies with this replication origin (empty: none); see
+  // state::SetUpReplicationOrigin.
+  std::string replication_origin;
 };
 
 // Connects to (or opens) `target` and reads its checkpoint. kUnavailable when it cannot be

@@ -36,6 +36,10 @@ struct PgSinkOptions {
   bool synchronous_commit = true;
   // ha: the leader's epoch in this target (0: none); every transaction is fenced with it.
   int64_t epoch = 0;
+  // The replication origin the session applies with (empty: none); see
+  // state::SetUpReplicationOrigin. A role that may not use origins is warned about (once per
+  // target and process) and applies without.
+  std::string replication_origin;
 };
 
 class PgSink : public Sink {

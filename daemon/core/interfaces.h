@@ -69,6 +69,9 @@ class ChangeSource {
   virtual void set_catching_up(bool catching_up) {}
   // Highest WAL position received so far (XLogData end or keepalive).
   virtual Lsn received_lsn() const = 0;
+  // Source transactions dispatched without their changes because their replication origin is
+  // one the pipeline ignores (source.ignore_origins), since this source was created.
+  virtual uint64_t ignored_origin_transactions() const { return 0; }
   // The snapshot exported when the slot was created just now (valid until Start()), if any.
   virtual const std::optional<ExportedSnapshot>& exported_snapshot() const = 0;
 };

@@ -110,6 +110,11 @@ void PipelineStatus::SetReceivedLsn(Lsn lsn) {
   if (lsn > received_) received_ = lsn;
 }
 
+void PipelineStatus::AddIgnoredOriginTransactions(uint64_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ignored_origin_transactions_ += n;
+}
+
 void PipelineStatus::SetCaughtUp(Lsn lsn) {
   std::lock_guard<std::mutex> lock(mu_);
   if (lsn > caught_up_) caught_up_ = lsn;
@@ -409,7 +414,8 @@ std::string PipelineStatus::StatusJson() {
                   ",\"brokers\":", JsonString(kafka_.brokers), ",\"queued\":", kafka_.queued,
                   ",\"delivered\":", kafka_.delivered, ",\"dropped\":", kafka_.dropped, ",\"failed\":", kafka_.failed,
                   "},\"errors\":", errors, ",\"source\":{\"reachable\":", source_.reachable ? "true" : "false",
-                  ",\"error\":", JsonString(source_.error), "}}");
+                  ",\"error\":", JsonString(source_.error),
+                  ",\"ignored_origin_transactions\":", ignored_origin_transactions_, "}}");
   return out;
 }
 
@@ -477,6 +483,9 @@ std::string PipelineStatus::PrometheusText() {
     absl::StrAppend(&out, name, "{", p, "} ", value, "\n");
   };
   single("walshift_received_lsn", "gauge", "The last position read from the slot", received_);
+  single("walshift_ignored_origin_transactions_total", "counter",
+         "Source transactions passed over for their replication origin (source.ignore_origins)",
+         ignored_origin_transactions_);
   single("walshift_source_lsn", "gauge", "The source's current WAL position", source_.current);
   single("walshift_slot_retained_wal_bytes", "gauge", "WAL the slot keeps on the source", source_.retained_bytes);
   single("walshift_slot_safe_wal_size_bytes", "gauge",

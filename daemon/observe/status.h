@@ -99,6 +99,8 @@ class PipelineStatus {
   // A source transaction arrived (commit order); `end_lsn` is what a checkpoint stores.
   void OnReceived(Lsn end_lsn, PgTimestamp commit_time);
   void SetReceivedLsn(Lsn lsn);
+  // Source transactions passed over for their replication origin (source.ignore_origins).
+  void AddIgnoredOriginTransactions(uint64_t n);
   // Every target has applied everything the source sent up to `lsn` (an idle stream's
   // keepalive position, see ChangeSource::ConfirmIdle): lag is counted from there when it is
   // past a target's checkpoint.
@@ -176,6 +178,7 @@ class PipelineStatus {
   // Received commits not yet applied everywhere: (end_lsn, commit_time), in commit order.
   std::deque<std::pair<Lsn, PgTimestamp>> unapplied_;
   Lsn received_ = kInvalidLsn;
+  uint64_t ignored_origin_transactions_ = 0;
   Lsn caught_up_ = kInvalidLsn;
   std::function<SourceView()> source_reader_;
   std::mutex refresh_mu_;  // one source read at a time, outside mu_

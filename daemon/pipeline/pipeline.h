@@ -227,6 +227,7 @@ class Pipeline : public ChangeHandler {
                        const std::string& reason);
   size_t group_changes_ = 0;
   uint64_t changes_seen_ = 0;  // every change handed over (liveness ticks)
+  uint64_t ignored_origins_seen_ = 0;  // source_->ignored_origin_transactions() already counted
   absl::Time group_started_ = absl::InfinitePast();
   PgTimestamp last_commit_time_ = 0;  // the source commit time of the last transaction received
 };

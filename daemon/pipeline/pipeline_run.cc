@@ -240,6 +240,8 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // once the target flushed it (MinFlushed).
     o.synchronous_commit = false;
     o.epoch = EpochOf(sinks_.size());
+    if (!apply.has_replication_origin() || apply.replication_origin())
+      o.replication_origin = state::ReplicationOriginName(settings_.proto.pipeline(), t.name);
     ASSIGN_OR_RETURN(auto sink, OpenSink(t, o));
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
@@ -263,6 +265,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   so.pipeline = settings_.proto.pipeline();
   for (const std::string& t : settings_.proto.source().ignore_tables())
     so.ignore_tables.push_back(QualifiedTableName(t));
+  for (const std::string& o : settings_.proto.source().ignore_origins()) so.ignore_origins.push_back(o);
   for (const auto& m : modules_) {
     if (std::find(so.tables.begin(), so.tables.end(), m->source_table()) == so.tables.end())
       so.tables.push_back(m->source_table());
@@ -285,6 +288,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   for (const auto& sink : sinks_) so.slot_must_exist |= sink->durable_lsn() != kInvalidLsn;
   ASSIGN_OR_RETURN(auto source, PgReplicationSource::Create(so));
   source_ = std::move(source);
+  ignored_origins_seen_ = 0;
   // Mapped tables are followed by oid: a table renamed or moved to another schema keeps its
   // mapping.
   ASSIGN_OR_RETURN(mapped_oids_, inspector_->SourceOids(so.tables));
@@ -340,6 +344,10 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     }
     RETURN_IF_ERROR(source_->SendFeedback(MinFlushed(), /*force=*/false));
     status_->SetReceivedLsn(source_->received_lsn());
+    if (uint64_t n = source_->ignored_origin_transactions(); n != ignored_origins_seen_) {
+      status_->AddIgnoredOriginTransactions(n - ignored_origins_seen_);
+      ignored_origins_seen_ = n;
+    }
     status_->Tick();
     if (leadership_) RETURN_IF_ERROR(RenewLeadership(/*force=*/false));
     if (any_dead_letter_)

@@ -376,6 +376,7 @@ absl::Status PgReplicationSource::Start(Lsn start_lsn) {
   // any: its changes wait in walshiftd's spool until it commits (see StreamSpool).
   const bool stream = server_version_ >= 140000 && options_.stream_large_transactions;
   decoder_.set_protocol_version(stream ? 2 : 1);
+  decoder_.set_ignored_origins({options_.ignore_origins.begin(), options_.ignore_origins.end()});
   std::string sql = absl::StrCat("START_REPLICATION SLOT ", pg::QuoteIdent(options_.slot), " LOGICAL ",
                                  FormatLsn(start_lsn), " (proto_version '", stream ? "2" : "1",
                                  "', publication_names ", pg::QuoteLiteral(pg::QuoteIdent(options_.publication)),

@@ -36,6 +36,8 @@ struct PgReplicationSourceOptions {
   std::vector<std::string> tables;  // schema.table of every mapped source table
   // schema.table of published tables no mapping names that the config says to leave alone.
   std::vector<std::string> ignore_tables;
+  // Replication origins whose transactions are passed over (see PgOutputDecoder).
+  std::vector<std::string> ignore_origins;
   absl::Duration feedback_interval = absl::Seconds(10);
   // Nothing received from the walsender (data or keepalive) for this long while walshiftd is
   // reading: the connection is dead, Poll() returns kUnavailable. After half of it a status
@@ -69,6 +71,7 @@ class PgReplicationSource : public ChangeSource {
   absl::Status SendFeedback(Lsn flushed, bool force) override;
   Lsn ConfirmIdle() override;
   Lsn received_lsn() const override { return received_lsn_.load(); }
+  uint64_t ignored_origin_transactions() const override { return decoder_.ignored_transactions(); }
   void set_catching_up(bool catching_up) override { catching_up_.store(catching_up, std::memory_order_relaxed); }
 
   // The snapshot exported when Create() created the slot (options.export_snapshot), else

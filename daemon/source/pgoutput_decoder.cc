@@ -200,6 +200,8 @@ absl::Status PgOutputDecoder::Decode(char* data, size_t len, Lsn lsn, ChangeHand
         RETURN_IF_ERROR(r.ExpectEnd());
         in_stream_ = false;
         return absl::OkStatus();
+      case 'O':
+        return DecodeStreamOrigin(r);
       case 'R':
       case 'Y':
       case 'I':
@@ -248,6 +250,10 @@ absl::Status PgOutputDecoder::DecodeChange(Reader& r, ChangeHandler& handler) {
   if (replaying_) {
     uint32_t xid;  // the (sub)transaction's, already accounted for by the spool
     if (!r.U32(&xid)) return r.status();
+  }
+  if (ignoring_ && type != 'R' && type != 'Y') {
+    if (!in_transaction_) return r.Error("change outside a transaction");
+    return absl::OkStatus();  // a change of an ignored origin's transaction
   }
   switch (type) {
     case 'R':
@@ -299,6 +305,7 @@ absl::Status PgOutputDecoder::DecodeStreamCommit(Reader& r, ChangeHandler& handl
   begin.commit_time = commit.commit_time;
   begin.xid = xid;
   in_transaction_ = true;
+  ignoring_ = ignored_streams_.erase(xid) > 0;
   RETURN_IF_ERROR(handler.OnBegin(begin));
   replaying_ = true;
   absl::Status st = spool_.Replay(xid, [&](Lsn lsn, char* data, size_t len) {
@@ -312,6 +319,8 @@ absl::Status PgOutputDecoder::DecodeStreamCommit(Reader& r, ChangeHandler& handl
   replaying_ = false;
   RETURN_IF_ERROR(st);
   in_transaction_ = false;
+  if (ignoring_) ++ignored_transactions_;
+  ignoring_ = false;
   return handler.OnCommit(commit);
 }
 
@@ -321,6 +330,7 @@ absl::Status PgOutputDecoder::DecodeStreamAbort(Reader& r) {
   if (!r.U32(&xid) || !r.U32(&subxid)) return r.status();
   RETURN_IF_ERROR(r.ExpectEnd());
   if (in_transaction_) return r.Error("Stream Abort inside a transaction that has not committed");
+  if (xid == subxid) ignored_streams_.erase(xid);
   return spool_.Abort(xid, subxid);
 }
 
@@ -338,6 +348,7 @@ absl::Status PgOutputDecoder::DecodeBegin(Reader& r, ChangeHandler& handler) {
   RETURN_IF_ERROR(r.ExpectEnd());
   if (in_transaction_) return r.Error("Begin inside a transaction that has not committed");
   in_transaction_ = true;
+  ignoring_ = false;
   return handler.OnBegin(begin);
 }
 
@@ -351,16 +362,31 @@ absl::Status PgOutputDecoder::DecodeCommit(Reader& r, ChangeHandler& handler) {
   RETURN_IF_ERROR(r.ExpectEnd());
   if (!in_transaction_) return r.Error("Commit without a Begin");
   in_transaction_ = false;
+  if (ignoring_) ++ignored_transactions_;
+  ignoring_ = false;
   return handler.OnCommit(commit);
 }
 
-// Origin: Int64 origin commit lsn, String name. Accepted and ignored.
+// Origin: Int64 origin commit lsn, String name; right after the Begin of a transaction that was
+// applied by a replication origin's session.
 absl::Status PgOutputDecoder::DecodeOrigin(Reader& r) {
   uint64_t origin_lsn;
   absl::string_view name;
   if (!r.U64(&origin_lsn) || !r.String(&name)) return r.status();
   RETURN_IF_ERROR(r.ExpectEnd());
-  spdlog::debug("pgoutput: origin {} (commit {}) at {}", std::string(name), FormatLsn(origin_lsn), FormatLsn(r.lsn()));
+  if (!in_transaction_) return r.Error("Origin outside a transaction");
+  ignoring_ = ignored_origins_.contains(name);
+  spdlog::debug("pgoutput: origin {} (commit {}) at {}{}", std::string(name), FormatLsn(origin_lsn),
+                FormatLsn(r.lsn()), ignoring_ ? ": its changes are ignored" : "");
+  return absl::OkStatus();
+}
+
+absl::Status PgOutputDecoder::DecodeStreamOrigin(Reader& r) {
+  uint64_t origin_lsn;
+  absl::string_view name;
+  if (!r.U64(&origin_lsn) || !r.String(&name)) return r.status();
+  RETURN_IF_ERROR(r.ExpectEnd());
+  if (ignored_origins_.contains(name)) ignored_streams_.insert(stream_xid_);
   return absl::OkStatus();
 }
 

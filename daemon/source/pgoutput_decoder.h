@@ -9,12 +9,19 @@
 // Stream Commit the transaction's messages are decoded and dispatched as one ordinary
 // transaction (Begin .. Commit, with the commit's LSN as its final LSN), at Stream Abort they
 // are dropped (a subtransaction's only). Blocks of several transactions may interleave.
+//
+// Replication origins: a transaction whose Origin message (after its Begin, or after the first
+// Stream Start of a streamed one) names one of `ignored_origins` is dispatched as an empty
+// transaction (Begin, Commit): its changes were applied to this database by a pipeline that
+// must not see them come back (a forward and a reverse pipeline). Relation and type messages
+// are still read, so later transactions decode against the current relations.
 
 #include <cstddef>
 #include <memory>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "daemon/core/change.h"
 #include "daemon/core/interfaces.h"
@@ -42,6 +49,10 @@ class PgOutputDecoder {
   void set_protocol_version(int version) { protocol_version_ = version; }
   // Streamed transactions waiting for their commit or abort.
   const StreamSpool& spool() const { return spool_; }
+  // Transactions of these replication origins are dispatched without their changes.
+  void set_ignored_origins(absl::flat_hash_set<std::string> origins) { ignored_origins_ = std::move(origins); }
+  // Transactions dispatched without their changes because of their origin, since construction.
+  uint64_t ignored_transactions() const { return ignored_transactions_; }
 
  private:
   class Reader;  // bounds-checked cursor over one message, defined in the .cc
@@ -49,6 +60,8 @@ class PgOutputDecoder {
   absl::Status DecodeBegin(Reader& r, ChangeHandler& handler);
   absl::Status DecodeCommit(Reader& r, ChangeHandler& handler);
   absl::Status DecodeOrigin(Reader& r);
+  // Inside a stream block: the Origin message after a transaction's first Stream Start.
+  absl::Status DecodeStreamOrigin(Reader& r);
   absl::Status DecodeRelation(Reader& r, ChangeHandler& handler);
   absl::Status DecodeType(Reader& r);
   absl::Status DecodeInsert(Reader& r, ChangeHandler& handler);
@@ -82,6 +95,12 @@ class PgOutputDecoder {
   // Replaying a streamed transaction at its commit: its messages carry an xid.
   bool replaying_ = false;
   StreamSpool spool_;
+  absl::flat_hash_set<std::string> ignored_origins_;
+  // The transaction being dispatched has an ignored origin: its changes are passed over.
+  bool ignoring_ = false;
+  // Streamed transactions (top-level xids) whose origin is ignored, until their commit or abort.
+  absl::flat_hash_set<uint32_t> ignored_streams_;
+  uint64_t ignored_transactions_ = 0;
 };
 
 }  // namespace walshift

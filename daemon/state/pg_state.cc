@@ -6,6 +6,7 @@
 #include <iterator>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -463,6 +464,64 @@ absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, int64_t e
                         {kWriterLockClass, key.c_str(), mine.c_str()},
                         absl::StrCat(what, ": taking the pipeline's writer lock"))
       .status();
+}
+
+std::string ReplicationOriginName(const std::string& pipeline, const std::string& target) {
+  return absl::StrCat("walshift_", pipeline, "_", target);
+}
+
+absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pipeline, const std::string& origin,
+                                            absl::string_view what) {
+  std::string context = absl::StrCat(what, ": setting up the replication origin ", origin);
+  auto not_permitted = [](const absl::Status& st) {
+    // 42501: the role may not use origins; 55000: max_replication_slots = 0.
+    return absl::StrContains(st.message(), "(SQLSTATE 42501)") || absl::StrContains(st.message(), "(SQLSTATE 55000)");
+  };
+  auto created = pg::ExecParams(conn,
+                                "SELECT pg_catalog.pg_replication_origin_create($1) "
+                                "WHERE pg_catalog.pg_replication_origin_oid($1) IS NULL",
+                                {origin.c_str()}, context);
+  if (!created.ok()) {
+    if (not_permitted(created.status())) return false;
+    // 23505: another session created it at the same moment.
+    if (!absl::StrContains(created.status().message(), "(SQLSTATE 23505)")) return created.status();
+  }
+  for (int attempt = 0;; ++attempt) {
+    auto set = pg::ExecParams(conn, "SELECT pg_catalog.pg_replication_origin_session_setup($1)", {origin.c_str()},
+                              context);
+    if (set.ok()) return true;
+    if (not_permitted(set.status())) return false;
+    // 55006 "replication origin with ID n is already active for PID p": on PostgreSQL 15 an
+    // origin serves one session at a time. A session of this pipeline's earlier run (a
+    // walshiftd killed, its sessions not yet gone) is ended; anyone else's is an error.
+    if (attempt > 0 || !absl::StrContains(set.status().message(), "(SQLSTATE 55006)")) return set.status();
+    std::string key = WriterLockKey(pipeline);
+    absl::string_view msg = set.status().message();
+    size_t at = msg.find("for PID ");
+    std::string pid;
+    if (at != absl::string_view::npos) {
+      for (size_t i = at + 8; i < msg.size() && absl::ascii_isdigit(msg[i]); ++i) pid.push_back(msg[i]);
+    }
+    if (pid.empty()) return set.status();
+    ASSIGN_OR_RETURN(pg::ResultPtr ended,
+                     pg::ExecParams(conn,
+                                    "SELECT pg_catalog.pg_terminate_backend(l.pid) FROM pg_catalog.pg_locks l "
+                                    "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid "
+                                    "AND l.objid = $2::oid AND l.objsubid = 2 AND l.pid = $3::int "
+                                    "AND l.pid <> pg_catalog.pg_backend_pid()",
+                                    {kWriterLockClass, key.c_str(), pid.c_str()}, context));
+    if (PQntuples(ended.get()) == 0) return set.status();
+    spdlog::warn("{}: the replication origin {} was held by pid {}, a session of an earlier run of this pipeline: "
+                 "ended it",
+                 std::string(what), origin, pid);
+    for (absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
+      ASSIGN_OR_RETURN(pg::ResultPtr alive,
+                       pg::ExecParams(conn, "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1::int",
+                                      {pid.c_str()}, context));
+      if (PQntuples(alive.get()) == 0) break;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
 }
 
 namespace {

@@ -69,6 +69,17 @@ int StateSchemaVersion();
 // With ha, `epoch` is the leader's epoch in this target (0: none): the session's transactions are
 // fenced with it (walshift.fence, SQLSTATE WS002 once another leader took over).
 absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, int64_t epoch, absl::string_view what);
+// Replication origins. A session applying `pipeline`'s changes to target `target` sets up the
+// origin ReplicationOriginName(pipeline, target) ("walshift_<pipeline>_<target>"; origins are
+// per cluster, so two targets in one cluster need two), so every commit it makes carries the
+// origin in the target's WAL and a pipeline reading that database passes them over
+// (source.ignore_origins). Creates the origin when absent. Returns false, having set up
+// nothing, when the role may not use replication origins (42501) or the server has
+// max_replication_slots = 0. On PostgreSQL 15 an origin serves one session at a time: one still
+// held by a session of this pipeline's writer lock (an earlier run's) is ended first.
+std::string ReplicationOriginName(const std::string& pipeline, const std::string& target);
+absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pipeline, const std::string& origin,
+                                            absl::string_view what);
 // Before a run reads what a target holds (checkpoint, copied ranges): waits until no other
 // session holding `pipeline`'s writer lock has a transaction open, so that everything an earlier
 // run sent is committed or rolled back, and visible. A session still in a transaction after

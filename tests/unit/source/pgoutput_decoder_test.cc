@@ -376,6 +376,38 @@ TEST_F(DecoderTest, OriginAndTypeAreAccepted) {
   EXPECT_EQ(handler_.total(), 2u);  // the Relation and Begin of Prepare() only
 }
 
+std::string Origin(const std::string& name) { return Writer('O').I64(0x1234).Str(name).bytes(); }
+
+TEST_F(DecoderTest, TransactionOfAnIgnoredOriginIsDispatchedWithoutItsChanges) {
+  decoder_.set_ignored_origins({"walshift_orders_main"});
+  ASSERT_TRUE(Decode(UsersRelation()).ok());
+  ASSERT_TRUE(Decode(Begin(0x2000, 1, 7)).ok());
+  ASSERT_TRUE(Decode(Origin("walshift_orders_main")).ok());
+  ASSERT_TRUE(Decode(Insert(16384, {Text("1"), Text("looped"), Null()})).ok());
+  ASSERT_TRUE(Decode(Relation(16385, "public", "other", 'd', {{1, "id", 20, -1}})).ok());
+  ASSERT_TRUE(Decode(Writer('M').U8(1).I64(0x2010).Str("p").I32(1).Raw("x").bytes()).ok());
+  ASSERT_TRUE(Decode(Commit(0x2000, 0x2030, 1)).ok());
+  EXPECT_EQ(handler_.begins.size(), 1u);
+  EXPECT_EQ(handler_.commits.size(), 1u) << "the checkpoint still moves past it";
+  EXPECT_TRUE(handler_.changes.empty());
+  EXPECT_TRUE(handler_.messages.empty());
+  EXPECT_EQ(handler_.relations.size(), 2u) << "relations are read, for the transactions after it";
+  EXPECT_EQ(decoder_.ignored_transactions(), 1u);
+  // Another origin, and no origin: replicated.
+  ASSERT_TRUE(Decode(Begin(0x3000, 1, 8)).ok());
+  ASSERT_TRUE(Decode(Origin("pg_16400")).ok());
+  ASSERT_TRUE(Decode(Insert(16384, {Text("2"), Text("b"), Null()})).ok());
+  ASSERT_TRUE(Decode(Commit(0x3000, 0x3030, 1)).ok());
+  ASSERT_TRUE(Decode(Begin(0x4000, 1, 9)).ok());
+  ASSERT_TRUE(Decode(Insert(16384, {Text("3"), Text("c"), Null()})).ok());
+  ASSERT_TRUE(Decode(Insert(16385, {Text("4")})).ok());
+  ASSERT_TRUE(Decode(Commit(0x4000, 0x4030, 1)).ok());
+  ASSERT_EQ(handler_.changes.size(), 3u);
+  EXPECT_EQ(decoder_.ignored_transactions(), 1u);
+  EXPECT_EQ(Decode(Origin("walshift_orders_main")).code(), absl::StatusCode::kDataLoss)
+      << "an Origin outside a transaction";
+}
+
 TEST_F(DecoderTest, ChangeBeforeRelationIsError) {
   ASSERT_TRUE(Decode(Begin(1, 1, 1)).ok());
   absl::Status st = Decode(Insert(4242, {Text("1")}));
@@ -645,6 +677,35 @@ TEST_F(StreamDecoderTest, AbortedTransactionLeavesNothing) {
   ASSERT_TRUE(Decode(Insert(16384, {Text("9"), Text("plain"), Null()})).ok());
   ASSERT_TRUE(Decode(Commit(0x9100, 0x9130, 1)).ok());
   EXPECT_EQ(Names(), (std::vector<std::string>{"plain"}));
+}
+
+TEST_F(StreamDecoderTest, StreamedTransactionOfAnIgnoredOriginIsDispatchedWithoutItsChanges) {
+  decoder_.set_ignored_origins({"walshift_orders_main"});
+  // The origin follows the first Stream Start of its transaction only, without an xid.
+  ASSERT_TRUE(Decode(StreamStart(100, true)).ok());
+  ASSERT_TRUE(Decode(Origin("walshift_orders_main")).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 100)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("1"), Text("looped"), Null()}), 100)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamStart(200, true)).ok());
+  ASSERT_TRUE(Decode(Origin("pg_16400")).ok());
+  ASSERT_TRUE(Decode(InStream(UsersRelation(), 200)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("2"), Text("kept"), Null()}), 200)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamStart(100, false)).ok());
+  ASSERT_TRUE(Decode(InStream(Insert(16384, {Text("3"), Text("looped too"), Null()}), 101)).ok());
+  ASSERT_TRUE(Decode(StreamStop()).ok());
+  ASSERT_TRUE(Decode(StreamCommit(200, 0x9000, 0x9030, 11)).ok());
+  ASSERT_TRUE(Decode(StreamCommit(100, 0x9100, 0x9130, 12)).ok());
+  EXPECT_EQ(Names(), (std::vector<std::string>{"kept"}));
+  EXPECT_EQ(handler_.commits.size(), 2u);
+  EXPECT_EQ(handler_.relations.size(), 2u);
+  EXPECT_EQ(decoder_.ignored_transactions(), 1u);
+  // An ordinary transaction after it is replicated.
+  ASSERT_TRUE(Decode(Begin(0x9200, 1, 300)).ok());
+  ASSERT_TRUE(Decode(Insert(16384, {Text("9"), Text("plain"), Null()})).ok());
+  ASSERT_TRUE(Decode(Commit(0x9200, 0x9230, 1)).ok());
+  EXPECT_EQ(Names(), (std::vector<std::string>{"kept", "plain"}));
 }
 
 TEST_F(StreamDecoderTest, StreamMessagesOutOfPlaceAreErrors) {
