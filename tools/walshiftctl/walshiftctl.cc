@@ -6,6 +6,7 @@
 //   walshiftctl events --brokers B --topic T [--from-beginning] [--follow] [--json]
 //   walshiftctl skip --config FILE --lsn LSN
 //   walshiftctl dead-letter list|show|retry|discard --config FILE ...
+//   walshiftctl reverse --config FILE [--target NAME] [--output FILE] [--check]
 //
 // status asks walshiftd's HTTP endpoint (--url, or the config's status.listen); with only
 // --config and no walshiftd answering, it reads the slot on the legacy database and the
@@ -38,6 +39,7 @@
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/target_state.h"
 #include "tools/walshiftctl/commands.h"
+#include "tools/walshiftctl/reverse.h"
 
 namespace walshift {
 namespace {
@@ -293,6 +295,10 @@ int Usage(FILE* f, int code) {
                "usage: walshiftctl dead-letter list|show|retry|discard --config FILE ...\n"
                "  The changes a target rejected under on_error: dead_letter: list them, show one, retry\n"
                "  them after a fix, or discard them with a reason (walshiftctl dead-letter --help).\n"
+               "usage: walshiftctl reverse --config FORWARD.yaml [--target NAME] [--output FILE] [--check]\n"
+               "  Derives the reverse pipeline (new schema -> legacy, for a rollback after the cutover) from\n"
+               "  the forward config and both live schemas, and says what cannot go back and how to fix it.\n"
+               "  Exit 0 valid, 1 something cannot go back, 2 error.\n"
                "usage: walshiftctl events --brokers HOST:PORT[,...] --topic TOPIC [--from-beginning] [--follow]\n"
                "                          [--json]\n"
                "  Prints walshiftd's events (lag, state changes, drift) from a Kafka topic, one per line.\n"
@@ -567,6 +573,7 @@ int main(int argc, char** argv) {
   if (cmd == "verify") return walshift::ctl::VerifyCommand(argc - 2, argv + 2);
   if (cmd == "skip") return walshift::SkipCommand(argc - 2, argv + 2);
   if (cmd == "dead-letter") return walshift::ctl::DeadLetterCommand(argc - 2, argv + 2);
+  if (cmd == "reverse") return walshift::ctl::ReverseCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   if (cmd == "--version") {
     std::printf("walshiftctl %s\n", WALSHIFT_VERSION);
