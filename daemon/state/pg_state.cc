@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -188,11 +189,32 @@ constexpr const char* kLeaderDdl =
     "coalesce(who, '(none)'), coalesce(cur::text, 'none'), mine); "
     "END $f$";
 
+// A cutover (walshiftctl cutover / rollback) between a forward pipeline and its reverse one,
+// kept in the new schema's database, which both read or write: the step it reached, where the
+// writes were stopped, and the privileges it revoked (to grant them back), so that a cutover
+// interrupted at any step resumes or is aborted.
+constexpr const char* kCutoverDdl =
+    "CREATE TABLE IF NOT EXISTS walshift.cutover ("
+    "  pipeline text PRIMARY KEY,"          // the forward pipeline
+    "  reverse_pipeline text NOT NULL,"
+    "  state text NOT NULL,"                // cutting_over, cut_over, rolling_back, rolled_back, aborted
+    "  step text NOT NULL,"                 // the last step done
+    "  stop_writes text NOT NULL,"          // revoke, application
+    "  stop_lsn pg_lsn,"                    // where writes stopped (legacy for a cutover, new for a rollback)
+    "  reverse_lsn pg_lsn,"                 // where the reverse pipeline's slot starts
+    "  revoked jsonb NOT NULL DEFAULT '[]'," // [{database, table, role, privileges}] to grant back
+    "  writes_stopped_at timestamptz,"
+    "  writes_resumed_at timestamptz,"
+    "  started_at timestamptz NOT NULL DEFAULT now(),"
+    "  updated_at timestamptz NOT NULL DEFAULT now(),"
+    "  history jsonb NOT NULL DEFAULT '[]')"; // [{at, state, step, note}]
+
 constexpr Migration kMigrations[] = {
     {1, "checkpoint, copy_chunk, backfill, drift and settings", kBaselineDdl},
     {2, "error (what walshiftd stopped on) and skipped (transactions walshiftctl skip left out)", kErrorDdl},
     {3, "dead_letter (changes parked under on_error: dead_letter)", kDeadLetterDdl},
     {4, "leader, lease and fence (active/standby)", kLeaderDdl},
+    {5, "cutover (walshiftctl cutover and rollback)", kCutoverDdl},
 };
 constexpr int kSchemaVersion = kMigrations[std::size(kMigrations) - 1].version;
 
@@ -889,6 +911,71 @@ absl::StatusOr<std::map<std::string, uint64_t>> ReadParked(PGconn* conn, const s
     (void)absl::SimpleAtoi(PQgetvalue(r.get(), i, 1), &out[PQgetvalue(r.get(), i, 0)]);
   }
   return out;
+}
+
+}  // namespace walshift::state
+
+namespace walshift::state {
+
+absl::StatusOr<std::optional<CutoverRow>> ReadCutover(PGconn* conn, const std::string& pipeline,
+                                                     absl::string_view what) {
+  std::string context = absl::StrCat(what, ": reading the cutover of ", pipeline);
+  ASSIGN_OR_RETURN(bool exists, TableExists(conn, "walshift.cutover", context));
+  if (!exists) return std::nullopt;
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(conn,
+                                  "SELECT reverse_pipeline, state, step, stop_writes, coalesce(stop_lsn::text, ''), "
+                                  "coalesce(reverse_lsn::text, ''), revoked::text, "
+                                  "coalesce(to_char(writes_stopped_at AT TIME ZONE 'UTC', "
+                                  "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ''), "
+                                  "coalesce(extract(epoch FROM writes_resumed_at - writes_stopped_at)::text, ''), "
+                                  "coalesce(extract(epoch FROM now() - writes_stopped_at)::text, '') "
+                                  "FROM walshift.cutover WHERE pipeline = $1",
+                                  {pipeline.c_str()}, context));
+  if (PQntuples(r.get()) == 0) return std::nullopt;
+  CutoverRow c;
+  c.pipeline = pipeline;
+  c.reverse_pipeline = PQgetvalue(r.get(), 0, 0);
+  c.state = PQgetvalue(r.get(), 0, 1);
+  c.step = PQgetvalue(r.get(), 0, 2);
+  c.stop_writes = PQgetvalue(r.get(), 0, 3);
+  c.stop_lsn = ParseLsn(PQgetvalue(r.get(), 0, 4)).value_or(kInvalidLsn);
+  c.reverse_lsn = ParseLsn(PQgetvalue(r.get(), 0, 5)).value_or(kInvalidLsn);
+  c.revoked = PQgetvalue(r.get(), 0, 6);
+  c.writes_stopped_at = PQgetvalue(r.get(), 0, 7);
+  if (!absl::SimpleAtod(PQgetvalue(r.get(), 0, 8), &c.paused_s)) c.paused_s = -1;
+  if (!absl::SimpleAtod(PQgetvalue(r.get(), 0, 9), &c.stopped_for_s)) c.stopped_for_s = -1;
+  return c;
+}
+
+absl::Status WriteCutover(PGconn* conn, const CutoverRow& c, CutoverStamp stamp, const std::string& note,
+                          absl::string_view what) {
+  std::string stop = c.stop_lsn == kInvalidLsn ? "" : FormatLsn(c.stop_lsn);
+  std::string rev = c.reverse_lsn == kInvalidLsn ? "" : FormatLsn(c.reverse_lsn);
+  std::string revoked = c.revoked.empty() ? "[]" : c.revoked;
+  const char* stamp_sql = stamp == CutoverStamp::kWritesStopped   ? "now()"
+                          : stamp == CutoverStamp::kNewCutover    ? "NULL"
+                                                                  : "walshift.cutover.writes_stopped_at";
+  const char* resumed_sql = stamp == CutoverStamp::kWritesResumed ? "now()"
+                            : stamp == CutoverStamp::kNone        ? "walshift.cutover.writes_resumed_at"
+                                                                  : "NULL";
+  std::string sql = absl::StrCat(
+      "INSERT INTO walshift.cutover AS c (pipeline, reverse_pipeline, state, step, stop_writes, stop_lsn, "
+      "reverse_lsn, revoked, writes_stopped_at, history) VALUES ($1, $2, $3, $4, $5, nullif($6, '')::pg_lsn, "
+      "nullif($7, '')::pg_lsn, $8::jsonb, ", stamp == CutoverStamp::kWritesStopped ? "now()" : "NULL",
+      ", jsonb_build_array(jsonb_build_object('at', now(), 'state', $3::text, 'step', $4::text, 'note', $9::text))) "
+      "ON CONFLICT (pipeline) DO UPDATE SET reverse_pipeline = EXCLUDED.reverse_pipeline, state = EXCLUDED.state, "
+      "step = EXCLUDED.step, stop_writes = EXCLUDED.stop_writes, stop_lsn = EXCLUDED.stop_lsn, "
+      "reverse_lsn = EXCLUDED.reverse_lsn, revoked = EXCLUDED.revoked, writes_stopped_at = ",
+      absl::StrReplaceAll(stamp_sql, {{"walshift.cutover.", "c."}}), ", writes_resumed_at = ",
+      absl::StrReplaceAll(resumed_sql, {{"walshift.cutover.", "c."}}),
+      ", updated_at = now(), started_at = CASE WHEN EXCLUDED.state <> c.state AND EXCLUDED.step = 'preflight' "
+      "THEN now() ELSE c.started_at END, history = c.history || EXCLUDED.history");
+  return pg::ExecParams(conn, sql,
+                        {c.pipeline.c_str(), c.reverse_pipeline.c_str(), c.state.c_str(), c.step.c_str(),
+                         c.stop_writes.c_str(), stop.c_str(), rev.c_str(), revoked.c_str(), note.c_str()},
+                        absl::StrCat(what, ": recording the cutover of ", c.pipeline))
+      .status();
 }
 
 }  // namespace walshift::state

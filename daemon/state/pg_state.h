@@ -183,4 +183,27 @@ absl::StatusOr<std::optional<std::string>> ReadSetting(PGconn* conn, const std::
 absl::Status WriteSetting(PGconn* conn, const std::string& pipeline, const std::string& name, const std::string& value,
                           absl::string_view what);
 
+// Cutover (walshiftctl cutover / rollback), in the new schema's database: see walshift.cutover.
+struct CutoverRow {
+  std::string pipeline;          // the forward pipeline
+  std::string reverse_pipeline;
+  std::string state;             // cutting_over, cut_over, rolling_back, rolled_back, aborted
+  std::string step;              // the last step done
+  std::string stop_writes;       // revoke, application
+  Lsn stop_lsn = kInvalidLsn;    // where writes stopped
+  Lsn reverse_lsn = kInvalidLsn; // where the reverse pipeline's slot starts
+  std::string revoked;           // JSON array [{database, table, role, privileges}]
+  std::string writes_stopped_at; // ISO 8601 UTC, "" when not stopped
+  double paused_s = -1;          // writes resumed - stopped, -1 until both
+  double stopped_for_s = -1;     // now - writes stopped
+};
+absl::StatusOr<std::optional<CutoverRow>> ReadCutover(PGconn* conn, const std::string& pipeline,
+                                                     absl::string_view what);
+// What WriteCutover stamps: nothing; the writes stopped now; they resumed now; a new cutover
+// or rollback starts (both cleared).
+enum class CutoverStamp { kNone, kWritesStopped, kWritesResumed, kNewCutover };
+// Creates or updates the row and appends {at, state, step, note} to its history.
+absl::Status WriteCutover(PGconn* conn, const CutoverRow& row, CutoverStamp stamp, const std::string& note,
+                          absl::string_view what);
+
 }  // namespace walshift::state

@@ -121,6 +121,9 @@ void ContinuousVerifier::Loop() {
 absl::Status WaitCaughtUp(const config::Settings& settings, absl::Duration timeout) {
   ASSIGN_OR_RETURN(pg::ConnPtr src, pg::Connect(settings.source_dsn, "source", "application_name=walshift-verify"));
   ASSIGN_OR_RETURN(Lsn goal, verify_internal::CurrentLsn(src.get()));
+  // A fence right after it moves the checkpoints past it without waiting for the next heartbeat
+  // (best effort: a role that may not emit messages waits for the heartbeat).
+  (void)pg::Exec(src.get(), "SELECT pg_logical_emit_message(true, 'walshift.fence', 'gate')", "writing the fence");
   std::vector<std::string> behind;
   absl::Time deadline = absl::Now() + timeout;
   for (const auto& t : settings.targets) {

@@ -256,8 +256,9 @@ RunResult DaemonTest::RunWalshiftd(const std::vector<std::string>& args,
   return RunBinary("walshiftd", args, env, absl::Minutes(1));
 }
 
-RunResult DaemonTest::Walshiftctl(const std::vector<std::string>& args) {
-  return RunBinary("walshiftctl", args, {}, absl::Minutes(5));
+RunResult DaemonTest::Walshiftctl(const std::vector<std::string>& args,
+                                  const std::map<std::string, std::string>& env) {
+  return RunBinary("walshiftctl", args, env, absl::Minutes(5));
 }
 
 }  // namespace walshift::testing

@@ -72,7 +72,7 @@ class DaemonTest : public ::testing::Test {
   // and drift topics).
   void StartKafka(const std::vector<std::string>& topics = {"walshift.lag", "walshift.state", "walshift.drift"});
   // Runs walshiftctl with `args` (up to 5 minutes) and returns what it printed.
-  RunResult Walshiftctl(const std::vector<std::string>& args);
+  RunResult Walshiftctl(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {});
   // Runs this build's walshiftd with `args` (e.g. --config FILE --check) to its end (up to a
   // minute) and returns what it printed.
   RunResult RunWalshiftd(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {});

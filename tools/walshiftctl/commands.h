@@ -28,6 +28,10 @@ int VerifyCommand(int argc, char** argv);
 // walshiftctl dead-letter list|show|retry|discard --config FILE ... (dead_letter.cc)
 int DeadLetterCommand(int argc, char** argv);
 
+// walshiftctl cutover / rollback --config FORWARD --reverse-config REVERSE ... (cutover.cc)
+int CutoverCommand(int argc, char** argv);
+int RollbackCommand(int argc, char** argv);
+
 // When a pipeline counts as unhealthy (exit code 1 of `status`).
 struct LagLimits {
   double max_lag_bytes = 64.0 * 1024 * 1024;

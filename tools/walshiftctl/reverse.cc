@@ -159,6 +159,15 @@ class Inverter {
                                     " in reverse.one_way_columns"));
           continue;
         }
+        if (lc->not_null && !nc->not_null) {
+          ok = Problem(absl::StrCat(where, ".columns.", w.target_column, ": ", new_table, ".", w.target_column,
+                                    " may be NULL and ", legacy_table, ".", legacy_col,
+                                    " is NOT NULL: a row the new schema gives no value there could not go back; "
+                                    "declare reverse.columns.",
+                                    legacy_col, " (e.g. \"coalesce(", w.target_column, ", ...)\"), or make ",
+                                    new_table, ".", w.target_column, " NOT NULL"));
+          continue;
+        }
         cols[legacy_col] = w.target_column;
         written_back.insert(legacy_col);
         continue;
@@ -449,11 +458,43 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
                                     " replicates back: nothing for a reverse pipeline to do"));
   }
   root["mappings"] = mappings;
-  // Not carried: status.listen (the forward walshiftd's port), ha, verify; kafka and network are.
+  // Carried: kafka's brokers, network, monitor, log. Not: ha and verify (set them for the reverse
+  // pipeline as it runs), nor the forward walshiftd's status port: the next one.
   if (f.proto.has_kafka()) {
     YAML::Node k;
     k["brokers"] = f.proto.kafka().brokers();
     root["kafka"] = k;
+  }
+  auto carry = [&](const char* key, const google::protobuf::Message& m) {
+    std::string text;
+    YAML::Node n(YAML::NodeType::Map);
+    const auto* d = m.GetDescriptor();
+    const auto* r = m.GetReflection();
+    for (int i = 0; i < d->field_count(); ++i) {
+      const auto* fd = d->field(i);
+      if (fd->is_repeated() || !r->HasField(m, fd)) continue;
+      switch (fd->cpp_type()) {
+        case google::protobuf::FieldDescriptor::CPPTYPE_UINT32: n[fd->name()] = r->GetUInt32(m, fd); break;
+        case google::protobuf::FieldDescriptor::CPPTYPE_UINT64: n[fd->name()] = r->GetUInt64(m, fd); break;
+        case google::protobuf::FieldDescriptor::CPPTYPE_BOOL: n[fd->name()] = r->GetBool(m, fd); break;
+        case google::protobuf::FieldDescriptor::CPPTYPE_STRING: n[fd->name()] = r->GetString(m, fd); break;
+        default: break;
+      }
+    }
+    if (n.size() > 0) root[key] = n;
+  };
+  if (f.proto.has_network()) carry("network", f.proto.network());
+  if (f.proto.has_monitor()) carry("monitor", f.proto.monitor());
+  if (f.proto.has_log()) carry("log", f.proto.log());
+  {
+    std::string listen = f.proto.status().listen().empty() ? "127.0.0.1:9187" : f.proto.status().listen();
+    size_t colon = listen.rfind(':');
+    int port = 0;
+    if (colon != std::string::npos && absl::SimpleAtoi(listen.substr(colon + 1), &port) && port > 0) {
+      root["status"]["listen"] = absl::StrCat(listen.substr(0, colon), ":", port + 1);
+    } else if (!f.proto.status().listen().empty()) {
+      root["status"]["listen"] = listen;  // port 0: any free one
+    }
   }
   YAML::Emitter e;
   e << root;

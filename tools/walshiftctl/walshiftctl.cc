@@ -7,6 +7,7 @@
 //   walshiftctl skip --config FILE --lsn LSN
 //   walshiftctl dead-letter list|show|retry|discard --config FILE ...
 //   walshiftctl reverse --config FILE [--target NAME] [--output FILE] [--check]
+//   walshiftctl cutover|rollback --config FILE --reverse-config FILE [...]
 //
 // status asks walshiftd's HTTP endpoint (--url, or the config's status.listen); with only
 // --config and no walshiftd answering, it reads the slot on the legacy database and the
@@ -299,6 +300,15 @@ int Usage(FILE* f, int code) {
                "  Derives the reverse pipeline (new schema -> legacy, for a rollback after the cutover) from\n"
                "  the forward config and both live schemas, and says what cannot go back and how to fix it.\n"
                "  Exit 0 valid, 1 something cannot go back, 2 error.\n"
+               "usage: walshiftctl cutover --config FORWARD.yaml --reverse-config REVERSE.yaml\n"
+               "                           [--stop-writes revoke|application] [--margin N] [--settle S] [--abort]\n"
+               "  Ends the migration: stops legacy writes, drains and gates the forward pipeline, sets the\n"
+               "  new schema's sequences past the legacy ones and starts the reverse pipeline; each step is\n"
+               "  recorded, so an interrupted cutover continues when run again (or --abort undoes it).\n"
+               "usage: walshiftctl rollback --config FORWARD.yaml --reverse-config REVERSE.yaml [...]\n"
+               "  The mirror after a cutover: stops new-schema writes, drains and gates the reverse pipeline,\n"
+               "  sets the legacy sequences back past the new ones and grants the legacy writes back.\n"
+               "  Both: --status shows the recorded state. Exit 0 done, 1 refused or stopped, 2 error.\n"
                "usage: walshiftctl events --brokers HOST:PORT[,...] --topic TOPIC [--from-beginning] [--follow]\n"
                "                          [--json]\n"
                "  Prints walshiftd's events (lag, state changes, drift) from a Kafka topic, one per line.\n"
@@ -574,6 +584,8 @@ int main(int argc, char** argv) {
   if (cmd == "skip") return walshift::SkipCommand(argc - 2, argv + 2);
   if (cmd == "dead-letter") return walshift::ctl::DeadLetterCommand(argc - 2, argv + 2);
   if (cmd == "reverse") return walshift::ctl::ReverseCommand(argc - 2, argv + 2);
+  if (cmd == "cutover") return walshift::ctl::CutoverCommand(argc - 2, argv + 2);
+  if (cmd == "rollback") return walshift::ctl::RollbackCommand(argc - 2, argv + 2);
   if (cmd == "--help" || cmd == "-h" || cmd == "help") return walshift::Usage(stdout, 0);
   if (cmd == "--version") {
     std::printf("walshiftctl %s\n", WALSHIFT_VERSION);

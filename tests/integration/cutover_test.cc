@@ -1,0 +1,322 @@
+// The end of a migration on real clusters: the forward pipeline streams under an application's
+// load, walshiftctl cutover stops the legacy writes, drains, gates, moves the sequences and
+// starts the reverse pipeline; the application moves to the new schema and the reverse pipeline
+// keeps the legacy schema equal to it; walshiftctl rollback moves it back and the forward
+// pipeline, which never stopped, goes on. Replication origins keep the two pipelines from
+// sending each other's changes back: every increment the application made is in both schemas
+// exactly once, and once the load stops nothing moves any more.
+
+#include <libpq-fe.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/daemon_fixture.h"
+#include "tests/testing/test_paths.h"
+
+namespace walshift::testing {
+namespace {
+
+constexpr char kLegacy[] = R"sql(
+CREATE TABLE accounts (
+  id      bigserial PRIMARY KEY,
+  owner   text NOT NULL,
+  balance numeric(12,2) NOT NULL,
+  status  text NOT NULL DEFAULT 'open',
+  note    text);
+CREATE TABLE ledger (
+  id         bigserial PRIMARY KEY,
+  account_id bigint NOT NULL,
+  amount     bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now());
+)sql";
+
+constexpr char kNew[] = R"sql(
+CREATE SCHEMA app;
+CREATE TABLE app.accounts (
+  account_id    bigserial PRIMARY KEY,
+  holder        text NOT NULL,
+  balance_cents bigint NOT NULL,
+  state         text NOT NULL,
+  origin        text NOT NULL);
+CREATE TABLE ledger (
+  id         bigserial PRIMARY KEY,
+  account_id bigint NOT NULL,
+  amount     bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now());
+)sql";
+
+// rename + cast + an expression with its declared reverse + a constant (one-way) + identity.
+constexpr char kForward[] = R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}", ignore_origins: [walshift_{PIPELINE}-reverse_legacy]}
+targets: [{name: main, dsn: "{TARGET}"}]
+monitor: {heartbeat_interval_s: 1}
+mappings:
+  - source: public.accounts
+    table: app.accounts
+    key: [account_id]
+    columns:
+      account_id: id
+      holder: owner
+      balance_cents: {sql: "(balance * 100)::bigint"}
+      state: status
+      origin: {const: legacy}
+    reverse:
+      columns: {balance: "balance_cents / 100.0"}
+      one_way_columns: [origin]
+  - source: public.ledger
+)";
+
+// The application: increments account balances by one cent and appends ledger rows, on
+// whichever schema it is pointed at; counts what committed.
+class Application {
+ public:
+  Application(std::string legacy_dsn, std::string new_dsn) : dsn_{std::move(legacy_dsn), std::move(new_dsn)} {}
+  ~Application() { Stop(); }
+
+  void Start() {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  // 0: legacy, 1: new.
+  void PointAt(int side) { side_.store(side); }
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  uint64_t committed(int side) const { return committed_[side].load(); }
+  uint64_t refused() const { return refused_.load(); }
+  // Increments per account id, as committed.
+  std::map<int64_t, int64_t> increments() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return increments_;
+  }
+  // Seconds between the last write that committed on one side and the first on the other.
+  std::vector<double> switches() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return switches_;
+  }
+
+ private:
+  void Loop() {
+    PGconn* conn[2] = {PQconnectdb(dsn_[0].c_str()), PQconnectdb(dsn_[1].c_str())};
+    std::mt19937 rng(7);
+    int last_side = 0;
+    absl::Time last_commit = absl::Now();
+    while (!stop_.load()) {
+      int side = side_.load();
+      int64_t id = 1 + static_cast<int64_t>(rng() % 20);
+      std::string sql =
+          side == 0 ? absl::StrCat("BEGIN; UPDATE accounts SET balance = balance + 0.01 WHERE id = ", id,
+                                   "; INSERT INTO ledger (account_id, amount) VALUES (", id, ", 1); COMMIT")
+                    : absl::StrCat("BEGIN; UPDATE app.accounts SET balance_cents = balance_cents + 1 WHERE account_id = ",
+                                   id, "; INSERT INTO ledger (account_id, amount) VALUES (", id, ", 1); COMMIT");
+      PGresult* r = PQexec(conn[side], sql.c_str());
+      bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+      PQclear(r);
+      if (ok) {
+        absl::Time now = absl::Now();
+        std::lock_guard<std::mutex> lock(mu_);
+        if (side != last_side) switches_.push_back(absl::ToDoubleSeconds(now - last_commit));
+        last_side = side;
+        last_commit = now;
+        ++increments_[id];
+        ++committed_[side];
+      } else {
+        PQclear(PQexec(conn[side], "ROLLBACK"));
+        ++refused_;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    PQfinish(conn[0]);
+    PQfinish(conn[1]);
+  }
+
+  std::string dsn_[2];
+  std::atomic<int> side_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> committed_[2] = {0, 0};
+  std::atomic<uint64_t> refused_{0};
+  std::mutex mu_;
+  std::map<int64_t, int64_t> increments_;
+  std::vector<double> switches_;
+  std::thread thread_;
+};
+
+class CutoverTest : public DaemonTest {
+ protected:
+  void SetUp() override {
+    DaemonTest::SetUp();
+    role_ = "app_" + pipeline_.substr(0, 30);
+    Source(kLegacy);
+    Target(kNew);
+    for (PgCluster* c : {source_cluster_, target_cluster_}) {
+      (void)c->Exec("postgres", absl::StrCat("CREATE ROLE ", role_, " LOGIN"));
+    }
+    Source(absl::StrCat("GRANT ALL ON ALL TABLES IN SCHEMA public TO ", role_,
+                        "; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO ", role_));
+    Target(absl::StrCat("GRANT USAGE ON SCHEMA app TO ", role_, "; GRANT ALL ON ALL TABLES IN SCHEMA app, public TO ",
+                        role_, "; GRANT ALL ON ALL SEQUENCES IN SCHEMA app, public TO ", role_));
+    Source("INSERT INTO accounts (owner, balance) SELECT 'owner ' || g, 100 FROM generate_series(1, 20) g");
+    forward_ = WriteConfig(kForward);
+    reverse_ = dir_ + "/reverse.yaml";
+  }
+  void TearDown() override {
+    if (reverse_daemon_ && reverse_daemon_->Running()) reverse_daemon_->Kill();
+    if (HasFailure()) std::cerr << "---- reverse walshiftd log ----\n" << ReadFile(dir_ + "/reverse.log").value_or("");
+    DaemonTest::TearDown();
+    (void)target_cluster_->Exec("postgres",
+                                absl::StrCat("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                             "WHERE slot_name = 'walshift_",
+                                             pipeline_, "_reverse' AND NOT active"));
+  }
+
+  std::string AppDsn(PgCluster* c, const std::string& db) { return absl::StrCat(c->Dsn(db), " user=", role_); }
+
+  void StartReverse() {
+    SubprocessOptions o;
+    o.argv = {BinaryPath("walshiftd"), "--config", reverse_};
+    o.stdout_to = Output::File(dir_ + "/reverse.log", true);
+    o.stderr_to = Output::File(dir_ + "/reverse.log", true);
+    auto p = Subprocess::Start(o);
+    ASSERT_TRUE(p.ok()) << p.status();
+    reverse_daemon_ = *std::move(p);
+  }
+
+  RunResult Ctl(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
+    RunResult r = Walshiftctl(args, env);
+    std::cerr << "$ walshiftctl " << absl::StrJoin(args, " ") << "\n" << r.stdout_text << r.stderr_text;
+    return r;
+  }
+
+  // Rows of both schemas as the forward mapping relates them (balance in cents), and the ledger.
+  std::string LegacyImage() {
+    return source_cluster_->QueryValue(source_db_,
+                                       "SELECT md5((SELECT string_agg(id || ':' || owner || ':' || (balance * 100)::bigint || "
+                                       "':' || status, ',' ORDER BY id) FROM accounts) || '|' || (SELECT "
+                                       "string_agg(id || ':' || account_id || ':' || amount, ',' ORDER BY id) FROM "
+                                       "ledger))")
+        .value_or("?");
+  }
+  std::string NewImage() {
+    return target_cluster_->QueryValue(target_db_,
+                                       "SELECT md5((SELECT string_agg(account_id || ':' || holder || ':' || balance_cents || "
+                                       "':' || state, ',' ORDER BY account_id) FROM app.accounts) || '|' || (SELECT "
+                                       "string_agg(id || ':' || account_id || ':' || amount, ',' ORDER BY id) FROM "
+                                       "ledger))")
+        .value_or("?");
+  }
+  // Every row version of both schemas: a change sent round in a loop rewrites rows.
+  std::string Versions() {
+    return source_cluster_->QueryValue(source_db_,
+                                       "SELECT md5((SELECT string_agg(xmin::text, ',' ORDER BY id) FROM accounts) || "
+                                       "'|' || (SELECT string_agg(xmin::text, ',' ORDER BY id) FROM ledger))")
+               .value_or("?") +
+           "/" +
+           target_cluster_->QueryValue(target_db_,
+                                       "SELECT md5((SELECT string_agg(xmin::text, ',' ORDER BY account_id) FROM "
+                                       "app.accounts) || '|' || (SELECT string_agg(xmin::text, ',' ORDER BY id) FROM "
+                                       "ledger))")
+               .value_or("?");
+  }
+
+  void WaitEqual() {
+    absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (LegacyImage() != NewImage() && absl::Now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(LegacyImage(), NewImage());
+  }
+
+  void ExpectIncrements(Application& app) {
+    // Every committed increment is in both schemas once: 100.00 + n cents.
+    for (const auto& [id, n] : app.increments()) {
+      std::string q = absl::StrCat(id);
+      EXPECT_EQ(source_cluster_->QueryValue(source_db_, "SELECT (balance * 100)::bigint FROM accounts WHERE id = " + q)
+                    .value_or("?"),
+                absl::StrCat(10000 + n))
+          << "legacy account " << id;
+      EXPECT_EQ(target_cluster_
+                    ->QueryValue(target_db_, "SELECT balance_cents FROM app.accounts WHERE account_id = " + q)
+                    .value_or("?"),
+                absl::StrCat(10000 + n))
+          << "new account " << id;
+    }
+  }
+
+  std::string role_, forward_, reverse_;
+  std::unique_ptr<Subprocess> reverse_daemon_;
+};
+
+TEST_F(CutoverTest, CutoverUnderLoadReverseStreamsRollbackAndBothSchemasEndExactWithoutLoops) {
+  ASSERT_TRUE(StartDaemon(forward_).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  RunResult derived = Ctl({"reverse", "--config", forward_, "--output", reverse_});
+  ASSERT_EQ(derived.status.exit_code(), 0) << derived.stdout_text << derived.stderr_text;
+  EXPECT_TRUE(absl::StrContains(derived.stdout_text, "not replicated back (reverse.one_way_columns): origin"));
+  // The reverse pipeline may run before the cutover: it passes over what the forward one applies.
+  StartReverse();
+
+  Application app(AppDsn(source_cluster_, source_db_), AppDsn(target_cluster_, target_db_));
+  app.Start();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  ASSERT_GT(app.committed(0), 50u);
+
+  RunResult cut = Ctl({"cutover", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
+  ASSERT_EQ(cut.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "no drift"));
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "app.accounts_account_id_seq: next value"));
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "public.ledger_id_seq: next value"));
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "cut over at LSN"));
+  // The legacy tables refuse the application now.
+  EXPECT_GT(app.refused(), 0u);
+  uint64_t legacy_writes = app.committed(0);
+  app.PointAt(1);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(app.committed(0), legacy_writes);
+  ASSERT_GT(app.committed(1), 50u);
+  // While the application writes the new schema, the reverse pipeline keeps legacy equal to it:
+  // the verifier sees no drift either way.
+  RunResult rv = Ctl({"verify", "--config", reverse_});
+  EXPECT_EQ(rv.status.exit_code(), 0);
+  RunResult fv = Ctl({"verify", "--config", forward_});
+  EXPECT_EQ(fv.status.exit_code(), 0);
+
+  RunResult back = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
+  ASSERT_EQ(back.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(back.stdout_text, "rolled back at LSN"));
+  EXPECT_TRUE(absl::StrContains(back.stdout_text, "public.accounts_id_seq: next value"));
+  uint64_t new_writes = app.committed(1);
+  app.PointAt(0);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  app.Stop();
+  EXPECT_EQ(app.committed(1), new_writes) << "the new schema's tables refuse the application after the rollback";
+  EXPECT_GT(app.committed(0), legacy_writes + 20);
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  WaitEqual();
+  ExpectIncrements(app);
+  // Nothing goes round: once the load stopped, no row is written again on either side.
+  std::string before = Versions();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(Versions(), before);
+  EXPECT_EQ(Ctl({"verify", "--config", forward_}).status.exit_code(), 0);
+  EXPECT_EQ(Ctl({"verify", "--config", reverse_}).status.exit_code(), 0);
+  auto sw = app.switches();
+  ASSERT_EQ(sw.size(), 2u);
+  std::cerr << "application writes paused " << sw[0] << " s at the cutover and " << sw[1] << " s at the rollback\n";
+  RunResult status = Ctl({"cutover", "--config", forward_, "--reverse-config", reverse_, "--status"});
+  EXPECT_TRUE(absl::StrContains(status.stdout_text, "rolled_back")) << status.stdout_text;
+}
+
+}  // namespace
+}  // namespace walshift::testing
