@@ -318,5 +318,86 @@ TEST_F(CutoverTest, CutoverUnderLoadReverseStreamsRollbackAndBothSchemasEndExact
   EXPECT_TRUE(absl::StrContains(status.stdout_text, "rolled_back")) << status.stdout_text;
 }
 
+
+// Every step of both commands killed (walshiftctl -9 right after it recorded the step), the
+// walshiftd of the pipeline being drained killed -9 and restarted meanwhile, an abort in the
+// middle of a first attempt: each run continues where the last stopped, and both schemas end
+// exact with every increment once.
+TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
+  ASSERT_TRUE(StartDaemon(forward_).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
+  Application app(AppDsn(source_cluster_, source_db_), AppDsn(target_cluster_, target_db_));
+  app.Start();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const std::vector<std::string> cutover = {"cutover", "--config", forward_, "--reverse-config", reverse_,
+                                            "--settle", "60"};
+  auto killed_at = [&](const std::string& point, const std::vector<std::string>& args) {
+    RunResult r = Ctl(args, {{"WALSHIFT_CRASH_AT", point + ":1"}});
+    EXPECT_TRUE(r.status.signaled() && r.status.term_signal() == SIGKILL) << point << ": " << r.status.ToString();
+  };
+  auto status_says = [&](const std::string& text) {
+    RunResult st = Ctl({"cutover", "--config", forward_, "--reverse-config", reverse_, "--status"});
+    EXPECT_TRUE(absl::StrContains(st.stdout_text, text)) << st.stdout_text;
+  };
+
+  // A first attempt stops after the writes stopped, and is aborted: the application writes again.
+  killed_at("cutover.writes_stopped", cutover);
+  status_says("cutting_over, last step writes_stopped");
+  RunResult abort = Ctl({"cutover", "--config", forward_, "--reverse-config", reverse_, "--abort"});
+  ASSERT_EQ(abort.status.exit_code(), 0);
+  uint64_t before_abort = app.committed(0);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_GT(app.committed(0), before_abort) << "legacy writes resume after --abort";
+  status_says("aborted");
+
+  // The second attempt, killed after every step; the forward walshiftd killed once as well.
+  for (const std::string step : {"preflight", "revoking", "writes_stopped", "drained", "verified", "sequences"}) {
+    killed_at("cutover." + step, cutover);
+    status_says("cutting_over, last step " + step);
+    if (step == "writes_stopped") {
+      daemon_->Kill();
+      ASSERT_TRUE(StartDaemon(forward_).ok());
+    }
+  }
+  StartReverse();
+  killed_at("cutover.reverse_started", cutover);
+  reverse_daemon_->Kill();
+  StartReverse();
+  RunResult cut = Ctl(cutover);
+  ASSERT_EQ(cut.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "continuing the cutover"));
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "cut over at LSN"));
+
+  app.PointAt(1);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  ASSERT_GT(app.committed(1), 20u);
+  const std::vector<std::string> rollback = {"rollback", "--config", forward_, "--reverse-config", reverse_,
+                                             "--settle", "60"};
+  for (const std::string step : {"preflight", "revoking", "writes_stopped", "drained", "verified", "sequences",
+                                 "writes_resumed"}) {
+    killed_at("rollback." + step, rollback);
+    status_says("rolling_back, last step " + step);
+    if (step == "writes_stopped") {
+      reverse_daemon_->Kill();
+      StartReverse();
+    }
+  }
+  RunResult back = Ctl(rollback);
+  ASSERT_EQ(back.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(back.stdout_text, "rolled back at LSN"));
+  app.PointAt(0);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  app.Stop();
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  WaitEqual();
+  ExpectIncrements(app);
+  std::string versions = Versions();
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(Versions(), versions);
+  EXPECT_EQ(Ctl({"verify", "--config", forward_}).status.exit_code(), 0);
+  EXPECT_EQ(Ctl({"verify", "--config", reverse_}).status.exit_code(), 0);
+}
+
 }  // namespace
 }  // namespace walshift::testing
