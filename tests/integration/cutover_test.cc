@@ -399,5 +399,123 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
   EXPECT_EQ(Ctl({"verify", "--config", reverse_}).status.exit_code(), 0);
 }
 
+
+// Two legacy tables merged into one row go back as a split: each part only while the new row
+// holds something of it, so a profile the new schema clears leaves the legacy table and one it
+// fills appears there. The application stops its writes itself (--stop-writes application).
+TEST_F(CutoverTest, MergedRowsGoBackSplitAndRollBack) {
+  Source(R"sql(
+    CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL);
+    CREATE TABLE profiles (user_id bigint PRIMARY KEY, bio text, city text);
+    INSERT INTO users (email) SELECT 'u' || g || '@x' FROM generate_series(1, 5) g;
+    INSERT INTO profiles SELECT g, 'bio ' || g, 'city ' || g FROM generate_series(1, 3) g;)sql");
+  Target("CREATE TABLE app.people (person_id bigint PRIMARY KEY, email text, bio text, city text)");
+  std::string forward = WriteConfig(R"(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}", ignore_origins: [walshift_{PIPELINE}-reverse_legacy]}
+targets: [{name: main, dsn: "{TARGET}"}]
+monitor: {heartbeat_interval_s: 1}
+mappings:
+  - {source: users, module: merge, table: app.people, key: [person_id], on_delete: delete_when_last,
+     columns: {person_id: id, email: email}}
+  - {source: profiles, module: merge, table: app.people, key: [person_id], on_delete: delete_when_last,
+     columns: {person_id: user_id, bio: bio, city: city}}
+)");
+  ASSERT_TRUE(StartDaemon(forward).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  RunResult derived = Ctl({"reverse", "--config", forward, "--output", reverse_});
+  ASSERT_EQ(derived.status.exit_code(), 0);
+  std::string yaml = ReadFile(reverse_).value_or("");
+  EXPECT_TRUE(absl::StrContains(yaml, "module: split")) << yaml;
+  EXPECT_TRUE(absl::StrContains(yaml, R"(num_nonnulls("bio", "city") > 0)")) << yaml;
+  EXPECT_TRUE(absl::StrContains(yaml, R"(num_nonnulls("email") = 1)")) << yaml;
+  StartReverse();
+  const std::vector<std::string> cutover = {"cutover", "--config", forward, "--reverse-config", reverse_,
+                                            "--stop-writes", "application", "--settle", "60"};
+  RunResult cut = Ctl(cutover);
+  ASSERT_EQ(cut.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "app.people.person_id has no sequence"));
+
+  Target(R"sql(
+    UPDATE app.people SET bio = 'now has one' WHERE person_id = 4;
+    UPDATE app.people SET bio = NULL, city = NULL WHERE person_id = 1;
+    UPDATE app.people SET email = 'renamed@x' WHERE person_id = 3;
+    INSERT INTO app.people VALUES (100, 'new@x', 'new bio', NULL);
+    DELETE FROM app.people WHERE person_id = 2;)sql");
+  const std::string users = "SELECT string_agg(id || '=' || email, ',' ORDER BY id) FROM users";
+  const std::string profiles =
+      "SELECT string_agg(user_id || '=' || coalesce(bio, '-') || '/' || coalesce(city, '-'), ',' ORDER BY user_id) "
+      "FROM profiles";
+  const std::string want_users = "1=u1@x,3=renamed@x,4=u4@x,5=u5@x,100=new@x";
+  const std::string want_profiles = "3=bio 3/city 3,4=now has one/-,100=new bio/-";
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline && (source_cluster_->QueryValue(source_db_, users).value_or("") != want_users ||
+                                    source_cluster_->QueryValue(source_db_, profiles).value_or("") != want_profiles))
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(source_cluster_->QueryValue(source_db_, users).value_or(""), want_users);
+  EXPECT_EQ(source_cluster_->QueryValue(source_db_, profiles).value_or(""), want_profiles);
+  EXPECT_EQ(Ctl({"verify", "--config", reverse_}).status.exit_code(), 0);
+  EXPECT_EQ(Ctl({"verify", "--config", forward}).status.exit_code(), 0);
+
+  RunResult back = Ctl({"rollback", "--config", forward, "--reverse-config", reverse_, "--stop-writes", "application",
+                        "--settle", "60"});
+  ASSERT_EQ(back.status.exit_code(), 0);
+  Source("UPDATE profiles SET city = 'moved' WHERE user_id = 4; INSERT INTO profiles VALUES (5, NULL, 'c5');"
+         "DELETE FROM users WHERE id = 1");
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  EXPECT_EQ(target_cluster_
+                ->QueryValue(target_db_,
+                             "SELECT string_agg(person_id || '=' || coalesce(email, '-') || '/' || coalesce(bio, '-') || "
+                             "'/' || coalesce(city, '-'), ',' ORDER BY person_id) FROM app.people")
+                .value_or(""),
+            "3=renamed@x/bio 3/city 3,4=u4@x/now has one/moved,5=u5@x/-/c5,100=new@x/new bio/-");
+  EXPECT_EQ(Ctl({"verify", "--config", forward}).status.exit_code(), 0);
+  EXPECT_EQ(Ctl({"verify", "--config", reverse_}).status.exit_code(), 0);
+}
+
+// What cannot go back is refused before anything streams, each with the mapping, the table,
+// the column and the fix.
+TEST_F(CutoverTest, ReverseRefusesWhatCannotGoBackNamingTheFix) {
+  Source(R"sql(
+    CREATE TABLE items (id bigint PRIMARY KEY, qty integer NOT NULL, label text NOT NULL, code text NOT NULL);
+    CREATE TABLE notes (id bigint PRIMARY KEY, item_id bigint, body text);)sql");
+  Target(R"sql(
+    CREATE TABLE app.items (id bigint PRIMARY KEY, qty numeric NOT NULL, label text, code text NOT NULL,
+                            tag text NOT NULL, extra text);
+    CREATE TABLE app.item_notes (id bigint PRIMARY KEY, notes jsonb);)sql");
+  std::string forward = WriteConfig(R"yaml(
+pipeline: {PIPELINE}
+source: {dsn: "{SOURCE}"}
+targets: [{name: main, dsn: "{TARGET}"}]
+mappings:
+  - source: items
+    table: app.items
+    columns: {id: id, qty: qty, label: label, code: {sql: "upper(code)"}, tag: {const: legacy}}
+  - source: notes
+    module: json_array
+    table: app.item_notes
+    parent_key: {id: item_id}
+    column: notes
+    element: {id: id, body: body}
+    element_key: [id]
+)yaml");
+  RunResult r = Ctl({"reverse", "--config", forward, "--check"});
+  EXPECT_EQ(r.status.exit_code(), 1);
+  const std::string& out = r.stdout_text;
+  for (const char* want : {
+           "columns.qty: copying app.items.qty (numeric) back into public.items.qty (integer) rounds fractions away",
+           "columns.label: app.items.label may be NULL and public.items.label is NOT NULL",
+           "columns.code: app.items.code is computed (upper(code))",
+           "reads public.items.code, which nothing writes back: declare reverse.columns.code",
+           "columns.tag: app.items.tag is the constant 'legacy'",
+           "list tag in reverse.one_way_columns",
+           "app.items.extra is a column only the new schema has",
+           "mappings[1] (public.notes): walshift does not derive the reverse of module json_array",
+           "source.ignore_origins must list walshift_" ,
+       }) {
+    EXPECT_TRUE(absl::StrContains(out, want)) << "missing: " << want << "\n" << out;
+  }
+}
+
 }  // namespace
 }  // namespace walshift::testing

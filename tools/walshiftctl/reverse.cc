@@ -19,6 +19,7 @@
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/pg_state.h"
 #include "transforms/columns/columns.pb.h"
+#include "transforms/columns/columns_module.h"
 #include "transforms/merge/merge.pb.h"
 #include "transforms/registry.h"
 #include "transforms/split/split.pb.h"
@@ -34,17 +35,9 @@ struct Written {
   ColumnSource from;
 };
 
-bool IsWord(char c) { return absl::ascii_isalnum(c) || c == '_'; }
-
-// Whether `expression` names `column` as a word (an SQL expression's column reference).
+// Whether the SQL expression `expression` names `column` (as the columns module reads it).
 bool Mentions(const std::string& expression, const std::string& column) {
-  std::string e = absl::AsciiStrToLower(expression), c = absl::AsciiStrToLower(column);
-  for (size_t at = e.find(c); at != std::string::npos; at = e.find(c, at + 1)) {
-    bool before = at == 0 || !IsWord(e[at - 1]);
-    bool after = at + c.size() >= e.size() || !IsWord(e[at + c.size()]);
-    if (before && after) return true;
-  }
-  return false;
+  return !transforms::columns::ExpressionInputs(expression, {column}).empty();
 }
 
 int IntegerRank(const std::string& t) {
@@ -105,7 +98,7 @@ class Inverter {
   // `legacy_key`: the legacy columns the reverse mapping keys its rows by. Empty node on a problem.
   absl::StatusOr<std::optional<YAML::Node>> Columns(const std::string& legacy_table, const std::string& new_table,
                                      const std::vector<Written>& writes, std::vector<std::string>* legacy_key,
-                                     bool whole_row) {
+                                     bool whole_row, std::vector<std::string>* presence = nullptr) {
     ASSIGN_OR_RETURN(std::optional<TableInfo> lt, legacy_(legacy_table));
     ASSIGN_OR_RETURN(std::optional<TableInfo> nt, fresh_(new_table));
     std::string where = absl::StrCat(m_.path, " (", m_.common.source(), " -> ", new_table, ")");
@@ -159,7 +152,10 @@ class Inverter {
                                     " in reverse.one_way_columns"));
           continue;
         }
-        if (lc->not_null && !nc->not_null) {
+        if (lc->not_null && !nc->not_null && presence != nullptr) {
+          // A merged source: its row goes back only while these columns hold values.
+          presence->push_back(w.target_column);
+        } else if (lc->not_null && !nc->not_null) {
           ok = Problem(absl::StrCat(where, ".columns.", w.target_column, ": ", new_table, ".", w.target_column,
                                     " may be NULL and ", legacy_table, ".", legacy_col,
                                     " is NOT NULL: a row the new schema gives no value there could not go back; "
@@ -391,14 +387,39 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
         continue;
       }
       std::string new_table = QualifiedTableName(cfg.table());
-      std::vector<std::string> key;
-      ASSIGN_OR_RETURN(std::optional<YAML::Node> cols, inv.Columns(m.common.source(), new_table,
-                                                    WritesOf(cfg.columns(), nullptr), &key, /*whole_row=*/false));
+      std::vector<std::string> key, presence;
+      ASSIGN_OR_RETURN(std::optional<YAML::Node> cols,
+                       inv.Columns(m.common.source(), new_table, WritesOf(cfg.columns(), nullptr), &key,
+                                   /*whole_row=*/false, &presence));
       if (!cols) continue;
       YAML::Node part(YAML::NodeType::Map);
       part["table"] = m.common.source();
       part["key"] = Keys(key);
       part["columns"] = *cols;
+      // A merged source's row is absent where its columns are NULL in the new row: it goes back
+      // only while the new row holds it. Its NOT NULL columns tell exactly (a legacy row always
+      // has them); without any, one of its columns holding a value does.
+      std::vector<std::string> owned;
+      for (const Written& w : WritesOf(cfg.columns(), nullptr)) {
+        if (std::find(cfg.key().begin(), cfg.key().end(), w.target_column) == cfg.key().end())
+          owned.push_back(pg::QuoteIdent(w.target_column));
+      }
+      std::vector<std::string> required;
+      for (const std::string& c : presence) required.push_back(pg::QuoteIdent(c));
+      if (!required.empty()) {
+        part["filter"] = absl::StrCat("num_nonnulls(", absl::StrJoin(required, ", "), ") = ", required.size());
+        out.notes.push_back(absl::StrCat(m.path, " (merge of ", m.common.source(), " into ", new_table, "): a ",
+                                         m.common.source(), " row goes back while ", absl::StrJoin(required, ", "),
+                                         required.size() == 1 ? " is" : " are",
+                                         " not NULL in the new row (NOT NULL in the legacy table)"));
+      } else if (!owned.empty()) {
+        part["filter"] = absl::StrCat("num_nonnulls(", absl::StrJoin(owned, ", "), ") > 0");
+        out.notes.push_back(absl::StrCat(m.path, " (merge of ", m.common.source(), " into ", new_table, "): a ",
+                                         m.common.source(), " row goes back while one of its columns (",
+                                         absl::StrJoin(owned, ", "),
+                                         ") is not NULL in the new row; a legacy row whose columns are all NULL "
+                                         "there does not"));
+      }
       auto [it, fresh_entry] = merged.try_emplace(new_table);
       if (fresh_entry) {
         it->second["source"] = new_table;

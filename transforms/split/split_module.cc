@@ -56,6 +56,12 @@ class SplitModule : public MappingModule {
       *c.mutable_key() = p.key();
       *c.mutable_columns() = p.columns();
       parts_.push_back(std::move(c));
+      v1::Mapping part_common = common_;
+      if (!p.filter().empty()) {
+        part_common.set_filter(common_.filter().empty() ? p.filter()
+                                                        : absl::StrCat("(", common_.filter(), ") AND (", p.filter(), ")"));
+      }
+      part_commons_.push_back(std::move(part_common));
     }
   }
 
@@ -67,7 +73,8 @@ class SplitModule : public MappingModule {
     std::vector<std::unique_ptr<BoundMapping>> bound;
     for (size_t i = 0; i < parts_.size(); ++i) {
       ASSIGN_OR_RETURN(auto part,
-                       columns::BindColumns(IndexPath(path_ + ".into", i), common_, parts_[i], relation, inspector));
+                       columns::BindColumns(IndexPath(path_ + ".into", i), part_commons_[i], parts_[i], relation,
+                                            inspector));
       bound.push_back(std::move(part));
     }
     return std::make_unique<BoundSplit>(std::move(bound));
@@ -77,6 +84,7 @@ class SplitModule : public MappingModule {
   std::string path_;
   v1::Mapping common_;
   std::vector<columns::ColumnsConfig> parts_;
+  std::vector<v1::Mapping> part_commons_;  // the mapping with each part's filter
 };
 
 }  // namespace
