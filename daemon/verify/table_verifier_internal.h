@@ -71,6 +71,8 @@ class TableVerifier {
     report_.mapping = std::move(mapping_path);
     report_.source_table = module.source_table();
     report_.target = o.settings->targets[target_index].name;
+    for (const auto& m : o.settings->mappings)
+      if (m.path == report_.mapping) unverified_.insert(m.common.unverified_columns().begin(), m.common.unverified_columns().end());
   }
 
   absl::StatusOr<VerifyTableReport> Run();
@@ -94,6 +96,7 @@ class TableVerifier {
   const VerifyOptions& o_;
   const MappingModule& module_;
   size_t target_index_;
+  std::set<std::string> unverified_;  // the mapping's unverified_columns
   const std::atomic<bool>& stop_;
   VerifyTableReport report_;
   pg::ConnPtr src_, tgt_;

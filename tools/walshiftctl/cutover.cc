@@ -709,16 +709,20 @@ int Run(const Options& o, bool rollback) {
   double paused = final_row.ok() && *final_row ? (*final_row)->paused_s : -1;
   if (!rollback) {
     std::printf("cut over at LSN %s (legacy), reverse streaming from %s (new); legacy writes stopped for %.1f s.\n"
-                "The application may now write to the new schema. The legacy tables stay read-only for it: the reverse "
-                "pipeline %s keeps them equal, for a rollback (walshiftctl rollback).\n",
+                "The application may now write to the new schema. %s: the reverse pipeline %s keeps them equal to the "
+                "new schema, for a rollback (walshiftctl rollback).\n",
                 FormatLsn(row.stop_lsn).c_str(), FormatLsn(row.reverse_lsn).c_str(), paused,
+                row.stop_writes == "revoke" ? "The legacy tables stay read-only for it"
+                                            : "It must not write to the legacy tables any more",
                 p.rev.proto.pipeline().c_str());
   } else {
     std::printf("rolled back at LSN %s (new); writes stopped for %.1f s. The application may write to the legacy "
-                "schema again; %s streams it to the new one, whose mapped tables stay read-only for the application. "
+                "schema again; %s streams it to the new one, whose mapped tables %s. "
                 "The reverse pipeline's slot %s keeps WAL on the new database while it exists: stop its walshiftd and "
                 "drop it (SELECT pg_drop_replication_slot('%s')) unless another cutover follows.\n",
-                FormatLsn(row.stop_lsn).c_str(), paused, fp.c_str(), p.rev.slot.c_str(), p.rev.slot.c_str());
+                FormatLsn(row.stop_lsn).c_str(), paused, fp.c_str(),
+                row.stop_writes == "revoke" ? "stay read-only for the application" : "it must not write any more",
+                p.rev.slot.c_str(), p.rev.slot.c_str());
   }
   return 0;
 }

@@ -378,6 +378,16 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
       r["table"] = m.common.source();
       r["key"] = Keys(key);
       r["columns"] = *cols;
+      if (m.common.reverse().unverified_columns_size() > 0) {
+        YAML::Node u(YAML::NodeType::Sequence);
+        for (const auto& c : m.common.reverse().unverified_columns()) u.push_back(c);
+        u.SetStyle(YAML::EmitterStyle::Flow);
+        r["unverified_columns"] = u;
+        out.notes.push_back(absl::StrCat(m.path, ": the reverse pipeline's verifier does not compare ",
+                                         m.common.source(), ".",
+                                         absl::StrJoin(m.common.reverse().unverified_columns(), ", "),
+                                         " (reverse.unverified_columns)"));
+      }
       mappings.push_back(r);
     } else if (module == "merge") {
       transforms::merge::MergeConfig cfg;

@@ -5,7 +5,7 @@ CREATE TABLE app.customers (
   customer_id  int PRIMARY KEY,
   email        text NOT NULL,
   name         text,
-  signed_up_at timestamptz
+  signed_up_at timestamptz NOT NULL
 );
 
 CREATE TABLE app.orders_v2 (
@@ -14,5 +14,5 @@ CREATE TABLE app.orders_v2 (
   total_cents bigint NOT NULL CHECK (total_cents >= 0),
   state       text NOT NULL,
   origin      text NOT NULL,
-  placed_at   timestamptz
+  placed_at   timestamptz NOT NULL
 );
