@@ -161,6 +161,12 @@ class CutoverTest : public DaemonTest {
     role_ = "app_" + pipeline_.substr(0, 30);
     Source(kLegacy);
     Target(kNew);
+    // Transactions past 64 kB stream (protocol 2) before they commit: the origin filter must
+    // pass over them too.
+    for (PgCluster* c : {source_cluster_, target_cluster_}) {
+      (void)c->Exec("postgres", "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
+      (void)c->Exec("postgres", "SELECT pg_reload_conf()");
+    }
     for (PgCluster* c : {source_cluster_, target_cluster_}) {
       (void)c->Exec("postgres", absl::StrCat("CREATE ROLE ", role_, " LOGIN"));
     }
@@ -304,6 +310,33 @@ TEST_F(CutoverTest, CutoverUnderLoadReverseStreamsRollbackAndBothSchemasEndExact
   EXPECT_EQ(rv.status.exit_code(), 0);
   RunResult fv = Ctl({"verify", "--config", forward_});
   EXPECT_EQ(fv.status.exit_code(), 0);
+  // One large transaction on the new schema: the reverse pipeline applies it to legacy in
+  // transactions far past logical_decoding_work_mem, which reach the forward pipeline streamed,
+  // and which it passes over (their first Stream Start carries the origin), not written back.
+  const std::string bulk_xid =
+      target_cluster_
+          ->QueryValue(target_db_, "WITH i AS (INSERT INTO ledger (account_id, amount) SELECT 1 + g % 20, 0 FROM "
+                                   "generate_series(1, 5000) g RETURNING 1) SELECT pg_current_xact_id()::xid::text "
+                                   "FROM i LIMIT 1")
+          .value_or("?");
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  auto caught = absl::Now() + absl::Seconds(60);
+  while (source_cluster_->QueryValue(source_db_, "SELECT count(*) FROM ledger WHERE amount = 0").value_or("") != "5000" &&
+         absl::Now() < caught)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(source_cluster_->QueryValue(source_db_, "SELECT count(*) FROM ledger WHERE amount = 0").value_or(""),
+            "5000");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_NE(source_cluster_
+                ->QueryValue(source_db_, absl::StrCat("SELECT stream_txns FROM pg_stat_replication_slots WHERE "
+                                                      "slot_name = 'walshift_", pipeline_, "'"))
+                .value_or("0"),
+            "0")
+      << "the write-back reached the forward pipeline streamed";
+  EXPECT_EQ(target_cluster_->QueryValue(target_db_, "SELECT string_agg(DISTINCT xmin::text, ',') FROM ledger WHERE amount = 0")
+                .value_or(""),
+            bulk_xid)
+      << "the large transaction came back to the new schema";
 
   RunResult back = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
   ASSERT_EQ(back.status.exit_code(), 0);
@@ -366,6 +399,11 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
     }
   }
   StartReverse();
+  killed_at("cutover.reverse_slot", cutover);
+  status_says("cutting_over, last step reverse_slot");
+  RunResult late = Ctl({"cutover", "--config", forward_, "--reverse-config", reverse_, "--abort"});
+  EXPECT_EQ(late.status.exit_code(), 1) << "no abort once the new schema's writes may be granted";
+  EXPECT_TRUE(absl::StrContains(late.stdout_text, "finish it")) << late.stdout_text;
   killed_at("cutover.reverse_started", cutover);
   reverse_daemon_->Kill();
   StartReverse();
@@ -379,8 +417,18 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
   ASSERT_GT(app.committed(1), 20u);
   const std::vector<std::string> rollback = {"rollback", "--config", forward_, "--reverse-config", reverse_,
                                              "--settle", "60"};
+  // A first rollback stops after the drain and is aborted: the application writes the new schema
+  // again and the cutover stands.
+  killed_at("rollback.drained", rollback);
+  status_says("rolling_back, last step drained");
+  RunResult rollback_abort = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--abort"});
+  ASSERT_EQ(rollback_abort.status.exit_code(), 0) << rollback_abort.stdout_text;
+  uint64_t before_rollback_abort = app.committed(1);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_GT(app.committed(1), before_rollback_abort) << "new-schema writes resume after rollback --abort";
+  status_says("cut_over");
   for (const std::string step : {"preflight", "revoking", "writes_stopped", "drained", "verified", "sequences",
-                                 "writes_resumed"}) {
+                                 "resuming", "writes_resumed"}) {
     killed_at("rollback." + step, rollback);
     status_says("rolling_back, last step " + step);
     if (step == "writes_stopped") {
@@ -397,6 +445,51 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
   ExpectEndedExact(app);
 }
 
+
+// A revoke must stop every writer: a role that writes through pg_write_all_data keeps writing
+// after it, so the cutover stops and names it; a role granted single columns loses them with
+// the cutover and gets them back with the rollback.
+TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
+  const std::string member = role_ + "_all", columns = role_ + "_cols";
+  (void)source_cluster_->Exec("postgres", absl::StrCat("DROP ROLE IF EXISTS ", member));
+  (void)source_cluster_->Exec("postgres", absl::StrCat("DROP ROLE IF EXISTS ", columns));
+  ASSERT_TRUE(source_cluster_->Exec("postgres", absl::StrCat("CREATE ROLE ", member, " LOGIN IN ROLE pg_write_all_data"))
+                  .ok());
+  ASSERT_TRUE(source_cluster_->Exec("postgres", absl::StrCat("CREATE ROLE ", columns, " LOGIN")).ok());
+  Source(absl::StrCat("GRANT UPDATE (note, status) ON accounts TO ", columns));
+  auto column_privilege = [&] {
+    return source_cluster_
+        ->QueryValue(source_db_, absl::StrCat("SELECT has_column_privilege('", columns, "', 'accounts', 'note', "
+                                              "'UPDATE')::text"))
+        .value_or("?");
+  };
+  ASSERT_TRUE(StartDaemon(forward_).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
+  StartReverse();
+  const std::vector<std::string> cutover = {"cutover", "--config", forward_, "--reverse-config", reverse_,
+                                            "--settle", "60"};
+  RunResult refused = Ctl(cutover);
+  EXPECT_EQ(refused.status.exit_code(), 1);
+  EXPECT_TRUE(absl::StrContains(refused.stdout_text, "can still write"));
+  EXPECT_TRUE(absl::StrContains(refused.stdout_text, member + " on accounts (INSERT, UPDATE, DELETE")) << refused.stdout_text;
+  EXPECT_EQ(column_privilege(), "false") << "the column grant is revoked with the table ones";
+
+  ASSERT_TRUE(source_cluster_->Exec("postgres", absl::StrCat("REVOKE pg_write_all_data FROM ", member)).ok());
+  RunResult cut = Ctl(cutover);
+  ASSERT_EQ(cut.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(cut.stdout_text, "no role but walshift's and superusers can write"));
+  EXPECT_EQ(column_privilege(), "false");
+  RunResult back = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
+  ASSERT_EQ(back.status.exit_code(), 0);
+  EXPECT_EQ(column_privilege(), "true") << "granted back column by column";
+  EXPECT_EQ(source_cluster_
+                ->QueryValue(source_db_, absl::StrCat("SELECT has_column_privilege('", columns, "', 'accounts', "
+                                                      "'balance', 'UPDATE')::text"))
+                .value_or("?"),
+            "false")
+      << "and no wider than before";
+}
 
 // Two legacy tables merged into one row go back as a split: each part only while the new row
 // holds something of it, so a profile the new schema clears leaves the legacy table and one it

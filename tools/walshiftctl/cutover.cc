@@ -33,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "daemon/config/config.h"
@@ -40,6 +41,7 @@
 #include "daemon/core/crash_point.h"
 #include "daemon/core/lsn.h"
 #include "daemon/core/status_macros.h"
+#include "daemon/pipeline/live_check.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/source/pg_replication_source.h"
 #include "daemon/state/pg_state.h"
@@ -123,9 +125,12 @@ absl::StatusOr<Pair> LoadPair(const Options& o) {
                                       "new schema's changes back to it; add it and restart the forward walshiftd"));
     }
   }
+  // Both pipelines against the live schemas, as walshiftd --check does.
   for (const auto& [s, path] : {std::pair{&p.fwd, o.forward_path}, std::pair{&p.rev, o.reverse_path}}) {
     auto modules = transforms::BuildModules(*s, path);
-    if (!modules.ok()) problems.push_back(std::string(modules.status().message()));
+    absl::Status st = modules.status();
+    if (modules.ok()) st = CheckLiveSchemas(*s, *modules, path);
+    if (!st.ok()) problems.push_back(std::string(st.message()));
   }
   if (!problems.empty()) return absl::FailedPreconditionError(absl::StrJoin(problems, "\n"));
   return p;
@@ -149,41 +154,121 @@ std::string RegclassArray(const std::vector<std::string>& tables) {
   return absl::StrCat("ARRAY[", absl::StrJoin(items, ", "), "]::regclass[]");
 }
 
-// The write privileges on `tables` of every role but `keep`, as the JSON the state keeps:
-// [{database, table, role, privileges}].
-absl::StatusOr<std::string> WriteGrants(PGconn* c, const std::string& database, const std::vector<std::string>& tables,
-                                        const std::vector<std::string>& keep, std::vector<std::string>* superusers) {
+// The tables and every partition below them: an application may write a partition directly.
+std::string TablesAndPartitions(const std::vector<std::string>& tables) {
+  // pg_partition_tree() lists nothing for a table that is not partitioned.
+  const std::string all = RegclassArray(tables);
+  return absl::StrCat("(SELECT x AS oid FROM unnest(", all, ") x WHERE x IS NOT NULL UNION SELECT p.relid FROM unnest(",
+                      all, ") t(x) CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.x) p)");
+}
+
+std::string TextArray(const std::vector<std::string>& items) {
   std::vector<std::string> quoted;
-  for (const auto& k : keep) quoted.push_back(pg::QuoteLiteral(k));
+  for (const auto& k : items) quoted.push_back(pg::QuoteLiteral(k));
+  return absl::StrCat("ARRAY[", absl::StrJoin(quoted, ", "), "]::text[]");
+}
+
+// The write privileges on `tables` (and their partitions) of every role but `keep`, table-wide
+// and per column, as the JSON the state keeps: [{database, schema, name, role, privileges
+// [, columns]}].
+absl::StatusOr<std::string> WriteGrants(PGconn* c, const std::string& database, const std::vector<std::string>& tables,
+                                        const std::vector<std::string>& keep, std::vector<std::string>* superusers,
+                                        std::string* listing) {
+  const std::string rel = TablesAndPartitions(tables);
+  const std::string others = absl::StrCat("coalesce(r.rolname, 'PUBLIC') <> ALL (", TextArray(keep), ")");
   std::string sql = absl::StrCat(
-      "SELECT coalesce(jsonb_agg(jsonb_build_object('database', ", pg::QuoteLiteral(database),
-      ", 'table', g.tbl, 'role', g.role, 'privileges', g.privs) ORDER BY g.tbl, g.role), '[]')::text, "
-      "coalesce(string_agg(g.role, ', ') FILTER (WHERE g.super), '') FROM ("
-      "  SELECT c.oid::regclass::text AS tbl, coalesce(r.rolname, 'PUBLIC') AS role, "
-      "         string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS privs, "
+      "WITH g AS ("
+      "  SELECT n.nspname AS schema, c.relname AS name, coalesce(r.rolname, 'PUBLIC') AS role, "
+      "         string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS privs, NULL::jsonb AS cols, "
       "         coalesce(bool_or(r.rolsuper), false) AS super "
-      "  FROM pg_class c CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a "
+      "  FROM ", rel, " rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "  CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a "
       "  LEFT JOIN pg_roles r ON r.oid = a.grantee "
-      "  WHERE c.oid = ANY (",
-      RegclassArray(tables),
-      ") AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') "
-      "    AND coalesce(r.rolname, 'PUBLIC') <> ALL (ARRAY[",
-      absl::StrJoin(quoted, ", "), "]::text[]) GROUP BY 1, 2) g");
+      "  WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') AND ", others, " GROUP BY 1, 2, 3 "
+      "  UNION ALL "
+      "  SELECT n.nspname, c.relname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, "
+      "         jsonb_agg(att.attname ORDER BY att.attnum), coalesce(bool_or(r.rolsuper), false) "
+      "  FROM ", rel, " rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "  JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped "
+      "   AND att.attacl IS NOT NULL "
+      "  CROSS JOIN LATERAL aclexplode(att.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+      "  WHERE a.privilege_type IN ('INSERT', 'UPDATE') AND ", others, " GROUP BY 1, 2, 3, 4) "
+      "SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object('database', ", pg::QuoteLiteral(database),
+      ", 'schema', g.schema, 'name', g.name, 'role', g.role, 'privileges', g.privs, 'columns', g.cols)) "
+      "ORDER BY g.schema, g.name, g.role, g.cols IS NOT NULL, g.privs), '[]')::text, "
+      "coalesce(string_agg(DISTINCT g.role, ', ') FILTER (WHERE g.super), ''), "
+      "coalesce(string_agg(format('%s on %I.%I: %s%s', g.role, g.schema, g.name, g.privs, "
+      "  CASE WHEN g.cols IS NULL THEN '' ELSE ' (' || (SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(g.cols) "
+      "  x) || ')' END), E'\n' ORDER BY g.schema, g.name, g.role, g.cols IS NOT NULL, g.privs), '') FROM g");
   ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(c, sql, "reading who may write the mapped tables"));
   std::string supers = PQgetvalue(r.get(), 0, 1);
   if (!supers.empty()) *superusers = absl::StrSplit(supers, ", ");
+  if (listing != nullptr) *listing = PQgetvalue(r.get(), 0, 2);
   return std::string(PQgetvalue(r.get(), 0, 0));
 }
 
-// REVOKE (or GRANT back) the privileges in `grants` (the JSON above) of `database`.
+// REVOKE (or GRANT back) the privileges in `grants` (the JSON above) of `database`. The entries
+// come from the state table: only write privileges are accepted and every name is quoted.
 absl::Status ApplyGrants(PGconn* c, const std::string& grants, const std::string& database, bool grant) {
   std::string sql = absl::StrCat(
-      "DO $d$ DECLARE g jsonb; BEGIN FOR g IN SELECT * FROM jsonb_array_elements(", pg::QuoteLiteral(grants),
-      "::jsonb) LOOP IF g->>'database' = ", pg::QuoteLiteral(database), " THEN EXECUTE format(",
-      grant ? "'GRANT %s ON %s TO %s'" : "'REVOKE %s ON %s FROM %s'",
-      ", g->>'privileges', g->>'table', CASE WHEN g->>'role' = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(g->>'role') "
-      "END); END IF; END LOOP; END $d$");
+      "DO $d$ DECLARE g jsonb; who text; cols text; BEGIN "
+      "FOR g IN SELECT * FROM jsonb_array_elements(", pg::QuoteLiteral(grants), "::jsonb) LOOP "
+      "  CONTINUE WHEN g->>'database' IS DISTINCT FROM ", pg::QuoteLiteral(database), "; "
+      "  IF coalesce(g->>'privileges', '') !~ '^(INSERT|UPDATE|DELETE|TRUNCATE)(, (INSERT|UPDATE|DELETE|TRUNCATE))*$' "
+      "     OR g->>'schema' IS NULL OR g->>'name' IS NULL OR g->>'role' IS NULL THEN "
+      "    RAISE EXCEPTION 'walshift.cutover holds an entry that is not a write privilege: %', g; "
+      "  END IF; "
+      "  who := CASE WHEN g->>'role' = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(g->>'role') END; "
+      "  cols := CASE WHEN g ? 'columns' THEN ' (' || (SELECT string_agg(quote_ident(x), ', ') "
+      "          FROM jsonb_array_elements_text(g->'columns') x) || ')' ELSE '' END; "
+      "  EXECUTE format(", grant ? "'GRANT %s%s ON %I.%I TO %s'" : "'REVOKE %s%s ON %I.%I FROM %s'",
+      ", g->>'privileges', cols, g->>'schema', g->>'name', who); "
+      "END LOOP; END $d$");
   return pg::Exec(c, sql, grant ? "granting the write privileges back" : "revoking the write privileges").status();
+}
+
+// Who can still write `tables` (or a partition) after the revoke, but `keep` and superusers:
+// grants another role made (a REVOKE removes only its own role's), membership in a role that
+// keeps its privileges (pg_write_all_data, walshift's own), a table the revoking role does not
+// own. One line per role and table.
+absl::StatusOr<std::vector<std::string>> RemainingWriters(PGconn* c, const std::vector<std::string>& tables,
+                                                          const std::vector<std::string>& keep) {
+  std::string sql = absl::StrCat(
+      "SELECT r.rolname || ' on ' || c.oid::regclass::text || ' (' || concat_ws(', ', "
+      "  CASE WHEN has_table_privilege(r.oid, c.oid, 'INSERT') THEN 'INSERT' END, "
+      "  CASE WHEN has_table_privilege(r.oid, c.oid, 'UPDATE') THEN 'UPDATE' END, "
+      "  CASE WHEN has_table_privilege(r.oid, c.oid, 'DELETE') THEN 'DELETE' END, "
+      "  CASE WHEN has_table_privilege(r.oid, c.oid, 'TRUNCATE') THEN 'TRUNCATE' END, "
+      "  CASE WHEN NOT has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE') "
+      "        AND has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE') THEN 'INSERT or UPDATE of columns' END) "
+      "  || CASE WHEN EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles k ON k.oid = m.roleid "
+      "                       WHERE m.member = r.oid AND k.rolname = ANY (", TextArray(keep), ")) "
+      "          THEN ', as a member of walshift''s role' ELSE '' END || ')' "
+      "FROM ", TablesAndPartitions(tables), " rel JOIN pg_class c ON c.oid = rel.oid CROSS JOIN pg_roles r "
+      "WHERE NOT r.rolsuper AND r.rolname !~ '^pg_' AND r.rolname <> ALL (", TextArray(keep), ") "
+      "  AND (has_table_privilege(r.oid, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') "
+      "       OR has_any_column_privilege(r.oid, c.oid, 'INSERT, UPDATE')) "
+      "ORDER BY 1");
+  ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(c, sql, "reading who may still write the mapped tables"));
+  std::vector<std::string> out;
+  for (int i = 0; i < PQntuples(r.get()); ++i) out.push_back(PQgetvalue(r.get(), i, 0));
+  return out;
+}
+
+// Sessions of walshift's own roles that walshift did not open: a revoke cannot stop them.
+absl::StatusOr<std::vector<std::string>> ForeignSessions(PGconn* c, const std::vector<std::string>& keep) {
+  ASSIGN_OR_RETURN(
+      pg::ResultPtr r,
+      pg::Exec(c,
+               absl::StrCat("SELECT DISTINCT usename || ' (application_name ' || quote_literal(application_name) || ', '"
+                            " || coalesce(host(client_addr), 'local') || ')' FROM pg_stat_activity "
+                            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND datname = "
+                            "current_database() AND usename = ANY (",
+                            TextArray(keep), ") AND application_name !~ '^walshift' ORDER BY 1"),
+               "reading the sessions of walshift's roles"));
+  std::vector<std::string> out;
+  for (int i = 0; i < PQntuples(r.get()); ++i) out.push_back(PQgetvalue(r.get(), i, 0));
+  return out;
 }
 
 // `revoked` without the entries of `database` (granted back).
@@ -426,10 +511,12 @@ absl::Status NothingParked(const config::Settings& s) {
 }
 
 // The step order of each direction; a step is done when the recorded one is at or past it.
-const std::vector<std::string> kCutoverSteps = {"preflight", "revoking", "writes_stopped", "drained",
-                                                "verified",  "sequences", "reverse_started", "done"};
-const std::vector<std::string> kRollbackSteps = {"preflight", "revoking", "writes_stopped", "drained",
-                                                 "verified",  "sequences", "writes_resumed", "done"};
+// "reverse_slot" and "resuming" are recorded before the other side's writes are granted: from
+// there on an abort is refused, since the application may be writing the other schema.
+const std::vector<std::string> kCutoverSteps = {"preflight", "revoking",     "writes_stopped",  "drained", "verified",
+                                                "sequences", "reverse_slot", "reverse_started", "done"};
+const std::vector<std::string> kRollbackSteps = {"preflight", "revoking", "writes_stopped", "drained", "verified",
+                                                 "sequences", "resuming", "writes_resumed", "done"};
 
 int StepIndex(const std::vector<std::string>& steps, const std::string& s) {
   auto it = std::find(steps.begin(), steps.end(), s);
@@ -489,23 +576,30 @@ int Run(const Options& o, bool rollback) {
   };
 
   if (o.abort) {
-    if (rollback || !*current || row.state != "cutting_over") {
-      std::printf("%s --abort: no cutover in progress for %s (state %s)\n", cmd, fp.c_str(),
+    // Undoes the write stop of an unfinished run: the side whose writes it stopped gets them back,
+    // and the state is what it was before the run started.
+    if (!*current || row.state != in_progress) {
+      std::printf("%s --abort: no %s in progress for %s (state %s)\n", cmd, cmd, fp.c_str(),
                   *current ? row.state.c_str() : "none");
       return 1;
     }
-    if (StepIndex(steps, row.step) >= StepIndex(steps, "reverse_started")) {
-      std::printf("cutover --abort: the reverse pipeline already streams; the application may be writing to the new "
-                  "schema: use walshiftctl rollback\n");
+    const std::string& last = rollback ? "resuming" : "reverse_slot";
+    if (StepIndex(steps, row.step) >= StepIndex(steps, last)) {
+      std::printf("%s --abort: the %s schema's writes may already be granted back and the application writing "
+                  "there: finish it (walshiftctl %s) and then %s\n",
+                  cmd, rollback ? "legacy" : "new", cmd,
+                  rollback ? "cut over again (walshiftctl cutover)" : "roll back (walshiftctl rollback)");
       return 1;
     }
-    if (absl::Status st = GrantBack(lc, nc, &row, "legacy"); !st.ok()) return Fail(cmd, st);
-    row.state = "aborted";
-    if (absl::Status st = record("done", state::CutoverStamp::kWritesResumed, "aborted: legacy writes granted back");
+    const char* side = rollback ? "new" : "legacy";
+    if (absl::Status st = GrantBack(rollback ? nc : lc, nc, &row, side); !st.ok()) return Fail(cmd, st);
+    row.state = rollback ? "cut_over" : "aborted";
+    if (absl::Status st = record("done", state::CutoverStamp::kWritesResumed,
+                                 absl::StrCat(cmd, " aborted: ", side, " writes granted back"));
         !st.ok())
       return Fail(cmd, st);
-    std::printf("cutover aborted: the legacy tables' write privileges are granted back; the forward pipeline "
-                "streams as before\n");
+    std::printf("%s aborted: the %s tables' write privileges are granted back; %s streams as before\n", cmd, side,
+                rollback ? p.rev.proto.pipeline().c_str() : fp.c_str());
     return 0;
   }
 
@@ -542,6 +636,16 @@ int Run(const Options& o, bool rollback) {
   const std::string& draining_path = rollback ? o.reverse_path : o.forward_path;
   PGconn* stopped_db = rollback ? nc : lc;
   const char* stopped_name = rollback ? "new" : "legacy";
+
+  // walshift's own roles keep their privileges: the pipeline reading the tables and the one
+  // writing them.
+  auto kept_roles = [&]() -> absl::StatusOr<std::vector<std::string>> {
+    std::vector<std::string> keep = {Role(stopped_db)};
+    ASSIGN_OR_RETURN(pg::ConnPtr writer, pg::Connect(rollback ? p.fresh->dsn : p.legacy->dsn,
+                                                     "the pipeline writing there", "application_name=walshiftctl"));
+    keep.push_back(Role(writer.get()));
+    return keep;
+  };
 
   // 1. preflight
   if (!done("preflight")) {
@@ -585,19 +689,23 @@ int Run(const Options& o, bool rollback) {
                 o.stop_writes == "revoke" ? "revoking INSERT, UPDATE, DELETE, TRUNCATE"
                                           : "the application has stopped them");
     if (row.stop_writes == "revoke") {
-      // walshift's own roles keep theirs: the pipeline reading the tables and the one writing them.
-      std::vector<std::string> keep = {Role(stopped_db)};
-      auto writer = pg::Connect(rollback ? p.fresh->dsn : p.legacy->dsn, "the pipeline writing there",
-                                "application_name=walshiftctl");
-      if (!writer.ok()) return Fail("stopping writes", writer.status());
-      keep.push_back(Role(writer->get()));
+      auto keep = kept_roles();
+      if (!keep.ok()) return Fail("stopping writes", keep.status());
       std::vector<std::string> superusers;
-      auto grants = WriteGrants(stopped_db, stopped_name, tables, keep, &superusers);
+      std::string listing;
+      auto grants = WriteGrants(stopped_db, stopped_name, tables, *keep, &superusers, &listing);
       if (!grants.ok()) return Fail("stopping writes", grants.status());
       if (!superusers.empty()) {
         std::printf("    warning: %s %s superuser%s: a revoke does not stop %s writes\n",
                     absl::StrJoin(superusers, ", ").c_str(), superusers.size() == 1 ? "is a" : "are",
                     superusers.size() == 1 ? "" : "s", superusers.size() == 1 ? "its" : "their");
+      }
+      auto foreign = ForeignSessions(stopped_db, *keep);
+      if (!foreign.ok()) return Fail("stopping writes", foreign.status());
+      for (const auto& f : *foreign) {
+        std::printf("    warning: a session of walshift's role %s is not walshift's: a revoke does not stop it; the "
+                    "application must not use walshift's roles\n",
+                    f.c_str());
       }
       // Kept with what earlier cutovers revoked on the other database, to grant each back in turn.
       auto others = Without(nc, row.revoked, stopped_name);
@@ -607,7 +715,11 @@ int Run(const Options& o, bool rollback) {
                              "recording the privileges");
       if (!merged.ok()) return Fail("stopping writes", merged.status());
       row.revoked = PQgetvalue(merged->get(), 0, 0);
-      std::printf("    revoking: %s\n", grants->c_str());
+      if (listing.empty()) {
+        std::printf("    no role but walshift's has write privileges there\n");
+      } else {
+        std::printf("    revoking:\n      %s\n", absl::StrReplaceAll(listing, {{"\n", "\n      "}}).c_str());
+      }
     }
     if (absl::Status st = record("revoking", state::CutoverStamp::kNone, "privileges recorded"); !st.ok())
       return Fail(cmd, st);
@@ -616,6 +728,19 @@ int Run(const Options& o, bool rollback) {
     if (row.stop_writes == "revoke") {
       if (absl::Status st = ApplyGrants(stopped_db, row.revoked, stopped_name, /*grant=*/false); !st.ok())
         return Fail("stopping writes", st);
+      // A REVOKE that removed less than asked only warns: prove that nobody can write any more.
+      auto keep = kept_roles();
+      if (!keep.ok()) return Fail("stopping writes", keep.status());
+      auto remaining = RemainingWriters(stopped_db, tables, *keep);
+      if (!remaining.ok()) return Fail("stopping writes", remaining.status());
+      if (!remaining->empty()) {
+        std::printf("stopping writes: after the revoke these roles can still write the %s tables:\n    %s\n"
+                    "Revoke those privileges as the role that granted them (or the owner, or a superuser), or end "
+                    "the membership, and run the command again; or undo with walshiftctl %s --abort\n",
+                    stopped_name, absl::StrJoin(*remaining, "\n    ").c_str(), cmd);
+        return 1;
+      }
+      std::printf("    no role but walshift's and superusers can write the %s tables\n", stopped_name);
     }
     auto at = StopPosition(stopped_db, tables, o.settle);
     if (!at.ok()) return Fail("stopping writes", at.status());
@@ -679,7 +804,7 @@ int Run(const Options& o, bool rollback) {
   }
 
   // 6. the other direction
-  if (!rollback && !done("reverse_started")) {
+  if (!rollback && !done("reverse_slot")) {
     std::printf("step 6/6 the reverse pipeline %s\n", p.rev.proto.pipeline().c_str());
     auto at = EnsureReverseSlot(p.rev);
     if (!at.ok()) return Fail("reverse pipeline", at.status());
@@ -688,13 +813,22 @@ int Run(const Options& o, bool rollback) {
                 p.rev.slot.c_str(), FormatLsn(*at).c_str());
     if (absl::Status st = WaitStreaming(p.rev, o.reverse_path, o.settle); !st.ok()) return Fail("reverse pipeline", st);
     std::printf("    its walshiftd streams\n");
+    if (absl::Status st = record("reverse_slot", state::CutoverStamp::kNone, "reverse slot created and streamed");
+        !st.ok())
+      return Fail(cmd, st);
+  }
+  if (!rollback && !done("reverse_started")) {
     // A rollback before this cutover left the new schema's tables read-only for the application.
     if (absl::Status st = GrantBack(nc, nc, &row, "new"); !st.ok()) return Fail("granting back", st);
     if (absl::Status st = record("reverse_started", state::CutoverStamp::kNone, "reverse streaming"); !st.ok())
       return Fail(cmd, st);
   }
-  if (rollback && !done("writes_resumed")) {
+  if (rollback && !done("resuming")) {
     std::printf("step 6/6 legacy writes back\n");
+    if (absl::Status st = record("resuming", state::CutoverStamp::kNone, "granting legacy writes back"); !st.ok())
+      return Fail(cmd, st);
+  }
+  if (rollback && !done("writes_resumed")) {
     if (absl::Status st = GrantBack(lc, nc, &row, "legacy"); !st.ok()) return Fail("granting back", st);
     auto on = Streaming(p.fwd);
     std::printf("    the privileges the cutover revoked on the legacy tables are granted back; %s %s\n", fp.c_str(),
@@ -730,14 +864,16 @@ int Run(const Options& o, bool rollback) {
 int Usage(const char* cmd) {
   std::fprintf(stderr,
                "usage: walshiftctl %s --config FORWARD.yaml --reverse-config REVERSE.yaml\n"
-               "                  [--stop-writes revoke|application] [--margin N] [--settle S]%s [--status]\n"
+               "                  [--stop-writes revoke|application] [--margin N] [--settle S] [--abort] [--status]\n"
                "  --stop-writes revoke       revoke INSERT, UPDATE, DELETE, TRUNCATE on the mapped tables from every\n"
                "                             role but walshift's (the default; granted back by a rollback)\n"
                "  --stop-writes application  the application stopped writing; walshift waits for the writes in\n"
                "                             flight and the verify gate catches any that follow\n"
                "  --margin N                 how far past the other side's value sequences are set (default 1000)\n"
                "  --settle S                 how long each wait may take (default 120)\n",
-               cmd, std::string(cmd) == "cutover" ? " [--abort]" : "");
+               "  --abort                    undo the write stop of an unfinished run (before the other side's\n"
+               "                             writes are granted)\n",
+               cmd);
   return 2;
 }
 
@@ -756,7 +892,7 @@ int Command(int argc, char** argv, bool rollback) {
       ++i;
     else if (a == "--settle" && i + 1 < argc && absl::SimpleAtod(argv[i + 1], &o.settle) && o.settle > 0)
       ++i;
-    else if (a == "--abort" && !rollback)
+    else if (a == "--abort")
       o.abort = true;
     else if (a == "--status")
       o.status = true;

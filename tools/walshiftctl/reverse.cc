@@ -16,6 +16,7 @@
 #include "daemon/config/yaml_proto.h"
 #include "daemon/core/change.h"
 #include "daemon/core/status_macros.h"
+#include "daemon/pipeline/live_check.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/pg_state.h"
 #include "transforms/columns/columns.pb.h"
@@ -96,9 +97,16 @@ class Inverter {
   // The columns map of a reverse mapping that writes legacy table `legacy_table` from new table
   // `new_table`, which the forward mapping filled with `writes` (target column → source).
   // `legacy_key`: the legacy columns the reverse mapping keys its rows by. Empty node on a problem.
+  // `new_whole`: the mapping fills the whole new row (else other mappings fill the rest: a merge);
+  // `legacy_whole`: it writes back the whole legacy row (else other parts do: a split). Where it
+  // is not, the caller checks the row over all mappings (NewOnlyColumns, UnwrittenLegacyColumns)
+  // with what `forward_written` and `written_back` collect.
   absl::StatusOr<std::optional<YAML::Node>> Columns(const std::string& legacy_table, const std::string& new_table,
-                                     const std::vector<Written>& writes, std::vector<std::string>* legacy_key,
-                                     bool whole_row, std::vector<std::string>* presence = nullptr) {
+                                                    const std::vector<Written>& writes,
+                                                    std::vector<std::string>* legacy_key, bool new_whole,
+                                                    bool legacy_whole, std::vector<std::string>* presence = nullptr,
+                                                    std::set<std::string>* forward_written_out = nullptr,
+                                                    std::set<std::string>* written_back_out = nullptr) {
     ASSIGN_OR_RETURN(std::optional<TableInfo> lt, legacy_(legacy_table));
     ASSIGN_OR_RETURN(std::optional<TableInfo> nt, fresh_(new_table));
     std::string where = absl::StrCat(m_.path, " (", m_.common.source(), " -> ", new_table, ")");
@@ -164,6 +172,11 @@ class Inverter {
                                     new_table, ".", w.target_column, " NOT NULL"));
           continue;
         }
+        if (nc->type == "jsonb" && lc->type == "json") {
+          notes_->push_back(absl::StrCat(where, ".columns.", w.target_column, ": ", legacy_table, ".", legacy_col,
+                                         " (json) gets jsonb's text back: the same value, its keys in jsonb's order, "
+                                         "duplicate keys and spacing dropped"));
+        }
         cols[legacy_col] = w.target_column;
         written_back.insert(legacy_col);
         continue;
@@ -196,18 +209,7 @@ class Inverter {
       }
     }
     // Columns only the new schema has.
-    if (whole_row) {
-      for (const ColumnInfo& nc : nt->columns) {
-        if (forward_written.count(nc.name) || one_way.count(nc.name)) continue;
-        bool mentioned = false;
-        for (const auto& [_, expr] : rev.columns()) mentioned |= Mentions(expr, nc.name);
-        if (mentioned) continue;
-        ok = Problem(absl::StrCat(where, ": ", new_table, ".", nc.name,
-                                  " is a column only the new schema has; its values would be lost on a rollback: "
-                                  "write it back with reverse.columns (legacy column: SQL naming ",
-                                  nc.name, "), or list it in reverse.one_way_columns"));
-      }
-    }
+    if (new_whole) ok &= NewOnlyColumns(where, new_table, *nt, forward_written, {&rev});
     // The legacy key, from the new table's key, so that deletes (which carry only the key) map.
     legacy_key->clear();
     std::set<std::string> new_key(nt->primary_key.begin(), nt->primary_key.end());
@@ -228,21 +230,9 @@ class Inverter {
                                 "name its rows; add one, or mark the mapping reverse.one_way"));
     }
     // Legacy columns nothing writes back must be able to do without a value.
-    if (whole_row) {
-      for (const ColumnInfo& lc : lt->columns) {
-        if (written_back.count(lc.name)) continue;
-        if (lc.not_null && !lc.has_default) {
-          ok = Problem(absl::StrCat(where, ": ", legacy_table, ".", lc.name,
-                                    " is NOT NULL without a default and the new schema gives it no value: declare "
-                                    "reverse.columns.",
-                                    lc.name, " (SQL over the new row, or a literal such as \"''\")"));
-        } else {
-          notes_->push_back(absl::StrCat(m_.path, ": ", legacy_table, ".", lc.name,
-                                         " has no counterpart in the new schema: rows the new schema creates get ",
-                                         lc.has_default ? "its default" : "NULL", " there; updates leave it as it is"));
-        }
-      }
-    }
+    if (legacy_whole) ok &= UnwrittenLegacyColumns(where, legacy_table, *lt, written_back);
+    if (forward_written_out != nullptr) forward_written_out->insert(forward_written.begin(), forward_written.end());
+    if (written_back_out != nullptr) written_back_out->insert(written_back.begin(), written_back.end());
     if (!one_way.empty()) {
       notes_->push_back(absl::StrCat(m_.path, ": not replicated back (reverse.one_way_columns): ",
                                      absl::StrJoin(one_way, ", ")));
@@ -254,6 +244,48 @@ class Inverter {
   bool Problem(std::string p) {
     problems_->push_back(std::move(p));
     return false;
+  }
+
+  // Columns of new table `nt` that no forward mapping writes (`forward_written`) and that no
+  // reverse spec of `specs` names or marks one-way: their values would be lost on a rollback.
+  bool NewOnlyColumns(const std::string& where, const std::string& new_table, const TableInfo& nt,
+                      const std::set<std::string>& forward_written,
+                      const std::vector<const v1::ReverseSpec*>& specs) {
+    bool ok = true;
+    for (const ColumnInfo& nc : nt.columns) {
+      if (forward_written.count(nc.name)) continue;
+      bool kept = false;
+      for (const v1::ReverseSpec* rev : specs) {
+        for (const auto& c : rev->one_way_columns()) kept |= c == nc.name;
+        for (const auto& [_, expr] : rev->columns()) kept |= Mentions(expr, nc.name);
+      }
+      if (kept) continue;
+      ok = Problem(absl::StrCat(where, ": ", new_table, ".", nc.name,
+                                " is a column only the new schema has; its values would be lost on a rollback: "
+                                "write it back with reverse.columns (legacy column: SQL naming ",
+                                nc.name, "), or list it in reverse.one_way_columns"));
+    }
+    return ok;
+  }
+
+  // Legacy columns of `lt` nothing writes back (`written_back`) must do without a value.
+  bool UnwrittenLegacyColumns(const std::string& where, const std::string& legacy_table, const TableInfo& lt,
+                              const std::set<std::string>& written_back) {
+    bool ok = true;
+    for (const ColumnInfo& lc : lt.columns) {
+      if (written_back.count(lc.name)) continue;
+      if (lc.not_null && !lc.has_default) {
+        ok = Problem(absl::StrCat(where, ": ", legacy_table, ".", lc.name,
+                                  " is NOT NULL without a default and the new schema gives it no value: declare "
+                                  "reverse.columns.",
+                                  lc.name, " (SQL over the new row, or a literal such as \"''\")"));
+      } else {
+        notes_->push_back(absl::StrCat(m_.path, ": ", legacy_table, ".", lc.name,
+                                       " has no counterpart in the new schema: rows the new schema creates get ",
+                                       lc.has_default ? "its default" : "NULL", " there; updates leave it as it is"));
+      }
+    }
+    return ok;
   }
 
  private:
@@ -282,8 +314,10 @@ std::string SilentLoss(const std::string& from, const std::string& to) {
   const bool tfloat = to == "real" || to == "double precision";
   if (ti > 0 && (fs != -2 || ffloat)) return "rounds fractions away";
   if (ts >= 0 && (ffloat || fs == -1 || fs > ts)) return absl::StrCat("rounds to ", ts, " decimal places");
-  if (to == "real" && (from == "double precision" || fs != -2 || fi == 3)) return "loses precision";
-  if (tfloat && fs != -2) return "loses precision";
+  // real keeps 24 bits of a mantissa, double precision 53: integers past them are rounded.
+  if (to == "real" && (from == "double precision" || fs != -2 || fi >= 2)) return "loses precision";
+  if (tfloat && (fs != -2 || fi == 3)) return "loses precision";
+  if (to == "\"char\"") return "keeps only its first byte";
   if (to == "date" && absl::StartsWith(from, "timestamp")) return "drops the time of day";
   if (absl::StartsWith(to, "character(") || to == "character") return "pads it with blanks";
   if (absl::StartsWith(to, "timestamp(") || absl::StartsWith(to, "time(")) return "may round its fractional seconds";
@@ -345,6 +379,26 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
   // merge: every forward mapping of one target table becomes one part of a split.
   std::map<std::string, YAML::Node> merged;  // new table → its split mapping
   std::vector<std::string> merged_order;
+  // What the merges into each new table write, to find the new table's columns none of them does.
+  struct MergedTable {
+    const config::MappingSettings* first = nullptr;
+    std::set<std::string> forward_written;
+    std::vector<const v1::ReverseSpec*> specs;
+  };
+  std::map<std::string, MergedTable> merged_writes;
+  std::map<std::string, std::string> written_by;  // new table → the columns mapping that writes it
+  // reverse.unverified_columns of `m` onto reverse mapping `r`.
+  auto carry_unverified = [&](const config::MappingSettings& m, YAML::Node r) {
+    if (m.common.reverse().unverified_columns_size() == 0) return;
+    YAML::Node u = r["unverified_columns"];
+    if (!u) u = YAML::Node(YAML::NodeType::Sequence);
+    for (const auto& c : m.common.reverse().unverified_columns()) u.push_back(c);
+    u.SetStyle(YAML::EmitterStyle::Flow);
+    r["unverified_columns"] = u;
+    out.notes.push_back(absl::StrCat(m.path, ": the reverse pipeline's verifier does not compare ", m.common.source(),
+                                     ".", absl::StrJoin(m.common.reverse().unverified_columns(), ", "),
+                                     " (reverse.unverified_columns)"));
+  };
   for (const config::MappingSettings& m : f.mappings) {
     if (m.common.target() != target->name) continue;
     const std::string& module = m.common.module();
@@ -367,10 +421,19 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
         continue;
       }
       std::string new_table = QualifiedTableName(cfg.table().empty() ? m.common.source() : cfg.table());
+      // Two tables copied into one: every new row would go back into both.
+      if (auto [it, first] = written_by.try_emplace(new_table, m.path); !first) {
+        problems.push_back(absl::StrCat(m.path, " (", m.common.source(), " -> ", new_table, "): ", it->second,
+                                        " writes ", new_table, " too; a reverse pipeline would write every row of ",
+                                        new_table, " into both legacy tables: mark all but one of them reverse.one_way, "
+                                        "or, if their rows are parts of one new row, map them with module merge"));
+        continue;
+      }
       ASSIGN_OR_RETURN(std::optional<TableInfo> st, legacy(m.common.source()));
       std::vector<std::string> key;
-      ASSIGN_OR_RETURN(std::optional<YAML::Node> cols, inv.Columns(m.common.source(), new_table,
-                                                    WritesOf(cfg.columns(), st ? &*st : nullptr), &key, true));
+      ASSIGN_OR_RETURN(std::optional<YAML::Node> cols,
+                       inv.Columns(m.common.source(), new_table, WritesOf(cfg.columns(), st ? &*st : nullptr), &key,
+                                   /*new_whole=*/true, /*legacy_whole=*/true));
       if (!cols) continue;
       YAML::Node r;
       r["source"] = new_table;
@@ -378,16 +441,7 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
       r["table"] = m.common.source();
       r["key"] = Keys(key);
       r["columns"] = *cols;
-      if (m.common.reverse().unverified_columns_size() > 0) {
-        YAML::Node u(YAML::NodeType::Sequence);
-        for (const auto& c : m.common.reverse().unverified_columns()) u.push_back(c);
-        u.SetStyle(YAML::EmitterStyle::Flow);
-        r["unverified_columns"] = u;
-        out.notes.push_back(absl::StrCat(m.path, ": the reverse pipeline's verifier does not compare ",
-                                         m.common.source(), ".",
-                                         absl::StrJoin(m.common.reverse().unverified_columns(), ", "),
-                                         " (reverse.unverified_columns)"));
-      }
+      carry_unverified(m, r);
       mappings.push_back(r);
     } else if (module == "merge") {
       transforms::merge::MergeConfig cfg;
@@ -398,9 +452,12 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
       }
       std::string new_table = QualifiedTableName(cfg.table());
       std::vector<std::string> key, presence;
+      MergedTable& mt = merged_writes[new_table];
+      if (mt.first == nullptr) mt.first = &m;
+      mt.specs.push_back(&m.common.reverse());
       ASSIGN_OR_RETURN(std::optional<YAML::Node> cols,
                        inv.Columns(m.common.source(), new_table, WritesOf(cfg.columns(), nullptr), &key,
-                                   /*whole_row=*/false, &presence));
+                                   /*new_whole=*/false, /*legacy_whole=*/true, &presence, &mt.forward_written));
       if (!cols) continue;
       YAML::Node part(YAML::NodeType::Map);
       part["table"] = m.common.source();
@@ -438,6 +495,7 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
         merged_order.push_back(new_table);
       }
       it->second["into"].push_back(part);
+      carry_unverified(m, it->second);
     } else if (module == "split") {
       transforms::split::SplitConfig cfg;
       config::ParseYamlInto(m.module_node, &cfg, m.path, &parse_problems);
@@ -448,12 +506,23 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
       // Each part goes back into the legacy row; the first part (the referenced table) owns
       // the legacy rows: it creates and deletes them, the others fill them in.
       std::string owner;
+      std::set<std::string> written_back;  // over every part
+      bool parts_ok = true;
       for (const auto& p : cfg.into()) {
         std::string new_table = QualifiedTableName(p.table());
         std::vector<std::string> key;
-        ASSIGN_OR_RETURN(std::optional<YAML::Node> cols, inv.Columns(m.common.source(), new_table, WritesOf(p.columns(), nullptr),
-                                                      &key, /*whole_row=*/false));
-        if (!cols) continue;
+        if (!p.filter().empty()) {
+          out.notes.push_back(absl::StrCat(m.path, " (split of ", m.common.source(), " into ", new_table,
+                                           "): the part's filter is not applied back: every row the new schema has "
+                                           "there goes to the legacy table"));
+        }
+        ASSIGN_OR_RETURN(std::optional<YAML::Node> cols,
+                         inv.Columns(m.common.source(), new_table, WritesOf(p.columns(), nullptr), &key,
+                                     /*new_whole=*/true, /*legacy_whole=*/false, nullptr, nullptr, &written_back));
+        if (!cols) {
+          parts_ok = false;
+          continue;
+        }
         YAML::Node r;
         r["source"] = new_table;
         r["target"] = options.legacy_target;
@@ -468,7 +537,14 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
           r["owner"] = owner;
         }
         r["columns"] = *cols;
+        carry_unverified(m, r);
         mappings.push_back(r);
+      }
+      // The legacy row as all parts write it back.
+      ASSIGN_OR_RETURN(std::optional<TableInfo> lt, legacy(m.common.source()));
+      if (parts_ok && lt) {
+        inv.UnwrittenLegacyColumns(absl::StrCat(m.path, " (split of ", m.common.source(), ")"), m.common.source(), *lt,
+                                   written_back);
       }
       out.notes.push_back(absl::StrCat(m.path, " (split of ", m.common.source(),
                                        "): a legacy row is written when its first part's row is, and deleted with it"));
@@ -483,6 +559,22 @@ absl::StatusOr<ReverseConfig> DeriveReverse(const config::Settings& f, const std
     }
   }
   for (const std::string& t : merged_order) mappings.push_back(merged[t]);
+  // The new row as all merges into it fill it.
+  for (const auto& [new_table, mt] : merged_writes) {
+    ASSIGN_OR_RETURN(std::optional<TableInfo> nt, fresh(new_table));
+    if (!nt) continue;  // named by the merge's own check
+    Inverter inv(*mt.first, options.legacy_target, legacy, fresh, &problems, &out.notes);
+    inv.NewOnlyColumns(absl::StrCat("the merges into ", new_table), new_table, *nt, mt.forward_written, mt.specs);
+  }
+  if (!merged_writes.empty() && !written_by.empty()) {
+    for (const auto& [new_table, mt] : merged_writes) {
+      if (auto it = written_by.find(new_table); it != written_by.end()) {
+        problems.push_back(absl::StrCat(it->second, " copies into ", new_table, ", which ", mt.first->path,
+                                        " merges into: a reverse pipeline could not tell whose rows they are; mark "
+                                        "one of them reverse.one_way"));
+      }
+    }
+  }
   // Checked after the merges are grouped: every legacy column of a merged or split table.
   if (mappings.size() == 0 && problems.empty()) {
     problems.push_back(absl::StrCat("no mapping of pipeline ", f.proto.pipeline(), " into target ", target->name,
@@ -621,9 +713,9 @@ int ReverseCommand(int argc, char** argv) {
                  o.target.c_str());
     return 2;
   }
-  auto derived = DeriveReverse(*settings, config_path, o, CatalogLookup(settings->source_dsn, "source"),
-                               CatalogLookup(target->dsn, absl::StrCat("target ", target->name)),
-                               /*redact_dsn=*/output.empty());
+  TableLookup legacy = CatalogLookup(settings->source_dsn, "source");
+  TableLookup fresh = CatalogLookup(target->dsn, absl::StrCat("target ", target->name));
+  auto derived = DeriveReverse(*settings, config_path, o, legacy, fresh, /*redact_dsn=*/false);
   if (!derived.ok()) {
     std::fprintf(stderr, "walshiftctl reverse: %s\n", std::string(derived.status().message()).c_str());
     return 2;
@@ -632,7 +724,13 @@ int ReverseCommand(int argc, char** argv) {
   if (derived->problems.empty()) {
     auto loaded = config::LoadSettingsText(derived->yaml, "(derived reverse config)");
     absl::Status st = loaded.status();
-    if (loaded.ok()) st = transforms::BuildModules(*loaded, "(derived reverse config)").status();
+    if (loaded.ok()) {
+      auto modules = transforms::BuildModules(*loaded, "(derived reverse config)");
+      st = modules.status();
+      // Against the live schemas, as walshiftd --check would: the new tables as its sources,
+      // the legacy tables as its targets.
+      if (modules.ok()) st = CheckLiveSchemas(*loaded, *modules, "(derived reverse config)");
+    }
     if (!st.ok()) derived->problems.push_back(std::string(st.message()));
   }
   if (!output.empty()) {
@@ -645,7 +743,9 @@ int ReverseCommand(int argc, char** argv) {
       return 2;
     }
   } else if (!check) {
-    std::fputs(derived->yaml.c_str(), stdout);
+    // On a terminal a literal DSN is shown without its password.
+    auto shown = DeriveReverse(*settings, config_path, o, legacy, fresh, /*redact_dsn=*/true);
+    if (shown.ok()) std::fputs(shown->yaml.c_str(), stdout);
   }
   FILE* report = output.empty() && !check ? stderr : stdout;
   for (const auto& n : derived->notes) std::fprintf(report, "note: %s\n", n.c_str());
