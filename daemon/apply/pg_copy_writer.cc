@@ -40,11 +40,13 @@ void AppendCopyText(const Datum& d, std::string* out) {
 absl::StatusOr<std::unique_ptr<PgCopyWriter>> PgCopyWriter::Connect(const std::string& target_name,
                                                                     const std::string& dsn,
                                                                     const std::string& pipeline,
-                                                                    int64_t epoch) {
+                                                                    int64_t epoch,
+                                                                    const std::string& origin) {
   std::unique_ptr<PgCopyWriter> w(new PgCopyWriter());
   w->name_ = absl::StrCat("target ", target_name);
   ASSIGN_OR_RETURN(w->conn_, pg::Connect(dsn, w->name_, "application_name=walshiftd-copy"));
   RETURN_IF_ERROR(state::HoldWriterLock(w->conn_.get(), pipeline, epoch, w->name_));
+  if (!origin.empty()) RETURN_IF_ERROR(state::UseReplicationOrigin(w->conn_.get(), pipeline, origin, w->name_));
   RETURN_IF_ERROR(pg::Exec(w->conn_.get(), "SET synchronous_commit = off", w->name_).status());
   return w;
 }

@@ -20,8 +20,10 @@ class PgCopyWriter {
  public:
   // The session holds `pipeline`'s writer lock (state::HoldWriterLock).
   // `epoch`: the leader's epoch in this target under ha (0: none), see HoldWriterLock.
+  // `origin`: the replication origin its commits carry ("": none), see UseReplicationOrigin.
   static absl::StatusOr<std::unique_ptr<PgCopyWriter>> Connect(const std::string& target_name, const std::string& dsn,
-                                                               const std::string& pipeline, int64_t epoch);
+                                                               const std::string& pipeline, int64_t epoch,
+                                                               const std::string& origin = "");
 
   // Whether rows of `shape` can go through COPY: an upsert whose every value is a parameter
   // (no sql: expression, no filter).

@@ -4,13 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/state/pg_state.h"
@@ -38,17 +36,7 @@ absl::StatusOr<std::unique_ptr<PgSink>> PgSink::Create(const PgSinkOptions& opti
   RETURN_IF_ERROR(state::EnsureSchema(c, what));
   RETURN_IF_ERROR(state::HoldWriterLock(c, options.pipeline, options.epoch, what));
   if (!options.replication_origin.empty()) {
-    ASSIGN_OR_RETURN(bool set, state::SetUpReplicationOrigin(c, options.pipeline, options.replication_origin, what));
-    static absl::Mutex warned_mu;
-    static auto* warned = new std::set<std::string>();
-    absl::MutexLock lock(&warned_mu);
-    if (!set && warned->insert(options.name).second) {
-      spdlog::warn("{}: changes are applied without the replication origin {}: the role may not use replication "
-                   "origins (a superuser, or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
-                   "pg_replication_origin_session_setup(text) to it) or max_replication_slots is 0; a pipeline "
-                   "reading this database (a reverse pipeline after a cutover) cannot pass over them",
-                   what, options.replication_origin);
-    }
+    RETURN_IF_ERROR(state::UseReplicationOrigin(c, options.pipeline, options.replication_origin, what));
   }
   // Durable commits (the checkpoint is what the slot is confirmed to); one generic plan per
   // prepared statement instead of re-planning multi-row statements on their first executions.

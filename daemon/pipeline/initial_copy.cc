@@ -14,6 +14,7 @@
 #include "daemon/apply/pg_statements.h"
 #include "daemon/copy/copy_text.h"
 #include "daemon/core/crash_point.h"
+#include "daemon/core/origin.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/initial_copy_internal.h"
@@ -135,8 +136,14 @@ absl::Status InitialCopy::Run(const std::atomic<bool>& stop) {
   return absl::OkStatus();
 }
 
+std::string InitialCopy::OriginOf(size_t target, int worker) const {
+  if (target >= options_.origins.size() || options_.origins[target].empty()) return "";
+  return CopyOriginName(options_.origins[target], worker);
+}
+
 void InitialCopy::WorkerLoop(int index, const std::atomic<bool>& stop) {
   Worker w;
+  w.index = index;
   auto fail = [&](const absl::Status& st) {
     std::lock_guard<std::mutex> lock(mu_);
     if (error_.ok()) error_ = st;
@@ -220,7 +227,8 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
       auto& owned = w.copiers[u.target];
       if (!owned) {
         ASSIGN_OR_RETURN(owned, PgCopyWriter::Connect(target_name, settings.targets[u.target].dsn,
-                                                            settings.proto.pipeline(), EpochOf(u.target)));
+                                                            settings.proto.pipeline(), EpochOf(u.target),
+                                                            OriginOf(u.target, w.index)));
       }
       copier = owned.get();
       RETURN_IF_ERROR(copier->Begin(*copy_shape));
@@ -264,6 +272,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
         o.pipeline = settings.proto.pipeline();
         o.synchronous_commit = false;
         o.epoch = EpochOf(u.target);
+        o.replication_origin = OriginOf(u.target, w.index);
         ASSIGN_OR_RETURN(owned, OpenSink(settings.targets[u.target], o));
       }
       owned->set_plain_inserts(plain);

@@ -40,6 +40,7 @@ struct InitialCopy::Task {
 };
 
 struct InitialCopy::Worker {
+  int index = 0;
   pg::ConnPtr source;
   std::map<size_t, std::unique_ptr<Sink>> sinks;            // by target index
   std::map<size_t, std::unique_ptr<PgCopyWriter>> copiers;  // by target index

@@ -73,6 +73,8 @@ class Pipeline : public ChangeHandler {
   void ReportLeadership();
   // ha: the leader's epoch in target `t` (0 without ha).
   int64_t EpochOf(size_t t) const;
+  // The replication origin the apply sessions for target `t` set ("": apply.replication_origin off).
+  std::string ApplyOrigin(const config::TargetSettings& t) const;
   absl::StatusOr<RelationBindings*> BindingsFor(const SourceRelation& relation);
   absl::Status FlushAll();
   // Copies the rows the source has into `targets` (no checkpoint yet) and writes their

@@ -240,8 +240,7 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
     // once the target flushed it (MinFlushed).
     o.synchronous_commit = false;
     o.epoch = EpochOf(sinks_.size());
-    if (!apply.has_replication_origin() || apply.replication_origin())
-      o.replication_origin = state::ReplicationOriginName(settings_.proto.pipeline(), t.name);
+    o.replication_origin = ApplyOrigin(t);
     ASSIGN_OR_RETURN(auto sink, OpenSink(t, o));
     // Isolating a failing transaction: one upsert per row, so the error names its row.
     if (isolate_until_ != kInvalidLsn) sink->set_batching(false);
@@ -368,6 +367,12 @@ absl::Status Pipeline::RunOnce(const std::atomic<bool>& stop, bool* made_progres
   return absl::OkStatus();
 }
 
+std::string Pipeline::ApplyOrigin(const config::TargetSettings& t) const {
+  const auto& apply = settings_.proto.apply();
+  if (apply.has_replication_origin() && !apply.replication_origin()) return "";
+  return state::ReplicationOriginName(settings_.proto.pipeline(), t.name);
+}
+
 absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, const std::atomic<bool>& stop,
                                         bool* stopped, bool* made_progress) {
   InitialCopyOptions o;
@@ -418,6 +423,7 @@ absl::Status Pipeline::CopyExistingRows(const std::vector<size_t>& targets, cons
     if (leadership_ && leadership_->leading()) (void)RenewLeadership(/*force=*/false);
   };
   for (size_t t = 0; t < settings_.targets.size(); ++t) o.epochs.push_back(EpochOf(t));
+  for (const auto& t : settings_.targets) o.origins.push_back(ApplyOrigin(t));
   InitialCopy copy(o);
   status_->SetState(v1::SNAPSHOTTING);
   status_->SetCopyProgress([&copy] { return copy.Report(); });

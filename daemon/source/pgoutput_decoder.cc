@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "daemon/core/crash_point.h"
+#include "daemon/core/origin.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -375,7 +376,7 @@ absl::Status PgOutputDecoder::DecodeOrigin(Reader& r) {
   if (!r.U64(&origin_lsn) || !r.String(&name)) return r.status();
   RETURN_IF_ERROR(r.ExpectEnd());
   if (!in_transaction_) return r.Error("Origin outside a transaction");
-  ignoring_ = ignored_origins_.contains(name);
+  ignoring_ = ignored_origins_.contains(OriginFamily(name));
   spdlog::debug("pgoutput: origin {} (commit {}) at {}{}", std::string(name), FormatLsn(origin_lsn),
                 FormatLsn(r.lsn()), ignoring_ ? ": its changes are ignored" : "");
   return absl::OkStatus();
@@ -386,7 +387,7 @@ absl::Status PgOutputDecoder::DecodeStreamOrigin(Reader& r) {
   absl::string_view name;
   if (!r.U64(&origin_lsn) || !r.String(&name)) return r.status();
   RETURN_IF_ERROR(r.ExpectEnd());
-  if (ignored_origins_.contains(name)) ignored_streams_.insert(stream_xid_);
+  if (ignored_origins_.contains(OriginFamily(name))) ignored_streams_.insert(stream_xid_);
   return absl::OkStatus();
 }
 

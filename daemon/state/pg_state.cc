@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <iterator>
+#include <set>
 #include <thread>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/core/origin.h"
 #include "daemon/core/status_macros.h"
 #include "spdlog/spdlog.h"
 
@@ -544,6 +547,23 @@ absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pip
       absl::SleepFor(absl::Milliseconds(20));
     }
   }
+}
+
+absl::Status UseReplicationOrigin(PGconn* conn, const std::string& pipeline, const std::string& origin,
+                                  absl::string_view what) {
+  ASSIGN_OR_RETURN(bool set, SetUpReplicationOrigin(conn, pipeline, origin, what));
+  if (set) return absl::OkStatus();
+  static absl::Mutex warned_mu;
+  static auto* warned = new std::set<std::string>();
+  absl::MutexLock lock(&warned_mu);
+  if (warned->insert(std::string(OriginFamily(origin))).second) {
+    spdlog::warn("{}: changes are applied without the replication origin {}: the role may not use replication "
+                 "origins (a superuser, or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
+                 "pg_replication_origin_session_setup(text) to it) or max_replication_slots is 0; a pipeline "
+                 "reading this database (a reverse pipeline after a cutover) cannot pass over them",
+                 std::string(what), std::string(OriginFamily(origin)));
+  }
+  return absl::OkStatus();
 }
 
 namespace {

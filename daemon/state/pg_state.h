@@ -80,6 +80,10 @@ absl::Status HoldWriterLock(PGconn* conn, const std::string& pipeline, int64_t e
 std::string ReplicationOriginName(const std::string& pipeline, const std::string& target);
 absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pipeline, const std::string& origin,
                                             absl::string_view what);
+// SetUpReplicationOrigin for an apply or copy session; where origins may not be used, warns
+// once per origin family (OriginFamily) and applies without one.
+absl::Status UseReplicationOrigin(PGconn* conn, const std::string& pipeline, const std::string& origin,
+                                  absl::string_view what);
 // Before a run reads what a target holds (checkpoint, copied ranges): waits until no other
 // session holding `pipeline`'s writer lock has a transaction open, so that everything an earlier
 // run sent is committed or rolled back, and visible. A session still in a transaction after

@@ -446,6 +446,38 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
 }
 
 
+// A reverse pipeline may start before the forward one has copied the existing rows: the copy's
+// sessions carry the forward pipeline's origin too (one per worker), so the reverse pipeline
+// passes over them and no legacy row is written again.
+TEST_F(CutoverTest, ReversePipelineRunningDuringTheInitialCopyPassesOverIt) {
+  Source("INSERT INTO ledger (account_id, amount) SELECT 1 + g % 20, 1 FROM generate_series(1, 3000) g");
+  ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
+  auto legacy_versions = [&] {
+    std::string v = Versions();
+    return v.substr(0, v.find('/'));
+  };
+  const std::string before = legacy_versions();
+  StartReverse();
+  auto deadline = absl::Now() + absl::Seconds(30);
+  const std::string active = absl::StrCat("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walshift_",
+                                          pipeline_, "_reverse' AND active");
+  while (target_cluster_->QueryValue("postgres", active).value_or("") != "1" && absl::Now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(target_cluster_->QueryValue("postgres", active).value_or(""), "1");
+  ASSERT_TRUE(StartDaemon(forward_).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  WaitEqual();
+  EXPECT_NE(target_cluster_
+                ->QueryValue("postgres", absl::StrCat("SELECT count(*) FROM pg_replication_origin WHERE roname LIKE "
+                                                      "'walshift_",
+                                                      pipeline_, "_main/copy-%'"))
+                .value_or("0"),
+            "0")
+      << "the copy workers write with their own origins";
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ(legacy_versions(), before) << "the reverse pipeline wrote the copied rows back";
+}
+
 // A revoke must stop every writer: a role that writes through pg_write_all_data keeps writing
 // after it, so the cutover stops and names it; a role granted single columns loses them with
 // the cutover and gets them back with the rollback.

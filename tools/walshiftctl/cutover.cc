@@ -76,11 +76,6 @@ struct Pair {
   std::string forward_origin, reverse_origin;
 };
 
-void Say(const char* fmt, const std::string& a = "", const std::string& b = "") {
-  std::printf(fmt, a.c_str(), b.c_str());
-  std::fflush(stdout);
-}
-
 absl::StatusOr<Pair> LoadPair(const Options& o) {
   Pair p;
   ASSIGN_OR_RETURN(p.fwd, config::LoadSettingsFile(o.forward_path));
@@ -870,7 +865,7 @@ int Usage(const char* cmd) {
                "  --stop-writes application  the application stopped writing; walshift waits for the writes in\n"
                "                             flight and the verify gate catches any that follow\n"
                "  --margin N                 how far past the other side's value sequences are set (default 1000)\n"
-               "  --settle S                 how long each wait may take (default 120)\n",
+               "  --settle S                 how long each wait may take (default 120)\n"
                "  --abort                    undo the write stop of an unfinished run (before the other side's\n"
                "                             writes are granted)\n",
                cmd);
