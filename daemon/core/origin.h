@@ -10,10 +10,10 @@
 namespace walshift {
 
 // A pipeline's apply session for one target uses its origin (state::ReplicationOriginName); an
-// origin serves one session at a time, so each initial-copy worker writing that target uses its
-// own: the origin with "/copy-<worker>".
-inline std::string CopyOriginName(absl::string_view origin, int worker) {
-  return absl::StrCat(origin, "/copy-", worker);
+// origin serves one session at a time, so each initial-copy session writing that target uses its
+// own: the origin with "/copy-<session>".
+inline std::string CopyOriginName(absl::string_view origin, int session) {
+  return absl::StrCat(origin, "/copy-", session);
 }
 
 // `name` without a copy worker's suffix: a pipeline that ignores an origin (source.ignore_origins)

@@ -136,9 +136,9 @@ absl::Status InitialCopy::Run(const std::atomic<bool>& stop) {
   return absl::OkStatus();
 }
 
-std::string InitialCopy::OriginOf(size_t target, int worker) const {
+std::string InitialCopy::OriginOf(size_t target, int session) const {
   if (target >= options_.origins.size() || options_.origins[target].empty()) return "";
-  return CopyOriginName(options_.origins[target], worker);
+  return CopyOriginName(options_.origins[target], session);
 }
 
 void InitialCopy::WorkerLoop(int index, const std::atomic<bool>& stop) {
@@ -228,7 +228,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
       if (!owned) {
         ASSIGN_OR_RETURN(owned, PgCopyWriter::Connect(target_name, settings.targets[u.target].dsn,
                                                             settings.proto.pipeline(), EpochOf(u.target),
-                                                            OriginOf(u.target, w.index)));
+                                                            OriginOf(u.target, 2 * w.index + 1)));
       }
       copier = owned.get();
       RETURN_IF_ERROR(copier->Begin(*copy_shape));
@@ -272,7 +272,7 @@ absl::Status InitialCopy::CopyTask(Worker& w, Task& task, const std::atomic<bool
         o.pipeline = settings.proto.pipeline();
         o.synchronous_commit = false;
         o.epoch = EpochOf(u.target);
-        o.replication_origin = OriginOf(u.target, w.index);
+        o.replication_origin = OriginOf(u.target, 2 * w.index);
         ASSIGN_OR_RETURN(owned, OpenSink(settings.targets[u.target], o));
       }
       owned->set_plain_inserts(plain);

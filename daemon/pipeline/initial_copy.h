@@ -74,8 +74,9 @@ struct InitialCopyOptions {
   bool dry_run = false;
   // ha: the leader's epoch in each target (by target index; empty: none), fencing every range.
   std::vector<int64_t> epochs;
-  // The apply origin of each target (by target index; empty: none): worker N writes with
-  // CopyOriginName(origin, N), so that a pipeline reading the target passes over the copy too.
+  // The apply origin of each target (by target index; empty: none): worker N's sink writes with
+  // CopyOriginName(origin, 2N) and its COPY session with 2N + 1 (an origin serves one session),
+  // so that a pipeline reading the target passes over the copy too.
   std::vector<std::string> origins;
   // Called about every second while the copy runs (the pipeline's liveness).
   std::function<void()> tick;
@@ -107,7 +108,8 @@ class InitialCopy {
   absl::Status CopyTask(Worker& w, Task& task, const std::atomic<bool>& stop);
   void LogProgress(bool final);
   int64_t EpochOf(size_t target) const { return target < options_.epochs.size() ? options_.epochs[target] : 0; }
-  std::string OriginOf(size_t target, int worker) const;
+  // The origin of copy session `session` (see InitialCopyOptions::origins) into `target`.
+  std::string OriginOf(size_t target, int session) const;
   // Next task whose unit's foreign-key parents are complete; nullptr when none is ready.
   Task* NextTaskLocked();
 

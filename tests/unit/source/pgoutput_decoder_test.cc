@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "daemon/core/origin.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -406,6 +407,30 @@ TEST_F(DecoderTest, TransactionOfAnIgnoredOriginIsDispatchedWithoutItsChanges) {
   EXPECT_EQ(decoder_.ignored_transactions(), 1u);
   EXPECT_EQ(Decode(Origin("walshift_orders_main")).code(), absl::StatusCode::kDataLoss)
       << "an Origin outside a transaction";
+}
+
+// An initial-copy worker writes with "<origin>/copy-N": ignoring the origin ignores those too,
+// and nothing else that merely starts like it.
+TEST_F(DecoderTest, CopyWorkersOfAnIgnoredOriginAreIgnoredToo) {
+  decoder_.set_ignored_origins({"walshift_orders_main"});
+  ASSERT_TRUE(Decode(UsersRelation()).ok());
+  int xid = 10;
+  auto with_origin = [&](const std::string& origin, const std::string& id) {
+    uint64_t lsn = 0x5000 + 0x100 * xid;
+    ASSERT_TRUE(Decode(Begin(lsn, 1, xid++)).ok());
+    ASSERT_TRUE(Decode(Origin(origin)).ok());
+    ASSERT_TRUE(Decode(Insert(16384, {Text(id), Text("x"), Null()})).ok());
+    ASSERT_TRUE(Decode(Commit(lsn, lsn + 0x30, 1)).ok());
+  };
+  with_origin("walshift_orders_main/copy-0", "1");
+  with_origin("walshift_orders_main/copy-12", "2");
+  with_origin("walshift_orders_main/copy-", "3");
+  with_origin("walshift_orders_main/copy-1x", "4");
+  with_origin("walshift_orders_main_2/copy-1", "5");
+  EXPECT_EQ(decoder_.ignored_transactions(), 2u);
+  ASSERT_EQ(handler_.changes.size(), 3u);
+  EXPECT_EQ(CopyOriginName("walshift_orders_main", 3), "walshift_orders_main/copy-3");
+  EXPECT_EQ(OriginFamily(CopyOriginName("walshift_orders_main", 3)), "walshift_orders_main");
 }
 
 TEST_F(DecoderTest, ChangeBeforeRelationIsError) {
