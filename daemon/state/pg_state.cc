@@ -511,16 +511,23 @@ absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pip
     // 23505: another session created it at the same moment.
     if (!absl::StrContains(created.status().message(), "(SQLSTATE 23505)")) return created.status();
   }
-  for (int attempt = 0;; ++attempt) {
+  // 55006 "replication origin with ID n is already active for PID p": on PostgreSQL 15 an
+  // origin serves one session at a time. The holder may be
+  //  - a session this process just closed: a backend releases its locks and leaves
+  //    pg_stat_activity before it releases its origin, so for a moment the origin is held by a
+  //    pid nobody can see: waited for;
+  //  - a session of this pipeline's earlier run (a walshiftd killed, its sessions not yet gone),
+  //    which holds the pipeline's writer lock: ended, then waited for;
+  //  - anyone else's live session: an error naming it.
+  std::string key = WriterLockKey(pipeline);
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  std::string ended_pid;
+  for (;;) {
     auto set = pg::ExecParams(conn, "SELECT pg_catalog.pg_replication_origin_session_setup($1)", {origin.c_str()},
                               context);
     if (set.ok()) return true;
     if (not_permitted(set.status())) return false;
-    // 55006 "replication origin with ID n is already active for PID p": on PostgreSQL 15 an
-    // origin serves one session at a time. A session of this pipeline's earlier run (a
-    // walshiftd killed, its sessions not yet gone) is ended; anyone else's is an error.
-    if (attempt > 0 || !absl::StrContains(set.status().message(), "(SQLSTATE 55006)")) return set.status();
-    std::string key = WriterLockKey(pipeline);
+    if (!absl::StrContains(set.status().message(), "(SQLSTATE 55006)") || absl::Now() >= until) return set.status();
     absl::string_view msg = set.status().message();
     size_t at = msg.find("for PID ");
     std::string pid;
@@ -528,24 +535,27 @@ absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pip
       for (size_t i = at + 8; i < msg.size() && absl::ascii_isdigit(msg[i]); ++i) pid.push_back(msg[i]);
     }
     if (pid.empty()) return set.status();
-    ASSIGN_OR_RETURN(pg::ResultPtr ended,
+    ASSIGN_OR_RETURN(pg::ResultPtr holder,
                      pg::ExecParams(conn,
-                                    "SELECT pg_catalog.pg_terminate_backend(l.pid) FROM pg_catalog.pg_locks l "
+                                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l "
                                     "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid "
-                                    "AND l.objid = $2::oid AND l.objsubid = 2 AND l.pid = $3::int "
-                                    "AND l.pid <> pg_catalog.pg_backend_pid()",
+                                    "AND l.objid = $2::oid AND l.objsubid = 2 AND l.pid = $3::int), "
+                                    "EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $3::int) "
+                                    "FROM (SELECT 1) one WHERE $3::int <> pg_catalog.pg_backend_pid()",
                                     {kWriterLockClass, key.c_str(), pid.c_str()}, context));
-    if (PQntuples(ended.get()) == 0) return set.status();
-    spdlog::warn("{}: the replication origin {} was held by pid {}, a session of an earlier run of this pipeline: "
-                 "ended it",
-                 std::string(what), origin, pid);
-    for (absl::Time until = absl::Now() + absl::Seconds(10); absl::Now() < until;) {
-      ASSIGN_OR_RETURN(pg::ResultPtr alive,
-                       pg::ExecParams(conn, "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1::int",
-                                      {pid.c_str()}, context));
-      if (PQntuples(alive.get()) == 0) break;
-      absl::SleepFor(absl::Milliseconds(20));
+    if (PQntuples(holder.get()) == 0) return set.status();  // this very session
+    bool ours = PQgetvalue(holder.get(), 0, 0)[0] == 't';
+    bool alive = PQgetvalue(holder.get(), 0, 1)[0] == 't';
+    if (alive && !ours) return set.status();
+    if (alive && ended_pid != pid) {
+      RETURN_IF_ERROR(pg::ExecParams(conn, "SELECT pg_catalog.pg_terminate_backend($1::int)", {pid.c_str()}, context)
+                          .status());
+      spdlog::warn("{}: the replication origin {} was held by pid {}, a session of an earlier run of this "
+                   "pipeline: ended it",
+                   std::string(what), origin, pid);
+      ended_pid = pid;
     }
+    absl::SleepFor(absl::Milliseconds(20));
   }
 }
 
