@@ -469,7 +469,11 @@ absl::StatusOr<pg::ResultPtr> OpenWriters(PGconn* conn, const std::string& key, 
       "FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
       "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2 "
       "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
-      "AND a.pid <> pg_catalog.pg_backend_pid() AND a.xact_start IS NOT NULL",
+      "AND a.pid <> pg_catalog.pg_backend_pid() "
+      // A session that went idle a moment ago may still have statements of its client's next
+      // transaction in its receive buffer (pipelined groups, sent before the client died): it
+      // is settled once it has been idle for a while.
+      "AND (a.xact_start IS NOT NULL OR a.state_change > pg_catalog.clock_timestamp() - interval '250 ms')",
       {kWriterLockClass, key.c_str()}, absl::StrCat(what, ": looking for sessions of an earlier walshiftd run"));
 }
 

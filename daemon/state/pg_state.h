@@ -85,8 +85,9 @@ absl::StatusOr<bool> SetUpReplicationOrigin(PGconn* conn, const std::string& pip
 absl::Status UseReplicationOrigin(PGconn* conn, const std::string& pipeline, const std::string& origin,
                                   absl::string_view what);
 // Before a run reads what a target holds (checkpoint, copied ranges): waits until no other
-// session holding `pipeline`'s writer lock has a transaction open, so that everything an earlier
-// run sent is committed or rolled back, and visible. A session still in a transaction after
+// session holding `pipeline`'s writer lock has a transaction open or went idle less than 250 ms
+// ago (it may still be reading what a dead client pipelined to it), so that everything an
+// earlier run sent is committed or rolled back, and visible. A session still in a transaction after
 // `patience` is terminated (with a warning naming it) and waited for. kUnavailable, naming the
 // sessions, when they cannot be settled.
 absl::Status SettleEarlierWriters(PGconn* conn, const std::string& pipeline, absl::string_view what,
