@@ -461,8 +461,14 @@ TEST_F(CutoverTest, ReversePipelineRunningDuringTheInitialCopyPassesOverIt) {
   auto deadline = absl::Now() + absl::Seconds(30);
   const std::string active = absl::StrCat("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walshift_",
                                           pipeline_, "_reverse' AND active");
-  while (target_cluster_->QueryValue("postgres", active).value_or("") != "1" && absl::Now() < deadline)
+  // Streaming, not creating its slot (the walsender that creates a slot holds it active too).
+  auto streaming = [&] {
+    return absl::StrContains(ReadFile(dir_ + "/reverse.log").value_or(""), " -> STREAMING");
+  };
+  while ((!streaming() || target_cluster_->QueryValue("postgres", active).value_or("") != "1") &&
+         absl::Now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(streaming()) << ReadFile(dir_ + "/reverse.log").value_or("");
   ASSERT_EQ(target_cluster_->QueryValue("postgres", active).value_or(""), "1");
   ASSERT_TRUE(StartDaemon(forward_).ok());
   ASSERT_TRUE(WaitCaughtUp().ok());
@@ -583,6 +589,11 @@ mappings:
   RunResult back = Ctl({"rollback", "--config", forward, "--reverse-config", reverse_, "--stop-writes", "application",
                         "--settle", "60"});
   ASSERT_EQ(back.status.exit_code(), 0);
+  // users.id has a sequence, app.people.person_id none: the legacy sequence is set past the
+  // highest key, 100, which the new schema's application wrote.
+  EXPECT_TRUE(absl::StrContains(back.stdout_text, "the highest public.users.id is 100")) << back.stdout_text;
+  EXPECT_EQ(source_cluster_->QueryValue(source_db_, "SELECT (nextval('users_id_seq') > 100)::text").value_or(""),
+            "true");
   Source("UPDATE profiles SET city = 'moved' WHERE user_id = 4; INSERT INTO profiles VALUES (5, NULL, 'c5');"
          "DELETE FROM users WHERE id = 1");
   ASSERT_TRUE(WaitCaughtUp().ok());

@@ -372,7 +372,9 @@ std::vector<std::pair<std::string, std::string>> CopiedColumns(const config::Set
 }
 
 // Sets the sequence behind every copied column of `to` past the one behind its `from` column
-// (plus `margin`), never lowering one. Prints each.
+// (plus `margin`), never lowering one. A sequence of a mapped `to` table that no `from` sequence
+// sets (its keys came from the application or an expression) is set past the highest value its
+// column holds, plus `margin`: a key the other side wrote is never handed out again. Prints each.
 absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair<std::string, std::string>>& pairs,
                            int64_t margin, const char* from_name, const char* to_name) {
   // The sequences behind columns, expanded for identity mappings (every column of the table).
@@ -400,11 +402,13 @@ absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair
     return v;
   };
   int set = 0;
+  std::set<std::string> done;        // `to` sequences set from a `from` sequence
+  std::set<std::string> to_tables;   // every mapped `to` table
   for (const auto& [src, dst] : pairs) {
-    ASSIGN_OR_RETURN(auto from_seqs, sequences(from, src));
-    if (from_seqs.empty()) continue;
     std::vector<std::string> sp = absl::StrSplit(src, '\t');
     std::vector<std::string> dp = absl::StrSplit(dst, '\t');
+    to_tables.insert(dp[0]);
+    ASSIGN_OR_RETURN(auto from_seqs, sequences(from, src));
     for (const auto& [col, from_seq] : from_seqs) {
       std::string to_col = dp.size() > 1 ? dp[1] : col;
       ASSIGN_OR_RETURN(auto to_seqs, sequences(to, absl::StrCat(dp[0], "\t", to_col)));
@@ -414,6 +418,7 @@ absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair
         continue;
       }
       const std::string& to_seq = to_seqs.begin()->second;
+      done.insert(to_seq);
       ASSIGN_OR_RETURN(int64_t from_next, next_value(from, from_seq));
       ASSIGN_OR_RETURN(int64_t to_next, next_value(to, to_seq));
       int64_t goal = from_next + margin;
@@ -429,6 +434,35 @@ absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair
       std::printf("    %s: next value %lld (%s %s next %lld + margin %lld)\n", to_seq.c_str(),
                   static_cast<long long>(goal), from_name, from_seq.c_str(), static_cast<long long>(from_next),
                   static_cast<long long>(margin));
+      ++set;
+    }
+  }
+  for (const std::string& table : to_tables) {
+    ASSIGN_OR_RETURN(auto to_seqs, sequences(to, table));
+    for (const auto& [col, to_seq] : to_seqs) {
+      if (done.count(to_seq) != 0) continue;
+      done.insert(to_seq);
+      ASSIGN_OR_RETURN(pg::ResultPtr r,
+                       pg::Exec(to,
+                                absl::StrCat("SELECT coalesce(max(", pg::QuoteIdent(col), "), 0)::bigint + 1 FROM ",
+                                             pg::QuoteQualified(table)),
+                                absl::StrCat("reading the highest ", table, ".", col)));
+      int64_t above = 1;
+      (void)absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &above);
+      ASSIGN_OR_RETURN(int64_t to_next, next_value(to, to_seq));
+      int64_t goal = above + margin;
+      if (to_next >= goal) {
+        std::printf("    %s: next value %lld, already past the highest %s.%s (%lld) + %lld (no %s sequence behind it)\n",
+                    to_seq.c_str(), static_cast<long long>(to_next), table.c_str(), col.c_str(),
+                    static_cast<long long>(above - 1), static_cast<long long>(margin), from_name);
+        continue;
+      }
+      RETURN_IF_ERROR(pg::Exec(to, absl::StrCat("SELECT setval(", pg::QuoteLiteral(to_seq), ", ", goal, ", false)"),
+                               absl::StrCat("setting ", to_seq))
+                          .status());
+      std::printf("    %s: next value %lld (the highest %s.%s is %lld, + margin %lld; no %s sequence behind it)\n",
+                  to_seq.c_str(), static_cast<long long>(goal), table.c_str(), col.c_str(),
+                  static_cast<long long>(above - 1), static_cast<long long>(margin), from_name);
       ++set;
     }
   }
