@@ -26,6 +26,7 @@
 #include "daemon/pg/pg_util.h"
 #include "daemon/pipeline/dead_letter.h"
 #include "tools/walshiftctl/commands.h"
+#include "tools/walshiftctl/load_config.h"
 
 namespace walshift::ctl {
 namespace {
@@ -351,12 +352,8 @@ int DeadLetterCommand(int argc, char** argv) {
     return 2;
   }
   if (!o.table.empty()) o.table = QualifiedTableName(o.table);
-  auto settings = config::LoadSettingsFile(o.config_path);
-  if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
-    return 2;
-  }
-  (void)pg::SetConnectionDefaults(settings->connection_defaults);
+  auto settings = LoadCommandSettings(o.config_path);
+  if (!settings) return 2;
   if (o.action == "list") return List(*settings, o);
   if (o.action == "show") return Show(*settings, o);
   return Resolve(*settings, o);

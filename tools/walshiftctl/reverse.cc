@@ -19,6 +19,7 @@
 #include "daemon/pipeline/live_check.h"
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/pg_state.h"
+#include "tools/walshiftctl/load_config.h"
 #include "transforms/columns/columns.pb.h"
 #include "transforms/columns/columns_module.h"
 #include "transforms/merge/merge.pb.h"
@@ -699,12 +700,8 @@ int ReverseCommand(int argc, char** argv) {
     std::fprintf(stderr, "walshiftctl reverse: --config is required\n");
     return 2;
   }
-  auto settings = config::LoadSettingsFile(config_path);
-  if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
-    return 2;
-  }
-  (void)pg::SetConnectionDefaults(settings->connection_defaults);
+  auto settings = LoadCommandSettings(config_path);
+  if (!settings) return 2;
   const config::TargetSettings* target = nullptr;
   for (const auto& t : settings->targets)
     if (!t.documents() && (o.target.empty() || t.name == o.target) && target == nullptr) target = &t;

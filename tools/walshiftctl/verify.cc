@@ -24,6 +24,7 @@
 #include "daemon/state/target_state.h"
 #include "daemon/verify/verifier.h"
 #include "tools/walshiftctl/commands.h"
+#include "tools/walshiftctl/load_config.h"
 #include "transforms/registry.h"
 
 namespace walshift::ctl {
@@ -160,12 +161,8 @@ int VerifyCommand(int argc, char** argv) {
     return 2;
   }
   if (!table.empty()) table = QualifiedTableName(table);
-  auto settings = config::LoadSettingsFile(config_path);
-  if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
-    return 2;
-  }
-  (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
+  auto settings = LoadCommandSettings(config_path);
+  if (!settings) return 2;
   if (!table.empty() && std::none_of(settings->mappings.begin(), settings->mappings.end(),
                                      [&](const auto& m) { return m.common.source() == table; })) {
     std::fprintf(stderr, "walshiftctl verify: no mapping of pipeline %s reads %s\n", settings->proto.pipeline().c_str(),

@@ -40,6 +40,7 @@
 #include "daemon/pg/pg_util.h"
 #include "daemon/state/target_state.h"
 #include "tools/walshiftctl/commands.h"
+#include "tools/walshiftctl/load_config.h"
 #include "tools/walshiftctl/reverse.h"
 
 namespace walshift {
@@ -354,12 +355,8 @@ int StatusCommand(int argc, char** argv) {
   ctl::HttpStatusOptions http{json, watch, {max_lag, max_lag_seconds}};
   if (!url.empty()) return ctl::HttpStatusCommand(url, http);
   if (config_path.empty()) return Usage(stderr, 2);
-  auto settings = config::LoadSettingsFile(config_path);
-  if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
-    return 2;
-  }
-  (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
+  auto settings = ctl::LoadCommandSettings(config_path);
+  if (!settings) return 2;
   if (!settings->status_token.empty()) ctl::SetStatusToken(settings->status_token);
   // walshiftd's own view when it runs; the databases' otherwise.
   std::string listen = settings->proto.status().listen().empty() ? "127.0.0.1:9187" : settings->proto.status().listen();
@@ -411,12 +408,8 @@ int BackfillCommand(int argc, char** argv) {
   }
   if (config_path.empty() || table.empty()) return Usage(stderr, 2);
   table = QualifiedTableName(table);
-  auto settings = config::LoadSettingsFile(config_path);
-  if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
-    return 2;
-  }
-  (void)pg::SetConnectionDefaults(settings->connection_defaults);  // valid: the loader built it
+  auto settings = ctl::LoadCommandSettings(config_path);
+  if (!settings) return 2;
   std::vector<std::string> targets;
   for (const auto& m : settings->mappings) {
     if (m.common.source() != table) continue;
@@ -511,12 +504,8 @@ int SkipCommand(int argc, char** argv) {
                          "message names) are required\n");
     return 2;
   }
-  auto settings = config::LoadSettingsFile(config_path);
-  if (!settings.ok()) {
-    std::fprintf(stderr, "walshiftctl: invalid configuration: %s\n", std::string(settings.status().message()).c_str());
-    return 2;
-  }
-  (void)pg::SetConnectionDefaults(settings->connection_defaults);
+  auto settings = ctl::LoadCommandSettings(config_path);
+  if (!settings) return 2;
   const std::string& pipeline = settings->proto.pipeline();
   std::vector<std::string> requested;
   // Only on the target that rejected it: another target may take the transaction (the stop
