@@ -27,6 +27,15 @@
 namespace walshift::testing {
 namespace {
 
+// The same in both schemas (an identity mapping).
+constexpr char kLedger[] = R"sql(
+CREATE TABLE ledger (
+  id         bigserial PRIMARY KEY,
+  account_id bigint NOT NULL,
+  amount     bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now());
+)sql";
+
 constexpr char kLegacy[] = R"sql(
 CREATE TABLE accounts (
   id      bigserial PRIMARY KEY,
@@ -34,11 +43,6 @@ CREATE TABLE accounts (
   balance numeric(12,2) NOT NULL,
   status  text NOT NULL DEFAULT 'open',
   note    text);
-CREATE TABLE ledger (
-  id         bigserial PRIMARY KEY,
-  account_id bigint NOT NULL,
-  amount     bigint NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now());
 )sql";
 
 constexpr char kNew[] = R"sql(
@@ -49,11 +53,6 @@ CREATE TABLE app.accounts (
   balance_cents bigint NOT NULL,
   state         text NOT NULL,
   origin        text NOT NULL);
-CREATE TABLE ledger (
-  id         bigserial PRIMARY KEY,
-  account_id bigint NOT NULL,
-  amount     bigint NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now());
 )sql";
 
 // rename + cast + an expression with its declared reverse + a constant (one-way) + identity.
@@ -159,8 +158,8 @@ class CutoverTest : public DaemonTest {
   void SetUp() override {
     DaemonTest::SetUp();
     role_ = "app_" + pipeline_.substr(0, 30);
-    Source(kLegacy);
-    Target(kNew);
+    Source(std::string(kLegacy) + kLedger);
+    Target(std::string(kNew) + kLedger);
     // Transactions past 64 kB stream (protocol 2) before they commit: the origin filter must
     // pass over them too.
     for (PgCluster* c : {source_cluster_, target_cluster_}) {
