@@ -715,7 +715,7 @@ int Run(const Options& o, bool rollback) {
   const std::vector<std::string> tables = SourceTables(draining);
   if (!done("revoking")) {
     std::printf("step 2/6 stopping writes on the %s tables (%s): %s\n", stopped_name, absl::StrJoin(tables, ", ").c_str(),
-                o.stop_writes == "revoke" ? "revoking INSERT, UPDATE, DELETE, TRUNCATE"
+                row.stop_writes == "revoke" ? "revoking INSERT, UPDATE, DELETE, TRUNCATE"
                                           : "the application has stopped them");
     if (row.stop_writes == "revoke") {
       auto keep = kept_roles();
