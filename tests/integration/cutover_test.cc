@@ -485,7 +485,7 @@ TEST_F(CutoverTest, ReversePipelineRunningDuringTheInitialCopyPassesOverIt) {
 
 // A revoke must stop every writer: a role that writes through pg_write_all_data keeps writing
 // after it, so the cutover stops and names it; a role granted single columns loses them with
-// the cutover and gets them back with the rollback.
+// the cutover and gets them back with the rollback, as does one that may grant its privilege on.
 TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
   const std::string member = role_ + "_all", columns = role_ + "_cols";
   (void)source_cluster_->Exec("postgres", absl::StrCat("DROP ROLE IF EXISTS ", member));
@@ -493,7 +493,14 @@ TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
   ASSERT_TRUE(source_cluster_->Exec("postgres", absl::StrCat("CREATE ROLE ", member, " LOGIN IN ROLE pg_write_all_data"))
                   .ok());
   ASSERT_TRUE(source_cluster_->Exec("postgres", absl::StrCat("CREATE ROLE ", columns, " LOGIN")).ok());
-  Source(absl::StrCat("GRANT UPDATE (note, status) ON accounts TO ", columns));
+  Source(absl::StrCat("GRANT UPDATE (note, status) ON accounts TO ", columns, "; GRANT INSERT ON accounts TO ", columns,
+                      " WITH GRANT OPTION"));
+  auto grant_option = [&] {
+    return source_cluster_
+        ->QueryValue(source_db_, absl::StrCat("SELECT has_table_privilege('", columns, "', 'accounts', "
+                                              "'INSERT WITH GRANT OPTION')::text"))
+        .value_or("?");
+  };
   auto column_privilege = [&] {
     return source_cluster_
         ->QueryValue(source_db_, absl::StrCat("SELECT has_column_privilege('", columns, "', 'accounts', 'note', "
@@ -517,9 +524,11 @@ TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
   ASSERT_EQ(cut.status.exit_code(), 0);
   EXPECT_TRUE(absl::StrContains(cut.stdout_text, "no role but walshift's and superusers can write"));
   EXPECT_EQ(column_privilege(), "false");
+  EXPECT_EQ(grant_option(), "false");
   RunResult back = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
   ASSERT_EQ(back.status.exit_code(), 0);
   EXPECT_EQ(column_privilege(), "true") << "granted back column by column";
+  EXPECT_EQ(grant_option(), "true") << "granted back with the grant option it had";
   EXPECT_EQ(source_cluster_
                 ->QueryValue(source_db_, absl::StrCat("SELECT has_column_privilege('", columns, "', 'accounts', "
                                                       "'balance', 'UPDATE')::text"))

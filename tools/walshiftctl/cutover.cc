@@ -165,7 +165,7 @@ std::string TextArray(const std::vector<std::string>& items) {
 
 // The write privileges on `tables` (and their partitions) of every role but `keep`, table-wide
 // and per column, as the JSON the state keeps: [{database, schema, name, role, privileges
-// [, columns]}].
+// [, columns] [, grant_option]}] (grant_option: the role may grant them on, restored with them).
 absl::StatusOr<std::string> WriteGrants(PGconn* c, const std::string& database, const std::vector<std::string>& tables,
                                         const std::vector<std::string>& keep, std::vector<std::string>* superusers,
                                         std::string* listing) {
@@ -175,26 +175,29 @@ absl::StatusOr<std::string> WriteGrants(PGconn* c, const std::string& database, 
       "WITH g AS ("
       "  SELECT n.nspname AS schema, c.relname AS name, coalesce(r.rolname, 'PUBLIC') AS role, "
       "         string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS privs, NULL::jsonb AS cols, "
-      "         coalesce(bool_or(r.rolsuper), false) AS super "
+      "         coalesce(bool_or(r.rolsuper), false) AS super, a.is_grantable AS grantable "
       "  FROM ", rel, " rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace "
       "  CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a "
       "  LEFT JOIN pg_roles r ON r.oid = a.grantee "
-      "  WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') AND ", others, " GROUP BY 1, 2, 3 "
+      "  WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') AND ", others,
+      " GROUP BY 1, 2, 3, a.is_grantable "
       "  UNION ALL "
       "  SELECT n.nspname, c.relname, coalesce(r.rolname, 'PUBLIC'), a.privilege_type, "
-      "         jsonb_agg(att.attname ORDER BY att.attnum), coalesce(bool_or(r.rolsuper), false) "
+      "         jsonb_agg(att.attname ORDER BY att.attnum), coalesce(bool_or(r.rolsuper), false), a.is_grantable "
       "  FROM ", rel, " rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace "
       "  JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped "
       "   AND att.attacl IS NOT NULL "
       "  CROSS JOIN LATERAL aclexplode(att.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
-      "  WHERE a.privilege_type IN ('INSERT', 'UPDATE') AND ", others, " GROUP BY 1, 2, 3, 4) "
+      "  WHERE a.privilege_type IN ('INSERT', 'UPDATE') AND ", others, " GROUP BY 1, 2, 3, 4, a.is_grantable) "
       "SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object('database', ", pg::QuoteLiteral(database),
-      ", 'schema', g.schema, 'name', g.name, 'role', g.role, 'privileges', g.privs, 'columns', g.cols)) "
-      "ORDER BY g.schema, g.name, g.role, g.cols IS NOT NULL, g.privs), '[]')::text, "
+      ", 'schema', g.schema, 'name', g.name, 'role', g.role, 'privileges', g.privs, 'columns', g.cols, "
+      "'grant_option', CASE WHEN g.grantable THEN true END)) "
+      "ORDER BY g.schema, g.name, g.role, g.cols IS NOT NULL, g.privs, g.grantable), '[]')::text, "
       "coalesce(string_agg(DISTINCT g.role, ', ') FILTER (WHERE g.super), ''), "
       "coalesce(string_agg(format('%s on %I.%I: %s%s', g.role, g.schema, g.name, g.privs, "
       "  CASE WHEN g.cols IS NULL THEN '' ELSE ' (' || (SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(g.cols) "
-      "  x) || ')' END), E'\n' ORDER BY g.schema, g.name, g.role, g.cols IS NOT NULL, g.privs), '') FROM g");
+      "  x) || ')' END || CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END), E'\n' "
+      "  ORDER BY g.schema, g.name, g.role, g.cols IS NOT NULL, g.privs, g.grantable), '') FROM g");
   ASSIGN_OR_RETURN(pg::ResultPtr r, pg::Exec(c, sql, "reading who may write the mapped tables"));
   std::string supers = PQgetvalue(r.get(), 0, 1);
   if (!supers.empty()) *superusers = absl::StrSplit(supers, ", ");
@@ -216,8 +219,9 @@ absl::Status ApplyGrants(PGconn* c, const std::string& grants, const std::string
       "  who := CASE WHEN g->>'role' = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(g->>'role') END; "
       "  cols := CASE WHEN g ? 'columns' THEN ' (' || (SELECT string_agg(quote_ident(x), ', ') "
       "          FROM jsonb_array_elements_text(g->'columns') x) || ')' ELSE '' END; "
-      "  EXECUTE format(", grant ? "'GRANT %s%s ON %I.%I TO %s'" : "'REVOKE %s%s ON %I.%I FROM %s'",
-      ", g->>'privileges', cols, g->>'schema', g->>'name', who); "
+      "  EXECUTE format(", grant ? "'GRANT %s%s ON %I.%I TO %s%s'" : "'REVOKE %s%s ON %I.%I FROM %s%s'",
+      ", g->>'privileges', cols, g->>'schema', g->>'name', who, ",
+      grant ? "CASE WHEN g->>'grant_option' = 'true' THEN ' WITH GRANT OPTION' ELSE '' END" : "''", "); "
       "END LOOP; END $d$");
   return pg::Exec(c, sql, grant ? "granting the write privileges back" : "revoking the write privileges").status();
 }
