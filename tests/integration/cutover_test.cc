@@ -545,8 +545,10 @@ TEST_F(CutoverTest, MergedRowsGoBackSplitAndRollBack) {
     CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL);
     CREATE TABLE profiles (user_id bigint PRIMARY KEY, bio text, city text);
     INSERT INTO users (email) SELECT 'u' || g || '@x' FROM generate_series(1, 5) g;
-    INSERT INTO profiles SELECT g, 'bio ' || g, 'city ' || g FROM generate_series(1, 3) g;)sql");
-  Target("CREATE TABLE app.people (person_id bigint PRIMARY KEY, email text, bio text, city text)");
+    INSERT INTO profiles SELECT g, 'bio ' || g, 'city ' || g FROM generate_series(1, 3) g;
+    CREATE SEQUENCE invoice_no START 500;)sql");
+  Target("CREATE TABLE app.people (person_id bigint PRIMARY KEY, email text, bio text, city text);"
+         "CREATE SEQUENCE app.invoice_no");
   std::string forward = WriteConfig(R"(
 pipeline: {PIPELINE}
 source: {dsn: "{SOURCE}", ignore_origins: [walshift_{PIPELINE}-reverse_legacy]}
@@ -557,6 +559,7 @@ mappings:
      columns: {person_id: id, email: email}}
   - {source: profiles, module: merge, table: app.people, key: [person_id], on_delete: delete_when_last,
      columns: {person_id: user_id, bio: bio, city: city}}
+cutover: {sequences: [{source: invoice_no, target: app.invoice_no}]}
 )");
   ASSERT_TRUE(StartDaemon(forward).ok());
   ASSERT_TRUE(WaitCaughtUp().ok());
@@ -572,6 +575,9 @@ mappings:
   RunResult cut = Ctl(cutover);
   ASSERT_EQ(cut.status.exit_code(), 0);
   EXPECT_TRUE(absl::StrContains(cut.stdout_text, "app.people.person_id has no sequence"));
+  // A sequence no column is behind, listed in the config: past the legacy one (500) + margin.
+  EXPECT_EQ(target_cluster_->QueryValue(target_db_, "SELECT nextval('app.invoice_no')::text").value_or(""), "1500")
+      << cut.stdout_text;
 
   Target(R"sql(
     UPDATE app.people SET bio = 'now has one' WHERE person_id = 4;
@@ -602,6 +608,9 @@ mappings:
   EXPECT_TRUE(absl::StrContains(back.stdout_text, "the highest public.users.id is 100")) << back.stdout_text;
   EXPECT_EQ(source_cluster_->QueryValue(source_db_, "SELECT (nextval('users_id_seq') > 100)::text").value_or(""),
             "true");
+  // And back: the legacy invoice_no past the new one (1500 handed out) + margin.
+  EXPECT_EQ(source_cluster_->QueryValue(source_db_, "SELECT nextval('invoice_no')::text").value_or(""), "2501")
+      << back.stdout_text;
   Source("UPDATE profiles SET city = 'moved' WHERE user_id = 4; INSERT INTO profiles VALUES (5, NULL, 'c5');"
          "DELETE FROM users WHERE id = 1");
   ASSERT_TRUE(WaitCaughtUp().ok());

@@ -375,12 +375,30 @@ std::vector<std::pair<std::string, std::string>> CopiedColumns(const config::Set
   return out;
 }
 
+// A sequence cutover.sequences lists, as the server names it; kNotFound naming the database when
+// it is not there.
+absl::StatusOr<std::string> ListedSequence(PGconn* c, const std::string& name, const char* db) {
+  ASSIGN_OR_RETURN(pg::ResultPtr r,
+                   pg::ExecParams(c,
+                                  "SELECT c.oid::regclass::text FROM pg_catalog.pg_class c "
+                                  "WHERE c.oid = to_regclass($1) AND c.relkind = 'S'",
+                                  {name.c_str()}, absl::StrCat("looking up the sequence ", name)));
+  if (PQntuples(r.get()) == 0) {
+    return absl::NotFoundError(absl::StrCat("cutover.sequences names ", name, ", which is not a sequence in the ", db,
+                                            " database: correct the name (schema-qualified) or remove the entry"));
+  }
+  return std::string(PQgetvalue(r.get(), 0, 0));
+}
+
 // Sets the sequence behind every copied column of `to` past the one behind its `from` column
 // (plus `margin`), never lowering one. A sequence of a mapped `to` table that no `from` sequence
 // sets (its keys came from the application or an expression) is set past the highest value its
-// column holds, plus `margin`: a key the other side wrote is never handed out again. Prints each.
+// column holds, plus `margin`: a key the other side wrote is never handed out again. `listed`:
+// (from sequence, to sequence) pairs of the config (cutover.sequences), each of which must exist.
+// Prints each.
 absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair<std::string, std::string>>& pairs,
-                           int64_t margin, const char* from_name, const char* to_name) {
+                           const std::vector<std::pair<std::string, std::string>>& listed, int64_t margin,
+                           const char* from_name, const char* to_name) {
   // The sequences behind columns, expanded for identity mappings (every column of the table).
   auto sequences = [](PGconn* c, const std::string& table_col) -> absl::StatusOr<std::map<std::string, std::string>> {
     std::vector<std::string> parts = absl::StrSplit(table_col, '\t');
@@ -406,8 +424,26 @@ absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair
     return v;
   };
   int set = 0;
-  std::set<std::string> done;        // `to` sequences set from a `from` sequence
-  std::set<std::string> to_tables;   // every mapped `to` table
+  std::set<std::string> done;  // `to` sequences set
+  // Sets `to_seq` so that it hands out `above` + margin next, unless it is already past that.
+  auto raise = [&](const std::string& to_seq, int64_t above, const std::string& why) -> absl::Status {
+    done.insert(to_seq);
+    ASSIGN_OR_RETURN(int64_t to_next, next_value(to, to_seq));
+    int64_t goal = above + margin;
+    if (to_next >= goal) {
+      std::printf("    %s: next value %lld, already past %s + %lld\n", to_seq.c_str(), static_cast<long long>(to_next),
+                  why.c_str(), static_cast<long long>(margin));
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(pg::Exec(to, absl::StrCat("SELECT setval(", pg::QuoteLiteral(to_seq), ", ", goal, ", false)"),
+                             absl::StrCat("setting ", to_seq))
+                        .status());
+    std::printf("    %s: next value %lld (%s + margin %lld)\n", to_seq.c_str(), static_cast<long long>(goal),
+                why.c_str(), static_cast<long long>(margin));
+    ++set;
+    return absl::OkStatus();
+  };
+  std::set<std::string> to_tables;  // every mapped `to` table
   for (const auto& [src, dst] : pairs) {
     std::vector<std::string> sp = absl::StrSplit(src, '\t');
     std::vector<std::string> dp = absl::StrSplit(dst, '\t');
@@ -421,53 +457,31 @@ absl::Status SyncSequences(PGconn* from, PGconn* to, const std::vector<std::pair
                     dp[0].c_str(), to_col.c_str(), to_name, sp[0].c_str(), col.c_str(), from_seq.c_str());
         continue;
       }
-      const std::string& to_seq = to_seqs.begin()->second;
-      done.insert(to_seq);
       ASSIGN_OR_RETURN(int64_t from_next, next_value(from, from_seq));
-      ASSIGN_OR_RETURN(int64_t to_next, next_value(to, to_seq));
-      int64_t goal = from_next + margin;
-      if (to_next >= goal) {
-        std::printf("    %s: next value %lld, already past %s %s (next %lld) + %lld\n", to_seq.c_str(),
-                    static_cast<long long>(to_next), from_name, from_seq.c_str(), static_cast<long long>(from_next),
-                    static_cast<long long>(margin));
-        continue;
-      }
-      RETURN_IF_ERROR(pg::Exec(to, absl::StrCat("SELECT setval(", pg::QuoteLiteral(to_seq), ", ", goal, ", false)"),
-                               absl::StrCat("setting ", to_seq))
-                          .status());
-      std::printf("    %s: next value %lld (%s %s next %lld + margin %lld)\n", to_seq.c_str(),
-                  static_cast<long long>(goal), from_name, from_seq.c_str(), static_cast<long long>(from_next),
-                  static_cast<long long>(margin));
-      ++set;
+      RETURN_IF_ERROR(raise(to_seqs.begin()->second, from_next,
+                            absl::StrCat(from_name, " ", from_seq, " next ", from_next)));
     }
+  }
+  for (const auto& [from_listed, to_listed] : listed) {
+    ASSIGN_OR_RETURN(std::string from_seq, ListedSequence(from, from_listed, from_name));
+    ASSIGN_OR_RETURN(std::string to_seq, ListedSequence(to, to_listed, to_name));
+    ASSIGN_OR_RETURN(int64_t from_next, next_value(from, from_seq));
+    RETURN_IF_ERROR(raise(to_seq, from_next, absl::StrCat(from_name, " ", from_seq, " next ", from_next, ", listed")));
   }
   for (const std::string& table : to_tables) {
     ASSIGN_OR_RETURN(auto to_seqs, sequences(to, table));
     for (const auto& [col, to_seq] : to_seqs) {
       if (done.count(to_seq) != 0) continue;
-      done.insert(to_seq);
       ASSIGN_OR_RETURN(pg::ResultPtr r,
                        pg::Exec(to,
-                                absl::StrCat("SELECT coalesce(max(", pg::QuoteIdent(col), "), 0)::bigint + 1 FROM ",
+                                absl::StrCat("SELECT coalesce(max(", pg::QuoteIdent(col), "), 0)::bigint FROM ",
                                              pg::QuoteQualified(table)),
                                 absl::StrCat("reading the highest ", table, ".", col)));
-      int64_t above = 1;
-      (void)absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &above);
-      ASSIGN_OR_RETURN(int64_t to_next, next_value(to, to_seq));
-      int64_t goal = above + margin;
-      if (to_next >= goal) {
-        std::printf("    %s: next value %lld, already past the highest %s.%s (%lld) + %lld (no %s sequence behind it)\n",
-                    to_seq.c_str(), static_cast<long long>(to_next), table.c_str(), col.c_str(),
-                    static_cast<long long>(above - 1), static_cast<long long>(margin), from_name);
-        continue;
-      }
-      RETURN_IF_ERROR(pg::Exec(to, absl::StrCat("SELECT setval(", pg::QuoteLiteral(to_seq), ", ", goal, ", false)"),
-                               absl::StrCat("setting ", to_seq))
-                          .status());
-      std::printf("    %s: next value %lld (the highest %s.%s is %lld, + margin %lld; no %s sequence behind it)\n",
-                  to_seq.c_str(), static_cast<long long>(goal), table.c_str(), col.c_str(),
-                  static_cast<long long>(above - 1), static_cast<long long>(margin), from_name);
-      ++set;
+      int64_t highest = 0;
+      (void)absl::SimpleAtoi(PQgetvalue(r.get(), 0, 0), &highest);
+      RETURN_IF_ERROR(raise(to_seq, highest + 1,
+                            absl::StrCat("the highest ", table, ".", col, " is ", highest, ", no ", from_name,
+                                         " sequence behind it")));
     }
   }
   std::printf("    %d sequences set\n", set);
@@ -684,6 +698,12 @@ int Run(const Options& o, bool rollback) {
   if (!done("preflight")) {
     std::printf("step 1/6 preflight\n");
     if (absl::Status st = NothingParked(draining); !st.ok()) return Fail("preflight", st);
+    for (const auto& q : p.fwd.proto.cutover().sequences()) {
+      auto legacy_seq = ListedSequence(lc, q.source(), "legacy");
+      if (!legacy_seq.ok()) return Fail("preflight", legacy_seq.status());
+      auto new_seq = ListedSequence(nc, q.target(), "new");
+      if (!new_seq.ok()) return Fail("preflight", new_seq.status());
+    }
     auto on = Streaming(draining);
     if (!on.ok()) return Fail("preflight", on.status());
     if (!*on) {
@@ -829,8 +849,12 @@ int Run(const Options& o, bool rollback) {
         }
       }
     }
-    absl::Status st = rollback ? SyncSequences(nc, lc, pairs, o.margin, "new", "legacy")
-                               : SyncSequences(lc, nc, pairs, o.margin, "legacy", "new");
+    std::vector<std::pair<std::string, std::string>> listed;
+    for (const auto& q : p.fwd.proto.cutover().sequences()) {
+      listed.push_back(rollback ? std::make_pair(q.target(), q.source()) : std::make_pair(q.source(), q.target()));
+    }
+    absl::Status st = rollback ? SyncSequences(nc, lc, pairs, listed, o.margin, "new", "legacy")
+                               : SyncSequences(lc, nc, pairs, listed, o.margin, "legacy", "new");
     if (!st.ok()) return Fail("sequences", st);
     if (absl::Status st = record("sequences", state::CutoverStamp::kNone, "sequences set"); !st.ok())
       return Fail(cmd, st);
