@@ -297,8 +297,10 @@ absl::Status PgReplicationSource::EnsureSlot() {
   if (PQntuples(slot.get()) == 0 && options_.slot_must_exist) {
     return SlotLost(absl::DataLossError(
         absl::StrCat("source: replication slot ", options_.slot,
-                     " does not exist, but the targets hold checkpoints of this pipeline: it was dropped, and "
-                     "the changes since the checkpoints are lost. walshiftd does not recreate it silently. ",
+                     " does not exist, but the targets hold checkpoints of this pipeline: it was dropped. If "
+                     "walshiftctl cutover --finish or rollback --finish retired the pipeline, this walshiftd is no "
+                     "longer needed: remove its service. Otherwise the changes since the checkpoints are lost, and "
+                     "walshiftd does not recreate the slot silently. ",
                      rebuild)));
   }
   if (PQntuples(slot.get()) > 0) {

@@ -8,7 +8,10 @@
 
 #include <libpq-fe.h>
 
+#include <signal.h>
+
 #include <atomic>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -535,6 +538,103 @@ TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
                 .value_or("?"),
             "false")
       << "and no wider than before";
+}
+
+// Finishing. rollback --finish retires the reverse pipeline (its slot stops keeping WAL on the
+// new database) and a later cutover creates it again; cutover --finish retires both pipelines
+// once the migration is final, and no cutover or rollback continues it. Both refuse while a
+// walshiftd still streams what they would drop.
+TEST_F(CutoverTest, FinishRetiresThePipelinesSoNothingKeepsWal) {
+  ASSERT_TRUE(StartDaemon(forward_).ok());
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
+  StartReverse();
+  const std::vector<std::string> cutover = {"cutover", "--config", forward_, "--reverse-config", reverse_,
+                                            "--settle", "60"};
+  const std::vector<std::string> rollback = {"rollback", "--config", forward_, "--reverse-config", reverse_,
+                                             "--settle", "60"};
+  auto with = [](std::vector<std::string> args, const char* flag) {
+    args.push_back(flag);
+    return args;
+  };
+  const std::string slot = "walshift_" + pipeline_, reverse_slot = slot + "_reverse";
+  auto count = [&](PgCluster* c, const std::string& sql) {
+    return c->QueryValue(c == source_cluster_ ? source_db_ : target_db_, sql).value_or("?");
+  };
+  auto slots = [&](PgCluster* c) {
+    return count(c, absl::StrCat("SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('", slot, "', '",
+                                 reverse_slot, "')"));
+  };
+  auto origins = [&](PgCluster* c) {
+    return count(c, absl::StrCat("SELECT count(*) FROM pg_replication_origin WHERE starts_with(roname, 'walshift_",
+                                 pipeline_, "')"));
+  };
+  auto publications = [&](PgCluster* c) {
+    return count(c, absl::StrCat("SELECT count(*) FROM pg_publication WHERE starts_with(pubname, '", slot, "')"));
+  };
+  ASSERT_EQ(Ctl(cutover).status.exit_code(), 0);
+  RunResult early = Ctl(with(rollback, "--finish"));
+  EXPECT_EQ(early.status.exit_code(), 1);
+  EXPECT_TRUE(absl::StrContains(early.stdout_text, "is cut_over; only a rollback that is done")) << early.stdout_text;
+  ASSERT_EQ(Ctl(rollback).status.exit_code(), 0);
+  ASSERT_NE(origins(source_cluster_), "0") << "the reverse pipeline applied with its origin";
+
+  RunResult busy = Ctl(with(rollback, "--finish"));
+  EXPECT_EQ(busy.status.exit_code(), 1);
+  EXPECT_TRUE(absl::StrContains(busy.stdout_text, "still streams its slot " + reverse_slot)) << busy.stdout_text;
+  ASSERT_TRUE(reverse_daemon_->Signal(SIGTERM).ok());
+  ASSERT_TRUE(reverse_daemon_->Wait(absl::Seconds(30)).ok());
+  RunResult retired = Ctl(with(rollback, "--finish"));
+  ASSERT_EQ(retired.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(retired.stdout_text, "slot " + reverse_slot + " dropped")) << retired.stdout_text;
+  EXPECT_EQ(slots(target_cluster_), "0");
+  EXPECT_EQ(publications(target_cluster_), "0");
+  EXPECT_EQ(origins(source_cluster_), "0");
+  EXPECT_EQ(slots(source_cluster_), "1") << "the forward pipeline streams on";
+
+  // A second cutover creates the reverse slot again; its walshiftd starts once step 6 asks.
+  Source("UPDATE accounts SET balance = balance + 1 WHERE id = 1");
+  auto second = std::async(std::launch::async, [&] { return Ctl(cutover); });
+  for (absl::Time until = absl::Now() + absl::Seconds(60); slots(target_cluster_) != "1" && absl::Now() < until;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  StartReverse();
+  RunResult again = second.get();
+  ASSERT_EQ(again.status.exit_code(), 0) << again.stdout_text;
+  Target("UPDATE app.accounts SET balance_cents = balance_cents + 1 WHERE account_id = 2");
+  ASSERT_TRUE(WaitCaughtUp().ok());
+  WaitEqual();
+
+  RunResult running = Ctl(with(cutover, "--finish"));
+  EXPECT_EQ(running.status.exit_code(), 1);
+  EXPECT_TRUE(absl::StrContains(running.stdout_text, "still streams its slot")) << running.stdout_text;
+  EXPECT_TRUE(StopDaemon().success());
+  ASSERT_TRUE(reverse_daemon_->Signal(SIGTERM).ok());
+  ASSERT_TRUE(reverse_daemon_->Wait(absl::Seconds(30)).ok());
+  RunResult finished = Ctl(with(cutover, "--finish"));
+  ASSERT_EQ(finished.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(finished.stdout_text, "is finished")) << finished.stdout_text;
+  for (PgCluster* c : {source_cluster_, target_cluster_}) {
+    EXPECT_EQ(slots(c), "0");
+    EXPECT_EQ(publications(c), "0");
+    EXPECT_EQ(origins(c), "0") << "apply and copy origins of both pipelines";
+  }
+  RunResult twice = Ctl(with(cutover, "--finish"));
+  EXPECT_EQ(twice.status.exit_code(), 0);
+  EXPECT_TRUE(absl::StrContains(twice.stdout_text, "slot " + slot + " already gone")) << twice.stdout_text;
+  for (const auto& args : {cutover, rollback}) {
+    RunResult after = Ctl(args);
+    EXPECT_EQ(after.status.exit_code(), 1);
+    EXPECT_TRUE(absl::StrContains(after.stdout_text, "is finished (walshiftctl cutover --finish)")) << after.stdout_text;
+  }
+  RunResult status = Ctl(with(cutover, "--status"));
+  EXPECT_TRUE(absl::StrContains(status.stdout_text, ": finished, last step done")) << status.stdout_text;
+  // The forward walshiftd started again refuses: its slot is gone.
+  ASSERT_TRUE(StartDaemon(forward_).ok());
+  auto st = daemon_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(st.ok());
+  EXPECT_FALSE(st->success());
+  EXPECT_TRUE(absl::StrContains(DaemonLog(), "cutover --finish or rollback --finish retired the pipeline"));
+  EXPECT_EQ(LegacyImage(), NewImage());
 }
 
 // Two legacy tables merged into one row go back as a split: each part only while the new row

@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -40,6 +41,7 @@
 #include "daemon/core/change.h"
 #include "daemon/core/crash_point.h"
 #include "daemon/core/lsn.h"
+#include "daemon/core/origin.h"
 #include "daemon/core/status_macros.h"
 #include "daemon/pipeline/live_check.h"
 #include "daemon/pg/pg_util.h"
@@ -66,6 +68,7 @@ struct Options {
   double settle = 120;
   bool abort = false;
   bool status = false;
+  bool finish = false;
 };
 
 // A forward pipeline and its reverse one, checked to pair up.
@@ -557,6 +560,89 @@ absl::Status NothingParked(const config::Settings& s) {
   return absl::OkStatus();
 }
 
+// Refused while the walshiftd of `s` streams (its slot is active).
+absl::Status NotStreaming(PGconn* c, const config::Settings& s) {
+  const std::string& name = s.proto.pipeline();
+  ASSIGN_OR_RETURN(pg::ResultPtr active,
+                   pg::ExecParams(c,
+                                  "SELECT coalesce(active_pid::text, '?') FROM pg_catalog.pg_replication_slots "
+                                  "WHERE slot_name = $1 AND active",
+                                  {s.slot.c_str()}, absl::StrCat("reading the slot of ", name)));
+  if (PQntuples(active.get()) > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the walshiftd of ", name, " still streams its slot ", s.slot, " (walsender pid ",
+                     PQgetvalue(active.get(), 0, 0), "): stop it and any standby of it, then run the command again"));
+  }
+  return absl::OkStatus();
+}
+
+// Retiring a pipeline once nothing will stream through it again (--finish): what holds WAL or
+// names it on the servers goes. Its slot (which keeps WAL on its source for as long as it
+// exists), the publication walshift created for it (one the config names is the team's, and
+// stays), and the replication origins of its apply and copy sessions in its targets. Refused
+// while its walshiftd streams. Each part that is already gone is passed over, so a run that was
+// interrupted is finished by running it again.
+absl::Status RetirePipeline(const config::Settings& s) {
+  const std::string& name = s.proto.pipeline();
+  ASSIGN_OR_RETURN(pg::ConnPtr c, pg::Connect(s.source_dsn, absl::StrCat("the source of ", name),
+                                              "application_name=walshiftctl"));
+  RETURN_IF_ERROR(NotStreaming(c.get(), s));
+  ASSIGN_OR_RETURN(pg::ResultPtr dropped,
+                   pg::ExecParams(c.get(),
+                                  "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM "
+                                  "pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                                  {s.slot.c_str()}, absl::StrCat("dropping the slot of ", name)));
+  std::printf("    %s: slot %s %s\n", name.c_str(), s.slot.c_str(),
+              PQntuples(dropped.get()) > 0 ? "dropped" : "already gone");
+  if (s.proto.source().publication().empty()) {
+    ASSIGN_OR_RETURN(pg::ResultPtr pub,
+                     pg::ExecParams(c.get(), "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+                                    {s.publication.c_str()}, absl::StrCat("reading the publication of ", name)));
+    if (PQntuples(pub.get()) > 0) {
+      RETURN_IF_ERROR(pg::Exec(c.get(), absl::StrCat("DROP PUBLICATION IF EXISTS ", pg::QuoteIdent(s.publication)),
+                               absl::StrCat("dropping the publication of ", name))
+                          .status());
+    }
+    std::printf("    %s: publication %s %s\n", name.c_str(), s.publication.c_str(),
+                PQntuples(pub.get()) > 0 ? "dropped" : "already gone");
+  } else {
+    std::printf("    %s: publication %s is named in its config and stays: DROP PUBLICATION %s once nothing else uses "
+                "it\n",
+                name.c_str(), s.publication.c_str(), pg::QuoteIdent(s.publication).c_str());
+  }
+  for (const auto& t : s.targets) {
+    if (t.documents()) continue;
+    std::string what = absl::StrCat("target ", t.name);
+    ASSIGN_OR_RETURN(pg::ConnPtr tc, pg::Connect(t.dsn, what, "application_name=walshiftctl"));
+    const std::string origin = state::ReplicationOriginName(name, t.name);
+    const std::string copies = CopyOriginName(origin, 0).substr(0, origin.size() + 6);  // "<origin>/copy-"
+    ASSIGN_OR_RETURN(pg::ResultPtr origins,
+                     pg::ExecParams(tc.get(),
+                                    "SELECT roname FROM pg_catalog.pg_replication_origin WHERE roname = $1 OR "
+                                    "starts_with(roname, $2) ORDER BY 1",
+                                    {origin.c_str(), copies.c_str()}, absl::StrCat(what, ": reading origins")));
+    int n = PQntuples(origins.get()), gone = 0;
+    for (int i = 0; i < n; ++i) {
+      auto st = pg::ExecParams(tc.get(), "SELECT pg_catalog.pg_replication_origin_drop($1)",
+                               {PQgetvalue(origins.get(), i, 0)}, absl::StrCat(what, ": dropping an origin"));
+      if (st.ok()) {
+        ++gone;
+      } else if (absl::StrContains(st.status().message(), "(SQLSTATE 42501)")) {
+        std::printf("    %s: the role may not drop replication origins in target %s; a superuser can: SELECT "
+                    "pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = '%s' OR "
+                    "starts_with(roname, '%s')\n",
+                    name.c_str(), t.name.c_str(), origin.c_str(), copies.c_str());
+        break;
+      } else {
+        return st.status();
+      }
+    }
+    std::printf("    %s: %d replication origin%s dropped in target %s\n", name.c_str(), gone, gone == 1 ? "" : "s",
+                t.name.c_str());
+  }
+  return absl::OkStatus();
+}
+
 // The step order of each direction; a step is done when the recorded one is at or past it.
 // "reverse_slot" and "resuming" are recorded before the other side's writes are granted: from
 // there on an abort is refused, since the application may be writing the other schema.
@@ -573,6 +659,72 @@ int StepIndex(const std::vector<std::string>& steps, const std::string& s) {
 int Fail(const std::string& what, const absl::Status& st) {
   std::printf("%s: %s\n", what.c_str(), std::string(st.message()).c_str());
   return st.code() == absl::StatusCode::kUnavailable || st.code() == absl::StatusCode::kInternal ? 2 : 1;
+}
+
+// --finish. After a cutover: the migration is final, so the reverse pipeline (the rollback path)
+// and the forward one (idle since the legacy writes stopped) are retired, and the cutover is
+// recorded as finished, which no cutover or rollback continues. After a rollback: the reverse
+// pipeline is retired, so that its slot stops keeping WAL on the new database; a later cutover
+// creates it again.
+template <typename Record>
+int Finish(const Pair& p, bool rollback, state::CutoverRow* row, const Record& record) {
+  const char* cmd = rollback ? "rollback" : "cutover";
+  const std::string& fp = p.fwd.proto.pipeline();
+  const std::string state = row ? row->state : "none";
+  const bool ready = rollback ? state == "rolled_back"
+                              : state == "cut_over" || state == "finishing" || state == "finished";
+  if (!ready) {
+    std::printf("%s --finish refused: pipeline %s is %s; only a %s is finished (walshiftctl %s --status)\n", cmd,
+                fp.c_str(), state.c_str(), rollback ? "rollback that is done (rolled_back)" : "cutover that is done (cut_over)",
+                cmd);
+    return 1;
+  }
+  std::vector<const config::Settings*> retired = {&p.rev};
+  if (!rollback) retired.push_back(&p.fwd);
+  for (const config::Settings* s : retired) {
+    auto c = pg::Connect(s->source_dsn, absl::StrCat("the source of ", s->proto.pipeline()),
+                         "application_name=walshiftctl");
+    if (!c.ok()) return Fail(cmd, c.status());
+    if (absl::Status st = NotStreaming(c->get(), *s); !st.ok()) {
+      std::printf("%s --finish refused: %s\n", cmd, std::string(st.message()).c_str());
+      return 1;
+    }
+  }
+  if (!rollback && row->state == "cut_over") {
+    row->state = "finishing";
+    if (absl::Status st = record("finishing", state::CutoverStamp::kNone,
+                                 "finishing: the reverse and forward pipelines are retired, no rollback from here");
+        !st.ok())
+      return Fail(cmd, st);
+  }
+  std::printf("retiring %s\n", rollback ? "the reverse pipeline" : "the reverse and the forward pipelines");
+  for (const config::Settings* s : retired) {
+    if (absl::Status st = RetirePipeline(*s); !st.ok()) return Fail(cmd, st);
+  }
+  if (rollback) {
+    if (absl::Status st = record(row->step, state::CutoverStamp::kNone,
+                                 absl::StrCat("reverse pipeline ", p.rev.proto.pipeline(), " retired"));
+        !st.ok())
+      return Fail(cmd, st);
+    std::printf("the reverse pipeline %s is retired: its slot no longer keeps WAL on the new database. %s streams "
+                "on; a later walshiftctl cutover creates the reverse slot again (start its walshiftd when step 6 asks)."
+                "\n",
+                p.rev.proto.pipeline().c_str(), fp.c_str());
+    return 0;
+  }
+  row->state = "finished";
+  if (absl::Status st = record("done", state::CutoverStamp::kNone, "finished: both pipelines retired"); !st.ok())
+    return Fail(cmd, st);
+  std::printf("the migration of %s is finished: nothing of walshift's holds WAL on either database any more, and "
+              "there is no rollback. %s. walshift's state stays in both databases as its record (walshift.cutover "
+              "keeps the history): DROP SCHEMA walshift CASCADE in each once no other pipeline uses it, and remove "
+              "the services of both walshiftds; started again, they refuse (their slots are gone).\n",
+              fp.c_str(),
+              row->stop_writes == "revoke"
+                  ? "The legacy tables stay read-only for the application (the privileges the cutover revoked are "
+                    "listed in walshift.cutover.revoked)"
+                  : "The application must not write to the legacy tables");
+  return 0;
 }
 
 int Run(const Options& o, bool rollback) {
@@ -622,6 +774,8 @@ int Run(const Options& o, bool rollback) {
     return st;
   };
 
+  if (o.finish) return Finish(p, rollback, current->has_value() ? &row : nullptr, record);
+
   if (o.abort) {
     // Undoes the write stop of an unfinished run: the side whose writes it stopped gets them back,
     // and the state is what it was before the run started.
@@ -650,6 +804,13 @@ int Run(const Options& o, bool rollback) {
     return 0;
   }
 
+  if (row.state == "finishing" || row.state == "finished") {
+    std::printf("%s refused: the migration of %s is %s (walshiftctl cutover --finish): its pipelines are retired and "
+                "there is no rollback%s\n",
+                cmd, fp.c_str(), row.state.c_str(),
+                row.state == "finishing" ? "; run walshiftctl cutover --finish again to complete it" : "");
+    return 1;
+  }
   // Which cutover this run continues, or starts.
   if (!*current || row.state == (rollback ? "cut_over" : "rolled_back") || (!rollback && row.state == "aborted")) {
     if (rollback && !*current) {
@@ -929,7 +1090,10 @@ int Usage(const char* cmd) {
                "  --margin N                 how far past the other side's value sequences are set (default 1000)\n"
                "  --settle S                 how long each wait may take (default 120)\n"
                "  --abort                    undo the write stop of an unfinished run (before the other side's\n"
-               "                             writes are granted)\n",
+               "                             writes are granted)\n"
+               "  --finish                   once done and kept: cutover --finish retires both pipelines (their\n"
+               "                             slots, publications and origins; no rollback after it); rollback\n"
+               "                             --finish retires the reverse one (a later cutover creates it again)\n",
                cmd);
   return 2;
 }
@@ -953,6 +1117,8 @@ int Command(int argc, char** argv, bool rollback) {
       o.abort = true;
     else if (a == "--status")
       o.status = true;
+    else if (a == "--finish")
+      o.finish = true;
     else
       return Usage(cmd);
   }
