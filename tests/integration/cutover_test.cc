@@ -202,6 +202,19 @@ class CutoverTest : public DaemonTest {
     reverse_daemon_ = *std::move(p);
   }
 
+  // The forward pipeline caught up, the reverse config derived, and the reverse walshiftd started.
+  void StartBoth() {
+    ASSERT_TRUE(StartDaemon(forward_).ok());
+    ASSERT_TRUE(WaitCaughtUp().ok());
+    ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
+    StartReverse();
+  }
+
+  // walshiftctl cutover or rollback on this pair.
+  std::vector<std::string> Step(const char* verb) {
+    return {verb, "--config", forward_, "--reverse-config", reverse_, "--settle", "60"};
+  }
+
   RunResult Ctl(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
     RunResult r = Walshiftctl(args, env);
     std::cerr << "$ walshiftctl " << absl::StrJoin(args, " ") << "\n" << r.stdout_text << r.stderr_text;
@@ -293,7 +306,7 @@ TEST_F(CutoverTest, CutoverUnderLoadReverseStreamsRollbackAndBothSchemasEndExact
   std::this_thread::sleep_for(std::chrono::seconds(3));
   ASSERT_GT(app.committed(0), 50u);
 
-  RunResult cut = Ctl({"cutover", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
+  RunResult cut = Ctl(Step("cutover"));
   ASSERT_EQ(cut.status.exit_code(), 0);
   EXPECT_TRUE(absl::StrContains(cut.stdout_text, "no drift"));
   EXPECT_TRUE(absl::StrContains(cut.stdout_text, "app.accounts_account_id_seq: next value"));
@@ -340,7 +353,7 @@ TEST_F(CutoverTest, CutoverUnderLoadReverseStreamsRollbackAndBothSchemasEndExact
             bulk_xid)
       << "the large transaction came back to the new schema";
 
-  RunResult back = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
+  RunResult back = Ctl(Step("rollback"));
   ASSERT_EQ(back.status.exit_code(), 0);
   EXPECT_TRUE(absl::StrContains(back.stdout_text, "rolled back at LSN"));
   EXPECT_TRUE(absl::StrContains(back.stdout_text, "public.accounts_id_seq: next value"));
@@ -370,8 +383,7 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
   Application app(AppDsn(source_cluster_, source_db_), AppDsn(target_cluster_, target_db_));
   app.Start();
   std::this_thread::sleep_for(std::chrono::seconds(1));
-  const std::vector<std::string> cutover = {"cutover", "--config", forward_, "--reverse-config", reverse_,
-                                            "--settle", "60"};
+  const std::vector<std::string> cutover = Step("cutover");
   auto killed_at = [&](const std::string& point, const std::vector<std::string>& args) {
     RunResult r = Ctl(args, {{"WALSHIFT_CRASH_AT", point + ":1"}});
     EXPECT_TRUE(r.status.signaled() && r.status.term_signal() == SIGKILL) << point << ": " << r.status.ToString();
@@ -417,8 +429,7 @@ TEST_F(CutoverTest, KilledAtEveryStepOfCutoverAndRollbackResumesAndEndsExact) {
   app.PointAt(1);
   std::this_thread::sleep_for(std::chrono::seconds(2));
   ASSERT_GT(app.committed(1), 20u);
-  const std::vector<std::string> rollback = {"rollback", "--config", forward_, "--reverse-config", reverse_,
-                                             "--settle", "60"};
+  const std::vector<std::string> rollback = Step("rollback");
   // A first rollback stops after the drain and is aborted: the application writes the new schema
   // again and the cutover stands.
   killed_at("rollback.drained", rollback);
@@ -510,12 +521,8 @@ TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
                                               "'UPDATE')::text"))
         .value_or("?");
   };
-  ASSERT_TRUE(StartDaemon(forward_).ok());
-  ASSERT_TRUE(WaitCaughtUp().ok());
-  ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
-  StartReverse();
-  const std::vector<std::string> cutover = {"cutover", "--config", forward_, "--reverse-config", reverse_,
-                                            "--settle", "60"};
+  StartBoth();
+  const std::vector<std::string> cutover = Step("cutover");
   RunResult refused = Ctl(cutover);
   EXPECT_EQ(refused.status.exit_code(), 1);
   EXPECT_TRUE(absl::StrContains(refused.stdout_text, "can still write"));
@@ -528,7 +535,7 @@ TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
   EXPECT_TRUE(absl::StrContains(cut.stdout_text, "no role but walshift's and superusers can write"));
   EXPECT_EQ(column_privilege(), "false");
   EXPECT_EQ(grant_option(), "false");
-  RunResult back = Ctl({"rollback", "--config", forward_, "--reverse-config", reverse_, "--settle", "60"});
+  RunResult back = Ctl(Step("rollback"));
   ASSERT_EQ(back.status.exit_code(), 0);
   EXPECT_EQ(column_privilege(), "true") << "granted back column by column";
   EXPECT_EQ(grant_option(), "true") << "granted back with the grant option it had";
@@ -545,14 +552,9 @@ TEST_F(CutoverTest, RevokeProvesNobodyCanStillWriteNamingWhoCan) {
 // once the migration is final, and no cutover or rollback continues it. Both refuse while a
 // walshiftd still streams what they would drop.
 TEST_F(CutoverTest, FinishRetiresThePipelinesSoNothingKeepsWal) {
-  ASSERT_TRUE(StartDaemon(forward_).ok());
-  ASSERT_TRUE(WaitCaughtUp().ok());
-  ASSERT_EQ(Ctl({"reverse", "--config", forward_, "--output", reverse_}).status.exit_code(), 0);
-  StartReverse();
-  const std::vector<std::string> cutover = {"cutover", "--config", forward_, "--reverse-config", reverse_,
-                                            "--settle", "60"};
-  const std::vector<std::string> rollback = {"rollback", "--config", forward_, "--reverse-config", reverse_,
-                                             "--settle", "60"};
+  StartBoth();
+  const std::vector<std::string> cutover = Step("cutover");
+  const std::vector<std::string> rollback = Step("rollback");
   auto with = [](std::vector<std::string> args, const char* flag) {
     args.push_back(flag);
     return args;

@@ -353,18 +353,18 @@ std::vector<std::pair<std::string, std::string>> CopiedColumns(const config::Set
     if (m.common.target() != target) continue;
     std::vector<std::string> ignored;
     const std::string& mod = m.common.module();
+    // columns and soft_delete: one target table, the source's name unless renamed, and with no
+    // columns listed every column keeps its name.
+    auto one_table = [&](auto c) {
+      config::ParseYamlInto(m.module_node, &c, m.path, &ignored);
+      std::string table = c.table().empty() ? m.common.source() : c.table();
+      if (c.columns().empty()) out.push_back({absl::StrCat(m.common.source(), "\t*"), QualifiedTableName(table)});
+      add(m.common.source(), table, c.columns());
+    };
     if (mod == "columns") {
-      transforms::columns::ColumnsConfig c;
-      config::ParseYamlInto(m.module_node, &c, m.path, &ignored);
-      std::string table = c.table().empty() ? m.common.source() : c.table();
-      if (c.columns().empty()) out.push_back({absl::StrCat(m.common.source(), "\t*"), QualifiedTableName(table)});
-      add(m.common.source(), table, c.columns());
+      one_table(transforms::columns::ColumnsConfig());
     } else if (mod == "soft_delete") {
-      transforms::soft_delete::SoftDeleteConfig c;
-      config::ParseYamlInto(m.module_node, &c, m.path, &ignored);
-      std::string table = c.table().empty() ? m.common.source() : c.table();
-      if (c.columns().empty()) out.push_back({absl::StrCat(m.common.source(), "\t*"), QualifiedTableName(table)});
-      add(m.common.source(), table, c.columns());
+      one_table(transforms::soft_delete::SoftDeleteConfig());
     } else if (mod == "merge") {
       transforms::merge::MergeConfig c;
       config::ParseYamlInto(m.module_node, &c, m.path, &ignored);
